@@ -1,0 +1,107 @@
+//! The in-memory id -> location index.
+//!
+//! Sealed packs contribute 16-byte entries (8-byte id prefix, pack, offset)
+//! to one sorted vector: 16 bytes of RAM per unique chunk. Because only a
+//! prefix is kept, a hit is a candidate that the caller confirms against the
+//! full id in the record header. Chunks of the open pack are kept with their
+//! full ids in a hash map, bounded by the pack size limit.
+
+use crate::format::index::IndexEntry;
+use crate::ids::{ChunkId, PackLocation};
+use std::collections::HashMap;
+
+/// One sealed chunk: its id prefix and where it lives.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+struct SealedEntry {
+    prefix: u64,
+    pack: u32,
+    offset: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<SealedEntry>() == 16);
+
+/// Where chunks are.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    sealed: Vec<SealedEntry>,
+    open: HashMap<ChunkId, PackLocation>,
+}
+
+impl Index {
+    /// Locations that may hold `id`: the exact open-pack hit, or every sealed
+    /// entry sharing its prefix.
+    pub(crate) fn candidates(&self, id: &ChunkId) -> Vec<PackLocation> {
+        if let Some(location) = self.open.get(id) {
+            return vec![*location];
+        }
+        let prefix = id.prefix();
+        let start = self.sealed.partition_point(|entry| entry.prefix < prefix);
+        self.sealed
+            .get(start..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|entry| entry.prefix == prefix)
+            .map(|entry| PackLocation { pack: entry.pack, offset: entry.offset })
+            .collect()
+    }
+
+    /// Records a chunk appended to the open pack.
+    pub(crate) fn insert_open(&mut self, id: ChunkId, location: PackLocation) {
+        self.open.insert(id, location);
+    }
+
+    /// Adds a sealed pack's entries (sorted) and forgets the open-pack
+    /// entries of that pack, in one step so no reader misses a chunk.
+    pub(crate) fn add_sealed(&mut self, pack: u32, entries: &[IndexEntry]) {
+        let mut merged = Vec::with_capacity(self.sealed.len() + entries.len());
+        let mut old = self.sealed.iter().copied().peekable();
+        let mut new = entries
+            .iter()
+            .map(|entry| SealedEntry { prefix: entry.id_prefix, pack, offset: entry.offset })
+            .peekable();
+        loop {
+            let next = match (old.peek(), new.peek()) {
+                (Some(a), Some(b)) if a <= b => old.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => new.next(),
+                (Some(_), None) => old.next(),
+                (None, None) => break,
+            };
+            merged.extend(next);
+        }
+        self.sealed = merged;
+        self.open.retain(|_, location| location.pack != pack);
+    }
+
+    /// Unique chunks indexed.
+    pub(crate) fn len(&self) -> usize {
+        self.sealed.len() + self.open.len()
+    }
+
+    /// Approximate heap bytes held.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.sealed.capacity() * std::mem::size_of::<SealedEntry>()
+            + self.open.capacity() * (std::mem::size_of::<(ChunkId, PackLocation)>() + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_merge_keeps_order_and_prefix_collisions() {
+        let mut index = Index::default();
+        let a = ChunkId([1; 32]);
+        let mut b_bytes = [1u8; 32];
+        b_bytes[31] = 2;
+        let b = ChunkId(b_bytes);
+        index.insert_open(a, PackLocation { pack: 0, offset: 32 });
+        assert_eq!(index.candidates(&a), vec![PackLocation { pack: 0, offset: 32 }]);
+        index.add_sealed(0, &[IndexEntry { id_prefix: a.prefix(), offset: 32, record_len: 90 }]);
+        index.add_sealed(1, &[IndexEntry { id_prefix: b.prefix(), offset: 32, record_len: 90 }]);
+        // a and b share their 8-byte prefix: both locations are candidates.
+        assert_eq!(index.candidates(&a).len(), 2);
+        assert_eq!(index.len(), 2);
+        assert!(index.candidates(&ChunkId([9; 32])).is_empty());
+    }
+}

@@ -1,0 +1,359 @@
+//! The content-addressed chunk store: deduplicating put, verified get,
+//! append-only crc-framed pack files, and the persisted id -> location index.
+//!
+//! A chunk is either a block's data or an encoded block-map node; both are
+//! addressed by a blake3 id (see `format::node` for node ids). A put of an id
+//! already present stores nothing. Payloads are zstd-compressed unless that
+//! does not help. One pack is open for appends; when it reaches the target
+//! size it is synced, its index is written atomically, and it is sealed:
+//! never modified again and read through mmap (or pread in pread-only mode).
+
+mod index;
+mod pack;
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::format::index::{decode_index, encode_index, IndexEntry};
+use crate::format::pack::{
+    decode_record, decode_record_header, encode_record_header, verify_record, Codec, RecordHeader, RecordKind,
+    RECORD_HEADER_SIZE,
+};
+use crate::format::node::node_id;
+use crate::ids::{ChunkId, PackLocation, Sha256Digest};
+use crate::storage::{ReadFile, Storage};
+use index::Index;
+use pack::{entries_of, index_name, pack_name, parse_name, scan, OpenPack, PACK_DIR};
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Tuning of the chunk store.
+#[derive(Clone, Debug)]
+pub struct ChunkStoreConfig {
+    /// A pack is sealed once it reaches this many bytes (at most 1 GiB).
+    pub pack_target_size: u64,
+    /// zstd level for payloads.
+    pub compression_level: i32,
+    /// Read sealed packs through mmap (`true`) or pread only (`false`).
+    pub use_mmap: bool,
+}
+
+impl Default for ChunkStoreConfig {
+    fn default() -> Self {
+        ChunkStoreConfig { pack_target_size: 256 << 20, compression_level: 1, use_mmap: true }
+    }
+}
+
+/// Largest allowed pack target: offsets are 32-bit.
+const MAX_PACK_TARGET: u64 = 1 << 30;
+
+/// A verified chunk read back from the store.
+#[derive(Debug)]
+pub struct StoredChunk {
+    /// The raw (decoded) bytes.
+    pub data: Vec<u8>,
+    /// The SHA-256 kept with block chunks (zero for map nodes).
+    pub sha256: Sha256Digest,
+}
+
+/// Counters describing the store's contents.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChunkStoreStats {
+    /// Unique chunks (blocks and map nodes).
+    pub chunks: u64,
+    /// Bytes of records in packs (headers + stored payloads).
+    pub stored_bytes: u64,
+    /// Heap bytes held by the in-memory index.
+    pub index_heap_bytes: u64,
+}
+
+/// See the module documentation.
+pub struct ChunkStore {
+    storage: Arc<dyn Storage>,
+    config: ChunkStoreConfig,
+    writer: Mutex<OpenPack>,
+    index: RwLock<Index>,
+    readers: RwLock<HashMap<u32, Arc<dyn ReadFile>>>,
+    stored_bytes: AtomicU64,
+}
+
+impl std::fmt::Debug for ChunkStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkStore").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+fn io_error(context: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::io(context, source)
+}
+
+impl ChunkStore {
+    /// Opens the chunk store on `storage`, recovering from a crash: sealed
+    /// packs are loaded from their indexes, the open pack is scanned and a
+    /// torn tail is fenced off (the pack is sealed at its last valid record
+    /// and a new pack opened; bytes are never truncated away).
+    pub fn open(storage: Arc<dyn Storage>, config: ChunkStoreConfig) -> Result<ChunkStore> {
+        if config.pack_target_size == 0 || config.pack_target_size > MAX_PACK_TARGET {
+            return Err(Error::invalid(
+                crate::error::ValidationReason::InvalidParameterValue,
+                format!("pack_target_size must be within 1..={MAX_PACK_TARGET}"),
+            ));
+        }
+        let mut files: BTreeMap<u32, (bool, bool)> = BTreeMap::new();
+        for name in storage.list(PACK_DIR).map_err(io_error("listing packs".into()))? {
+            match parse_name(&name) {
+                Some((seq, "pack")) => files.entry(seq).or_default().0 = true,
+                Some((seq, "idx")) => files.entry(seq).or_default().1 = true,
+                _ => {}
+            }
+        }
+        let last_pack = files.iter().rev().find(|(_, (has_pack, _))| *has_pack).map(|(seq, _)| *seq);
+        let mut index = Index::default();
+        let mut readers: HashMap<u32, Arc<dyn ReadFile>> = HashMap::new();
+        let mut stored_bytes = 0u64;
+        let mut open_pack = None;
+        for (&seq, &(has_pack, has_index)) in &files {
+            if !has_pack {
+                continue;
+            }
+            let name = pack_name(seq);
+            let reader = storage.open_read(&name).map_err(io_error(format!("opening {name}")))?;
+            let pack_len = reader.len().map_err(io_error(format!("reading {name}")))?;
+            let loaded = if has_index { load_index(storage.as_ref(), seq, pack_len) } else { None };
+            let entries = match loaded {
+                Some(entries) => entries,
+                None => {
+                    let scanned = scan(reader.as_ref(), seq)?;
+                    let with_ids = entries_of(&scanned.records);
+                    if Some(seq) == last_pack && !scanned.has_garbage_tail && scanned.valid_len > 0 {
+                        let mut file = storage.open_append(&name).map_err(io_error(format!("opening {name}")))?;
+                        // Durability of the scanned bytes is unknown: make it
+                        // certain before anything new is appended after them.
+                        file.sync().map_err(io_error(format!("syncing {name}")))?;
+                        for (id, entry) in &with_ids {
+                            index.insert_open(*id, PackLocation { pack: seq, offset: entry.offset });
+                            stored_bytes += u64::from(entry.record_len);
+                        }
+                        let entries = with_ids.into_iter().map(|(_, entry)| entry).collect();
+                        open_pack = Some(OpenPack { seq, file, entries, dirty: false });
+                        readers.insert(seq, reader);
+                        continue;
+                    }
+                    let entries: Vec<IndexEntry> = with_ids.into_iter().map(|(_, entry)| entry).collect();
+                    if scanned.valid_len > 0 {
+                        storage
+                            .write_atomic(&index_name(seq), &encode_index(u64::from(seq), &entries))
+                            .map_err(io_error(format!("writing {}", index_name(seq))))?;
+                    }
+                    entries
+                }
+            };
+            stored_bytes += entries.iter().map(|entry| u64::from(entry.record_len)).sum::<u64>();
+            index.add_sealed(seq, &entries);
+            let sealed_reader = if config.use_mmap {
+                storage.map(&name).map_err(io_error(format!("mapping {name}")))?.unwrap_or(reader)
+            } else {
+                reader
+            };
+            readers.insert(seq, sealed_reader);
+        }
+        let open_pack = match open_pack {
+            Some(open_pack) => open_pack,
+            None => {
+                let seq = files.keys().next_back().map_or(0, |seq| seq + 1);
+                let open_pack = OpenPack::create(storage.as_ref(), seq)?;
+                let name = pack_name(seq);
+                readers.insert(seq, storage.open_read(&name).map_err(io_error(format!("opening {name}")))?);
+                open_pack
+            }
+        };
+        Ok(ChunkStore {
+            storage,
+            config,
+            writer: Mutex::new(open_pack),
+            index: RwLock::new(index),
+            readers: RwLock::new(readers),
+            stored_bytes: AtomicU64::new(stored_bytes),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ChunkStoreConfig {
+        &self.config
+    }
+
+    /// Reads the record at `location` and hands its verified header and
+    /// payload to `f`. Sealed packs are read in place through the map.
+    fn with_record<R>(
+        &self,
+        location: PackLocation,
+        f: impl FnOnce(&RecordHeader, &[u8]) -> Result<R>,
+    ) -> Result<R> {
+        let name = pack_name(location.pack);
+        let reader = self
+            .readers
+            .read()
+            .get(&location.pack)
+            .cloned()
+            .ok_or_else(|| Error::corrupted(&name, "pack referenced by the index is missing"))?;
+        let offset = location.offset as usize;
+        if let Some(bytes) = reader.as_slice() {
+            let (header, payload) = decode_record(bytes.get(offset..).unwrap_or_default())
+                .map_err(|error| error.into_error(&format!("{name} record at {offset}")))?;
+            return f(&header, payload);
+        }
+        let mut header_bytes = [0u8; RECORD_HEADER_SIZE];
+        reader
+            .read_exact_at(u64::from(location.offset), &mut header_bytes)
+            .map_err(|_| Error::corrupted(&name, format!("record at {offset} is truncated")))?;
+        let header = decode_record_header(&header_bytes)
+            .map_err(|error| error.into_error(&format!("{name} record at {offset}")))?;
+        let mut payload = vec![0u8; header.payload_len as usize];
+        reader
+            .read_exact_at(u64::from(location.offset) + RECORD_HEADER_SIZE as u64, &mut payload)
+            .map_err(|_| Error::corrupted(&name, format!("record at {offset} is truncated")))?;
+        verify_record(&header_bytes, &header, &payload)
+            .map_err(|error| error.into_error(&format!("{name} record at {offset}")))?;
+        f(&header, &payload)
+    }
+
+    /// Reads only the header at `location` (for id confirmation).
+    fn header_at(&self, location: PackLocation) -> Option<RecordHeader> {
+        let reader = self.readers.read().get(&location.pack).cloned()?;
+        let mut header_bytes = [0u8; RECORD_HEADER_SIZE];
+        reader.read_exact_at(u64::from(location.offset), &mut header_bytes).ok()?;
+        decode_record_header(&header_bytes).ok()
+    }
+
+    /// Where `id` is stored, confirmed against the full id in the record header.
+    fn locate(&self, id: &ChunkId) -> Option<PackLocation> {
+        let candidates = self.index.read().candidates(id);
+        candidates
+            .into_iter()
+            .find(|location| self.header_at(*location).is_some_and(|header| header.chunk_id == *id))
+    }
+
+    /// Whether a chunk with this id is stored.
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.locate(id).is_some()
+    }
+
+    /// Stores a chunk unless one with the same id exists; returns whether
+    /// bytes were appended. Hashing and compression happen before any lock.
+    /// The chunk is durable only after [`ChunkStore::sync`].
+    pub fn put(&self, kind: RecordKind, id: &ChunkId, sha256: &Sha256Digest, raw: &[u8]) -> Result<bool> {
+        if self.contains(id) {
+            return Ok(false);
+        }
+        let compressed = codec::compress(raw, self.config.compression_level);
+        let (record_codec, payload) = match &compressed {
+            Some(bytes) => (Codec::Zstd, bytes.as_slice()),
+            None => (Codec::Raw, raw),
+        };
+        let raw_len = u32::try_from(raw.len()).map_err(|_| Error::corrupted("chunk", "chunk larger than 4 GiB"))?;
+        let header = encode_record_header(kind, record_codec, raw_len, id, sha256, payload);
+        let mut writer = self.writer.lock();
+        if self.contains(id) {
+            return Ok(false);
+        }
+        let name = pack_name(writer.seq);
+        let offset = writer.file.append(&[&header, payload]).map_err(io_error(format!("appending to {name}")))?;
+        let offset = u32::try_from(offset).map_err(|_| Error::corrupted(&name, "pack grew past 4 GiB"))?;
+        let record_len = (RECORD_HEADER_SIZE + payload.len()) as u32;
+        writer.entries.push(IndexEntry { id_prefix: id.prefix(), offset, record_len });
+        writer.dirty = true;
+        self.index.write().insert_open(*id, PackLocation { pack: writer.seq, offset });
+        self.stored_bytes.fetch_add(u64::from(record_len), Ordering::Relaxed);
+        if writer.file.len() >= self.config.pack_target_size {
+            self.seal(&mut writer)?;
+        }
+        Ok(true)
+    }
+
+    /// Seals the open pack and opens the next: sync pack, write its index
+    /// atomically, create the next pack durably, then switch readers and index.
+    fn seal(&self, writer: &mut OpenPack) -> Result<()> {
+        let seq = writer.seq;
+        let name = pack_name(seq);
+        writer.file.sync().map_err(io_error(format!("syncing {name}")))?;
+        let mut entries = std::mem::take(&mut writer.entries);
+        entries.sort_unstable();
+        self.storage
+            .write_atomic(&index_name(seq), &encode_index(u64::from(seq), &entries))
+            .map_err(io_error(format!("writing {}", index_name(seq))))?;
+        let next = OpenPack::create(self.storage.as_ref(), seq + 1)?;
+        let next_name = pack_name(seq + 1);
+        let next_reader = self.storage.open_read(&next_name).map_err(io_error(format!("opening {next_name}")))?;
+        let sealed_reader = if self.config.use_mmap {
+            self.storage.map(&name).map_err(io_error(format!("mapping {name}")))?
+        } else {
+            None
+        };
+        {
+            let mut readers = self.readers.write();
+            if let Some(mapped) = sealed_reader {
+                readers.insert(seq, mapped);
+            }
+            readers.insert(seq + 1, next_reader);
+        }
+        self.index.write().add_sealed(seq, &entries);
+        *writer = next;
+        Ok(())
+    }
+
+    /// Makes every chunk put so far durable.
+    pub fn sync(&self) -> Result<()> {
+        let mut writer = self.writer.lock();
+        if writer.dirty {
+            let name = pack_name(writer.seq);
+            writer.file.sync().map_err(io_error(format!("syncing {name}")))?;
+            writer.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Reads and verifies a chunk: record crc, the id in the header, the
+    /// decoded length and the content hash. `Ok(None)` if no such chunk is
+    /// stored; corruption is an error, never data.
+    pub fn get(&self, kind: RecordKind, id: &ChunkId) -> Result<Option<StoredChunk>> {
+        let Some(location) = self.locate(id) else { return Ok(None) };
+        self.with_record(location, |header, payload| {
+            let place = format!("{} record at {}", pack_name(location.pack), location.offset);
+            if header.kind != kind {
+                return Err(Error::corrupted(place, "record kind differs from the reference"));
+            }
+            let data = codec::decode_payload(header.codec, payload, header.raw_len as usize)
+                .map_err(|error| error.into_error(&place))?;
+            let actual = match kind {
+                RecordKind::Block => codec::chunk_id(&data),
+                RecordKind::MapNode => node_id(&data),
+            };
+            if actual != *id {
+                return Err(Error::corrupted(place, "content does not hash to its chunk id"));
+            }
+            Ok(Some(StoredChunk { data, sha256: header.sha256 }))
+        })
+    }
+
+    /// Counters describing the store.
+    pub fn stats(&self) -> ChunkStoreStats {
+        let index = self.index.read();
+        ChunkStoreStats {
+            chunks: index.len() as u64,
+            stored_bytes: self.stored_bytes.load(Ordering::Relaxed),
+            index_heap_bytes: index.heap_bytes() as u64,
+        }
+    }
+}
+
+/// Loads a sealed pack's index; `None` if it is unreadable, corrupt, or
+/// points outside the pack (the caller rebuilds it by scanning).
+fn load_index(storage: &dyn Storage, seq: u32, pack_len: u64) -> Option<Vec<IndexEntry>> {
+    let bytes = storage.read_all(&index_name(seq)).ok()?;
+    let (indexed_seq, entries) = decode_index(&bytes).ok()?;
+    let in_bounds = entries
+        .iter()
+        .all(|entry| u64::from(entry.offset) + u64::from(entry.record_len) <= pack_len);
+    (indexed_seq == u64::from(seq) && in_bounds).then_some(entries)
+}

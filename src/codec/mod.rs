@@ -1,0 +1,141 @@
+//! Pure transforms on block bytes: content hashes, the EBS checksum, zero
+//! detection and compression. No I/O, no shared state beyond per-thread
+//! compression contexts.
+
+use crate::format::pack::Codec;
+use crate::format::DecodeError;
+use crate::ids::{ChunkId, Sha256Digest, BLOCK_SIZE};
+use sha2::Digest;
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+/// Content address of a block: its blake3 hash.
+pub fn chunk_id(data: &[u8]) -> ChunkId {
+    ChunkId(*blake3::hash(data).as_bytes())
+}
+
+/// The EBS checksum of a block: SHA-256 of its bytes.
+pub fn sha256(data: &[u8]) -> Sha256Digest {
+    Sha256Digest(sha2::Sha256::digest(data).into())
+}
+
+/// Whether every byte is zero (word-at-a-time; vectorized by the compiler).
+pub fn is_zero(data: &[u8]) -> bool {
+    let mut words = data.chunks_exact(16);
+    let words_zero = words.all(|word| {
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(word);
+        u128::from_le_bytes(bytes) == 0
+    });
+    words_zero && data.chunks_exact(16).remainder().iter().all(|&byte| byte == 0)
+}
+
+struct ZeroBlock {
+    id: ChunkId,
+    sha256: Sha256Digest,
+}
+
+fn zero_block() -> &'static ZeroBlock {
+    static ZERO: OnceLock<ZeroBlock> = OnceLock::new();
+    ZERO.get_or_init(|| {
+        let zeros = vec![0u8; BLOCK_SIZE];
+        ZeroBlock { id: chunk_id(&zeros), sha256: sha256(&zeros) }
+    })
+}
+
+/// Chunk id of the all-zero block. Zero blocks are recorded in block maps
+/// under this id but never stored in packs.
+pub fn zero_block_id() -> ChunkId {
+    zero_block().id
+}
+
+/// SHA-256 of the all-zero block.
+pub fn zero_block_sha256() -> Sha256Digest {
+    zero_block().sha256
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Compresses `data` at zstd `level`; returns `None` when compression would
+/// not save at least 1/32 of the bytes, so the caller stores it raw.
+pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    let limit = data.len() - data.len() / 32;
+    COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.as_ref().is_none_or(|(current, _)| *current != level) {
+            *cell = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, compressor) = cell.as_mut()?;
+        let mut output = Vec::with_capacity(limit);
+        // A destination smaller than the bound makes zstd fail fast on
+        // incompressible input instead of producing a useless frame.
+        match compressor.compress_to_buffer(data, &mut output) {
+            Ok(written) if written < limit => Some(output),
+            _ => None,
+        }
+    })
+}
+
+/// Decodes a stored payload into exactly `raw_len` bytes.
+pub fn decode_payload(codec: Codec, payload: &[u8], raw_len: usize) -> Result<Vec<u8>, DecodeError> {
+    match codec {
+        Codec::Raw if payload.len() == raw_len => Ok(payload.to_vec()),
+        Codec::Raw => Err(DecodeError::corrupt(0, "raw payload length")),
+        Codec::Zstd => DECOMPRESSOR.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.is_none() {
+                *cell = zstd::bulk::Decompressor::new().ok();
+            }
+            let decompressor = cell.as_mut().ok_or(DecodeError::corrupt(0, "zstd context"))?;
+            let mut output = Vec::with_capacity(raw_len);
+            match decompressor.decompress_to_buffer(payload, &mut output) {
+                Ok(written) if written == raw_len => Ok(output),
+                _ => Err(DecodeError::corrupt(0, "zstd payload")),
+            }
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        let mut block = vec![0u8; BLOCK_SIZE];
+        assert!(is_zero(&block));
+        block[BLOCK_SIZE - 1] = 1;
+        assert!(!is_zero(&block));
+        assert!(is_zero(&[0u8; 7]));
+        assert!(!is_zero(&[0, 0, 0, 0, 0, 0, 1]));
+    }
+
+    #[test]
+    fn known_zero_checksum() {
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(zero_block_sha256().0);
+        assert_eq!(encoded, "B4VNL+8pega6gWheZgwzLeNtXRjVRpJ9MNqtbX/aFUE=");
+    }
+
+    #[test]
+    fn compression_round_trip_and_raw_fallback() {
+        let text = b"blocksnap ".repeat(50_000);
+        let compressed = compress(&text, 3).expect("text compresses");
+        assert!(compressed.len() < text.len() / 10);
+        assert_eq!(decode_payload(Codec::Zstd, &compressed, text.len()).expect("decodes"), text);
+        assert!(decode_payload(Codec::Zstd, &compressed, text.len() + 1).is_err());
+        let mut noise = vec![0u8; 65536];
+        let mut state = 0x9e3779b97f4a7c15u64;
+        for byte in &mut noise {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *byte = state as u8;
+        }
+        assert!(compress(&noise, 3).is_none());
+        assert!(decode_payload(Codec::Zstd, &noise, noise.len()).is_err());
+    }
+}

@@ -1,0 +1,79 @@
+//! The store header file `blocksnap.store`, written once when a store is created.
+//!
+//! | offset | size | field          | meaning                                  |
+//! |--------|------|----------------|------------------------------------------|
+//! | 0      | 8    | magic          | `BSNPSTOR` (never change)                |
+//! | 8      | 4    | version        | store format version, 1                  |
+//! | 12     | 4    | flags          | reserved, zero                           |
+//! | 16     | 16   | store_id       | random identity of the store             |
+//! | 32     | 32   | token_secret   | random key from which token MACs derive  |
+//! | 64     | 8    | created_millis | creation time, epoch milliseconds        |
+//! | 72     | 4    | crc32          | crc32 of bytes 0..72                     |
+
+use super::wire::{Reader, Writer};
+use super::{crc32, DecodeError};
+
+/// Magic of the store header. Never change.
+pub const STORE_MAGIC: [u8; 8] = *b"BSNPSTOR";
+/// The store format version this build writes and reads.
+pub const STORE_VERSION: u32 = 1;
+/// Offset of the store id.
+pub const STORE_ID_OFFSET: usize = 16;
+/// Offset of the token secret.
+pub const STORE_SECRET_OFFSET: usize = STORE_ID_OFFSET + 16;
+/// Offset of the creation time.
+pub const STORE_CREATED_OFFSET: usize = STORE_SECRET_OFFSET + 32;
+/// Offset of the crc.
+pub const STORE_CRC_OFFSET: usize = STORE_CREATED_OFFSET + 8;
+/// Total size.
+pub const STORE_HEADER_SIZE: usize = STORE_CRC_OFFSET + 4;
+const _: () = assert!(STORE_HEADER_SIZE == 76);
+
+/// The decoded store header.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StoreHeader {
+    /// Random identity of the store.
+    pub store_id: [u8; 16],
+    /// Key material for token MACs.
+    pub token_secret: [u8; 32],
+    /// Creation time, epoch milliseconds.
+    pub created_millis: u64,
+}
+
+impl StoreHeader {
+    /// Encodes the header.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(STORE_HEADER_SIZE);
+        bytes.extend_from_slice(&STORE_MAGIC);
+        bytes.put_u32(STORE_VERSION);
+        bytes.put_u32(0);
+        bytes.extend_from_slice(&self.store_id);
+        bytes.extend_from_slice(&self.token_secret);
+        bytes.put_u64(self.created_millis);
+        let crc = crc32(&[&bytes]);
+        bytes.put_u32(crc);
+        bytes
+    }
+
+    /// Decodes the header.
+    pub fn decode(bytes: &[u8]) -> Result<StoreHeader, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        if reader.array::<8>("store magic")? != STORE_MAGIC {
+            return Err(DecodeError::corrupt(0, "store magic"));
+        }
+        let version = reader.u32("store version")?;
+        reader.u32("store flags")?;
+        let store_id = reader.array::<16>("store id")?;
+        let token_secret = reader.array::<32>("token secret")?;
+        let created_millis = reader.u64("creation time")?;
+        let stored_crc = reader.u32("store crc")?;
+        reader.finish("store header length")?;
+        if crc32(&[bytes.get(..STORE_CRC_OFFSET).unwrap_or_default()]) != stored_crc {
+            return Err(DecodeError::corrupt(STORE_CRC_OFFSET, "store crc"));
+        }
+        if version != STORE_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        Ok(StoreHeader { store_id, token_secret, created_millis })
+    }
+}

@@ -1,0 +1,97 @@
+//! Bytes on a medium. This layer moves bytes and knows no format.
+//!
+//! Backends: [`LocalStorage`] (a directory; sealed files can be memory
+//! mapped) and [`MemoryStorage`] (in memory; keeps the image a power loss
+//! would leave, for crash tests). An object-store backend comes later.
+//!
+//! # Contract
+//!
+//! Every backend honours these rules; the engine's crash safety rests on them.
+//!
+//! - Names are relative paths of `[a-z0-9._-]` components joined by `/`.
+//! - [`AppendFile::append`] writes at the end of the file. The bytes are
+//!   visible to every [`ReadFile`] of the same name at once, and are durable
+//!   only once [`AppendFile::sync`] has returned `Ok`. A crash may keep any
+//!   prefix of the unsynced bytes (a torn tail), never bytes out of order.
+//! - [`AppendFile::truncate`] shortens the file; durable once `sync` returns.
+//! - A newly created or removed name is durable only once
+//!   [`Storage::sync_dir`] of its directory has returned `Ok`.
+//! - [`Storage::write_atomic`] replaces a file's whole content: when it
+//!   returns `Ok` the new content is durable under that name, and at no
+//!   instant (crash included) does the name hold a mix of old and new.
+//! - Files opened through [`Storage::map`] must not change while mapped; the
+//!   engine maps only sealed packs, which it never modifies.
+//! - A failed `sync` leaves durability unknown; callers must stop writing
+//!   (the engine poisons itself).
+
+mod local;
+mod memory;
+
+pub use local::LocalStorage;
+pub use memory::{MemoryStorage, TornWrites};
+
+use std::io;
+use std::sync::Arc;
+
+/// A file open for appending.
+pub trait AppendFile: Send + Sync {
+    /// Appends the concatenation of `parts`; returns the offset of its first byte.
+    fn append(&mut self, parts: &[&[u8]]) -> io::Result<u64>;
+    /// Makes everything appended so far durable.
+    fn sync(&mut self) -> io::Result<()>;
+    /// Current length in bytes.
+    fn len(&self) -> u64;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Shortens the file to `len` bytes (durable after `sync`).
+    fn truncate(&mut self, len: u64) -> io::Result<()>;
+}
+
+/// A file open for reading at arbitrary offsets.
+pub trait ReadFile: Send + Sync {
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Fills `buf` from `offset`; fails if the file is shorter.
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// The whole file as one slice, when the backend maps it into memory.
+    fn as_slice(&self) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// A medium holding named files. See the module docs for the contract.
+pub trait Storage: Send + Sync + std::fmt::Debug {
+    /// Opens `name` for appending, creating it (empty) if absent.
+    fn open_append(&self, name: &str) -> io::Result<Box<dyn AppendFile>>;
+    /// Opens `name` for positioned reads (pread); fails if absent.
+    fn open_read(&self, name: &str) -> io::Result<Arc<dyn ReadFile>>;
+    /// Opens `name` through a memory map when the backend supports it;
+    /// `Ok(None)` when it does not. Only for files that never change again.
+    fn map(&self, name: &str) -> io::Result<Option<Arc<dyn ReadFile>>>;
+    /// Atomically and durably replaces the content of `name`.
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Removes `name` (durable after `sync_dir`); absent names are not an error.
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// File names (not paths) directly inside `dir`, sorted.
+    fn list(&self, dir: &str) -> io::Result<Vec<String>>;
+    /// Whether `name` exists.
+    fn exists(&self, name: &str) -> io::Result<bool>;
+    /// Makes creations and removals inside `dir` durable.
+    fn sync_dir(&self, dir: &str) -> io::Result<()>;
+
+    /// Reads a whole file.
+    fn read_all(&self, name: &str) -> io::Result<Vec<u8>> {
+        let file = self.open_read(name)?;
+        let length = usize::try_from(file.len()?).map_err(|_| io::Error::other("file too large"))?;
+        let mut buffer = vec![0u8; length];
+        file.read_exact_at(0, &mut buffer)?;
+        Ok(buffer)
+    }
+}
+
+/// The directory part of a name (`""` for top-level names).
+pub(crate) fn parent_dir(name: &str) -> &str {
+    name.rsplit_once('/').map_or("", |(dir, _)| dir)
+}
