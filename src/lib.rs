@@ -2,6 +2,8 @@
 
 #![deny(clippy::unwrap_used)]
 
+pub mod blockmap;
+pub mod catalog;
 pub mod chunkstore;
 pub mod clock;
 pub mod codec;

@@ -1,0 +1,69 @@
+//! Per-snapshot block maps: block index -> chunk id, as copy-on-write hash
+//! trees whose nodes are content-addressed chunks (see `format::node`).
+//!
+//! A child snapshot starts from its parent's root and rewrites only the
+//! paths its writes touch; every untouched subtree is shared by id. Listing
+//! visits only present entries from a start index on; diffing descends two
+//! trees together and skips every pair of equal child ids, so its cost grows
+//! with the number of differing entries, not with the volume size.
+
+mod cache;
+mod diff;
+mod tree;
+
+pub use cache::NodeCache;
+pub use diff::ChangedEntry;
+
+use crate::chunkstore::ChunkStore;
+use crate::error::{Error, Result};
+use crate::format::node::Node;
+use crate::format::pack::RecordKind;
+use crate::ids::{BlockIndex, ChunkId};
+use std::sync::Arc;
+
+/// Read and write access to block maps stored in a chunk store.
+#[derive(Debug)]
+pub struct BlockMaps<'a> {
+    store: &'a ChunkStore,
+    cache: &'a NodeCache,
+}
+
+/// One page of entries and where the next page starts.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Page<T> {
+    /// Entries in ascending block index order.
+    pub entries: Vec<T>,
+    /// First index of the next page, when more entries exist.
+    pub next: Option<BlockIndex>,
+}
+
+impl<'a> BlockMaps<'a> {
+    /// Block maps over `store`, caching decoded nodes in `cache`.
+    pub fn new(store: &'a ChunkStore, cache: &'a NodeCache) -> Self {
+        BlockMaps { store, cache }
+    }
+
+    /// Loads and verifies a node.
+    fn load(&self, id: &ChunkId) -> Result<Arc<Node>> {
+        if let Some(node) = self.cache.get(id) {
+            return Ok(node);
+        }
+        let stored = self
+            .store
+            .get(RecordKind::MapNode, id)?
+            .ok_or_else(|| Error::corrupted(format!("map node {id}"), "referenced node is not in the store"))?;
+        let node = Node::decode(&stored.data).map_err(|error| error.into_error(&format!("map node {id}")))?;
+        let node = Arc::new(node);
+        self.cache.insert(*id, node.clone());
+        Ok(node)
+    }
+
+    /// Loads a node and checks it sits at the level its parent implies.
+    fn load_at(&self, id: &ChunkId, level: u8) -> Result<Arc<Node>> {
+        let node = self.load(id)?;
+        if node.level != level {
+            return Err(Error::corrupted(format!("map node {id}"), "node level does not match its position"));
+        }
+        Ok(node)
+    }
+}

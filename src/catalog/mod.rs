@@ -1,0 +1,251 @@
+//! Snapshot records, parent links and the state machine
+//! `pending -> completed | error`, persisted as an append-only log.
+//!
+//! The log lives in segments `catalog/NNNNNNNN.log` (file header + frames,
+//! see `format::catalog`). Every record is synced before the call returns,
+//! so an acknowledged transition survives a crash. Recovery replays the
+//! segments in order; a segment's replay stops at its first frame that does
+//! not verify (a torn tail), and new records then go to a fresh segment, so
+//! recovery never truncates bytes.
+
+use crate::error::{Error, Result, ValidationReason};
+use crate::format::catalog::{CatalogRecord, StartedRecord};
+use crate::format::header::{self, CATALOG_MAGIC, FILE_HEADER_SIZE};
+use crate::ids::{ChunkId, SnapshotId};
+use crate::storage::{AppendFile, Storage};
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+const CATALOG_DIR: &str = "catalog";
+
+fn segment_name(seq: u32) -> String {
+    format!("{CATALOG_DIR}/{seq:08x}.log")
+}
+
+/// Where a snapshot is in its lifecycle.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum SnapshotState {
+    /// Accepting blocks.
+    Pending,
+    /// Sealed, durable and immutable.
+    Completed {
+        /// Completion time, epoch milliseconds.
+        completed_millis: u64,
+        /// Root of the block map (`None`: no block ever written in its lineage).
+        root: Option<ChunkId>,
+        /// Distinct indexes written in this snapshot itself.
+        changed_blocks: u32,
+    },
+    /// Cancelled or failed; never readable.
+    Error {
+        /// When, epoch milliseconds.
+        at_millis: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Everything the catalog knows about one snapshot.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SnapshotRecord {
+    /// The parameters it was started with.
+    pub started: StartedRecord,
+    /// Its current state.
+    pub state: SnapshotState,
+}
+
+impl SnapshotRecord {
+    /// The EBS status name.
+    pub fn status_name(&self) -> &'static str {
+        match self.state {
+            SnapshotState::Pending => "pending",
+            SnapshotState::Completed { .. } => "completed",
+            SnapshotState::Error { .. } => "error",
+        }
+    }
+}
+
+#[derive(Default)]
+struct CatalogState {
+    snapshots: HashMap<SnapshotId, SnapshotRecord>,
+    tokens: HashMap<(String, String), SnapshotId>,
+}
+
+impl CatalogState {
+    fn apply(&mut self, record: CatalogRecord, location: &str) -> Result<()> {
+        match record {
+            CatalogRecord::Started(started) => {
+                if let Some(token) = &started.client_token {
+                    self.tokens.insert((started.owner.clone(), token.clone()), started.snapshot);
+                }
+                self.snapshots
+                    .insert(started.snapshot, SnapshotRecord { started, state: SnapshotState::Pending });
+            }
+            CatalogRecord::Completed { snapshot, completed_millis, root, changed_blocks } => {
+                let record = self.pending_mut(snapshot, location)?;
+                record.state = SnapshotState::Completed { completed_millis, root, changed_blocks };
+            }
+            CatalogRecord::Failed { snapshot, at_millis, reason } => {
+                let record = self.pending_mut(snapshot, location)?;
+                record.state = SnapshotState::Error { at_millis, reason };
+            }
+        }
+        Ok(())
+    }
+
+    fn pending_mut(&mut self, snapshot: SnapshotId, location: &str) -> Result<&mut SnapshotRecord> {
+        match self.snapshots.get_mut(&snapshot) {
+            Some(record) if record.state == SnapshotState::Pending => Ok(record),
+            _ => Err(Error::corrupted(location, format!("transition of {snapshot}, which is not pending"))),
+        }
+    }
+}
+
+/// The snapshot catalog. See the module documentation.
+pub struct Catalog {
+    storage: Arc<dyn Storage>,
+    log: Mutex<Box<dyn AppendFile>>,
+    state: RwLock<CatalogState>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").finish_non_exhaustive()
+    }
+}
+
+impl Catalog {
+    /// Replays the log and opens it for appending.
+    pub fn open(storage: Arc<dyn Storage>) -> Result<Catalog> {
+        let mut segments: Vec<u32> = storage
+            .list(CATALOG_DIR)
+            .map_err(|e| Error::io("listing the catalog", e))?
+            .iter()
+            .filter_map(|name| {
+                let stem = name.strip_suffix(".log")?;
+                (stem.len() == 8).then(|| u32::from_str_radix(stem, 16).ok()).flatten()
+            })
+            .collect();
+        segments.sort_unstable();
+        let mut state = CatalogState::default();
+        let mut append_to = None;
+        for &seq in &segments {
+            let name = segment_name(seq);
+            let bytes = storage.read_all(&name).map_err(|e| Error::io(format!("reading {name}"), e))?;
+            let clean = replay_segment(&bytes, seq, &name, &mut state)?;
+            append_to = clean.then_some(seq);
+        }
+        let log = match (append_to, segments.last()) {
+            (Some(seq), Some(last)) if seq == *last => {
+                let name = segment_name(seq);
+                let mut file = storage.open_append(&name).map_err(|e| Error::io(format!("opening {name}"), e))?;
+                file.sync().map_err(|e| Error::io(format!("syncing {name}"), e))?;
+                file
+            }
+            _ => {
+                let seq = segments.last().map_or(0, |last| last + 1);
+                create_segment(storage.as_ref(), seq)?
+            }
+        };
+        Ok(Catalog { storage, log: Mutex::new(log), state: RwLock::new(state) })
+    }
+
+    /// Appends a record, syncs it, then applies it. Nothing is applied if
+    /// the write or sync fails. A transition of `pending_snapshot` is checked
+    /// under the log lock, so two transitions of one snapshot cannot race.
+    fn commit(&self, record: CatalogRecord, pending_snapshot: Option<SnapshotId>) -> Result<()> {
+        let frame = record.encode_frame();
+        let mut log = self.log.lock();
+        if let Some(snapshot) = pending_snapshot {
+            self.require_pending(snapshot)?;
+        }
+        log.append(&[&frame]).map_err(|e| Error::io("appending to the catalog", e))?;
+        log.sync().map_err(|e| Error::io("syncing the catalog", e))?;
+        self.state.write().apply(record, "catalog")
+    }
+
+    /// Records a new pending snapshot.
+    pub fn start(&self, started: StartedRecord) -> Result<()> {
+        self.commit(CatalogRecord::Started(started), None)
+    }
+
+    /// Makes a pending snapshot completed: the commit point of CompleteSnapshot.
+    pub fn complete(
+        &self,
+        snapshot: SnapshotId,
+        completed_millis: u64,
+        root: Option<ChunkId>,
+        changed_blocks: u32,
+    ) -> Result<()> {
+        self.commit(CatalogRecord::Completed { snapshot, completed_millis, root, changed_blocks }, Some(snapshot))
+    }
+
+    /// Moves a pending snapshot to `error`.
+    pub fn fail(&self, snapshot: SnapshotId, at_millis: u64, reason: String) -> Result<()> {
+        self.commit(CatalogRecord::Failed { snapshot, at_millis, reason }, Some(snapshot))
+    }
+
+    fn require_pending(&self, snapshot: SnapshotId) -> Result<()> {
+        match self.get(snapshot) {
+            None => Err(Error::NotFound { message: format!("The snapshot '{snapshot}' does not exist.") }),
+            Some(record) if record.state == SnapshotState::Pending => Ok(()),
+            Some(record) => Err(Error::InvalidState {
+                reason: ValidationReason::InvalidSnapshotId,
+                message: format!("The snapshot '{snapshot}' is {}, not pending.", record.status_name()),
+            }),
+        }
+    }
+
+    /// The record of a snapshot.
+    pub fn get(&self, snapshot: SnapshotId) -> Option<SnapshotRecord> {
+        self.state.read().snapshots.get(&snapshot).cloned()
+    }
+
+    /// The snapshot started with this owner's idempotency token.
+    pub fn find_token(&self, owner: &str, token: &str) -> Option<SnapshotId> {
+        self.state.read().tokens.get(&(owner.to_string(), token.to_string())).copied()
+    }
+
+    /// Ids of every snapshot in a state matching `filter`.
+    pub fn select(&self, filter: impl Fn(&SnapshotRecord) -> bool) -> Vec<SnapshotRecord> {
+        self.state.read().snapshots.values().filter(|record| filter(record)).cloned().collect()
+    }
+
+    /// The storage the catalog writes to.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+}
+
+/// Replays one segment into `state`; returns whether it ended cleanly.
+fn replay_segment(bytes: &[u8], seq: u32, name: &str, state: &mut CatalogState) -> Result<bool> {
+    let header_ok = bytes
+        .get(..FILE_HEADER_SIZE)
+        .is_some_and(|head| header::decode(head, CATALOG_MAGIC) == Ok(u64::from(seq)));
+    if !header_ok {
+        return Ok(false);
+    }
+    let mut offset = FILE_HEADER_SIZE;
+    while offset < bytes.len() {
+        let Ok((record, length)) = CatalogRecord::decode_frame(bytes.get(offset..).unwrap_or_default()) else {
+            return Ok(false);
+        };
+        state.apply(record, &format!("{name} at byte {offset}"))?;
+        offset += length;
+    }
+    Ok(true)
+}
+
+fn create_segment(storage: &dyn Storage, seq: u32) -> Result<Box<dyn AppendFile>> {
+    let name = segment_name(seq);
+    let mut file = storage.open_append(&name).map_err(|e| Error::io(format!("creating {name}"), e))?;
+    if !file.is_empty() {
+        file.truncate(0).map_err(|e| Error::io(format!("resetting {name}"), e))?;
+    }
+    file.append(&[&header::encode(CATALOG_MAGIC, u64::from(seq))])
+        .map_err(|e| Error::io(format!("writing {name}"), e))?;
+    file.sync().map_err(|e| Error::io(format!("syncing {name}"), e))?;
+    storage.sync_dir(CATALOG_DIR).map_err(|e| Error::io("syncing the catalog directory", e))?;
+    Ok(file)
+}
