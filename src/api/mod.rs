@@ -1,0 +1,318 @@
+//! The EBS direct API façade: the six operations as methods on [`Engine`],
+//! with the model's shapes, every validation rule, tokens, and the one map
+//! from [`Error`](crate::Error) to EBS error classes ([`ebs_error`]).
+//!
+//! Each operation exists synchronously (for agents without a runtime) and as
+//! an `_async` method that runs on tokio's blocking pool.
+
+mod errors;
+mod tokens;
+mod types;
+pub mod validate;
+
+pub use errors::{ebs_error, EbsError};
+pub use tokens::{BLOCK_TOKEN_LIFETIME_SECS, MAX_TOKEN_LEN, PAGE_TOKEN_LIFETIME_SECS};
+pub use types::*;
+
+use crate::catalog::{SnapshotRecord, SnapshotState};
+use crate::clock::millis_to_system_time;
+use crate::engine::Engine;
+use crate::error::{Error, Result, ValidationReason};
+use crate::format::catalog::SseKind;
+use crate::format::token::TokenBody;
+use crate::ids::{BlockIndex, SnapshotId};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use tokens::{TokenSigner, PAGE_KIND_CHANGED, PAGE_KIND_LIST};
+
+fn status_of(record: &SnapshotRecord) -> Status {
+    match record.state {
+        SnapshotState::Pending => Status::Pending,
+        SnapshotState::Completed { .. } => Status::Completed,
+        SnapshotState::Error { .. } => Status::Error,
+    }
+}
+
+fn start_response(record: &SnapshotRecord) -> StartSnapshotResponse {
+    let started = &record.started;
+    StartSnapshotResponse {
+        description: started.description.clone(),
+        snapshot_id: started.snapshot.to_string(),
+        owner_id: started.owner.clone(),
+        status: status_of(record),
+        start_time: millis_to_system_time(started.start_millis),
+        volume_size: started.volume_size_gib as i64,
+        block_size: BLOCK_SIZE_BYTES,
+        tags: started.tags.iter().map(|(key, value)| Tag { key: key.clone(), value: value.clone() }).collect(),
+        parent_snapshot_id: started.parent.map(|parent| parent.to_string()),
+        kms_key_arn: started.kms_key_arn.clone(),
+        sse_type: match started.sse {
+            SseKind::None => SseType::None,
+            SseKind::SseEbs => SseType::SseEbs,
+            SseKind::SseKms => SseType::SseKms,
+        },
+    }
+}
+
+/// Where a listing starts: the page token's position (bound to the same
+/// listing) or StartingBlockIndex.
+fn listing_start(
+    signer: &TokenSigner,
+    now_secs: u64,
+    next_token: Option<&str>,
+    starting_block_index: Option<i32>,
+    expected_kind: u8,
+    snapshot: SnapshotId,
+    other: Option<SnapshotId>,
+) -> Result<BlockIndex> {
+    let Some(token) = next_token else {
+        return validate::starting_block_index(starting_block_index).map(BlockIndex);
+    };
+    match signer.check(token, now_secs, ValidationReason::InvalidPageToken)? {
+        TokenBody::Page { kind, snapshot: token_snapshot, other: token_other, next_index, .. }
+            if kind == expected_kind && token_snapshot == snapshot.0 && token_other == other.map_or(0, |id| id.0) =>
+        {
+            Ok(BlockIndex(next_index))
+        }
+        _ => Err(Error::invalid(ValidationReason::InvalidPageToken, "The page token belongs to another listing.")),
+    }
+}
+
+/// The timestamps and signer a listing needs.
+struct ListingClock {
+    signer: TokenSigner,
+    now_secs: u64,
+    block_expiry_secs: u64,
+}
+
+impl ListingClock {
+    fn block_token(&self, snapshot: SnapshotId, index: BlockIndex) -> String {
+        self.signer.issue(&TokenBody::Block { snapshot: snapshot.0, index: index.0, expiry_secs: self.block_expiry_secs })
+    }
+
+    fn page_token(&self, kind: u8, snapshot: SnapshotId, other: Option<SnapshotId>, next: Option<BlockIndex>) -> Option<String> {
+        next.map(|next| {
+            self.signer.issue(&TokenBody::Page {
+                kind,
+                snapshot: snapshot.0,
+                other: other.map_or(0, |id| id.0),
+                next_index: next.0,
+                expiry_secs: self.now_secs + PAGE_TOKEN_LIFETIME_SECS,
+            })
+        })
+    }
+
+    fn expiry_time(&self) -> Option<std::time::SystemTime> {
+        Some(millis_to_system_time(self.block_expiry_secs * 1000))
+    }
+}
+
+impl Engine {
+    fn owner(&self) -> &str {
+        &self.config().owner_id
+    }
+
+    fn listing_clock(&self) -> ListingClock {
+        let now_secs = self.now_millis() / 1000;
+        ListingClock {
+            signer: TokenSigner::new(self.token_secret()),
+            now_secs,
+            block_expiry_secs: now_secs + BLOCK_TOKEN_LIFETIME_SECS,
+        }
+    }
+
+    /// StartSnapshot: creates a pending snapshot (or returns the one an
+    /// identical request with the same ClientToken created).
+    pub fn start_snapshot(&self, request: StartSnapshotRequest) -> Result<StartSnapshotResponse> {
+        let parameters = validate::start_snapshot(&request)?;
+        let record = self.start(self.owner(), parameters)?;
+        Ok(start_response(&record))
+    }
+
+    /// PutSnapshotBlock: writes one 512 KiB block to a pending snapshot after
+    /// verifying its SHA-256.
+    pub fn put_snapshot_block(&self, request: PutSnapshotBlockRequest) -> Result<PutSnapshotBlockResponse> {
+        let snapshot = validate::snapshot_id("SnapshotId", &request.snapshot_id)?;
+        let index = validate::block_index(request.block_index)?;
+        validate::checksum_algorithm(&request.checksum_algorithm)?;
+        let expected = validate::checksum("Checksum", &request.checksum)?;
+        validate::block_shape(request.data_length, request.block_data.len(), request.progress)?;
+        self.put_block(self.owner(), snapshot, BlockIndex(index), &request.block_data, &expected)?;
+        Ok(PutSnapshotBlockResponse { checksum: request.checksum, checksum_algorithm: request.checksum_algorithm })
+    }
+
+    /// CompleteSnapshot: seals a pending snapshot. A count or aggregate
+    /// mismatch is a ValidationException and leaves the snapshot pending.
+    pub fn complete_snapshot(&self, request: CompleteSnapshotRequest) -> Result<CompleteSnapshotResponse> {
+        let snapshot = validate::snapshot_id("SnapshotId", &request.snapshot_id)?;
+        let changed_blocks = u32::try_from(request.changed_blocks_count).map_err(|_| {
+            Error::invalid(ValidationReason::InvalidParameterValue, "ChangedBlocksCount must not be negative.")
+        })?;
+        if let Some(algorithm) = &request.checksum_algorithm {
+            validate::checksum_algorithm(algorithm)?;
+        }
+        if let Some(method) = &request.checksum_aggregation_method {
+            if method != "LINEAR" {
+                return Err(Error::invalid(
+                    ValidationReason::InvalidParameterValue,
+                    format!("ChecksumAggregationMethod '{method}' is not supported; use LINEAR."),
+                ));
+            }
+        }
+        let aggregate = match &request.checksum {
+            None => None,
+            Some(checksum) => {
+                if request.checksum_algorithm.is_none() || request.checksum_aggregation_method.is_none() {
+                    return Err(Error::invalid(
+                        ValidationReason::InvalidParameterValue,
+                        "Checksum requires ChecksumAlgorithm SHA256 and ChecksumAggregationMethod LINEAR.",
+                    ));
+                }
+                Some(validate::checksum("Checksum", checksum)?)
+            }
+        };
+        let record = self.complete(self.owner(), snapshot, changed_blocks, aggregate)?;
+        Ok(CompleteSnapshotResponse { status: status_of(&record) })
+    }
+
+    /// GetSnapshotBlock: reads one block of a completed snapshot.
+    pub fn get_snapshot_block(&self, request: GetSnapshotBlockRequest) -> Result<GetSnapshotBlockResponse> {
+        let snapshot = validate::snapshot_id("SnapshotId", &request.snapshot_id)?;
+        let index = BlockIndex(validate::block_index(request.block_index)?);
+        let (_, root) = self.completed(self.owner(), snapshot)?;
+        let clock = self.listing_clock();
+        let bound = matches!(
+            clock.signer.check(&request.block_token, clock.now_secs, ValidationReason::InvalidBlockToken)?,
+            TokenBody::Block { snapshot: token_snapshot, index: token_index, .. }
+                if token_snapshot == snapshot.0 && token_index == index.0
+        );
+        let mismatch =
+            || Error::invalid(ValidationReason::InvalidBlockToken, "The block token does not belong to this block.");
+        if !bound {
+            return Err(mismatch());
+        }
+        let (data, sha256) = self.read_block(root, index)?.ok_or_else(mismatch)?;
+        Ok(GetSnapshotBlockResponse {
+            data_length: BLOCK_SIZE_BYTES,
+            block_data: data,
+            checksum: STANDARD.encode(sha256.0),
+            checksum_algorithm: "SHA256".to_string(),
+        })
+    }
+
+    /// ListSnapshotBlocks: the written blocks of a completed snapshot,
+    /// inherited ones included, ascending.
+    pub fn list_snapshot_blocks(&self, request: ListSnapshotBlocksRequest) -> Result<ListSnapshotBlocksResponse> {
+        let snapshot = validate::snapshot_id("SnapshotId", &request.snapshot_id)?;
+        let limit = validate::max_results(request.max_results)?;
+        let (record, root) = self.completed(self.owner(), snapshot)?;
+        let clock = self.listing_clock();
+        let start = listing_start(
+            &clock.signer,
+            clock.now_secs,
+            request.next_token.as_deref(),
+            request.starting_block_index,
+            PAGE_KIND_LIST,
+            snapshot,
+            None,
+        )?;
+        let page = self.list_blocks(root, start, limit)?;
+        Ok(ListSnapshotBlocksResponse {
+            blocks: page
+                .entries
+                .iter()
+                .map(|(index, _)| Block { block_index: index.0 as i32, block_token: clock.block_token(snapshot, *index) })
+                .collect(),
+            expiry_time: clock.expiry_time(),
+            volume_size: record.started.volume_size_gib as i64,
+            block_size: BLOCK_SIZE_BYTES,
+            next_token: clock.page_token(PAGE_KIND_LIST, snapshot, None, page.next),
+        })
+    }
+
+    /// ListChangedBlocks: indexes whose data differs between two completed
+    /// snapshots of one lineage (either order). Without FirstSnapshotId every
+    /// written block of the second snapshot is listed, with SecondBlockToken only.
+    pub fn list_changed_blocks(&self, request: ListChangedBlocksRequest) -> Result<ListChangedBlocksResponse> {
+        let second = validate::snapshot_id("SecondSnapshotId", &request.second_snapshot_id)?;
+        let first = request.first_snapshot_id.as_deref().map(|id| validate::snapshot_id("FirstSnapshotId", id)).transpose()?;
+        let limit = validate::max_results(request.max_results)?;
+        let (second_record, second_root) = self.completed(self.owner(), second)?;
+        let first_root = match first {
+            None => None,
+            Some(first) => {
+                let (first_record, first_root) = self.completed(self.owner(), first)?;
+                if first_record.started.lineage != second_record.started.lineage {
+                    return Err(Error::invalid(
+                        ValidationReason::UnrelatedSnapshots,
+                        format!("{first} and {second} are not related"),
+                    ));
+                }
+                first_root
+            }
+        };
+        let clock = self.listing_clock();
+        let start = listing_start(
+            &clock.signer,
+            clock.now_secs,
+            request.next_token.as_deref(),
+            request.starting_block_index,
+            PAGE_KIND_CHANGED,
+            second,
+            first,
+        )?;
+        let page = self.diff_blocks(first_root, second_root, start, limit)?;
+        let changed_blocks = page
+            .entries
+            .iter()
+            .map(|entry| ChangedBlock {
+                block_index: entry.index.0 as i32,
+                first_block_token: match (first, entry.first) {
+                    (Some(first), Some(_)) => Some(clock.block_token(first, entry.index)),
+                    _ => None,
+                },
+                second_block_token: entry.second.map(|_| clock.block_token(second, entry.index)),
+            })
+            .collect();
+        Ok(ListChangedBlocksResponse {
+            changed_blocks,
+            expiry_time: clock.expiry_time(),
+            volume_size: second_record.started.volume_size_gib as i64,
+            block_size: BLOCK_SIZE_BYTES,
+            next_token: clock.page_token(PAGE_KIND_CHANGED, second, first, page.next),
+        })
+    }
+
+    /// [`Engine::start_snapshot`] on tokio's blocking pool.
+    pub async fn start_snapshot_async(&self, request: StartSnapshotRequest) -> Result<StartSnapshotResponse> {
+        self.run_blocking(move |engine| engine.start_snapshot(request)).await
+    }
+
+    /// [`Engine::put_snapshot_block`] on tokio's blocking pool.
+    pub async fn put_snapshot_block_async(&self, request: PutSnapshotBlockRequest) -> Result<PutSnapshotBlockResponse> {
+        self.run_blocking(move |engine| engine.put_snapshot_block(request)).await
+    }
+
+    /// [`Engine::complete_snapshot`] on tokio's blocking pool.
+    pub async fn complete_snapshot_async(&self, request: CompleteSnapshotRequest) -> Result<CompleteSnapshotResponse> {
+        self.run_blocking(move |engine| engine.complete_snapshot(request)).await
+    }
+
+    /// [`Engine::get_snapshot_block`] on tokio's blocking pool.
+    pub async fn get_snapshot_block_async(&self, request: GetSnapshotBlockRequest) -> Result<GetSnapshotBlockResponse> {
+        self.run_blocking(move |engine| engine.get_snapshot_block(request)).await
+    }
+
+    /// [`Engine::list_snapshot_blocks`] on tokio's blocking pool.
+    pub async fn list_snapshot_blocks_async(
+        &self,
+        request: ListSnapshotBlocksRequest,
+    ) -> Result<ListSnapshotBlocksResponse> {
+        self.run_blocking(move |engine| engine.list_snapshot_blocks(request)).await
+    }
+
+    /// [`Engine::list_changed_blocks`] on tokio's blocking pool.
+    pub async fn list_changed_blocks_async(&self, request: ListChangedBlocksRequest) -> Result<ListChangedBlocksResponse> {
+        self.run_blocking(move |engine| engine.list_changed_blocks(request)).await
+    }
+}

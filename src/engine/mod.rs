@@ -1,0 +1,555 @@
+//! The engine: pending-snapshot sessions, the commit protocol, recovery on
+//! open, fail-stop after I/O errors, and the async boundary.
+//!
+//! The EBS operations themselves (validation, tokens, response shapes) are
+//! in `api`, as methods on [`Engine`]; this layer offers them the typed
+//! operations underneath.
+
+mod commit;
+mod session;
+
+use crate::blockmap::{BlockMaps, ChangedEntry, NodeCache, Page};
+use crate::catalog::{Catalog, SnapshotRecord, SnapshotState};
+use crate::chunkstore::{ChunkStore, ChunkStoreConfig, ChunkStoreStats};
+use crate::clock::{Clock, SystemClock};
+use crate::codec;
+use crate::error::{Error, Result, ValidationReason};
+use crate::format::catalog::StartedRecord;
+use crate::format::pack::RecordKind;
+use crate::format::store::StoreHeader;
+use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId, BLOCKS_PER_GIB};
+use crate::storage::{LocalStorage, Storage};
+use bytes::Bytes;
+use commit::GroupCommit;
+use parking_lot::{Mutex, RwLock};
+use session::{journal_name, linear_aggregate, Session, JOURNAL_DIR};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+const STORE_HEADER_NAME: &str = "blocksnap.store";
+
+/// When an acknowledged PutSnapshotBlock becomes durable.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum PutDurability {
+    /// A put returns only once its data and journal record are durable.
+    /// Concurrent puts share sync rounds (group commit). Nothing acknowledged
+    /// is lost in a crash.
+    #[default]
+    Immediate,
+    /// Puts are journaled but synced only by CompleteSnapshot,
+    /// [`Engine::flush`], or an `Immediate` put's round. After a crash a pending
+    /// snapshot may lack or revert puts made since the last sync; the
+    /// ChangedBlocksCount and LINEAR checks of CompleteSnapshot reveal it,
+    /// and completed snapshots are never affected. For bulk loaders that
+    /// restart an interrupted upload anyway.
+    AtComplete,
+}
+
+/// How an engine is set up.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The `OwnerId` of snapshots created through the in-process API.
+    pub owner_id: String,
+    /// Chunk store tuning.
+    pub chunk_store: ChunkStoreConfig,
+    /// Decoded map nodes kept in memory (about 2 KiB each).
+    pub node_cache_nodes: usize,
+    /// Most snapshots that may be pending at once per owner (EBS: 100).
+    pub max_pending_snapshots: usize,
+    /// When a put becomes durable.
+    pub put_durability: PutDurability,
+    /// Wall-clock source (tokens, timestamps).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            owner_id: "000000000000".to_string(),
+            chunk_store: ChunkStoreConfig::default(),
+            node_cache_nodes: 16_384,
+            max_pending_snapshots: 100,
+            put_durability: PutDurability::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// A blocksnap store, open. Cheap to clone: clones share one engine.
+/// `Send + Sync`; every method may be called from any thread.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("storage", &self.inner.storage).finish_non_exhaustive()
+    }
+}
+
+struct EngineInner {
+    storage: Arc<dyn Storage>,
+    config: EngineConfig,
+    header: StoreHeader,
+    chunks: ChunkStore,
+    nodes: NodeCache,
+    catalog: Catalog,
+    sessions: RwLock<HashMap<SnapshotId, Arc<Session>>>,
+    /// Serializes StartSnapshot so idempotency checks and limits are exact.
+    start_lock: Mutex<()>,
+    group_commit: GroupCommit,
+    /// A journal was created since the journal directory was last synced.
+    journal_dir_dirty: AtomicBool,
+    /// Set by the first I/O failure on a write path; see [`Error::Poisoned`].
+    poisoned: AtomicBool,
+}
+
+/// The parameters of a new snapshot, validated by the API layer.
+#[derive(Clone, Debug)]
+pub(crate) struct NewSnapshot {
+    pub(crate) parent: Option<SnapshotId>,
+    pub(crate) volume_size_gib: u64,
+    pub(crate) timeout_minutes: u32,
+    pub(crate) client_token: Option<String>,
+    pub(crate) description: Option<String>,
+    pub(crate) tags: Vec<(String, String)>,
+}
+
+fn not_found(snapshot: SnapshotId) -> Error {
+    Error::NotFound { message: format!("The snapshot '{snapshot}' does not exist.") }
+}
+
+impl Engine {
+    /// Opens (creating if needed) a store in a local directory with the
+    /// default configuration.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Engine> {
+        Engine::open_with(Self::local_storage(dir)?, EngineConfig::default())
+    }
+
+    /// The local-directory storage `open` uses, for callers that want
+    /// [`Engine::open_with`] and a custom configuration.
+    pub fn local_storage(dir: impl AsRef<Path>) -> Result<Arc<dyn Storage>> {
+        let dir = dir.as_ref();
+        let storage = LocalStorage::open(dir).map_err(|e| Error::io(format!("opening store {}", dir.display()), e))?;
+        Ok(Arc::new(storage))
+    }
+
+    /// Opens a store on any storage backend and recovers from a crash:
+    /// packs are indexed (torn tails fenced off), the catalog is replayed,
+    /// and pending snapshots are rebuilt from their journals.
+    pub fn open_with(storage: Arc<dyn Storage>, config: EngineConfig) -> Result<Engine> {
+        let header = load_or_create_header(storage.as_ref(), config.clock.now_millis())?;
+        let chunks = ChunkStore::open(storage.clone(), config.chunk_store.clone())?;
+        let catalog = Catalog::open(storage.clone())?;
+        let nodes = NodeCache::new(config.node_cache_nodes);
+        let mut sessions = HashMap::new();
+        for record in catalog.select(|record| record.state == SnapshotState::Pending) {
+            let snapshot = record.started.snapshot;
+            let parent_root = parent_root_of(&catalog, &record)?;
+            let volume_blocks = record.started.volume_size_gib * BLOCKS_PER_GIB;
+            let session = Session::recover(storage.as_ref(), &chunks, snapshot, volume_blocks, parent_root)?;
+            sessions.insert(snapshot, Arc::new(session));
+        }
+        for name in storage.list(JOURNAL_DIR).map_err(|e| Error::io("listing journals", e))? {
+            let pending = name
+                .strip_suffix(".journal")
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                .is_some_and(|id| sessions.contains_key(&SnapshotId(id)));
+            if !pending {
+                storage
+                    .remove(&format!("{JOURNAL_DIR}/{name}"))
+                    .map_err(|e| Error::io(format!("removing stale journal {name}"), e))?;
+            }
+        }
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                storage,
+                config,
+                header,
+                chunks,
+                nodes,
+                catalog,
+                sessions: RwLock::new(sessions),
+                start_lock: Mutex::new(()),
+                group_commit: GroupCommit::default(),
+                journal_dir_dirty: AtomicBool::new(false),
+                poisoned: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Now, epoch milliseconds, from the configured clock.
+    pub(crate) fn now_millis(&self) -> u64 {
+        self.inner.config.clock.now_millis()
+    }
+
+    /// The store's random token secret.
+    pub(crate) fn token_secret(&self) -> &[u8; 32] {
+        &self.inner.header.token_secret
+    }
+
+    /// Counters of the chunk store.
+    pub fn chunk_stats(&self) -> ChunkStoreStats {
+        self.inner.chunks.stats()
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            Err(Error::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Passes `result` through, poisoning the engine if it is an I/O failure.
+    fn poison_on_io<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(error) = &result {
+            if error.is_fatal_io() {
+                self.inner.poisoned.store(true, Ordering::Release);
+            }
+        }
+        result
+    }
+
+    /// Makes every put acknowledged before this call durable: chunk data
+    /// first, then journals, then the journal directory.
+    pub fn flush(&self) -> Result<()> {
+        self.check_writable()?;
+        let result = self.inner.group_commit.commit(|| {
+            self.inner.chunks.sync()?;
+            let sessions: Vec<Arc<Session>> = self.inner.sessions.read().values().cloned().collect();
+            for session in sessions {
+                session.sync_journal()?;
+            }
+            if self.inner.journal_dir_dirty.swap(false, Ordering::AcqRel) {
+                if let Err(error) = self.inner.storage.sync_dir(JOURNAL_DIR) {
+                    self.inner.journal_dir_dirty.store(true, Ordering::Release);
+                    return Err(Error::io("syncing the journal directory", error));
+                }
+            }
+            Ok(())
+        });
+        self.poison_on_io(result)
+    }
+
+    /// The catalog record of a snapshot owned by `owner`.
+    pub(crate) fn record(&self, owner: &str, snapshot: SnapshotId) -> Result<SnapshotRecord> {
+        match self.inner.catalog.get(snapshot) {
+            Some(record) if record.started.owner == owner => Ok(record),
+            _ => Err(not_found(snapshot)),
+        }
+    }
+
+    /// The record and map root of a completed snapshot.
+    pub(crate) fn completed(&self, owner: &str, snapshot: SnapshotId) -> Result<(SnapshotRecord, Option<ChunkId>)> {
+        let record = self.record(owner, snapshot)?;
+        match record.state {
+            SnapshotState::Completed { root, .. } => Ok((record, root)),
+            _ => Err(Error::InvalidState {
+                reason: ValidationReason::InvalidSnapshotId,
+                message: format!("The snapshot '{snapshot}' is {}; only completed snapshots can be read.", record.status_name()),
+            }),
+        }
+    }
+
+    /// Starts a snapshot, or returns the one an identical earlier request
+    /// with the same client token started.
+    pub(crate) fn start(&self, owner: &str, request: NewSnapshot) -> Result<SnapshotRecord> {
+        self.check_writable()?;
+        let _serial = self.inner.start_lock.lock();
+        let catalog = &self.inner.catalog;
+        if let Some(token) = &request.client_token {
+            if let Some(existing) = catalog.find_token(owner, token) {
+                let record = self.record(owner, existing)?;
+                let started = &record.started;
+                let same = started.parent == request.parent
+                    && started.volume_size_gib == request.volume_size_gib
+                    && started.timeout_minutes == request.timeout_minutes
+                    && started.description == request.description
+                    && started.tags == request.tags;
+                if same {
+                    return Ok(record);
+                }
+                return Err(Error::Conflict {
+                    message: format!(
+                        "The client token '{token}' was used for snapshot '{existing}' with different parameters."
+                    ),
+                });
+            }
+        }
+        let (lineage, parent_root) = match request.parent {
+            None => (None, None),
+            Some(parent) => {
+                let (record, root) = self.completed(owner, parent).map_err(|error| match error {
+                    Error::InvalidState { message, .. } => {
+                        Error::invalid(ValidationReason::InvalidParameterValue, format!("ParentSnapshotId: {message}"))
+                    }
+                    other => other,
+                })?;
+                if request.volume_size_gib < record.started.volume_size_gib {
+                    return Err(Error::invalid(
+                        ValidationReason::InvalidVolumeSize,
+                        format!(
+                            "VolumeSize {} is smaller than the parent snapshot's {} GiB.",
+                            request.volume_size_gib, record.started.volume_size_gib
+                        ),
+                    ));
+                }
+                (Some(record.started.lineage), root)
+            }
+        };
+        let pending_of_owner = self
+            .inner
+            .sessions
+            .read()
+            .keys()
+            .filter(|id| catalog.get(**id).is_some_and(|record| record.started.owner == owner))
+            .count();
+        if pending_of_owner >= self.inner.config.max_pending_snapshots {
+            return Err(Error::ConcurrentLimitExceeded {
+                message: format!(
+                    "Owner {owner} already has {pending_of_owner} pending snapshots, the most allowed at once."
+                ),
+            });
+        }
+        let snapshot = loop {
+            let candidate = SnapshotId(random_u64()? >> 1 | 1);
+            if catalog.get(candidate).is_none() {
+                break candidate;
+            }
+        };
+        let now = self.now_millis();
+        let started = StartedRecord {
+            snapshot,
+            parent: request.parent,
+            lineage: lineage.unwrap_or(snapshot),
+            volume_size_gib: request.volume_size_gib,
+            timeout_minutes: request.timeout_minutes,
+            start_millis: now,
+            sse: crate::format::catalog::SseKind::None,
+            owner: owner.to_string(),
+            client_token: request.client_token,
+            description: request.description,
+            kms_key_arn: None,
+            tags: request.tags,
+        };
+        let volume_blocks = started.volume_size_gib * BLOCKS_PER_GIB;
+        self.poison_on_io(catalog.start(started))?;
+        let session = Arc::new(Session::new(snapshot, volume_blocks, parent_root));
+        self.inner.sessions.write().insert(snapshot, session);
+        self.record(owner, snapshot)
+    }
+
+    /// The session of a pending snapshot owned by `owner`.
+    fn session(&self, owner: &str, snapshot: SnapshotId) -> Result<Arc<Session>> {
+        let record = self.record(owner, snapshot)?;
+        match self.inner.sessions.read().get(&snapshot) {
+            Some(session) => Ok(session.clone()),
+            None => Err(Error::InvalidState {
+                reason: ValidationReason::InvalidSnapshotId,
+                message: format!("The snapshot '{snapshot}' is {}, not pending.", record.status_name()),
+            }),
+        }
+    }
+
+    /// Stores one block of a pending snapshot after checking its SHA-256.
+    /// Zero blocks are recorded without payload. Hashing and compression run
+    /// before any lock is taken.
+    pub(crate) fn put_block(
+        &self,
+        owner: &str,
+        snapshot: SnapshotId,
+        index: BlockIndex,
+        data: &[u8],
+        expected: &Sha256Digest,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let session = self.session(owner, snapshot)?;
+        if u64::from(index.0) >= session.volume_blocks {
+            return Err(Error::invalid(
+                ValidationReason::InvalidBlock,
+                format!("BlockIndex {} is beyond the volume's {} blocks.", index.0, session.volume_blocks),
+            ));
+        }
+        let mismatch = || {
+            Error::invalid(ValidationReason::InvalidBlock, "The checksum does not match the SHA-256 of the block data.")
+        };
+        let (chunk, sha256) = if codec::is_zero(data) {
+            if *expected != codec::zero_block_sha256() {
+                return Err(mismatch());
+            }
+            (codec::zero_block_id(), codec::zero_block_sha256())
+        } else {
+            let sha256 = codec::sha256(data);
+            if sha256 != *expected {
+                return Err(mismatch());
+            }
+            let chunk = codec::chunk_id(data);
+            self.poison_on_io(self.inner.chunks.put(RecordKind::Block, &chunk, &sha256, data))?;
+            (chunk, sha256)
+        };
+        let created = self.poison_on_io(session.record(self.inner.storage.as_ref(), index, chunk, sha256))?;
+        if created {
+            self.inner.journal_dir_dirty.store(true, Ordering::Release);
+        }
+        if self.inner.config.put_durability == PutDurability::Immediate {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Seals a pending snapshot: checks the count and optional LINEAR
+    /// aggregate (a mismatch leaves it pending), then commits in order:
+    /// block data durable, map nodes written and durable, catalog record
+    /// durable (the commit point).
+    pub(crate) fn complete(
+        &self,
+        owner: &str,
+        snapshot: SnapshotId,
+        changed_blocks: u32,
+        aggregate: Option<Sha256Digest>,
+    ) -> Result<SnapshotRecord> {
+        self.check_writable()?;
+        let session = self.session(owner, snapshot)?;
+        let mut state = session.lock_open()?;
+        let written = state.writes.len();
+        if written != changed_blocks as usize {
+            return Err(Error::invalid(
+                ValidationReason::InvalidParameterValue,
+                format!("ChangedBlocksCount is {changed_blocks}, but {written} distinct blocks were written to '{snapshot}'."),
+            ));
+        }
+        if let Some(expected) = aggregate {
+            if linear_aggregate(&state.writes) != expected {
+                return Err(Error::invalid(
+                    ValidationReason::InvalidParameterValue,
+                    "The LINEAR aggregate checksum does not match the blocks written.",
+                ));
+            }
+        }
+        self.poison_on_io(self.inner.chunks.sync())?;
+        let writes: Vec<(BlockIndex, ChunkId)> = state.writes.iter().map(|(index, (chunk, _))| (*index, *chunk)).collect();
+        let root = self.poison_on_io(self.maps().apply(session.parent_root, &writes))?;
+        self.poison_on_io(self.inner.chunks.sync())?;
+        let now = self.now_millis();
+        self.poison_on_io(self.inner.catalog.complete(snapshot, now, root, changed_blocks))?;
+        state.closed = true;
+        drop(state);
+        self.inner.sessions.write().remove(&snapshot);
+        // The journal is garbage now; recovery removes it if this fails.
+        let _ = self.inner.storage.remove(&journal_name(snapshot));
+        self.record(owner, snapshot)
+    }
+
+    fn maps(&self) -> BlockMaps<'_> {
+        BlockMaps::new(&self.inner.chunks, &self.inner.nodes)
+    }
+
+    /// The data and SHA-256 of the block at `index` in the map at `root`.
+    pub(crate) fn read_block(&self, root: Option<ChunkId>, index: BlockIndex) -> Result<Option<(Bytes, Sha256Digest)>> {
+        let Some(chunk) = self.maps().lookup(root, index)? else { return Ok(None) };
+        if chunk == codec::zero_block_id() {
+            return Ok(Some((Bytes::from(vec![0u8; crate::ids::BLOCK_SIZE]), codec::zero_block_sha256())));
+        }
+        let stored = self
+            .inner
+            .chunks
+            .get(RecordKind::Block, &chunk)?
+            .ok_or_else(|| Error::corrupted(format!("block {} (chunk {chunk})", index.0), "chunk is missing from the store"))?;
+        Ok(Some((Bytes::from(stored.data), stored.sha256)))
+    }
+
+    /// A page of the written indexes of the map at `root`.
+    pub(crate) fn list_blocks(
+        &self,
+        root: Option<ChunkId>,
+        start: BlockIndex,
+        limit: usize,
+    ) -> Result<Page<(BlockIndex, ChunkId)>> {
+        self.maps().list(root, start, limit)
+    }
+
+    /// A page of the indexes whose chunks differ between two maps.
+    pub(crate) fn diff_blocks(
+        &self,
+        first: Option<ChunkId>,
+        second: Option<ChunkId>,
+        start: BlockIndex,
+        limit: usize,
+    ) -> Result<Page<ChangedEntry>> {
+        self.maps().diff(first, second, start, limit)
+    }
+
+    /// Runs a blocking engine call on tokio's blocking pool when called from
+    /// a runtime (so the runtime's workers never block), inline otherwise.
+    pub(crate) async fn run_blocking<R: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Engine) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let engine = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => handle
+                .spawn_blocking(move || call(&engine))
+                .await
+                .map_err(|join| Error::io("blocking task", std::io::Error::other(join.to_string())))?,
+            Err(_) => call(&engine),
+        }
+    }
+}
+
+impl Drop for EngineInner {
+    fn drop(&mut self) {
+        // Best effort: a clean shutdown makes acknowledged puts durable even
+        // in `AtComplete` mode. Errors cannot be reported from here.
+        if !self.poisoned.load(Ordering::Acquire) && self.chunks.sync().is_ok() {
+            for session in self.sessions.get_mut().values() {
+                let _ = session.sync_journal();
+            }
+            let _ = self.storage.sync_dir(JOURNAL_DIR);
+        }
+    }
+}
+
+fn parent_root_of(catalog: &Catalog, record: &SnapshotRecord) -> Result<Option<ChunkId>> {
+    let Some(parent) = record.started.parent else { return Ok(None) };
+    match catalog.get(parent).map(|parent| parent.state) {
+        Some(SnapshotState::Completed { root, .. }) => Ok(root),
+        _ => Err(Error::corrupted(
+            "catalog",
+            format!("pending snapshot {} has parent {parent}, which is not completed", record.started.snapshot),
+        )),
+    }
+}
+
+fn random_u64() -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| Error::io("reading random bytes", std::io::Error::other(e.to_string())))?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+fn load_or_create_header(storage: &dyn Storage, now: u64) -> Result<StoreHeader> {
+    let exists = storage.exists(STORE_HEADER_NAME).map_err(|e| Error::io("checking the store header", e))?;
+    if exists {
+        let bytes = storage.read_all(STORE_HEADER_NAME).map_err(|e| Error::io("reading the store header", e))?;
+        return StoreHeader::decode(&bytes).map_err(|error| error.into_error(STORE_HEADER_NAME));
+    }
+    let mut random = [0u8; 48];
+    getrandom::fill(&mut random).map_err(|e| Error::io("reading random bytes", std::io::Error::other(e.to_string())))?;
+    let mut store_id = [0u8; 16];
+    let mut token_secret = [0u8; 32];
+    store_id.copy_from_slice(&random[..16]);
+    token_secret.copy_from_slice(&random[16..]);
+    let header = StoreHeader { store_id, token_secret, created_millis: now };
+    storage
+        .write_atomic(STORE_HEADER_NAME, &header.encode())
+        .map_err(|e| Error::io("writing the store header", e))?;
+    Ok(header)
+}

@@ -1,0 +1,173 @@
+//! Pending snapshots: the writes a snapshot has received, and its journal.
+//!
+//! Every call on a pending snapshot goes through its session's lock; the
+//! lock is held only for bookkeeping (journal append, map insert), never for
+//! hashing or compression, except by CompleteSnapshot, which holds it while
+//! sealing so that no put can slip in between validation and commit.
+
+use crate::chunkstore::ChunkStore;
+use crate::codec;
+use crate::error::{Error, Result, ValidationReason};
+use crate::format::header::{self, FILE_HEADER_SIZE, JOURNAL_MAGIC};
+use crate::format::journal::{JournalRecord, JOURNAL_RECORD_SIZE};
+use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId};
+use crate::storage::{AppendFile, Storage};
+use parking_lot::{Mutex, MutexGuard};
+use std::collections::BTreeMap;
+
+/// Directory of pending snapshots' journals.
+pub(crate) const JOURNAL_DIR: &str = "pending";
+
+/// Name of a pending snapshot's journal.
+pub(crate) fn journal_name(snapshot: SnapshotId) -> String {
+    format!("{JOURNAL_DIR}/{:016x}.journal", snapshot.0)
+}
+
+/// What a pending snapshot has received so far.
+pub(crate) struct SessionState {
+    /// Final content of every index written in this snapshot.
+    pub(crate) writes: BTreeMap<BlockIndex, (ChunkId, Sha256Digest)>,
+    journal: Option<Box<dyn AppendFile>>,
+    journal_dirty: bool,
+    /// Set once the snapshot left `pending`; later calls are refused.
+    pub(crate) closed: bool,
+}
+
+/// One pending snapshot.
+pub(crate) struct Session {
+    pub(crate) snapshot: SnapshotId,
+    /// Blocks in the volume: valid indexes are below this.
+    pub(crate) volume_blocks: u64,
+    /// The parent's map root, the base the writes apply to.
+    pub(crate) parent_root: Option<ChunkId>,
+    state: Mutex<SessionState>,
+}
+
+impl Session {
+    /// A session with no writes yet.
+    pub(crate) fn new(snapshot: SnapshotId, volume_blocks: u64, parent_root: Option<ChunkId>) -> Session {
+        Session::with_state(snapshot, volume_blocks, parent_root, BTreeMap::new(), None)
+    }
+
+    fn with_state(
+        snapshot: SnapshotId,
+        volume_blocks: u64,
+        parent_root: Option<ChunkId>,
+        writes: BTreeMap<BlockIndex, (ChunkId, Sha256Digest)>,
+        journal: Option<Box<dyn AppendFile>>,
+    ) -> Session {
+        let state = SessionState { writes, journal, journal_dirty: false, closed: false };
+        Session { snapshot, volume_blocks, parent_root, state: Mutex::new(state) }
+    }
+
+    /// Locks the session, refusing if the snapshot already left `pending`.
+    pub(crate) fn lock_open(&self) -> Result<MutexGuard<'_, SessionState>> {
+        let state = self.state.lock();
+        if state.closed {
+            return Err(Error::InvalidState {
+                reason: ValidationReason::InvalidSnapshotId,
+                message: format!("The snapshot '{}' is no longer pending.", self.snapshot),
+            });
+        }
+        Ok(state)
+    }
+
+    /// Records an acknowledged put: journal first, then the in-memory map.
+    /// Returns whether a journal file was created (its directory entry then
+    /// needs a sync).
+    pub(crate) fn record(
+        &self,
+        storage: &dyn Storage,
+        index: BlockIndex,
+        chunk: ChunkId,
+        sha256: Sha256Digest,
+    ) -> Result<bool> {
+        let mut state = self.lock_open()?;
+        let mut created = false;
+        if state.journal.is_none() {
+            let name = journal_name(self.snapshot);
+            let mut file = storage.open_append(&name).map_err(|e| Error::io(format!("creating {name}"), e))?;
+            file.truncate(0).map_err(|e| Error::io(format!("resetting {name}"), e))?;
+            file.append(&[&header::encode(JOURNAL_MAGIC, self.snapshot.0)])
+                .map_err(|e| Error::io(format!("writing {name}"), e))?;
+            state.journal = Some(file);
+            created = true;
+        }
+        let record = JournalRecord { index, chunk_id: chunk, sha256 }.encode();
+        if let Some(journal) = state.journal.as_mut() {
+            journal
+                .append(&[&record])
+                .map_err(|e| Error::io(format!("appending to {}", journal_name(self.snapshot)), e))?;
+        }
+        state.journal_dirty = true;
+        state.writes.insert(index, (chunk, sha256));
+        Ok(created)
+    }
+
+    /// Makes the journal durable (the caller synced the chunk store first).
+    pub(crate) fn sync_journal(&self) -> Result<()> {
+        let mut state = self.state.lock();
+        if state.journal_dirty {
+            if let Some(journal) = state.journal.as_mut() {
+                journal
+                    .sync()
+                    .map_err(|e| Error::io(format!("syncing {}", journal_name(self.snapshot)), e))?;
+            }
+            state.journal_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds a session from its journal after a restart. Entries whose
+    /// chunk did not survive are dropped (their puts were never made
+    /// durable); the surviving entries are rewritten compactly and atomically
+    /// so appends continue after a clean tail.
+    pub(crate) fn recover(
+        storage: &dyn Storage,
+        chunks: &ChunkStore,
+        snapshot: SnapshotId,
+        volume_blocks: u64,
+        parent_root: Option<ChunkId>,
+    ) -> Result<Session> {
+        let name = journal_name(snapshot);
+        let exists = storage.exists(&name).map_err(|e| Error::io(format!("checking {name}"), e))?;
+        if !exists {
+            return Ok(Session::new(snapshot, volume_blocks, parent_root));
+        }
+        let bytes = storage.read_all(&name).map_err(|e| Error::io(format!("reading {name}"), e))?;
+        let mut writes = BTreeMap::new();
+        let header_ok = bytes
+            .get(..FILE_HEADER_SIZE)
+            .is_some_and(|head| header::decode(head, JOURNAL_MAGIC) == Ok(snapshot.0));
+        if header_ok {
+            let zero = codec::zero_block_id();
+            for raw in bytes.get(FILE_HEADER_SIZE..).unwrap_or_default().chunks(JOURNAL_RECORD_SIZE) {
+                let Ok(record) = JournalRecord::decode(raw) else { break };
+                let durable = record.chunk_id == zero || chunks.contains(&record.chunk_id);
+                if durable && u64::from(record.index.0) < volume_blocks {
+                    writes.insert(record.index, (record.chunk_id, record.sha256));
+                } else {
+                    writes.remove(&record.index);
+                }
+            }
+        }
+        let mut compact = header::encode(JOURNAL_MAGIC, snapshot.0).to_vec();
+        for (index, (chunk_id, sha256)) in &writes {
+            compact.extend_from_slice(&JournalRecord { index: *index, chunk_id: *chunk_id, sha256: *sha256 }.encode());
+        }
+        storage.write_atomic(&name, &compact).map_err(|e| Error::io(format!("rewriting {name}"), e))?;
+        let journal = storage.open_append(&name).map_err(|e| Error::io(format!("opening {name}"), e))?;
+        Ok(Session::with_state(snapshot, volume_blocks, parent_root, writes, Some(journal)))
+    }
+}
+
+/// `Base64(SHA-256(d[i0] ‖ d[i1] ‖ …))` over the raw digests of the writes in
+/// ascending index order: the EBS LINEAR aggregate checksum.
+pub(crate) fn linear_aggregate(writes: &BTreeMap<BlockIndex, (ChunkId, Sha256Digest)>) -> Sha256Digest {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for (_, sha256) in writes.values() {
+        hasher.update(sha256.0);
+    }
+    Sha256Digest(hasher.finalize().into())
+}
