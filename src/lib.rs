@@ -63,6 +63,8 @@ pub mod error;
 pub mod format;
 pub mod ids;
 pub mod storage;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use engine::{Engine, EngineConfig, PutDurability};
 pub use error::{Error, Result, ValidationReason};

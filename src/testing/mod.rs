@@ -1,0 +1,108 @@
+//! Test support (feature `testing`): deterministic block contents, request
+//! builders, and a deliberately naive reference model of the EBS semantics
+//! driven by the same [`Op`] enum as the engine.
+
+mod model;
+
+pub use model::{Model, ModelError, Op};
+
+use crate::api::{CompleteSnapshotRequest, PutSnapshotBlockRequest};
+use crate::ids::BLOCK_SIZE;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use sha2::Digest;
+
+/// A deterministic 512 KiB block for `seed`. Seed 0 is the zero block; other
+/// seeds cycle through VM-like kinds: text, structured binary, random.
+pub fn block(seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; BLOCK_SIZE];
+    if seed == 0 {
+        return data;
+    }
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    match seed % 3 {
+        0 => {
+            const WORDS: [&str; 8] = ["kernel ", "block ", "snapshot ", "volume ", "the ", "data ", "log: ", "\n"];
+            let mut position = 0;
+            while position < BLOCK_SIZE {
+                let word = WORDS[(next() % 8) as usize].as_bytes();
+                let take = word.len().min(BLOCK_SIZE - position);
+                data[position..position + take].copy_from_slice(&word[..take]);
+                position += take;
+            }
+        }
+        1 => {
+            for (position, chunk) in data.chunks_mut(64).enumerate() {
+                let value = next();
+                chunk[..8].copy_from_slice(&(position as u64).to_le_bytes());
+                chunk[8..16].copy_from_slice(&(value & 0xffff).to_le_bytes());
+            }
+        }
+        _ => {
+            for chunk in data.chunks_mut(8) {
+                chunk.copy_from_slice(&next().to_le_bytes());
+            }
+        }
+    }
+    data
+}
+
+/// Base64 SHA-256 of `data`, as EBS checksums a block.
+pub fn checksum(data: &[u8]) -> String {
+    STANDARD.encode(sha2::Sha256::digest(data))
+}
+
+/// Base64 LINEAR aggregate of blocks given in ascending index order.
+pub fn linear_checksum<'a>(blocks: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut hasher = sha2::Sha256::new();
+    for data in blocks {
+        hasher.update(sha2::Sha256::digest(data));
+    }
+    STANDARD.encode(hasher.finalize())
+}
+
+/// A well-formed PutSnapshotBlock request.
+pub fn put_request(snapshot_id: &str, block_index: i32, data: Vec<u8>) -> PutSnapshotBlockRequest {
+    PutSnapshotBlockRequest {
+        snapshot_id: snapshot_id.to_string(),
+        block_index,
+        checksum: checksum(&data),
+        block_data: data.into(),
+        data_length: BLOCK_SIZE as i32,
+        progress: None,
+        checksum_algorithm: "SHA256".to_string(),
+    }
+}
+
+/// A CompleteSnapshot request with only the count.
+pub fn complete_request(snapshot_id: &str, changed_blocks_count: i32) -> CompleteSnapshotRequest {
+    CompleteSnapshotRequest { snapshot_id: snapshot_id.to_string(), changed_blocks_count, ..Default::default() }
+}
+
+/// Asserts that `result` failed with the EBS error `code` and `reason`.
+#[track_caller]
+pub fn expect_ebs<T: std::fmt::Debug>(result: crate::Result<T>, code: &str, reason: Option<&str>) {
+    match result {
+        Ok(value) => panic!("expected {code} ({reason:?}), got Ok({value:?})"),
+        Err(error) => {
+            let ebs = crate::api::ebs_error(&error);
+            assert_eq!((ebs.code, ebs.reason), (code, reason), "error was: {error}");
+        }
+    }
+}
+
+/// An engine on fresh in-memory storage with a manual clock at a fixed
+/// instant (2026-11-23T00:00:00Z).
+pub fn memory_engine(config: crate::EngineConfig) -> (crate::Engine, crate::storage::MemoryStorage, crate::clock::ManualClock) {
+    let storage = crate::storage::MemoryStorage::new();
+    let clock = crate::clock::ManualClock::new(1_795_392_000_000);
+    let config = crate::EngineConfig { clock: std::sync::Arc::new(clock.clone()), ..config };
+    let engine = crate::Engine::open_with(std::sync::Arc::new(storage.clone()), config).expect("open in-memory engine");
+    (engine, storage, clock)
+}

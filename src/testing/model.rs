@@ -1,0 +1,210 @@
+//! The reference model: a `Vec<Option<seed>>` per snapshot and nothing clever.
+
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+/// One step of a workload, applied to both the engine and the model.
+/// Snapshot arguments are positions in the model's list of snapshots
+/// (taken modulo its length).
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// StartSnapshot, incremental on snapshot `parent` when given.
+    Start {
+        /// Parent position.
+        parent: Option<usize>,
+        /// Volume size in GiB.
+        volume_gib: u64,
+    },
+    /// PutSnapshotBlock of `block(seed)` at `index`.
+    Put {
+        /// Snapshot position.
+        snapshot: usize,
+        /// Block index (may be out of range on purpose).
+        index: u32,
+        /// Content seed (0 = zeros).
+        seed: u64,
+    },
+    /// CompleteSnapshot, with the right count or a wrong one.
+    Complete {
+        /// Snapshot position.
+        snapshot: usize,
+        /// Whether to send the correct ChangedBlocksCount.
+        correct_count: bool,
+    },
+    /// Close and reopen the engine.
+    Reopen,
+    /// ListSnapshotBlocks from `start`, paging through everything.
+    List {
+        /// Snapshot position.
+        snapshot: usize,
+        /// StartingBlockIndex.
+        start: u32,
+    },
+    /// ListChangedBlocks between two snapshots.
+    Diff {
+        /// First position.
+        first: usize,
+        /// Second position.
+        second: usize,
+    },
+    /// GetSnapshotBlock via a listed token.
+    Get {
+        /// Snapshot position.
+        snapshot: usize,
+        /// Block index.
+        index: u32,
+    },
+}
+
+/// Errors the model predicts, by EBS class.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ModelError {
+    /// ValidationException.
+    Validation,
+    /// ResourceNotFoundException.
+    NotFound,
+}
+
+/// Lifecycle in the model.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ModelStatus {
+    /// Accepting writes.
+    Pending,
+    /// Readable.
+    Completed,
+}
+
+/// One snapshot in the model.
+#[derive(Clone, Debug)]
+pub struct ModelSnapshot {
+    /// Parent position.
+    pub parent: Option<usize>,
+    /// Oldest ancestor position.
+    pub lineage: usize,
+    /// Volume size in GiB.
+    pub volume_gib: u64,
+    /// Content seed per index, inherited ones included.
+    pub blocks: Vec<Option<u64>>,
+    /// Indexes written in this snapshot itself.
+    pub own_writes: BTreeMap<u32, u64>,
+    /// Status.
+    pub status: ModelStatus,
+}
+
+/// The naive model: snapshots in creation order.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    /// Every snapshot started, in order.
+    pub snapshots: Vec<ModelSnapshot>,
+}
+
+impl Model {
+    /// Applies StartSnapshot; returns the new position.
+    pub fn start(&mut self, parent: Option<usize>, volume_gib: u64) -> Result<usize, ModelError> {
+        let blocks_len = (volume_gib * 2048) as usize;
+        let (lineage, mut blocks) = match parent {
+            None => (self.snapshots.len(), vec![None; blocks_len]),
+            Some(parent) => {
+                let parent_snapshot = self.snapshots.get(parent).ok_or(ModelError::NotFound)?;
+                if parent_snapshot.status != ModelStatus::Completed || volume_gib < parent_snapshot.volume_gib {
+                    return Err(ModelError::Validation);
+                }
+                (parent_snapshot.lineage, parent_snapshot.blocks.clone())
+            }
+        };
+        blocks.resize(blocks_len, None);
+        self.snapshots.push(ModelSnapshot {
+            parent,
+            lineage,
+            volume_gib,
+            blocks,
+            own_writes: BTreeMap::new(),
+            status: ModelStatus::Pending,
+        });
+        Ok(self.snapshots.len() - 1)
+    }
+
+    /// Applies PutSnapshotBlock.
+    pub fn put(&mut self, snapshot: usize, index: u32, seed: u64) -> Result<(), ModelError> {
+        let target = self.snapshots.get_mut(snapshot).ok_or(ModelError::NotFound)?;
+        if target.status != ModelStatus::Pending || index as usize >= target.blocks.len() {
+            return Err(ModelError::Validation);
+        }
+        target.blocks[index as usize] = Some(seed);
+        target.own_writes.insert(index, seed);
+        Ok(())
+    }
+
+    /// Applies CompleteSnapshot with `count`.
+    pub fn complete(&mut self, snapshot: usize, count: usize) -> Result<(), ModelError> {
+        let target = self.snapshots.get_mut(snapshot).ok_or(ModelError::NotFound)?;
+        if target.status != ModelStatus::Pending || count != target.own_writes.len() {
+            return Err(ModelError::Validation);
+        }
+        target.status = ModelStatus::Completed;
+        Ok(())
+    }
+
+    /// Written indexes >= `start` of a completed snapshot, with seeds.
+    pub fn list(&self, snapshot: usize, start: u32) -> Result<Vec<(u32, u64)>, ModelError> {
+        let target = self.readable(snapshot)?;
+        Ok(target
+            .blocks
+            .iter()
+            .enumerate()
+            .skip(start as usize)
+            .filter_map(|(index, seed)| seed.map(|seed| (index as u32, seed)))
+            .collect())
+    }
+
+    /// Indexes whose content differs, with presence on each side.
+    /// Content is compared by seed, the way the engine compares by content.
+    pub fn diff(&self, first: usize, second: usize) -> Result<Vec<(u32, bool, bool)>, ModelError> {
+        let a = self.readable(first)?;
+        let b = self.readable(second)?;
+        if a.lineage != b.lineage {
+            return Err(ModelError::Validation);
+        }
+        let length = a.blocks.len().max(b.blocks.len());
+        Ok((0..length)
+            .filter_map(|index| {
+                let x = a.blocks.get(index).copied().flatten();
+                let y = b.blocks.get(index).copied().flatten();
+                (x != y).then_some((index as u32, x.is_some(), y.is_some()))
+            })
+            .collect())
+    }
+
+    fn readable(&self, snapshot: usize) -> Result<&ModelSnapshot, ModelError> {
+        let target = self.snapshots.get(snapshot).ok_or(ModelError::NotFound)?;
+        if target.status != ModelStatus::Completed {
+            return Err(ModelError::Validation);
+        }
+        Ok(target)
+    }
+}
+
+/// Seeds used by generated puts: a handful, so duplicates and zero blocks
+/// are common (0 is the zero block).
+const SEEDS: u64 = 6;
+
+/// A proptest strategy for one op.
+pub fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => (proptest::option::of(0usize..8), 1u64..=2).prop_map(|(parent, volume_gib)| Op::Start { parent, volume_gib }),
+        8 => (0usize..8, prop_oneof![8 => 0u32..80, 1 => 2040u32..2060, 1 => 4090u32..4100], 0u64..SEEDS)
+            .prop_map(|(snapshot, index, seed)| Op::Put { snapshot, index, seed }),
+        2 => (0usize..8, proptest::bool::weighted(0.85)).prop_map(|(snapshot, correct_count)| Op::Complete { snapshot, correct_count }),
+        1 => Just(Op::Reopen),
+        1 => (0usize..8, 0u32..100).prop_map(|(snapshot, start)| Op::List { snapshot, start }),
+        1 => (0usize..8, 0usize..8).prop_map(|(first, second)| Op::Diff { first, second }),
+        2 => (0usize..8, 0u32..80).prop_map(|(snapshot, index)| Op::Get { snapshot, index }),
+    ]
+}
+
+impl Op {
+    /// A strategy for workloads of up to `length` ops.
+    pub fn sequence(length: usize) -> impl Strategy<Value = Vec<Op>> {
+        proptest::collection::vec(op_strategy(), 1..length)
+    }
+}
