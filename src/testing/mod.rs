@@ -4,7 +4,7 @@
 
 mod model;
 
-pub use model::{Model, ModelError, Op};
+pub use model::{Model, ModelError, ModelStatus, Op};
 
 use crate::api::{CompleteSnapshotRequest, PutSnapshotBlockRequest};
 use crate::ids::BLOCK_SIZE;

@@ -4,8 +4,11 @@ use proptest::prelude::*;
 use std::collections::BTreeMap;
 
 /// One step of a workload, applied to both the engine and the model.
-/// Snapshot arguments are positions in the model's list of snapshots
-/// (taken modulo its length).
+/// Snapshot arguments are positions counted back from the newest snapshot
+/// in a state the operation needs (pending for puts and completes,
+/// completed for parents, listings, diffs and gets; any snapshot when none
+/// is in that state, or when `any` is set), so that most operations do real
+/// work and some deliberately hit the wrong state.
 #[derive(Clone, Debug)]
 pub enum Op {
     /// StartSnapshot, incremental on snapshot `parent` when given.
@@ -17,6 +20,8 @@ pub enum Op {
     },
     /// PutSnapshotBlock of `block(seed)` at `index`.
     Put {
+        /// Target any snapshot, not only pending ones.
+        any: bool,
         /// Snapshot position.
         snapshot: usize,
         /// Block index (may be out of range on purpose).
@@ -35,6 +40,8 @@ pub enum Op {
     Reopen,
     /// ListSnapshotBlocks from `start`, paging through everything.
     List {
+        /// Target any snapshot, not only completed ones.
+        any: bool,
         /// Snapshot position.
         snapshot: usize,
         /// StartingBlockIndex.
@@ -99,6 +106,16 @@ pub struct Model {
 }
 
 impl Model {
+    /// The position of the `back`-th newest snapshot in the wanted state
+    /// (any state when `any` is set or none is in that state).
+    pub fn pick(&self, back: usize, wanted: ModelStatus, any: bool) -> Option<usize> {
+        let matching: Vec<usize> = (0..self.snapshots.len())
+            .filter(|&position| any || self.snapshots[position].status == wanted)
+            .collect();
+        let pool = if matching.is_empty() { (0..self.snapshots.len()).collect() } else { matching };
+        (!pool.is_empty()).then(|| pool[pool.len() - 1 - back % pool.len()])
+    }
+
     /// Applies StartSnapshot; returns the new position.
     pub fn start(&mut self, parent: Option<usize>, volume_gib: u64) -> Result<usize, ModelError> {
         let blocks_len = (volume_gib * 2048) as usize;
@@ -190,21 +207,24 @@ const SEEDS: u64 = 6;
 
 /// A proptest strategy for one op.
 pub fn op_strategy() -> impl Strategy<Value = Op> {
+    let recent = || prop_oneof![6 => 0usize..2, 1 => 0usize..8];
     prop_oneof![
-        2 => (proptest::option::of(0usize..8), 1u64..=2).prop_map(|(parent, volume_gib)| Op::Start { parent, volume_gib }),
-        8 => (0usize..8, prop_oneof![8 => 0u32..80, 1 => 2040u32..2060, 1 => 4090u32..4100], 0u64..SEEDS)
-            .prop_map(|(snapshot, index, seed)| Op::Put { snapshot, index, seed }),
-        2 => (0usize..8, proptest::bool::weighted(0.85)).prop_map(|(snapshot, correct_count)| Op::Complete { snapshot, correct_count }),
+        3 => (proptest::option::weighted(0.7, 0usize..3), 1u64..=2)
+            .prop_map(|(parent, volume_gib)| Op::Start { parent, volume_gib }),
+        8 => (proptest::bool::weighted(0.1), recent(), prop_oneof![8 => 0u32..80, 1 => 2040u32..2060, 1 => 4090u32..4100], 0u64..SEEDS)
+            .prop_map(|(any, snapshot, index, seed)| Op::Put { any, snapshot, index, seed }),
+        4 => (recent(), proptest::bool::weighted(0.85))
+            .prop_map(|(snapshot, correct_count)| Op::Complete { snapshot, correct_count }),
         1 => Just(Op::Reopen),
-        1 => (0usize..8, 0u32..100).prop_map(|(snapshot, start)| Op::List { snapshot, start }),
-        1 => (0usize..8, 0usize..8).prop_map(|(first, second)| Op::Diff { first, second }),
-        2 => (0usize..8, 0u32..80).prop_map(|(snapshot, index)| Op::Get { snapshot, index }),
+        1 => (proptest::bool::weighted(0.2), recent(), 0u32..100).prop_map(|(any, snapshot, start)| Op::List { any, snapshot, start }),
+        2 => (recent(), recent()).prop_map(|(first, second)| Op::Diff { first, second }),
+        2 => (recent(), 0u32..80).prop_map(|(snapshot, index)| Op::Get { snapshot, index }),
     ]
 }
 
 impl Op {
     /// A strategy for workloads of up to `length` ops.
     pub fn sequence(length: usize) -> impl Strategy<Value = Vec<Op>> {
-        proptest::collection::vec(op_strategy(), 1..length)
+        proptest::collection::vec(op_strategy(), length / 4..length)
     }
 }
