@@ -21,6 +21,31 @@ pub enum TornWrites {
     DropUnsynced,
     /// The first half of the unsynced bytes survive (a torn tail).
     KeepHalf,
+    /// Each file independently keeps none, half or all of its unsynced
+    /// bytes, chosen by hashing its name with the seed: write-back reaches
+    /// files in any order.
+    Scattered(u64),
+}
+
+impl TornWrites {
+    /// How many of `unsynced` bytes of file `name` survive.
+    fn surviving(self, name: &str, unsynced: usize) -> usize {
+        match self {
+            TornWrites::DropUnsynced => 0,
+            TornWrites::KeepHalf => unsynced / 2,
+            TornWrites::Scattered(seed) => {
+                let mut hash = seed ^ 0xcbf2_9ce4_8422_2325;
+                for byte in name.bytes() {
+                    hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+                }
+                match hash % 3 {
+                    0 => 0,
+                    1 => unsynced / 2,
+                    _ => unsynced,
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -84,12 +109,11 @@ impl MemoryStorage {
         for (name, inode) in &namespace.durable {
             let synced = inode.synced.lock().clone();
             let mut bytes = synced.clone();
-            if torn == TornWrites::KeepHalf {
-                let current = inode.current.read();
-                if current.len() > synced.len() && current.starts_with(&synced) {
-                    let unsynced = current.get(synced.len()..).unwrap_or_default();
-                    bytes.extend_from_slice(unsynced.get(..unsynced.len() / 2).unwrap_or_default());
-                }
+            let current = inode.current.read();
+            if current.len() > synced.len() && current.starts_with(&synced) {
+                let unsynced = current.get(synced.len()..).unwrap_or_default();
+                let keep = torn.surviving(name, unsynced.len());
+                bytes.extend_from_slice(unsynced.get(..keep).unwrap_or_default());
             }
             let inode = Arc::new(Inode { current: RwLock::new(bytes.clone()), synced: Mutex::new(bytes) });
             image.live.insert(name.clone(), inode.clone());
