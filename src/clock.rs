@@ -32,7 +32,9 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock standing at `start_millis`.
     pub fn new(start_millis: u64) -> Self {
-        ManualClock { now: Arc::new(Mutex::new(start_millis)) }
+        ManualClock {
+            now: Arc::new(Mutex::new(start_millis)),
+        }
     }
 
     /// Moves the clock forward.

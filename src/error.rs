@@ -132,17 +132,26 @@ pub enum Error {
 impl Error {
     /// Shorthand for [`Error::InvalidInput`].
     pub fn invalid(reason: ValidationReason, message: impl Into<String>) -> Error {
-        Error::InvalidInput { reason, message: message.into() }
+        Error::InvalidInput {
+            reason,
+            message: message.into(),
+        }
     }
 
     /// Shorthand for [`Error::Io`].
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// Shorthand for [`Error::Corrupted`].
     pub fn corrupted(location: impl Into<String>, detail: impl Into<String>) -> Error {
-        Error::Corrupted { location: location.into(), detail: detail.into() }
+        Error::Corrupted {
+            location: location.into(),
+            detail: detail.into(),
+        }
     }
 
     /// Whether this error means the medium can no longer be trusted, so the

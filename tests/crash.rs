@@ -18,7 +18,10 @@ use std::sync::Arc;
 fn config(durability: PutDurability) -> EngineConfig {
     EngineConfig {
         // Small packs: the workload seals several, so crashes land inside seals too.
-        chunk_store: ChunkStoreConfig { pack_target_size: 700 << 10, ..ChunkStoreConfig::default() },
+        chunk_store: ChunkStoreConfig {
+            pack_target_size: 700 << 10,
+            ..ChunkStoreConfig::default()
+        },
         put_durability: durability,
         ..EngineConfig::default()
     }
@@ -48,15 +51,25 @@ impl Ledger {
     /// Final content of a snapshot as acknowledged: parent's, then own puts.
     fn content(&self, position: usize) -> BTreeMap<u32, u64> {
         let tracked = &self.snapshots[position];
-        let mut content = tracked.parent.map(|parent| self.content(parent)).unwrap_or_default();
+        let mut content = tracked
+            .parent
+            .map(|parent| self.content(parent))
+            .unwrap_or_default();
         content.extend(tracked.acked.iter().copied());
         content
     }
 }
 
+/// One snapshot of the workload: parent position, puts, whether to complete.
+type Step = (Option<usize>, &'static [(u32, u64)], bool);
+
 fn run_workload(engine: &Engine, ledger: &mut Ledger) -> Result<(), Error> {
-    let plan: [(Option<usize>, &[(u32, u64)], bool); 4] = [
-        (None, &[(0, 1), (1, 0), (2, 2), (3, 1), (0, 3), (4, 5)], true),
+    let plan: [Step; 4] = [
+        (
+            None,
+            &[(0, 1), (1, 0), (2, 2), (3, 1), (0, 3), (4, 5)],
+            true,
+        ),
         (Some(0), &[(1, 4), (5, 2), (2, 2), (6, 7)], true),
         (None, &[(7, 5), (8, 1)], false),
         (Some(1), &[(9, 3), (1, 8)], false),
@@ -69,7 +82,10 @@ fn run_workload(engine: &Engine, ledger: &mut Ledger) -> Result<(), Error> {
         };
         let id = engine.start_snapshot(request)?.snapshot_id;
         ledger.ids.push(id.clone());
-        ledger.snapshots.push(Tracked { parent, ..Tracked::default() });
+        ledger.snapshots.push(Tracked {
+            parent,
+            ..Tracked::default()
+        });
         let position = ledger.ids.len() - 1;
         for (number, &(index, seed)) in puts.iter().enumerate() {
             ledger.snapshots[position].in_flight = Some((index, seed));
@@ -87,7 +103,11 @@ fn run_workload(engine: &Engine, ledger: &mut Ledger) -> Result<(), Error> {
             }
         }
         if complete {
-            let distinct = ledger.snapshots[position].acked.iter().map(|(i, _)| *i).collect::<std::collections::BTreeSet<_>>();
+            let distinct = ledger.snapshots[position]
+                .acked
+                .iter()
+                .map(|(i, _)| *i)
+                .collect::<std::collections::BTreeSet<_>>();
             ledger.snapshots[position].complete_in_flight = true;
             engine.complete_snapshot(complete_request(&id, distinct.len() as i32))?;
             let tracked = &mut ledger.snapshots[position];
@@ -100,19 +120,35 @@ fn run_workload(engine: &Engine, ledger: &mut Ledger) -> Result<(), Error> {
 }
 
 fn list_all(engine: &Engine, id: &str) -> Result<Vec<Block>, Error> {
-    let request = ListSnapshotBlocksRequest { snapshot_id: id.into(), max_results: Some(10_000), ..Default::default() };
+    let request = ListSnapshotBlocksRequest {
+        snapshot_id: id.into(),
+        max_results: Some(10_000),
+        ..Default::default()
+    };
     Ok(engine.list_snapshot_blocks(request)?.blocks)
 }
 
 /// Reads every block and checks it against `allowed` contents per index.
-fn check_content(engine: &Engine, id: &str, allowed: &BTreeMap<u32, Vec<u64>>, required: &[u32], context: &str) {
-    let blocks = list_all(engine, id).unwrap_or_else(|error| panic!("{context}: listing {id}: {error}"));
+fn check_content(
+    engine: &Engine,
+    id: &str,
+    allowed: &BTreeMap<u32, Vec<u64>>,
+    required: &[u32],
+    context: &str,
+) {
+    let blocks =
+        list_all(engine, id).unwrap_or_else(|error| panic!("{context}: listing {id}: {error}"));
     for index in required {
-        assert!(blocks.iter().any(|b| b.block_index as u32 == *index), "{context}: durable block {index} of {id} is missing");
+        assert!(
+            blocks.iter().any(|b| b.block_index as u32 == *index),
+            "{context}: durable block {index} of {id} is missing"
+        );
     }
     for listed in blocks {
         let index = listed.block_index as u32;
-        let seeds = allowed.get(&index).unwrap_or_else(|| panic!("{context}: {id} lists block {index}, never written"));
+        let seeds = allowed
+            .get(&index)
+            .unwrap_or_else(|| panic!("{context}: {id} lists block {index}, never written"));
         let read = engine
             .get_snapshot_block(GetSnapshotBlockRequest {
                 snapshot_id: id.into(),
@@ -133,7 +169,8 @@ fn verify(engine: &Engine, ledger: &Ledger, context: &str) {
         let acked_content = ledger.content(position);
         if tracked.completed {
             // Exact: byte-identical to what was acknowledged.
-            let allowed: BTreeMap<u32, Vec<u64>> = acked_content.iter().map(|(i, s)| (*i, vec![*s])).collect();
+            let allowed: BTreeMap<u32, Vec<u64>> =
+                acked_content.iter().map(|(i, s)| (*i, vec![*s])).collect();
             let required: Vec<u32> = acked_content.keys().copied().collect();
             check_content(engine, id, &allowed, &required, context);
             continue;
@@ -142,15 +179,38 @@ fn verify(engine: &Engine, ledger: &Ledger, context: &str) {
         for (index, seed) in tracked.acked.iter().chain(tracked.in_flight.iter()) {
             own_history.entry(*index).or_default().push(*seed);
         }
-        let inherited = tracked.parent.map(|parent| ledger.content(parent)).unwrap_or_default();
-        let mut allowed: BTreeMap<u32, Vec<u64>> = inherited.iter().map(|(i, s)| (*i, vec![*s])).collect();
+        let inherited = tracked
+            .parent
+            .map(|parent| ledger.content(parent))
+            .unwrap_or_default();
+        let mut allowed: BTreeMap<u32, Vec<u64>> =
+            inherited.iter().map(|(i, s)| (*i, vec![*s])).collect();
         for (index, seeds) in &own_history {
             allowed.entry(*index).or_default().extend(seeds);
         }
-        let durable_indexes: Vec<u32> = tracked.acked[..tracked.durable_prefix].iter().map(|(i, _)| *i).collect();
+        // An index is required when its latest acknowledged put was made
+        // durable; one overwritten since the last sync may be absent (never
+        // stale), which CompleteSnapshot's count then reveals.
+        let durable_indexes: Vec<u32> = own_history
+            .keys()
+            .copied()
+            .filter(|index| {
+                let last = tracked.acked.iter().rposition(|(i, _)| i == index);
+                let durable = last.is_some_and(|position| position < tracked.durable_prefix);
+                // With durable acknowledgements an in-flight overwrite reverts;
+                // otherwise it may drop the index.
+                let overwritten = tracked.in_flight.is_some_and(|(i, _)| i == *index)
+                    && engine.config().put_durability == PutDurability::AtComplete;
+                durable && !overwritten
+            })
+            .chain(inherited.keys().copied())
+            .collect();
         match list_all(engine, id) {
             Ok(_) => {
-                assert!(tracked.complete_in_flight, "{context}: {id} completed without being asked to");
+                assert!(
+                    tracked.complete_in_flight,
+                    "{context}: {id} completed without being asked to"
+                );
                 check_content(engine, id, &allowed, &durable_indexes, context);
             }
             Err(Error::NotFound { .. }) => {
@@ -159,9 +219,15 @@ fn verify(engine: &Engine, ledger: &Ledger, context: &str) {
             Err(_) => {
                 // Still pending: find the recovered count by completing with
                 // each candidate (a wrong count changes nothing), then check.
-                let completed = (0..=own_history.len() as i32)
-                    .find(|count| engine.complete_snapshot(complete_request(id, *count)).is_ok());
-                assert!(completed.is_some(), "{context}: pending {id} cannot be completed with any count");
+                let completed = (0..=own_history.len() as i32).find(|count| {
+                    engine
+                        .complete_snapshot(complete_request(id, *count))
+                        .is_ok()
+                });
+                assert!(
+                    completed.is_some(),
+                    "{context}: pending {id} cannot be completed with any count"
+                );
                 check_content(engine, id, &allowed, &durable_indexes, context);
             }
         }
@@ -176,7 +242,10 @@ fn crash_everywhere(durability: PutDurability) {
         run_workload(&engine, &mut Ledger::default()).expect("clean workload");
     }
     let total_syncs = clean.sync_count();
-    assert!(total_syncs > 20, "the workload should have many sync points, has {total_syncs}");
+    assert!(
+        total_syncs > 20,
+        "the workload should have many sync points, has {total_syncs}"
+    );
     let mut crashes = 0;
     let modes = [
         TornWrites::DropUnsynced,
@@ -195,26 +264,42 @@ fn crash_everywhere(durability: PutDurability) {
                 let outcome = run_workload(&engine, &mut ledger);
                 if outcome.is_err() {
                     // Fail-stop: after the failure every write is refused.
-                    let retry = engine.start_snapshot(StartSnapshotRequest { volume_size: 1, ..Default::default() });
-                    assert!(retry.is_err(), "{context}: the engine accepted a write after an I/O failure");
+                    let retry = engine.start_snapshot(StartSnapshotRequest {
+                        volume_size: 1,
+                        ..Default::default()
+                    });
+                    assert!(
+                        retry.is_err(),
+                        "{context}: the engine accepted a write after an I/O failure"
+                    );
                 }
             }
-            let Some(image) = storage.crashed_image() else { continue };
+            let Some(image) = storage.crashed_image() else {
+                continue;
+            };
             crashes += 1;
             let engine = Engine::open_with(Arc::new(image.clone()), config(durability))
                 .unwrap_or_else(|error| panic!("{context}: recovery failed: {error}"));
             verify(&engine, &ledger, &context);
             drop(engine);
             // Recovery itself must leave a store that reopens identically.
-            let again = Engine::open_with(Arc::new(image), config(durability)).expect("second reopen");
+            let again =
+                Engine::open_with(Arc::new(image), config(durability)).expect("second reopen");
             for (position, tracked) in ledger.snapshots.iter().enumerate() {
                 if tracked.completed {
-                    assert!(list_all(&again, &ledger.ids[position]).is_ok(), "{context}: second reopen lost a snapshot");
+                    assert!(
+                        list_all(&again, &ledger.ids[position]).is_ok(),
+                        "{context}: second reopen lost a snapshot"
+                    );
                 }
             }
         }
     }
-    assert_eq!(crashes, modes.len() as u64 * total_syncs, "every armed crash fired");
+    assert_eq!(
+        crashes,
+        modes.len() as u64 * total_syncs,
+        "every armed crash fired"
+    );
 }
 
 #[test]

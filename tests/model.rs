@@ -20,7 +20,10 @@ fn class(error: &Error) -> ModelError {
 fn config() -> EngineConfig {
     // Small packs so sealing, mmap-less reads and index merges all happen.
     EngineConfig {
-        chunk_store: ChunkStoreConfig { pack_target_size: 1 << 20, ..ChunkStoreConfig::default() },
+        chunk_store: ChunkStoreConfig {
+            pack_target_size: 1 << 20,
+            ..ChunkStoreConfig::default()
+        },
         node_cache_nodes: 64,
         ..EngineConfig::default()
     }
@@ -56,7 +59,11 @@ impl Harness {
         };
         loop {
             let page = self.engine().list_snapshot_blocks(request.clone())?;
-            out.extend(page.blocks.into_iter().map(|b| (b.block_index as u32, b.block_token)));
+            out.extend(
+                page.blocks
+                    .into_iter()
+                    .map(|b| (b.block_index as u32, b.block_token)),
+            );
             match page.next_token {
                 Some(token) => request.next_token = Some(token),
                 None => return Ok(out),
@@ -83,9 +90,17 @@ impl Harness {
                     (actual, expected) => panic!("start: engine {actual:?}, model {expected:?}"),
                 }
             }
-            Op::Put { any, snapshot, index, seed } => {
-                let Some(position) = self.pending(snapshot, any) else { return };
-                let request = blocksnap::testing::put_request(&self.ids[position], index as i32, block(seed));
+            Op::Put {
+                any,
+                snapshot,
+                index,
+                seed,
+            } => {
+                let Some(position) = self.pending(snapshot, any) else {
+                    return;
+                };
+                let request =
+                    blocksnap::testing::put_request(&self.ids[position], index as i32, block(seed));
                 let actual = self.engine().put_snapshot_block(request).map(|_| ());
                 let expected = self.model.put(position, index, seed);
                 match (actual, expected) {
@@ -94,11 +109,18 @@ impl Harness {
                     (actual, expected) => panic!("put: engine {actual:?}, model {expected:?}"),
                 }
             }
-            Op::Complete { snapshot, correct_count } => {
-                let Some(position) = self.pending(snapshot, false) else { return };
+            Op::Complete {
+                snapshot,
+                correct_count,
+            } => {
+                let Some(position) = self.pending(snapshot, false) else {
+                    return;
+                };
                 let own = self.model.snapshots[position].own_writes.len();
                 let count = if correct_count { own } else { own + 1 };
-                let actual = self.engine().complete_snapshot(complete_request(&self.ids[position], count as i32));
+                let actual = self
+                    .engine()
+                    .complete_snapshot(complete_request(&self.ids[position], count as i32));
                 match (actual, self.model.complete(position, count)) {
                     (Ok(response), Ok(())) => assert_eq!(response.status, Status::Completed),
                     (Err(error), Err(expected)) => assert_eq!(class(&error), expected),
@@ -107,11 +129,22 @@ impl Harness {
             }
             Op::Reopen => {
                 drop(self.engine.take());
-                self.engine = Some(Engine::open_with(Arc::new(self.storage.clone()), config()).expect("reopen"));
+                self.engine = Some(
+                    Engine::open_with(Arc::new(self.storage.clone()), config()).expect("reopen"),
+                );
             }
-            Op::List { any, snapshot, start } => {
-                let Some(position) = self.model.pick(snapshot, ModelStatus::Completed, any) else { return };
-                match (self.list_all(&self.ids[position], start), self.model.list(position, start)) {
+            Op::List {
+                any,
+                snapshot,
+                start,
+            } => {
+                let Some(position) = self.model.pick(snapshot, ModelStatus::Completed, any) else {
+                    return;
+                };
+                match (
+                    self.list_all(&self.ids[position], start),
+                    self.model.list(position, start),
+                ) {
                     (Ok(listed), Ok(expected)) => {
                         let indexes: Vec<u32> = listed.iter().map(|(index, _)| *index).collect();
                         let expected: Vec<u32> = expected.iter().map(|(index, _)| *index).collect();
@@ -122,20 +155,31 @@ impl Harness {
                 }
             }
             Op::Diff { first, second } => {
-                let (Some(a), Some(b)) = (self.completed(first), self.completed(second)) else { return };
+                let (Some(a), Some(b)) = (self.completed(first), self.completed(second)) else {
+                    return;
+                };
                 let request = ListChangedBlocksRequest {
                     first_snapshot_id: Some(self.ids[a].clone()),
                     second_snapshot_id: self.ids[b].clone(),
                     max_results: Some(10_000),
                     ..Default::default()
                 };
-                match (self.engine().list_changed_blocks(request), self.model.diff(a, b)) {
+                match (
+                    self.engine().list_changed_blocks(request),
+                    self.model.diff(a, b),
+                ) {
                     (Ok(response), Ok(expected)) => {
                         assert!(response.next_token.is_none());
                         let actual: Vec<(u32, bool, bool)> = response
                             .changed_blocks
                             .iter()
-                            .map(|c| (c.block_index as u32, c.first_block_token.is_some(), c.second_block_token.is_some()))
+                            .map(|c| {
+                                (
+                                    c.block_index as u32,
+                                    c.first_block_token.is_some(),
+                                    c.second_block_token.is_some(),
+                                )
+                            })
                             .collect();
                         assert_eq!(actual, expected);
                     }
@@ -144,12 +188,15 @@ impl Harness {
                 }
             }
             Op::Get { snapshot, index } => {
-                let Some(position) = self.completed(snapshot) else { return };
+                let Some(position) = self.completed(snapshot) else {
+                    return;
+                };
                 let expected = self.model.list(position, index);
                 let listed = self.list_all(&self.ids[position], index);
                 match (listed, expected) {
                     (Ok(listed), Ok(expected)) => {
-                        let (Some((listed_index, token)), Some((expected_index, seed))) = (listed.first(), expected.first())
+                        let (Some((listed_index, token)), Some((expected_index, seed))) =
+                            (listed.first(), expected.first())
                         else {
                             assert!(listed.is_empty() && expected.is_empty());
                             return;
@@ -163,7 +210,11 @@ impl Harness {
                                 block_token: token.clone(),
                             })
                             .expect("get listed block");
-                        assert_eq!(read.block_data, block(*seed), "content of block {listed_index}");
+                        assert_eq!(
+                            read.block_data,
+                            block(*seed),
+                            "content of block {listed_index}"
+                        );
                         assert_eq!(read.checksum, blocksnap::testing::checksum(&block(*seed)));
                     }
                     (Err(error), Err(expected)) => assert_eq!(class(&error), expected),

@@ -2,7 +2,9 @@
 //! and `Reason` through the single wire mapping (`api::ebs_error`).
 
 use blocksnap::api::*;
-use blocksnap::testing::{block, checksum, complete_request, expect_ebs, linear_checksum, memory_engine, put_request};
+use blocksnap::testing::{
+    block, checksum, complete_request, expect_ebs, linear_checksum, memory_engine, put_request,
+};
 use blocksnap::{Engine, EngineConfig};
 use std::time::Duration;
 
@@ -15,28 +17,42 @@ fn engine() -> Engine {
 
 fn start(engine: &Engine, volume_size: i64) -> String {
     engine
-        .start_snapshot(StartSnapshotRequest { volume_size, ..Default::default() })
+        .start_snapshot(StartSnapshotRequest {
+            volume_size,
+            ..Default::default()
+        })
         .expect("start")
         .snapshot_id
 }
 
 fn start_request(volume_size: i64) -> StartSnapshotRequest {
-    StartSnapshotRequest { volume_size, ..Default::default() }
+    StartSnapshotRequest {
+        volume_size,
+        ..Default::default()
+    }
 }
 
 /// A completed snapshot with blocks `seeds[i]` at index `i`.
 fn completed(engine: &Engine, seeds: &[u64]) -> String {
     let id = start(engine, 1);
     for (index, seed) in seeds.iter().enumerate() {
-        engine.put_snapshot_block(put_request(&id, index as i32, block(*seed))).expect("put");
+        engine
+            .put_snapshot_block(put_request(&id, index as i32, block(*seed)))
+            .expect("put");
     }
-    engine.complete_snapshot(complete_request(&id, seeds.len() as i32)).expect("complete");
+    engine
+        .complete_snapshot(complete_request(&id, seeds.len() as i32))
+        .expect("complete");
     id
 }
 
 fn list_all(engine: &Engine, id: &str) -> ListSnapshotBlocksResponse {
     engine
-        .list_snapshot_blocks(ListSnapshotBlocksRequest { snapshot_id: id.into(), max_results: Some(10_000), ..Default::default() })
+        .list_snapshot_blocks(ListSnapshotBlocksRequest {
+            snapshot_id: id.into(),
+            max_results: Some(10_000),
+            ..Default::default()
+        })
         .expect("list")
 }
 
@@ -45,7 +61,10 @@ fn list_all(engine: &Engine, id: &str) -> ListSnapshotBlocksResponse {
 #[test]
 fn start_response_has_every_field() {
     let engine = engine();
-    let tags = vec![Tag { key: "k".into(), value: "v".into() }];
+    let tags = vec![Tag {
+        key: "k".into(),
+        value: "v".into(),
+    }];
     let response = engine
         .start_snapshot(StartSnapshotRequest {
             volume_size: 8,
@@ -55,7 +74,9 @@ fn start_response_has_every_field() {
         })
         .expect("start");
     assert!(response.snapshot_id.starts_with("snap-"));
-    assert!(response.snapshot_id[5..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert!(response.snapshot_id[5..]
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
     assert_eq!(response.owner_id, "000000000000");
     assert_eq!(response.status, Status::Pending);
     assert_eq!(response.volume_size, 8);
@@ -65,57 +86,136 @@ fn start_response_has_every_field() {
     assert_eq!(response.parent_snapshot_id, None);
     assert_eq!(response.kms_key_arn, None);
     assert_eq!(response.sse_type, SseType::None);
-    assert_eq!(response.start_time, blocksnap::clock::millis_to_system_time(1_795_392_000_000));
+    assert_eq!(
+        response.start_time,
+        blocksnap::clock::millis_to_system_time(1_795_392_000_000)
+    );
 }
 
 #[test]
 fn volume_size_must_be_1_to_65536() {
     let engine = engine();
-    expect_ebs(engine.start_snapshot(start_request(0)), VALIDATION, Some("INVALID_VOLUME_SIZE"));
-    expect_ebs(engine.start_snapshot(start_request(-5)), VALIDATION, Some("INVALID_VOLUME_SIZE"));
-    expect_ebs(engine.start_snapshot(start_request(65_537)), VALIDATION, Some("INVALID_VOLUME_SIZE"));
-    assert_eq!(engine.start_snapshot(start_request(65_536)).expect("64 TiB").volume_size, 65_536);
+    expect_ebs(
+        engine.start_snapshot(start_request(0)),
+        VALIDATION,
+        Some("INVALID_VOLUME_SIZE"),
+    );
+    expect_ebs(
+        engine.start_snapshot(start_request(-5)),
+        VALIDATION,
+        Some("INVALID_VOLUME_SIZE"),
+    );
+    expect_ebs(
+        engine.start_snapshot(start_request(65_537)),
+        VALIDATION,
+        Some("INVALID_VOLUME_SIZE"),
+    );
+    assert_eq!(
+        engine
+            .start_snapshot(start_request(65_536))
+            .expect("64 TiB")
+            .volume_size,
+        65_536
+    );
 }
 
 #[test]
 fn timeout_must_be_10_to_4320() {
     let engine = engine();
     for bad in [9, 0, -1, 4321] {
-        let request = StartSnapshotRequest { timeout: Some(bad), ..start_request(1) };
+        let request = StartSnapshotRequest {
+            timeout: Some(bad),
+            ..start_request(1)
+        };
         expect_ebs(engine.start_snapshot(request), VALIDATION, PARAMETER);
     }
     for good in [10, 4320] {
-        engine.start_snapshot(StartSnapshotRequest { timeout: Some(good), ..start_request(1) }).expect("timeout in range");
+        engine
+            .start_snapshot(StartSnapshotRequest {
+                timeout: Some(good),
+                ..start_request(1)
+            })
+            .expect("timeout in range");
     }
 }
 
 #[test]
 fn at_most_50_tags() {
     let engine = engine();
-    let tag = |i: usize| Tag { key: format!("key{i}"), value: "v".into() };
-    let request = StartSnapshotRequest { tags: (0..51).map(tag).collect(), ..start_request(1) };
-    expect_ebs(engine.start_snapshot(request), VALIDATION, Some("INVALID_TAG"));
-    let request = StartSnapshotRequest { tags: (0..50).map(tag).collect(), ..start_request(1) };
-    assert_eq!(engine.start_snapshot(request).expect("50 tags").tags.len(), 50);
+    let tag = |i: usize| Tag {
+        key: format!("key{i}"),
+        value: "v".into(),
+    };
+    let request = StartSnapshotRequest {
+        tags: (0..51).map(tag).collect(),
+        ..start_request(1)
+    };
+    expect_ebs(
+        engine.start_snapshot(request),
+        VALIDATION,
+        Some("INVALID_TAG"),
+    );
+    let request = StartSnapshotRequest {
+        tags: (0..50).map(tag).collect(),
+        ..start_request(1)
+    };
+    assert_eq!(
+        engine.start_snapshot(request).expect("50 tags").tags.len(),
+        50
+    );
 }
 
 #[test]
 fn tag_key_is_1_to_127_characters() {
     let engine = engine();
     for key in [String::new(), "k".repeat(128)] {
-        let request = StartSnapshotRequest { tags: vec![Tag { key, value: String::new() }], ..start_request(1) };
-        expect_ebs(engine.start_snapshot(request), VALIDATION, Some("INVALID_TAG"));
+        let request = StartSnapshotRequest {
+            tags: vec![Tag {
+                key,
+                value: String::new(),
+            }],
+            ..start_request(1)
+        };
+        expect_ebs(
+            engine.start_snapshot(request),
+            VALIDATION,
+            Some("INVALID_TAG"),
+        );
     }
-    let request = StartSnapshotRequest { tags: vec![Tag { key: "é".repeat(127), value: String::new() }], ..start_request(1) };
-    engine.start_snapshot(request).expect("127 characters (254 bytes) is allowed");
+    let request = StartSnapshotRequest {
+        tags: vec![Tag {
+            key: "é".repeat(127),
+            value: String::new(),
+        }],
+        ..start_request(1)
+    };
+    engine
+        .start_snapshot(request)
+        .expect("127 characters (254 bytes) is allowed");
 }
 
 #[test]
 fn tag_value_is_at_most_255_characters() {
     let engine = engine();
-    let request = StartSnapshotRequest { tags: vec![Tag { key: "k".into(), value: "v".repeat(256) }], ..start_request(1) };
-    expect_ebs(engine.start_snapshot(request), VALIDATION, Some("INVALID_TAG"));
-    let request = StartSnapshotRequest { tags: vec![Tag { key: "k".into(), value: "v".repeat(255) }], ..start_request(1) };
+    let request = StartSnapshotRequest {
+        tags: vec![Tag {
+            key: "k".into(),
+            value: "v".repeat(256),
+        }],
+        ..start_request(1)
+    };
+    expect_ebs(
+        engine.start_snapshot(request),
+        VALIDATION,
+        Some("INVALID_TAG"),
+    );
+    let request = StartSnapshotRequest {
+        tags: vec![Tag {
+            key: "k".into(),
+            value: "v".repeat(255),
+        }],
+        ..start_request(1)
+    };
     engine.start_snapshot(request).expect("255 characters");
 }
 
@@ -123,26 +223,51 @@ fn tag_value_is_at_most_255_characters() {
 fn description_is_1_to_255_characters() {
     let engine = engine();
     for description in [String::new(), "d".repeat(256)] {
-        let request = StartSnapshotRequest { description: Some(description), ..start_request(1) };
+        let request = StartSnapshotRequest {
+            description: Some(description),
+            ..start_request(1)
+        };
         expect_ebs(engine.start_snapshot(request), VALIDATION, PARAMETER);
     }
-    engine.start_snapshot(StartSnapshotRequest { description: Some("d".repeat(255)), ..start_request(1) }).expect("255");
+    engine
+        .start_snapshot(StartSnapshotRequest {
+            description: Some("d".repeat(255)),
+            ..start_request(1)
+        })
+        .expect("255");
 }
 
 #[test]
 fn parent_must_exist() {
     let engine = engine();
-    let request = StartSnapshotRequest { parent_snapshot_id: Some("snap-00000000000000ff".into()), ..start_request(1) };
-    expect_ebs(engine.start_snapshot(request), "ResourceNotFoundException", Some("SNAPSHOT_NOT_FOUND"));
-    let request = StartSnapshotRequest { parent_snapshot_id: Some("snapshot-1".into()), ..start_request(1) };
-    expect_ebs(engine.start_snapshot(request), VALIDATION, Some("INVALID_SNAPSHOT_ID"));
+    let request = StartSnapshotRequest {
+        parent_snapshot_id: Some("snap-00000000000000ff".into()),
+        ..start_request(1)
+    };
+    expect_ebs(
+        engine.start_snapshot(request),
+        "ResourceNotFoundException",
+        Some("SNAPSHOT_NOT_FOUND"),
+    );
+    let request = StartSnapshotRequest {
+        parent_snapshot_id: Some("snapshot-1".into()),
+        ..start_request(1)
+    };
+    expect_ebs(
+        engine.start_snapshot(request),
+        VALIDATION,
+        Some("INVALID_SNAPSHOT_ID"),
+    );
 }
 
 #[test]
 fn parent_must_be_completed() {
     let engine = engine();
     let pending = start(&engine, 1);
-    let request = StartSnapshotRequest { parent_snapshot_id: Some(pending), ..start_request(1) };
+    let request = StartSnapshotRequest {
+        parent_snapshot_id: Some(pending),
+        ..start_request(1)
+    };
     expect_ebs(engine.start_snapshot(request), VALIDATION, PARAMETER);
 }
 
@@ -150,10 +275,22 @@ fn parent_must_be_completed() {
 fn child_volume_is_at_least_the_parents() {
     let engine = engine();
     let parent = start(&engine, 2);
-    engine.complete_snapshot(complete_request(&parent, 0)).expect("complete");
-    let request = StartSnapshotRequest { parent_snapshot_id: Some(parent.clone()), ..start_request(1) };
-    expect_ebs(engine.start_snapshot(request), VALIDATION, Some("INVALID_VOLUME_SIZE"));
-    let request = StartSnapshotRequest { parent_snapshot_id: Some(parent.clone()), ..start_request(3) };
+    engine
+        .complete_snapshot(complete_request(&parent, 0))
+        .expect("complete");
+    let request = StartSnapshotRequest {
+        parent_snapshot_id: Some(parent.clone()),
+        ..start_request(1)
+    };
+    expect_ebs(
+        engine.start_snapshot(request),
+        VALIDATION,
+        Some("INVALID_VOLUME_SIZE"),
+    );
+    let request = StartSnapshotRequest {
+        parent_snapshot_id: Some(parent.clone()),
+        ..start_request(3)
+    };
     let child = engine.start_snapshot(request).expect("larger child");
     assert_eq!(child.parent_snapshot_id, Some(parent));
 }
@@ -162,58 +299,118 @@ fn child_volume_is_at_least_the_parents() {
 fn encrypted_with_parent_is_rejected() {
     let engine = engine();
     let parent = completed(&engine, &[]);
-    let request = StartSnapshotRequest { parent_snapshot_id: Some(parent), encrypted: Some(true), ..start_request(1) };
+    let request = StartSnapshotRequest {
+        parent_snapshot_id: Some(parent),
+        encrypted: Some(true),
+        ..start_request(1)
+    };
     expect_ebs(engine.start_snapshot(request), VALIDATION, PARAMETER);
 }
 
 #[test]
 fn encryption_without_a_key_provider_is_refused_at_start() {
     let engine = engine();
-    let request = StartSnapshotRequest { encrypted: Some(true), ..start_request(1) };
-    expect_ebs(engine.start_snapshot(request), VALIDATION, Some("INVALID_CUSTOMER_KEY"));
-    let request = StartSnapshotRequest { kms_key_arn: Some("not-an-arn".into()), ..start_request(1) };
-    expect_ebs(engine.start_snapshot(request), VALIDATION, Some("INVALID_CUSTOMER_KEY"));
-    engine.start_snapshot(StartSnapshotRequest { encrypted: Some(false), ..start_request(1) }).expect("unencrypted");
+    let request = StartSnapshotRequest {
+        encrypted: Some(true),
+        ..start_request(1)
+    };
+    expect_ebs(
+        engine.start_snapshot(request),
+        VALIDATION,
+        Some("INVALID_CUSTOMER_KEY"),
+    );
+    let request = StartSnapshotRequest {
+        kms_key_arn: Some("not-an-arn".into()),
+        ..start_request(1)
+    };
+    expect_ebs(
+        engine.start_snapshot(request),
+        VALIDATION,
+        Some("INVALID_CUSTOMER_KEY"),
+    );
+    engine
+        .start_snapshot(StartSnapshotRequest {
+            encrypted: Some(false),
+            ..start_request(1)
+        })
+        .expect("unencrypted");
 }
 
 #[test]
 fn client_token_same_parameters_returns_the_same_snapshot() {
     let engine = engine();
-    let request = StartSnapshotRequest { client_token: Some("token-1".into()), ..start_request(4) };
+    let request = StartSnapshotRequest {
+        client_token: Some("token-1".into()),
+        ..start_request(4)
+    };
     let first = engine.start_snapshot(request.clone()).expect("first");
     let second = engine.start_snapshot(request).expect("retry");
     assert_eq!(first.snapshot_id, second.snapshot_id);
-    let other = engine.start_snapshot(StartSnapshotRequest { client_token: Some("token-2".into()), ..start_request(4) });
+    let other = engine.start_snapshot(StartSnapshotRequest {
+        client_token: Some("token-2".into()),
+        ..start_request(4)
+    });
     assert_ne!(other.expect("other token").snapshot_id, first.snapshot_id);
 }
 
 #[test]
 fn client_token_other_parameters_is_a_conflict() {
     let engine = engine();
-    let request = StartSnapshotRequest { client_token: Some("token-1".into()), ..start_request(4) };
+    let request = StartSnapshotRequest {
+        client_token: Some("token-1".into()),
+        ..start_request(4)
+    };
     engine.start_snapshot(request.clone()).expect("first");
-    expect_ebs(engine.start_snapshot(StartSnapshotRequest { volume_size: 5, ..request.clone() }), "ConflictException", None);
-    let described = StartSnapshotRequest { description: Some("x".into()), ..request };
+    expect_ebs(
+        engine.start_snapshot(StartSnapshotRequest {
+            volume_size: 5,
+            ..request.clone()
+        }),
+        "ConflictException",
+        None,
+    );
+    let described = StartSnapshotRequest {
+        description: Some("x".into()),
+        ..request
+    };
     expect_ebs(engine.start_snapshot(described), "ConflictException", None);
 }
 
 #[test]
 fn client_token_is_case_sensitive_and_without_whitespace() {
     let engine = engine();
-    let a = engine.start_snapshot(StartSnapshotRequest { client_token: Some("Token".into()), ..start_request(1) });
-    let b = engine.start_snapshot(StartSnapshotRequest { client_token: Some("token".into()), ..start_request(1) });
+    let a = engine.start_snapshot(StartSnapshotRequest {
+        client_token: Some("Token".into()),
+        ..start_request(1)
+    });
+    let b = engine.start_snapshot(StartSnapshotRequest {
+        client_token: Some("token".into()),
+        ..start_request(1)
+    });
     assert_ne!(a.expect("a").snapshot_id, b.expect("b").snapshot_id);
-    let spaced = StartSnapshotRequest { client_token: Some("a b".into()), ..start_request(1) };
+    let spaced = StartSnapshotRequest {
+        client_token: Some("a b".into()),
+        ..start_request(1)
+    };
     expect_ebs(engine.start_snapshot(spaced), VALIDATION, PARAMETER);
 }
 
 #[test]
 fn pending_snapshots_are_limited() {
-    let (engine, _, _) = memory_engine(EngineConfig { max_pending_snapshots: 2, ..EngineConfig::default() });
+    let (engine, _, _) = memory_engine(EngineConfig {
+        max_pending_snapshots: 2,
+        ..EngineConfig::default()
+    });
     let first = start(&engine, 1);
     start(&engine, 1);
-    expect_ebs(engine.start_snapshot(start_request(1)), "ConcurrentLimitExceededException", None);
-    engine.complete_snapshot(complete_request(&first, 0)).expect("complete frees a slot");
+    expect_ebs(
+        engine.start_snapshot(start_request(1)),
+        "ConcurrentLimitExceededException",
+        None,
+    );
+    engine
+        .complete_snapshot(complete_request(&first, 0))
+        .expect("complete frees a slot");
     start(&engine, 1);
 }
 
@@ -223,25 +420,46 @@ fn pending_snapshots_are_limited() {
 fn put_requires_a_pending_snapshot() {
     let engine = engine();
     let id = completed(&engine, &[1]);
-    expect_ebs(engine.put_snapshot_block(put_request(&id, 0, block(2))), VALIDATION, Some("INVALID_SNAPSHOT_ID"));
+    expect_ebs(
+        engine.put_snapshot_block(put_request(&id, 0, block(2))),
+        VALIDATION,
+        Some("INVALID_SNAPSHOT_ID"),
+    );
     let unknown = put_request("snap-0000000000000001", 0, block(2));
-    expect_ebs(engine.put_snapshot_block(unknown), "ResourceNotFoundException", Some("SNAPSHOT_NOT_FOUND"));
+    expect_ebs(
+        engine.put_snapshot_block(unknown),
+        "ResourceNotFoundException",
+        Some("SNAPSHOT_NOT_FOUND"),
+    );
 }
 
 #[test]
 fn block_index_is_below_the_volume_size() {
     let engine = engine();
     let id = start(&engine, 1);
-    expect_ebs(engine.put_snapshot_block(put_request(&id, 2048, block(1))), VALIDATION, Some("INVALID_BLOCK"));
-    expect_ebs(engine.put_snapshot_block(put_request(&id, -1, block(1))), VALIDATION, Some("INVALID_BLOCK"));
-    engine.put_snapshot_block(put_request(&id, 2047, block(1))).expect("last block");
+    expect_ebs(
+        engine.put_snapshot_block(put_request(&id, 2048, block(1))),
+        VALIDATION,
+        Some("INVALID_BLOCK"),
+    );
+    expect_ebs(
+        engine.put_snapshot_block(put_request(&id, -1, block(1))),
+        VALIDATION,
+        Some("INVALID_BLOCK"),
+    );
+    engine
+        .put_snapshot_block(put_request(&id, 2047, block(1)))
+        .expect("last block");
 }
 
 #[test]
 fn data_length_must_be_524288() {
     let engine = engine();
     let id = start(&engine, 1);
-    let request = PutSnapshotBlockRequest { data_length: 4096, ..put_request(&id, 0, block(1)) };
+    let request = PutSnapshotBlockRequest {
+        data_length: 4096,
+        ..put_request(&id, 0, block(1))
+    };
     expect_ebs(engine.put_snapshot_block(request), VALIDATION, PARAMETER);
 }
 
@@ -256,7 +474,11 @@ fn body_must_be_exactly_524288_bytes() {
             block_data: data.into(),
             ..put_request(&id, 0, block(1))
         };
-        expect_ebs(engine.put_snapshot_block(request), VALIDATION, Some("INVALID_BLOCK"));
+        expect_ebs(
+            engine.put_snapshot_block(request),
+            VALIDATION,
+            Some("INVALID_BLOCK"),
+        );
     }
 }
 
@@ -264,7 +486,10 @@ fn body_must_be_exactly_524288_bytes() {
 fn checksum_algorithm_must_be_sha256() {
     let engine = engine();
     let id = start(&engine, 1);
-    let request = PutSnapshotBlockRequest { checksum_algorithm: "MD5".into(), ..put_request(&id, 0, block(1)) };
+    let request = PutSnapshotBlockRequest {
+        checksum_algorithm: "MD5".into(),
+        ..put_request(&id, 0, block(1))
+    };
     expect_ebs(engine.put_snapshot_block(request), VALIDATION, PARAMETER);
 }
 
@@ -272,12 +497,32 @@ fn checksum_algorithm_must_be_sha256() {
 fn checksum_mismatch_is_rejected_and_nothing_is_written() {
     let engine = engine();
     let id = start(&engine, 1);
-    let request = PutSnapshotBlockRequest { checksum: checksum(&block(2)), ..put_request(&id, 0, block(1)) };
-    expect_ebs(engine.put_snapshot_block(request), VALIDATION, Some("INVALID_BLOCK"));
-    let zero_with_wrong_sum = PutSnapshotBlockRequest { checksum: checksum(&block(2)), ..put_request(&id, 1, block(0)) };
-    expect_ebs(engine.put_snapshot_block(zero_with_wrong_sum), VALIDATION, Some("INVALID_BLOCK"));
-    expect_ebs(engine.complete_snapshot(complete_request(&id, 1)), VALIDATION, PARAMETER);
-    engine.complete_snapshot(complete_request(&id, 0)).expect("nothing was written");
+    let request = PutSnapshotBlockRequest {
+        checksum: checksum(&block(2)),
+        ..put_request(&id, 0, block(1))
+    };
+    expect_ebs(
+        engine.put_snapshot_block(request),
+        VALIDATION,
+        Some("INVALID_BLOCK"),
+    );
+    let zero_with_wrong_sum = PutSnapshotBlockRequest {
+        checksum: checksum(&block(2)),
+        ..put_request(&id, 1, block(0))
+    };
+    expect_ebs(
+        engine.put_snapshot_block(zero_with_wrong_sum),
+        VALIDATION,
+        Some("INVALID_BLOCK"),
+    );
+    expect_ebs(
+        engine.complete_snapshot(complete_request(&id, 1)),
+        VALIDATION,
+        PARAMETER,
+    );
+    engine
+        .complete_snapshot(complete_request(&id, 0))
+        .expect("nothing was written");
 }
 
 #[test]
@@ -285,7 +530,10 @@ fn malformed_checksum_is_rejected() {
     let engine = engine();
     let id = start(&engine, 1);
     for bad in ["not base64!", "AAAA", &"A".repeat(65)] {
-        let request = PutSnapshotBlockRequest { checksum: bad.to_string(), ..put_request(&id, 0, block(1)) };
+        let request = PutSnapshotBlockRequest {
+            checksum: bad.to_string(),
+            ..put_request(&id, 0, block(1))
+        };
         expect_ebs(engine.put_snapshot_block(request), VALIDATION, PARAMETER);
     }
 }
@@ -295,10 +543,16 @@ fn progress_is_0_to_100() {
     let engine = engine();
     let id = start(&engine, 1);
     for bad in [-1, 101] {
-        let request = PutSnapshotBlockRequest { progress: Some(bad), ..put_request(&id, 0, block(1)) };
+        let request = PutSnapshotBlockRequest {
+            progress: Some(bad),
+            ..put_request(&id, 0, block(1))
+        };
         expect_ebs(engine.put_snapshot_block(request), VALIDATION, PARAMETER);
     }
-    let request = PutSnapshotBlockRequest { progress: Some(100), ..put_request(&id, 0, block(1)) };
+    let request = PutSnapshotBlockRequest {
+        progress: Some(100),
+        ..put_request(&id, 0, block(1))
+    };
     let response = engine.put_snapshot_block(request).expect("progress 100");
     assert_eq!(response.checksum, checksum(&block(1)));
     assert_eq!(response.checksum_algorithm, "SHA256");
@@ -308,9 +562,15 @@ fn progress_is_0_to_100() {
 fn overwriting_an_index_replaces_it() {
     let engine = engine();
     let id = start(&engine, 1);
-    engine.put_snapshot_block(put_request(&id, 5, block(1))).expect("first");
-    engine.put_snapshot_block(put_request(&id, 5, block(2))).expect("overwrite");
-    engine.complete_snapshot(complete_request(&id, 1)).expect("one distinct index");
+    engine
+        .put_snapshot_block(put_request(&id, 5, block(1)))
+        .expect("first");
+    engine
+        .put_snapshot_block(put_request(&id, 5, block(2)))
+        .expect("overwrite");
+    engine
+        .complete_snapshot(complete_request(&id, 1))
+        .expect("one distinct index");
     let listed = list_all(&engine, &id);
     assert_eq!(listed.blocks.len(), 1);
     let read = engine
@@ -328,12 +588,26 @@ fn zero_blocks_are_written_listed_readable_and_stored_without_payload() {
     let engine = engine();
     let before = engine.chunk_stats();
     let id = start(&engine, 1);
-    engine.put_snapshot_block(put_request(&id, 9, block(0))).expect("zero block");
+    engine
+        .put_snapshot_block(put_request(&id, 9, block(0)))
+        .expect("zero block");
     let after_put = engine.chunk_stats();
-    assert_eq!(after_put.chunks, before.chunks, "a zero block stores no chunk");
-    engine.complete_snapshot(complete_request(&id, 1)).expect("complete");
+    assert_eq!(
+        after_put.chunks, before.chunks,
+        "a zero block stores no chunk"
+    );
+    engine
+        .complete_snapshot(complete_request(&id, 1))
+        .expect("complete");
     let listed = list_all(&engine, &id);
-    assert_eq!(listed.blocks.iter().map(|b| b.block_index).collect::<Vec<_>>(), vec![9]);
+    assert_eq!(
+        listed
+            .blocks
+            .iter()
+            .map(|b| b.block_index)
+            .collect::<Vec<_>>(),
+        vec![9]
+    );
     let read = engine
         .get_snapshot_block(GetSnapshotBlockRequest {
             snapshot_id: id,
@@ -342,7 +616,10 @@ fn zero_blocks_are_written_listed_readable_and_stored_without_payload() {
         })
         .expect("get zero block");
     assert_eq!(read.block_data, block(0));
-    assert_eq!(read.checksum, "B4VNL+8pega6gWheZgwzLeNtXRjVRpJ9MNqtbX/aFUE=");
+    assert_eq!(
+        read.checksum,
+        "B4VNL+8pega6gWheZgwzLeNtXRjVRpJ9MNqtbX/aFUE="
+    );
     assert_eq!(read.data_length, 524_288);
 }
 
@@ -352,11 +629,23 @@ fn zero_blocks_are_written_listed_readable_and_stored_without_payload() {
 fn changed_blocks_count_mismatch_leaves_the_snapshot_pending() {
     let engine = engine();
     let id = start(&engine, 1);
-    engine.put_snapshot_block(put_request(&id, 0, block(1))).expect("put");
-    engine.put_snapshot_block(put_request(&id, 1, block(2))).expect("put");
-    expect_ebs(engine.complete_snapshot(complete_request(&id, 3)), VALIDATION, PARAMETER);
-    engine.put_snapshot_block(put_request(&id, 2, block(3))).expect("still pending: puts accepted");
-    let response = engine.complete_snapshot(complete_request(&id, 3)).expect("repaired");
+    engine
+        .put_snapshot_block(put_request(&id, 0, block(1)))
+        .expect("put");
+    engine
+        .put_snapshot_block(put_request(&id, 1, block(2)))
+        .expect("put");
+    expect_ebs(
+        engine.complete_snapshot(complete_request(&id, 3)),
+        VALIDATION,
+        PARAMETER,
+    );
+    engine
+        .put_snapshot_block(put_request(&id, 2, block(3)))
+        .expect("still pending: puts accepted");
+    let response = engine
+        .complete_snapshot(complete_request(&id, 3))
+        .expect("repaired");
     assert_eq!(response.status, Status::Completed);
 }
 
@@ -367,7 +656,9 @@ fn linear_aggregate_is_checked() {
     // Written out of order and overwritten: the aggregate is over final
     // contents in ascending index order.
     for (index, seed) in [(7, 1), (2, 2), (7, 3)] {
-        engine.put_snapshot_block(put_request(&id, index, block(seed))).expect("put");
+        engine
+            .put_snapshot_block(put_request(&id, index, block(seed)))
+            .expect("put");
     }
     let with = |sum: String| CompleteSnapshotRequest {
         checksum: Some(sum),
@@ -378,7 +669,13 @@ fn linear_aggregate_is_checked() {
     let wrong = linear_checksum([block(3).as_slice(), block(2).as_slice()]);
     expect_ebs(engine.complete_snapshot(with(wrong)), VALIDATION, PARAMETER);
     let right = linear_checksum([block(2).as_slice(), block(3).as_slice()]);
-    assert_eq!(engine.complete_snapshot(with(right)).expect("aggregate matches").status, Status::Completed);
+    assert_eq!(
+        engine
+            .complete_snapshot(with(right))
+            .expect("aggregate matches")
+            .status,
+        Status::Completed
+    );
 }
 
 #[test]
@@ -398,15 +695,27 @@ fn aggregate_requires_algorithm_and_linear_method() {
         checksum_aggregation_method: Some("TREE".into()),
         ..complete_request(&id, 0)
     };
-    expect_ebs(engine.complete_snapshot(wrong_method), VALIDATION, PARAMETER);
-    expect_ebs(engine.complete_snapshot(complete_request(&id, -1)), VALIDATION, PARAMETER);
+    expect_ebs(
+        engine.complete_snapshot(wrong_method),
+        VALIDATION,
+        PARAMETER,
+    );
+    expect_ebs(
+        engine.complete_snapshot(complete_request(&id, -1)),
+        VALIDATION,
+        PARAMETER,
+    );
 }
 
 #[test]
 fn completing_twice_is_rejected() {
     let engine = engine();
     let id = completed(&engine, &[1]);
-    expect_ebs(engine.complete_snapshot(complete_request(&id, 1)), VALIDATION, Some("INVALID_SNAPSHOT_ID"));
+    expect_ebs(
+        engine.complete_snapshot(complete_request(&id, 1)),
+        VALIDATION,
+        Some("INVALID_SNAPSHOT_ID"),
+    );
 }
 
 // ---- Reads -----------------------------------------------------------------
@@ -415,12 +724,34 @@ fn completing_twice_is_rejected() {
 fn reads_require_a_completed_snapshot() {
     let engine = engine();
     let id = start(&engine, 1);
-    let list = ListSnapshotBlocksRequest { snapshot_id: id.clone(), ..Default::default() };
-    expect_ebs(engine.list_snapshot_blocks(list), VALIDATION, Some("INVALID_SNAPSHOT_ID"));
-    let changed = ListChangedBlocksRequest { second_snapshot_id: id.clone(), ..Default::default() };
-    expect_ebs(engine.list_changed_blocks(changed), VALIDATION, Some("INVALID_SNAPSHOT_ID"));
-    let get = GetSnapshotBlockRequest { snapshot_id: id, block_index: 0, block_token: "AAAA".into() };
-    expect_ebs(engine.get_snapshot_block(get), VALIDATION, Some("INVALID_SNAPSHOT_ID"));
+    let list = ListSnapshotBlocksRequest {
+        snapshot_id: id.clone(),
+        ..Default::default()
+    };
+    expect_ebs(
+        engine.list_snapshot_blocks(list),
+        VALIDATION,
+        Some("INVALID_SNAPSHOT_ID"),
+    );
+    let changed = ListChangedBlocksRequest {
+        second_snapshot_id: id.clone(),
+        ..Default::default()
+    };
+    expect_ebs(
+        engine.list_changed_blocks(changed),
+        VALIDATION,
+        Some("INVALID_SNAPSHOT_ID"),
+    );
+    let get = GetSnapshotBlockRequest {
+        snapshot_id: id,
+        block_index: 0,
+        block_token: "AAAA".into(),
+    };
+    expect_ebs(
+        engine.get_snapshot_block(get),
+        VALIDATION,
+        Some("INVALID_SNAPSHOT_ID"),
+    );
 }
 
 #[test]
@@ -428,7 +759,11 @@ fn max_results_is_bounded() {
     let engine = engine();
     let id = completed(&engine, &[1]);
     for bad in [0, -3, 10_001] {
-        let request = ListSnapshotBlocksRequest { snapshot_id: id.clone(), max_results: Some(bad), ..Default::default() };
+        let request = ListSnapshotBlocksRequest {
+            snapshot_id: id.clone(),
+            max_results: Some(bad),
+            ..Default::default()
+        };
         expect_ebs(engine.list_snapshot_blocks(request), VALIDATION, PARAMETER);
     }
 }
@@ -439,15 +774,23 @@ fn listing_is_ascending_paged_and_honours_the_starting_index() {
     let id = start(&engine, 1);
     let indexes: Vec<i32> = (0..250).map(|i| (i * 7) % 2048).collect();
     for index in &indexes {
-        engine.put_snapshot_block(put_request(&id, *index, block(0))).expect("put");
+        engine
+            .put_snapshot_block(put_request(&id, *index, block(0)))
+            .expect("put");
     }
-    engine.complete_snapshot(complete_request(&id, indexes.len() as i32)).expect("complete");
+    engine
+        .complete_snapshot(complete_request(&id, indexes.len() as i32))
+        .expect("complete");
     let mut expected = indexes.clone();
     expected.sort();
 
     // MaxResults below 100 is raised to 100.
     let mut seen = Vec::new();
-    let mut request = ListSnapshotBlocksRequest { snapshot_id: id.clone(), max_results: Some(50), ..Default::default() };
+    let mut request = ListSnapshotBlocksRequest {
+        snapshot_id: id.clone(),
+        max_results: Some(50),
+        ..Default::default()
+    };
     loop {
         let page = engine.list_snapshot_blocks(request.clone()).expect("page");
         assert!(page.blocks.len() <= 100);
@@ -457,19 +800,39 @@ fn listing_is_ascending_paged_and_honours_the_starting_index() {
         match page.next_token {
             Some(token) => {
                 assert_eq!(page.blocks.len(), 100);
-                assert!(token.len() <= 256 && token.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)));
+                assert!(
+                    token.len() <= 256
+                        && token
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+                );
                 // StartingBlockIndex is ignored when a token is given.
-                request = ListSnapshotBlocksRequest { next_token: Some(token), starting_block_index: Some(0), ..request };
+                request = ListSnapshotBlocksRequest {
+                    next_token: Some(token),
+                    starting_block_index: Some(0),
+                    ..request
+                };
             }
             None => break,
         }
     }
     assert_eq!(seen, expected);
 
-    let from = ListSnapshotBlocksRequest { snapshot_id: id, starting_block_index: Some(701), max_results: Some(10_000), ..Default::default() };
+    let from = ListSnapshotBlocksRequest {
+        snapshot_id: id,
+        starting_block_index: Some(701),
+        max_results: Some(10_000),
+        ..Default::default()
+    };
     let page = engine.list_snapshot_blocks(from).expect("from 701");
     let tail: Vec<i32> = expected.iter().copied().filter(|i| *i >= 701).collect();
-    assert_eq!(page.blocks.iter().map(|b| b.block_index).collect::<Vec<_>>(), tail);
+    assert_eq!(
+        page.blocks
+            .iter()
+            .map(|b| b.block_index)
+            .collect::<Vec<_>>(),
+        tail
+    );
     assert!(page.next_token.is_none());
 }
 
@@ -480,7 +843,10 @@ fn page_tokens_are_bound_authenticated_and_expire() {
     let id = completed(&engine, &seeds);
     let other = completed(&engine, &seeds);
     let first = engine
-        .list_snapshot_blocks(ListSnapshotBlocksRequest { snapshot_id: id.clone(), ..Default::default() })
+        .list_snapshot_blocks(ListSnapshotBlocksRequest {
+            snapshot_id: id.clone(),
+            ..Default::default()
+        })
         .expect("first page");
     let token = first.next_token.expect("more pages");
     let with_token = |snapshot: &str, token: String| ListSnapshotBlocksRequest {
@@ -492,17 +858,43 @@ fn page_tokens_are_bound_authenticated_and_expire() {
     let mut altered = token.clone().into_bytes();
     altered[3] = if altered[3] == b'A' { b'B' } else { b'A' };
     let altered = String::from_utf8(altered).expect("ascii");
-    expect_ebs(engine.list_snapshot_blocks(with_token(&id, altered)), VALIDATION, Some("INVALID_PAGE_TOKEN"));
-    expect_ebs(engine.list_snapshot_blocks(with_token(&id, "garbage!".into())), VALIDATION, Some("INVALID_PAGE_TOKEN"));
+    expect_ebs(
+        engine.list_snapshot_blocks(with_token(&id, altered)),
+        VALIDATION,
+        Some("INVALID_PAGE_TOKEN"),
+    );
+    expect_ebs(
+        engine.list_snapshot_blocks(with_token(&id, "garbage!".into())),
+        VALIDATION,
+        Some("INVALID_PAGE_TOKEN"),
+    );
     // Foreign: another snapshot's listing.
-    expect_ebs(engine.list_snapshot_blocks(with_token(&other, token.clone())), VALIDATION, Some("INVALID_PAGE_TOKEN"));
+    expect_ebs(
+        engine.list_snapshot_blocks(with_token(&other, token.clone())),
+        VALIDATION,
+        Some("INVALID_PAGE_TOKEN"),
+    );
     // A ListSnapshotBlocks token is not a ListChangedBlocks token.
-    let changed = ListChangedBlocksRequest { second_snapshot_id: id.clone(), next_token: Some(token.clone()), ..Default::default() };
-    expect_ebs(engine.list_changed_blocks(changed), VALIDATION, Some("INVALID_PAGE_TOKEN"));
-    let second = engine.list_snapshot_blocks(with_token(&id, token.clone())).expect("valid token");
+    let changed = ListChangedBlocksRequest {
+        second_snapshot_id: id.clone(),
+        next_token: Some(token.clone()),
+        ..Default::default()
+    };
+    expect_ebs(
+        engine.list_changed_blocks(changed),
+        VALIDATION,
+        Some("INVALID_PAGE_TOKEN"),
+    );
+    let second = engine
+        .list_snapshot_blocks(with_token(&id, token.clone()))
+        .expect("valid token");
     assert_eq!(second.blocks.first().map(|b| b.block_index), Some(100));
     clock.advance(Duration::from_secs(3600));
-    expect_ebs(engine.list_snapshot_blocks(with_token(&id, token)), VALIDATION, Some("INVALID_PAGE_TOKEN"));
+    expect_ebs(
+        engine.list_snapshot_blocks(with_token(&id, token)),
+        VALIDATION,
+        Some("INVALID_PAGE_TOKEN"),
+    );
 }
 
 #[test]
@@ -515,20 +907,47 @@ fn block_tokens_are_bound_authenticated_and_expire() {
     let expiry = listed.expiry_time.expect("expiry time");
     assert_eq!(
         expiry,
-        blocksnap::clock::millis_to_system_time(1_795_392_000_000) + Duration::from_secs(7 * 24 * 3600)
+        blocksnap::clock::millis_to_system_time(1_795_392_000_000)
+            + Duration::from_secs(7 * 24 * 3600)
     );
     let get = |snapshot: &str, index: i32, token: &str| GetSnapshotBlockRequest {
         snapshot_id: snapshot.into(),
         block_index: index,
         block_token: token.into(),
     };
-    expect_ebs(engine.get_snapshot_block(get(&id, 1, &token)), VALIDATION, Some("INVALID_BLOCK_TOKEN"));
-    expect_ebs(engine.get_snapshot_block(get(&other, 0, &token)), VALIDATION, Some("INVALID_BLOCK_TOKEN"));
-    expect_ebs(engine.get_snapshot_block(get(&id, 0, "Zm9yZ2Vk")), VALIDATION, Some("INVALID_BLOCK_TOKEN"));
-    expect_ebs(engine.get_snapshot_block(get(&id, 0, &"A".repeat(257))), VALIDATION, Some("INVALID_BLOCK_TOKEN"));
-    assert_eq!(engine.get_snapshot_block(get(&id, 0, &token)).expect("valid").block_data, block(1));
+    expect_ebs(
+        engine.get_snapshot_block(get(&id, 1, &token)),
+        VALIDATION,
+        Some("INVALID_BLOCK_TOKEN"),
+    );
+    expect_ebs(
+        engine.get_snapshot_block(get(&other, 0, &token)),
+        VALIDATION,
+        Some("INVALID_BLOCK_TOKEN"),
+    );
+    expect_ebs(
+        engine.get_snapshot_block(get(&id, 0, "Zm9yZ2Vk")),
+        VALIDATION,
+        Some("INVALID_BLOCK_TOKEN"),
+    );
+    expect_ebs(
+        engine.get_snapshot_block(get(&id, 0, &"A".repeat(257))),
+        VALIDATION,
+        Some("INVALID_BLOCK_TOKEN"),
+    );
+    assert_eq!(
+        engine
+            .get_snapshot_block(get(&id, 0, &token))
+            .expect("valid")
+            .block_data,
+        block(1)
+    );
     clock.advance(Duration::from_secs(7 * 24 * 3600));
-    expect_ebs(engine.get_snapshot_block(get(&id, 0, &token)), VALIDATION, Some("INVALID_BLOCK_TOKEN"));
+    expect_ebs(
+        engine.get_snapshot_block(get(&id, 0, &token)),
+        VALIDATION,
+        Some("INVALID_BLOCK_TOKEN"),
+    );
 }
 
 #[test]
@@ -536,8 +955,16 @@ fn unrelated_snapshots_cannot_be_diffed() {
     let engine = engine();
     let a = completed(&engine, &[1]);
     let b = completed(&engine, &[1]);
-    let request = ListChangedBlocksRequest { first_snapshot_id: Some(a), second_snapshot_id: b, ..Default::default() };
-    expect_ebs(engine.list_changed_blocks(request), VALIDATION, Some("UNRELATED_SNAPSHOTS"));
+    let request = ListChangedBlocksRequest {
+        first_snapshot_id: Some(a),
+        second_snapshot_id: b,
+        ..Default::default()
+    };
+    expect_ebs(
+        engine.list_changed_blocks(request),
+        VALIDATION,
+        Some("UNRELATED_SNAPSHOTS"),
+    );
 }
 
 #[test]
@@ -545,13 +972,24 @@ fn changed_blocks_carry_the_tokens_of_each_side_in_either_order() {
     let engine = engine();
     let parent = completed(&engine, &[1, 2, 3]);
     let child = engine
-        .start_snapshot(StartSnapshotRequest { parent_snapshot_id: Some(parent.clone()), ..start_request(2) })
+        .start_snapshot(StartSnapshotRequest {
+            parent_snapshot_id: Some(parent.clone()),
+            ..start_request(2)
+        })
         .expect("child")
         .snapshot_id;
-    engine.put_snapshot_block(put_request(&child, 1, block(4))).expect("change 1");
-    engine.put_snapshot_block(put_request(&child, 2, block(3))).expect("same content at 2");
-    engine.put_snapshot_block(put_request(&child, 3000, block(5))).expect("new 3000");
-    engine.complete_snapshot(complete_request(&child, 3)).expect("complete child");
+    engine
+        .put_snapshot_block(put_request(&child, 1, block(4)))
+        .expect("change 1");
+    engine
+        .put_snapshot_block(put_request(&child, 2, block(3)))
+        .expect("same content at 2");
+    engine
+        .put_snapshot_block(put_request(&child, 3000, block(5)))
+        .expect("new 3000");
+    engine
+        .complete_snapshot(complete_request(&child, 3))
+        .expect("complete child");
 
     let diff = |first: &str, second: &str| {
         engine
@@ -566,7 +1004,13 @@ fn changed_blocks_carry_the_tokens_of_each_side_in_either_order() {
     let shape: Vec<(i32, bool, bool)> = forward
         .changed_blocks
         .iter()
-        .map(|c| (c.block_index, c.first_block_token.is_some(), c.second_block_token.is_some()))
+        .map(|c| {
+            (
+                c.block_index,
+                c.first_block_token.is_some(),
+                c.second_block_token.is_some(),
+            )
+        })
         .collect();
     assert_eq!(shape, vec![(1, true, true), (3000, false, true)]);
     assert_eq!(forward.volume_size, 2);
@@ -574,7 +1018,13 @@ fn changed_blocks_carry_the_tokens_of_each_side_in_either_order() {
     let shape: Vec<(i32, bool, bool)> = backward
         .changed_blocks
         .iter()
-        .map(|c| (c.block_index, c.first_block_token.is_some(), c.second_block_token.is_some()))
+        .map(|c| {
+            (
+                c.block_index,
+                c.first_block_token.is_some(),
+                c.second_block_token.is_some(),
+            )
+        })
         .collect();
     assert_eq!(shape, vec![(1, true, true), (3000, true, false)]);
     // Tokens read the right side's data.
@@ -598,32 +1048,84 @@ fn changed_blocks_without_a_first_snapshot_list_everything_written() {
     let engine = engine();
     let id = completed(&engine, &[1, 0, 2]);
     let response = engine
-        .list_changed_blocks(ListChangedBlocksRequest { second_snapshot_id: id, ..Default::default() })
+        .list_changed_blocks(ListChangedBlocksRequest {
+            second_snapshot_id: id,
+            ..Default::default()
+        })
         .expect("diff against nothing");
     let shape: Vec<(i32, bool, bool)> = response
         .changed_blocks
         .iter()
-        .map(|c| (c.block_index, c.first_block_token.is_some(), c.second_block_token.is_some()))
+        .map(|c| {
+            (
+                c.block_index,
+                c.first_block_token.is_some(),
+                c.second_block_token.is_some(),
+            )
+        })
         .collect();
-    assert_eq!(shape, vec![(0, false, true), (1, false, true), (2, false, true)]);
+    assert_eq!(
+        shape,
+        vec![(0, false, true), (1, false, true), (2, false, true)]
+    );
 }
 
 #[test]
 fn every_error_variant_maps_to_its_ebs_class_and_status() {
     use blocksnap::{Error, ValidationReason};
     let cases: Vec<(Error, &str, u16)> = vec![
-        (Error::NotFound { message: "x".into() }, "ResourceNotFoundException", 404),
-        (Error::invalid(ValidationReason::InvalidBlock, "x"), "ValidationException", 400),
         (
-            Error::InvalidState { reason: ValidationReason::InvalidSnapshotId, message: "x".into() },
+            Error::NotFound {
+                message: "x".into(),
+            },
+            "ResourceNotFoundException",
+            404,
+        ),
+        (
+            Error::invalid(ValidationReason::InvalidBlock, "x"),
             "ValidationException",
             400,
         ),
-        (Error::Conflict { message: "x".into() }, "ConflictException", 409),
-        (Error::ConcurrentLimitExceeded { message: "x".into() }, "ConcurrentLimitExceededException", 400),
-        (Error::corrupted("pack", "crc"), "InternalServerException", 500),
-        (Error::UnsupportedVersion { what: "pack".into(), version: 9 }, "InternalServerException", 500),
-        (Error::io("sync", std::io::Error::other("disk")), "InternalServerException", 500),
+        (
+            Error::InvalidState {
+                reason: ValidationReason::InvalidSnapshotId,
+                message: "x".into(),
+            },
+            "ValidationException",
+            400,
+        ),
+        (
+            Error::Conflict {
+                message: "x".into(),
+            },
+            "ConflictException",
+            409,
+        ),
+        (
+            Error::ConcurrentLimitExceeded {
+                message: "x".into(),
+            },
+            "ConcurrentLimitExceededException",
+            400,
+        ),
+        (
+            Error::corrupted("pack", "crc"),
+            "InternalServerException",
+            500,
+        ),
+        (
+            Error::UnsupportedVersion {
+                what: "pack".into(),
+                version: 9,
+            },
+            "InternalServerException",
+            500,
+        ),
+        (
+            Error::io("sync", std::io::Error::other("disk")),
+            "InternalServerException",
+            500,
+        ),
         (Error::Poisoned, "InternalServerException", 500),
     ];
     for (error, code, status) in cases {
@@ -636,18 +1138,32 @@ fn every_error_variant_maps_to_its_ebs_class_and_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_methods_run_on_the_blocking_pool() {
     let engine = engine();
-    let id = engine.start_snapshot_async(start_request(1)).await.expect("start").snapshot_id;
+    let id = engine
+        .start_snapshot_async(start_request(1))
+        .await
+        .expect("start")
+        .snapshot_id;
     let puts = (0..8).map(|index| {
         let engine = engine.clone();
         let id = id.clone();
-        tokio::spawn(async move { engine.put_snapshot_block_async(put_request(&id, index, block(index as u64 + 1))).await })
+        tokio::spawn(async move {
+            engine
+                .put_snapshot_block_async(put_request(&id, index, block(index as u64 + 1)))
+                .await
+        })
     });
     for put in puts {
         put.await.expect("join").expect("put");
     }
-    engine.complete_snapshot_async(complete_request(&id, 8)).await.expect("complete");
+    engine
+        .complete_snapshot_async(complete_request(&id, 8))
+        .await
+        .expect("complete");
     let listed = engine
-        .list_snapshot_blocks_async(ListSnapshotBlocksRequest { snapshot_id: id.clone(), ..Default::default() })
+        .list_snapshot_blocks_async(ListSnapshotBlocksRequest {
+            snapshot_id: id.clone(),
+            ..Default::default()
+        })
         .await
         .expect("list");
     assert_eq!(listed.blocks.len(), 8);
@@ -661,7 +1177,10 @@ async fn async_methods_run_on_the_blocking_pool() {
         .expect("get");
     assert_eq!(read.block_data, block(6));
     let changed = engine
-        .list_changed_blocks_async(ListChangedBlocksRequest { second_snapshot_id: id, ..Default::default() })
+        .list_changed_blocks_async(ListChangedBlocksRequest {
+            second_snapshot_id: id,
+            ..Default::default()
+        })
         .await
         .expect("changed");
     assert_eq!(changed.changed_blocks.len(), 8);

@@ -27,9 +27,15 @@ pub fn ebs_error(error: &Error) -> EbsError {
         }
         Error::Conflict { .. } => ("ConflictException", 409, None),
         Error::ConcurrentLimitExceeded { .. } => ("ConcurrentLimitExceededException", 400, None),
-        Error::Corrupted { .. } | Error::UnsupportedVersion { .. } | Error::Io { .. } | Error::Poisoned => {
-            ("InternalServerException", 500, None)
-        }
+        Error::Corrupted { .. }
+        | Error::UnsupportedVersion { .. }
+        | Error::Io { .. }
+        | Error::Poisoned => ("InternalServerException", 500, None),
     };
-    EbsError { code, http_status, reason, message }
+    EbsError {
+        code,
+        http_status,
+        reason,
+        message,
+    }
 }

@@ -43,7 +43,14 @@ fn start_response(record: &SnapshotRecord) -> StartSnapshotResponse {
         start_time: millis_to_system_time(started.start_millis),
         volume_size: started.volume_size_gib as i64,
         block_size: BLOCK_SIZE_BYTES,
-        tags: started.tags.iter().map(|(key, value)| Tag { key: key.clone(), value: value.clone() }).collect(),
+        tags: started
+            .tags
+            .iter()
+            .map(|(key, value)| Tag {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect(),
         parent_snapshot_id: started.parent.map(|parent| parent.to_string()),
         kms_key_arn: started.kms_key_arn.clone(),
         sse_type: match started.sse {
@@ -69,12 +76,22 @@ fn listing_start(
         return validate::starting_block_index(starting_block_index).map(BlockIndex);
     };
     match signer.check(token, now_secs, ValidationReason::InvalidPageToken)? {
-        TokenBody::Page { kind, snapshot: token_snapshot, other: token_other, next_index, .. }
-            if kind == expected_kind && token_snapshot == snapshot.0 && token_other == other.map_or(0, |id| id.0) =>
+        TokenBody::Page {
+            kind,
+            snapshot: token_snapshot,
+            other: token_other,
+            next_index,
+            ..
+        } if kind == expected_kind
+            && token_snapshot == snapshot.0
+            && token_other == other.map_or(0, |id| id.0) =>
         {
             Ok(BlockIndex(next_index))
         }
-        _ => Err(Error::invalid(ValidationReason::InvalidPageToken, "The page token belongs to another listing.")),
+        _ => Err(Error::invalid(
+            ValidationReason::InvalidPageToken,
+            "The page token belongs to another listing.",
+        )),
     }
 }
 
@@ -87,10 +104,20 @@ struct ListingClock {
 
 impl ListingClock {
     fn block_token(&self, snapshot: SnapshotId, index: BlockIndex) -> String {
-        self.signer.issue(&TokenBody::Block { snapshot: snapshot.0, index: index.0, expiry_secs: self.block_expiry_secs })
+        self.signer.issue(&TokenBody::Block {
+            snapshot: snapshot.0,
+            index: index.0,
+            expiry_secs: self.block_expiry_secs,
+        })
     }
 
-    fn page_token(&self, kind: u8, snapshot: SnapshotId, other: Option<SnapshotId>, next: Option<BlockIndex>) -> Option<String> {
+    fn page_token(
+        &self,
+        kind: u8,
+        snapshot: SnapshotId,
+        other: Option<SnapshotId>,
+        next: Option<BlockIndex>,
+    ) -> Option<String> {
         next.map(|next| {
             self.signer.issue(&TokenBody::Page {
                 kind,
@@ -131,22 +158,44 @@ impl Engine {
 
     /// PutSnapshotBlock: writes one 512 KiB block to a pending snapshot after
     /// verifying its SHA-256.
-    pub fn put_snapshot_block(&self, request: PutSnapshotBlockRequest) -> Result<PutSnapshotBlockResponse> {
+    pub fn put_snapshot_block(
+        &self,
+        request: PutSnapshotBlockRequest,
+    ) -> Result<PutSnapshotBlockResponse> {
         let snapshot = validate::snapshot_id("SnapshotId", &request.snapshot_id)?;
         let index = validate::block_index(request.block_index)?;
         validate::checksum_algorithm(&request.checksum_algorithm)?;
         let expected = validate::checksum("Checksum", &request.checksum)?;
-        validate::block_shape(request.data_length, request.block_data.len(), request.progress)?;
-        self.put_block(self.owner(), snapshot, BlockIndex(index), &request.block_data, &expected)?;
-        Ok(PutSnapshotBlockResponse { checksum: request.checksum, checksum_algorithm: request.checksum_algorithm })
+        validate::block_shape(
+            request.data_length,
+            request.block_data.len(),
+            request.progress,
+        )?;
+        self.put_block(
+            self.owner(),
+            snapshot,
+            BlockIndex(index),
+            &request.block_data,
+            &expected,
+        )?;
+        Ok(PutSnapshotBlockResponse {
+            checksum: request.checksum,
+            checksum_algorithm: request.checksum_algorithm,
+        })
     }
 
     /// CompleteSnapshot: seals a pending snapshot. A count or aggregate
     /// mismatch is a ValidationException and leaves the snapshot pending.
-    pub fn complete_snapshot(&self, request: CompleteSnapshotRequest) -> Result<CompleteSnapshotResponse> {
+    pub fn complete_snapshot(
+        &self,
+        request: CompleteSnapshotRequest,
+    ) -> Result<CompleteSnapshotResponse> {
         let snapshot = validate::snapshot_id("SnapshotId", &request.snapshot_id)?;
         let changed_blocks = u32::try_from(request.changed_blocks_count).map_err(|_| {
-            Error::invalid(ValidationReason::InvalidParameterValue, "ChangedBlocksCount must not be negative.")
+            Error::invalid(
+                ValidationReason::InvalidParameterValue,
+                "ChangedBlocksCount must not be negative.",
+            )
         })?;
         if let Some(algorithm) = &request.checksum_algorithm {
             validate::checksum_algorithm(algorithm)?;
@@ -162,7 +211,9 @@ impl Engine {
         let aggregate = match &request.checksum {
             None => None,
             Some(checksum) => {
-                if request.checksum_algorithm.is_none() || request.checksum_aggregation_method.is_none() {
+                if request.checksum_algorithm.is_none()
+                    || request.checksum_aggregation_method.is_none()
+                {
                     return Err(Error::invalid(
                         ValidationReason::InvalidParameterValue,
                         "Checksum requires ChecksumAlgorithm SHA256 and ChecksumAggregationMethod LINEAR.",
@@ -172,11 +223,16 @@ impl Engine {
             }
         };
         let record = self.complete(self.owner(), snapshot, changed_blocks, aggregate)?;
-        Ok(CompleteSnapshotResponse { status: status_of(&record) })
+        Ok(CompleteSnapshotResponse {
+            status: status_of(&record),
+        })
     }
 
     /// GetSnapshotBlock: reads one block of a completed snapshot.
-    pub fn get_snapshot_block(&self, request: GetSnapshotBlockRequest) -> Result<GetSnapshotBlockResponse> {
+    pub fn get_snapshot_block(
+        &self,
+        request: GetSnapshotBlockRequest,
+    ) -> Result<GetSnapshotBlockResponse> {
         let snapshot = validate::snapshot_id("SnapshotId", &request.snapshot_id)?;
         let index = BlockIndex(validate::block_index(request.block_index)?);
         let (_, root) = self.completed(self.owner(), snapshot)?;
@@ -186,8 +242,12 @@ impl Engine {
             TokenBody::Block { snapshot: token_snapshot, index: token_index, .. }
                 if token_snapshot == snapshot.0 && token_index == index.0
         );
-        let mismatch =
-            || Error::invalid(ValidationReason::InvalidBlockToken, "The block token does not belong to this block.");
+        let mismatch = || {
+            Error::invalid(
+                ValidationReason::InvalidBlockToken,
+                "The block token does not belong to this block.",
+            )
+        };
         if !bound {
             return Err(mismatch());
         }
@@ -202,7 +262,10 @@ impl Engine {
 
     /// ListSnapshotBlocks: the written blocks of a completed snapshot,
     /// inherited ones included, ascending.
-    pub fn list_snapshot_blocks(&self, request: ListSnapshotBlocksRequest) -> Result<ListSnapshotBlocksResponse> {
+    pub fn list_snapshot_blocks(
+        &self,
+        request: ListSnapshotBlocksRequest,
+    ) -> Result<ListSnapshotBlocksResponse> {
         let snapshot = validate::snapshot_id("SnapshotId", &request.snapshot_id)?;
         let limit = validate::max_results(request.max_results)?;
         let (record, root) = self.completed(self.owner(), snapshot)?;
@@ -221,7 +284,10 @@ impl Engine {
             blocks: page
                 .entries
                 .iter()
-                .map(|(index, _)| Block { block_index: index.0 as i32, block_token: clock.block_token(snapshot, *index) })
+                .map(|(index, _)| Block {
+                    block_index: index.0 as i32,
+                    block_token: clock.block_token(snapshot, *index),
+                })
                 .collect(),
             expiry_time: clock.expiry_time(),
             volume_size: record.started.volume_size_gib as i64,
@@ -233,9 +299,16 @@ impl Engine {
     /// ListChangedBlocks: indexes whose data differs between two completed
     /// snapshots of one lineage (either order). Without FirstSnapshotId every
     /// written block of the second snapshot is listed, with SecondBlockToken only.
-    pub fn list_changed_blocks(&self, request: ListChangedBlocksRequest) -> Result<ListChangedBlocksResponse> {
+    pub fn list_changed_blocks(
+        &self,
+        request: ListChangedBlocksRequest,
+    ) -> Result<ListChangedBlocksResponse> {
         let second = validate::snapshot_id("SecondSnapshotId", &request.second_snapshot_id)?;
-        let first = request.first_snapshot_id.as_deref().map(|id| validate::snapshot_id("FirstSnapshotId", id)).transpose()?;
+        let first = request
+            .first_snapshot_id
+            .as_deref()
+            .map(|id| validate::snapshot_id("FirstSnapshotId", id))
+            .transpose()?;
         let limit = validate::max_results(request.max_results)?;
         let (second_record, second_root) = self.completed(self.owner(), second)?;
         let first_root = match first {
@@ -284,23 +357,39 @@ impl Engine {
     }
 
     /// [`Engine::start_snapshot`] on tokio's blocking pool.
-    pub async fn start_snapshot_async(&self, request: StartSnapshotRequest) -> Result<StartSnapshotResponse> {
-        self.run_blocking(move |engine| engine.start_snapshot(request)).await
+    pub async fn start_snapshot_async(
+        &self,
+        request: StartSnapshotRequest,
+    ) -> Result<StartSnapshotResponse> {
+        self.run_blocking(move |engine| engine.start_snapshot(request))
+            .await
     }
 
     /// [`Engine::put_snapshot_block`] on tokio's blocking pool.
-    pub async fn put_snapshot_block_async(&self, request: PutSnapshotBlockRequest) -> Result<PutSnapshotBlockResponse> {
-        self.run_blocking(move |engine| engine.put_snapshot_block(request)).await
+    pub async fn put_snapshot_block_async(
+        &self,
+        request: PutSnapshotBlockRequest,
+    ) -> Result<PutSnapshotBlockResponse> {
+        self.run_blocking(move |engine| engine.put_snapshot_block(request))
+            .await
     }
 
     /// [`Engine::complete_snapshot`] on tokio's blocking pool.
-    pub async fn complete_snapshot_async(&self, request: CompleteSnapshotRequest) -> Result<CompleteSnapshotResponse> {
-        self.run_blocking(move |engine| engine.complete_snapshot(request)).await
+    pub async fn complete_snapshot_async(
+        &self,
+        request: CompleteSnapshotRequest,
+    ) -> Result<CompleteSnapshotResponse> {
+        self.run_blocking(move |engine| engine.complete_snapshot(request))
+            .await
     }
 
     /// [`Engine::get_snapshot_block`] on tokio's blocking pool.
-    pub async fn get_snapshot_block_async(&self, request: GetSnapshotBlockRequest) -> Result<GetSnapshotBlockResponse> {
-        self.run_blocking(move |engine| engine.get_snapshot_block(request)).await
+    pub async fn get_snapshot_block_async(
+        &self,
+        request: GetSnapshotBlockRequest,
+    ) -> Result<GetSnapshotBlockResponse> {
+        self.run_blocking(move |engine| engine.get_snapshot_block(request))
+            .await
     }
 
     /// [`Engine::list_snapshot_blocks`] on tokio's blocking pool.
@@ -308,11 +397,16 @@ impl Engine {
         &self,
         request: ListSnapshotBlocksRequest,
     ) -> Result<ListSnapshotBlocksResponse> {
-        self.run_blocking(move |engine| engine.list_snapshot_blocks(request)).await
+        self.run_blocking(move |engine| engine.list_snapshot_blocks(request))
+            .await
     }
 
     /// [`Engine::list_changed_blocks`] on tokio's blocking pool.
-    pub async fn list_changed_blocks_async(&self, request: ListChangedBlocksRequest) -> Result<ListChangedBlocksResponse> {
-        self.run_blocking(move |engine| engine.list_changed_blocks(request)).await
+    pub async fn list_changed_blocks_async(
+        &self,
+        request: ListChangedBlocksRequest,
+    ) -> Result<ListChangedBlocksResponse> {
+        self.run_blocking(move |engine| engine.list_changed_blocks(request))
+            .await
     }
 }

@@ -27,7 +27,9 @@ pub(crate) struct TokenSigner {
 
 impl TokenSigner {
     pub(crate) fn new(secret: &[u8; 32]) -> TokenSigner {
-        TokenSigner { key: blake3::derive_key(MAC_CONTEXT, secret) }
+        TokenSigner {
+            key: blake3::derive_key(MAC_CONTEXT, secret),
+        }
     }
 
     fn mac(&self, body: &[u8]) -> [u8; TOKEN_MAC_SIZE] {
@@ -47,7 +49,12 @@ impl TokenSigner {
 
     /// Decodes a token and checks its MAC and expiry; `reason` is the error
     /// reason for any failure.
-    pub(crate) fn check(&self, token: &str, now_secs: u64, reason: ValidationReason) -> Result<TokenBody> {
+    pub(crate) fn check(
+        &self,
+        token: &str,
+        now_secs: u64,
+        reason: ValidationReason,
+    ) -> Result<TokenBody> {
         let invalid = |why: &str| Error::invalid(reason, format!("The token is invalid: {why}."));
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(invalid("wrong length"));
@@ -56,12 +63,17 @@ impl TokenSigner {
         let (body, signed, mac) = TokenBody::decode(&bytes).map_err(|_| invalid("malformed"))?;
         let expected = self.mac(signed);
         // Constant-time comparison: fold every byte difference.
-        let difference = expected.iter().zip(mac.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let difference = expected
+            .iter()
+            .zip(mac.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if difference != 0 {
             return Err(invalid("not issued by this store"));
         }
         let expiry = match body {
-            TokenBody::Block { expiry_secs, .. } | TokenBody::Page { expiry_secs, .. } => expiry_secs,
+            TokenBody::Block { expiry_secs, .. } | TokenBody::Page { expiry_secs, .. } => {
+                expiry_secs
+            }
         };
         if now_secs >= expiry {
             return Err(invalid("expired"));
@@ -77,21 +89,40 @@ mod tests {
     #[test]
     fn forged_altered_expired_and_foreign_tokens_fail() {
         let signer = TokenSigner::new(&[1; 32]);
-        let body = TokenBody::Block { snapshot: 5, index: 9, expiry_secs: 1000 };
+        let body = TokenBody::Block {
+            snapshot: 5,
+            index: 9,
+            expiry_secs: 1000,
+        };
         let token = signer.issue(&body);
         assert!(token.len() <= MAX_TOKEN_LEN);
-        assert_eq!(signer.check(&token, 999, ValidationReason::InvalidBlockToken).ok(), Some(body));
-        assert!(signer.check(&token, 1000, ValidationReason::InvalidBlockToken).is_err());
+        assert_eq!(
+            signer
+                .check(&token, 999, ValidationReason::InvalidBlockToken)
+                .ok(),
+            Some(body)
+        );
+        assert!(signer
+            .check(&token, 1000, ValidationReason::InvalidBlockToken)
+            .is_err());
         let other_store = TokenSigner::new(&[2; 32]);
-        assert!(other_store.check(&token, 0, ValidationReason::InvalidBlockToken).is_err());
+        assert!(other_store
+            .check(&token, 0, ValidationReason::InvalidBlockToken)
+            .is_err());
         let mut raw = STANDARD.decode(&token).expect("base64");
         for position in 0..raw.len() {
             raw[position] ^= 1;
             let altered = STANDARD.encode(&raw);
-            assert!(signer.check(&altered, 0, ValidationReason::InvalidBlockToken).is_err());
+            assert!(signer
+                .check(&altered, 0, ValidationReason::InvalidBlockToken)
+                .is_err());
             raw[position] ^= 1;
         }
-        assert!(signer.check("!!!", 0, ValidationReason::InvalidBlockToken).is_err());
-        assert!(signer.check(&"A".repeat(300), 0, ValidationReason::InvalidBlockToken).is_err());
+        assert!(signer
+            .check("!!!", 0, ValidationReason::InvalidBlockToken)
+            .is_err());
+        assert!(signer
+            .check(&"A".repeat(300), 0, ValidationReason::InvalidBlockToken)
+            .is_err());
     }
 }

@@ -41,21 +41,27 @@ fn parameter(message: impl Into<String>) -> Error {
 /// this store never issued are ResourceNotFound.
 pub fn snapshot_id(field: &str, text: &str) -> Result<SnapshotId> {
     let well_formed = (1..=64).contains(&text.len())
-        && text
-            .strip_prefix("snap-")
-            .is_some_and(|hex| !hex.is_empty() && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+        && text.strip_prefix("snap-").is_some_and(|hex| {
+            !hex.is_empty() && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        });
     if !well_formed {
         return Err(invalid(
             ValidationReason::InvalidSnapshotId,
             format!("{field} '{text}' is not a valid snapshot id (snap- followed by hex digits)."),
         ));
     }
-    SnapshotId::parse(text).ok_or_else(|| Error::NotFound { message: format!("The snapshot '{text}' does not exist.") })
+    SnapshotId::parse(text).ok_or_else(|| Error::NotFound {
+        message: format!("The snapshot '{text}' does not exist."),
+    })
 }
 
 /// A Base64 SHA-256 checksum.
 pub fn checksum(field: &str, text: &str) -> Result<Sha256Digest> {
-    let malformed = || parameter(format!("{field} must be the Base64 encoding of a 32-byte SHA-256 digest."));
+    let malformed = || {
+        parameter(format!(
+            "{field} must be the Base64 encoding of a 32-byte SHA-256 digest."
+        ))
+    };
     if text.len() > 64 {
         return Err(malformed());
     }
@@ -69,13 +75,20 @@ pub fn checksum_algorithm(text: &str) -> Result<()> {
     if text == "SHA256" {
         Ok(())
     } else {
-        Err(parameter(format!("ChecksumAlgorithm '{text}' is not supported; use SHA256.")))
+        Err(parameter(format!(
+            "ChecksumAlgorithm '{text}' is not supported; use SHA256."
+        )))
     }
 }
 
 /// A block index: non-negative (the volume bound is checked by the engine).
 pub fn block_index(value: i32) -> Result<u32> {
-    u32::try_from(value).map_err(|_| invalid(ValidationReason::InvalidBlock, format!("BlockIndex {value} is negative.")))
+    u32::try_from(value).map_err(|_| {
+        invalid(
+            ValidationReason::InvalidBlock,
+            format!("BlockIndex {value} is negative."),
+        )
+    })
 }
 
 /// Page size: over 10000 is refused; below 100 is raised to 100, as the
@@ -83,10 +96,12 @@ pub fn block_index(value: i32) -> Result<u32> {
 pub fn max_results(value: Option<i32>) -> Result<usize> {
     match value {
         None => Ok(DEFAULT_MAX_RESULTS),
-        Some(value) if value < 1 || value > *MAX_RESULTS.end() => {
-            Err(parameter(format!("MaxResults {value} is outside 100..=10000.")))
+        Some(value) if value < 1 || value > *MAX_RESULTS.end() => Err(parameter(format!(
+            "MaxResults {value} is outside 100..=10000."
+        ))),
+        Some(value) => {
+            Ok(usize::try_from(value.max(*MAX_RESULTS.start())).unwrap_or(DEFAULT_MAX_RESULTS))
         }
-        Some(value) => Ok(usize::try_from(value.max(*MAX_RESULTS.start())).unwrap_or(DEFAULT_MAX_RESULTS)),
     }
 }
 
@@ -94,14 +109,17 @@ pub fn max_results(value: Option<i32>) -> Result<usize> {
 pub fn starting_block_index(value: Option<i32>) -> Result<u32> {
     match value {
         None => Ok(0),
-        Some(value) => u32::try_from(value).map_err(|_| parameter(format!("StartingBlockIndex {value} is negative."))),
+        Some(value) => u32::try_from(value)
+            .map_err(|_| parameter(format!("StartingBlockIndex {value} is negative."))),
     }
 }
 
 /// PutSnapshotBlock's length and progress fields.
 pub fn block_shape(data_length: i32, body_length: usize, progress: Option<i32>) -> Result<()> {
     if data_length != BLOCK_SIZE as i32 {
-        return Err(parameter(format!("DataLength {data_length} is invalid; it must be {BLOCK_SIZE}.")));
+        return Err(parameter(format!(
+            "DataLength {data_length} is invalid; it must be {BLOCK_SIZE}."
+        )));
     }
     if body_length != BLOCK_SIZE {
         return Err(invalid(
@@ -111,7 +129,9 @@ pub fn block_shape(data_length: i32, body_length: usize, progress: Option<i32>) 
     }
     if let Some(progress) = progress {
         if !(0..=100).contains(&progress) {
-            return Err(parameter(format!("Progress {progress} is outside 0..=100.")));
+            return Err(parameter(format!(
+                "Progress {progress} is outside 0..=100."
+            )));
         }
     }
     Ok(())
@@ -124,15 +144,22 @@ fn chars(text: &str) -> usize {
 fn tags(tags: &[Tag]) -> Result<Vec<(String, String)>> {
     let bad = |message: String| invalid(ValidationReason::InvalidTag, message);
     if tags.len() > MAX_TAGS {
-        return Err(bad(format!("{} tags given; at most {MAX_TAGS} are allowed.", tags.len())));
+        return Err(bad(format!(
+            "{} tags given; at most {MAX_TAGS} are allowed.",
+            tags.len()
+        )));
     }
     tags.iter()
         .map(|tag| {
             if tag.key.is_empty() || chars(&tag.key) > MAX_TAG_KEY_CHARS {
-                return Err(bad(format!("Tag key must be 1 to {MAX_TAG_KEY_CHARS} characters.")));
+                return Err(bad(format!(
+                    "Tag key must be 1 to {MAX_TAG_KEY_CHARS} characters."
+                )));
             }
             if chars(&tag.value) > MAX_TAG_VALUE_CHARS {
-                return Err(bad(format!("Tag value must be at most {MAX_TAG_VALUE_CHARS} characters.")));
+                return Err(bad(format!(
+                    "Tag value must be at most {MAX_TAG_VALUE_CHARS} characters."
+                )));
             }
             Ok((tag.key.clone(), tag.value.clone()))
         })
@@ -141,13 +168,20 @@ fn tags(tags: &[Tag]) -> Result<Vec<(String, String)>> {
 
 /// Whether `arn` matches `arn:aws[a-z-]*:kms:.*:[0-9]{12}:key/.*`.
 fn is_kms_key_arn(arn: &str) -> bool {
-    let Some(rest) = arn.strip_prefix("arn:aws") else { return false };
+    let Some(rest) = arn.strip_prefix("arn:aws") else {
+        return false;
+    };
     let partition_end = rest.find(':').unwrap_or(rest.len());
     let (partition, rest) = rest.split_at(partition_end);
-    if !partition.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+    if !partition
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b == b'-')
+    {
         return false;
     }
-    let Some(rest) = rest.strip_prefix(":kms:") else { return false };
+    let Some(rest) = rest.strip_prefix(":kms:") else {
+        return false;
+    };
     // ".*:[0-9]{12}:key/.*": some ':' followed by 12 digits then ":key/".
     rest.match_indices(':').any(|(position, _)| {
         let after = &rest[position + 1..];
@@ -162,22 +196,34 @@ pub(crate) fn start_snapshot(request: &StartSnapshotRequest) -> Result<NewSnapsh
     if request.volume_size < 1 || request.volume_size as u64 > MAX_VOLUME_SIZE_GIB {
         return Err(invalid(
             ValidationReason::InvalidVolumeSize,
-            format!("VolumeSize {} is outside 1..={MAX_VOLUME_SIZE_GIB} GiB.", request.volume_size),
+            format!(
+                "VolumeSize {} is outside 1..={MAX_VOLUME_SIZE_GIB} GiB.",
+                request.volume_size
+            ),
         ));
     }
     let timeout_minutes = match request.timeout {
         None => DEFAULT_TIMEOUT_MINUTES,
         Some(value) if TIMEOUT_MINUTES.contains(&value) => value as u32,
-        Some(value) => return Err(parameter(format!("Timeout {value} is outside 10..=4320 minutes."))),
+        Some(value) => {
+            return Err(parameter(format!(
+                "Timeout {value} is outside 10..=4320 minutes."
+            )))
+        }
     };
     let tags = tags(&request.tags)?;
     if let Some(description) = &request.description {
         if description.is_empty() || chars(description) > MAX_DESCRIPTION_CHARS {
-            return Err(parameter(format!("Description must be 1 to {MAX_DESCRIPTION_CHARS} characters.")));
+            return Err(parameter(format!(
+                "Description must be 1 to {MAX_DESCRIPTION_CHARS} characters."
+            )));
         }
     }
     if let Some(token) = &request.client_token {
-        if token.is_empty() || chars(token) > MAX_CLIENT_TOKEN_CHARS || token.chars().any(char::is_whitespace) {
+        if token.is_empty()
+            || chars(token) > MAX_CLIENT_TOKEN_CHARS
+            || token.chars().any(char::is_whitespace)
+        {
             return Err(parameter(format!(
                 "ClientToken must be 1 to {MAX_CLIENT_TOKEN_CHARS} characters without whitespace."
             )));
@@ -185,13 +231,22 @@ pub(crate) fn start_snapshot(request: &StartSnapshotRequest) -> Result<NewSnapsh
     }
     if let Some(arn) = &request.kms_key_arn {
         if chars(arn) > MAX_KMS_KEY_ARN_CHARS || !is_kms_key_arn(arn) {
-            return Err(invalid(ValidationReason::InvalidCustomerKey, format!("KmsKeyArn '{arn}' is not a KMS key ARN.")));
+            return Err(invalid(
+                ValidationReason::InvalidCustomerKey,
+                format!("KmsKeyArn '{arn}' is not a KMS key ARN."),
+            ));
         }
     }
-    let parent = request.parent_snapshot_id.as_deref().map(|id| snapshot_id("ParentSnapshotId", id)).transpose()?;
+    let parent = request
+        .parent_snapshot_id
+        .as_deref()
+        .map(|id| snapshot_id("ParentSnapshotId", id))
+        .transpose()?;
     let encryption_requested = request.encrypted == Some(true) || request.kms_key_arn.is_some();
     if request.encrypted == Some(true) && parent.is_some() {
-        return Err(parameter("Encrypted cannot be specified together with ParentSnapshotId."));
+        return Err(parameter(
+            "Encrypted cannot be specified together with ParentSnapshotId.",
+        ));
     }
     if encryption_requested {
         return Err(invalid(
@@ -215,18 +270,36 @@ mod tests {
 
     #[test]
     fn kms_arn_pattern() {
-        assert!(is_kms_key_arn("arn:aws:kms:us-east-1:123456789012:key/abcd"));
-        assert!(is_kms_key_arn("arn:aws-us-gov:kms:us-gov-west-1:123456789012:key/x"));
-        assert!(!is_kms_key_arn("arn:aws:kms:us-east-1:12345678901:key/abcd"));
+        assert!(is_kms_key_arn(
+            "arn:aws:kms:us-east-1:123456789012:key/abcd"
+        ));
+        assert!(is_kms_key_arn(
+            "arn:aws-us-gov:kms:us-gov-west-1:123456789012:key/x"
+        ));
+        assert!(!is_kms_key_arn(
+            "arn:aws:kms:us-east-1:12345678901:key/abcd"
+        ));
         assert!(!is_kms_key_arn("arn:aws:s3:::bucket"));
         assert!(!is_kms_key_arn("arn:AWS:kms:r:123456789012:key/x"));
     }
 
     #[test]
     fn snapshot_ids() {
-        assert!(matches!(snapshot_id("f", "snap-0123456789abcdef"), Ok(SnapshotId(0x0123456789abcdef))));
-        assert!(matches!(snapshot_id("f", "snap-0123"), Err(Error::NotFound { .. })));
-        assert!(matches!(snapshot_id("f", "snap-XYZ"), Err(Error::InvalidInput { .. })));
-        assert!(matches!(snapshot_id("f", "vol-1"), Err(Error::InvalidInput { .. })));
+        assert!(matches!(
+            snapshot_id("f", "snap-0123456789abcdef"),
+            Ok(SnapshotId(0x0123456789abcdef))
+        ));
+        assert!(matches!(
+            snapshot_id("f", "snap-0123"),
+            Err(Error::NotFound { .. })
+        ));
+        assert!(matches!(
+            snapshot_id("f", "snap-XYZ"),
+            Err(Error::InvalidInput { .. })
+        ));
+        assert!(matches!(
+            snapshot_id("f", "vol-1"),
+            Err(Error::InvalidInput { .. })
+        ));
     }
 }

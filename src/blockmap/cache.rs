@@ -23,7 +23,10 @@ struct CacheInner {
 impl NodeCache {
     /// A cache holding at most `capacity` nodes (each about 2 KiB).
     pub fn new(capacity: usize) -> NodeCache {
-        NodeCache { capacity, inner: Mutex::new(CacheInner::default()) }
+        NodeCache {
+            capacity,
+            inner: Mutex::new(CacheInner::default()),
+        }
     }
 
     /// The cached node with this id.

@@ -29,8 +29,20 @@ impl BlockMaps<'_> {
         limit: usize,
     ) -> Result<Page<ChangedEntry>> {
         let mut entries = Vec::with_capacity(limit.min(4096) + 1);
-        self.diff_at(first, second, ROOT_LEVEL, 0, u64::from(start.0), limit + 1, &mut entries)?;
-        let next = if entries.len() > limit { entries.pop().map(|entry| entry.index) } else { None };
+        self.diff_at(
+            first,
+            second,
+            ROOT_LEVEL,
+            0,
+            u64::from(start.0),
+            limit + 1,
+            &mut entries,
+        )?;
+        let next = if entries.len() > limit {
+            entries.pop().map(|entry| entry.index)
+        } else {
+            None
+        };
         Ok(Page { entries, next })
     }
 
@@ -59,13 +71,21 @@ impl BlockMaps<'_> {
             if slot_base + span <= start {
                 continue;
             }
-            let a = first_node.as_ref().and_then(|node| node.slots.get(slot).copied().flatten());
-            let b = second_node.as_ref().and_then(|node| node.slots.get(slot).copied().flatten());
+            let a = first_node
+                .as_ref()
+                .and_then(|node| node.slots.get(slot).copied().flatten());
+            let b = second_node
+                .as_ref()
+                .and_then(|node| node.slots.get(slot).copied().flatten());
             if a == b {
                 continue;
             }
             if level == 0 {
-                out.push(ChangedEntry { index: BlockIndex(slot_base as u32), first: a, second: b });
+                out.push(ChangedEntry {
+                    index: BlockIndex(slot_base as u32),
+                    first: a,
+                    second: b,
+                });
             } else {
                 self.diff_at(a, b, level - 1, slot_base, start, want, out)?;
             }

@@ -48,11 +48,14 @@ impl<'a> BlockMaps<'a> {
         if let Some(node) = self.cache.get(id) {
             return Ok(node);
         }
-        let stored = self
-            .store
-            .get(RecordKind::MapNode, id)?
-            .ok_or_else(|| Error::corrupted(format!("map node {id}"), "referenced node is not in the store"))?;
-        let node = Node::decode(&stored.data).map_err(|error| error.into_error(&format!("map node {id}")))?;
+        let stored = self.store.get(RecordKind::MapNode, id)?.ok_or_else(|| {
+            Error::corrupted(
+                format!("map node {id}"),
+                "referenced node is not in the store",
+            )
+        })?;
+        let node = Node::decode(&stored.data)
+            .map_err(|error| error.into_error(&format!("map node {id}")))?;
         let node = Arc::new(node);
         self.cache.insert(*id, node.clone());
         Ok(node)
@@ -62,7 +65,10 @@ impl<'a> BlockMaps<'a> {
     fn load_at(&self, id: &ChunkId, level: u8) -> Result<Arc<Node>> {
         let node = self.load(id)?;
         if node.level != level {
-            return Err(Error::corrupted(format!("map node {id}"), "node level does not match its position"));
+            return Err(Error::corrupted(
+                format!("map node {id}"),
+                "node level does not match its position",
+            ));
         }
         Ok(node)
     }

@@ -30,14 +30,23 @@ impl BlockMaps<'_> {
     /// Applies `writes` (sorted by index, unique) to the tree at `root`,
     /// storing every new node, and returns the new root. Untouched subtrees
     /// keep their ids. New nodes are durable only after the store syncs.
-    pub fn apply(&self, root: Option<ChunkId>, writes: &[(BlockIndex, ChunkId)]) -> Result<Option<ChunkId>> {
+    pub fn apply(
+        &self,
+        root: Option<ChunkId>,
+        writes: &[(BlockIndex, ChunkId)],
+    ) -> Result<Option<ChunkId>> {
         if writes.is_empty() {
             return Ok(root);
         }
         self.apply_at(root, ROOT_LEVEL, writes).map(Some)
     }
 
-    fn apply_at(&self, id: Option<ChunkId>, level: u8, writes: &[(BlockIndex, ChunkId)]) -> Result<ChunkId> {
+    fn apply_at(
+        &self,
+        id: Option<ChunkId>,
+        level: u8,
+        writes: &[(BlockIndex, ChunkId)],
+    ) -> Result<ChunkId> {
         let mut node = match id {
             Some(id) => Node::clone(&*self.load_at(&id, level)?),
             None => Node::empty(level),
@@ -52,7 +61,10 @@ impl BlockMaps<'_> {
             let mut rest = writes;
             while let Some((first, _)) = rest.first() {
                 let slot = slot_of(first.0, level);
-                let group_len = rest.iter().take_while(|(index, _)| slot_of(index.0, level) == slot).count();
+                let group_len = rest
+                    .iter()
+                    .take_while(|(index, _)| slot_of(index.0, level) == slot)
+                    .count();
                 let (group, tail) = rest.split_at(group_len);
                 if let Some(entry) = node.slots.get_mut(slot) {
                     *entry = Some(self.apply_at(*entry, level - 1, group)?);
@@ -62,7 +74,8 @@ impl BlockMaps<'_> {
         }
         let encoded = node.encode();
         let id = node_id(&encoded);
-        self.store.put(RecordKind::MapNode, &id, &Sha256Digest([0; 32]), &encoded)?;
+        self.store
+            .put(RecordKind::MapNode, &id, &Sha256Digest([0; 32]), &encoded)?;
         self.cache.insert(id, Arc::new(node));
         Ok(id)
     }
@@ -70,12 +83,28 @@ impl BlockMaps<'_> {
     /// Up to `limit` present entries with index >= `start`, ascending, and
     /// the index where the next page starts. Visits only subtrees at or past
     /// `start`, so a page costs what it returns, not what precedes it.
-    pub fn list(&self, root: Option<ChunkId>, start: BlockIndex, limit: usize) -> Result<Page<(BlockIndex, ChunkId)>> {
+    pub fn list(
+        &self,
+        root: Option<ChunkId>,
+        start: BlockIndex,
+        limit: usize,
+    ) -> Result<Page<(BlockIndex, ChunkId)>> {
         let mut entries = Vec::with_capacity(limit.min(4096) + 1);
         if let Some(root) = root {
-            self.list_at(root, ROOT_LEVEL, 0, u64::from(start.0), limit + 1, &mut entries)?;
+            self.list_at(
+                root,
+                ROOT_LEVEL,
+                0,
+                u64::from(start.0),
+                limit + 1,
+                &mut entries,
+            )?;
         }
-        let next = if entries.len() > limit { entries.pop().map(|(index, _)| index) } else { None };
+        let next = if entries.len() > limit {
+            entries.pop().map(|(index, _)| index)
+        } else {
+            None
+        };
         Ok(Page { entries, next })
     }
 
@@ -98,7 +127,9 @@ impl BlockMaps<'_> {
             if slot_base + span <= start {
                 continue;
             }
-            let Some(entry) = node.slots.get(slot).copied().flatten() else { continue };
+            let Some(entry) = node.slots.get(slot).copied().flatten() else {
+                continue;
+            };
             if level == 0 {
                 out.push((BlockIndex(slot_base as u32), entry));
             } else {

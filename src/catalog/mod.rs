@@ -4,9 +4,11 @@
 //! The log lives in segments `catalog/NNNNNNNN.log` (file header + frames,
 //! see `format::catalog`). Every record is synced before the call returns,
 //! so an acknowledged transition survives a crash. Recovery replays the
-//! segments in order; a segment's replay stops at its first frame that does
-//! not verify (a torn tail), and new records then go to a fresh segment, so
-//! recovery never truncates bytes.
+//! segments in order. A frame that does not verify is a torn tail if no
+//! valid frame follows it (replay of that segment stops there and new
+//! records go to a fresh segment, so recovery never truncates bytes);
+//! otherwise it is corruption, and opening fails with `Corrupted` rather
+//! than silently forgetting later records.
 
 use crate::error::{Error, Result, ValidationReason};
 use crate::format::catalog::{CatalogRecord, StartedRecord};
@@ -77,16 +79,35 @@ impl CatalogState {
         match record {
             CatalogRecord::Started(started) => {
                 if let Some(token) = &started.client_token {
-                    self.tokens.insert((started.owner.clone(), token.clone()), started.snapshot);
+                    self.tokens
+                        .insert((started.owner.clone(), token.clone()), started.snapshot);
                 }
-                self.snapshots
-                    .insert(started.snapshot, SnapshotRecord { started, state: SnapshotState::Pending });
+                self.snapshots.insert(
+                    started.snapshot,
+                    SnapshotRecord {
+                        started,
+                        state: SnapshotState::Pending,
+                    },
+                );
             }
-            CatalogRecord::Completed { snapshot, completed_millis, root, changed_blocks } => {
+            CatalogRecord::Completed {
+                snapshot,
+                completed_millis,
+                root,
+                changed_blocks,
+            } => {
                 let record = self.pending_mut(snapshot, location)?;
-                record.state = SnapshotState::Completed { completed_millis, root, changed_blocks };
+                record.state = SnapshotState::Completed {
+                    completed_millis,
+                    root,
+                    changed_blocks,
+                };
             }
-            CatalogRecord::Failed { snapshot, at_millis, reason } => {
+            CatalogRecord::Failed {
+                snapshot,
+                at_millis,
+                reason,
+            } => {
                 let record = self.pending_mut(snapshot, location)?;
                 record.state = SnapshotState::Error { at_millis, reason };
             }
@@ -97,7 +118,10 @@ impl CatalogState {
     fn pending_mut(&mut self, snapshot: SnapshotId, location: &str) -> Result<&mut SnapshotRecord> {
         match self.snapshots.get_mut(&snapshot) {
             Some(record) if record.state == SnapshotState::Pending => Ok(record),
-            _ => Err(Error::corrupted(location, format!("transition of {snapshot}, which is not pending"))),
+            _ => Err(Error::corrupted(
+                location,
+                format!("transition of {snapshot}, which is not pending"),
+            )),
         }
     }
 }
@@ -124,7 +148,9 @@ impl Catalog {
             .iter()
             .filter_map(|name| {
                 let stem = name.strip_suffix(".log")?;
-                (stem.len() == 8).then(|| u32::from_str_radix(stem, 16).ok()).flatten()
+                (stem.len() == 8)
+                    .then(|| u32::from_str_radix(stem, 16).ok())
+                    .flatten()
             })
             .collect();
         segments.sort_unstable();
@@ -132,15 +158,20 @@ impl Catalog {
         let mut append_to = None;
         for &seq in &segments {
             let name = segment_name(seq);
-            let bytes = storage.read_all(&name).map_err(|e| Error::io(format!("reading {name}"), e))?;
+            let bytes = storage
+                .read_all(&name)
+                .map_err(|e| Error::io(format!("reading {name}"), e))?;
             let clean = replay_segment(&bytes, seq, &name, &mut state)?;
             append_to = clean.then_some(seq);
         }
         let log = match (append_to, segments.last()) {
             (Some(seq), Some(last)) if seq == *last => {
                 let name = segment_name(seq);
-                let mut file = storage.open_append(&name).map_err(|e| Error::io(format!("opening {name}"), e))?;
-                file.sync().map_err(|e| Error::io(format!("syncing {name}"), e))?;
+                let mut file = storage
+                    .open_append(&name)
+                    .map_err(|e| Error::io(format!("opening {name}"), e))?;
+                file.sync()
+                    .map_err(|e| Error::io(format!("syncing {name}"), e))?;
                 file
             }
             _ => {
@@ -148,7 +179,11 @@ impl Catalog {
                 create_segment(storage.as_ref(), seq)?
             }
         };
-        Ok(Catalog { storage, log: Mutex::new(log), state: RwLock::new(state) })
+        Ok(Catalog {
+            storage,
+            log: Mutex::new(log),
+            state: RwLock::new(state),
+        })
     }
 
     /// Appends a record, syncs it, then applies it. Nothing is applied if
@@ -160,8 +195,10 @@ impl Catalog {
         if let Some(snapshot) = pending_snapshot {
             self.require_pending(snapshot)?;
         }
-        log.append(&[&frame]).map_err(|e| Error::io("appending to the catalog", e))?;
-        log.sync().map_err(|e| Error::io("syncing the catalog", e))?;
+        log.append(&[&frame])
+            .map_err(|e| Error::io("appending to the catalog", e))?;
+        log.sync()
+            .map_err(|e| Error::io("syncing the catalog", e))?;
         self.state.write().apply(record, "catalog")
     }
 
@@ -178,21 +215,41 @@ impl Catalog {
         root: Option<ChunkId>,
         changed_blocks: u32,
     ) -> Result<()> {
-        self.commit(CatalogRecord::Completed { snapshot, completed_millis, root, changed_blocks }, Some(snapshot))
+        self.commit(
+            CatalogRecord::Completed {
+                snapshot,
+                completed_millis,
+                root,
+                changed_blocks,
+            },
+            Some(snapshot),
+        )
     }
 
     /// Moves a pending snapshot to `error`.
     pub fn fail(&self, snapshot: SnapshotId, at_millis: u64, reason: String) -> Result<()> {
-        self.commit(CatalogRecord::Failed { snapshot, at_millis, reason }, Some(snapshot))
+        self.commit(
+            CatalogRecord::Failed {
+                snapshot,
+                at_millis,
+                reason,
+            },
+            Some(snapshot),
+        )
     }
 
     fn require_pending(&self, snapshot: SnapshotId) -> Result<()> {
         match self.get(snapshot) {
-            None => Err(Error::NotFound { message: format!("The snapshot '{snapshot}' does not exist.") }),
+            None => Err(Error::NotFound {
+                message: format!("The snapshot '{snapshot}' does not exist."),
+            }),
             Some(record) if record.state == SnapshotState::Pending => Ok(()),
             Some(record) => Err(Error::InvalidState {
                 reason: ValidationReason::InvalidSnapshotId,
-                message: format!("The snapshot '{snapshot}' is {}, not pending.", record.status_name()),
+                message: format!(
+                    "The snapshot '{snapshot}' is {}, not pending.",
+                    record.status_name()
+                ),
             }),
         }
     }
@@ -204,12 +261,22 @@ impl Catalog {
 
     /// The snapshot started with this owner's idempotency token.
     pub fn find_token(&self, owner: &str, token: &str) -> Option<SnapshotId> {
-        self.state.read().tokens.get(&(owner.to_string(), token.to_string())).copied()
+        self.state
+            .read()
+            .tokens
+            .get(&(owner.to_string(), token.to_string()))
+            .copied()
     }
 
     /// Ids of every snapshot in a state matching `filter`.
     pub fn select(&self, filter: impl Fn(&SnapshotRecord) -> bool) -> Vec<SnapshotRecord> {
-        self.state.read().snapshots.values().filter(|record| filter(record)).cloned().collect()
+        self.state
+            .read()
+            .snapshots
+            .values()
+            .filter(|record| filter(record))
+            .cloned()
+            .collect()
     }
 
     /// The storage the catalog writes to.
@@ -218,34 +285,62 @@ impl Catalog {
     }
 }
 
-/// Replays one segment into `state`; returns whether it ended cleanly.
+/// Replays one segment into `state`; returns whether it ended cleanly
+/// (`false`: it ends in a torn frame, and new records go to a new segment).
 fn replay_segment(bytes: &[u8], seq: u32, name: &str, state: &mut CatalogState) -> Result<bool> {
     let header_ok = bytes
         .get(..FILE_HEADER_SIZE)
         .is_some_and(|head| header::decode(head, CATALOG_MAGIC) == Ok(u64::from(seq)));
     if !header_ok {
+        // The header is synced before any frame is appended, so only a
+        // segment that holds nothing else can have a torn header.
+        if bytes.len() > FILE_HEADER_SIZE {
+            return Err(Error::corrupted(name, "catalog segment header"));
+        }
         return Ok(false);
     }
     let mut offset = FILE_HEADER_SIZE;
     while offset < bytes.len() {
-        let Ok((record, length)) = CatalogRecord::decode_frame(bytes.get(offset..).unwrap_or_default()) else {
-            return Ok(false);
-        };
-        state.apply(record, &format!("{name} at byte {offset}"))?;
-        offset += length;
+        let rest = bytes.get(offset..).unwrap_or_default();
+        match CatalogRecord::decode_frame(rest) {
+            Ok((record, length)) => {
+                state.apply(record, &format!("{name} at byte {offset}"))?;
+                offset += length;
+            }
+            Err(_) if is_torn_tail(rest) => return Ok(false),
+            Err(error) => return Err(error.into_error(&format!("{name} frame at byte {offset}"))),
+        }
     }
     Ok(true)
 }
 
+/// Whether a frame that failed to decode can be a torn write. Records are
+/// appended only after a clean replay and each is synced before the next,
+/// so a torn frame is always the last thing in its segment: if any valid
+/// frame starts after the bad one, the bad one is corruption. (Damage to
+/// the very last frame is indistinguishable from a torn write.) Random
+/// length fields almost always exceed the largest frame, so the scan rarely
+/// computes a crc.
+fn is_torn_tail(rest: &[u8]) -> bool {
+    !(1..rest.len())
+        .any(|start| CatalogRecord::decode_frame(rest.get(start..).unwrap_or_default()).is_ok())
+}
+
 fn create_segment(storage: &dyn Storage, seq: u32) -> Result<Box<dyn AppendFile>> {
     let name = segment_name(seq);
-    let mut file = storage.open_append(&name).map_err(|e| Error::io(format!("creating {name}"), e))?;
+    let mut file = storage
+        .open_append(&name)
+        .map_err(|e| Error::io(format!("creating {name}"), e))?;
     if !file.is_empty() {
-        file.truncate(0).map_err(|e| Error::io(format!("resetting {name}"), e))?;
+        file.truncate(0)
+            .map_err(|e| Error::io(format!("resetting {name}"), e))?;
     }
     file.append(&[&header::encode(CATALOG_MAGIC, u64::from(seq))])
         .map_err(|e| Error::io(format!("writing {name}"), e))?;
-    file.sync().map_err(|e| Error::io(format!("syncing {name}"), e))?;
-    storage.sync_dir(CATALOG_DIR).map_err(|e| Error::io("syncing the catalog directory", e))?;
+    file.sync()
+        .map_err(|e| Error::io(format!("syncing {name}"), e))?;
+    storage
+        .sync_dir(CATALOG_DIR)
+        .map_err(|e| Error::io("syncing the catalog directory", e))?;
     Ok(file)
 }

@@ -41,7 +41,10 @@ impl Index {
             .unwrap_or_default()
             .iter()
             .take_while(|entry| entry.prefix == prefix)
-            .map(|entry| PackLocation { pack: entry.pack, offset: entry.offset })
+            .map(|entry| PackLocation {
+                pack: entry.pack,
+                offset: entry.offset,
+            })
             .collect()
     }
 
@@ -57,7 +60,11 @@ impl Index {
         let mut old = self.sealed.iter().copied().peekable();
         let mut new = entries
             .iter()
-            .map(|entry| SealedEntry { prefix: entry.id_prefix, pack, offset: entry.offset })
+            .map(|entry| SealedEntry {
+                prefix: entry.id_prefix,
+                pack,
+                offset: entry.offset,
+            })
             .peekable();
         loop {
             let next = match (old.peek(), new.peek()) {
@@ -85,6 +92,7 @@ impl Index {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -95,10 +103,36 @@ mod tests {
         let mut b_bytes = [1u8; 32];
         b_bytes[31] = 2;
         let b = ChunkId(b_bytes);
-        index.insert_open(a, PackLocation { pack: 0, offset: 32 });
-        assert_eq!(index.candidates(&a), vec![PackLocation { pack: 0, offset: 32 }]);
-        index.add_sealed(0, &[IndexEntry { id_prefix: a.prefix(), offset: 32, record_len: 90 }]);
-        index.add_sealed(1, &[IndexEntry { id_prefix: b.prefix(), offset: 32, record_len: 90 }]);
+        index.insert_open(
+            a,
+            PackLocation {
+                pack: 0,
+                offset: 32,
+            },
+        );
+        assert_eq!(
+            index.candidates(&a),
+            vec![PackLocation {
+                pack: 0,
+                offset: 32
+            }]
+        );
+        index.add_sealed(
+            0,
+            &[IndexEntry {
+                id_prefix: a.prefix(),
+                offset: 32,
+                record_len: 90,
+            }],
+        );
+        index.add_sealed(
+            1,
+            &[IndexEntry {
+                id_prefix: b.prefix(),
+                offset: 32,
+                record_len: 90,
+            }],
+        );
         // a and b share their 8-byte prefix: both locations are candidates.
         assert_eq!(index.candidates(&a).len(), 2);
         assert_eq!(index.len(), 2);

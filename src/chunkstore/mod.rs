@@ -8,17 +8,19 @@
 //! size it is synced, its index is written atomically, and it is sealed:
 //! never modified again and read through mmap (or pread in pread-only mode).
 
+#![deny(clippy::indexing_slicing)]
+
 mod index;
 mod pack;
 
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::format::index::{decode_index, encode_index, IndexEntry};
-use crate::format::pack::{
-    decode_record, decode_record_header, encode_record_header, verify_record, Codec, RecordHeader, RecordKind,
-    RECORD_HEADER_SIZE,
-};
 use crate::format::node::node_id;
+use crate::format::pack::{
+    decode_record, decode_record_header, encode_record_header, verify_record, Codec, RecordHeader,
+    RecordKind, RECORD_HEADER_SIZE,
+};
 use crate::ids::{ChunkId, PackLocation, Sha256Digest};
 use crate::storage::{ReadFile, Storage};
 use index::Index;
@@ -41,7 +43,11 @@ pub struct ChunkStoreConfig {
 
 impl Default for ChunkStoreConfig {
     fn default() -> Self {
-        ChunkStoreConfig { pack_target_size: 256 << 20, compression_level: 1, use_mmap: true }
+        ChunkStoreConfig {
+            pack_target_size: 256 << 20,
+            compression_level: 1,
+            use_mmap: true,
+        }
     }
 }
 
@@ -80,7 +86,9 @@ pub struct ChunkStore {
 
 impl std::fmt::Debug for ChunkStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChunkStore").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("ChunkStore")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -101,14 +109,21 @@ impl ChunkStore {
             ));
         }
         let mut files: BTreeMap<u32, (bool, bool)> = BTreeMap::new();
-        for name in storage.list(PACK_DIR).map_err(io_error("listing packs".into()))? {
+        for name in storage
+            .list(PACK_DIR)
+            .map_err(io_error("listing packs".into()))?
+        {
             match parse_name(&name) {
                 Some((seq, "pack")) => files.entry(seq).or_default().0 = true,
                 Some((seq, "idx")) => files.entry(seq).or_default().1 = true,
                 _ => {}
             }
         }
-        let last_pack = files.iter().rev().find(|(_, (has_pack, _))| *has_pack).map(|(seq, _)| *seq);
+        let last_pack = files
+            .iter()
+            .rev()
+            .find(|(_, (has_pack, _))| *has_pack)
+            .map(|(seq, _)| *seq);
         let mut index = Index::default();
         let mut readers: HashMap<u32, Arc<dyn ReadFile>> = HashMap::new();
         let mut stored_bytes = 0u64;
@@ -118,29 +133,50 @@ impl ChunkStore {
                 continue;
             }
             let name = pack_name(seq);
-            let reader = storage.open_read(&name).map_err(io_error(format!("opening {name}")))?;
+            let reader = storage
+                .open_read(&name)
+                .map_err(io_error(format!("opening {name}")))?;
             let pack_len = reader.len().map_err(io_error(format!("reading {name}")))?;
-            let loaded = if has_index { load_index(storage.as_ref(), seq, pack_len) } else { None };
+            let loaded = if has_index {
+                load_index(storage.as_ref(), seq, pack_len)
+            } else {
+                None
+            };
             let entries = match loaded {
                 Some(entries) => entries,
                 None => {
                     let scanned = scan(reader.as_ref(), seq)?;
                     let with_ids = entries_of(&scanned.records);
-                    if Some(seq) == last_pack && !scanned.has_garbage_tail && scanned.valid_len > 0 {
-                        let mut file = storage.open_append(&name).map_err(io_error(format!("opening {name}")))?;
+                    if Some(seq) == last_pack && !scanned.has_garbage_tail && scanned.valid_len > 0
+                    {
+                        let mut file = storage
+                            .open_append(&name)
+                            .map_err(io_error(format!("opening {name}")))?;
                         // Durability of the scanned bytes is unknown: make it
                         // certain before anything new is appended after them.
                         file.sync().map_err(io_error(format!("syncing {name}")))?;
                         for (id, entry) in &with_ids {
-                            index.insert_open(*id, PackLocation { pack: seq, offset: entry.offset });
+                            index.insert_open(
+                                *id,
+                                PackLocation {
+                                    pack: seq,
+                                    offset: entry.offset,
+                                },
+                            );
                             stored_bytes += u64::from(entry.record_len);
                         }
                         let entries = with_ids.into_iter().map(|(_, entry)| entry).collect();
-                        open_pack = Some(OpenPack { seq, file, entries, dirty: false });
+                        open_pack = Some(OpenPack {
+                            seq,
+                            file,
+                            entries,
+                            dirty: false,
+                        });
                         readers.insert(seq, reader);
                         continue;
                     }
-                    let entries: Vec<IndexEntry> = with_ids.into_iter().map(|(_, entry)| entry).collect();
+                    let entries: Vec<IndexEntry> =
+                        with_ids.into_iter().map(|(_, entry)| entry).collect();
                     if scanned.valid_len > 0 {
                         storage
                             .write_atomic(&index_name(seq), &encode_index(u64::from(seq), &entries))
@@ -149,10 +185,16 @@ impl ChunkStore {
                     entries
                 }
             };
-            stored_bytes += entries.iter().map(|entry| u64::from(entry.record_len)).sum::<u64>();
+            stored_bytes += entries
+                .iter()
+                .map(|entry| u64::from(entry.record_len))
+                .sum::<u64>();
             index.add_sealed(seq, &entries);
             let sealed_reader = if config.use_mmap {
-                storage.map(&name).map_err(io_error(format!("mapping {name}")))?.unwrap_or(reader)
+                storage
+                    .map(&name)
+                    .map_err(io_error(format!("mapping {name}")))?
+                    .unwrap_or(reader)
             } else {
                 reader
             };
@@ -164,7 +206,12 @@ impl ChunkStore {
                 let seq = files.keys().next_back().map_or(0, |seq| seq + 1);
                 let open_pack = OpenPack::create(storage.as_ref(), seq)?;
                 let name = pack_name(seq);
-                readers.insert(seq, storage.open_read(&name).map_err(io_error(format!("opening {name}")))?);
+                readers.insert(
+                    seq,
+                    storage
+                        .open_read(&name)
+                        .map_err(io_error(format!("opening {name}")))?,
+                );
                 open_pack
             }
         };
@@ -211,7 +258,10 @@ impl ChunkStore {
             .map_err(|error| error.into_error(&format!("{name} record at {offset}")))?;
         let mut payload = vec![0u8; header.payload_len as usize];
         reader
-            .read_exact_at(u64::from(location.offset) + RECORD_HEADER_SIZE as u64, &mut payload)
+            .read_exact_at(
+                u64::from(location.offset) + RECORD_HEADER_SIZE as u64,
+                &mut payload,
+            )
             .map_err(|_| Error::corrupted(&name, format!("record at {offset} is truncated")))?;
         verify_record(&header_bytes, &header, &payload)
             .map_err(|error| error.into_error(&format!("{name} record at {offset}")))?;
@@ -222,16 +272,19 @@ impl ChunkStore {
     fn header_at(&self, location: PackLocation) -> Option<RecordHeader> {
         let reader = self.readers.read().get(&location.pack).cloned()?;
         let mut header_bytes = [0u8; RECORD_HEADER_SIZE];
-        reader.read_exact_at(u64::from(location.offset), &mut header_bytes).ok()?;
+        reader
+            .read_exact_at(u64::from(location.offset), &mut header_bytes)
+            .ok()?;
         decode_record_header(&header_bytes).ok()
     }
 
     /// Where `id` is stored, confirmed against the full id in the record header.
     fn locate(&self, id: &ChunkId) -> Option<PackLocation> {
         let candidates = self.index.read().candidates(id);
-        candidates
-            .into_iter()
-            .find(|location| self.header_at(*location).is_some_and(|header| header.chunk_id == *id))
+        candidates.into_iter().find(|location| {
+            self.header_at(*location)
+                .is_some_and(|header| header.chunk_id == *id)
+        })
     }
 
     /// Whether a chunk with this id is stored.
@@ -242,7 +295,13 @@ impl ChunkStore {
     /// Stores a chunk unless one with the same id exists; returns whether
     /// bytes were appended. Hashing and compression happen before any lock.
     /// The chunk is durable only after [`ChunkStore::sync`].
-    pub fn put(&self, kind: RecordKind, id: &ChunkId, sha256: &Sha256Digest, raw: &[u8]) -> Result<bool> {
+    pub fn put(
+        &self,
+        kind: RecordKind,
+        id: &ChunkId,
+        sha256: &Sha256Digest,
+        raw: &[u8],
+    ) -> Result<bool> {
         if self.contains(id) {
             return Ok(false);
         }
@@ -251,20 +310,36 @@ impl ChunkStore {
             Some(bytes) => (Codec::Zstd, bytes.as_slice()),
             None => (Codec::Raw, raw),
         };
-        let raw_len = u32::try_from(raw.len()).map_err(|_| Error::corrupted("chunk", "chunk larger than 4 GiB"))?;
+        let raw_len = u32::try_from(raw.len())
+            .map_err(|_| Error::corrupted("chunk", "chunk larger than 4 GiB"))?;
         let header = encode_record_header(kind, record_codec, raw_len, id, sha256, payload);
         let mut writer = self.writer.lock();
         if self.contains(id) {
             return Ok(false);
         }
         let name = pack_name(writer.seq);
-        let offset = writer.file.append(&[&header, payload]).map_err(io_error(format!("appending to {name}")))?;
-        let offset = u32::try_from(offset).map_err(|_| Error::corrupted(&name, "pack grew past 4 GiB"))?;
+        let offset = writer
+            .file
+            .append(&[&header, payload])
+            .map_err(io_error(format!("appending to {name}")))?;
+        let offset =
+            u32::try_from(offset).map_err(|_| Error::corrupted(&name, "pack grew past 4 GiB"))?;
         let record_len = (RECORD_HEADER_SIZE + payload.len()) as u32;
-        writer.entries.push(IndexEntry { id_prefix: id.prefix(), offset, record_len });
+        writer.entries.push(IndexEntry {
+            id_prefix: id.prefix(),
+            offset,
+            record_len,
+        });
         writer.dirty = true;
-        self.index.write().insert_open(*id, PackLocation { pack: writer.seq, offset });
-        self.stored_bytes.fetch_add(u64::from(record_len), Ordering::Relaxed);
+        self.index.write().insert_open(
+            *id,
+            PackLocation {
+                pack: writer.seq,
+                offset,
+            },
+        );
+        self.stored_bytes
+            .fetch_add(u64::from(record_len), Ordering::Relaxed);
         if writer.file.len() >= self.config.pack_target_size {
             self.seal(&mut writer)?;
         }
@@ -276,7 +351,10 @@ impl ChunkStore {
     fn seal(&self, writer: &mut OpenPack) -> Result<()> {
         let seq = writer.seq;
         let name = pack_name(seq);
-        writer.file.sync().map_err(io_error(format!("syncing {name}")))?;
+        writer
+            .file
+            .sync()
+            .map_err(io_error(format!("syncing {name}")))?;
         let mut entries = std::mem::take(&mut writer.entries);
         entries.sort_unstable();
         self.storage
@@ -284,9 +362,14 @@ impl ChunkStore {
             .map_err(io_error(format!("writing {}", index_name(seq))))?;
         let next = OpenPack::create(self.storage.as_ref(), seq + 1)?;
         let next_name = pack_name(seq + 1);
-        let next_reader = self.storage.open_read(&next_name).map_err(io_error(format!("opening {next_name}")))?;
+        let next_reader = self
+            .storage
+            .open_read(&next_name)
+            .map_err(io_error(format!("opening {next_name}")))?;
         let sealed_reader = if self.config.use_mmap {
-            self.storage.map(&name).map_err(io_error(format!("mapping {name}")))?
+            self.storage
+                .map(&name)
+                .map_err(io_error(format!("mapping {name}")))?
         } else {
             None
         };
@@ -307,7 +390,10 @@ impl ChunkStore {
         let mut writer = self.writer.lock();
         if writer.dirty {
             let name = pack_name(writer.seq);
-            writer.file.sync().map_err(io_error(format!("syncing {name}")))?;
+            writer
+                .file
+                .sync()
+                .map_err(io_error(format!("syncing {name}")))?;
             writer.dirty = false;
         }
         Ok(())
@@ -317,11 +403,16 @@ impl ChunkStore {
     /// decoded length and the content hash. `Ok(None)` if no such chunk is
     /// stored; corruption is an error, never data.
     pub fn get(&self, kind: RecordKind, id: &ChunkId) -> Result<Option<StoredChunk>> {
-        let Some(location) = self.locate(id) else { return Ok(None) };
+        let Some(location) = self.locate(id) else {
+            return Ok(None);
+        };
         self.with_record(location, |header, payload| {
             let place = format!("{} record at {}", pack_name(location.pack), location.offset);
             if header.kind != kind {
-                return Err(Error::corrupted(place, "record kind differs from the reference"));
+                return Err(Error::corrupted(
+                    place,
+                    "record kind differs from the reference",
+                ));
             }
             let data = codec::decode_payload(header.codec, payload, header.raw_len as usize)
                 .map_err(|error| error.into_error(&place))?;
@@ -330,9 +421,15 @@ impl ChunkStore {
                 RecordKind::MapNode => node_id(&data),
             };
             if actual != *id {
-                return Err(Error::corrupted(place, "content does not hash to its chunk id"));
+                return Err(Error::corrupted(
+                    place,
+                    "content does not hash to its chunk id",
+                ));
             }
-            Ok(Some(StoredChunk { data, sha256: header.sha256 }))
+            Ok(Some(StoredChunk {
+                data,
+                sha256: header.sha256,
+            }))
         })
     }
 

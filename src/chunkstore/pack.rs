@@ -45,15 +45,26 @@ impl OpenPack {
     /// Creates pack `seq` with its header and makes the file's existence durable.
     pub(crate) fn create(storage: &dyn Storage, seq: u32) -> Result<OpenPack> {
         let name = pack_name(seq);
-        let mut file = storage.open_append(&name).map_err(|e| Error::io(format!("creating {name}"), e))?;
+        let mut file = storage
+            .open_append(&name)
+            .map_err(|e| Error::io(format!("creating {name}"), e))?;
         if !file.is_empty() {
-            file.truncate(0).map_err(|e| Error::io(format!("resetting {name}"), e))?;
+            file.truncate(0)
+                .map_err(|e| Error::io(format!("resetting {name}"), e))?;
         }
         file.append(&[&header::encode(PACK_MAGIC, u64::from(seq))])
             .map_err(|e| Error::io(format!("writing {name}"), e))?;
-        file.sync().map_err(|e| Error::io(format!("syncing {name}"), e))?;
-        storage.sync_dir(PACK_DIR).map_err(|e| Error::io("syncing the pack directory", e))?;
-        Ok(OpenPack { seq, file, entries: Vec::new(), dirty: false })
+        file.sync()
+            .map_err(|e| Error::io(format!("syncing {name}"), e))?;
+        storage
+            .sync_dir(PACK_DIR)
+            .map_err(|e| Error::io("syncing the pack directory", e))?;
+        Ok(OpenPack {
+            seq,
+            file,
+            entries: Vec::new(),
+            dirty: false,
+        })
     }
 }
 
@@ -76,13 +87,19 @@ pub(crate) struct Scan {
 /// first record that does not verify.
 pub(crate) fn scan(file: &dyn ReadFile, seq: u32) -> Result<Scan> {
     let name = pack_name(seq);
-    let file_len = file.len().map_err(|e| Error::io(format!("reading {name}"), e))?;
+    let file_len = file
+        .len()
+        .map_err(|e| Error::io(format!("reading {name}"), e))?;
     let mut head = [0u8; FILE_HEADER_SIZE];
     let header_ok = file_len >= FILE_HEADER_SIZE as u64
         && file.read_exact_at(0, &mut head).is_ok()
         && header::decode(&head, PACK_MAGIC) == Ok(u64::from(seq));
     if !header_ok {
-        return Ok(Scan { records: Vec::new(), valid_len: 0, has_garbage_tail: file_len > 0 });
+        return Ok(Scan {
+            records: Vec::new(),
+            valid_len: 0,
+            has_garbage_tail: file_len > 0,
+        });
     }
     let mut records = Vec::new();
     let mut offset = FILE_HEADER_SIZE as u64;
@@ -92,21 +109,32 @@ pub(crate) fn scan(file: &dyn ReadFile, seq: u32) -> Result<Scan> {
         if file.read_exact_at(offset, &mut header_bytes).is_err() {
             break;
         }
-        let Ok(header) = decode_record_header(&header_bytes) else { break };
+        let Ok(header) = decode_record_header(&header_bytes) else {
+            break;
+        };
         let end = offset + header.record_len() as u64;
         if end > file_len || u32::try_from(end).is_err() {
             break;
         }
         payload.resize(header.payload_len as usize, 0);
-        if file.read_exact_at(offset + RECORD_HEADER_SIZE as u64, &mut payload).is_err()
+        if file
+            .read_exact_at(offset + RECORD_HEADER_SIZE as u64, &mut payload)
+            .is_err()
             || verify_record(&header_bytes, &header, &payload).is_err()
         {
             break;
         }
-        records.push(ScannedRecord { offset: u32::try_from(offset).unwrap_or(u32::MAX), header });
+        records.push(ScannedRecord {
+            offset: u32::try_from(offset).unwrap_or(u32::MAX),
+            header,
+        });
         offset = end;
     }
-    Ok(Scan { records, valid_len: offset, has_garbage_tail: offset < file_len })
+    Ok(Scan {
+        records,
+        valid_len: offset,
+        has_garbage_tail: offset < file_len,
+    })
 }
 
 /// Index entries of scanned records, sorted as the index format requires.

@@ -2,6 +2,8 @@
 //! detection and compression. No I/O, no shared state beyond per-thread
 //! compression contexts.
 
+#![deny(clippy::indexing_slicing)]
+
 use crate::format::pack::Codec;
 use crate::format::DecodeError;
 use crate::ids::{ChunkId, Sha256Digest, BLOCK_SIZE};
@@ -27,7 +29,12 @@ pub fn is_zero(data: &[u8]) -> bool {
         bytes.copy_from_slice(word);
         u128::from_le_bytes(bytes) == 0
     });
-    words_zero && data.chunks_exact(16).remainder().iter().all(|&byte| byte == 0)
+    words_zero
+        && data
+            .chunks_exact(16)
+            .remainder()
+            .iter()
+            .all(|&byte| byte == 0)
 }
 
 struct ZeroBlock {
@@ -39,7 +46,10 @@ fn zero_block() -> &'static ZeroBlock {
     static ZERO: OnceLock<ZeroBlock> = OnceLock::new();
     ZERO.get_or_init(|| {
         let zeros = vec![0u8; BLOCK_SIZE];
-        ZeroBlock { id: chunk_id(&zeros), sha256: sha256(&zeros) }
+        ZeroBlock {
+            id: chunk_id(&zeros),
+            sha256: sha256(&zeros),
+        }
     })
 }
 
@@ -80,7 +90,11 @@ pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
 }
 
 /// Decodes a stored payload into exactly `raw_len` bytes.
-pub fn decode_payload(codec: Codec, payload: &[u8], raw_len: usize) -> Result<Vec<u8>, DecodeError> {
+pub fn decode_payload(
+    codec: Codec,
+    payload: &[u8],
+    raw_len: usize,
+) -> Result<Vec<u8>, DecodeError> {
     match codec {
         Codec::Raw if payload.len() == raw_len => Ok(payload.to_vec()),
         Codec::Raw => Err(DecodeError::corrupt(0, "raw payload length")),
@@ -89,7 +103,9 @@ pub fn decode_payload(codec: Codec, payload: &[u8], raw_len: usize) -> Result<Ve
             if cell.is_none() {
                 *cell = zstd::bulk::Decompressor::new().ok();
             }
-            let decompressor = cell.as_mut().ok_or(DecodeError::corrupt(0, "zstd context"))?;
+            let decompressor = cell
+                .as_mut()
+                .ok_or(DecodeError::corrupt(0, "zstd context"))?;
             let mut output = Vec::with_capacity(raw_len);
             match decompressor.decompress_to_buffer(payload, &mut output) {
                 Ok(written) if written == raw_len => Ok(output),
@@ -100,6 +116,7 @@ pub fn decode_payload(codec: Codec, payload: &[u8], raw_len: usize) -> Result<Ve
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -125,7 +142,10 @@ mod tests {
         let text = b"blocksnap ".repeat(50_000);
         let compressed = compress(&text, 3).expect("text compresses");
         assert!(compressed.len() < text.len() / 10);
-        assert_eq!(decode_payload(Codec::Zstd, &compressed, text.len()).expect("decodes"), text);
+        assert_eq!(
+            decode_payload(Codec::Zstd, &compressed, text.len()).expect("decodes"),
+            text
+        );
         assert!(decode_payload(Codec::Zstd, &compressed, text.len() + 1).is_err());
         let mut noise = vec![0u8; 65536];
         let mut state = 0x9e3779b97f4a7c15u64;

@@ -86,7 +86,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("storage", &self.inner.storage).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("storage", &self.inner.storage)
+            .finish_non_exhaustive()
     }
 }
 
@@ -119,7 +121,9 @@ pub(crate) struct NewSnapshot {
 }
 
 fn not_found(snapshot: SnapshotId) -> Error {
-    Error::NotFound { message: format!("The snapshot '{snapshot}' does not exist.") }
+    Error::NotFound {
+        message: format!("The snapshot '{snapshot}' does not exist."),
+    }
 }
 
 impl Engine {
@@ -133,7 +137,8 @@ impl Engine {
     /// [`Engine::open_with`] and a custom configuration.
     pub fn local_storage(dir: impl AsRef<Path>) -> Result<Arc<dyn Storage>> {
         let dir = dir.as_ref();
-        let storage = LocalStorage::open(dir).map_err(|e| Error::io(format!("opening store {}", dir.display()), e))?;
+        let storage = LocalStorage::open(dir)
+            .map_err(|e| Error::io(format!("opening store {}", dir.display()), e))?;
         Ok(Arc::new(storage))
     }
 
@@ -150,10 +155,21 @@ impl Engine {
             let snapshot = record.started.snapshot;
             let parent_root = parent_root_of(&catalog, &record)?;
             let volume_blocks = record.started.volume_size_gib * BLOCKS_PER_GIB;
-            let session = Session::recover(storage.as_ref(), &chunks, snapshot, volume_blocks, parent_root)?;
+            let durable_on_ack = config.put_durability == PutDurability::Immediate;
+            let session = Session::recover(
+                storage.as_ref(),
+                &chunks,
+                snapshot,
+                volume_blocks,
+                parent_root,
+                durable_on_ack,
+            )?;
             sessions.insert(snapshot, Arc::new(session));
         }
-        for name in storage.list(JOURNAL_DIR).map_err(|e| Error::io("listing journals", e))? {
+        for name in storage
+            .list(JOURNAL_DIR)
+            .map_err(|e| Error::io("listing journals", e))?
+        {
             let pending = name
                 .strip_suffix(".journal")
                 .and_then(|hex| u64::from_str_radix(hex, 16).ok())
@@ -225,7 +241,8 @@ impl Engine {
         self.check_writable()?;
         let result = self.inner.group_commit.commit(|| {
             self.inner.chunks.sync()?;
-            let sessions: Vec<Arc<Session>> = self.inner.sessions.read().values().cloned().collect();
+            let sessions: Vec<Arc<Session>> =
+                self.inner.sessions.read().values().cloned().collect();
             for session in sessions {
                 session.sync_journal()?;
             }
@@ -249,13 +266,20 @@ impl Engine {
     }
 
     /// The record and map root of a completed snapshot.
-    pub(crate) fn completed(&self, owner: &str, snapshot: SnapshotId) -> Result<(SnapshotRecord, Option<ChunkId>)> {
+    pub(crate) fn completed(
+        &self,
+        owner: &str,
+        snapshot: SnapshotId,
+    ) -> Result<(SnapshotRecord, Option<ChunkId>)> {
         let record = self.record(owner, snapshot)?;
         match record.state {
             SnapshotState::Completed { root, .. } => Ok((record, root)),
             _ => Err(Error::InvalidState {
                 reason: ValidationReason::InvalidSnapshotId,
-                message: format!("The snapshot '{snapshot}' is {}; only completed snapshots can be read.", record.status_name()),
+                message: format!(
+                    "The snapshot '{snapshot}' is {}; only completed snapshots can be read.",
+                    record.status_name()
+                ),
             }),
         }
     }
@@ -288,12 +312,14 @@ impl Engine {
         let (lineage, parent_root) = match request.parent {
             None => (None, None),
             Some(parent) => {
-                let (record, root) = self.completed(owner, parent).map_err(|error| match error {
-                    Error::InvalidState { message, .. } => {
-                        Error::invalid(ValidationReason::InvalidParameterValue, format!("ParentSnapshotId: {message}"))
-                    }
-                    other => other,
-                })?;
+                let (record, root) =
+                    self.completed(owner, parent).map_err(|error| match error {
+                        Error::InvalidState { message, .. } => Error::invalid(
+                            ValidationReason::InvalidParameterValue,
+                            format!("ParentSnapshotId: {message}"),
+                        ),
+                        other => other,
+                    })?;
                 if request.volume_size_gib < record.started.volume_size_gib {
                     return Err(Error::invalid(
                         ValidationReason::InvalidVolumeSize,
@@ -311,7 +337,11 @@ impl Engine {
             .sessions
             .read()
             .keys()
-            .filter(|id| catalog.get(**id).is_some_and(|record| record.started.owner == owner))
+            .filter(|id| {
+                catalog
+                    .get(**id)
+                    .is_some_and(|record| record.started.owner == owner)
+            })
             .count();
         if pending_of_owner >= self.inner.config.max_pending_snapshots {
             return Err(Error::ConcurrentLimitExceeded {
@@ -343,7 +373,13 @@ impl Engine {
         };
         let volume_blocks = started.volume_size_gib * BLOCKS_PER_GIB;
         self.poison_on_io(catalog.start(started))?;
-        let session = Arc::new(Session::new(snapshot, volume_blocks, parent_root));
+        let durable_on_ack = self.inner.config.put_durability == PutDurability::Immediate;
+        let session = Arc::new(Session::new(
+            snapshot,
+            volume_blocks,
+            parent_root,
+            durable_on_ack,
+        ));
         self.inner.sessions.write().insert(snapshot, session);
         self.record(owner, snapshot)
     }
@@ -355,7 +391,10 @@ impl Engine {
             Some(session) => Ok(session.clone()),
             None => Err(Error::InvalidState {
                 reason: ValidationReason::InvalidSnapshotId,
-                message: format!("The snapshot '{snapshot}' is {}, not pending.", record.status_name()),
+                message: format!(
+                    "The snapshot '{snapshot}' is {}, not pending.",
+                    record.status_name()
+                ),
             }),
         }
     }
@@ -376,11 +415,17 @@ impl Engine {
         if u64::from(index.0) >= session.volume_blocks {
             return Err(Error::invalid(
                 ValidationReason::InvalidBlock,
-                format!("BlockIndex {} is beyond the volume's {} blocks.", index.0, session.volume_blocks),
+                format!(
+                    "BlockIndex {} is beyond the volume's {} blocks.",
+                    index.0, session.volume_blocks
+                ),
             ));
         }
         let mismatch = || {
-            Error::invalid(ValidationReason::InvalidBlock, "The checksum does not match the SHA-256 of the block data.")
+            Error::invalid(
+                ValidationReason::InvalidBlock,
+                "The checksum does not match the SHA-256 of the block data.",
+            )
         };
         let (chunk, sha256) = if codec::is_zero(data) {
             if *expected != codec::zero_block_sha256() {
@@ -393,10 +438,15 @@ impl Engine {
                 return Err(mismatch());
             }
             let chunk = codec::chunk_id(data);
-            self.poison_on_io(self.inner.chunks.put(RecordKind::Block, &chunk, &sha256, data))?;
+            self.poison_on_io(
+                self.inner
+                    .chunks
+                    .put(RecordKind::Block, &chunk, &sha256, data),
+            )?;
             (chunk, sha256)
         };
-        let created = self.poison_on_io(session.record(self.inner.storage.as_ref(), index, chunk, sha256))?;
+        let created =
+            self.poison_on_io(session.record(self.inner.storage.as_ref(), index, chunk, sha256))?;
         if created {
             self.inner.journal_dir_dirty.store(true, Ordering::Release);
         }
@@ -436,11 +486,19 @@ impl Engine {
             }
         }
         self.poison_on_io(self.inner.chunks.sync())?;
-        let writes: Vec<(BlockIndex, ChunkId)> = state.writes.iter().map(|(index, (chunk, _))| (*index, *chunk)).collect();
+        let writes: Vec<(BlockIndex, ChunkId)> = state
+            .writes
+            .iter()
+            .map(|(index, (chunk, _))| (*index, *chunk))
+            .collect();
         let root = self.poison_on_io(self.maps().apply(session.parent_root, &writes))?;
         self.poison_on_io(self.inner.chunks.sync())?;
         let now = self.now_millis();
-        self.poison_on_io(self.inner.catalog.complete(snapshot, now, root, changed_blocks))?;
+        self.poison_on_io(
+            self.inner
+                .catalog
+                .complete(snapshot, now, root, changed_blocks),
+        )?;
         state.closed = true;
         drop(state);
         self.inner.sessions.write().remove(&snapshot);
@@ -454,16 +512,30 @@ impl Engine {
     }
 
     /// The data and SHA-256 of the block at `index` in the map at `root`.
-    pub(crate) fn read_block(&self, root: Option<ChunkId>, index: BlockIndex) -> Result<Option<(Bytes, Sha256Digest)>> {
-        let Some(chunk) = self.maps().lookup(root, index)? else { return Ok(None) };
+    pub(crate) fn read_block(
+        &self,
+        root: Option<ChunkId>,
+        index: BlockIndex,
+    ) -> Result<Option<(Bytes, Sha256Digest)>> {
+        let Some(chunk) = self.maps().lookup(root, index)? else {
+            return Ok(None);
+        };
         if chunk == codec::zero_block_id() {
-            return Ok(Some((Bytes::from(vec![0u8; crate::ids::BLOCK_SIZE]), codec::zero_block_sha256())));
+            return Ok(Some((
+                Bytes::from(vec![0u8; crate::ids::BLOCK_SIZE]),
+                codec::zero_block_sha256(),
+            )));
         }
         let stored = self
             .inner
             .chunks
             .get(RecordKind::Block, &chunk)?
-            .ok_or_else(|| Error::corrupted(format!("block {} (chunk {chunk})", index.0), "chunk is missing from the store"))?;
+            .ok_or_else(|| {
+                Error::corrupted(
+                    format!("block {} (chunk {chunk})", index.0),
+                    "chunk is missing from the store",
+                )
+            })?;
         Ok(Some((Bytes::from(stored.data), stored.sha256)))
     }
 
@@ -499,7 +571,9 @@ impl Engine {
             Ok(handle) => handle
                 .spawn_blocking(move || call(&engine))
                 .await
-                .map_err(|join| Error::io("blocking task", std::io::Error::other(join.to_string())))?,
+                .map_err(|join| {
+                    Error::io("blocking task", std::io::Error::other(join.to_string()))
+                })?,
             Err(_) => call(&engine),
         }
     }
@@ -519,35 +593,50 @@ impl Drop for EngineInner {
 }
 
 fn parent_root_of(catalog: &Catalog, record: &SnapshotRecord) -> Result<Option<ChunkId>> {
-    let Some(parent) = record.started.parent else { return Ok(None) };
+    let Some(parent) = record.started.parent else {
+        return Ok(None);
+    };
     match catalog.get(parent).map(|parent| parent.state) {
         Some(SnapshotState::Completed { root, .. }) => Ok(root),
         _ => Err(Error::corrupted(
             "catalog",
-            format!("pending snapshot {} has parent {parent}, which is not completed", record.started.snapshot),
+            format!(
+                "pending snapshot {} has parent {parent}, which is not completed",
+                record.started.snapshot
+            ),
         )),
     }
 }
 
 fn random_u64() -> Result<u64> {
     let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).map_err(|e| Error::io("reading random bytes", std::io::Error::other(e.to_string())))?;
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::io("reading random bytes", std::io::Error::other(e.to_string())))?;
     Ok(u64::from_le_bytes(bytes))
 }
 
 fn load_or_create_header(storage: &dyn Storage, now: u64) -> Result<StoreHeader> {
-    let exists = storage.exists(STORE_HEADER_NAME).map_err(|e| Error::io("checking the store header", e))?;
+    let exists = storage
+        .exists(STORE_HEADER_NAME)
+        .map_err(|e| Error::io("checking the store header", e))?;
     if exists {
-        let bytes = storage.read_all(STORE_HEADER_NAME).map_err(|e| Error::io("reading the store header", e))?;
+        let bytes = storage
+            .read_all(STORE_HEADER_NAME)
+            .map_err(|e| Error::io("reading the store header", e))?;
         return StoreHeader::decode(&bytes).map_err(|error| error.into_error(STORE_HEADER_NAME));
     }
     let mut random = [0u8; 48];
-    getrandom::fill(&mut random).map_err(|e| Error::io("reading random bytes", std::io::Error::other(e.to_string())))?;
+    getrandom::fill(&mut random)
+        .map_err(|e| Error::io("reading random bytes", std::io::Error::other(e.to_string())))?;
     let mut store_id = [0u8; 16];
     let mut token_secret = [0u8; 32];
     store_id.copy_from_slice(&random[..16]);
     token_secret.copy_from_slice(&random[16..]);
-    let header = StoreHeader { store_id, token_secret, created_millis: now };
+    let header = StoreHeader {
+        store_id,
+        token_secret,
+        created_millis: now,
+    };
     storage
         .write_atomic(STORE_HEADER_NAME, &header.encode())
         .map_err(|e| Error::io("writing the store header", e))?;

@@ -9,7 +9,7 @@ use crate::chunkstore::ChunkStore;
 use crate::codec;
 use crate::error::{Error, Result, ValidationReason};
 use crate::format::header::{self, FILE_HEADER_SIZE, JOURNAL_MAGIC};
-use crate::format::journal::{JournalRecord, JOURNAL_RECORD_SIZE};
+use crate::format::journal::{JournalRecord, JOURNAL_FLAG_AT_COMPLETE, JOURNAL_RECORD_SIZE};
 use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId};
 use crate::storage::{AppendFile, Storage};
 use parking_lot::{Mutex, MutexGuard};
@@ -40,24 +40,55 @@ pub(crate) struct Session {
     pub(crate) volume_blocks: u64,
     /// The parent's map root, the base the writes apply to.
     pub(crate) parent_root: Option<ChunkId>,
+    /// Journal header flags: how this snapshot's puts were acknowledged.
+    journal_flags: u32,
     state: Mutex<SessionState>,
 }
 
 impl Session {
     /// A session with no writes yet.
-    pub(crate) fn new(snapshot: SnapshotId, volume_blocks: u64, parent_root: Option<ChunkId>) -> Session {
-        Session::with_state(snapshot, volume_blocks, parent_root, BTreeMap::new(), None)
+    pub(crate) fn new(
+        snapshot: SnapshotId,
+        volume_blocks: u64,
+        parent_root: Option<ChunkId>,
+        durable_on_ack: bool,
+    ) -> Session {
+        let journal_flags = if durable_on_ack {
+            0
+        } else {
+            JOURNAL_FLAG_AT_COMPLETE
+        };
+        Session::with_state(
+            snapshot,
+            volume_blocks,
+            parent_root,
+            journal_flags,
+            BTreeMap::new(),
+            None,
+        )
     }
 
     fn with_state(
         snapshot: SnapshotId,
         volume_blocks: u64,
         parent_root: Option<ChunkId>,
+        journal_flags: u32,
         writes: BTreeMap<BlockIndex, (ChunkId, Sha256Digest)>,
         journal: Option<Box<dyn AppendFile>>,
     ) -> Session {
-        let state = SessionState { writes, journal, journal_dirty: false, closed: false };
-        Session { snapshot, volume_blocks, parent_root, state: Mutex::new(state) }
+        let state = SessionState {
+            writes,
+            journal,
+            journal_dirty: false,
+            closed: false,
+        };
+        Session {
+            snapshot,
+            volume_blocks,
+            parent_root,
+            journal_flags,
+            state: Mutex::new(state),
+        }
     }
 
     /// Locks the session, refusing if the snapshot already left `pending`.
@@ -86,18 +117,30 @@ impl Session {
         let mut created = false;
         if state.journal.is_none() {
             let name = journal_name(self.snapshot);
-            let mut file = storage.open_append(&name).map_err(|e| Error::io(format!("creating {name}"), e))?;
-            file.truncate(0).map_err(|e| Error::io(format!("resetting {name}"), e))?;
-            file.append(&[&header::encode(JOURNAL_MAGIC, self.snapshot.0)])
-                .map_err(|e| Error::io(format!("writing {name}"), e))?;
+            let mut file = storage
+                .open_append(&name)
+                .map_err(|e| Error::io(format!("creating {name}"), e))?;
+            file.truncate(0)
+                .map_err(|e| Error::io(format!("resetting {name}"), e))?;
+            file.append(&[&header::encode_with_flags(
+                JOURNAL_MAGIC,
+                self.snapshot.0,
+                self.journal_flags,
+            )])
+            .map_err(|e| Error::io(format!("writing {name}"), e))?;
             state.journal = Some(file);
             created = true;
         }
-        let record = JournalRecord { index, chunk_id: chunk, sha256 }.encode();
+        let record = JournalRecord {
+            index,
+            chunk_id: chunk,
+            sha256,
+        }
+        .encode();
         if let Some(journal) = state.journal.as_mut() {
-            journal
-                .append(&[&record])
-                .map_err(|e| Error::io(format!("appending to {}", journal_name(self.snapshot)), e))?;
+            journal.append(&[&record]).map_err(|e| {
+                Error::io(format!("appending to {}", journal_name(self.snapshot)), e)
+            })?;
         }
         state.journal_dirty = true;
         state.writes.insert(index, (chunk, sha256));
@@ -109,61 +152,114 @@ impl Session {
         let mut state = self.state.lock();
         if state.journal_dirty {
             if let Some(journal) = state.journal.as_mut() {
-                journal
-                    .sync()
-                    .map_err(|e| Error::io(format!("syncing {}", journal_name(self.snapshot)), e))?;
+                journal.sync().map_err(|e| {
+                    Error::io(format!("syncing {}", journal_name(self.snapshot)), e)
+                })?;
             }
             state.journal_dirty = false;
         }
         Ok(())
     }
 
-    /// Rebuilds a session from its journal after a restart. Entries whose
-    /// chunk did not survive are dropped (their puts were never made
-    /// durable); the surviving entries are rewritten compactly and atomically
-    /// so appends continue after a clean tail.
+    /// Rebuilds a session from its journal after a restart, and rewrites the
+    /// surviving entries compactly and atomically so appends continue after
+    /// a clean tail. A record whose chunk did not survive was never
+    /// acknowledged when puts are durable on acknowledgement, so the index
+    /// keeps its previous content; when puts were acknowledged before being
+    /// durable (journal flag `AT_COMPLETE`), the index is dropped instead,
+    /// so it is never stale and CompleteSnapshot's count reveals the loss.
+    /// `durable_on_ack` applies to a journal that did not survive at all.
     pub(crate) fn recover(
         storage: &dyn Storage,
         chunks: &ChunkStore,
         snapshot: SnapshotId,
         volume_blocks: u64,
         parent_root: Option<ChunkId>,
+        durable_on_ack: bool,
     ) -> Result<Session> {
         let name = journal_name(snapshot);
-        let exists = storage.exists(&name).map_err(|e| Error::io(format!("checking {name}"), e))?;
+        let exists = storage
+            .exists(&name)
+            .map_err(|e| Error::io(format!("checking {name}"), e))?;
         if !exists {
-            return Ok(Session::new(snapshot, volume_blocks, parent_root));
+            return Ok(Session::new(
+                snapshot,
+                volume_blocks,
+                parent_root,
+                durable_on_ack,
+            ));
         }
-        let bytes = storage.read_all(&name).map_err(|e| Error::io(format!("reading {name}"), e))?;
-        let mut writes = BTreeMap::new();
-        let header_ok = bytes
+        let bytes = storage
+            .read_all(&name)
+            .map_err(|e| Error::io(format!("reading {name}"), e))?;
+        let header = bytes
             .get(..FILE_HEADER_SIZE)
-            .is_some_and(|head| header::decode(head, JOURNAL_MAGIC) == Ok(snapshot.0));
-        if header_ok {
-            let zero = codec::zero_block_id();
-            for raw in bytes.get(FILE_HEADER_SIZE..).unwrap_or_default().chunks(JOURNAL_RECORD_SIZE) {
-                let Ok(record) = JournalRecord::decode(raw) else { break };
-                let durable = record.chunk_id == zero || chunks.contains(&record.chunk_id);
-                if durable && u64::from(record.index.0) < volume_blocks {
-                    writes.insert(record.index, (record.chunk_id, record.sha256));
-                } else {
-                    writes.remove(&record.index);
-                }
+            .map(|head| header::decode_with_flags(head, JOURNAL_MAGIC));
+        let journal_flags = match header {
+            Some(Ok((subject, flags))) if subject == snapshot.0 => flags,
+            // A torn header: the journal was created and nothing survived.
+            _ => {
+                return Ok(Session::new(
+                    snapshot,
+                    volume_blocks,
+                    parent_root,
+                    durable_on_ack,
+                ))
+            }
+        };
+        let zero = codec::zero_block_id();
+        let mut writes = BTreeMap::new();
+        for raw in bytes
+            .get(FILE_HEADER_SIZE..)
+            .unwrap_or_default()
+            .chunks(JOURNAL_RECORD_SIZE)
+        {
+            let Ok(record) = JournalRecord::decode(raw) else {
+                break;
+            };
+            if u64::from(record.index.0) >= volume_blocks {
+                continue;
+            }
+            if record.chunk_id == zero || chunks.contains(&record.chunk_id) {
+                writes.insert(record.index, (record.chunk_id, record.sha256));
+            } else if journal_flags & JOURNAL_FLAG_AT_COMPLETE != 0 {
+                writes.remove(&record.index);
             }
         }
-        let mut compact = header::encode(JOURNAL_MAGIC, snapshot.0).to_vec();
+        let mut compact =
+            header::encode_with_flags(JOURNAL_MAGIC, snapshot.0, journal_flags).to_vec();
         for (index, (chunk_id, sha256)) in &writes {
-            compact.extend_from_slice(&JournalRecord { index: *index, chunk_id: *chunk_id, sha256: *sha256 }.encode());
+            compact.extend_from_slice(
+                &JournalRecord {
+                    index: *index,
+                    chunk_id: *chunk_id,
+                    sha256: *sha256,
+                }
+                .encode(),
+            );
         }
-        storage.write_atomic(&name, &compact).map_err(|e| Error::io(format!("rewriting {name}"), e))?;
-        let journal = storage.open_append(&name).map_err(|e| Error::io(format!("opening {name}"), e))?;
-        Ok(Session::with_state(snapshot, volume_blocks, parent_root, writes, Some(journal)))
+        storage
+            .write_atomic(&name, &compact)
+            .map_err(|e| Error::io(format!("rewriting {name}"), e))?;
+        let journal = storage
+            .open_append(&name)
+            .map_err(|e| Error::io(format!("opening {name}"), e))?;
+        Ok(Session::with_state(
+            snapshot,
+            volume_blocks,
+            parent_root,
+            journal_flags,
+            writes,
+            Some(journal),
+        ))
     }
 }
 
 /// `Base64(SHA-256(d[i0] ‖ d[i1] ‖ …))` over the raw digests of the writes in
 /// ascending index order: the EBS LINEAR aggregate checksum.
-pub(crate) fn linear_aggregate(writes: &BTreeMap<BlockIndex, (ChunkId, Sha256Digest)>) -> Sha256Digest {
+pub(crate) fn linear_aggregate(
+    writes: &BTreeMap<BlockIndex, (ChunkId, Sha256Digest)>,
+) -> Sha256Digest {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
     for (_, sha256) in writes.values() {

@@ -22,7 +22,7 @@
 //!   root [32], changed_blocks u32.
 //! - kind 3, `Failed`: snapshot u64, at_millis u64, reason string.
 
-use super::wire::{Reader, Writer};
+use super::wire::{seal_leading_crc, Reader, Writer};
 use super::{crc32, DecodeError};
 use crate::ids::{ChunkId, SnapshotId};
 
@@ -134,7 +134,12 @@ impl CatalogRecord {
                     body.put_string(value);
                 }
             }
-            CatalogRecord::Completed { snapshot, completed_millis, root, changed_blocks } => {
+            CatalogRecord::Completed {
+                snapshot,
+                completed_millis,
+                root,
+                changed_blocks,
+            } => {
                 body.put_u8(2);
                 body.put_u64(snapshot.0);
                 body.put_u64(*completed_millis);
@@ -142,7 +147,11 @@ impl CatalogRecord {
                 body.extend_from_slice(&root.map_or([0u8; 32], |r| r.0));
                 body.put_u32(*changed_blocks);
             }
-            CatalogRecord::Failed { snapshot, at_millis, reason } => {
+            CatalogRecord::Failed {
+                snapshot,
+                at_millis,
+                reason,
+            } => {
                 body.put_u8(3);
                 body.put_u64(snapshot.0);
                 body.put_u64(*at_millis);
@@ -153,8 +162,7 @@ impl CatalogRecord {
         frame.put_u32(0);
         frame.put_u32(u32::try_from(body.len()).unwrap_or(u32::MAX));
         frame.extend_from_slice(&body);
-        let crc = crc32(&[&frame[FRAME_LEN_OFFSET..]]);
-        frame[..4].copy_from_slice(&crc.to_le_bytes());
+        seal_leading_crc(&mut frame, FRAME_LEN_OFFSET);
         frame
     }
 
@@ -165,7 +173,10 @@ impl CatalogRecord {
         let stored_crc = reader.u32("catalog frame crc")?;
         let length = reader.u32("catalog frame length")? as usize;
         if length > MAX_BODY_LEN {
-            return Err(DecodeError::corrupt(FRAME_LEN_OFFSET, "catalog frame length"));
+            return Err(DecodeError::corrupt(
+                FRAME_LEN_OFFSET,
+                "catalog frame length",
+            ));
         }
         let body = reader.take(length, "catalog frame body")?;
         let covered = bytes
@@ -175,7 +186,9 @@ impl CatalogRecord {
             return Err(DecodeError::corrupt(FRAME_CRC_OFFSET, "catalog frame crc"));
         }
         let record = Self::decode_body(body).map_err(|error| match error {
-            DecodeError::Corrupt { offset, what } => DecodeError::corrupt(offset + FRAME_BODY_OFFSET, what),
+            DecodeError::Corrupt { offset, what } => {
+                DecodeError::corrupt(offset + FRAME_BODY_OFFSET, what)
+            }
             other => other,
         })?;
         Ok((record, FRAME_BODY_OFFSET + length))
@@ -235,7 +248,12 @@ impl CatalogRecord {
                     _ => return Err(DecodeError::corrupt(17, "root flag")),
                 };
                 let changed_blocks = reader.u32("changed blocks")?;
-                CatalogRecord::Completed { snapshot, completed_millis, root, changed_blocks }
+                CatalogRecord::Completed {
+                    snapshot,
+                    completed_millis,
+                    root,
+                    changed_blocks,
+                }
             }
             3 => CatalogRecord::Failed {
                 snapshot: SnapshotId(reader.u64("snapshot id")?),
@@ -250,6 +268,7 @@ impl CatalogRecord {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -280,15 +299,25 @@ mod tests {
                 root: Some(ChunkId([3; 32])),
                 changed_blocks: 9,
             },
-            CatalogRecord::Failed { snapshot: SnapshotId(1), at_millis: 5, reason: "timed out".into() },
+            CatalogRecord::Failed {
+                snapshot: SnapshotId(1),
+                at_millis: 5,
+                reason: "timed out".into(),
+            },
         ];
         for record in records {
             let frame = record.encode_frame();
-            assert_eq!(CatalogRecord::decode_frame(&frame), Ok((record.clone(), frame.len())));
+            assert_eq!(
+                CatalogRecord::decode_frame(&frame),
+                Ok((record.clone(), frame.len()))
+            );
             for position in 0..frame.len() {
                 let mut flipped = frame.clone();
                 flipped[position] ^= 0x20;
-                assert!(CatalogRecord::decode_frame(&flipped).is_err(), "flip at {position}");
+                assert!(
+                    CatalogRecord::decode_frame(&flipped).is_err(),
+                    "flip at {position}"
+                );
             }
             for cut in 0..frame.len() {
                 assert!(CatalogRecord::decode_frame(&frame[..cut]).is_err());

@@ -5,7 +5,7 @@
 //! |--------|------|---------|-------------------------------------------|
 //! | 0      | 8    | magic   | identifies the file kind (never change)   |
 //! | 8      | 4    | version | format version of the file kind           |
-//! | 12     | 4    | flags   | reserved, zero                            |
+//! | 12     | 4    | flags   | per file kind; zero unless stated         |
 //! | 16     | 8    | subject | pack sequence / snapshot id / zero        |
 //! | 24     | 4    | unused  | zero                                      |
 //! | 28     | 4    | crc32   | crc32 of bytes 0..28                      |
@@ -41,12 +41,17 @@ pub const JOURNAL_MAGIC: [u8; 8] = *b"BSNPJRNL";
 /// The current version of every file kind that uses this header.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Encodes a header.
+/// Encodes a header with zero flags.
 pub fn encode(magic: [u8; 8], subject: u64) -> [u8; FILE_HEADER_SIZE] {
+    encode_with_flags(magic, subject, 0)
+}
+
+/// Encodes a header.
+pub fn encode_with_flags(magic: [u8; 8], subject: u64, flags: u32) -> [u8; FILE_HEADER_SIZE] {
     let mut bytes = Vec::with_capacity(FILE_HEADER_SIZE);
     bytes.extend_from_slice(&magic);
     bytes.put_u32(FORMAT_VERSION);
-    bytes.put_u32(0);
+    bytes.put_u32(flags);
     bytes.put_u64(subject);
     bytes.put_u32(0);
     let crc = crc32(&[&bytes]);
@@ -58,27 +63,35 @@ pub fn encode(magic: [u8; 8], subject: u64) -> [u8; FILE_HEADER_SIZE] {
 
 /// Decodes a header with the expected magic, returning its subject.
 pub fn decode(bytes: &[u8], magic: [u8; 8]) -> Result<u64, DecodeError> {
+    decode_with_flags(bytes, magic).map(|(subject, _)| subject)
+}
+
+/// Decodes a header with the expected magic, returning subject and flags.
+pub fn decode_with_flags(bytes: &[u8], magic: [u8; 8]) -> Result<(u64, u32), DecodeError> {
     let mut reader = Reader::new(bytes);
     let found_magic = reader.array::<8>("file magic")?;
     if found_magic != magic {
         return Err(DecodeError::corrupt(MAGIC_OFFSET, "file magic"));
     }
     let version = reader.u32("file version")?;
-    let _flags = reader.u32("file flags")?;
+    let flags = reader.u32("file flags")?;
     let subject = reader.u64("file subject")?;
     let _unused = reader.u32("file header")?;
     let stored_crc = reader.u32("file header crc")?;
-    let covered = bytes.get(..CRC_OFFSET).ok_or(DecodeError::corrupt(0, "file header"))?;
+    let covered = bytes
+        .get(..CRC_OFFSET)
+        .ok_or(DecodeError::corrupt(0, "file header"))?;
     if crc32(&[covered]) != stored_crc {
         return Err(DecodeError::corrupt(CRC_OFFSET, "file header crc"));
     }
     if version != FORMAT_VERSION {
         return Err(DecodeError::UnsupportedVersion(version));
     }
-    Ok(subject)
+    Ok((subject, flags))
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

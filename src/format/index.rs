@@ -47,7 +47,9 @@ pub struct IndexEntry {
 
 /// Encodes an index; `entries` must already be sorted.
 pub fn encode_index(pack: u64, entries: &[IndexEntry]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(INDEX_ENTRIES_OFFSET + entries.len() * INDEX_ENTRY_SIZE + INDEX_TRAILER_SIZE);
+    let mut bytes = Vec::with_capacity(
+        INDEX_ENTRIES_OFFSET + entries.len() * INDEX_ENTRY_SIZE + INDEX_TRAILER_SIZE,
+    );
     bytes.extend_from_slice(&header::encode(INDEX_MAGIC, pack));
     bytes.put_u32(u32::try_from(entries.len()).unwrap_or(u32::MAX));
     bytes.put_u32(0);
@@ -68,7 +70,11 @@ pub fn decode_index(bytes: &[u8]) -> Result<(u64, Vec<IndexEntry>), DecodeError>
         .len()
         .checked_sub(INDEX_TRAILER_SIZE)
         .ok_or(DecodeError::corrupt(0, "index truncated"))?;
-    let mut reader = Reader::new(bytes.get(..body_end).ok_or(DecodeError::corrupt(0, "index truncated"))?);
+    let mut reader = Reader::new(
+        bytes
+            .get(..body_end)
+            .ok_or(DecodeError::corrupt(0, "index truncated"))?,
+    );
     reader.take(FILE_HEADER_SIZE, "index header")?;
     let count = reader.u32("index count")? as usize;
     reader.u32("index reserved")?;
@@ -87,7 +93,10 @@ pub fn decode_index(bytes: &[u8]) -> Result<(u64, Vec<IndexEntry>), DecodeError>
             offset: reader.u32("index entry")?,
             record_len: reader.u32("index entry")?,
         };
-        if entries.last().is_some_and(|previous: &IndexEntry| previous > &entry) {
+        if entries
+            .last()
+            .is_some_and(|previous: &IndexEntry| previous > &entry)
+        {
             return Err(DecodeError::corrupt(reader.position(), "index order"));
         }
         entries.push(entry);
@@ -96,14 +105,23 @@ pub fn decode_index(bytes: &[u8]) -> Result<(u64, Vec<IndexEntry>), DecodeError>
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
     #[test]
     fn index_round_trip_and_corruption() {
         let entries = vec![
-            IndexEntry { id_prefix: 1, offset: 32, record_len: 100 },
-            IndexEntry { id_prefix: 5, offset: 132, record_len: 90 },
+            IndexEntry {
+                id_prefix: 1,
+                offset: 32,
+                record_len: 100,
+            },
+            IndexEntry {
+                id_prefix: 5,
+                offset: 132,
+                record_len: 90,
+            },
         ];
         let bytes = encode_index(3, &entries);
         assert_eq!(decode_index(&bytes), Ok((3, entries)));

@@ -10,11 +10,17 @@
 //! | 8      | 32   | chunk_id | blake3 id of the block's data              |
 //! | 40     | 32   | sha256   | SHA-256 of the block's data                |
 //!
-//! A later record for the same index replaces an earlier one.
+//! A later record for the same index replaces an earlier one. Header flag
+//! bit 0 ([`JOURNAL_FLAG_AT_COMPLETE`]) records that the snapshot's puts were
+//! acknowledged before being synced (`PutDurability::AtComplete`), which
+//! decides how recovery treats a record whose chunk did not survive.
 
-use super::wire::{Reader, Writer};
+use super::wire::{seal_leading_crc, Reader, Writer};
 use super::{crc32, DecodeError};
 use crate::ids::{BlockIndex, ChunkId, Sha256Digest};
+
+/// Header flag: puts were acknowledged before they were durable.
+pub const JOURNAL_FLAG_AT_COMPLETE: u32 = 1;
 
 /// Offset of the crc.
 pub const JOURNAL_CRC_OFFSET: usize = 0;
@@ -47,8 +53,7 @@ impl JournalRecord {
         bytes.put_u32(self.index.0);
         bytes.extend_from_slice(&self.chunk_id.0);
         bytes.extend_from_slice(&self.sha256.0);
-        let crc = crc32(&[&bytes[JOURNAL_INDEX_OFFSET..]]);
-        bytes[..4].copy_from_slice(&crc.to_le_bytes());
+        seal_leading_crc(&mut bytes, JOURNAL_INDEX_OFFSET);
         let mut out = [0u8; JOURNAL_RECORD_SIZE];
         out.copy_from_slice(&bytes);
         out
@@ -66,17 +71,26 @@ impl JournalRecord {
         if crc32(&[covered]) != stored_crc {
             return Err(DecodeError::corrupt(JOURNAL_CRC_OFFSET, "journal crc"));
         }
-        Ok(JournalRecord { index, chunk_id, sha256 })
+        Ok(JournalRecord {
+            index,
+            chunk_id,
+            sha256,
+        })
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
     #[test]
     fn journal_round_trip_and_flips() {
-        let record = JournalRecord { index: BlockIndex(77), chunk_id: ChunkId([1; 32]), sha256: Sha256Digest([2; 32]) };
+        let record = JournalRecord {
+            index: BlockIndex(77),
+            chunk_id: ChunkId([1; 32]),
+            sha256: Sha256Digest([2; 32]),
+        };
         let bytes = record.encode();
         assert_eq!(JournalRecord::decode(&bytes), Ok(record));
         for position in 0..bytes.len() {

@@ -7,6 +7,8 @@
 //! the EBS wire checksum. Decoders never panic: corrupt bytes come back as a
 //! [`DecodeError`] carrying the offset.
 
+#![deny(clippy::indexing_slicing)]
+
 pub mod catalog;
 pub mod header;
 pub mod index;
@@ -44,9 +46,10 @@ impl DecodeError {
             DecodeError::Corrupt { offset, what } => {
                 Error::corrupted(format!("{location} at byte {offset}"), what)
             }
-            DecodeError::UnsupportedVersion(version) => {
-                Error::UnsupportedVersion { what: location.to_string(), version }
-            }
+            DecodeError::UnsupportedVersion(version) => Error::UnsupportedVersion {
+                what: location.to_string(),
+                version,
+            },
         }
     }
 }

@@ -58,7 +58,10 @@ pub struct Node {
 impl Node {
     /// An empty node at `level`.
     pub fn empty(level: u8) -> Node {
-        Node { level, slots: [None; FANOUT] }
+        Node {
+            level,
+            slots: [None; FANOUT],
+        }
     }
 
     /// Whether no slot is present.
@@ -136,6 +139,7 @@ pub fn slot_span(level: u8) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

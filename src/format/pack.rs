@@ -107,8 +107,13 @@ pub fn encode_record_header(
     bytes.put_u32(raw_len);
     bytes.extend_from_slice(&chunk_id.0);
     bytes.extend_from_slice(&sha256.0);
-    let crc = crc32(&[&bytes[RECORD_PAYLOAD_LEN_OFFSET..], payload]);
-    bytes[..4].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32(&[
+        bytes.get(RECORD_PAYLOAD_LEN_OFFSET..).unwrap_or_default(),
+        payload,
+    ]);
+    if let Some(slot) = bytes.get_mut(RECORD_CRC_OFFSET..RECORD_PAYLOAD_LEN_OFFSET) {
+        slot.copy_from_slice(&crc.to_le_bytes());
+    }
     let mut out = [0u8; RECORD_HEADER_SIZE];
     out.copy_from_slice(&bytes);
     out
@@ -131,27 +136,51 @@ pub fn decode_record_header(bytes: &[u8]) -> Result<RecordHeader, DecodeError> {
         _ => return Err(DecodeError::corrupt(RECORD_CODEC_OFFSET, "record codec")),
     };
     if reader.u16("record reserved")? != 0 {
-        return Err(DecodeError::corrupt(RECORD_RESERVED_OFFSET, "record reserved"));
+        return Err(DecodeError::corrupt(
+            RECORD_RESERVED_OFFSET,
+            "record reserved",
+        ));
     }
     let raw_len = reader.u32("record raw length")?;
     if raw_len as usize > MAX_RAW_LEN {
-        return Err(DecodeError::corrupt(RECORD_RAW_LEN_OFFSET, "record raw length"));
+        return Err(DecodeError::corrupt(
+            RECORD_RAW_LEN_OFFSET,
+            "record raw length",
+        ));
     }
     if payload_len as usize > MAX_PAYLOAD_LEN || (codec == Codec::Raw && payload_len != raw_len) {
-        return Err(DecodeError::corrupt(RECORD_PAYLOAD_LEN_OFFSET, "record payload length"));
+        return Err(DecodeError::corrupt(
+            RECORD_PAYLOAD_LEN_OFFSET,
+            "record payload length",
+        ));
     }
     let chunk_id = ChunkId(reader.array::<32>("record chunk id")?);
     let sha256 = Sha256Digest(reader.array::<32>("record sha256")?);
-    Ok(RecordHeader { crc, payload_len, kind, codec, raw_len, chunk_id, sha256 })
+    Ok(RecordHeader {
+        crc,
+        payload_len,
+        kind,
+        codec,
+        raw_len,
+        chunk_id,
+        sha256,
+    })
 }
 
 /// Checks the record's crc against its header bytes and payload.
-pub fn verify_record(header_bytes: &[u8], header: &RecordHeader, payload: &[u8]) -> Result<(), DecodeError> {
+pub fn verify_record(
+    header_bytes: &[u8],
+    header: &RecordHeader,
+    payload: &[u8],
+) -> Result<(), DecodeError> {
     let covered = header_bytes
         .get(RECORD_PAYLOAD_LEN_OFFSET..RECORD_HEADER_SIZE)
         .ok_or(DecodeError::corrupt(0, "record header"))?;
     if payload.len() != header.payload_len as usize {
-        return Err(DecodeError::corrupt(RECORD_HEADER_SIZE, "record payload truncated"));
+        return Err(DecodeError::corrupt(
+            RECORD_HEADER_SIZE,
+            "record payload truncated",
+        ));
     }
     if crc32(&[covered, payload]) != header.crc {
         return Err(DecodeError::corrupt(RECORD_CRC_OFFSET, "record crc"));
@@ -162,16 +191,23 @@ pub fn verify_record(header_bytes: &[u8], header: &RecordHeader, payload: &[u8])
 /// Decodes and verifies a whole record from `bytes` (header then payload),
 /// returning the header and the payload slice.
 pub fn decode_record(bytes: &[u8]) -> Result<(RecordHeader, &[u8]), DecodeError> {
-    let header_bytes = bytes.get(..RECORD_HEADER_SIZE).ok_or(DecodeError::corrupt(0, "record header truncated"))?;
+    let header_bytes = bytes
+        .get(..RECORD_HEADER_SIZE)
+        .ok_or(DecodeError::corrupt(0, "record header truncated"))?;
     let header = decode_record_header(header_bytes)?;
-    let payload = bytes
-        .get(RECORD_HEADER_SIZE..header.record_len())
-        .ok_or(DecodeError::corrupt(RECORD_HEADER_SIZE, "record payload truncated"))?;
+    let payload =
+        bytes
+            .get(RECORD_HEADER_SIZE..header.record_len())
+            .ok_or(DecodeError::corrupt(
+                RECORD_HEADER_SIZE,
+                "record payload truncated",
+            ))?;
     verify_record(header_bytes, &header, payload)?;
     Ok((header, payload))
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

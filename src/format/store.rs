@@ -74,6 +74,10 @@ impl StoreHeader {
         if version != STORE_VERSION {
             return Err(DecodeError::UnsupportedVersion(version));
         }
-        Ok(StoreHeader { store_id, token_secret, created_millis })
+        Ok(StoreHeader {
+            store_id,
+            token_secret,
+            created_millis,
+        })
     }
 }

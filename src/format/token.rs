@@ -71,13 +71,23 @@ impl TokenBody {
         let mut bytes = Vec::with_capacity(PAGE_TOKEN_BODY_SIZE + TOKEN_MAC_SIZE);
         bytes.put_u8(TOKEN_VERSION);
         match *self {
-            TokenBody::Block { snapshot, index, expiry_secs } => {
+            TokenBody::Block {
+                snapshot,
+                index,
+                expiry_secs,
+            } => {
                 bytes.put_u8(1);
                 bytes.put_u64(snapshot);
                 bytes.put_u32(index);
                 bytes.put_u64(expiry_secs);
             }
-            TokenBody::Page { kind, snapshot, other, next_index, expiry_secs } => {
+            TokenBody::Page {
+                kind,
+                snapshot,
+                other,
+                next_index,
+                expiry_secs,
+            } => {
                 bytes.put_u8(kind);
                 bytes.put_u64(snapshot);
                 bytes.put_u64(other);

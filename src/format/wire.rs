@@ -22,17 +22,27 @@ impl<'a> Reader<'a> {
         self.bytes.len().saturating_sub(self.position)
     }
 
-    pub(crate) fn take(&mut self, length: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn take(
+        &mut self,
+        length: usize,
+        what: &'static str,
+    ) -> Result<&'a [u8], DecodeError> {
         let end = self
             .position
             .checked_add(length)
             .ok_or(DecodeError::corrupt(self.position, what))?;
-        let slice = self.bytes.get(self.position..end).ok_or(DecodeError::corrupt(self.position, what))?;
+        let slice = self
+            .bytes
+            .get(self.position..end)
+            .ok_or(DecodeError::corrupt(self.position, what))?;
         self.position = end;
         Ok(slice)
     }
 
-    pub(crate) fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
+    pub(crate) fn array<const N: usize>(
+        &mut self,
+        what: &'static str,
+    ) -> Result<[u8; N], DecodeError> {
         let slice = self.take(N, what)?;
         let mut out = [0u8; N];
         out.copy_from_slice(slice);
@@ -101,6 +111,15 @@ impl Writer for Vec<u8> {
         let bytes = value.as_bytes();
         let length = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
         self.put_u16(length);
-        self.extend_from_slice(&bytes[..usize::from(length)]);
+        self.extend_from_slice(bytes.get(..usize::from(length)).unwrap_or_default());
+    }
+}
+
+/// Fills the 4-byte crc placeholder at the start of `frame` with the crc32
+/// of `frame[covered_from..]`.
+pub(crate) fn seal_leading_crc(frame: &mut [u8], covered_from: usize) {
+    let crc = super::crc32(&[frame.get(covered_from..).unwrap_or_default()]);
+    if let Some(slot) = frame.get_mut(..4) {
+        slot.copy_from_slice(&crc.to_le_bytes());
     }
 }

@@ -25,11 +25,16 @@ impl LocalStorage {
     pub fn open(root: impl AsRef<Path>) -> io::Result<LocalStorage> {
         let root = root.as_ref().to_path_buf();
         fs::create_dir_all(&root)?;
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(root.join("LOCK"))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join("LOCK"))?;
         lock.try_lock().map_err(|error| match error {
-            fs::TryLockError::WouldBlock => {
-                io::Error::new(io::ErrorKind::WouldBlock, format!("store {} is in use by another process", root.display()))
-            }
+            fs::TryLockError::WouldBlock => io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("store {} is in use by another process", root.display()),
+            ),
             fs::TryLockError::Error(error) => error,
         })?;
         Ok(LocalStorage { root, _lock: lock })
@@ -101,7 +106,8 @@ impl ReadFile for MappedRead {
     }
 
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let start = usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        let start =
+            usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         let source = start
             .checked_add(buf.len())
             .and_then(|end| self.map.get(start..end))
@@ -121,13 +127,20 @@ impl Storage for LocalStorage {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)?;
         let len = file.metadata()?.len();
         Ok(Box::new(LocalAppend { file, len }))
     }
 
     fn open_read(&self, name: &str) -> io::Result<Arc<dyn ReadFile>> {
-        Ok(Arc::new(LocalRead { file: File::open(self.path(name))? }))
+        Ok(Arc::new(LocalRead {
+            file: File::open(self.path(name))?,
+        }))
     }
 
     fn map(&self, name: &str) -> io::Result<Option<Arc<dyn ReadFile>>> {
@@ -190,7 +203,11 @@ impl Storage for LocalStorage {
     }
 
     fn sync_dir(&self, dir: &str) -> io::Result<()> {
-        let path = if dir.is_empty() { self.root.clone() } else { self.path(dir) };
+        let path = if dir.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(dir)
+        };
         File::open(path)?.sync_all()?;
         if !dir.is_empty() {
             // A newly created subdirectory's own entry lives in its parent.

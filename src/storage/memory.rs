@@ -22,22 +22,19 @@ pub enum TornWrites {
     /// The first half of the unsynced bytes survive (a torn tail).
     KeepHalf,
     /// Each file independently keeps none, half or all of its unsynced
-    /// bytes, chosen by hashing its name with the seed: write-back reaches
-    /// files in any order.
+    /// bytes, chosen by hashing its creation ordinal with the seed:
+    /// write-back reaches files in any order.
     Scattered(u64),
 }
 
 impl TornWrites {
-    /// How many of `unsynced` bytes of file `name` survive.
-    fn surviving(self, name: &str, unsynced: usize) -> usize {
+    /// How many of `unsynced` bytes of the file created `ordinal`-th survive.
+    fn surviving(self, ordinal: u64, unsynced: usize) -> usize {
         match self {
             TornWrites::DropUnsynced => 0,
             TornWrites::KeepHalf => unsynced / 2,
             TornWrites::Scattered(seed) => {
-                let mut hash = seed ^ 0xcbf2_9ce4_8422_2325;
-                for byte in name.bytes() {
-                    hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-                }
+                let hash = (ordinal ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
                 match hash % 3 {
                     0 => 0,
                     1 => unsynced / 2,
@@ -50,14 +47,27 @@ impl TornWrites {
 
 #[derive(Debug, Default)]
 struct Inode {
+    /// Creation order within the medium: a deterministic identity.
+    ordinal: u64,
     current: RwLock<Vec<u8>>,
     synced: Mutex<Vec<u8>>,
+}
+
+impl Inode {
+    fn with_content(ordinal: u64, bytes: Vec<u8>) -> Inode {
+        Inode {
+            ordinal,
+            current: RwLock::new(bytes.clone()),
+            synced: Mutex::new(bytes),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Namespace {
     live: BTreeMap<String, Arc<Inode>>,
     durable: BTreeMap<String, Arc<Inode>>,
+    created: u64,
 }
 
 #[derive(Debug, Default)]
@@ -112,14 +122,18 @@ impl MemoryStorage {
             let current = inode.current.read();
             if current.len() > synced.len() && current.starts_with(&synced) {
                 let unsynced = current.get(synced.len()..).unwrap_or_default();
-                let keep = torn.surviving(name, unsynced.len());
+                let keep = torn.surviving(inode.ordinal, unsynced.len());
                 bytes.extend_from_slice(unsynced.get(..keep).unwrap_or_default());
             }
-            let inode = Arc::new(Inode { current: RwLock::new(bytes.clone()), synced: Mutex::new(bytes) });
+            let inode = Arc::new(Inode::with_content(inode.ordinal, bytes));
             image.live.insert(name.clone(), inode.clone());
             image.durable.insert(name.clone(), inode);
         }
-        MemoryStorage { namespace: Arc::new(Mutex::new(image)), faults: Arc::default() }
+        image.created = namespace.created;
+        MemoryStorage {
+            namespace: Arc::new(Mutex::new(image)),
+            faults: Arc::default(),
+        }
     }
 
     /// Overwrites bytes of a file in place, current and durable alike: a
@@ -225,7 +239,8 @@ impl ReadFile for MemoryRead {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.storage.check_alive()?;
         let current = self.inode.current.read();
-        let start = usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        let start =
+            usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         let source = start
             .checked_add(buf.len())
             .and_then(|end| current.get(start..end))
@@ -238,13 +253,30 @@ impl ReadFile for MemoryRead {
 impl Storage for MemoryStorage {
     fn open_append(&self, name: &str) -> io::Result<Box<dyn AppendFile>> {
         self.check_alive()?;
-        let inode = self.namespace.lock().live.entry(name.to_string()).or_default().clone();
-        Ok(Box::new(MemoryAppend { storage: self.clone(), inode }))
+        let mut namespace = self.namespace.lock();
+        let ordinal = namespace.created;
+        let inode = match namespace.live.get(name) {
+            Some(inode) => inode.clone(),
+            None => {
+                namespace.created += 1;
+                let inode = Arc::new(Inode::with_content(ordinal, Vec::new()));
+                namespace.live.insert(name.to_string(), inode.clone());
+                inode
+            }
+        };
+        drop(namespace);
+        Ok(Box::new(MemoryAppend {
+            storage: self.clone(),
+            inode,
+        }))
     }
 
     fn open_read(&self, name: &str) -> io::Result<Arc<dyn ReadFile>> {
         self.check_alive()?;
-        Ok(Arc::new(MemoryRead { storage: self.clone(), inode: self.inode(name)? }))
+        Ok(Arc::new(MemoryRead {
+            storage: self.clone(),
+            inode: self.inode(name)?,
+        }))
     }
 
     fn map(&self, _name: &str) -> io::Result<Option<Arc<dyn ReadFile>>> {
@@ -253,8 +285,9 @@ impl Storage for MemoryStorage {
 
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
         self.sync_point()?;
-        let inode = Arc::new(Inode { current: RwLock::new(bytes.to_vec()), synced: Mutex::new(bytes.to_vec()) });
         let mut namespace = self.namespace.lock();
+        let inode = Arc::new(Inode::with_content(namespace.created, bytes.to_vec()));
+        namespace.created += 1;
         namespace.live.insert(name.to_string(), inode.clone());
         namespace.durable.insert(name.to_string(), inode);
         Ok(())
@@ -285,7 +318,7 @@ impl Storage for MemoryStorage {
     fn sync_dir(&self, dir: &str) -> io::Result<()> {
         self.sync_point()?;
         let mut namespace = self.namespace.lock();
-        let Namespace { live, durable } = &mut *namespace;
+        let Namespace { live, durable, .. } = &mut *namespace;
         durable.retain(|name, _| parent_dir(name) != dir);
         for (name, inode) in live.iter() {
             if parent_dir(name) == dir {

@@ -53,6 +53,10 @@ pub trait AppendFile: Send + Sync {
 pub trait ReadFile: Send + Sync {
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     /// Fills `buf` from `offset`; fails if the file is shorter.
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// The whole file as one slice, when the backend maps it into memory.
@@ -84,7 +88,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Reads a whole file.
     fn read_all(&self, name: &str) -> io::Result<Vec<u8>> {
         let file = self.open_read(name)?;
-        let length = usize::try_from(file.len()?).map_err(|_| io::Error::other("file too large"))?;
+        let length =
+            usize::try_from(file.len()?).map_err(|_| io::Error::other("file too large"))?;
         let mut buffer = vec![0u8; length];
         file.read_exact_at(0, &mut buffer)?;
         Ok(buffer)

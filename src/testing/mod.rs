@@ -28,7 +28,16 @@ pub fn block(seed: u64) -> Vec<u8> {
     };
     match seed % 3 {
         0 => {
-            const WORDS: [&str; 8] = ["kernel ", "block ", "snapshot ", "volume ", "the ", "data ", "log: ", "\n"];
+            const WORDS: [&str; 8] = [
+                "kernel ",
+                "block ",
+                "snapshot ",
+                "volume ",
+                "the ",
+                "data ",
+                "log: ",
+                "\n",
+            ];
             let mut position = 0;
             while position < BLOCK_SIZE {
                 let word = WORDS[(next() % 8) as usize].as_bytes();
@@ -82,7 +91,11 @@ pub fn put_request(snapshot_id: &str, block_index: i32, data: Vec<u8>) -> PutSna
 
 /// A CompleteSnapshot request with only the count.
 pub fn complete_request(snapshot_id: &str, changed_blocks_count: i32) -> CompleteSnapshotRequest {
-    CompleteSnapshotRequest { snapshot_id: snapshot_id.to_string(), changed_blocks_count, ..Default::default() }
+    CompleteSnapshotRequest {
+        snapshot_id: snapshot_id.to_string(),
+        changed_blocks_count,
+        ..Default::default()
+    }
 }
 
 /// Asserts that `result` failed with the EBS error `code` and `reason`.
@@ -99,10 +112,20 @@ pub fn expect_ebs<T: std::fmt::Debug>(result: crate::Result<T>, code: &str, reas
 
 /// An engine on fresh in-memory storage with a manual clock at a fixed
 /// instant (2026-11-23T00:00:00Z).
-pub fn memory_engine(config: crate::EngineConfig) -> (crate::Engine, crate::storage::MemoryStorage, crate::clock::ManualClock) {
+pub fn memory_engine(
+    config: crate::EngineConfig,
+) -> (
+    crate::Engine,
+    crate::storage::MemoryStorage,
+    crate::clock::ManualClock,
+) {
     let storage = crate::storage::MemoryStorage::new();
     let clock = crate::clock::ManualClock::new(1_795_392_000_000);
-    let config = crate::EngineConfig { clock: std::sync::Arc::new(clock.clone()), ..config };
-    let engine = crate::Engine::open_with(std::sync::Arc::new(storage.clone()), config).expect("open in-memory engine");
+    let config = crate::EngineConfig {
+        clock: std::sync::Arc::new(clock.clone()),
+        ..config
+    };
+    let engine = crate::Engine::open_with(std::sync::Arc::new(storage.clone()), config)
+        .expect("open in-memory engine");
     (engine, storage, clock)
 }

@@ -112,7 +112,11 @@ impl Model {
         let matching: Vec<usize> = (0..self.snapshots.len())
             .filter(|&position| any || self.snapshots[position].status == wanted)
             .collect();
-        let pool = if matching.is_empty() { (0..self.snapshots.len()).collect() } else { matching };
+        let pool = if matching.is_empty() {
+            (0..self.snapshots.len()).collect()
+        } else {
+            matching
+        };
         (!pool.is_empty()).then(|| pool[pool.len() - 1 - back % pool.len()])
     }
 
@@ -123,7 +127,9 @@ impl Model {
             None => (self.snapshots.len(), vec![None; blocks_len]),
             Some(parent) => {
                 let parent_snapshot = self.snapshots.get(parent).ok_or(ModelError::NotFound)?;
-                if parent_snapshot.status != ModelStatus::Completed || volume_gib < parent_snapshot.volume_gib {
+                if parent_snapshot.status != ModelStatus::Completed
+                    || volume_gib < parent_snapshot.volume_gib
+                {
                     return Err(ModelError::Validation);
                 }
                 (parent_snapshot.lineage, parent_snapshot.blocks.clone())
@@ -143,7 +149,10 @@ impl Model {
 
     /// Applies PutSnapshotBlock.
     pub fn put(&mut self, snapshot: usize, index: u32, seed: u64) -> Result<(), ModelError> {
-        let target = self.snapshots.get_mut(snapshot).ok_or(ModelError::NotFound)?;
+        let target = self
+            .snapshots
+            .get_mut(snapshot)
+            .ok_or(ModelError::NotFound)?;
         if target.status != ModelStatus::Pending || index as usize >= target.blocks.len() {
             return Err(ModelError::Validation);
         }
@@ -154,7 +163,10 @@ impl Model {
 
     /// Applies CompleteSnapshot with `count`.
     pub fn complete(&mut self, snapshot: usize, count: usize) -> Result<(), ModelError> {
-        let target = self.snapshots.get_mut(snapshot).ok_or(ModelError::NotFound)?;
+        let target = self
+            .snapshots
+            .get_mut(snapshot)
+            .ok_or(ModelError::NotFound)?;
         if target.status != ModelStatus::Pending || count != target.own_writes.len() {
             return Err(ModelError::Validation);
         }
