@@ -2,7 +2,10 @@
 //! builders, and a deliberately naive reference model of the EBS semantics
 //! driven by the same [`Op`] enum as the engine.
 
+mod conformance;
 mod model;
+
+pub use conformance::check_storage_contract;
 
 pub use model::{Model, ModelError, ModelStatus, Op};
 
