@@ -22,12 +22,21 @@ const CHUNKS: u64 = 200_000;
 /// which opening must scan.
 fn filled_store(pack_target_size: u64) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = ChunkStoreConfig { pack_target_size, ..ChunkStoreConfig::default() };
-    let store = ChunkStore::open(Arc::new(LocalStorage::open(dir.path()).expect("storage")), config).expect("open");
+    let config = ChunkStoreConfig {
+        pack_target_size,
+        ..ChunkStoreConfig::default()
+    };
+    let store = ChunkStore::open(
+        Arc::new(LocalStorage::open(dir.path()).expect("storage")),
+        config,
+    )
+    .expect("open");
     for n in 0..CHUNKS {
         let raw = n.to_le_bytes().repeat(8);
         let id = ChunkId(*blake3::hash(&raw).as_bytes());
-        store.put(RecordKind::Block, &id, &Sha256Digest([0; 32]), &raw).expect("put");
+        store
+            .put(RecordKind::Block, &id, &Sha256Digest([0; 32]), &raw)
+            .expect("put");
     }
     store.sync().expect("sync");
     dir
@@ -35,12 +44,21 @@ fn filled_store(pack_target_size: u64) -> tempfile::TempDir {
 
 fn bench_open(c: &mut Criterion) {
     let mut group = c.benchmark_group("open_200k_chunks");
-    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
     for (label, pack_target_size) in [("sealed_packs", 4u64 << 20), ("one_open_pack", 256 << 20)] {
         let dir = filled_store(pack_target_size);
-        let config = ChunkStoreConfig { pack_target_size, ..ChunkStoreConfig::default() };
+        let config = ChunkStoreConfig {
+            pack_target_size,
+            ..ChunkStoreConfig::default()
+        };
         let stats = {
-            let store = ChunkStore::open(Arc::new(LocalStorage::open(dir.path()).expect("storage")), config.clone()).expect("open");
+            let store = ChunkStore::open(
+                Arc::new(LocalStorage::open(dir.path()).expect("storage")),
+                config.clone(),
+            )
+            .expect("open");
             store.stats()
         };
         eprintln!(
@@ -62,13 +80,18 @@ fn bench_open(c: &mut Criterion) {
 fn bench_zstd_levels(c: &mut Criterion) {
     let blocks: Vec<Vec<u8>> = (1..=3).map(block).collect();
     let mut group = c.benchmark_group("zstd_vm_like_mix");
-    group.sample_size(20).throughput(Throughput::Bytes(3 * 524_288));
+    group
+        .sample_size(20)
+        .throughput(Throughput::Bytes(3 * 524_288));
     for level in [-3, 1, 3, 6] {
         let stored: usize = blocks
             .iter()
             .map(|data| blocksnap::codec::compress(data, level).map_or(data.len(), |c| c.len()))
             .sum();
-        eprintln!("zstd level {level}: VM-like mix stored in {:.1}% of its size", 100.0 * stored as f64 / (3.0 * 524_288.0));
+        eprintln!(
+            "zstd level {level}: VM-like mix stored in {:.1}% of its size",
+            100.0 * stored as f64 / (3.0 * 524_288.0)
+        );
         group.bench_with_input(BenchmarkId::from_parameter(level), &level, |b, &level| {
             b.iter(|| {
                 for data in &blocks {

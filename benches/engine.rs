@@ -22,13 +22,21 @@ const BATCH: usize = 128;
 
 fn engine(durability: PutDurability) -> (tempfile::TempDir, Engine) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = EngineConfig { put_durability: durability, ..EngineConfig::default() };
-    let engine = Engine::open_with(Engine::local_storage(dir.path()).expect("storage"), config).expect("open");
+    let config = EngineConfig {
+        put_durability: durability,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open_with(Engine::local_storage(dir.path()).expect("storage"), config)
+        .expect("open");
     (dir, engine)
 }
 
 fn start(engine: &Engine, volume_size: i64, parent: Option<&str>) -> String {
-    let request = StartSnapshotRequest { volume_size, parent_snapshot_id: parent.map(str::to_string), ..Default::default() };
+    let request = StartSnapshotRequest {
+        volume_size,
+        parent_snapshot_id: parent.map(str::to_string),
+        ..Default::default()
+    };
     engine.start_snapshot(request).expect("start").snapshot_id
 }
 
@@ -46,7 +54,11 @@ fn unique_blocks(counter: &mut u64, count: usize) -> Vec<PutSnapshotBlockRequest
 }
 
 /// Puts `requests` into `snapshot` from two threads; returns the time taken.
-fn put_two_threads(engine: &Engine, snapshot: &str, requests: Vec<PutSnapshotBlockRequest>) -> Duration {
+fn put_two_threads(
+    engine: &Engine,
+    snapshot: &str,
+    requests: Vec<PutSnapshotBlockRequest>,
+) -> Duration {
     let mut halves: Vec<Vec<PutSnapshotBlockRequest>> = vec![Vec::new(), Vec::new()];
     for (position, mut request) in requests.into_iter().enumerate() {
         request.snapshot_id = snapshot.to_string();
@@ -67,34 +79,50 @@ fn put_two_threads(engine: &Engine, snapshot: &str, requests: Vec<PutSnapshotBlo
 
 fn bench_puts(c: &mut Criterion) {
     let mut group = c.benchmark_group("put_2_threads");
-    group.sample_size(10).measurement_time(Duration::from_secs(10)).throughput(Throughput::Bytes(BATCH as u64 * BLOCK));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10))
+        .throughput(Throughput::Bytes(BATCH as u64 * BLOCK));
     for durability in [PutDurability::AtComplete, PutDurability::Immediate] {
         let (_dir, engine) = engine(durability);
         let mut counter = 0u64;
-        group.bench_function(BenchmarkId::new("unique_vm_like", format!("{durability:?}")), |b| {
-            b.iter_custom(|iterations| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iterations {
-                    let snapshot = start(&engine, 1, None);
-                    total += put_two_threads(&engine, &snapshot, unique_blocks(&mut counter, BATCH));
-                    engine.complete_snapshot(complete_request(&snapshot, BATCH as i32)).expect("complete");
-                }
-                total
-            })
-        });
+        group.bench_function(
+            BenchmarkId::new("unique_vm_like", format!("{durability:?}")),
+            |b| {
+                b.iter_custom(|iterations| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iterations {
+                        let snapshot = start(&engine, 1, None);
+                        total +=
+                            put_two_threads(&engine, &snapshot, unique_blocks(&mut counter, BATCH));
+                        engine
+                            .complete_snapshot(complete_request(&snapshot, BATCH as i32))
+                            .expect("complete");
+                    }
+                    total
+                })
+            },
+        );
         let duplicate = block(2);
-        group.bench_function(BenchmarkId::new("duplicate", format!("{durability:?}")), |b| {
-            b.iter_custom(|iterations| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iterations {
-                    let snapshot = start(&engine, 1, None);
-                    let requests = (0..BATCH).map(|i| put_request("", i as i32, duplicate.clone())).collect();
-                    total += put_two_threads(&engine, &snapshot, requests);
-                    engine.complete_snapshot(complete_request(&snapshot, BATCH as i32)).expect("complete");
-                }
-                total
-            })
-        });
+        group.bench_function(
+            BenchmarkId::new("duplicate", format!("{durability:?}")),
+            |b| {
+                b.iter_custom(|iterations| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iterations {
+                        let snapshot = start(&engine, 1, None);
+                        let requests = (0..BATCH)
+                            .map(|i| put_request("", i as i32, duplicate.clone()))
+                            .collect();
+                        total += put_two_threads(&engine, &snapshot, requests);
+                        engine
+                            .complete_snapshot(complete_request(&snapshot, BATCH as i32))
+                            .expect("complete");
+                    }
+                    total
+                })
+            },
+        );
         let zeros = Bytes::from(block(0));
         group.bench_function(BenchmarkId::new("zero", format!("{durability:?}")), |b| {
             b.iter_custom(|iterations| {
@@ -113,7 +141,9 @@ fn bench_puts(c: &mut Criterion) {
                         })
                         .collect();
                     total += put_two_threads(&engine, &snapshot, requests);
-                    engine.complete_snapshot(complete_request(&snapshot, BATCH as i32)).expect("complete");
+                    engine
+                        .complete_snapshot(complete_request(&snapshot, BATCH as i32))
+                        .expect("complete");
                 }
                 total
             })
@@ -127,12 +157,20 @@ fn bench_get(c: &mut Criterion) {
     let mut counter = 0;
     let snapshot = start(&engine, 1, None);
     put_two_threads(&engine, &snapshot, unique_blocks(&mut counter, BATCH));
-    engine.complete_snapshot(complete_request(&snapshot, BATCH as i32)).expect("complete");
+    engine
+        .complete_snapshot(complete_request(&snapshot, BATCH as i32))
+        .expect("complete");
     let listed = engine
-        .list_snapshot_blocks(ListSnapshotBlocksRequest { snapshot_id: snapshot.clone(), max_results: Some(1000), ..Default::default() })
+        .list_snapshot_blocks(ListSnapshotBlocksRequest {
+            snapshot_id: snapshot.clone(),
+            max_results: Some(1000),
+            ..Default::default()
+        })
         .expect("list");
     let mut group = c.benchmark_group("get_1_thread");
-    group.sample_size(10).throughput(Throughput::Bytes(BATCH as u64 * BLOCK));
+    group
+        .sample_size(10)
+        .throughput(Throughput::Bytes(BATCH as u64 * BLOCK));
     group.bench_function("stored_vm_like", |b| {
         b.iter(|| {
             for entry in &listed.blocks {
@@ -161,24 +199,32 @@ fn bench_large_volume(c: &mut Criterion) {
     let parent_writes = 200_000u64;
     for n in 0..parent_writes {
         let index = (n * 0x9E37_79B9 % VOLUME_BLOCKS) as i32;
-        engine.put_snapshot_block(put_request(&parent, index, zeros.clone())).expect("put");
+        engine
+            .put_snapshot_block(put_request(&parent, index, zeros.clone()))
+            .expect("put");
     }
     let distinct = {
-        let mut indexes: Vec<i32> = (0..parent_writes).map(|n| (n * 0x9E37_79B9 % VOLUME_BLOCKS) as i32).collect();
+        let mut indexes: Vec<i32> = (0..parent_writes)
+            .map(|n| (n * 0x9E37_79B9 % VOLUME_BLOCKS) as i32)
+            .collect();
         indexes.sort_unstable();
         indexes.dedup();
         indexes.len()
     };
-    engine.complete_snapshot(complete_request(&parent, distinct as i32)).expect("complete parent");
+    engine
+        .complete_snapshot(complete_request(&parent, distinct as i32))
+        .expect("complete parent");
 
     let mut counter = 0u64;
     let mut make_child = |engine: &Engine| {
         let child = start(engine, VOLUME_GIB, Some(&parent));
         let mut requests = unique_blocks(&mut counter, 1000);
         for (n, request) in requests.iter_mut().enumerate() {
-            request.block_index = ((n as u64 * 0x2545_F491 + counter * 7919) % VOLUME_BLOCKS) as i32;
+            request.block_index =
+                ((n as u64 * 0x2545_F491 + counter * 7919) % VOLUME_BLOCKS) as i32;
         }
-        let distinct: std::collections::BTreeSet<i32> = requests.iter().map(|r| r.block_index).collect();
+        let distinct: std::collections::BTreeSet<i32> =
+            requests.iter().map(|r| r.block_index).collect();
         put_two_threads(engine, &child, requests);
         // The data's own fsync happens here, outside the measured completion.
         engine.flush().expect("flush");
@@ -186,21 +232,27 @@ fn bench_large_volume(c: &mut Criterion) {
     };
 
     let mut group = c.benchmark_group("volume_64TiB");
-    group.sample_size(10).measurement_time(Duration::from_secs(20));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
     group.bench_function("complete_child_after_1000_writes", |b| {
         b.iter_custom(|iterations| {
             let mut total = Duration::ZERO;
             for _ in 0..iterations {
                 let (child, count) = make_child(&engine);
                 let started = Instant::now();
-                engine.complete_snapshot(complete_request(&child, count)).expect("complete child");
+                engine
+                    .complete_snapshot(complete_request(&child, count))
+                    .expect("complete child");
                 total += started.elapsed();
             }
             total
         })
     });
     let (child, count) = make_child(&engine);
-    engine.complete_snapshot(complete_request(&child, count)).expect("complete child");
+    engine
+        .complete_snapshot(complete_request(&child, count))
+        .expect("complete child");
     group.bench_function("list_changed_blocks_1000_scattered", |b| {
         b.iter(|| {
             let response = engine
