@@ -13,11 +13,16 @@ use blocksnap::format::store::{self as store_format, StoreHeader};
 use blocksnap::format::token::TokenBody;
 use blocksnap::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId};
 
+/// One table: its (offset, size, field) rows.
+type Table = Vec<(String, String, String)>;
+/// Tables by section heading.
+type Sections = Vec<(String, Vec<Table>)>;
+
 /// (offset, size, field) rows of each table, by section heading.
-fn design_tables() -> Vec<(String, Vec<Vec<(String, String, String)>>)> {
+fn design_tables() -> Sections {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/DESIGN.md"))
         .expect("DESIGN.md");
-    let mut sections: Vec<(String, Vec<Vec<(String, String, String)>>)> = Vec::new();
+    let mut sections: Sections = Vec::new();
     let mut in_table = false;
     for line in text.lines() {
         if let Some(heading) = line.strip_prefix("### ") {
@@ -116,10 +121,7 @@ fn check_table(
     );
 }
 
-fn tables_of(
-    sections: &[(String, Vec<Vec<(String, String, String)>>)],
-    heading: &str,
-) -> Vec<Vec<(String, String, String)>> {
+fn tables_of(sections: &Sections, heading: &str) -> Vec<Table> {
     sections
         .iter()
         .find(|(name, _)| name.ends_with(heading))

@@ -51,6 +51,12 @@ impl Default for ChunkStoreConfig {
     }
 }
 
+thread_local! {
+    /// Per-thread compression output, reused so each put does not allocate
+    /// (and page-fault in) a fresh half-megabyte buffer.
+    static COMPRESSION_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Largest allowed pack target: offsets are 32-bit.
 const MAX_PACK_TARGET: u64 = 1 << 30;
 
@@ -305,11 +311,28 @@ impl ChunkStore {
         if self.contains(id) {
             return Ok(false);
         }
-        let compressed = codec::compress(raw, self.config.compression_level);
-        let (record_codec, payload) = match &compressed {
-            Some(bytes) => (Codec::Zstd, bytes.as_slice()),
-            None => (Codec::Raw, raw),
-        };
+        COMPRESSION_BUFFER.with(|buffer| {
+            let mut buffer = buffer.borrow_mut();
+            let compressed = codec::compress_into(raw, self.config.compression_level, &mut buffer);
+            let (record_codec, payload) = if compressed {
+                (Codec::Zstd, buffer.as_slice())
+            } else {
+                (Codec::Raw, raw)
+            };
+            self.append_new(kind, id, sha256, raw, record_codec, payload)
+        })
+    }
+
+    /// Appends a chunk's record unless another thread stored it meanwhile.
+    fn append_new(
+        &self,
+        kind: RecordKind,
+        id: &ChunkId,
+        sha256: &Sha256Digest,
+        raw: &[u8],
+        record_codec: Codec,
+        payload: &[u8],
+    ) -> Result<bool> {
         let raw_len = u32::try_from(raw.len())
             .map_err(|_| Error::corrupted("chunk", "chunk larger than 4 GiB"))?;
         let header = encode_record_header(kind, record_codec, raw_len, id, sha256, payload);

@@ -69,24 +69,36 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-/// Compresses `data` at zstd `level`; returns `None` when compression would
-/// not save at least 1/32 of the bytes, so the caller stores it raw.
-pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+/// Compresses `data` at zstd `level` into `output` (cleared first; its
+/// capacity is reused, so a caller that keeps the buffer avoids a fresh
+/// allocation and its page faults per block). Returns `false`, leaving
+/// `output` unspecified, when compression would not save at least 1/32 of
+/// the bytes: the caller then stores the data raw.
+pub fn compress_into(data: &[u8], level: i32, output: &mut Vec<u8>) -> bool {
     let limit = data.len() - data.len() / 32;
+    output.clear();
+    output.reserve(limit);
     COMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.as_ref().is_none_or(|(current, _)| *current != level) {
-            *cell = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+            match zstd::bulk::Compressor::new(level) {
+                Ok(compressor) => *cell = Some((level, compressor)),
+                Err(_) => return false,
+            }
         }
-        let (_, compressor) = cell.as_mut()?;
-        let mut output = Vec::with_capacity(limit);
-        // A destination smaller than the bound makes zstd fail fast on
+        let Some((_, compressor)) = cell.as_mut() else {
+            return false;
+        };
+        // A destination no larger than the limit makes zstd give up early on
         // incompressible input instead of producing a useless frame.
-        match compressor.compress_to_buffer(data, &mut output) {
-            Ok(written) if written < limit => Some(output),
-            _ => None,
-        }
+        matches!(compressor.compress_to_buffer(data, output), Ok(written) if written < limit)
     })
+}
+
+/// [`compress_into`] with a new buffer: `Some(compressed)` or `None` to store raw.
+pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    let mut output = Vec::new();
+    compress_into(data, level, &mut output).then_some(output)
 }
 
 /// Decodes a stored payload into exactly `raw_len` bytes.
