@@ -85,6 +85,8 @@ pub struct ChunkStore {
     storage: Arc<dyn Storage>,
     config: ChunkStoreConfig,
     writer: Mutex<OpenPack>,
+    /// Packs rotated out of the writer whose seal is still under way.
+    retiring: Mutex<Vec<Arc<Mutex<OpenPack>>>>,
     index: RwLock<Index>,
     readers: RwLock<HashMap<u32, Arc<dyn ReadFile>>>,
     stored_bytes: AtomicU64,
@@ -225,6 +227,7 @@ impl ChunkStore {
             storage,
             config,
             writer: Mutex::new(open_pack),
+            retiring: Mutex::new(Vec::new()),
             index: RwLock::new(index),
             readers: RwLock::new(readers),
             stored_bytes: AtomicU64::new(stored_bytes),
@@ -364,60 +367,88 @@ impl ChunkStore {
         self.stored_bytes
             .fetch_add(u64::from(record_len), Ordering::Relaxed);
         if writer.file.len() >= self.config.pack_target_size {
-            self.seal(&mut writer)?;
+            let retired = self.rotate(&mut writer)?;
+            drop(writer);
+            // Sealing fsyncs the whole pack: done outside the writer lock so
+            // other puts continue into the new pack meanwhile.
+            self.seal(&retired)?;
         }
         Ok(true)
     }
 
-    /// Seals the open pack and opens the next: sync pack, write its index
-    /// atomically, create the next pack durably, then switch readers and index.
-    fn seal(&self, writer: &mut OpenPack) -> Result<()> {
-        let seq = writer.seq;
-        let name = pack_name(seq);
-        writer
-            .file
-            .sync()
-            .map_err(io_error(format!("syncing {name}")))?;
-        let mut entries = std::mem::take(&mut writer.entries);
-        entries.sort_unstable();
-        self.storage
-            .write_atomic(&index_name(seq), &encode_index(u64::from(seq), &entries))
-            .map_err(io_error(format!("writing {}", index_name(seq))))?;
-        let next = OpenPack::create(self.storage.as_ref(), seq + 1)?;
-        let next_name = pack_name(seq + 1);
+    /// Replaces the open pack with a new one (created durably) and returns
+    /// the old one, registered as retiring until [`ChunkStore::seal`] ends.
+    fn rotate(&self, writer: &mut OpenPack) -> Result<Arc<Mutex<OpenPack>>> {
+        let next_seq = writer.seq + 1;
+        let next = OpenPack::create(self.storage.as_ref(), next_seq)?;
+        let next_name = pack_name(next_seq);
         let next_reader = self
             .storage
             .open_read(&next_name)
             .map_err(io_error(format!("opening {next_name}")))?;
-        let sealed_reader = if self.config.use_mmap {
-            self.storage
+        self.readers.write().insert(next_seq, next_reader);
+        let retired = Arc::new(Mutex::new(std::mem::replace(writer, next)));
+        self.retiring.lock().push(retired.clone());
+        Ok(retired)
+    }
+
+    /// Seals a retired pack: sync it, write its index atomically, then map
+    /// it and move its entries into the sorted index. Its chunks stay
+    /// readable throughout (pread and the open-pack map until the switch).
+    fn seal(&self, retired: &Arc<Mutex<OpenPack>>) -> Result<()> {
+        let mut pack = retired.lock();
+        let seq = pack.seq;
+        let name = pack_name(seq);
+        pack.file
+            .sync()
+            .map_err(io_error(format!("syncing {name}")))?;
+        pack.dirty = false;
+        let mut entries = std::mem::take(&mut pack.entries);
+        entries.sort_unstable();
+        self.storage
+            .write_atomic(&index_name(seq), &encode_index(u64::from(seq), &entries))
+            .map_err(io_error(format!("writing {}", index_name(seq))))?;
+        if self.config.use_mmap {
+            let mapped = self
+                .storage
                 .map(&name)
-                .map_err(io_error(format!("mapping {name}")))?
-        } else {
-            None
-        };
-        {
-            let mut readers = self.readers.write();
-            if let Some(mapped) = sealed_reader {
-                readers.insert(seq, mapped);
+                .map_err(io_error(format!("mapping {name}")))?;
+            if let Some(mapped) = mapped {
+                self.readers.write().insert(seq, mapped);
             }
-            readers.insert(seq + 1, next_reader);
         }
         self.index.write().add_sealed(seq, &entries);
-        *writer = next;
+        drop(pack);
+        self.retiring
+            .lock()
+            .retain(|pack| !Arc::ptr_eq(pack, retired));
         Ok(())
     }
 
-    /// Makes every chunk put so far durable.
+    /// Makes every chunk put so far durable: the open pack's and those of
+    /// packs still being sealed (waiting for a seal under way).
     pub fn sync(&self) -> Result<()> {
-        let mut writer = self.writer.lock();
-        if writer.dirty {
-            let name = pack_name(writer.seq);
-            writer
-                .file
-                .sync()
-                .map_err(io_error(format!("syncing {name}")))?;
-            writer.dirty = false;
+        {
+            let mut writer = self.writer.lock();
+            if writer.dirty {
+                let name = pack_name(writer.seq);
+                writer
+                    .file
+                    .sync()
+                    .map_err(io_error(format!("syncing {name}")))?;
+                writer.dirty = false;
+            }
+        }
+        let retiring: Vec<Arc<Mutex<OpenPack>>> = self.retiring.lock().clone();
+        for pack in retiring {
+            let mut pack = pack.lock();
+            if pack.dirty {
+                let name = pack_name(pack.seq);
+                pack.file
+                    .sync()
+                    .map_err(io_error(format!("syncing {name}")))?;
+                pack.dirty = false;
+            }
         }
         Ok(())
     }
