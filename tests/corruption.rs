@@ -7,10 +7,9 @@ use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::format::catalog::CatalogRecord;
 use blocksnap::format::header::FILE_HEADER_SIZE;
 use blocksnap::storage::{LocalStorage, MemoryStorage, Storage, TornWrites};
-use blocksnap::testing::{block, complete_request, put_request};
+use blocksnap::testing::{block, complete_request, copy_store_dir, put_request};
 use blocksnap::{Engine, EngineConfig, Error};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 const INTERNAL: &str = "InternalServerException";
@@ -225,19 +224,6 @@ fn flipped_and_truncated_bytes_in_memory_store() {
     assert!(cases > 1000, "only {cases} cases");
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else if entry.file_name() != "LOCK" {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
-
 #[test]
 fn flipped_bytes_in_sealed_packs_read_through_mmap() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -253,7 +239,7 @@ fn flipped_bytes_in_sealed_packs_read_through_mmap() {
         let length = std::fs::metadata(&pack).expect("metadata").len() as usize;
         for offset in (0..length).step_by((length / 40).max(1)) {
             let copy = root.path().join(format!("copy-{offset}"));
-            copy_dir(&pristine, &copy);
+            copy_store_dir(&pristine, &copy);
             let target = copy.join("packs").join(pack.file_name().expect("name"));
             let mut bytes = std::fs::read(&target).expect("read");
             bytes[offset] ^= 0x5a;

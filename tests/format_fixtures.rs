@@ -7,7 +7,7 @@
 
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
-use blocksnap::testing::{block, complete_request, put_request};
+use blocksnap::testing::{block, complete_request, copy_store_dir, put_request};
 use blocksnap::{Engine, EngineConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,19 +46,6 @@ fn read_manifest(dir: &Path) -> Vec<(String, BTreeMap<u32, u64>)> {
         .collect()
 }
 
-fn copy_store(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).expect("fixture") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            std::fs::create_dir_all(&target).expect("mkdir");
-            copy_store(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).expect("copy");
-        }
-    }
-}
-
 #[test]
 fn version_1_store_still_opens_and_reads_back() {
     let fixture = fixture_dir(1);
@@ -66,7 +53,7 @@ fn version_1_store_still_opens_and_reads_back() {
     assert!(manifest.len() >= 2);
     // Work on a copy: opening a store may write (a new catalog segment, say).
     let copy = tempfile::tempdir().expect("tempdir");
-    copy_store(&fixture, copy.path());
+    copy_store_dir(&fixture, copy.path());
     let engine = Engine::open_with(
         Engine::local_storage(copy.path()).expect("storage"),
         config(),

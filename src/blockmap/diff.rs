@@ -3,7 +3,7 @@
 use super::tree::ROOT_LEVEL;
 use super::{BlockMaps, Page};
 use crate::error::Result;
-use crate::format::node::{slot_span, FANOUT};
+use crate::format::node::slots_reaching;
 use crate::ids::{BlockIndex, ChunkId};
 
 /// One index whose chunk differs between the first and the second map.
@@ -62,14 +62,9 @@ impl BlockMaps<'_> {
         }
         let first_node = first.map(|id| self.load_at(&id, level)).transpose()?;
         let second_node = second.map(|id| self.load_at(&id, level)).transpose()?;
-        let span = slot_span(level);
-        for slot in 0..FANOUT {
+        for (slot, slot_base) in slots_reaching(level, base, start) {
             if out.len() >= want {
                 return Ok(());
-            }
-            let slot_base = base + slot as u64 * span;
-            if slot_base + span <= start {
-                continue;
             }
             let a = first_node
                 .as_ref()

@@ -2,7 +2,7 @@
 
 use super::{BlockMaps, Page};
 use crate::error::Result;
-use crate::format::node::{node_id, slot_of, slot_span, Node, FANOUT, LEVELS};
+use crate::format::node::{node_id, slot_of, slots_reaching, Node, LEVELS};
 use crate::format::pack::RecordKind;
 use crate::ids::{BlockIndex, ChunkId, Sha256Digest};
 use std::sync::Arc;
@@ -118,14 +118,9 @@ impl BlockMaps<'_> {
         out: &mut Vec<(BlockIndex, ChunkId)>,
     ) -> Result<()> {
         let node = self.load_at(&id, level)?;
-        let span = slot_span(level);
-        for slot in 0..FANOUT {
+        for (slot, slot_base) in slots_reaching(level, base, start) {
             if out.len() >= want {
                 return Ok(());
-            }
-            let slot_base = base + slot as u64 * span;
-            if slot_base + span <= start {
-                continue;
             }
             let Some(entry) = node.slots.get(slot).copied().flatten() else {
                 continue;

@@ -14,7 +14,7 @@ use crate::error::{Error, Result, ValidationReason};
 use crate::format::catalog::{CatalogRecord, StartedRecord};
 use crate::format::header::{self, CATALOG_MAGIC, FILE_HEADER_SIZE};
 use crate::ids::{ChunkId, SnapshotId};
-use crate::storage::{AppendFile, Storage};
+use crate::storage::{create_durably, AppendFile, Storage};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -328,19 +328,10 @@ fn is_torn_tail(rest: &[u8]) -> bool {
 
 fn create_segment(storage: &dyn Storage, seq: u32) -> Result<Box<dyn AppendFile>> {
     let name = segment_name(seq);
-    let mut file = storage
-        .open_append(&name)
-        .map_err(|e| Error::io(format!("creating {name}"), e))?;
-    if !file.is_empty() {
-        file.truncate(0)
-            .map_err(|e| Error::io(format!("resetting {name}"), e))?;
-    }
-    file.append(&[&header::encode(CATALOG_MAGIC, u64::from(seq))])
-        .map_err(|e| Error::io(format!("writing {name}"), e))?;
-    file.sync()
-        .map_err(|e| Error::io(format!("syncing {name}"), e))?;
-    storage
-        .sync_dir(CATALOG_DIR)
-        .map_err(|e| Error::io("syncing the catalog directory", e))?;
-    Ok(file)
+    create_durably(
+        storage,
+        &name,
+        &header::encode(CATALOG_MAGIC, u64::from(seq)),
+    )
+    .map_err(|e| Error::io(format!("creating {name}"), e))
 }

@@ -6,7 +6,7 @@ use crate::format::header::{self, FILE_HEADER_SIZE, PACK_MAGIC};
 use crate::format::index::IndexEntry;
 use crate::format::pack::{decode_record_header, verify_record, RecordHeader, RECORD_HEADER_SIZE};
 use crate::ids::ChunkId;
-use crate::storage::{AppendFile, ReadFile, Storage};
+use crate::storage::{create_durably, AppendFile, ReadFile, Storage};
 
 /// Directory holding packs and their indexes.
 pub(crate) const PACK_DIR: &str = "packs";
@@ -45,20 +45,8 @@ impl OpenPack {
     /// Creates pack `seq` with its header and makes the file's existence durable.
     pub(crate) fn create(storage: &dyn Storage, seq: u32) -> Result<OpenPack> {
         let name = pack_name(seq);
-        let mut file = storage
-            .open_append(&name)
+        let file = create_durably(storage, &name, &header::encode(PACK_MAGIC, u64::from(seq)))
             .map_err(|e| Error::io(format!("creating {name}"), e))?;
-        if !file.is_empty() {
-            file.truncate(0)
-                .map_err(|e| Error::io(format!("resetting {name}"), e))?;
-        }
-        file.append(&[&header::encode(PACK_MAGIC, u64::from(seq))])
-            .map_err(|e| Error::io(format!("writing {name}"), e))?;
-        file.sync()
-            .map_err(|e| Error::io(format!("syncing {name}"), e))?;
-        storage
-            .sync_dir(PACK_DIR)
-            .map_err(|e| Error::io("syncing the pack directory", e))?;
         Ok(OpenPack {
             seq,
             file,

@@ -133,6 +133,15 @@ pub fn slot_of(index: u32, level: u8) -> usize {
     ((index >> (BITS_PER_LEVEL * u32::from(level))) as usize) % FANOUT
 }
 
+/// The slots of a node at `level` whose first index is `base`, with each
+/// slot's first index, skipping slots that end before `start`.
+pub fn slots_reaching(level: u8, base: u64, start: u64) -> impl Iterator<Item = (usize, u64)> {
+    let span = slot_span(level);
+    (0..FANOUT)
+        .map(move |slot| (slot, base + slot as u64 * span))
+        .filter(move |(_, slot_base)| slot_base + span > start)
+}
+
 /// Number of block indexes one slot of a node at `level` covers.
 pub fn slot_span(level: u8) -> u64 {
     1u64 << (BITS_PER_LEVEL * u32::from(level))

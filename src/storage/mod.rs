@@ -96,6 +96,23 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Creates `name` (emptying it if it exists) holding `initial`, and makes
+/// both its content and its directory entry durable before returning.
+pub fn create_durably(
+    storage: &dyn Storage,
+    name: &str,
+    initial: &[u8],
+) -> io::Result<Box<dyn AppendFile>> {
+    let mut file = storage.open_append(name)?;
+    if !file.is_empty() {
+        file.truncate(0)?;
+    }
+    file.append(&[initial])?;
+    file.sync()?;
+    storage.sync_dir(parent_dir(name))?;
+    Ok(file)
+}
+
 /// The directory part of a name (`""` for top-level names).
 pub(crate) fn parent_dir(name: &str) -> &str {
     name.rsplit_once('/').map_or("", |(dir, _)| dir)

@@ -101,6 +101,20 @@ pub fn complete_request(snapshot_id: &str, changed_blocks_count: i32) -> Complet
     }
 }
 
+/// Copies a store directory recursively, leaving out its `LOCK` file.
+pub fn copy_store_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create directory");
+    for entry in std::fs::read_dir(from).expect("read directory") {
+        let entry = entry.expect("directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_store_dir(&entry.path(), &target);
+        } else if entry.file_name() != "LOCK" {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
 /// Asserts that `result` failed with the EBS error `code` and `reason`.
 #[track_caller]
 pub fn expect_ebs<T: std::fmt::Debug>(result: crate::Result<T>, code: &str, reason: Option<&str>) {
