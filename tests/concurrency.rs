@@ -3,7 +3,7 @@
 
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
-use blocksnap::testing::{block, complete_request, put_request};
+use blocksnap::testing::{block, complete_request, get_listed, list_all_blocks, put_request};
 use blocksnap::{Engine, EngineConfig, PutDurability};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -118,29 +118,17 @@ fn stress(durability: PutDurability) {
         engine
             .complete_snapshot(complete_request(target, expected.len() as i32))
             .expect("complete");
-        let listed = engine
-            .list_snapshot_blocks(ListSnapshotBlocksRequest {
-                snapshot_id: target.clone(),
-                ..Default::default()
-            })
-            .expect("list");
+        let listed = list_all_blocks(&engine, target).expect("list");
         assert_eq!(
             listed
-                .blocks
                 .iter()
                 .map(|b| b.block_index)
                 .collect::<std::collections::BTreeSet<_>>(),
             expected
         );
-        for entry in listed.blocks {
-            let read = engine
-                .get_snapshot_block(GetSnapshotBlockRequest {
-                    snapshot_id: target.clone(),
-                    block_index: entry.block_index,
-                    block_token: entry.block_token,
-                })
-                .expect("get");
-            assert!(read.block_data == block(entry.block_index as u64 % 20));
+        for entry in listed {
+            let data = get_listed(&engine, target, &entry).expect("get");
+            assert!(data == block(entry.block_index as u64 % 20));
         }
     }
 }

@@ -7,7 +7,9 @@ use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::format::catalog::CatalogRecord;
 use blocksnap::format::header::FILE_HEADER_SIZE;
 use blocksnap::storage::{LocalStorage, MemoryStorage, Storage, TornWrites};
-use blocksnap::testing::{block, complete_request, copy_store_dir, put_request};
+use blocksnap::testing::{
+    block, complete_request, copy_store_dir, get_listed, list_all_blocks, put_request,
+};
 use blocksnap::{Engine, EngineConfig, Error};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -97,13 +99,8 @@ fn check(
         Err(error) => return allowed_error(&error, false, context),
     };
     for (id, content) in expected {
-        let request = ListSnapshotBlocksRequest {
-            snapshot_id: id.clone(),
-            max_results: Some(10_000),
-            ..Default::default()
-        };
-        let blocks = match engine.list_snapshot_blocks(request) {
-            Ok(response) => response.blocks,
+        let blocks = match list_all_blocks(&engine, id) {
+            Ok(blocks) => blocks,
             Err(error) => {
                 allowed_error(&error, may_lose, context);
                 continue;
@@ -116,16 +113,11 @@ fn check(
             "{context}: listing of {id}"
         );
         for listed in blocks {
-            let request = GetSnapshotBlockRequest {
-                snapshot_id: id.clone(),
-                block_index: listed.block_index,
-                block_token: listed.block_token,
-            };
-            match engine.get_snapshot_block(request) {
-                Ok(read) => {
+            match get_listed(&engine, id, &listed) {
+                Ok(data) => {
                     let seed = content[&(listed.block_index as u32)];
                     assert!(
-                        read.block_data == block(seed),
+                        data == block(seed),
                         "{context}: wrong data for {id} block {}",
                         listed.block_index
                     );

@@ -10,7 +10,7 @@
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::storage::{MemoryStorage, TornWrites};
-use blocksnap::testing::{block, complete_request, put_request};
+use blocksnap::testing::{block, complete_request, get_listed, list_all_blocks, put_request};
 use blocksnap::{Engine, EngineConfig, Error, PutDurability};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -119,15 +119,6 @@ fn run_workload(engine: &Engine, ledger: &mut Ledger) -> Result<(), Error> {
     Ok(())
 }
 
-fn list_all(engine: &Engine, id: &str) -> Result<Vec<Block>, Error> {
-    let request = ListSnapshotBlocksRequest {
-        snapshot_id: id.into(),
-        max_results: Some(10_000),
-        ..Default::default()
-    };
-    Ok(engine.list_snapshot_blocks(request)?.blocks)
-}
-
 /// Reads every block and checks it against `allowed` contents per index.
 fn check_content(
     engine: &Engine,
@@ -136,8 +127,8 @@ fn check_content(
     required: &[u32],
     context: &str,
 ) {
-    let blocks =
-        list_all(engine, id).unwrap_or_else(|error| panic!("{context}: listing {id}: {error}"));
+    let blocks = list_all_blocks(engine, id)
+        .unwrap_or_else(|error| panic!("{context}: listing {id}: {error}"));
     for index in required {
         assert!(
             blocks.iter().any(|b| b.block_index as u32 == *index),
@@ -149,15 +140,10 @@ fn check_content(
         let seeds = allowed
             .get(&index)
             .unwrap_or_else(|| panic!("{context}: {id} lists block {index}, never written"));
-        let read = engine
-            .get_snapshot_block(GetSnapshotBlockRequest {
-                snapshot_id: id.into(),
-                block_index: listed.block_index,
-                block_token: listed.block_token,
-            })
+        let data = get_listed(engine, id, &listed)
             .unwrap_or_else(|error| panic!("{context}: reading {id} block {index}: {error}"));
         assert!(
-            seeds.iter().any(|seed| block(*seed) == read.block_data),
+            seeds.iter().any(|seed| block(*seed) == data),
             "{context}: {id} block {index} holds data that was never acknowledged there"
         );
     }
@@ -205,7 +191,7 @@ fn verify(engine: &Engine, ledger: &Ledger, context: &str) {
             })
             .chain(inherited.keys().copied())
             .collect();
-        match list_all(engine, id) {
+        match list_all_blocks(engine, id) {
             Ok(_) => {
                 assert!(
                     tracked.complete_in_flight,
@@ -288,7 +274,7 @@ fn crash_everywhere(durability: PutDurability) {
             for (position, tracked) in ledger.snapshots.iter().enumerate() {
                 if tracked.completed {
                     assert!(
-                        list_all(&again, &ledger.ids[position]).is_ok(),
+                        list_all_blocks(&again, &ledger.ids[position]).is_ok(),
                         "{context}: second reopen lost a snapshot"
                     );
                 }

@@ -7,7 +7,9 @@
 
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
-use blocksnap::testing::{block, complete_request, copy_store_dir, put_request};
+use blocksnap::testing::{
+    block, complete_request, copy_store_dir, get_listed, list_all_blocks, put_request,
+};
 use blocksnap::{Engine, EngineConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -60,30 +62,18 @@ fn version_1_store_still_opens_and_reads_back() {
     )
     .expect("open v1 store");
     for (id, content) in &manifest {
-        let request = ListSnapshotBlocksRequest {
-            snapshot_id: id.clone(),
-            max_results: Some(10_000),
-            ..Default::default()
-        };
-        let listed = engine.list_snapshot_blocks(request).expect("list");
+        let listed = list_all_blocks(&engine, id).expect("list");
         assert_eq!(
             listed
-                .blocks
                 .iter()
                 .map(|b| b.block_index as u32)
                 .collect::<Vec<_>>(),
             content.keys().copied().collect::<Vec<_>>()
         );
-        for entry in listed.blocks {
-            let read = engine
-                .get_snapshot_block(GetSnapshotBlockRequest {
-                    snapshot_id: id.clone(),
-                    block_index: entry.block_index,
-                    block_token: entry.block_token,
-                })
-                .expect("get");
+        for entry in listed {
+            let data = get_listed(&engine, id, &entry).expect("get");
             assert!(
-                read.block_data == block(content[&(entry.block_index as u32)]),
+                data == block(content[&(entry.block_index as u32)]),
                 "{id} block {}",
                 entry.block_index
             );

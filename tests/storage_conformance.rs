@@ -4,7 +4,9 @@
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::storage::{LocalStorage, MemoryStorage};
-use blocksnap::testing::{block, check_storage_contract, complete_request, put_request};
+use blocksnap::testing::{
+    block, check_storage_contract, complete_request, get_listed, list_all_blocks, put_request,
+};
 use blocksnap::{Engine, EngineConfig};
 
 #[test]
@@ -66,22 +68,11 @@ fn round_trip(use_mmap: bool) {
         config(),
     )
     .expect("reopen");
-    let listed = engine
-        .list_snapshot_blocks(ListSnapshotBlocksRequest {
-            snapshot_id: id.clone(),
-            ..Default::default()
-        })
-        .expect("list");
-    assert_eq!(listed.blocks.len(), seeds.len());
-    for (listed, seed) in listed.blocks.iter().zip(&seeds) {
-        let read = engine
-            .get_snapshot_block(GetSnapshotBlockRequest {
-                snapshot_id: id.clone(),
-                block_index: listed.block_index,
-                block_token: listed.block_token.clone(),
-            })
-            .expect("get");
-        assert!(read.block_data == block(*seed));
+    let listed = list_all_blocks(&engine, &id).expect("list");
+    assert_eq!(listed.len(), seeds.len());
+    for (listed, seed) in listed.iter().zip(&seeds) {
+        let data = get_listed(&engine, &id, listed).expect("get");
+        assert!(data == block(*seed));
     }
     let packs = std::fs::read_dir(dir.path().join("packs"))
         .expect("packs")

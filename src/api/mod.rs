@@ -1,6 +1,6 @@
 //! The EBS direct API façade: the six operations as methods on [`Engine`],
 //! with the model's shapes, every validation rule, tokens, and the one map
-//! from [`Error`](crate::Error) to EBS error classes ([`ebs_error`]).
+//! from [`Error`] to EBS error classes ([`ebs_error`]).
 //!
 //! Each operation exists synchronously (for agents without a runtime) and as
 //! an `_async` method that runs on tokio's blocking pool.

@@ -1,26 +1,8 @@
 //! Catalog log records: the snapshot state machine, persisted.
 //!
-//! The catalog log is a [file header](super::header) (magic `BSNPCTLG`,
-//! subject 0) followed by frames:
-//!
-//! | offset | size | field | meaning                                    |
-//! |--------|------|-------|--------------------------------------------|
-//! | 0      | 4    | crc32 | crc32 of bytes 4..8+len                    |
-//! | 4      | 4    | len   | body length                                |
-//! | 8      | len  | body  | one record, first byte = record kind       |
-//!
-//! Strings are a u16 length then UTF-8 bytes; an empty string means absent
-//! (every optional string field has minimum length 1 in the EBS model).
-//! Bodies, field by field:
-//!
-//! - kind 1, `Started`: snapshot u64, parent u64 (0 = none), lineage u64,
-//!   volume_size_gib u64, timeout_minutes u32, start_millis u64, sse u8
-//!   (0 none, 1 sse-ebs, 2 sse-kms), owner string, client_token string,
-//!   description string, kms_key_arn string, tag_count u16, then per tag key
-//!   string and value string.
-//! - kind 2, `Completed`: snapshot u64, completed_millis u64, has_root u8,
-//!   root [32], changed_blocks u32.
-//! - kind 3, `Failed`: snapshot u64, at_millis u64, reason string.
+//! The layout, field by field, is specified in DESIGN.md §4.6 "Catalog frame"; the
+//! offset constants below follow it, and `tests/design_tables.rs` checks
+//! the specification against these constants and the encoders.
 
 use super::wire::{seal_leading_crc, Reader, Writer};
 use super::{crc32, DecodeError};

@@ -1,22 +1,8 @@
 //! Pack index files: the persisted id -> location map of one sealed pack.
 //!
-//! Layout: a [file header](super::header) (magic `BSNPINDX`, subject = pack
-//! sequence), then:
-//!
-//! | offset | size | field       | meaning                                   |
-//! |--------|------|-------------|-------------------------------------------|
-//! | 32     | 4    | count       | number of entries                         |
-//! | 36     | 4    | reserved    | zero                                      |
-//! | 40     | 16·n | entries     | sorted by (id_prefix, offset)             |
-//! | 40+16n | 4    | crc32       | crc32 of every byte before it             |
-//!
-//! Each entry:
-//!
-//! | offset | size | field      | meaning                                     |
-//! |--------|------|------------|---------------------------------------------|
-//! | 0      | 8    | id_prefix  | first 8 bytes of the chunk id, as u64 LE    |
-//! | 8      | 4    | offset     | record offset in the pack                   |
-//! | 12     | 4    | record_len | header + payload bytes of the record        |
+//! The layout, field by field, is specified in DESIGN.md §4.4 "Pack index"; the
+//! offset constants below follow it, and `tests/design_tables.rs` checks
+//! the specification against these constants and the encoders.
 
 use super::header::{self, FILE_HEADER_SIZE, INDEX_MAGIC};
 use super::wire::{Reader, Writer};

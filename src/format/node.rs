@@ -1,21 +1,8 @@
 //! Block-map nodes: the persistent radix tree mapping block index -> chunk id.
 //!
-//! The tree has a fixed fan-out of 64 and [`LEVELS`] levels, so it covers
-//! 2^30 indexes (a 64 TiB volume has 2^27). Level 0 nodes are leaves whose
-//! entries are chunk ids; higher levels hold child node ids. Absent entries
-//! are never-written ranges. An encoded node:
-//!
-//! | offset | size | field    | meaning                                       |
-//! |--------|------|----------|-----------------------------------------------|
-//! | 0      | 1    | version  | node format version, 1                        |
-//! | 1      | 1    | level    | 0 = leaf, up to LEVELS - 1                    |
-//! | 2      | 6    | reserved | zero                                          |
-//! | 8      | 8    | bitmap   | bit i set = slot i present                    |
-//! | 16     | 32·n | entries  | one 32-byte id per set bit, in slot order     |
-//!
-//! A node's id is blake3 in derive-key mode (context [`NODE_HASH_CONTEXT`])
-//! over these bytes, so node ids never collide with block ids. A node with an
-//! empty bitmap is never written: an empty subtree is an absent entry.
+//! The layout, field by field, is specified in DESIGN.md §4.5 "Map node"; the
+//! offset constants below follow it, and `tests/design_tables.rs` checks
+//! the specification against these constants and the encoders.
 
 use super::wire::{Reader, Writer};
 use super::DecodeError;

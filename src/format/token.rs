@@ -1,30 +1,8 @@
-//! Block and page tokens: opaque to clients, Base64 of these bytes.
+//! Block and page tokens: opaque to clients, the Base64 of a fixed layout.
 //!
-//! Block token (38 bytes, 52 Base64 characters):
-//!
-//! | offset | size | field        | meaning                                |
-//! |--------|------|--------------|----------------------------------------|
-//! | 0      | 1    | version      | 1                                      |
-//! | 1      | 1    | kind         | 1 = block                              |
-//! | 2      | 8    | snapshot     | snapshot id                            |
-//! | 10     | 4    | index        | block index                            |
-//! | 14     | 8    | expiry_secs  | expiry, epoch seconds                  |
-//! | 22     | 16   | mac          | keyed blake3 of bytes 0..22            |
-//!
-//! Page token (46 bytes, 64 Base64 characters):
-//!
-//! | offset | size | field        | meaning                                     |
-//! |--------|------|--------------|---------------------------------------------|
-//! | 0      | 1    | version      | 1                                           |
-//! | 1      | 1    | kind         | 2 = ListSnapshotBlocks, 3 = ListChangedBlocks |
-//! | 2      | 8    | snapshot     | the listed (second) snapshot                |
-//! | 10     | 8    | other        | first snapshot, 0 = none                    |
-//! | 18     | 4    | next_index   | first block index of the next page          |
-//! | 22     | 8    | expiry_secs  | expiry, epoch seconds                       |
-//! | 30     | 16   | mac          | keyed blake3 of bytes 0..30                 |
-//!
-//! The MAC key is derived from the store's token secret; the MAC itself is
-//! computed in `api::tokens`.
+//! The layout, field by field, is specified in DESIGN.md §4.8 "Tokens"; the
+//! offset constants below follow it, and `tests/design_tables.rs` checks
+//! the specification against these constants and the encoders.
 
 use super::wire::{Reader, Writer};
 use super::DecodeError;

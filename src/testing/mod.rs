@@ -101,6 +101,42 @@ pub fn complete_request(snapshot_id: &str, changed_blocks_count: i32) -> Complet
     }
 }
 
+/// Every written block of a completed snapshot, paging through
+/// ListSnapshotBlocks with the largest page size.
+pub fn list_all_blocks(
+    engine: &crate::Engine,
+    snapshot_id: &str,
+) -> crate::Result<Vec<crate::api::Block>> {
+    let mut request = crate::api::ListSnapshotBlocksRequest {
+        snapshot_id: snapshot_id.to_string(),
+        max_results: Some(10_000),
+        ..Default::default()
+    };
+    let mut blocks = Vec::new();
+    loop {
+        let page = engine.list_snapshot_blocks(request.clone())?;
+        blocks.extend(page.blocks);
+        match page.next_token {
+            Some(token) => request.next_token = Some(token),
+            None => return Ok(blocks),
+        }
+    }
+}
+
+/// Reads a block that a listing of `snapshot_id` returned.
+pub fn get_listed(
+    engine: &crate::Engine,
+    snapshot_id: &str,
+    listed: &crate::api::Block,
+) -> crate::Result<bytes::Bytes> {
+    let request = crate::api::GetSnapshotBlockRequest {
+        snapshot_id: snapshot_id.to_string(),
+        block_index: listed.block_index,
+        block_token: listed.block_token.clone(),
+    };
+    Ok(engine.get_snapshot_block(request)?.block_data)
+}
+
 /// Copies a store directory recursively, leaving out its `LOCK` file.
 pub fn copy_store_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("create directory");
