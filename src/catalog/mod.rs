@@ -335,3 +335,71 @@ fn create_segment(storage: &dyn Storage, seq: u32) -> Result<Box<dyn AppendFile>
     )
     .map_err(|e| Error::io(format!("creating {name}"), e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::catalog::SseKind;
+    use crate::storage::{MemoryStorage, TornWrites};
+
+    fn started(snapshot: u64) -> StartedRecord {
+        StartedRecord {
+            snapshot: SnapshotId(snapshot),
+            parent: None,
+            lineage: SnapshotId(snapshot),
+            volume_size_gib: 1,
+            timeout_minutes: 60,
+            start_millis: 1,
+            sse: SseKind::None,
+            owner: "owner".into(),
+            client_token: Some(format!("token-{snapshot}")),
+            description: None,
+            kms_key_arn: None,
+            tags: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn transitions_are_durable_and_only_from_pending() {
+        let storage = MemoryStorage::new();
+        {
+            let catalog = Catalog::open(Arc::new(storage.clone())).expect("open");
+            catalog.start(started(1)).expect("start 1");
+            catalog.start(started(2)).expect("start 2");
+            catalog
+                .fail(SnapshotId(1), 5, "timed out".into())
+                .expect("fail");
+            catalog
+                .complete(SnapshotId(2), 6, None, 0)
+                .expect("complete");
+            for transition in [
+                catalog.complete(SnapshotId(1), 7, None, 0),
+                catalog.fail(SnapshotId(2), 7, "late".into()),
+            ] {
+                assert!(matches!(transition, Err(Error::InvalidState { .. })));
+            }
+            assert!(matches!(
+                catalog.fail(SnapshotId(3), 7, "x".into()),
+                Err(Error::NotFound { .. })
+            ));
+        }
+        // Every acknowledged transition was synced: a crash image keeps them.
+        let reopened =
+            Catalog::open(Arc::new(storage.crash_image(TornWrites::DropUnsynced))).expect("reopen");
+        let failed = reopened.get(SnapshotId(1)).expect("snapshot 1");
+        assert_eq!(
+            failed.state,
+            SnapshotState::Error {
+                at_millis: 5,
+                reason: "timed out".into()
+            }
+        );
+        assert_eq!(failed.status_name(), "error");
+        assert_eq!(
+            reopened.get(SnapshotId(2)).map(|r| r.status_name()),
+            Some("completed")
+        );
+        assert_eq!(reopened.find_token("owner", "token-1"), Some(SnapshotId(1)));
+        assert_eq!(reopened.find_token("other owner", "token-1"), None);
+    }
+}
