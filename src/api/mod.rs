@@ -235,7 +235,7 @@ impl Engine {
     ) -> Result<GetSnapshotBlockResponse> {
         let snapshot = validate::snapshot_id("SnapshotId", &request.snapshot_id)?;
         let index = BlockIndex(validate::block_index(request.block_index)?);
-        let (_, root) = self.completed(self.owner(), snapshot)?;
+        let root = self.completed(self.owner(), snapshot)?.root;
         let clock = self.listing_clock();
         let bound = matches!(
             clock.signer.check(&request.block_token, clock.now_secs, ValidationReason::InvalidBlockToken)?,
@@ -268,7 +268,7 @@ impl Engine {
     ) -> Result<ListSnapshotBlocksResponse> {
         let snapshot = validate::snapshot_id("SnapshotId", &request.snapshot_id)?;
         let limit = validate::max_results(request.max_results)?;
-        let (record, root) = self.completed(self.owner(), snapshot)?;
+        let listed = self.completed(self.owner(), snapshot)?;
         let clock = self.listing_clock();
         let start = listing_start(
             &clock.signer,
@@ -279,7 +279,7 @@ impl Engine {
             snapshot,
             None,
         )?;
-        let page = self.list_blocks(root, start, limit)?;
+        let page = self.list_blocks(listed.root, start, limit)?;
         Ok(ListSnapshotBlocksResponse {
             blocks: page
                 .entries
@@ -290,7 +290,7 @@ impl Engine {
                 })
                 .collect(),
             expiry_time: clock.expiry_time(),
-            volume_size: record.started.volume_size_gib as i64,
+            volume_size: listed.volume_size_gib as i64,
             block_size: BLOCK_SIZE_BYTES,
             next_token: clock.page_token(PAGE_KIND_LIST, snapshot, None, page.next),
         })
@@ -310,18 +310,18 @@ impl Engine {
             .map(|id| validate::snapshot_id("FirstSnapshotId", id))
             .transpose()?;
         let limit = validate::max_results(request.max_results)?;
-        let (second_record, second_root) = self.completed(self.owner(), second)?;
+        let second_snapshot = self.completed(self.owner(), second)?;
         let first_root = match first {
             None => None,
             Some(first) => {
-                let (first_record, first_root) = self.completed(self.owner(), first)?;
-                if first_record.started.lineage != second_record.started.lineage {
+                let first_snapshot = self.completed(self.owner(), first)?;
+                if first_snapshot.lineage != second_snapshot.lineage {
                     return Err(Error::invalid(
                         ValidationReason::UnrelatedSnapshots,
                         format!("{first} and {second} are not related"),
                     ));
                 }
-                first_root
+                first_snapshot.root
             }
         };
         let clock = self.listing_clock();
@@ -334,7 +334,7 @@ impl Engine {
             second,
             first,
         )?;
-        let page = self.diff_blocks(first_root, second_root, start, limit)?;
+        let page = self.diff_blocks(first_root, second_snapshot.root, start, limit)?;
         let changed_blocks = page
             .entries
             .iter()
@@ -350,7 +350,7 @@ impl Engine {
         Ok(ListChangedBlocksResponse {
             changed_blocks,
             expiry_time: clock.expiry_time(),
-            volume_size: second_record.started.volume_size_gib as i64,
+            volume_size: second_snapshot.volume_size_gib as i64,
             block_size: BLOCK_SIZE_BYTES,
             next_token: clock.page_token(PAGE_KIND_CHANGED, second, first, page.next),
         })

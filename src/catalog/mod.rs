@@ -254,6 +254,16 @@ impl Catalog {
         }
     }
 
+    /// Applies `f` to a snapshot's record under the read lock, without
+    /// cloning it (for per-request paths).
+    pub fn inspect<R>(
+        &self,
+        snapshot: SnapshotId,
+        f: impl FnOnce(&SnapshotRecord) -> R,
+    ) -> Option<R> {
+        self.state.read().snapshots.get(&snapshot).map(f)
+    }
+
     /// The record of a snapshot.
     pub fn get(&self, snapshot: SnapshotId) -> Option<SnapshotRecord> {
         self.state.read().snapshots.get(&snapshot).cloned()

@@ -17,7 +17,7 @@ use crate::error::{Error, Result, ValidationReason};
 use crate::format::catalog::StartedRecord;
 use crate::format::pack::RecordKind;
 use crate::format::store::StoreHeader;
-use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId, BLOCKS_PER_GIB};
+use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId};
 use crate::storage::{LocalStorage, Storage};
 use bytes::Bytes;
 use commit::GroupCommit;
@@ -109,6 +109,17 @@ struct EngineInner {
     poisoned: AtomicBool,
 }
 
+/// What reads need of a completed snapshot.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CompletedSnapshot {
+    /// Root of its block map.
+    pub(crate) root: Option<ChunkId>,
+    /// Volume size in GiB.
+    pub(crate) volume_size_gib: u64,
+    /// Oldest ancestor: snapshots are related iff their lineages are equal.
+    pub(crate) lineage: SnapshotId,
+}
+
 /// The parameters of a new snapshot, validated by the API layer.
 #[derive(Clone, Debug)]
 pub(crate) struct NewSnapshot {
@@ -152,19 +163,16 @@ impl Engine {
         let nodes = NodeCache::new(config.node_cache_nodes);
         let mut sessions = HashMap::new();
         for record in catalog.select(|record| record.state == SnapshotState::Pending) {
-            let snapshot = record.started.snapshot;
             let parent_root = parent_root_of(&catalog, &record)?;
-            let volume_blocks = record.started.volume_size_gib * BLOCKS_PER_GIB;
             let durable_on_ack = config.put_durability == PutDurability::Immediate;
             let session = Session::recover(
                 storage.as_ref(),
                 &chunks,
-                snapshot,
-                volume_blocks,
+                &record.started,
                 parent_root,
                 durable_on_ack,
             )?;
-            sessions.insert(snapshot, Arc::new(session));
+            sessions.insert(record.started.snapshot, Arc::new(session));
         }
         for name in storage
             .list(JOURNAL_DIR)
@@ -266,22 +274,27 @@ impl Engine {
     }
 
     /// The record and map root of a completed snapshot.
-    pub(crate) fn completed(
-        &self,
-        owner: &str,
-        snapshot: SnapshotId,
-    ) -> Result<(SnapshotRecord, Option<ChunkId>)> {
-        let record = self.record(owner, snapshot)?;
-        match record.state {
-            SnapshotState::Completed { root, .. } => Ok((record, root)),
-            _ => Err(Error::InvalidState {
-                reason: ValidationReason::InvalidSnapshotId,
-                message: format!(
-                    "The snapshot '{snapshot}' is {}; only completed snapshots can be read.",
-                    record.status_name()
-                ),
-            }),
-        }
+    pub(crate) fn completed(&self, owner: &str, snapshot: SnapshotId) -> Result<CompletedSnapshot> {
+        let inspected = self.inner.catalog.inspect(snapshot, |record| {
+            if record.started.owner != owner {
+                return Err(not_found(snapshot));
+            }
+            match record.state {
+                SnapshotState::Completed { root, .. } => Ok(CompletedSnapshot {
+                    root,
+                    volume_size_gib: record.started.volume_size_gib,
+                    lineage: record.started.lineage,
+                }),
+                _ => Err(Error::InvalidState {
+                    reason: ValidationReason::InvalidSnapshotId,
+                    message: format!(
+                        "The snapshot '{snapshot}' is {}; only completed snapshots can be read.",
+                        record.status_name()
+                    ),
+                }),
+            }
+        });
+        inspected.unwrap_or_else(|| Err(not_found(snapshot)))
     }
 
     /// Starts a snapshot, or returns the one an identical earlier request
@@ -312,7 +325,7 @@ impl Engine {
         let (lineage, parent_root) = match request.parent {
             None => (None, None),
             Some(parent) => {
-                let (record, root) =
+                let parent_snapshot =
                     self.completed(owner, parent).map_err(|error| match error {
                         Error::InvalidState { message, .. } => Error::invalid(
                             ValidationReason::InvalidParameterValue,
@@ -320,16 +333,16 @@ impl Engine {
                         ),
                         other => other,
                     })?;
-                if request.volume_size_gib < record.started.volume_size_gib {
+                if request.volume_size_gib < parent_snapshot.volume_size_gib {
                     return Err(Error::invalid(
                         ValidationReason::InvalidVolumeSize,
                         format!(
                             "VolumeSize {} is smaller than the parent snapshot's {} GiB.",
-                            request.volume_size_gib, record.started.volume_size_gib
+                            request.volume_size_gib, parent_snapshot.volume_size_gib
                         ),
                     ));
                 }
-                (Some(record.started.lineage), root)
+                (Some(parent_snapshot.lineage), parent_snapshot.root)
             }
         };
         let pending_of_owner = self
@@ -371,21 +384,22 @@ impl Engine {
             kms_key_arn: None,
             tags: request.tags,
         };
-        let volume_blocks = started.volume_size_gib * BLOCKS_PER_GIB;
-        self.poison_on_io(catalog.start(started))?;
         let durable_on_ack = self.inner.config.put_durability == PutDurability::Immediate;
-        let session = Arc::new(Session::new(
-            snapshot,
-            volume_blocks,
-            parent_root,
-            durable_on_ack,
-        ));
+        let session = Arc::new(Session::new(&started, parent_root, durable_on_ack));
+        self.poison_on_io(catalog.start(started))?;
         self.inner.sessions.write().insert(snapshot, session);
         self.record(owner, snapshot)
     }
 
     /// The session of a pending snapshot owned by `owner`.
     fn session(&self, owner: &str, snapshot: SnapshotId) -> Result<Arc<Session>> {
+        if let Some(session) = self.inner.sessions.read().get(&snapshot) {
+            if session.owner == owner {
+                return Ok(session.clone());
+            }
+        }
+        // Not pending for this owner: the record says why (unknown, foreign,
+        // or in another state).
         let record = self.record(owner, snapshot)?;
         match self.inner.sessions.read().get(&snapshot) {
             Some(session) => Ok(session.clone()),

@@ -8,9 +8,10 @@
 use crate::chunkstore::ChunkStore;
 use crate::codec;
 use crate::error::{Error, Result, ValidationReason};
+use crate::format::catalog::StartedRecord;
 use crate::format::header::{self, FILE_HEADER_SIZE, JOURNAL_MAGIC};
 use crate::format::journal::{JournalRecord, JOURNAL_FLAG_AT_COMPLETE, JOURNAL_RECORD_SIZE};
-use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId};
+use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId, BLOCKS_PER_GIB};
 use crate::storage::{AppendFile, Storage};
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::BTreeMap;
@@ -36,6 +37,8 @@ pub(crate) struct SessionState {
 /// One pending snapshot.
 pub(crate) struct Session {
     pub(crate) snapshot: SnapshotId,
+    /// The owner: only its requests may touch the snapshot.
+    pub(crate) owner: String,
     /// Blocks in the volume: valid indexes are below this.
     pub(crate) volume_blocks: u64,
     /// The parent's map root, the base the writes apply to.
@@ -48,8 +51,7 @@ pub(crate) struct Session {
 impl Session {
     /// A session with no writes yet.
     pub(crate) fn new(
-        snapshot: SnapshotId,
-        volume_blocks: u64,
+        started: &StartedRecord,
         parent_root: Option<ChunkId>,
         durable_on_ack: bool,
     ) -> Session {
@@ -58,19 +60,11 @@ impl Session {
         } else {
             JOURNAL_FLAG_AT_COMPLETE
         };
-        Session::with_state(
-            snapshot,
-            volume_blocks,
-            parent_root,
-            journal_flags,
-            BTreeMap::new(),
-            None,
-        )
+        Session::with_state(started, parent_root, journal_flags, BTreeMap::new(), None)
     }
 
     fn with_state(
-        snapshot: SnapshotId,
-        volume_blocks: u64,
+        started: &StartedRecord,
         parent_root: Option<ChunkId>,
         journal_flags: u32,
         writes: BTreeMap<BlockIndex, (ChunkId, Sha256Digest)>,
@@ -83,8 +77,9 @@ impl Session {
             closed: false,
         };
         Session {
-            snapshot,
-            volume_blocks,
+            snapshot: started.snapshot,
+            owner: started.owner.clone(),
+            volume_blocks: started.volume_size_gib * BLOCKS_PER_GIB,
             parent_root,
             journal_flags,
             state: Mutex::new(state),
@@ -172,22 +167,18 @@ impl Session {
     pub(crate) fn recover(
         storage: &dyn Storage,
         chunks: &ChunkStore,
-        snapshot: SnapshotId,
-        volume_blocks: u64,
+        started: &StartedRecord,
         parent_root: Option<ChunkId>,
         durable_on_ack: bool,
     ) -> Result<Session> {
+        let snapshot = started.snapshot;
+        let volume_blocks = started.volume_size_gib * BLOCKS_PER_GIB;
         let name = journal_name(snapshot);
         let exists = storage
             .exists(&name)
             .map_err(|e| Error::io(format!("checking {name}"), e))?;
         if !exists {
-            return Ok(Session::new(
-                snapshot,
-                volume_blocks,
-                parent_root,
-                durable_on_ack,
-            ));
+            return Ok(Session::new(started, parent_root, durable_on_ack));
         }
         let bytes = storage
             .read_all(&name)
@@ -198,14 +189,7 @@ impl Session {
         let journal_flags = match header {
             Some(Ok((subject, flags))) if subject == snapshot.0 => flags,
             // A torn header: the journal was created and nothing survived.
-            _ => {
-                return Ok(Session::new(
-                    snapshot,
-                    volume_blocks,
-                    parent_root,
-                    durable_on_ack,
-                ))
-            }
+            _ => return Ok(Session::new(started, parent_root, durable_on_ack)),
         };
         let zero = codec::zero_block_id();
         let mut writes = BTreeMap::new();
@@ -245,8 +229,7 @@ impl Session {
             .open_append(&name)
             .map_err(|e| Error::io(format!("opening {name}"), e))?;
         Ok(Session::with_state(
-            snapshot,
-            volume_blocks,
+            started,
             parent_root,
             journal_flags,
             writes,
