@@ -38,12 +38,7 @@ impl BlockMaps<'_> {
             limit + 1,
             &mut entries,
         )?;
-        let next = if entries.len() > limit {
-            entries.pop().map(|entry| entry.index)
-        } else {
-            None
-        };
-        Ok(Page { entries, next })
+        Ok(Page::from_overfetch(entries, limit, |entry| entry.index))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -37,6 +37,23 @@ pub struct Page<T> {
     pub next: Option<BlockIndex>,
 }
 
+impl<T> Page<T> {
+    /// A page from up to `limit + 1` collected entries: the extra entry, if
+    /// any, is not returned; it only says where the next page starts.
+    fn from_overfetch(
+        mut entries: Vec<T>,
+        limit: usize,
+        index_of: impl Fn(&T) -> BlockIndex,
+    ) -> Page<T> {
+        let next = if entries.len() > limit {
+            entries.pop().map(|entry| index_of(&entry))
+        } else {
+            None
+        };
+        Page { entries, next }
+    }
+}
+
 impl<'a> BlockMaps<'a> {
     /// Block maps over `store`, caching decoded nodes in `cache`.
     pub fn new(store: &'a ChunkStore, cache: &'a NodeCache) -> Self {

@@ -100,12 +100,7 @@ impl BlockMaps<'_> {
                 &mut entries,
             )?;
         }
-        let next = if entries.len() > limit {
-            entries.pop().map(|(index, _)| index)
-        } else {
-            None
-        };
-        Ok(Page { entries, next })
+        Ok(Page::from_overfetch(entries, limit, |(index, _)| *index))
     }
 
     fn list_at(
