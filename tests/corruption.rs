@@ -8,10 +8,9 @@ use blocksnap::format::catalog::CatalogRecord;
 use blocksnap::format::header::FILE_HEADER_SIZE;
 use blocksnap::storage::{LocalStorage, MemoryStorage, Storage, TornWrites};
 use blocksnap::testing::{
-    block, complete_request, copy_store_dir, get_listed, list_all_blocks, put_request,
+    block, copy_store_dir, get_listed, list_all_blocks, put_request, write_lineage, Lineage,
 };
 use blocksnap::{Engine, EngineConfig, Error};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 const INTERNAL: &str = "InternalServerException";
@@ -29,38 +28,22 @@ fn config(use_mmap: bool) -> EngineConfig {
 }
 
 /// Completed snapshots and their content (index -> seed).
-type Expected = Vec<(String, BTreeMap<u32, u64>)>;
+type Expected = Lineage;
 
 fn build(storage: Arc<dyn Storage>, use_mmap: bool) -> Expected {
     let engine = Engine::open_with(storage, config(use_mmap)).expect("open");
-    let mut expected = Expected::new();
-    let mut parent: Option<(String, BTreeMap<u32, u64>)> = None;
-    for writes in [
-        vec![(0u32, 1u64), (1, 2), (2, 0), (700, 3), (2047, 4)],
-        vec![(1, 5), (3, 6), (700, 3)],
-    ] {
-        let request = StartSnapshotRequest {
-            volume_size: 1,
-            parent_snapshot_id: parent.as_ref().map(|(id, _)| id.clone()),
-            ..Default::default()
-        };
-        let id = engine.start_snapshot(request).expect("start").snapshot_id;
-        let mut content = parent
-            .as_ref()
-            .map(|(_, content)| content.clone())
-            .unwrap_or_default();
-        for (index, seed) in &writes {
-            engine
-                .put_snapshot_block(put_request(&id, *index as i32, block(*seed)))
-                .expect("put");
-            content.insert(*index, *seed);
-        }
-        engine
-            .complete_snapshot(complete_request(&id, writes.len() as i32))
-            .expect("complete");
-        expected.push((id.clone(), content.clone()));
-        parent = Some((id, content));
-    }
+    let template = StartSnapshotRequest {
+        volume_size: 1,
+        ..Default::default()
+    };
+    let expected = write_lineage(
+        &engine,
+        &template,
+        &[
+            &[(0, 1), (1, 2), (2, 0), (700, 3), (2047, 4)],
+            &[(1, 5), (3, 6), (700, 3)],
+        ],
+    );
     // A pending snapshot, so a journal exists.
     let pending = engine
         .start_snapshot(StartSnapshotRequest {

@@ -7,9 +7,7 @@
 
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
-use blocksnap::testing::{
-    block, complete_request, copy_store_dir, get_listed, list_all_blocks, put_request,
-};
+use blocksnap::testing::{block, copy_store_dir, get_listed, list_all_blocks, write_lineage};
 use blocksnap::{Engine, EngineConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -102,42 +100,26 @@ fn write_v1_fixture() {
     {
         let engine = Engine::open_with(Engine::local_storage(&dir).expect("storage"), config())
             .expect("open");
-        let mut parent: Option<(String, BTreeMap<u32, u64>)> = None;
+        let template = StartSnapshotRequest {
+            volume_size: 1,
+            description: Some("format v1 fixture".into()),
+            tags: vec![Tag {
+                key: "fixture".into(),
+                value: "v1".into(),
+            }],
+            ..Default::default()
+        };
         // Compressible seeds (text and structured blocks) keep the fixture small.
-        for writes in [
-            vec![(0u32, 1u64), (1, 3), (5, 0), (100, 4), (2047, 6)],
-            vec![(1, 7), (6, 9), (100, 4)],
-        ] {
-            let request = StartSnapshotRequest {
-                volume_size: 1,
-                parent_snapshot_id: parent.as_ref().map(|(id, _)| id.clone()),
-                description: Some("format v1 fixture".into()),
-                tags: vec![Tag {
-                    key: "fixture".into(),
-                    value: "v1".into(),
-                }],
-                ..Default::default()
-            };
-            let id = engine.start_snapshot(request).expect("start").snapshot_id;
-            let mut content = parent
-                .as_ref()
-                .map(|(_, content)| content.clone())
-                .unwrap_or_default();
-            for (index, seed) in &writes {
-                engine
-                    .put_snapshot_block(put_request(&id, *index as i32, block(*seed)))
-                    .expect("put");
-                content.insert(*index, *seed);
-            }
-            engine
-                .complete_snapshot(complete_request(&id, writes.len() as i32))
-                .expect("complete");
+        let chain: [&[(u32, u64)]; 2] = [
+            &[(0, 1), (1, 3), (5, 0), (100, 4), (2047, 6)],
+            &[(1, 7), (6, 9), (100, 4)],
+        ];
+        for (id, content) in write_lineage(&engine, &template, &chain) {
             let pairs: Vec<String> = content
                 .iter()
                 .map(|(index, seed)| format!("{index}={seed}"))
                 .collect();
             manifest.push_str(&format!("{id} {}\n", pairs.join(" ")));
-            parent = Some((id, content));
         }
     }
     std::fs::remove_file(dir.join("LOCK")).expect("remove lock file");

@@ -101,6 +101,43 @@ pub fn complete_request(snapshot_id: &str, changed_blocks_count: i32) -> Complet
     }
 }
 
+/// Snapshots of one lineage and their content: (id, index -> seed),
+/// inherited blocks included.
+pub type Lineage = Vec<(String, std::collections::BTreeMap<u32, u64>)>;
+
+/// Writes a lineage: for each entry of `chain` a completed snapshot (each
+/// the child of the previous one), started from `template` (volume size,
+/// description, tags), holding `block(seed)` at each `(index, seed)`.
+pub fn write_lineage(
+    engine: &crate::Engine,
+    template: &crate::api::StartSnapshotRequest,
+    chain: &[&[(u32, u64)]],
+) -> Lineage {
+    let mut lineage: Lineage = Vec::new();
+    for writes in chain {
+        let parent = lineage.last();
+        let request = crate::api::StartSnapshotRequest {
+            parent_snapshot_id: parent.map(|(id, _)| id.clone()),
+            ..template.clone()
+        };
+        let id = engine.start_snapshot(request).expect("start").snapshot_id;
+        let mut content = parent
+            .map(|(_, content)| content.clone())
+            .unwrap_or_default();
+        for (index, seed) in writes.iter() {
+            engine
+                .put_snapshot_block(put_request(&id, *index as i32, block(*seed)))
+                .expect("put");
+            content.insert(*index, *seed);
+        }
+        engine
+            .complete_snapshot(complete_request(&id, writes.len() as i32))
+            .expect("complete");
+        lineage.push((id, content));
+    }
+    lineage
+}
+
 /// Every written block of a completed snapshot, paging through
 /// ListSnapshotBlocks with the largest page size.
 pub fn list_all_blocks(
