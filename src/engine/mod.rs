@@ -349,12 +349,8 @@ impl Engine {
             .inner
             .sessions
             .read()
-            .keys()
-            .filter(|id| {
-                catalog
-                    .get(**id)
-                    .is_some_and(|record| record.started.owner == owner)
-            })
+            .values()
+            .filter(|session| session.owner == owner)
             .count();
         if pending_of_owner >= self.inner.config.max_pending_snapshots {
             return Err(Error::ConcurrentLimitExceeded {
