@@ -54,3 +54,29 @@ impl Clock for ManualClock {
 pub fn millis_to_system_time(millis: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(millis)
 }
+
+/// Wall-clock time that follows tokio's clock: with a paused test runtime
+/// (`start_paused`), time moves only when the runtime advances it, and the
+/// engine's reaper and deadlines move with it.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    base_millis: u64,
+    base: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock reading `start_millis` now.
+    pub fn new(start_millis: u64) -> Self {
+        TokioClock {
+            base_millis: start_millis,
+            base: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_millis(&self) -> u64 {
+        let elapsed = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.base_millis.saturating_add(elapsed)
+    }
+}

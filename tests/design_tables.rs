@@ -396,6 +396,7 @@ fn journal_record_table() {
         index: BlockIndex(0x0A0B_0C0D),
         chunk_id: ID,
         sha256: SHA,
+        put_millis: Some(0x0102_0304_0506_0708),
     }
     .encode();
     let fields = [
@@ -415,6 +416,11 @@ fn journal_record_table() {
             ID.0,
         ),
         field("sha256", Some(journal_format::JOURNAL_SHA256_OFFSET), SHA.0),
+        field(
+            "put_millis",
+            Some(journal_format::JOURNAL_PUT_MILLIS_OFFSET),
+            0x0102_0304_0506_0708u64.to_le_bytes(),
+        ),
     ];
     check_table(
         "journal record",

@@ -221,7 +221,39 @@ impl Harness {
                     (actual, expected) => panic!("get: engine {actual:?}, model {expected:?}"),
                 }
             }
+            Op::Cancel { any, snapshot } => {
+                let Some(position) = self.pending(snapshot, any) else {
+                    return;
+                };
+                let actual = self.engine().cancel_snapshot(CancelSnapshotRequest {
+                    snapshot_id: self.ids[position].clone(),
+                });
+                match (actual, self.model.cancel(position)) {
+                    (Ok(response), Ok(())) => assert_eq!(response.status, Status::Error),
+                    (Err(error), Err(expected)) => assert_eq!(class(&error), expected),
+                    (actual, expected) => panic!("cancel: engine {actual:?}, model {expected:?}"),
+                }
+            }
+            Op::Delete { any, snapshot } => {
+                let Some(position) = self.model.pick(snapshot, ModelStatus::Completed, any) else {
+                    return;
+                };
+                let actual = self.engine().delete_snapshot(DeleteSnapshotRequest {
+                    snapshot_id: self.ids[position].clone(),
+                });
+                match (actual, self.model.delete(position)) {
+                    (Ok(()), Ok(())) => {}
+                    (Err(error), Err(expected)) => assert_eq!(class(&error), expected),
+                    (actual, expected) => panic!("delete: engine {actual:?}, model {expected:?}"),
+                }
+            }
+            Op::Collect => {}
         }
+        // The incremental reference counts agree with a full mark pass
+        // after every step.
+        let audit = self.engine().audit_references().expect("audit");
+        assert_eq!(audit.mismatches, Vec::new(), "after {op:?}");
+        assert_eq!(audit.damaged, None);
     }
 }
 

@@ -6,6 +6,7 @@
 //! an `_async` method that runs on tokio's blocking pool.
 
 mod errors;
+mod extensions;
 mod tokens;
 mod types;
 pub mod validate;
@@ -25,7 +26,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use tokens::{TokenSigner, PAGE_KIND_CHANGED, PAGE_KIND_LIST};
 
-fn status_of(record: &SnapshotRecord) -> Status {
+pub(crate) fn status_of(record: &SnapshotRecord) -> Status {
     match record.state {
         SnapshotState::Pending => Status::Pending,
         SnapshotState::Completed { .. } => Status::Completed,
@@ -33,7 +34,7 @@ fn status_of(record: &SnapshotRecord) -> Status {
     }
 }
 
-fn start_response(record: &SnapshotRecord) -> StartSnapshotResponse {
+pub(crate) fn start_response(record: &SnapshotRecord) -> StartSnapshotResponse {
     let started = &record.started;
     StartSnapshotResponse {
         description: started.description.clone(),
@@ -135,7 +136,7 @@ impl ListingClock {
 }
 
 impl Engine {
-    fn owner(&self) -> &str {
+    pub(crate) fn owner(&self) -> &str {
         &self.config().owner_id
     }
 
@@ -235,6 +236,8 @@ impl Engine {
     ) -> Result<GetSnapshotBlockResponse> {
         let snapshot = validate::snapshot_id("SnapshotId", &request.snapshot_id)?;
         let index = BlockIndex(validate::block_index(request.block_index)?);
+        // Until the data is read: the collector cannot remove it meanwhile.
+        let _guard = self.read_guard();
         let root = self.completed(self.owner(), snapshot)?.root;
         let clock = self.listing_clock();
         let bound = matches!(
@@ -268,6 +271,8 @@ impl Engine {
     ) -> Result<ListSnapshotBlocksResponse> {
         let snapshot = validate::snapshot_id("SnapshotId", &request.snapshot_id)?;
         let limit = validate::max_results(request.max_results)?;
+        // Until the data is read: the collector cannot remove it meanwhile.
+        let _guard = self.read_guard();
         let listed = self.completed(self.owner(), snapshot)?;
         let clock = self.listing_clock();
         let start = listing_start(
@@ -310,6 +315,8 @@ impl Engine {
             .map(|id| validate::snapshot_id("FirstSnapshotId", id))
             .transpose()?;
         let limit = validate::max_results(request.max_results)?;
+        // Until the data is read: the collector cannot remove it meanwhile.
+        let _guard = self.read_guard();
         let second_snapshot = self.completed(self.owner(), second)?;
         let first_root = match first {
             None => None,

@@ -260,3 +260,52 @@ pub struct ListChangedBlocksResponse {
     /// Present when more entries may follow.
     pub next_token: Option<String>,
 }
+
+/// `CancelSnapshot` input (an extension beyond the EBS API).
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct CancelSnapshotRequest {
+    /// A pending snapshot.
+    pub snapshot_id: String,
+}
+
+/// `CancelSnapshot` output.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct CancelSnapshotResponse {
+    /// The snapshot's status: `error`.
+    pub status: Status,
+}
+
+/// `DeleteSnapshot` input (an extension beyond the EBS direct API; EC2 has
+/// the operation of this name).
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct DeleteSnapshotRequest {
+    /// A completed or failed snapshot.
+    pub snapshot_id: String,
+}
+
+/// `DescribeSnapshot` input (an extension beyond the EBS direct API).
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct DescribeSnapshotRequest {
+    /// Any snapshot of the caller's.
+    pub snapshot_id: String,
+}
+
+/// `DescribeSnapshot` output: a snapshot's parameters and where it is in
+/// its lifecycle.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SnapshotDescription {
+    /// What StartSnapshot answered, with the current status.
+    pub snapshot: StartSnapshotResponse,
+    /// The inactivity timeout in minutes.
+    pub timeout: i32,
+    /// Pending: when it is cancelled unless a block is written first.
+    pub deadline: Option<SystemTime>,
+    /// Completed: when.
+    pub completion_time: Option<SystemTime>,
+    /// Completed: the distinct blocks written in this snapshot itself.
+    pub changed_blocks_count: Option<i64>,
+    /// Error: when it left `pending`.
+    pub error_time: Option<SystemTime>,
+    /// Error: why (timeout or cancellation).
+    pub error_reason: Option<String>,
+}

@@ -79,7 +79,7 @@ impl<'a> BlockMaps<'a> {
     }
 
     /// Loads a node and checks it sits at the level its parent implies.
-    fn load_at(&self, id: &ChunkId, level: u8) -> Result<Arc<Node>> {
+    pub(crate) fn load_at(&self, id: &ChunkId, level: u8) -> Result<Arc<Node>> {
         let node = self.load(id)?;
         if node.level != level {
             return Err(Error::corrupted(

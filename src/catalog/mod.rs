@@ -111,6 +111,22 @@ impl CatalogState {
                 let record = self.pending_mut(snapshot, location)?;
                 record.state = SnapshotState::Error { at_millis, reason };
             }
+            CatalogRecord::Deleted { snapshot, .. } => {
+                match self.snapshots.get(&snapshot) {
+                    Some(record) if record.state != SnapshotState::Pending => {}
+                    _ => {
+                        return Err(Error::corrupted(
+                            location,
+                            format!("deletion of {snapshot}, which is absent or pending"),
+                        ))
+                    }
+                }
+                if let Some(record) = self.snapshots.remove(&snapshot) {
+                    if let Some(token) = record.started.client_token {
+                        self.tokens.remove(&(record.started.owner, token));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -187,14 +203,16 @@ impl Catalog {
     }
 
     /// Appends a record, syncs it, then applies it. Nothing is applied if
-    /// the write or sync fails. A transition of `pending_snapshot` is checked
+    /// the write or sync fails. The precondition of a transition is checked
     /// under the log lock, so two transitions of one snapshot cannot race.
-    fn commit(&self, record: CatalogRecord, pending_snapshot: Option<SnapshotId>) -> Result<()> {
+    fn commit(
+        &self,
+        record: CatalogRecord,
+        precondition: impl FnOnce(&Self) -> Result<()>,
+    ) -> Result<()> {
         let frame = record.encode_frame();
         let mut log = self.log.lock();
-        if let Some(snapshot) = pending_snapshot {
-            self.require_pending(snapshot)?;
-        }
+        precondition(self)?;
         log.append(&[&frame])
             .map_err(|e| Error::io("appending to the catalog", e))?;
         log.sync()
@@ -204,7 +222,7 @@ impl Catalog {
 
     /// Records a new pending snapshot.
     pub fn start(&self, started: StartedRecord) -> Result<()> {
-        self.commit(CatalogRecord::Started(started), None)
+        self.commit(CatalogRecord::Started(started), |_| Ok(()))
     }
 
     /// Makes a pending snapshot completed: the commit point of CompleteSnapshot.
@@ -222,7 +240,7 @@ impl Catalog {
                 root,
                 changed_blocks,
             },
-            Some(snapshot),
+            |catalog| catalog.require_pending(snapshot),
         )
     }
 
@@ -234,8 +252,50 @@ impl Catalog {
                 at_millis,
                 reason,
             },
-            Some(snapshot),
+            |catalog| catalog.require_pending(snapshot),
         )
+    }
+
+    /// Removes a completed or failed snapshot (not a pending one, and not
+    /// the parent of a pending one, whose recovery needs the parent's root).
+    pub fn delete(&self, snapshot: SnapshotId, at_millis: u64) -> Result<()> {
+        self.commit(
+            CatalogRecord::Deleted {
+                snapshot,
+                at_millis,
+            },
+            |catalog| catalog.require_deletable(snapshot),
+        )
+    }
+
+    fn require_deletable(&self, snapshot: SnapshotId) -> Result<()> {
+        let state = self.state.read();
+        let Some(record) = state.snapshots.get(&snapshot) else {
+            return Err(Error::NotFound {
+                message: format!("The snapshot '{snapshot}' does not exist."),
+            });
+        };
+        if record.state == SnapshotState::Pending {
+            return Err(Error::InvalidState {
+                reason: ValidationReason::InvalidSnapshotId,
+                message: format!(
+                    "The snapshot '{snapshot}' is pending; cancel it before deleting it."
+                ),
+            });
+        }
+        let pending_child = state.snapshots.values().find(|other| {
+            other.started.parent == Some(snapshot) && other.state == SnapshotState::Pending
+        });
+        if let Some(child) = pending_child {
+            return Err(Error::InvalidState {
+                reason: ValidationReason::InvalidDependencyRequest,
+                message: format!(
+                    "The snapshot '{snapshot}' is the parent of pending snapshot '{}'; complete or cancel it first.",
+                    child.started.snapshot
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn require_pending(&self, snapshot: SnapshotId) -> Result<()> {

@@ -287,13 +287,25 @@ impl ChunkStore {
         decode_record_header(&header_bytes).ok()
     }
 
-    /// Where `id` is stored, confirmed against the full id in the record header.
-    fn locate(&self, id: &ChunkId) -> Option<PackLocation> {
+    /// Where `id` is stored and its record header, confirmed against the
+    /// full id in the header.
+    fn find(&self, id: &ChunkId) -> Option<(PackLocation, RecordHeader)> {
         let candidates = self.index.read().candidates(id);
-        candidates.into_iter().find(|location| {
-            self.header_at(*location)
-                .is_some_and(|header| header.chunk_id == *id)
+        candidates.into_iter().find_map(|location| {
+            self.header_at(location)
+                .filter(|header| header.chunk_id == *id)
+                .map(|header| (location, header))
         })
+    }
+
+    /// Where `id` is stored.
+    fn locate(&self, id: &ChunkId) -> Option<PackLocation> {
+        self.find(id).map(|(location, _)| location)
+    }
+
+    /// Bytes the chunk's record occupies in its pack, if it is stored.
+    pub fn record_len(&self, id: &ChunkId) -> Option<u64> {
+        self.find(id).map(|(_, header)| header.record_len() as u64)
     }
 
     /// Whether a chunk with this id is stored.

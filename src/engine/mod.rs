@@ -6,6 +6,9 @@
 //! operations underneath.
 
 mod commit;
+mod lifecycle;
+mod maintenance;
+mod refs;
 mod session;
 
 use crate::blockmap::{BlockMaps, ChangedEntry, NodeCache, Page};
@@ -21,12 +24,15 @@ use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId};
 use crate::storage::{LocalStorage, Storage};
 use bytes::Bytes;
 use commit::GroupCommit;
-use parking_lot::{Mutex, RwLock};
-use session::{journal_name, linear_aggregate, Session, JOURNAL_DIR};
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use refs::References;
+use session::{journal_name, linear_aggregate, Session, SessionState, JOURNAL_DIR};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+pub use maintenance::{ReferenceAudit, SnapshotStats, StoreStats};
 
 const STORE_HEADER_NAME: &str = "blocksnap.store";
 
@@ -107,6 +113,17 @@ struct EngineInner {
     journal_dir_dirty: AtomicBool,
     /// Set by the first I/O failure on a write path; see [`Error::Poisoned`].
     poisoned: AtomicBool,
+    /// Reference counts of live chunks.
+    references: References,
+    /// Held shared from the moment a chunk is stored or looked up until the
+    /// reference that keeps it alive is counted (puts, completes, reads);
+    /// held exclusively by the collector while it switches packs, so it
+    /// never removes a chunk someone is about to reference or read.
+    reference_guard: RwLock<()>,
+    /// The reaper task, when the engine was opened inside a tokio runtime.
+    reaper: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Wakes the reaper when a snapshot with a possibly earlier deadline starts.
+    reaper_wake: Arc<tokio::sync::Notify>,
 }
 
 /// What reads need of a completed snapshot.
@@ -137,6 +154,29 @@ fn not_found(snapshot: SnapshotId) -> Error {
     }
 }
 
+/// The error for a write to a snapshot that is not pending. A snapshot
+/// cancelled by its timeout answers `WRITE_REQUEST_TIMEOUT`.
+fn not_pending(record: &SnapshotRecord) -> Error {
+    let snapshot = record.started.snapshot;
+    match &record.state {
+        SnapshotState::Error { reason, .. } => Error::InvalidState {
+            reason: if reason.starts_with(lifecycle::TIMEOUT_REASON_PREFIX) {
+                ValidationReason::WriteRequestTimeout
+            } else {
+                ValidationReason::InvalidSnapshotId
+            },
+            message: format!("The snapshot '{snapshot}' is in state error: {reason}"),
+        },
+        _ => Error::InvalidState {
+            reason: ValidationReason::InvalidSnapshotId,
+            message: format!(
+                "The snapshot '{snapshot}' is {}, not pending.",
+                record.status_name()
+            ),
+        },
+    }
+}
+
 impl Engine {
     /// Opens (creating if needed) a store in a local directory with the
     /// default configuration.
@@ -161,6 +201,7 @@ impl Engine {
         let chunks = ChunkStore::open(storage.clone(), config.chunk_store.clone())?;
         let catalog = Catalog::open(storage.clone())?;
         let nodes = NodeCache::new(config.node_cache_nodes);
+        let now = config.clock.now_millis();
         let mut sessions = HashMap::new();
         for record in catalog.select(|record| record.state == SnapshotState::Pending) {
             let parent_root = parent_root_of(&catalog, &record)?;
@@ -171,8 +212,24 @@ impl Engine {
                 &record.started,
                 parent_root,
                 durable_on_ack,
+                now,
             )?;
             sessions.insert(record.started.snapshot, Arc::new(session));
+        }
+        let references = References::default();
+        {
+            let maps = BlockMaps::new(&chunks, &nodes);
+            for record in catalog.select(|record| record.state != SnapshotState::Pending) {
+                if let SnapshotState::Completed { root, .. } = record.state {
+                    references.acquire_tree(&maps, root);
+                }
+            }
+            for session in sessions.values() {
+                references.acquire_tree(&maps, session.parent_root);
+                for chunk in session.written_chunks() {
+                    references.acquire_block(&maps, chunk);
+                }
+            }
         }
         for name in storage
             .list(JOURNAL_DIR)
@@ -188,7 +245,7 @@ impl Engine {
                     .map_err(|e| Error::io(format!("removing stale journal {name}"), e))?;
             }
         }
-        Ok(Engine {
+        let engine = Engine {
             inner: Arc::new(EngineInner {
                 storage,
                 config,
@@ -201,8 +258,16 @@ impl Engine {
                 group_commit: GroupCommit::default(),
                 journal_dir_dirty: AtomicBool::new(false),
                 poisoned: AtomicBool::new(false),
+                references,
+                reference_guard: RwLock::new(()),
+                reaper: Mutex::new(None),
+                reaper_wake: Arc::new(tokio::sync::Notify::new()),
             }),
-        })
+        };
+        // Deadlines that passed while the store was closed.
+        engine.expire_due()?;
+        engine.start_reaper();
+        Ok(engine)
     }
 
     /// The configuration in force.
@@ -301,6 +366,9 @@ impl Engine {
     /// with the same client token started.
     pub(crate) fn start(&self, owner: &str, request: NewSnapshot) -> Result<SnapshotRecord> {
         self.check_writable()?;
+        // Timed-out snapshots neither count against the limit nor answer
+        // an idempotent retry as pending.
+        self.expire_due()?;
         let _serial = self.inner.start_lock.lock();
         let catalog = &self.inner.catalog;
         if let Some(token) = &request.client_token {
@@ -382,8 +450,16 @@ impl Engine {
         };
         let durable_on_ack = self.inner.config.put_durability == PutDurability::Immediate;
         let session = Arc::new(Session::new(&started, parent_root, durable_on_ack));
+        let guard = self.inner.reference_guard.read();
         self.poison_on_io(catalog.start(started))?;
+        // The parent is completed and cannot be deleted while the start lock
+        // is held, so its root is live: this only adds one count.
+        self.inner
+            .references
+            .acquire_tree(&self.maps(), session.parent_root);
         self.inner.sessions.write().insert(snapshot, session);
+        drop(guard);
+        self.inner.reaper_wake.notify_one();
         self.record(owner, snapshot)
     }
 
@@ -399,14 +475,58 @@ impl Engine {
         let record = self.record(owner, snapshot)?;
         match self.inner.sessions.read().get(&snapshot) {
             Some(session) => Ok(session.clone()),
-            None => Err(Error::InvalidState {
-                reason: ValidationReason::InvalidSnapshotId,
-                message: format!(
-                    "The snapshot '{snapshot}' is {}, not pending.",
-                    record.status_name()
-                ),
-            }),
+            None => Err(not_pending(&record)),
         }
+    }
+
+    /// Locks a pending snapshot's session and applies its deadline: a
+    /// snapshot whose timeout has passed is cancelled here, and the caller
+    /// gets the error a later request would get. The caller holds the
+    /// reference guard (lock order: guard, then session).
+    fn lock_live<'s>(
+        &self,
+        _guard: &RwLockReadGuard<'_, ()>,
+        session: &'s Session,
+    ) -> Result<MutexGuard<'s, SessionState>> {
+        let state = session.lock_open()?;
+        let Some(reason) = session.expired(&state, self.now_millis()) else {
+            return Ok(state);
+        };
+        self.fail_pending(session, state, reason)?;
+        let record = self
+            .inner
+            .catalog
+            .get(session.snapshot)
+            .ok_or_else(|| not_found(session.snapshot))?;
+        Err(not_pending(&record))
+    }
+
+    /// Moves a pending snapshot to `error` (the catalog record is the
+    /// commit point), closes its session, and drops its references: the
+    /// blocks only it wrote die. The caller holds the reference guard and
+    /// the session lock (`state`).
+    fn fail_pending(
+        &self,
+        session: &Session,
+        mut state: MutexGuard<'_, SessionState>,
+        reason: String,
+    ) -> Result<()> {
+        let now = self.now_millis();
+        self.poison_on_io(self.inner.catalog.fail(session.snapshot, now, reason))?;
+        state.closed = true;
+        let writes = std::mem::take(&mut state.writes);
+        drop(state);
+        self.inner.sessions.write().remove(&session.snapshot);
+        // The journal is garbage now; recovery removes it if this fails.
+        let _ = self.inner.storage.remove(&journal_name(session.snapshot));
+        let maps = self.maps();
+        for (chunk, _) in writes.values() {
+            self.inner.references.release_block(&maps, *chunk);
+        }
+        self.inner
+            .references
+            .release_tree(&maps, session.parent_root);
+        Ok(())
     }
 
     /// Stores one block of a pending snapshot after checking its SHA-256.
@@ -437,26 +557,40 @@ impl Engine {
                 "The checksum does not match the SHA-256 of the block data.",
             )
         };
-        let (chunk, sha256) = if codec::is_zero(data) {
-            if *expected != codec::zero_block_sha256() {
-                return Err(mismatch());
-            }
+        let is_zero = codec::is_zero(data);
+        let (chunk, sha256) = if is_zero {
             (codec::zero_block_id(), codec::zero_block_sha256())
         } else {
-            let sha256 = codec::sha256(data);
-            if sha256 != *expected {
-                return Err(mismatch());
-            }
-            let chunk = codec::chunk_id(data);
+            (codec::chunk_id(data), codec::sha256(data))
+        };
+        if sha256 != *expected {
+            return Err(mismatch());
+        }
+        let guard = self.inner.reference_guard.read();
+        if !is_zero {
             self.poison_on_io(
                 self.inner
                     .chunks
                     .put(RecordKind::Block, &chunk, &sha256, data),
             )?;
-            (chunk, sha256)
-        };
-        let created =
-            self.poison_on_io(session.record(self.inner.storage.as_ref(), index, chunk, sha256))?;
+        }
+        let mut state = self.lock_live(&guard, &session)?;
+        let now = self.now_millis();
+        let (created, replaced) = self.poison_on_io(session.record(
+            &mut state,
+            self.inner.storage.as_ref(),
+            index,
+            chunk,
+            sha256,
+            now,
+        ))?;
+        let maps = self.maps();
+        self.inner.references.acquire_block(&maps, chunk);
+        if let Some(replaced) = replaced {
+            self.inner.references.release_block(&maps, replaced);
+        }
+        drop(state);
+        drop(guard);
         if created {
             self.inner.journal_dir_dirty.store(true, Ordering::Release);
         }
@@ -479,7 +613,8 @@ impl Engine {
     ) -> Result<SnapshotRecord> {
         self.check_writable()?;
         let session = self.session(owner, snapshot)?;
-        let mut state = session.lock_open()?;
+        let guard = self.inner.reference_guard.read();
+        let mut state = self.lock_live(&guard, &session)?;
         let written = state.writes.len();
         if written != changed_blocks as usize {
             return Err(Error::invalid(
@@ -501,7 +636,8 @@ impl Engine {
             .iter()
             .map(|(index, (chunk, _))| (*index, *chunk))
             .collect();
-        let root = self.poison_on_io(self.maps().apply(session.parent_root, &writes))?;
+        let maps = self.maps();
+        let root = self.poison_on_io(maps.apply(session.parent_root, &writes))?;
         self.poison_on_io(self.inner.chunks.sync())?;
         let now = self.now_millis();
         self.poison_on_io(
@@ -509,9 +645,19 @@ impl Engine {
                 .catalog
                 .complete(snapshot, now, root, changed_blocks),
         )?;
+        // The new root's references first, then the session's: chunks both
+        // hold never pass through zero.
+        self.inner.references.acquire_tree(&maps, root);
+        for (_, chunk) in &writes {
+            self.inner.references.release_block(&maps, *chunk);
+        }
+        self.inner
+            .references
+            .release_tree(&maps, session.parent_root);
         state.closed = true;
         drop(state);
         self.inner.sessions.write().remove(&snapshot);
+        drop(guard);
         // The journal is garbage now; recovery removes it if this fails.
         let _ = self.inner.storage.remove(&journal_name(snapshot));
         self.record(owner, snapshot)
@@ -519,6 +665,13 @@ impl Engine {
 
     fn maps(&self) -> BlockMaps<'_> {
         BlockMaps::new(&self.inner.chunks, &self.inner.nodes)
+    }
+
+    /// Held by a read from the moment it resolves a snapshot's root until it
+    /// has read what it needs: the collector cannot remove a deleted
+    /// snapshot's chunks under it.
+    pub(crate) fn read_guard(&self) -> RwLockReadGuard<'_, ()> {
+        self.inner.reference_guard.read()
     }
 
     /// The data and SHA-256 of the block at `index` in the map at `root`.
@@ -591,6 +744,9 @@ impl Engine {
 
 impl Drop for EngineInner {
     fn drop(&mut self) {
+        if let Some(reaper) = self.reaper.get_mut().take() {
+            reaper.abort();
+        }
         // Best effort: a clean shutdown makes acknowledged puts durable even
         // in `AtComplete` mode. Errors cannot be reported from here.
         if !self.poisoned.load(Ordering::Acquire) && self.chunks.sync().is_ok() {

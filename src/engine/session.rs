@@ -5,16 +5,18 @@
 //! hashing or compression, except by CompleteSnapshot, which holds it while
 //! sealing so that no put can slip in between validation and commit.
 
+use super::lifecycle::TIMEOUT_REASON_PREFIX;
 use crate::chunkstore::ChunkStore;
 use crate::codec;
 use crate::error::{Error, Result, ValidationReason};
 use crate::format::catalog::StartedRecord;
 use crate::format::header::{self, FILE_HEADER_SIZE, JOURNAL_MAGIC};
-use crate::format::journal::{JournalRecord, JOURNAL_FLAG_AT_COMPLETE, JOURNAL_RECORD_SIZE};
+use crate::format::journal::{JournalRecord, JOURNAL_FLAG_AT_COMPLETE, JOURNAL_FLAG_TIMED};
 use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId, BLOCKS_PER_GIB};
 use crate::storage::{AppendFile, Storage};
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Directory of pending snapshots' journals.
 pub(crate) const JOURNAL_DIR: &str = "pending";
@@ -32,6 +34,8 @@ pub(crate) struct SessionState {
     journal_dirty: bool,
     /// Set once the snapshot left `pending`; later calls are refused.
     pub(crate) closed: bool,
+    /// When the last put was acknowledged, epoch milliseconds.
+    last_put_millis: Option<u64>,
 }
 
 /// One pending snapshot.
@@ -45,6 +49,14 @@ pub(crate) struct Session {
     pub(crate) parent_root: Option<ChunkId>,
     /// Journal header flags: how this snapshot's puts were acknowledged.
     journal_flags: u32,
+    /// When the snapshot started, epoch milliseconds.
+    start_millis: u64,
+    /// The inactivity timeout, milliseconds.
+    timeout_millis: u64,
+    /// The snapshot is cancelled at this instant (epoch milliseconds) unless
+    /// a put moves it later first. Changed only under the state lock; read
+    /// without it by the reaper, which re-checks under the lock.
+    deadline_millis: AtomicU64,
     state: Mutex<SessionState>,
 }
 
@@ -56,11 +68,18 @@ impl Session {
         durable_on_ack: bool,
     ) -> Session {
         let journal_flags = if durable_on_ack {
-            0
+            JOURNAL_FLAG_TIMED
         } else {
-            JOURNAL_FLAG_AT_COMPLETE
+            JOURNAL_FLAG_TIMED | JOURNAL_FLAG_AT_COMPLETE
         };
-        Session::with_state(started, parent_root, journal_flags, BTreeMap::new(), None)
+        Session::with_state(
+            started,
+            parent_root,
+            journal_flags,
+            BTreeMap::new(),
+            None,
+            None,
+        )
     }
 
     fn with_state(
@@ -69,24 +88,32 @@ impl Session {
         journal_flags: u32,
         writes: BTreeMap<BlockIndex, (ChunkId, Sha256Digest)>,
         journal: Option<Box<dyn AppendFile>>,
+        last_put_millis: Option<u64>,
     ) -> Session {
+        let timeout_millis = u64::from(started.timeout_minutes) * 60_000;
         let state = SessionState {
             writes,
             journal,
             journal_dirty: false,
             closed: false,
+            last_put_millis,
         };
+        let deadline = last_put_millis.unwrap_or(started.start_millis) + timeout_millis;
         Session {
             snapshot: started.snapshot,
             owner: started.owner.clone(),
             volume_blocks: started.volume_size_gib * BLOCKS_PER_GIB,
             parent_root,
             journal_flags,
+            start_millis: started.start_millis,
+            timeout_millis,
+            deadline_millis: AtomicU64::new(deadline),
             state: Mutex::new(state),
         }
     }
 
     /// Locks the session, refusing if the snapshot already left `pending`.
+    /// The caller checks the deadline ([`Session::expired`]) under the lock.
     pub(crate) fn lock_open(&self) -> Result<MutexGuard<'_, SessionState>> {
         let state = self.state.lock();
         if state.closed {
@@ -98,17 +125,48 @@ impl Session {
         Ok(state)
     }
 
-    /// Records an acknowledged put: journal first, then the in-memory map.
-    /// Returns whether a journal file was created (its directory entry then
-    /// needs a sync).
+    /// The chunks of every write so far.
+    pub(crate) fn written_chunks(&self) -> Vec<ChunkId> {
+        let state = self.state.lock();
+        state.writes.values().map(|(chunk, _)| *chunk).collect()
+    }
+
+    /// When the snapshot times out unless a put comes first.
+    pub(crate) fn deadline_millis(&self) -> u64 {
+        self.deadline_millis.load(Ordering::Acquire)
+    }
+
+    /// Why the snapshot is cancelled if the deadline has passed at `now`
+    /// (the caller holds the lock, so no put can move the deadline meanwhile).
+    pub(crate) fn expired(&self, state: &SessionState, now: u64) -> Option<String> {
+        if now < self.deadline_millis() {
+            return None;
+        }
+        let minutes = self.timeout_millis / 60_000;
+        Some(match state.last_put_millis {
+            None => format!(
+                "{TIMEOUT_REASON_PREFIX}: no block was written within {minutes} minutes of the start ({} ms).",
+                self.start_millis
+            ),
+            Some(last) => format!(
+                "{TIMEOUT_REASON_PREFIX}: not completed within {minutes} minutes of the last block write ({last} ms)."
+            ),
+        })
+    }
+
+    /// Records an acknowledged put at `now`: journal first, then the
+    /// in-memory map; the put resets the timeout. Returns whether a journal
+    /// file was created (its directory entry then needs a sync) and the chunk
+    /// this put replaced at `index`, if any.
     pub(crate) fn record(
         &self,
+        state: &mut SessionState,
         storage: &dyn Storage,
         index: BlockIndex,
         chunk: ChunkId,
         sha256: Sha256Digest,
-    ) -> Result<bool> {
-        let mut state = self.lock_open()?;
+        now: u64,
+    ) -> Result<(bool, Option<ChunkId>)> {
         let mut created = false;
         if state.journal.is_none() {
             let name = journal_name(self.snapshot);
@@ -130,6 +188,7 @@ impl Session {
             index,
             chunk_id: chunk,
             sha256,
+            put_millis: Some(now),
         }
         .encode();
         if let Some(journal) = state.journal.as_mut() {
@@ -138,8 +197,15 @@ impl Session {
             })?;
         }
         state.journal_dirty = true;
-        state.writes.insert(index, (chunk, sha256));
-        Ok(created)
+        let replaced = state
+            .writes
+            .insert(index, (chunk, sha256))
+            .map(|(previous, _)| previous);
+        let last_put = state.last_put_millis.map_or(now, |last| last.max(now));
+        state.last_put_millis = Some(last_put);
+        self.deadline_millis
+            .store(last_put + self.timeout_millis, Ordering::Release);
+        Ok((created, replaced))
     }
 
     /// Makes the journal durable (the caller synced the chunk store first).
@@ -164,12 +230,16 @@ impl Session {
     /// durable (journal flag `AT_COMPLETE`), the index is dropped instead,
     /// so it is never stale and CompleteSnapshot's count reveals the loss.
     /// `durable_on_ack` applies to a journal that did not survive at all.
+    /// The timeout resumes from the latest surviving put time; the puts of
+    /// an untimed journal (written before put times were kept) count as made
+    /// at `now`, so its snapshot is never cancelled early.
     pub(crate) fn recover(
         storage: &dyn Storage,
         chunks: &ChunkStore,
         started: &StartedRecord,
         parent_root: Option<ChunkId>,
         durable_on_ack: bool,
+        now: u64,
     ) -> Result<Session> {
         let snapshot = started.snapshot;
         let volume_blocks = started.volume_size_gib * BLOCKS_PER_GIB;
@@ -193,14 +263,16 @@ impl Session {
         };
         let zero = codec::zero_block_id();
         let mut writes = BTreeMap::new();
+        let mut last_put_millis = None;
         for raw in bytes
             .get(FILE_HEADER_SIZE..)
             .unwrap_or_default()
-            .chunks(JOURNAL_RECORD_SIZE)
+            .chunks(JournalRecord::size(journal_flags))
         {
-            let Ok(record) = JournalRecord::decode(raw) else {
+            let Ok(record) = JournalRecord::decode(raw, journal_flags) else {
                 break;
             };
+            last_put_millis = last_put_millis.max(Some(record.put_millis.unwrap_or(now)));
             if u64::from(record.index.0) >= volume_blocks {
                 continue;
             }
@@ -210,6 +282,9 @@ impl Session {
                 writes.remove(&record.index);
             }
         }
+        // The rewrite is timed: every surviving record carries the latest
+        // put time, which is all the timeout needs.
+        let journal_flags = journal_flags | JOURNAL_FLAG_TIMED;
         let mut compact =
             header::encode_with_flags(JOURNAL_MAGIC, snapshot.0, journal_flags).to_vec();
         for (index, (chunk_id, sha256)) in &writes {
@@ -218,6 +293,7 @@ impl Session {
                     index: *index,
                     chunk_id: *chunk_id,
                     sha256: *sha256,
+                    put_millis: last_put_millis,
                 }
                 .encode(),
             );
@@ -234,6 +310,7 @@ impl Session {
             journal_flags,
             writes,
             Some(journal),
+            last_put_millis,
         ))
     }
 }

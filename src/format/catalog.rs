@@ -82,6 +82,14 @@ pub enum CatalogRecord {
         /// Why.
         reason: String,
     },
+    /// A completed or failed snapshot was deleted: it leaves the catalog,
+    /// and its client token is free again.
+    Deleted {
+        /// The snapshot.
+        snapshot: SnapshotId,
+        /// When, epoch milliseconds.
+        at_millis: u64,
+    },
 }
 
 fn opt(value: &Option<String>) -> &str {
@@ -138,6 +146,14 @@ impl CatalogRecord {
                 body.put_u64(snapshot.0);
                 body.put_u64(*at_millis);
                 body.put_string(reason);
+            }
+            CatalogRecord::Deleted {
+                snapshot,
+                at_millis,
+            } => {
+                body.put_u8(4);
+                body.put_u64(snapshot.0);
+                body.put_u64(*at_millis);
             }
         }
         let mut frame = Vec::with_capacity(FRAME_BODY_OFFSET + body.len());
@@ -242,6 +258,10 @@ impl CatalogRecord {
                 at_millis: reader.u64("failure time")?,
                 reason: reader.string("failure reason")?,
             },
+            4 => CatalogRecord::Deleted {
+                snapshot: SnapshotId(reader.u64("snapshot id")?),
+                at_millis: reader.u64("deletion time")?,
+            },
             _ => return Err(DecodeError::corrupt(0, "catalog record kind")),
         };
         reader.finish("catalog record length")?;
@@ -285,6 +305,10 @@ mod tests {
                 snapshot: SnapshotId(1),
                 at_millis: 5,
                 reason: "timed out".into(),
+            },
+            CatalogRecord::Deleted {
+                snapshot: SnapshotId(1),
+                at_millis: 6,
             },
         ];
         for record in records {

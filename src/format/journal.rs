@@ -10,6 +10,10 @@ use crate::ids::{BlockIndex, ChunkId, Sha256Digest};
 
 /// Header flag: puts were acknowledged before they were durable.
 pub const JOURNAL_FLAG_AT_COMPLETE: u32 = 1;
+/// Header flag: records carry their put time ([`JOURNAL_RECORD_SIZE`]
+/// bytes). Journals without it were written before put times were kept and
+/// hold [`UNTIMED_RECORD_SIZE`]-byte records.
+pub const JOURNAL_FLAG_TIMED: u32 = 2;
 
 /// Offset of the crc.
 pub const JOURNAL_CRC_OFFSET: usize = 0;
@@ -19,9 +23,14 @@ pub const JOURNAL_INDEX_OFFSET: usize = JOURNAL_CRC_OFFSET + 4;
 pub const JOURNAL_CHUNK_ID_OFFSET: usize = JOURNAL_INDEX_OFFSET + 4;
 /// Offset of the SHA-256.
 pub const JOURNAL_SHA256_OFFSET: usize = JOURNAL_CHUNK_ID_OFFSET + 32;
+/// Offset of the put time.
+pub const JOURNAL_PUT_MILLIS_OFFSET: usize = JOURNAL_SHA256_OFFSET + 32;
 /// Size of one record.
-pub const JOURNAL_RECORD_SIZE: usize = JOURNAL_SHA256_OFFSET + 32;
-const _: () = assert!(JOURNAL_RECORD_SIZE == 72);
+pub const JOURNAL_RECORD_SIZE: usize = JOURNAL_PUT_MILLIS_OFFSET + 8;
+const _: () = assert!(JOURNAL_RECORD_SIZE == 80);
+/// Size of a record in a journal without [`JOURNAL_FLAG_TIMED`]: the same
+/// fields without the put time.
+pub const UNTIMED_RECORD_SIZE: usize = JOURNAL_PUT_MILLIS_OFFSET;
 
 /// One acknowledged put.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -32,29 +41,41 @@ pub struct JournalRecord {
     pub chunk_id: ChunkId,
     /// EBS checksum of the data.
     pub sha256: Sha256Digest,
+    /// When the put was acknowledged, epoch milliseconds (`None` in an
+    /// untimed journal).
+    pub put_millis: Option<u64>,
 }
 
 impl JournalRecord {
-    /// Encodes the record.
+    /// Encodes the record in the timed layout (a missing put time is
+    /// written as 0).
     pub fn encode(&self) -> [u8; JOURNAL_RECORD_SIZE] {
         let mut bytes = Vec::with_capacity(JOURNAL_RECORD_SIZE);
         bytes.put_u32(0);
         bytes.put_u32(self.index.0);
         bytes.extend_from_slice(&self.chunk_id.0);
         bytes.extend_from_slice(&self.sha256.0);
+        bytes.put_u64(self.put_millis.unwrap_or(0));
         seal_leading_crc(&mut bytes, JOURNAL_INDEX_OFFSET);
         let mut out = [0u8; JOURNAL_RECORD_SIZE];
         out.copy_from_slice(&bytes);
         out
     }
 
-    /// Decodes one record.
-    pub fn decode(bytes: &[u8]) -> Result<JournalRecord, DecodeError> {
+    /// Decodes one record of a journal whose header flags are `flags`
+    /// (`bytes` is [`JournalRecord::size`] long).
+    pub fn decode(bytes: &[u8], flags: u32) -> Result<JournalRecord, DecodeError> {
+        let timed = flags & JOURNAL_FLAG_TIMED != 0;
         let mut reader = Reader::new(bytes);
         let stored_crc = reader.u32("journal crc")?;
         let index = BlockIndex(reader.u32("journal index")?);
         let chunk_id = ChunkId(reader.array::<32>("journal chunk id")?);
         let sha256 = Sha256Digest(reader.array::<32>("journal sha256")?);
+        let put_millis = if timed {
+            Some(reader.u64("journal put time")?)
+        } else {
+            None
+        };
         reader.finish("journal record length")?;
         let covered = bytes.get(JOURNAL_INDEX_OFFSET..).unwrap_or_default();
         if crc32(&[covered]) != stored_crc {
@@ -64,7 +85,17 @@ impl JournalRecord {
             index,
             chunk_id,
             sha256,
+            put_millis,
         })
+    }
+
+    /// The record size in a journal whose header flags are `flags`.
+    pub fn size(flags: u32) -> usize {
+        if flags & JOURNAL_FLAG_TIMED != 0 {
+            JOURNAL_RECORD_SIZE
+        } else {
+            UNTIMED_RECORD_SIZE
+        }
     }
 }
 
@@ -79,13 +110,30 @@ mod tests {
             index: BlockIndex(77),
             chunk_id: ChunkId([1; 32]),
             sha256: Sha256Digest([2; 32]),
+            put_millis: Some(1_790_000_000_000),
         };
         let bytes = record.encode();
-        assert_eq!(JournalRecord::decode(&bytes), Ok(record));
+        assert_eq!(JournalRecord::size(JOURNAL_FLAG_TIMED), bytes.len());
+        assert_eq!(
+            JournalRecord::decode(&bytes, JOURNAL_FLAG_TIMED),
+            Ok(record)
+        );
         for position in 0..bytes.len() {
             let mut flipped = bytes;
             flipped[position] ^= 0x80;
-            assert!(JournalRecord::decode(&flipped).is_err());
+            assert!(JournalRecord::decode(&flipped, JOURNAL_FLAG_TIMED).is_err());
         }
+    }
+
+    #[test]
+    fn untimed_records_of_older_journals_decode() {
+        let mut bytes = vec![0u8; UNTIMED_RECORD_SIZE];
+        bytes[JOURNAL_INDEX_OFFSET..JOURNAL_CHUNK_ID_OFFSET].copy_from_slice(&9u32.to_le_bytes());
+        let crc = crc32(&[&bytes[JOURNAL_INDEX_OFFSET..]]);
+        bytes[..4].copy_from_slice(&crc.to_le_bytes());
+        let record = JournalRecord::decode(&bytes, 0).expect("untimed record");
+        assert_eq!(record.index, BlockIndex(9));
+        assert_eq!(record.put_millis, None);
+        assert!(JournalRecord::decode(&bytes, JOURNAL_FLAG_TIMED).is_err());
     }
 }

@@ -61,6 +61,22 @@ pub enum Op {
         /// Block index.
         index: u32,
     },
+    /// CancelSnapshot (extension) of a pending snapshot, or of any.
+    Cancel {
+        /// Target any snapshot, not only pending ones.
+        any: bool,
+        /// Snapshot position.
+        snapshot: usize,
+    },
+    /// DeleteSnapshot (extension) of a completed snapshot, or of any.
+    Delete {
+        /// Target any snapshot, not only completed ones.
+        any: bool,
+        /// Snapshot position.
+        snapshot: usize,
+    },
+    /// Run the garbage collector to completion.
+    Collect,
 }
 
 /// Errors the model predicts, by EBS class.
@@ -79,6 +95,10 @@ pub enum ModelStatus {
     Pending,
     /// Readable.
     Completed,
+    /// Cancelled: neither writable nor readable.
+    Error,
+    /// Deleted: gone from every operation.
+    Deleted,
 }
 
 /// One snapshot in the model.
@@ -126,7 +146,7 @@ impl Model {
         let (lineage, mut blocks) = match parent {
             None => (self.snapshots.len(), vec![None; blocks_len]),
             Some(parent) => {
-                let parent_snapshot = self.snapshots.get(parent).ok_or(ModelError::NotFound)?;
+                let parent_snapshot = self.existing(parent)?;
                 if parent_snapshot.status != ModelStatus::Completed
                     || volume_gib < parent_snapshot.volume_gib
                 {
@@ -149,10 +169,8 @@ impl Model {
 
     /// Applies PutSnapshotBlock.
     pub fn put(&mut self, snapshot: usize, index: u32, seed: u64) -> Result<(), ModelError> {
-        let target = self
-            .snapshots
-            .get_mut(snapshot)
-            .ok_or(ModelError::NotFound)?;
+        self.existing(snapshot)?;
+        let target = &mut self.snapshots[snapshot];
         if target.status != ModelStatus::Pending || index as usize >= target.blocks.len() {
             return Err(ModelError::Validation);
         }
@@ -163,14 +181,36 @@ impl Model {
 
     /// Applies CompleteSnapshot with `count`.
     pub fn complete(&mut self, snapshot: usize, count: usize) -> Result<(), ModelError> {
-        let target = self
-            .snapshots
-            .get_mut(snapshot)
-            .ok_or(ModelError::NotFound)?;
+        self.existing(snapshot)?;
+        let target = &mut self.snapshots[snapshot];
         if target.status != ModelStatus::Pending || count != target.own_writes.len() {
             return Err(ModelError::Validation);
         }
         target.status = ModelStatus::Completed;
+        Ok(())
+    }
+
+    /// Applies CancelSnapshot: only a pending snapshot can be cancelled.
+    pub fn cancel(&mut self, snapshot: usize) -> Result<(), ModelError> {
+        if self.existing(snapshot)?.status != ModelStatus::Pending {
+            return Err(ModelError::Validation);
+        }
+        self.snapshots[snapshot].status = ModelStatus::Error;
+        Ok(())
+    }
+
+    /// Applies DeleteSnapshot: completed and cancelled snapshots can be
+    /// deleted, except the parent of a pending one.
+    pub fn delete(&mut self, snapshot: usize) -> Result<(), ModelError> {
+        if self.existing(snapshot)?.status == ModelStatus::Pending
+            || self
+                .snapshots
+                .iter()
+                .any(|other| other.parent == Some(snapshot) && other.status == ModelStatus::Pending)
+        {
+            return Err(ModelError::Validation);
+        }
+        self.snapshots[snapshot].status = ModelStatus::Deleted;
         Ok(())
     }
 
@@ -189,8 +229,9 @@ impl Model {
     /// Indexes whose content differs, with presence on each side.
     /// Content is compared by seed, the way the engine compares by content.
     pub fn diff(&self, first: usize, second: usize) -> Result<Vec<(u32, bool, bool)>, ModelError> {
-        let a = self.readable(first)?;
+        // The second snapshot is the request's path member: checked first.
         let b = self.readable(second)?;
+        let a = self.readable(first)?;
         if a.lineage != b.lineage {
             return Err(ModelError::Validation);
         }
@@ -204,8 +245,16 @@ impl Model {
             .collect())
     }
 
+    /// A snapshot that was not deleted.
+    fn existing(&self, snapshot: usize) -> Result<&ModelSnapshot, ModelError> {
+        match self.snapshots.get(snapshot) {
+            Some(target) if target.status != ModelStatus::Deleted => Ok(target),
+            _ => Err(ModelError::NotFound),
+        }
+    }
+
     fn readable(&self, snapshot: usize) -> Result<&ModelSnapshot, ModelError> {
-        let target = self.snapshots.get(snapshot).ok_or(ModelError::NotFound)?;
+        let target = self.existing(snapshot)?;
         if target.status != ModelStatus::Completed {
             return Err(ModelError::Validation);
         }
@@ -231,6 +280,9 @@ pub fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (proptest::bool::weighted(0.2), recent(), 0u32..100).prop_map(|(any, snapshot, start)| Op::List { any, snapshot, start }),
         2 => (recent(), recent()).prop_map(|(first, second)| Op::Diff { first, second }),
         2 => (recent(), 0u32..80).prop_map(|(snapshot, index)| Op::Get { snapshot, index }),
+        1 => (proptest::bool::weighted(0.2), recent()).prop_map(|(any, snapshot)| Op::Cancel { any, snapshot }),
+        2 => (proptest::bool::weighted(0.2), 0usize..4).prop_map(|(any, snapshot)| Op::Delete { any, snapshot }),
+        1 => Just(Op::Collect),
     ]
 }
 

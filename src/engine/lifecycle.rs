@@ -1,0 +1,143 @@
+//! Leaving `pending` other than by completion, and leaving the catalog:
+//! timeouts (lazily on access and by the reaper), explicit cancellation,
+//! and deletion.
+
+use super::{Engine, EngineInner};
+use crate::catalog::{SnapshotRecord, SnapshotState};
+use crate::error::{Error, Result, ValidationReason};
+use crate::ids::SnapshotId;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// How every timeout's failure reason starts (the catalog keeps reasons as
+/// text; writes to a timed-out snapshot answer `WRITE_REQUEST_TIMEOUT`).
+pub(crate) const TIMEOUT_REASON_PREFIX: &str = "Timed out";
+
+/// The failure reason of an explicit cancellation.
+pub(crate) const CANCEL_REASON: &str = "Cancelled by the caller.";
+
+/// The longest the reaper sleeps without looking, so a wall clock that
+/// jumps is noticed within this bound.
+const REAPER_MAX_SLEEP: Duration = Duration::from_secs(60);
+
+impl Engine {
+    /// Cancels every pending snapshot whose deadline has passed; returns the
+    /// earliest deadline still ahead, if any snapshot is pending.
+    pub(crate) fn expire_due(&self) -> Result<Option<u64>> {
+        self.check_writable()?;
+        let now = self.now_millis();
+        let sessions: Vec<_> = self.inner.sessions.read().values().cloned().collect();
+        let mut next = None;
+        for session in sessions {
+            if session.deadline_millis() <= now {
+                let guard = self.inner.reference_guard.read();
+                match self.lock_live(&guard, &session) {
+                    // A put moved the deadline since it was read.
+                    Ok(_) => {}
+                    Err(error) if error.is_fatal_io() => return Err(error),
+                    // Cancelled now, or it left `pending` meanwhile.
+                    Err(_) => continue,
+                }
+            }
+            let deadline = session.deadline_millis();
+            next = Some(next.map_or(deadline, |next: u64| next.min(deadline)));
+        }
+        Ok(next)
+    }
+
+    /// Spawns the reaper on the current tokio runtime, if there is one. It
+    /// holds only a weak reference and is aborted when the engine drops.
+    pub(super) fn start_reaper(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let task = runtime.spawn(reap(
+            Arc::downgrade(&self.inner),
+            self.inner.reaper_wake.clone(),
+        ));
+        *self.inner.reaper.lock() = Some(task.abort_handle());
+    }
+
+    /// Cancels a pending snapshot (an extension beyond the EBS API): the
+    /// same path as a timeout, with its own reason.
+    pub(crate) fn cancel(&self, owner: &str, snapshot: SnapshotId) -> Result<SnapshotRecord> {
+        self.check_writable()?;
+        let session = self.session(owner, snapshot)?;
+        let guard = self.inner.reference_guard.read();
+        let state = self.lock_live(&guard, &session)?;
+        self.fail_pending(&session, state, CANCEL_REASON.to_string())?;
+        self.record(owner, snapshot)
+    }
+
+    /// A snapshot's record after applying its deadline, and the deadline
+    /// still ahead if it is pending.
+    pub(crate) fn describe(
+        &self,
+        owner: &str,
+        snapshot: SnapshotId,
+    ) -> Result<(SnapshotRecord, Option<u64>)> {
+        let record = self.record(owner, snapshot)?;
+        let session = self.inner.sessions.read().get(&snapshot).cloned();
+        let Some(session) = session else {
+            return Ok((record, None));
+        };
+        let guard = self.inner.reference_guard.read();
+        let deadline = match self.lock_live(&guard, &session) {
+            Ok(_) => Some(session.deadline_millis()),
+            Err(error) if error.is_fatal_io() => return Err(error),
+            // Timed out just now, or completed meanwhile.
+            Err(_) => None,
+        };
+        Ok((self.record(owner, snapshot)?, deadline))
+    }
+
+    /// Deletes a completed or failed snapshot: it leaves the catalog at once
+    /// (the catalog record is the commit point) and its references are
+    /// dropped, so the chunks only it held die and the collector can
+    /// reclaim them. Work is proportional to what dies, not to the volume.
+    pub(crate) fn delete(&self, owner: &str, snapshot: SnapshotId) -> Result<()> {
+        self.check_writable()?;
+        // Serialized with starts: no child can pick this snapshot as its
+        // parent between the check and the release.
+        let _serial = self.inner.start_lock.lock();
+        let record = self.record(owner, snapshot)?;
+        if record.state == SnapshotState::Pending {
+            return Err(Error::InvalidState {
+                reason: ValidationReason::InvalidSnapshotId,
+                message: format!(
+                    "The snapshot '{snapshot}' is pending; cancel it before deleting it."
+                ),
+            });
+        }
+        let now = self.now_millis();
+        let _guard = self.inner.reference_guard.read();
+        self.poison_on_io(self.inner.catalog.delete(snapshot, now))?;
+        if let SnapshotState::Completed { root, .. } = record.state {
+            self.inner.references.release_tree(&self.maps(), root);
+        }
+        Ok(())
+    }
+}
+
+/// The reaper: cancels timed-out snapshots at their deadlines.
+async fn reap(engine: Weak<EngineInner>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        let sleep = {
+            let Some(inner) = engine.upgrade() else {
+                return;
+            };
+            let engine = Engine { inner };
+            match engine.run_blocking(Engine::expire_due).await {
+                Ok(Some(deadline)) => {
+                    Duration::from_millis(deadline.saturating_sub(engine.now_millis()))
+                        .min(REAPER_MAX_SLEEP)
+                }
+                // Nothing pending, or the engine is poisoned (every write
+                // fails until it is reopened): wait to be woken.
+                Ok(None) | Err(_) => REAPER_MAX_SLEEP,
+            }
+        };
+        // Woken early when a snapshot starts; otherwise at the deadline.
+        let _ = tokio::time::timeout(sleep, wake.notified()).await;
+    }
+}
