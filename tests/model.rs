@@ -3,6 +3,7 @@
 //! every observable result must agree.
 
 use blocksnap::api::*;
+use blocksnap::engine::GcOptions;
 use blocksnap::storage::MemoryStorage;
 use blocksnap::testing::{block, complete_request, Model, ModelError, ModelStatus, Op};
 use blocksnap::{chunkstore::ChunkStoreConfig, Engine, EngineConfig, Error};
@@ -247,7 +248,18 @@ impl Harness {
                     (actual, expected) => panic!("delete: engine {actual:?}, model {expected:?}"),
                 }
             }
-            Op::Collect => {}
+            Op::Collect => {
+                self.engine()
+                    .collect_garbage(GcOptions {
+                        live_threshold: 1.0,
+                        ..GcOptions::default()
+                    })
+                    .expect("collect");
+                // Everything stored is needed, once.
+                let stats = self.engine().store_stats().expect("stats");
+                assert_eq!(stats.garbage_bytes, 0, "{stats:?}");
+                assert_eq!(stats.stored_chunks, stats.live_chunks, "{stats:?}");
+            }
         }
         // The incremental reference counts agree with a full mark pass
         // after every step.

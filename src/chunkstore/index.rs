@@ -34,7 +34,11 @@ impl Index {
         if let Some(location) = self.open.get(id) {
             return vec![*location];
         }
-        let prefix = id.prefix();
+        self.candidates_sealed(id.prefix())
+    }
+
+    /// Sealed entries with this id prefix.
+    fn candidates_sealed(&self, prefix: u64) -> Vec<PackLocation> {
         let start = self.sealed.partition_point(|entry| entry.prefix < prefix);
         self.sealed
             .get(start..)
@@ -77,6 +81,70 @@ impl Index {
         }
         self.sealed = merged;
         self.open.retain(|_, location| location.pack != pack);
+    }
+
+    /// Forgets every entry of the given packs (they were compacted away).
+    pub(crate) fn remove_packs(&mut self, packs: &[u32]) {
+        self.sealed.retain(|entry| !packs.contains(&entry.pack));
+        self.open
+            .retain(|_, location| !packs.contains(&location.pack));
+    }
+
+    /// Forgets the entries at exactly these locations.
+    pub(crate) fn remove_locations(&mut self, locations: &[PackLocation]) {
+        let is_doomed = |pack: u32, offset: u32| {
+            locations
+                .iter()
+                .any(|location| location.pack == pack && location.offset == offset)
+        };
+        self.sealed
+            .retain(|entry| !is_doomed(entry.pack, entry.offset));
+        self.open
+            .retain(|_, location| !is_doomed(location.pack, location.offset));
+    }
+
+    /// The open-pack entries of pack `pack`, with full ids.
+    pub(crate) fn open_entries(&self, pack: u32) -> Vec<(ChunkId, PackLocation)> {
+        self.open
+            .iter()
+            .filter(|(_, location)| location.pack == pack)
+            .map(|(id, location)| (*id, *location))
+            .collect()
+    }
+
+    /// Groups of locations whose id prefixes are equal (sealed entries
+    /// sharing a prefix, plus open-pack chunks whose prefix a sealed entry
+    /// has): the only places one chunk can be indexed twice.
+    pub(crate) fn shared_prefixes(&self) -> Vec<Vec<PackLocation>> {
+        let location = |entry: &SealedEntry| PackLocation {
+            pack: entry.pack,
+            offset: entry.offset,
+        };
+        let mut groups: HashMap<u64, Vec<PackLocation>> = HashMap::new();
+        for pair in self.sealed.windows(2) {
+            if let [a, b] = pair {
+                if a.prefix == b.prefix {
+                    let group = groups.entry(a.prefix).or_default();
+                    for entry in [a, b] {
+                        if !group.contains(&location(entry)) {
+                            group.push(location(entry));
+                        }
+                    }
+                }
+            }
+        }
+        for (id, open_location) in &self.open {
+            let sealed = self.candidates_sealed(id.prefix());
+            if !sealed.is_empty() {
+                let group = groups.entry(id.prefix()).or_default();
+                for candidate in sealed.into_iter().chain([*open_location]) {
+                    if !group.contains(&candidate) {
+                        group.push(candidate);
+                    }
+                }
+            }
+        }
+        groups.into_values().collect()
     }
 
     /// Unique chunks indexed.

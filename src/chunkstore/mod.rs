@@ -10,8 +10,11 @@
 
 #![deny(clippy::indexing_slicing)]
 
+mod compact;
 mod index;
 mod pack;
+
+pub use compact::{CompactionOutcome, PackUsage};
 
 use crate::codec;
 use crate::error::{Error, Result};
@@ -26,8 +29,8 @@ use crate::storage::{ReadFile, Storage};
 use index::Index;
 use pack::{entries_of, index_name, pack_name, parse_name, scan, OpenPack, PACK_DIR};
 use parking_lot::{Mutex, RwLock};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Tuning of the chunk store.
@@ -90,6 +93,10 @@ pub struct ChunkStore {
     index: RwLock<Index>,
     readers: RwLock<HashMap<u32, Arc<dyn ReadFile>>>,
     stored_bytes: AtomicU64,
+    /// The next pack sequence to create (rotation and compaction share it).
+    next_seq: AtomicU32,
+    /// Chunks found corrupt: a put of the same data stores a fresh copy.
+    suspects: Mutex<HashSet<ChunkId>>,
 }
 
 impl std::fmt::Debug for ChunkStore {
@@ -116,6 +123,7 @@ impl ChunkStore {
                 format!("pack_target_size must be within 1..={MAX_PACK_TARGET}"),
             ));
         }
+        compact::recover_compactions(storage.as_ref())?;
         let mut files: BTreeMap<u32, (bool, bool)> = BTreeMap::new();
         for name in storage
             .list(PACK_DIR)
@@ -223,7 +231,8 @@ impl ChunkStore {
                 open_pack
             }
         };
-        Ok(ChunkStore {
+        let next_seq = open_pack.seq + 1;
+        let store = ChunkStore {
             storage,
             config,
             writer: Mutex::new(open_pack),
@@ -231,7 +240,38 @@ impl ChunkStore {
             index: RwLock::new(index),
             readers: RwLock::new(readers),
             stored_bytes: AtomicU64::new(stored_bytes),
-        })
+            next_seq: AtomicU32::new(next_seq),
+            suspects: Mutex::new(HashSet::new()),
+        };
+        store.drop_duplicate_copies();
+        Ok(store)
+    }
+
+    /// Keeps one indexed copy of each chunk. Copies arise when a crash
+    /// interrupts healing (a fresh copy written, the corrupt one still
+    /// indexed by its pack's index file): the copy that verifies wins,
+    /// the newest among equals. The others stay in their packs as garbage.
+    fn drop_duplicate_copies(&self) {
+        let groups = self.index.read().shared_prefixes();
+        let mut dropped = Vec::new();
+        for locations in groups {
+            let mut by_id: HashMap<ChunkId, Vec<PackLocation>> = HashMap::new();
+            for location in locations {
+                if let Some(header) = self.header_at(location) {
+                    by_id.entry(header.chunk_id).or_default().push(location);
+                }
+            }
+            for (_, mut copies) in by_id.into_iter().filter(|(_, copies)| copies.len() > 1) {
+                copies.sort_unstable_by_key(|location| {
+                    let verifies = self.with_record(*location, |_, _| Ok(())).is_ok();
+                    std::cmp::Reverse((verifies, location.pack, location.offset))
+                });
+                dropped.extend(copies.into_iter().skip(1));
+            }
+        }
+        if !dropped.is_empty() {
+            self.index.write().remove_locations(&dropped);
+        }
     }
 
     /// The configuration in force.
@@ -323,7 +363,7 @@ impl ChunkStore {
         sha256: &Sha256Digest,
         raw: &[u8],
     ) -> Result<bool> {
-        if self.contains(id) {
+        if self.contains(id) && !self.is_suspect(id) {
             return Ok(false);
         }
         COMPRESSION_BUFFER.with(|buffer| {
@@ -352,7 +392,9 @@ impl ChunkStore {
             .map_err(|_| Error::corrupted("chunk", "chunk larger than 4 GiB"))?;
         let header = encode_record_header(kind, record_codec, raw_len, id, sha256, payload);
         let mut writer = self.writer.lock();
-        if self.contains(id) {
+        let healing = self.suspects.lock().remove(id);
+        let damaged_copy = if healing { self.locate(id) } else { None };
+        if self.contains(id) && !healing {
             return Ok(false);
         }
         let name = pack_name(writer.seq);
@@ -369,13 +411,20 @@ impl ChunkStore {
             record_len,
         });
         writer.dirty = true;
-        self.index.write().insert_open(
-            *id,
-            PackLocation {
-                pack: writer.seq,
-                offset,
-            },
-        );
+        {
+            let mut index = self.index.write();
+            // The fresh copy replaces a damaged one in one step.
+            if let Some(damaged) = damaged_copy {
+                index.remove_locations(&[damaged]);
+            }
+            index.insert_open(
+                *id,
+                PackLocation {
+                    pack: writer.seq,
+                    offset,
+                },
+            );
+        }
         self.stored_bytes
             .fetch_add(u64::from(record_len), Ordering::Relaxed);
         if writer.file.len() >= self.config.pack_target_size {
@@ -391,7 +440,7 @@ impl ChunkStore {
     /// Replaces the open pack with a new one (created durably) and returns
     /// the old one, registered as retiring until [`ChunkStore::seal`] ends.
     fn rotate(&self, writer: &mut OpenPack) -> Result<Arc<Mutex<OpenPack>>> {
-        let next_seq = writer.seq + 1;
+        let next_seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
         let next = OpenPack::create(self.storage.as_ref(), next_seq)?;
         let next_name = pack_name(next_seq);
         let next_reader = self
@@ -468,10 +517,27 @@ impl ChunkStore {
     /// Reads and verifies a chunk: record crc, the id in the header, the
     /// decoded length and the content hash. `Ok(None)` if no such chunk is
     /// stored; corruption is an error, never data.
+    /// A chunk found corrupt is marked suspect, so a later put of the same
+    /// data heals it.
     pub fn get(&self, kind: RecordKind, id: &ChunkId) -> Result<Option<StoredChunk>> {
         let Some(location) = self.locate(id) else {
             return Ok(None);
         };
+        let read = self.read_verified(location, kind, id);
+        if let Err(Error::Corrupted { .. }) = &read {
+            self.mark_suspect(*id);
+        }
+        read.map(Some)
+    }
+
+    /// Reads the record at `location` and checks it holds chunk `id` of
+    /// `kind`: crc, kind, decoded length, content hash.
+    fn read_verified(
+        &self,
+        location: PackLocation,
+        kind: RecordKind,
+        id: &ChunkId,
+    ) -> Result<StoredChunk> {
         self.with_record(location, |header, payload| {
             let place = format!("{} record at {}", pack_name(location.pack), location.offset);
             if header.kind != kind {
@@ -492,11 +558,21 @@ impl ChunkStore {
                     "content does not hash to its chunk id",
                 ));
             }
-            Ok(Some(StoredChunk {
+            Ok(StoredChunk {
                 data,
                 sha256: header.sha256,
-            }))
+            })
         })
+    }
+
+    /// Marks a chunk as found corrupt, so the next put of its data heals it.
+    pub fn mark_suspect(&self, id: ChunkId) {
+        self.suspects.lock().insert(id);
+    }
+
+    /// Whether a chunk was found corrupt and not healed yet.
+    pub fn is_suspect(&self, id: &ChunkId) -> bool {
+        self.suspects.lock().contains(id)
     }
 
     /// Counters describing the store.

@@ -6,6 +6,7 @@
 //! operations underneath.
 
 mod commit;
+mod gc;
 mod lifecycle;
 mod maintenance;
 mod refs;
@@ -32,6 +33,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+pub use gc::{GcOptions, GcReport};
 pub use maintenance::{ReferenceAudit, SnapshotStats, StoreStats};
 
 const STORE_HEADER_NAME: &str = "blocksnap.store";
@@ -124,6 +126,9 @@ struct EngineInner {
     reaper: Mutex<Option<tokio::task::AbortHandle>>,
     /// Wakes the reaper when a snapshot with a possibly earlier deadline starts.
     reaper_wake: Arc<tokio::sync::Notify>,
+    /// Serializes the collector and verify: neither sees packs vanish
+    /// under it.
+    maintenance: Mutex<()>,
 }
 
 /// What reads need of a completed snapshot.
@@ -262,6 +267,7 @@ impl Engine {
                 reference_guard: RwLock::new(()),
                 reaper: Mutex::new(None),
                 reaper_wake: Arc::new(tokio::sync::Notify::new()),
+                maintenance: Mutex::new(()),
             }),
         };
         // Deadlines that passed while the store was closed.

@@ -32,6 +32,8 @@ pub const INDEX_MAGIC: [u8; 8] = *b"BSNPINDX";
 pub const CATALOG_MAGIC: [u8; 8] = *b"BSNPCTLG";
 /// Magic of a pending snapshot's journal. Never change.
 pub const JOURNAL_MAGIC: [u8; 8] = *b"BSNPJRNL";
+/// Magic of a compaction marker. Never change.
+pub const COMPACTION_MAGIC: [u8; 8] = *b"BSNPCMPT";
 
 /// The current version of every file kind that uses this header.
 pub const FORMAT_VERSION: u32 = 1;

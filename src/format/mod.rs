@@ -10,6 +10,7 @@
 #![deny(clippy::indexing_slicing)]
 
 pub mod catalog;
+pub mod compaction;
 pub mod header;
 pub mod index;
 pub mod journal;

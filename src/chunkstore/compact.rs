@@ -1,0 +1,397 @@
+//! Pack compaction: live records of sealed packs are copied into a new
+//! pack, the index is switched to it, and the old packs are removed.
+//!
+//! Crash safety rests on a marker written before anything else
+//! (`packs/QQQQQQQQ.compact`, naming the output pack Q and its sources):
+//!
+//! 1. marker written atomically;
+//! 2. Q created, live records appended, Q fsynced;
+//! 3. Q's index written atomically: **the commit point**;
+//! 4. the in-memory index switched to Q (the caller excludes readers and
+//!    writers for this step);
+//! 5. the sources' packs and indexes removed, directory synced;
+//! 6. the marker removed.
+//!
+//! On open, a marker whose output has a valid index means "finish": the
+//! sources are removed. A marker without one means "undo": Q is removed and
+//! the sources stay. Either way the marker goes last.
+
+use super::pack::{index_name, pack_name, OpenPack, PACK_DIR};
+use super::{io_error, load_index, ChunkStore};
+use crate::error::{Error, Result};
+use crate::format::compaction::{decode_marker, encode_marker};
+use crate::format::index::{encode_index, IndexEntry};
+use crate::format::pack::encode_record_header;
+use crate::ids::{ChunkId, PackLocation};
+use crate::storage::Storage;
+use std::sync::atomic::Ordering;
+
+/// Name of the marker of the compaction writing pack `output`.
+pub(crate) fn marker_name(output: u32) -> String {
+    format!("{PACK_DIR}/{output:08x}.compact")
+}
+
+/// How much of a pack is still needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackUsage {
+    /// The pack.
+    pub pack: u32,
+    /// Bytes of all its records.
+    pub record_bytes: u64,
+    /// Bytes of its records that are live (referenced, and the copy the
+    /// index points to).
+    pub live_bytes: u64,
+    /// Whether a record header could not be read (the pack is left alone
+    /// until verify has reported it).
+    pub damaged: bool,
+}
+
+/// What one compaction did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactionOutcome {
+    /// Bytes of live records copied.
+    pub bytes_copied: u64,
+    /// Bytes of source records no longer stored.
+    pub bytes_freed: u64,
+}
+
+/// A compaction under way: its output pack and what it has copied.
+pub(crate) struct Compaction {
+    output: OpenPack,
+    sources: Vec<u32>,
+    source_bytes: u64,
+    copied: Vec<IndexEntry>,
+    copied_bytes: u64,
+    /// Records found dead while copying, re-checked at the switch in case
+    /// a writer revived them meanwhile.
+    skipped: Vec<(ChunkId, PackLocation)>,
+}
+
+impl ChunkStore {
+    /// The records of sealed pack `seq` with their full ids; `None` when a
+    /// record header does not decode.
+    fn pack_records(&self, seq: u32) -> Result<Option<Vec<(ChunkId, PackLocation, u32)>>> {
+        let name = pack_name(seq);
+        let pack_len = match self.readers.read().get(&seq) {
+            Some(reader) => reader.len().map_err(io_error(format!("reading {name}")))?,
+            None => return Ok(None),
+        };
+        let Some(entries) = load_index(self.storage.as_ref(), seq, pack_len) else {
+            return Ok(None);
+        };
+        let mut records = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let location = PackLocation {
+                pack: seq,
+                offset: entry.offset,
+            };
+            match self.header_at(location) {
+                Some(header) if header.chunk_id.prefix() == entry.id_prefix => {
+                    records.push((header.chunk_id, location, entry.record_len));
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(records))
+    }
+
+    /// Whether the record at `location` is the live copy of `id`.
+    fn is_live_copy(
+        &self,
+        id: &ChunkId,
+        location: PackLocation,
+        is_live: &dyn Fn(&ChunkId) -> bool,
+    ) -> bool {
+        is_live(id) && self.locate(id) == Some(location)
+    }
+
+    /// Usage of every sealed pack. Costs one index read and one record
+    /// header read per record; no payload is read.
+    pub fn pack_usage(&self, is_live: &dyn Fn(&ChunkId) -> bool) -> Result<Vec<PackUsage>> {
+        let open_or_retiring: Vec<u32> = std::iter::once(self.writer.lock().seq)
+            .chain(self.retiring.lock().iter().map(|pack| pack.lock().seq))
+            .collect();
+        let mut packs: Vec<u32> = self
+            .readers
+            .read()
+            .keys()
+            .copied()
+            .filter(|seq| !open_or_retiring.contains(seq))
+            .collect();
+        packs.sort_unstable();
+        let mut usage = Vec::with_capacity(packs.len());
+        for pack in packs {
+            let Some(records) = self.pack_records(pack)? else {
+                usage.push(PackUsage {
+                    pack,
+                    record_bytes: 0,
+                    live_bytes: 0,
+                    damaged: true,
+                });
+                continue;
+            };
+            let mut pack_usage = PackUsage {
+                pack,
+                record_bytes: 0,
+                live_bytes: 0,
+                damaged: false,
+            };
+            for (id, location, record_len) in records {
+                pack_usage.record_bytes += u64::from(record_len);
+                if self.is_live_copy(&id, location, is_live) {
+                    pack_usage.live_bytes += u64::from(record_len);
+                }
+            }
+            usage.push(pack_usage);
+        }
+        Ok(usage)
+    }
+
+    /// Usage of the open pack (which compaction cannot touch until sealed).
+    pub fn open_pack_usage(&self, is_live: &dyn Fn(&ChunkId) -> bool) -> PackUsage {
+        let seq = self.writer.lock().seq;
+        let open: Vec<(ChunkId, PackLocation)> = self.index.read().open_entries(seq);
+        let mut usage = PackUsage {
+            pack: seq,
+            record_bytes: 0,
+            live_bytes: 0,
+            damaged: false,
+        };
+        for (id, location) in open {
+            let Some(header) = self.header_at(location) else {
+                usage.damaged = true;
+                continue;
+            };
+            usage.record_bytes += header.record_len() as u64;
+            if is_live(&id) {
+                usage.live_bytes += header.record_len() as u64;
+            }
+        }
+        usage
+    }
+
+    /// Seals the open pack now (if it holds any record), so that its
+    /// garbage becomes reclaimable.
+    pub fn seal_open_pack(&self) -> Result<()> {
+        let mut writer = self.writer.lock();
+        if writer.entries.is_empty() {
+            return Ok(());
+        }
+        let retired = self.rotate(&mut writer)?;
+        drop(writer);
+        self.seal(&retired)
+    }
+
+    /// Steps 1 and 2 begin: the marker, then the empty output pack.
+    pub(crate) fn begin_compaction(&self, sources: &[u32]) -> Result<Compaction> {
+        let output = self.next_seq.fetch_add(1, Ordering::AcqRel);
+        let marker = marker_name(output);
+        self.storage
+            .write_atomic(&marker, &encode_marker(output, sources))
+            .map_err(io_error(format!("writing {marker}")))?;
+        let output = OpenPack::create(self.storage.as_ref(), output)?;
+        Ok(Compaction {
+            output,
+            sources: sources.to_vec(),
+            source_bytes: 0,
+            copied: Vec::new(),
+            copied_bytes: 0,
+            skipped: Vec::new(),
+        })
+    }
+
+    /// Copies one verified record to the output pack.
+    fn copy_record(&self, compaction: &mut Compaction, location: PackLocation) -> Result<u64> {
+        let output_name = pack_name(compaction.output.seq);
+        let file = &mut compaction.output.file;
+        let (entry, length) = self.with_record(location, |header, payload| {
+            let bytes = encode_record_header(
+                header.kind,
+                header.codec,
+                header.raw_len,
+                &header.chunk_id,
+                &header.sha256,
+                payload,
+            );
+            let offset = file
+                .append(&[&bytes, payload])
+                .map_err(io_error(format!("appending to {output_name}")))?;
+            let offset = u32::try_from(offset)
+                .map_err(|_| Error::corrupted(&output_name, "pack grew past 4 GiB"))?;
+            let record_len = header.record_len() as u32;
+            let entry = IndexEntry {
+                id_prefix: header.chunk_id.prefix(),
+                offset,
+                record_len,
+            };
+            Ok((entry, u64::from(record_len)))
+        })?;
+        compaction.copied.push(entry);
+        compaction.copied_bytes += length;
+        Ok(length)
+    }
+
+    /// Step 2: copies every live record of the sources, calling `pace` with
+    /// each record's size (for rate limiting). Writers keep running; a
+    /// record that dies meanwhile is copied anyway (it is garbage for a
+    /// later run), one revived meanwhile is caught by [`finish_compaction`].
+    ///
+    /// [`finish_compaction`]: ChunkStore::finish_compaction
+    pub(crate) fn copy_live(
+        &self,
+        compaction: &mut Compaction,
+        is_live: &dyn Fn(&ChunkId) -> bool,
+        pace: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        for source in compaction.sources.clone() {
+            let records = self.pack_records(source)?.ok_or_else(|| {
+                Error::corrupted(pack_name(source), "a record header does not decode")
+            })?;
+            for (id, location, record_len) in records {
+                compaction.source_bytes += u64::from(record_len);
+                if self.is_live_copy(&id, location, is_live) {
+                    let copied = self.copy_record(compaction, location)?;
+                    pace(copied);
+                } else {
+                    compaction.skipped.push((id, location));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps 2 (end) to 6. The caller holds writers and readers off (the
+    /// engine's reference guard, exclusively) until this returns, so no
+    /// chunk of the sources can be revived or read after its re-check.
+    pub(crate) fn finish_compaction(
+        &self,
+        mut compaction: Compaction,
+        is_live: &dyn Fn(&ChunkId) -> bool,
+    ) -> Result<CompactionOutcome> {
+        for (id, location) in std::mem::take(&mut compaction.skipped) {
+            if self.is_live_copy(&id, location, is_live) {
+                self.copy_record(&mut compaction, location)?;
+            }
+        }
+        let output = compaction.output.seq;
+        let output_name = pack_name(output);
+        compaction
+            .output
+            .file
+            .sync()
+            .map_err(io_error(format!("syncing {output_name}")))?;
+        let mut entries = std::mem::take(&mut compaction.copied);
+        entries.sort_unstable();
+        self.storage
+            .write_atomic(
+                &index_name(output),
+                &encode_index(u64::from(output), &entries),
+            )
+            .map_err(io_error(format!("writing {}", index_name(output))))?;
+        // Committed. Switch readers to the output pack, then drop the sources.
+        let reader = if self.config.use_mmap {
+            self.storage
+                .map(&output_name)
+                .map_err(io_error(format!("mapping {output_name}")))?
+        } else {
+            None
+        };
+        let reader = match reader {
+            Some(reader) => reader,
+            None => self
+                .storage
+                .open_read(&output_name)
+                .map_err(io_error(format!("opening {output_name}")))?,
+        };
+        {
+            let mut index = self.index.write();
+            index.remove_packs(&compaction.sources);
+            index.add_sealed(output, &entries);
+            let mut readers = self.readers.write();
+            for source in &compaction.sources {
+                readers.remove(source);
+            }
+            readers.insert(output, reader);
+        }
+        self.stored_bytes
+            .fetch_add(compaction.copied_bytes, Ordering::Relaxed);
+        self.stored_bytes
+            .fetch_sub(compaction.source_bytes, Ordering::Relaxed);
+        let mut doomed: Vec<String> = compaction
+            .sources
+            .iter()
+            .flat_map(|source| [pack_name(*source), index_name(*source)])
+            .collect();
+        if entries.is_empty() {
+            self.readers.write().remove(&output);
+            doomed.push(output_name);
+            doomed.push(index_name(output));
+        }
+        remove_all(self.storage.as_ref(), &doomed)?;
+        remove_all(self.storage.as_ref(), &[marker_name(output)])?;
+        Ok(CompactionOutcome {
+            bytes_copied: compaction.copied_bytes,
+            bytes_freed: compaction
+                .source_bytes
+                .saturating_sub(compaction.copied_bytes),
+        })
+    }
+
+    /// Undoes a compaction that failed before its commit point (for
+    /// example, a live source record that does not verify): the output
+    /// pack goes, the sources stay.
+    pub(crate) fn abandon_compaction(&self, compaction: Compaction) -> Result<()> {
+        let output = compaction.output.seq;
+        drop(compaction);
+        remove_all(
+            self.storage.as_ref(),
+            &[pack_name(output), index_name(output)],
+        )?;
+        remove_all(self.storage.as_ref(), &[marker_name(output)])
+    }
+}
+
+/// Removes files durably (directory synced before returning).
+fn remove_all(storage: &dyn Storage, names: &[String]) -> Result<()> {
+    for name in names {
+        storage
+            .remove(name)
+            .map_err(io_error(format!("removing {name}")))?;
+    }
+    storage
+        .sync_dir(PACK_DIR)
+        .map_err(io_error("syncing the pack directory".to_string()))
+}
+
+/// Finishes or undoes every compaction a crash interrupted (see the module
+/// documentation). Runs at open, before packs are loaded.
+pub(crate) fn recover_compactions(storage: &dyn Storage) -> Result<()> {
+    let names = storage
+        .list(PACK_DIR)
+        .map_err(io_error("listing packs".to_string()))?;
+    for name in names.iter().filter(|name| name.ends_with(".compact")) {
+        let path = format!("{PACK_DIR}/{name}");
+        let bytes = storage
+            .read_all(&path)
+            .map_err(io_error(format!("reading {path}")))?;
+        // Written atomically: a marker that does not decode was damaged at
+        // rest, and which packs it names is unknown.
+        let (output, sources) = decode_marker(&bytes).map_err(|error| error.into_error(&path))?;
+        let committed = storage
+            .read_all(&index_name(output))
+            .ok()
+            .and_then(|bytes| crate::format::index::decode_index(&bytes).ok())
+            .is_some_and(|(seq, _)| seq == u64::from(output));
+        let doomed: Vec<String> = if committed {
+            sources
+                .iter()
+                .flat_map(|source| [pack_name(*source), index_name(*source)])
+                .collect()
+        } else {
+            vec![pack_name(output), index_name(output)]
+        };
+        remove_all(storage, &doomed)?;
+        remove_all(storage, &[path])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! Compaction markers: the durable intent of one pack compaction.
+//!
+//! The layout, field by field, is specified in DESIGN.md §4.9 "Compaction
+//! marker"; the offset constants below follow it, and
+//! `tests/design_tables.rs` checks the specification against these
+//! constants and the encoder.
+
+use super::header::{self, COMPACTION_MAGIC, FILE_HEADER_SIZE};
+use super::wire::{Reader, Writer};
+use super::{crc32, DecodeError};
+
+/// Offset of the source count.
+pub const MARKER_COUNT_OFFSET: usize = FILE_HEADER_SIZE;
+/// Offset of the first source pack sequence.
+pub const MARKER_SOURCES_OFFSET: usize = MARKER_COUNT_OFFSET + 4;
+/// Most source packs one compaction may name.
+pub const MAX_MARKER_SOURCES: usize = 4096;
+
+/// Encodes the marker of a compaction writing pack `output` from `sources`.
+pub fn encode_marker(output: u32, sources: &[u32]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(MARKER_SOURCES_OFFSET + 4 * sources.len() + 4);
+    bytes.extend_from_slice(&header::encode(COMPACTION_MAGIC, u64::from(output)));
+    bytes.put_u32(u32::try_from(sources.len()).unwrap_or(u32::MAX));
+    for source in sources {
+        bytes.put_u32(*source);
+    }
+    let crc = crc32(&[&bytes]);
+    bytes.put_u32(crc);
+    bytes
+}
+
+/// Decodes a marker: the output pack and the source packs.
+pub fn decode_marker(bytes: &[u8]) -> Result<(u32, Vec<u32>), DecodeError> {
+    let output = header::decode(bytes, COMPACTION_MAGIC)?;
+    let output = u32::try_from(output)
+        .map_err(|_| DecodeError::corrupt(header::SUBJECT_OFFSET, "marker output pack"))?;
+    let body_end = bytes
+        .len()
+        .checked_sub(4)
+        .ok_or(DecodeError::corrupt(0, "marker truncated"))?;
+    let body = bytes
+        .get(..body_end)
+        .ok_or(DecodeError::corrupt(0, "marker truncated"))?;
+    let mut trailer = Reader::new(bytes.get(body_end..).unwrap_or_default());
+    if trailer.u32("marker crc")? != crc32(&[body]) {
+        return Err(DecodeError::corrupt(body_end, "marker crc"));
+    }
+    let mut reader = Reader::new(body);
+    reader.take(FILE_HEADER_SIZE, "marker header")?;
+    let count = reader.u32("marker source count")? as usize;
+    if count > MAX_MARKER_SOURCES || reader.remaining() != count * 4 {
+        return Err(DecodeError::corrupt(
+            MARKER_COUNT_OFFSET,
+            "marker source count",
+        ));
+    }
+    let mut sources = Vec::with_capacity(count);
+    for _ in 0..count {
+        sources.push(reader.u32("marker source")?);
+    }
+    Ok((output, sources))
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_round_trip_and_damage() {
+        let bytes = encode_marker(9, &[2, 5, 7]);
+        assert_eq!(decode_marker(&bytes), Ok((9, vec![2, 5, 7])));
+        for position in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[position] ^= 0x10;
+            assert!(decode_marker(&flipped).is_err(), "flip at {position}");
+        }
+        for cut in 0..bytes.len() {
+            assert!(decode_marker(&bytes[..cut]).is_err());
+        }
+    }
+}
