@@ -219,3 +219,28 @@ pub fn memory_engine(
         .expect("open in-memory engine");
     (engine, storage, clock)
 }
+
+/// Whether a completed snapshot holds exactly `block(seed)` at each index
+/// of `content` and no other block. Read errors (not found, corruption)
+/// are returned as such.
+pub fn holds_exactly(
+    engine: &crate::Engine,
+    snapshot_id: &str,
+    content: &std::collections::BTreeMap<u32, u64>,
+) -> crate::Result<bool> {
+    let listed = list_all_blocks(engine, snapshot_id)?;
+    if !listed
+        .iter()
+        .map(|entry| entry.block_index as u32)
+        .eq(content.keys().copied())
+    {
+        return Ok(false);
+    }
+    for entry in &listed {
+        let data = get_listed(engine, snapshot_id, entry)?;
+        if data != block(content[&(entry.block_index as u32)]) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
