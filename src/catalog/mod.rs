@@ -72,10 +72,53 @@ impl SnapshotRecord {
 struct CatalogState {
     snapshots: HashMap<SnapshotId, SnapshotRecord>,
     tokens: HashMap<(String, String), SnapshotId>,
+    /// Records applied since the log was replayed from its start.
+    frames: u64,
+}
+
+/// The log as replayed from storage.
+struct Replayed {
+    state: CatalogState,
+    /// Segment sequences, ascending.
+    segments: Vec<u32>,
+    /// The last segment, if it ended cleanly (appends may continue there).
+    clean_last: Option<u32>,
+}
+
+/// Replays every segment in order.
+fn replay(storage: &dyn Storage) -> Result<Replayed> {
+    let mut segments: Vec<u32> = storage
+        .list(CATALOG_DIR)
+        .map_err(|e| Error::io("listing the catalog", e))?
+        .iter()
+        .filter_map(|name| {
+            let stem = name.strip_suffix(".log")?;
+            (stem.len() == 8)
+                .then(|| u32::from_str_radix(stem, 16).ok())
+                .flatten()
+        })
+        .collect();
+    segments.sort_unstable();
+    let mut state = CatalogState::default();
+    let mut clean_last = None;
+    for &seq in &segments {
+        let name = segment_name(seq);
+        let bytes = storage
+            .read_all(&name)
+            .map_err(|e| Error::io(format!("reading {name}"), e))?;
+        let clean = replay_segment(&bytes, seq, &name, &mut state)?;
+        clean_last = clean.then_some(seq);
+    }
+    Ok(Replayed {
+        state,
+        segments,
+        clean_last,
+    })
 }
 
 impl CatalogState {
     fn apply(&mut self, record: CatalogRecord, location: &str) -> Result<()> {
+        self.frames += 1;
         match record {
             CatalogRecord::Started(started) => {
                 if let Some(token) = &started.client_token {
@@ -158,28 +201,11 @@ impl std::fmt::Debug for Catalog {
 impl Catalog {
     /// Replays the log and opens it for appending.
     pub fn open(storage: Arc<dyn Storage>) -> Result<Catalog> {
-        let mut segments: Vec<u32> = storage
-            .list(CATALOG_DIR)
-            .map_err(|e| Error::io("listing the catalog", e))?
-            .iter()
-            .filter_map(|name| {
-                let stem = name.strip_suffix(".log")?;
-                (stem.len() == 8)
-                    .then(|| u32::from_str_radix(stem, 16).ok())
-                    .flatten()
-            })
-            .collect();
-        segments.sort_unstable();
-        let mut state = CatalogState::default();
-        let mut append_to = None;
-        for &seq in &segments {
-            let name = segment_name(seq);
-            let bytes = storage
-                .read_all(&name)
-                .map_err(|e| Error::io(format!("reading {name}"), e))?;
-            let clean = replay_segment(&bytes, seq, &name, &mut state)?;
-            append_to = clean.then_some(seq);
-        }
+        let Replayed {
+            state,
+            segments,
+            clean_last: append_to,
+        } = replay(storage.as_ref())?;
         let log = match (append_to, segments.last()) {
             (Some(seq), Some(last)) if seq == *last => {
                 let name = segment_name(seq);
@@ -347,6 +373,22 @@ impl Catalog {
             .filter(|record| filter(record))
             .cloned()
             .collect()
+    }
+
+    /// Re-reads the whole log, checking every frame's crc and every
+    /// transition, and that it replays to exactly the records in memory.
+    /// Returns the number of records read.
+    pub fn verify(&self) -> Result<u64> {
+        // No record is appended while the files are read.
+        let _log = self.log.lock();
+        let replayed = replay(self.storage.as_ref())?;
+        if replayed.state.snapshots != self.state.read().snapshots {
+            return Err(Error::corrupted(
+                CATALOG_DIR,
+                "the log on disk no longer replays to the catalog in memory",
+            ));
+        }
+        Ok(replayed.state.frames)
     }
 
     /// The storage the catalog writes to.

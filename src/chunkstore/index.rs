@@ -147,6 +147,27 @@ impl Index {
         groups.into_values().collect()
     }
 
+    /// Every indexed location with its id prefix.
+    pub(crate) fn all_entries(&self) -> Vec<(u64, PackLocation)> {
+        self.sealed
+            .iter()
+            .map(|entry| {
+                (
+                    entry.prefix,
+                    PackLocation {
+                        pack: entry.pack,
+                        offset: entry.offset,
+                    },
+                )
+            })
+            .chain(
+                self.open
+                    .iter()
+                    .map(|(id, location)| (id.prefix(), *location)),
+            )
+            .collect()
+    }
+
     /// Unique chunks indexed.
     pub(crate) fn len(&self) -> usize {
         self.sealed.len() + self.open.len()

@@ -13,8 +13,10 @@
 mod compact;
 mod index;
 mod pack;
+mod verify;
 
 pub use compact::{CompactionOutcome, PackUsage};
+pub use verify::{DamagedRecord, RecordCheck};
 
 use crate::codec;
 use crate::error::{Error, Result};

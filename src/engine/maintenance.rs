@@ -80,7 +80,7 @@ impl Engine {
         }
         for session in self.inner.sessions.read().values() {
             marked.acquire_tree(&maps, session.parent_root);
-            for chunk in session.written_chunks() {
+            for (_, chunk) in session.written_blocks() {
                 marked.acquire_block(&maps, chunk);
             }
         }

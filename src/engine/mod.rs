@@ -11,6 +11,7 @@ mod lifecycle;
 mod maintenance;
 mod refs;
 mod session;
+mod verify;
 
 use crate::blockmap::{BlockMaps, ChangedEntry, NodeCache, Page};
 use crate::catalog::{Catalog, SnapshotRecord, SnapshotState};
@@ -35,6 +36,7 @@ use std::sync::Arc;
 
 pub use gc::{GcOptions, GcReport};
 pub use maintenance::{ReferenceAudit, SnapshotStats, StoreStats};
+pub use verify::{AffectedBlocks, DamagedChunk, VerifyOptions, VerifyReport};
 
 const STORE_HEADER_NAME: &str = "blocksnap.store";
 
@@ -231,7 +233,7 @@ impl Engine {
             }
             for session in sessions.values() {
                 references.acquire_tree(&maps, session.parent_root);
-                for chunk in session.written_chunks() {
+                for (_, chunk) in session.written_blocks() {
                     references.acquire_block(&maps, chunk);
                 }
             }

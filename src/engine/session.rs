@@ -125,10 +125,14 @@ impl Session {
         Ok(state)
     }
 
-    /// The chunks of every write so far.
-    pub(crate) fn written_chunks(&self) -> Vec<ChunkId> {
+    /// Every write so far: index and chunk.
+    pub(crate) fn written_blocks(&self) -> Vec<(BlockIndex, ChunkId)> {
         let state = self.state.lock();
-        state.writes.values().map(|(chunk, _)| *chunk).collect()
+        state
+            .writes
+            .iter()
+            .map(|(index, (chunk, _))| (*index, *chunk))
+            .collect()
     }
 
     /// When the snapshot times out unless a put comes first.

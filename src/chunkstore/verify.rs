@@ -1,0 +1,126 @@
+//! Reading every stored chunk back and checking it: crc, the id in the
+//! header against the index, the decoded length, the content hash (blake3
+//! for blocks, the node hash for map nodes) and, for blocks, the SHA-256
+//! kept with the record.
+
+use super::ChunkStore;
+use crate::codec;
+use crate::error::Error;
+use crate::format::pack::RecordKind;
+use crate::ids::{ChunkId, PackLocation};
+
+/// A stored record that failed verification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DamagedRecord {
+    /// Where it is.
+    pub location: PackLocation,
+    /// The first 8 bytes of its id, from the index.
+    pub id_prefix: u64,
+    /// Its full id, when the record header could be read.
+    pub chunk: Option<ChunkId>,
+    /// What failed.
+    pub detail: String,
+}
+
+/// What a verification pass read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordCheck {
+    /// Records read and checked.
+    pub records: u64,
+    /// Bytes of those records.
+    pub bytes: u64,
+    /// Records that failed.
+    pub damaged: Vec<DamagedRecord>,
+}
+
+impl ChunkStore {
+    /// Checks every indexed record (or those whose id prefix falls in the
+    /// first `fraction` of the id space: a deterministic sample), on
+    /// `threads` threads. Damaged chunks are marked suspect, so that a put
+    /// of the same data heals them.
+    pub fn verify_records(&self, fraction: f64, threads: usize) -> RecordCheck {
+        let bound = (fraction.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
+        let entries: Vec<(u64, PackLocation)> = self
+            .index
+            .read()
+            .all_entries()
+            .into_iter()
+            .filter(|(prefix, _)| fraction >= 1.0 || *prefix <= bound)
+            .collect();
+        let threads = threads.max(1);
+        let per_thread = entries.len().div_ceil(threads).max(1);
+        let checks: Vec<RecordCheck> = std::thread::scope(|scope| {
+            let workers: Vec<_> = entries
+                .chunks(per_thread)
+                .map(|share| scope.spawn(move || self.verify_share(share)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|worker| worker.join().unwrap_or_default())
+                .collect()
+        });
+        let mut total = RecordCheck::default();
+        for check in checks {
+            total.records += check.records;
+            total.bytes += check.bytes;
+            total.damaged.extend(check.damaged);
+        }
+        total
+            .damaged
+            .sort_by_key(|damaged| (damaged.location.pack, damaged.location.offset));
+        for damaged in &total.damaged {
+            if let Some(chunk) = damaged.chunk {
+                self.mark_suspect(chunk);
+            }
+        }
+        total
+    }
+
+    fn verify_share(&self, share: &[(u64, PackLocation)]) -> RecordCheck {
+        let mut check = RecordCheck::default();
+        for &(id_prefix, location) in share {
+            check.records += 1;
+            let damaged = |chunk, detail: String| DamagedRecord {
+                location,
+                id_prefix,
+                chunk,
+                detail,
+            };
+            let header = match self.header_at(location) {
+                Some(header) if header.chunk_id.prefix() == id_prefix => header,
+                Some(_) => {
+                    check.damaged.push(damaged(
+                        None,
+                        "the record header names another chunk than the index".into(),
+                    ));
+                    continue;
+                }
+                None => {
+                    check
+                        .damaged
+                        .push(damaged(None, "the record header does not decode".into()));
+                    continue;
+                }
+            };
+            check.bytes += header.record_len() as u64;
+            let chunk = header.chunk_id;
+            match self.read_verified(location, header.kind, &chunk) {
+                Ok(stored) => {
+                    if header.kind == RecordKind::Block
+                        && codec::sha256(&stored.data) != stored.sha256
+                    {
+                        check.damaged.push(damaged(
+                            Some(chunk),
+                            "the data does not match its stored SHA-256".into(),
+                        ));
+                    }
+                }
+                Err(Error::Corrupted { detail, .. }) => {
+                    check.damaged.push(damaged(Some(chunk), detail));
+                }
+                Err(other) => check.damaged.push(damaged(Some(chunk), other.to_string())),
+            }
+        }
+        check
+    }
+}

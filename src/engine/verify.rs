@@ -1,0 +1,277 @@
+//! `verify`: proves a store intact, or names exactly what is damaged and
+//! which snapshots and blocks it affects.
+
+use super::Engine;
+use crate::blockmap::BlockMaps;
+use crate::catalog::SnapshotState;
+use crate::error::{Error, Result};
+use crate::format::node::{slot_span, LEVELS};
+use crate::ids::{ChunkId, PackLocation, SnapshotId};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// How a verification runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VerifyOptions {
+    /// Fraction of the chunks to read (1.0: all). The sample is chosen by
+    /// id, so repeated runs read the same chunks.
+    pub sample_fraction: f64,
+    /// Threads reading and hashing (0: one per available core).
+    pub threads: usize,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            sample_fraction: 1.0,
+            threads: 0,
+        }
+    }
+}
+
+/// Blocks of one snapshot that a damaged chunk makes unreadable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AffectedBlocks {
+    /// The snapshot.
+    pub snapshot_id: String,
+    /// First block index affected.
+    pub first_block: u32,
+    /// Last block index affected (inclusive). A damaged map node affects
+    /// every index below it that holds data.
+    pub last_block: u32,
+}
+
+/// One damaged or missing chunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DamagedChunk {
+    /// The chunk, when known (a record whose header is unreadable is known
+    /// by its id prefix only; referenced chunks with that prefix are then
+    /// listed one by one).
+    pub chunk: Option<ChunkId>,
+    /// Where its record is (`None`: referenced but not stored at all).
+    pub location: Option<PackLocation>,
+    /// What failed.
+    pub detail: String,
+    /// What it breaks.
+    pub affected: Vec<AffectedBlocks>,
+}
+
+/// What [`Engine::verify`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Chunk records read and checked.
+    pub records_checked: u64,
+    /// Bytes of those records.
+    pub bytes_checked: u64,
+    /// Catalog records re-read and checked.
+    pub catalog_records: u64,
+    /// Why the catalog failed its check, if it did.
+    pub catalog_error: Option<String>,
+    /// Damaged and missing chunks, with what they affect.
+    pub damaged: Vec<DamagedChunk>,
+    /// Wall time taken.
+    pub elapsed: Duration,
+}
+
+impl VerifyReport {
+    /// Whether nothing was found wrong.
+    pub fn is_clean(&self) -> bool {
+        self.catalog_error.is_none() && self.damaged.is_empty()
+    }
+}
+
+impl Engine {
+    /// Reads every chunk (or a sample) and checks crc, id and content hash,
+    /// and each block's stored SHA-256; checks that every referenced chunk
+    /// is stored; re-reads the catalog. Writers and readers continue.
+    /// Each damaged chunk is reported with the snapshots and block indexes
+    /// it affects, and is marked so that the next put of identical data
+    /// stores a fresh copy (healing it).
+    pub fn verify(&self, options: VerifyOptions) -> Result<VerifyReport> {
+        let started = Instant::now();
+        if !(0.0..=1.0).contains(&options.sample_fraction) {
+            return Err(Error::invalid(
+                crate::error::ValidationReason::InvalidParameterValue,
+                "sample_fraction must be within 0.0 ..= 1.0",
+            ));
+        }
+        let _maintenance = self.inner.maintenance.lock();
+        let threads = match options.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let check = self
+            .inner
+            .chunks
+            .verify_records(options.sample_fraction, threads);
+        let mut report = VerifyReport {
+            records_checked: check.records,
+            bytes_checked: check.bytes,
+            ..VerifyReport::default()
+        };
+        match self.inner.catalog.verify() {
+            Ok(records) => report.catalog_records = records,
+            Err(error) => report.catalog_error = Some(error.to_string()),
+        }
+        let live = self.inner.references.counts();
+        for damaged in check.damaged {
+            let chunks: Vec<Option<ChunkId>> = match damaged.chunk {
+                Some(chunk) => vec![Some(chunk)],
+                None => {
+                    let named: Vec<Option<ChunkId>> = live
+                        .keys()
+                        .filter(|id| id.prefix() == damaged.id_prefix)
+                        .map(|id| Some(*id))
+                        .collect();
+                    if named.is_empty() {
+                        vec![None]
+                    } else {
+                        named
+                    }
+                }
+            };
+            for chunk in chunks {
+                report.damaged.push(DamagedChunk {
+                    chunk,
+                    location: Some(damaged.location),
+                    detail: damaged.detail.clone(),
+                    affected: Vec::new(),
+                });
+            }
+        }
+        // A record whose header is damaged makes its chunk unlocatable too:
+        // it is reported once, as damaged, not again as missing.
+        let reported: std::collections::HashSet<ChunkId> = report
+            .damaged
+            .iter()
+            .filter_map(|damaged| damaged.chunk)
+            .collect();
+        let mut missing: Vec<ChunkId> = live
+            .keys()
+            .filter(|id| !reported.contains(id) && !self.inner.chunks.contains(id))
+            .copied()
+            .collect();
+        missing.sort_unstable();
+        report
+            .damaged
+            .extend(missing.into_iter().map(|chunk| DamagedChunk {
+                chunk: Some(chunk),
+                location: None,
+                detail: "referenced, but not in the store".into(),
+                affected: Vec::new(),
+            }));
+        if !report.damaged.is_empty() {
+            self.find_affected(&mut report.damaged)?;
+        }
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// Fills in what each damaged chunk affects: one walk of every live
+    /// block map (only run when something is damaged).
+    fn find_affected(&self, damaged: &mut [DamagedChunk]) -> Result<()> {
+        let by_id: HashMap<ChunkId, usize> = damaged
+            .iter()
+            .enumerate()
+            .filter_map(|(position, damaged)| damaged.chunk.map(|chunk| (chunk, position)))
+            .collect();
+        let _guard = self.inner.reference_guard.read();
+        let maps = self.maps();
+        let mut found: Vec<Vec<AffectedBlocks>> = vec![Vec::new(); damaged.len()];
+        let mut completed: Vec<(SnapshotId, Option<ChunkId>)> = self
+            .inner
+            .catalog
+            .select(|record| matches!(record.state, SnapshotState::Completed { .. }))
+            .into_iter()
+            .filter_map(|record| match record.state {
+                SnapshotState::Completed { root, .. } => Some((record.started.snapshot, root)),
+                _ => None,
+            })
+            .collect();
+        completed.sort_unstable();
+        for (snapshot, root) in completed {
+            if let Some(root) = root {
+                let mut walk = AffectedWalk {
+                    maps: &maps,
+                    damaged: &by_id,
+                    snapshot: snapshot.to_string(),
+                    found: &mut found,
+                };
+                walk.visit(root, LEVELS - 1, 0);
+            }
+        }
+        let mut sessions: Vec<_> = self.inner.sessions.read().values().cloned().collect();
+        sessions.sort_by_key(|session| session.snapshot);
+        for session in sessions {
+            for (index, chunk) in session.written_blocks() {
+                if let Some(&position) = by_id.get(&chunk) {
+                    push_range(
+                        &mut found[position],
+                        &session.snapshot.to_string(),
+                        index.0,
+                        index.0,
+                    );
+                }
+            }
+        }
+        for (damaged, affected) in damaged.iter_mut().zip(found) {
+            damaged.affected = affected;
+        }
+        Ok(())
+    }
+}
+
+/// One walk of a block map looking for damaged chunks.
+struct AffectedWalk<'a, 'm> {
+    maps: &'a BlockMaps<'m>,
+    damaged: &'a HashMap<ChunkId, usize>,
+    snapshot: String,
+    found: &'a mut Vec<Vec<AffectedBlocks>>,
+}
+
+impl AffectedWalk<'_, '_> {
+    fn visit(&mut self, id: ChunkId, level: u8, base: u64) {
+        let span = slot_span(level + 1);
+        if let Some(&position) = self.damaged.get(&id) {
+            let last = (base + span - 1).min(u64::from(u32::MAX)) as u32;
+            push_range(&mut self.found[position], &self.snapshot, base as u32, last);
+            return;
+        }
+        // A node that cannot be read is itself reported (as damaged or
+        // missing); nothing below it can be attributed further.
+        let Ok(node) = self.maps.load_at(&id, level) else {
+            return;
+        };
+        let child_span = slot_span(level);
+        for (slot, child) in node.slots.iter().enumerate() {
+            let Some(child) = child else { continue };
+            let child_base = base + slot as u64 * child_span;
+            if level == 0 {
+                if let Some(&position) = self.damaged.get(child) {
+                    let index = child_base as u32;
+                    push_range(&mut self.found[position], &self.snapshot, index, index);
+                }
+            } else {
+                self.visit(*child, level - 1, child_base);
+            }
+        }
+    }
+}
+
+/// Adds blocks `first..=last` of `snapshot`, extending the previous range
+/// when they follow it.
+fn push_range(ranges: &mut Vec<AffectedBlocks>, snapshot: &str, first: u32, last: u32) {
+    if let Some(previous) = ranges.last_mut() {
+        if previous.snapshot_id == snapshot
+            && u64::from(previous.last_block) + 1 == u64::from(first)
+        {
+            previous.last_block = last;
+            return;
+        }
+    }
+    ranges.push(AffectedBlocks {
+        snapshot_id: snapshot.to_string(),
+        first_block: first,
+        last_block: last,
+    });
+}
