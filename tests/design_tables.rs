@@ -480,3 +480,40 @@ fn token_tables() {
     ];
     check_table("page token", &tables[1], &page, 0, &fields, 46);
 }
+
+#[test]
+fn compaction_marker_table() {
+    use blocksnap::format::compaction as marker_format;
+    let sections = design_tables();
+    let encoded = marker_format::encode_marker(0x0B, &[]);
+    let fields = [
+        field(
+            "header",
+            Some(0),
+            header::encode(header::COMPACTION_MAGIC, 0x0B).to_vec(),
+        ),
+        field(
+            "count",
+            Some(marker_format::MARKER_COUNT_OFFSET),
+            0u32.to_le_bytes(),
+        ),
+        field("sources", Some(marker_format::MARKER_SOURCES_OFFSET), []),
+    ];
+    check_table(
+        "compaction marker",
+        &tables_of(&sections, "Compaction marker")[0],
+        &encoded,
+        0,
+        &fields,
+        encoded.len(),
+    );
+    assert_eq!(
+        marker_format::decode_marker(&marker_format::encode_marker(3, &[1, 2])),
+        Ok((3, vec![1, 2]))
+    );
+    assert_eq!(
+        marker_format::encode_marker(3, &[1, 2]).len(),
+        encoded.len() + 8,
+        "4 bytes per source"
+    );
+}
