@@ -36,6 +36,17 @@ fn engine(pack_target_size: u64) -> (tempfile::TempDir, Engine) {
     (dir, engine)
 }
 
+fn start(engine: &Engine, volume_size: i64, parent: Option<&str>) -> String {
+    engine
+        .start_snapshot(StartSnapshotRequest {
+            volume_size,
+            parent_snapshot_id: parent.map(str::to_string),
+            ..Default::default()
+        })
+        .expect("start")
+        .snapshot_id
+}
+
 /// A unique, highly compressible block (the store stays small; hashing
 /// and map work are what is measured).
 fn stamped(counter: &mut u64) -> Vec<u8> {
@@ -48,14 +59,7 @@ fn stamped(counter: &mut u64) -> Vec<u8> {
 /// A completed child of `parent` (or a root snapshot) with `changes` new
 /// blocks scattered over a 64 TiB volume.
 fn child(engine: &Engine, parent: Option<&str>, changes: u64, counter: &mut u64) -> String {
-    let id = engine
-        .start_snapshot(StartSnapshotRequest {
-            volume_size: 65_536,
-            parent_snapshot_id: parent.map(str::to_string),
-            ..Default::default()
-        })
-        .expect("start")
-        .snapshot_id;
+    let id = start(engine, 65_536, parent);
     let stride = VOLUME_BLOCKS / changes;
     for change in 0..changes {
         let index = (change * stride + *counter % stride) as i32;
@@ -101,13 +105,7 @@ fn bench_delete(c: &mut Criterion) {
 /// Writes `blocks` VM-like blocks (text, structured, random in turn) as
 /// one snapshot of a 1 GiB volume.
 fn fill(engine: &Engine, blocks: u64, first_seed: u64) -> String {
-    let id = engine
-        .start_snapshot(StartSnapshotRequest {
-            volume_size: 1,
-            ..Default::default()
-        })
-        .expect("start")
-        .snapshot_id;
+    let id = start(engine, 1, None);
     for index in 0..blocks {
         engine
             .put_snapshot_block(put_request(&id, index as i32, block(first_seed + index)))
@@ -135,20 +133,8 @@ fn bench_compaction(c: &mut Criterion) {
             for iteration in 0..iterations {
                 let (_dir, engine) = engine(16 << 20);
                 let seed = 1 + iteration * 1_000_000;
-                let keep = engine
-                    .start_snapshot(StartSnapshotRequest {
-                        volume_size: 1,
-                        ..Default::default()
-                    })
-                    .expect("start")
-                    .snapshot_id;
-                let doomed = engine
-                    .start_snapshot(StartSnapshotRequest {
-                        volume_size: 1,
-                        ..Default::default()
-                    })
-                    .expect("start")
-                    .snapshot_id;
+                let keep = start(&engine, 1, None);
+                let doomed = start(&engine, 1, None);
                 for index in 0..blocks {
                     for (offset, id) in [(0, &keep), (blocks, &doomed)] {
                         engine

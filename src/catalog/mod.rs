@@ -11,7 +11,7 @@
 //! than silently forgetting later records.
 
 use crate::error::{Error, Result, ValidationReason};
-use crate::format::catalog::{CatalogRecord, StartedRecord};
+use crate::format::catalog::{CatalogRecord, StartedRecord, CATALOG_FLAG_CHECKPOINT};
 use crate::format::header::{self, CATALOG_MAGIC, FILE_HEADER_SIZE};
 use crate::ids::{ChunkId, SnapshotId};
 use crate::storage::{create_durably, AppendFile, Storage};
@@ -83,36 +83,46 @@ struct Replayed {
     segments: Vec<u32>,
     /// The last segment, if it ended cleanly (appends may continue there).
     clean_last: Option<u32>,
+    /// Segments before the newest checkpoint: superseded, to be removed.
+    superseded: Vec<u32>,
 }
 
-/// Replays every segment in order.
-fn replay(storage: &dyn Storage) -> Result<Replayed> {
-    let mut segments: Vec<u32> = storage
-        .list(CATALOG_DIR)
-        .map_err(|e| Error::io("listing the catalog", e))?
-        .iter()
-        .filter_map(|name| {
-            let stem = name.strip_suffix(".log")?;
-            (stem.len() == 8)
-                .then(|| u32::from_str_radix(stem, 16).ok())
-                .flatten()
+/// Whether a segment's header marks it as a checkpoint.
+fn is_checkpoint(bytes: &[u8], seq: u32) -> bool {
+    bytes.get(..FILE_HEADER_SIZE).is_some_and(|head| {
+        header::decode_with_flags(head, CATALOG_MAGIC).is_ok_and(|(subject, flags)| {
+            subject == u64::from(seq) && flags & CATALOG_FLAG_CHECKPOINT != 0
         })
-        .collect();
-    segments.sort_unstable();
-    let mut state = CatalogState::default();
-    let mut clean_last = None;
+    })
+}
+
+/// Replays the segments from the newest checkpoint on, in order.
+fn replay(storage: &dyn Storage) -> Result<Replayed> {
+    let segments = list_segments(storage)?;
+    let mut contents = Vec::with_capacity(segments.len());
     for &seq in &segments {
         let name = segment_name(seq);
         let bytes = storage
             .read_all(&name)
             .map_err(|e| Error::io(format!("reading {name}"), e))?;
-        let clean = replay_segment(&bytes, seq, &name, &mut state)?;
-        clean_last = clean.then_some(seq);
+        contents.push((seq, name, bytes));
+    }
+    let first = contents
+        .iter()
+        .rposition(|(seq, _, bytes)| is_checkpoint(bytes, *seq))
+        .unwrap_or(0);
+    let superseded = segments.get(..first).unwrap_or_default().to_vec();
+    let mut state = CatalogState::default();
+    let mut clean_last = None;
+    for (seq, name, bytes) in contents.iter().skip(first) {
+        let clean = replay_segment(bytes, *seq, name, &mut state)?;
+        clean_last = clean.then_some(*seq);
     }
     Ok(Replayed {
         state,
         segments,
         clean_last,
+        superseded,
     })
 }
 
@@ -205,7 +215,9 @@ impl Catalog {
             state,
             segments,
             clean_last: append_to,
+            superseded,
         } = replay(storage.as_ref())?;
+        remove_segments(storage.as_ref(), &superseded)?;
         let log = match (append_to, segments.last()) {
             (Some(seq), Some(last)) if seq == *last => {
                 let name = segment_name(seq);
@@ -375,6 +387,84 @@ impl Catalog {
             .collect()
     }
 
+    /// Records a checkpoint of the catalog would hold.
+    pub fn live_records(&self) -> u64 {
+        live_frames(&self.state.read())
+    }
+
+    /// Records in the log that no longer describe a live snapshot (deleted
+    /// snapshots' records, superseded transitions).
+    pub fn dead_records(&self) -> u64 {
+        let state = self.state.read();
+        state.frames.saturating_sub(live_frames(&state))
+    }
+
+    /// Rewrites the catalog as one checkpoint segment holding only the
+    /// records of existing snapshots, then removes the older segments.
+    /// The checkpoint is written atomically and durably before anything is
+    /// removed, so a crash leaves either the old log or the new one.
+    /// Returns the log bytes freed.
+    pub fn compact(&self) -> Result<u64> {
+        let mut log = self.log.lock();
+        let segments = list_segments(self.storage.as_ref())?;
+        let seq = segments.last().map_or(0, |last| last + 1);
+        let mut bytes =
+            header::encode_with_flags(CATALOG_MAGIC, u64::from(seq), CATALOG_FLAG_CHECKPOINT)
+                .to_vec();
+        {
+            let state = self.state.read();
+            let mut records: Vec<&SnapshotRecord> = state.snapshots.values().collect();
+            records.sort_by_key(|record| record.started.snapshot);
+            for record in records {
+                bytes.extend(CatalogRecord::Started(record.started.clone()).encode_frame());
+                let snapshot = record.started.snapshot;
+                let transition = match &record.state {
+                    SnapshotState::Pending => None,
+                    SnapshotState::Completed {
+                        completed_millis,
+                        root,
+                        changed_blocks,
+                    } => Some(CatalogRecord::Completed {
+                        snapshot,
+                        completed_millis: *completed_millis,
+                        root: *root,
+                        changed_blocks: *changed_blocks,
+                    }),
+                    SnapshotState::Error { at_millis, reason } => Some(CatalogRecord::Failed {
+                        snapshot,
+                        at_millis: *at_millis,
+                        reason: reason.clone(),
+                    }),
+                };
+                if let Some(transition) = transition {
+                    bytes.extend(transition.encode_frame());
+                }
+            }
+        }
+        let name = segment_name(seq);
+        let mut old_bytes = 0u64;
+        for old in &segments {
+            old_bytes += self
+                .storage
+                .open_read(&segment_name(*old))
+                .and_then(|file| file.len())
+                .unwrap_or(0);
+        }
+        self.storage
+            .write_atomic(&name, &bytes)
+            .map_err(|e| Error::io(format!("writing {name}"), e))?;
+        *log = self
+            .storage
+            .open_append(&name)
+            .map_err(|e| Error::io(format!("opening {name}"), e))?;
+        {
+            let mut state = self.state.write();
+            state.frames = live_frames(&state);
+        }
+        remove_segments(self.storage.as_ref(), &segments)?;
+        Ok(old_bytes.saturating_sub(bytes.len() as u64))
+    }
+
     /// Re-reads the whole log, checking every frame's crc and every
     /// transition, and that it replays to exactly the records in memory.
     /// Returns the number of records read.
@@ -436,6 +526,53 @@ fn replay_segment(bytes: &[u8], seq: u32, name: &str, state: &mut CatalogState) 
 fn is_torn_tail(rest: &[u8]) -> bool {
     !(1..rest.len())
         .any(|start| CatalogRecord::decode_frame(rest.get(start..).unwrap_or_default()).is_ok())
+}
+
+/// Records a checkpoint of `state` would hold.
+fn live_frames(state: &CatalogState) -> u64 {
+    state
+        .snapshots
+        .values()
+        .map(|record| {
+            if record.state == SnapshotState::Pending {
+                1
+            } else {
+                2
+            }
+        })
+        .sum()
+}
+
+fn list_segments(storage: &dyn Storage) -> Result<Vec<u32>> {
+    let mut segments: Vec<u32> = storage
+        .list(CATALOG_DIR)
+        .map_err(|e| Error::io("listing the catalog", e))?
+        .iter()
+        .filter_map(|name| {
+            let stem = name.strip_suffix(".log")?;
+            (stem.len() == 8)
+                .then(|| u32::from_str_radix(stem, 16).ok())
+                .flatten()
+        })
+        .collect();
+    segments.sort_unstable();
+    Ok(segments)
+}
+
+/// Removes segments durably.
+fn remove_segments(storage: &dyn Storage, segments: &[u32]) -> Result<()> {
+    if segments.is_empty() {
+        return Ok(());
+    }
+    for seq in segments {
+        let name = segment_name(*seq);
+        storage
+            .remove(&name)
+            .map_err(|e| Error::io(format!("removing {name}"), e))?;
+    }
+    storage
+        .sync_dir(CATALOG_DIR)
+        .map_err(|e| Error::io("syncing the catalog directory", e))
 }
 
 fn create_segment(storage: &dyn Storage, seq: u32) -> Result<Box<dyn AppendFile>> {
@@ -513,5 +650,79 @@ mod tests {
         );
         assert_eq!(reopened.find_token("owner", "token-1"), Some(SnapshotId(1)));
         assert_eq!(reopened.find_token("other owner", "token-1"), None);
+    }
+
+    fn all_records(catalog: &Catalog) -> Vec<SnapshotRecord> {
+        let mut records = catalog.select(|_| true);
+        records.sort_by_key(|record| record.started.snapshot);
+        records
+    }
+
+    /// A catalog with every kind of record, some of them dead.
+    fn busy_catalog(storage: &MemoryStorage) -> Catalog {
+        let catalog = Catalog::open(Arc::new(storage.clone())).expect("open");
+        for snapshot in 1..=8 {
+            catalog.start(started(snapshot)).expect("start");
+        }
+        for snapshot in 1..=5 {
+            catalog
+                .complete(
+                    SnapshotId(snapshot),
+                    10,
+                    Some(ChunkId([snapshot as u8; 32])),
+                    3,
+                )
+                .expect("complete");
+        }
+        catalog
+            .fail(SnapshotId(6), 11, "timed out".into())
+            .expect("fail");
+        for snapshot in [2, 4, 6] {
+            catalog.delete(SnapshotId(snapshot), 12).expect("delete");
+        }
+        catalog
+    }
+
+    #[test]
+    fn compaction_keeps_exactly_the_live_records() {
+        let storage = MemoryStorage::new();
+        let catalog = busy_catalog(&storage);
+        let before = all_records(&catalog);
+        // Deleted: 2 and 4 (start, complete, delete), 6 (start, fail, delete).
+        assert_eq!(catalog.dead_records(), 9);
+        assert!(catalog.compact().expect("compact") > 0);
+        assert_eq!(catalog.dead_records(), 0);
+        assert_eq!(all_records(&catalog), before);
+        // Three completed (two records each) and two pending.
+        assert_eq!(catalog.verify().expect("verify"), 8);
+        // Appends continue in the checkpoint segment.
+        catalog.start(started(9)).expect("start after compaction");
+        drop(catalog);
+        let reopened = Catalog::open(Arc::new(storage.clone())).expect("reopen");
+        assert_eq!(all_records(&reopened).len(), before.len() + 1);
+        assert_eq!(reopened.find_token("owner", "token-2"), None, "deleted");
+        assert_eq!(reopened.find_token("owner", "token-3"), Some(SnapshotId(3)));
+        assert_eq!(storage.list(CATALOG_DIR).expect("list").len(), 1);
+    }
+
+    #[test]
+    fn a_crash_at_any_sync_of_compaction_leaves_the_same_catalog() {
+        let base = MemoryStorage::new();
+        let expected = all_records(&busy_catalog(&base));
+        let mut k = 1;
+        loop {
+            let storage = base.crash_image(TornWrites::DropUnsynced);
+            storage.crash_at_sync(k, TornWrites::KeepHalf);
+            if let Ok(catalog) = Catalog::open(Arc::new(storage.clone())) {
+                let _ = catalog.compact();
+            }
+            let Some(image) = storage.crashed_image() else {
+                break;
+            };
+            let reopened = Catalog::open(Arc::new(image)).expect("reopen after crash");
+            assert_eq!(all_records(&reopened), expected, "crash at sync {k}");
+            k += 1;
+        }
+        assert!(k > 3, "compaction has several sync points");
     }
 }

@@ -14,6 +14,9 @@ use crate::error::{Error, Result};
 use crate::ids::ChunkId;
 use std::time::{Duration, Instant};
 
+/// Dead catalog records below which the collector leaves the log alone.
+const CATALOG_COMPACTION_MIN_DEAD: u64 = 256;
+
 /// How a collection runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GcOptions {
@@ -57,6 +60,8 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Candidate packs left for a later run (`max_compactions`).
     pub packs_remaining: usize,
+    /// Catalog log bytes freed by rewriting it without dead records.
+    pub catalog_bytes_freed: u64,
     /// Packs skipped because a record could not be read (run verify).
     pub packs_damaged: Vec<u32>,
     /// Wall time taken.
@@ -207,6 +212,14 @@ impl Engine {
             report.packs_removed += sources.len();
             report.bytes_copied += outcome.bytes_copied;
             report.bytes_freed += outcome.bytes_freed;
+        }
+        // The catalog keeps the records of deleted snapshots until it is
+        // rewritten; rewrite it once they outnumber the live ones.
+        let catalog = &self.inner.catalog;
+        if catalog.dead_records() >= CATALOG_COMPACTION_MIN_DEAD
+            && catalog.dead_records() >= catalog.live_records()
+        {
+            report.catalog_bytes_freed = self.poison_on_io(catalog.compact())?;
         }
         report.elapsed = started.elapsed();
         Ok(report)

@@ -14,6 +14,9 @@ pub const FRAME_CRC_OFFSET: usize = 0;
 pub const FRAME_LEN_OFFSET: usize = FRAME_CRC_OFFSET + 4;
 /// Offset of a frame's body.
 pub const FRAME_BODY_OFFSET: usize = FRAME_LEN_OFFSET + 4;
+/// Segment header flag: the segment starts with the whole catalog (a
+/// checkpoint written atomically) and supersedes every earlier segment.
+pub const CATALOG_FLAG_CHECKPOINT: u32 = 1;
 /// Largest body a frame may claim (50 tags of 127+255 bytes plus strings fit easily).
 pub const MAX_BODY_LEN: usize = 64 * 1024;
 
