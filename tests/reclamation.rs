@@ -399,3 +399,40 @@ fn crash_at_every_sync_point_of_delete_and_compaction() {
         }
     }
 }
+
+#[test]
+fn a_collection_can_stop_after_some_compactions_and_resume() {
+    let storage = MemoryStorage::new();
+    let engine = open(&storage);
+    let lineage = write_lineage(&engine, &template(), &CHAIN);
+    let unrelated = write_lineage(&engine, &template(), &[UNRELATED]);
+    for (id, _) in &lineage[..4] {
+        delete(&engine, id);
+    }
+    delete(&engine, &unrelated[0].0);
+    let step = GcOptions {
+        live_threshold: 1.0,
+        max_compactions: Some(1),
+        max_bytes_per_sec: Some(1 << 30),
+        ..GcOptions::default()
+    };
+    let first = engine.collect_garbage(step).expect("first step");
+    assert_eq!(first.compactions, 1);
+    assert!(first.packs_remaining > 0, "{first:?}");
+    assert!(first.bytes_freed > 0);
+    assert!(engine.store_stats().expect("stats").garbage_bytes > 0);
+    // Stopping is safe: the store reopens, and the next runs finish the job.
+    drop(engine);
+    let engine = open(&storage);
+    let mut runs = 1;
+    loop {
+        let report = engine.collect_garbage(step).expect("next step");
+        runs += 1;
+        if report.compactions == 0 {
+            break;
+        }
+    }
+    assert!(runs > 2);
+    assert_eq!(engine.store_stats().expect("stats").garbage_bytes, 0);
+    assert!(holds_exactly(&engine, &lineage[4].0, &lineage[4].1).expect("read"));
+}
