@@ -74,7 +74,7 @@ fn child(engine: &Engine, parent: Option<&str>, changes: u64, counter: &mut u64)
 }
 
 fn bench_delete(c: &mut Criterion) {
-    let (_dir, engine) = engine(256 << 20);
+    let (dir, engine) = engine(256 << 20);
     let mut counter = 0;
     let mut parent = child(&engine, None, 1000, &mut counter);
     for _ in 0..98 {
@@ -97,6 +97,20 @@ fn bench_delete(c: &mut Criterion) {
                 total += started.elapsed();
             }
             total
+        })
+    });
+    // Opening rebuilds the reference counts: one read of every live node.
+    let live_chunks = engine.store_stats().expect("stats").live_chunks;
+    let config = engine.config().clone();
+    drop(engine);
+    eprintln!("store for open: {live_chunks} live chunks");
+    group.bench_function("open_store_of_100_snapshots", |b| {
+        b.iter(|| {
+            Engine::open_with(
+                Engine::local_storage(dir.path()).expect("storage"),
+                config.clone(),
+            )
+            .expect("open")
         })
     });
     group.finish();
