@@ -64,6 +64,44 @@ fn children(maps: &BlockMaps<'_>, id: ChunkId, level: u8) -> crate::error::Resul
         .collect())
 }
 
+/// Drops one reference from `first` and, for every chunk left with none,
+/// from each of its children. `drop_one` removes one reference and returns
+/// how many are left (`None`: the chunk had none, which is reported).
+/// Returns the chunks left with none and the first problem met.
+fn release_walk(
+    maps: &BlockMaps<'_>,
+    first: Item,
+    mut drop_one: impl FnMut(ChunkId) -> Option<u32>,
+) -> (Vec<ChunkId>, Option<String>) {
+    let mut dead = Vec::new();
+    let mut problem = None;
+    let mut stack = vec![first];
+    while let Some(item) = stack.pop() {
+        let Some((id, level)) = item.target() else {
+            continue;
+        };
+        match drop_one(id) {
+            None => {
+                problem
+                    .get_or_insert_with(|| format!("released chunk {id}, which had no references"));
+                continue;
+            }
+            Some(left) if left > 0 => continue,
+            Some(_) => {}
+        }
+        dead.push(id);
+        if let Some(level) = level {
+            match children(maps, id, level) {
+                Ok(items) => stack.extend(items),
+                Err(error) => {
+                    problem.get_or_insert_with(|| format!("map node {id} is unreadable: {error}"));
+                }
+            }
+        }
+    }
+    (dead, problem)
+}
+
 #[derive(Default)]
 struct Counts {
     counts: HashMap<ChunkId, u32>,
@@ -94,26 +132,18 @@ impl Counts {
     /// Removes one reference from each item; a chunk that drops to zero is
     /// dead and releases its children. Returns the dead chunks.
     fn release(&mut self, maps: &BlockMaps<'_>, first: Item) -> Vec<ChunkId> {
-        let mut freed = Vec::new();
-        let mut stack = vec![first];
-        while let Some(item) = stack.pop() {
-            let Some((id, level)) = item.target() else {
-                continue;
-            };
-            let Some(count) = self.counts.get_mut(&id) else {
-                self.damaged
-                    .get_or_insert_with(|| format!("released chunk {id}, which had no references"));
-                continue;
-            };
+        let counts = &mut self.counts;
+        let (freed, problem) = release_walk(maps, first, |id| {
+            let count = counts.get_mut(&id)?;
             *count -= 1;
-            if *count > 0 {
-                continue;
+            let left = *count;
+            if left == 0 {
+                counts.remove(&id);
             }
-            self.counts.remove(&id);
-            freed.push(id);
-            if let Some(level) = level {
-                self.push_children(maps, id, level, &mut stack);
-            }
+            Some(left)
+        });
+        if let Some(problem) = problem {
+            self.damaged.get_or_insert(problem);
         }
         freed
     }
@@ -183,25 +213,14 @@ impl References {
         };
         let counts = self.inner.lock();
         let mut dropped: HashMap<ChunkId, u32> = HashMap::new();
-        let mut dead = Vec::new();
-        let mut stack = vec![Item::Node(root, ROOT_LEVEL)];
-        while let Some(item) = stack.pop() {
-            let Some((id, level)) = item.target() else {
-                continue;
-            };
-            let held = counts.counts.get(&id).copied().unwrap_or(0);
+        // Problems are ignored: an unreadable node's children are left out,
+        // so the estimate errs low, never high.
+        let (dead, _) = release_walk(maps, Item::Node(root, ROOT_LEVEL), |id| {
+            let held = *counts.counts.get(&id)?;
             let dropped_now = dropped.entry(id).or_insert(0);
             *dropped_now += 1;
-            if *dropped_now < held {
-                continue;
-            }
-            dead.push(id);
-            if let Some(level) = level {
-                // An unreadable node's children are left out: the estimate
-                // errs low, never high.
-                stack.extend(children(maps, id, level).unwrap_or_default());
-            }
-        }
+            Some(held.saturating_sub(*dropped_now))
+        });
         dead
     }
 
