@@ -243,19 +243,21 @@ impl Catalog {
     /// Appends a record, syncs it, then applies it. Nothing is applied if
     /// the write or sync fails. The precondition of a transition is checked
     /// under the log lock, so two transitions of one snapshot cannot race.
-    fn commit(
+    /// Returns what the precondition returned.
+    fn commit<T>(
         &self,
         record: CatalogRecord,
-        precondition: impl FnOnce(&Self) -> Result<()>,
-    ) -> Result<()> {
+        precondition: impl FnOnce(&Self) -> Result<T>,
+    ) -> Result<T> {
         let frame = record.encode_frame();
         let mut log = self.log.lock();
-        precondition(self)?;
+        let checked = precondition(self)?;
         log.append(&[&frame])
             .map_err(|e| Error::io("appending to the catalog", e))?;
         log.sync()
             .map_err(|e| Error::io("syncing the catalog", e))?;
-        self.state.write().apply(record, "catalog")
+        self.state.write().apply(record, "catalog")?;
+        Ok(checked)
     }
 
     /// Records a new pending snapshot.
@@ -296,7 +298,9 @@ impl Catalog {
 
     /// Removes a completed or failed snapshot (not a pending one, and not
     /// the parent of a pending one, whose recovery needs the parent's root).
-    pub fn delete(&self, snapshot: SnapshotId, at_millis: u64) -> Result<()> {
+    /// Returns its record as it was when deleted (checked under the log
+    /// lock, so no transition can slip in between).
+    pub fn delete(&self, snapshot: SnapshotId, at_millis: u64) -> Result<SnapshotRecord> {
         self.commit(
             CatalogRecord::Deleted {
                 snapshot,
@@ -306,7 +310,7 @@ impl Catalog {
         )
     }
 
-    fn require_deletable(&self, snapshot: SnapshotId) -> Result<()> {
+    fn require_deletable(&self, snapshot: SnapshotId) -> Result<SnapshotRecord> {
         let state = self.state.read();
         let Some(record) = state.snapshots.get(&snapshot) else {
             return Err(Error::NotFound {
@@ -333,7 +337,7 @@ impl Catalog {
                 ),
             });
         }
-        Ok(())
+        Ok(record.clone())
     }
 
     fn require_pending(&self, snapshot: SnapshotId) -> Result<()> {

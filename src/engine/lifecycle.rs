@@ -4,7 +4,7 @@
 
 use super::{Engine, EngineInner};
 use crate::catalog::{SnapshotRecord, SnapshotState};
-use crate::error::{Error, Result, ValidationReason};
+use crate::error::Result;
 use crate::ids::SnapshotId;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -100,19 +100,14 @@ impl Engine {
         // Serialized with starts: no child can pick this snapshot as its
         // parent between the check and the release.
         let _serial = self.inner.start_lock.lock();
-        let record = self.record(owner, snapshot)?;
-        if record.state == SnapshotState::Pending {
-            return Err(Error::InvalidState {
-                reason: ValidationReason::InvalidSnapshotId,
-                message: format!(
-                    "The snapshot '{snapshot}' is pending; cancel it before deleting it."
-                ),
-            });
-        }
+        // Only the owner's snapshots; the catalog checks the state.
+        self.record(owner, snapshot)?;
         let now = self.now_millis();
         let _guard = self.inner.reference_guard.read();
-        self.poison_on_io(self.inner.catalog.delete(snapshot, now))?;
-        if let SnapshotState::Completed { root, .. } = record.state {
+        // The state as deleted, not as read before: a pending snapshot
+        // completed meanwhile must have its root released.
+        let deleted = self.poison_on_io(self.inner.catalog.delete(snapshot, now))?;
+        if let SnapshotState::Completed { root, .. } = deleted.state {
             self.inner.references.release_tree(&self.maps(), root);
         }
         Ok(())
