@@ -14,7 +14,7 @@ use crate::error::{Error, Result, ValidationReason};
 use crate::format::catalog::{CatalogRecord, StartedRecord, CATALOG_FLAG_CHECKPOINT};
 use crate::format::header::{self, CATALOG_MAGIC, FILE_HEADER_SIZE};
 use crate::ids::{ChunkId, SnapshotId};
-use crate::storage::{create_durably, AppendFile, Storage};
+use crate::storage::{create_durably, remove_durably, AppendFile, Storage};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -565,18 +565,9 @@ fn list_segments(storage: &dyn Storage) -> Result<Vec<u32>> {
 
 /// Removes segments durably.
 fn remove_segments(storage: &dyn Storage, segments: &[u32]) -> Result<()> {
-    if segments.is_empty() {
-        return Ok(());
-    }
-    for seq in segments {
-        let name = segment_name(*seq);
-        storage
-            .remove(&name)
-            .map_err(|e| Error::io(format!("removing {name}"), e))?;
-    }
-    storage
-        .sync_dir(CATALOG_DIR)
-        .map_err(|e| Error::io("syncing the catalog directory", e))
+    let names: Vec<String> = segments.iter().map(|seq| segment_name(*seq)).collect();
+    remove_durably(storage, CATALOG_DIR, &names)
+        .map_err(|e| Error::io(format!("removing {}", names.join(", ")), e))
 }
 
 fn create_segment(storage: &dyn Storage, seq: u32) -> Result<Box<dyn AppendFile>> {

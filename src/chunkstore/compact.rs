@@ -23,7 +23,7 @@ use crate::format::compaction::{decode_marker, encode_marker};
 use crate::format::index::{encode_index, IndexEntry};
 use crate::format::pack::encode_record_header;
 use crate::ids::{ChunkId, PackLocation};
-use crate::storage::Storage;
+use crate::storage::{remove_durably, Storage};
 use std::sync::atomic::Ordering;
 
 /// Name of the marker of the compaction writing pack `output`.
@@ -351,16 +351,10 @@ impl ChunkStore {
     }
 }
 
-/// Removes files durably (directory synced before returning).
+/// Removes pack-directory files durably (directory synced before returning).
 fn remove_all(storage: &dyn Storage, names: &[String]) -> Result<()> {
-    for name in names {
-        storage
-            .remove(name)
-            .map_err(io_error(format!("removing {name}")))?;
-    }
-    storage
-        .sync_dir(PACK_DIR)
-        .map_err(io_error("syncing the pack directory".to_string()))
+    remove_durably(storage, PACK_DIR, names)
+        .map_err(io_error(format!("removing {}", names.join(", "))))
 }
 
 /// Finishes or undoes every compaction a crash interrupted (see the module

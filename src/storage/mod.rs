@@ -113,6 +113,19 @@ pub fn create_durably(
     Ok(file)
 }
 
+/// Removes every file of `names` (all inside directory `dir`) and makes the
+/// removals durable with one directory sync. Nothing to remove: no sync.
+pub fn remove_durably(storage: &dyn Storage, dir: &str, names: &[String]) -> io::Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    for name in names {
+        debug_assert_eq!(parent_dir(name), dir);
+        storage.remove(name)?;
+    }
+    storage.sync_dir(dir)
+}
+
 /// The directory part of a name (`""` for top-level names).
 pub(crate) fn parent_dir(name: &str) -> &str {
     name.rsplit_once('/').map_or("", |(dir, _)| dir)
