@@ -178,27 +178,25 @@ impl Engine {
         let _guard = self.inner.reference_guard.read();
         let maps = self.maps();
         let mut found: Vec<Vec<AffectedBlocks>> = vec![Vec::new(); damaged.len()];
-        let mut completed: Vec<(SnapshotId, Option<ChunkId>)> = self
+        let mut roots: Vec<(SnapshotId, ChunkId)> = self
             .inner
             .catalog
-            .select(|record| matches!(record.state, SnapshotState::Completed { .. }))
+            .select(|_| true)
             .into_iter()
             .filter_map(|record| match record.state {
-                SnapshotState::Completed { root, .. } => Some((record.started.snapshot, root)),
+                SnapshotState::Completed { root, .. } => Some((record.started.snapshot, root?)),
                 _ => None,
             })
             .collect();
-        completed.sort_unstable();
-        for (snapshot, root) in completed {
-            if let Some(root) = root {
-                let mut walk = AffectedWalk {
-                    maps: &maps,
-                    damaged: &by_id,
-                    snapshot: snapshot.to_string(),
-                    found: &mut found,
-                };
-                walk.visit(root, LEVELS - 1, 0);
+        roots.sort_unstable();
+        for (snapshot, root) in roots {
+            AffectedWalk {
+                maps: &maps,
+                damaged: &by_id,
+                snapshot: snapshot.to_string(),
+                found: &mut found,
             }
+            .visit(root, LEVELS - 1, 0);
         }
         let mut sessions: Vec<_> = self.inner.sessions.read().values().cloned().collect();
         sessions.sort_by_key(|session| session.snapshot);
