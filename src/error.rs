@@ -123,6 +123,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An encryption key exists but cannot be used: the key provider refused
+    /// it or failed, a wrapped data key does not authenticate, or the store
+    /// holds encrypted snapshots and no provider was configured.
+    #[error("{message}")]
+    KeyUnavailable {
+        /// Human-readable explanation (never key material).
+        message: String,
+    },
     /// An earlier I/O or sync failure left the durable state unknown; the
     /// engine refuses writes until the store is reopened.
     #[error("the store refused the write: an earlier I/O failure left its durable state unknown; reopen the store")]

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod chunkstore;
 pub mod clock;
 pub mod codec;
+pub mod crypto;
 pub mod engine;
 pub mod error;
 pub mod format;

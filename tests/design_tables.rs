@@ -234,11 +234,7 @@ fn pack_record_table() {
         ),
         field("kind", Some(pack_format::RECORD_KIND_OFFSET), [2]),
         field("codec", Some(pack_format::RECORD_CODEC_OFFSET), [1]),
-        field(
-            "reserved",
-            Some(pack_format::RECORD_RESERVED_OFFSET),
-            [0, 0],
-        ),
+        field("domain", Some(pack_format::RECORD_DOMAIN_OFFSET), [0, 0]),
         field(
             "raw_len",
             Some(pack_format::RECORD_RAW_LEN_OFFSET),
@@ -515,5 +511,145 @@ fn compaction_marker_table() {
         marker_format::encode_marker(3, &[1, 2]).len(),
         encoded.len() + 8,
         "4 bytes per source"
+    );
+}
+
+#[test]
+fn sealed_record_table() {
+    let sections = design_tables();
+    let payload = b"ciphertext bytes";
+    let nonce = [0xC3; 12];
+    let tag = [0xD4; 16];
+    let aad = pack_format::encode_aad(RecordKind::Block, Codec::Zstd, 7, 4096, &ID, payload.len());
+    let encoded = pack_format::encode_sealed_header(aad, &nonce, &tag, payload);
+    let fields = [
+        field("nonce", Some(pack_format::RECORD_NONCE_OFFSET), nonce),
+        field("tag", Some(pack_format::RECORD_TAG_OFFSET), tag),
+        field(
+            "zero",
+            Some(pack_format::RECORD_SEAL_RESERVED_OFFSET),
+            [0; 4],
+        ),
+    ];
+    check_table(
+        "encrypted record seal",
+        &tables_of(&sections, "Pack record")[1],
+        &encoded,
+        0,
+        &fields,
+        pack_format::RECORD_HEADER_SIZE,
+    );
+    assert_eq!(&encoded[10..12], &7u16.to_le_bytes(), "the domain");
+    assert_eq!(pack_format::RECORD_AAD, 4..48, "the associated data");
+}
+
+#[test]
+fn keyring_tables() {
+    use blocksnap::format::keyring::{self as keyring_format, KeyringEntry};
+    let sections = design_tables();
+    let tables = tables_of(&sections, "Keyring");
+    let empty = keyring_format::encode_keyring(&[]);
+    let file_fields = [
+        field(
+            "header",
+            Some(0),
+            header::encode(header::KEYRING_MAGIC, 0).to_vec(),
+        ),
+        field("entries", Some(keyring_format::KEYRING_ENTRIES_OFFSET), []),
+    ];
+    check_table("keyring", &tables[0], &empty, 0, &file_fields, empty.len());
+    let entry = KeyringEntry {
+        domain: 0x0102,
+        suite: 1,
+        created_millis: 0x0A0B_0C0D,
+        key_arn: String::new(),
+        wrapped: Vec::new(),
+    };
+    let one = keyring_format::encode_keyring(std::slice::from_ref(&entry));
+    let entry_bytes = &one[FILE_HEADER_SIZE..one.len() - 4];
+    let entry_fields = [
+        field("domain", None, 0x0102u16.to_le_bytes()),
+        field("suite", None, [1]),
+        field("reserved", None, [0]),
+        field("created_millis", None, 0x0A0B_0C0Du64.to_le_bytes()),
+        field("key_arn", None, 0u16.to_le_bytes()),
+        field("wrapped", None, 0u16.to_le_bytes()),
+    ];
+    check_table(
+        "keyring entry",
+        &tables[1],
+        entry_bytes,
+        0,
+        &entry_fields,
+        entry_bytes.len(),
+    );
+}
+
+#[test]
+fn key_file_table() {
+    use blocksnap::format::keyfile::{self as keyfile_format, KeyFileHeader};
+    let sections = design_tables();
+    let header = KeyFileHeader {
+        memory_kib: 0x1000,
+        iterations: 3,
+        parallelism: 2,
+        salt: [0x5A; 16],
+        nonce: [0x6B; 12],
+        sealed_len: 0,
+    };
+    let mut encoded = header.encode();
+    encoded.extend_from_slice(&[0xEE; 16]);
+    assert_eq!(KeyFileHeader::decode(&encoded), Ok(header));
+    let fields = [
+        field("magic", Some(0), keyfile_format::KEYFILE_MAGIC),
+        field(
+            "version",
+            Some(keyfile_format::KEYFILE_VERSION_OFFSET),
+            1u32.to_le_bytes(),
+        ),
+        field(
+            "kdf",
+            Some(keyfile_format::KEYFILE_KDF_OFFSET),
+            keyfile_format::KDF_ARGON2ID.to_le_bytes(),
+        ),
+        field(
+            "memory_kib",
+            Some(keyfile_format::KEYFILE_MEMORY_OFFSET),
+            0x1000u32.to_le_bytes(),
+        ),
+        field(
+            "iterations",
+            Some(keyfile_format::KEYFILE_ITERATIONS_OFFSET),
+            3u32.to_le_bytes(),
+        ),
+        field(
+            "parallelism",
+            Some(keyfile_format::KEYFILE_PARALLELISM_OFFSET),
+            2u32.to_le_bytes(),
+        ),
+        field(
+            "salt",
+            Some(keyfile_format::KEYFILE_SALT_OFFSET),
+            [0x5A; 16],
+        ),
+        field(
+            "nonce",
+            Some(keyfile_format::KEYFILE_NONCE_OFFSET),
+            [0x6B; 12],
+        ),
+        field(
+            "sealed_len",
+            Some(keyfile_format::KEYFILE_SEALED_LEN_OFFSET),
+            0u32.to_le_bytes(),
+        ),
+        field("sealed", Some(keyfile_format::KEYFILE_SEALED_OFFSET), []),
+    ];
+    check_table(
+        "key file",
+        &tables_of(&sections, "Key file")[0],
+        &encoded,
+        0,
+        &fields,
+        encoded.len(),
     );
 }

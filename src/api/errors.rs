@@ -27,6 +27,11 @@ pub fn ebs_error(error: &Error) -> EbsError {
         }
         Error::Conflict { .. } => ("ConflictException", 409, None),
         Error::ConcurrentLimitExceeded { .. } => ("ConcurrentLimitExceededException", 400, None),
+        Error::KeyUnavailable { .. } => (
+            "AccessDeniedException",
+            403,
+            Some("DEPENDENCY_ACCESS_DENIED"),
+        ),
         Error::Corrupted { .. }
         | Error::UnsupportedVersion { .. }
         | Error::Io { .. }

@@ -14,6 +14,7 @@ pub mod validate;
 pub use errors::{ebs_error, EbsError};
 pub use tokens::{BLOCK_TOKEN_LIFETIME_SECS, MAX_TOKEN_LEN, PAGE_TOKEN_LIFETIME_SECS};
 pub use types::*;
+pub(crate) use validate::is_kms_key_arn;
 
 use crate::catalog::{SnapshotRecord, SnapshotState};
 use crate::clock::millis_to_system_time;

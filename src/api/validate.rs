@@ -2,7 +2,7 @@
 //! class and `Reason`. Limits are checked before any work is done.
 
 use super::types::{StartSnapshotRequest, Tag};
-use crate::engine::NewSnapshot;
+use crate::engine::{NewSnapshot, RequestedEncryption};
 use crate::error::{Error, Result, ValidationReason};
 use crate::ids::{Sha256Digest, SnapshotId, BLOCK_SIZE, MAX_VOLUME_SIZE_GIB};
 use base64::engine::general_purpose::STANDARD;
@@ -167,7 +167,7 @@ fn tags(tags: &[Tag]) -> Result<Vec<(String, String)>> {
 }
 
 /// Whether `arn` matches `arn:aws[a-z-]*:kms:.*:[0-9]{12}:key/.*`.
-fn is_kms_key_arn(arn: &str) -> bool {
+pub(crate) fn is_kms_key_arn(arn: &str) -> bool {
     let Some(rest) = arn.strip_prefix("arn:aws") else {
         return false;
     };
@@ -242,18 +242,16 @@ pub(crate) fn start_snapshot(request: &StartSnapshotRequest) -> Result<NewSnapsh
         .as_deref()
         .map(|id| snapshot_id("ParentSnapshotId", id))
         .transpose()?;
-    let encryption_requested = request.encrypted == Some(true) || request.kms_key_arn.is_some();
     if request.encrypted == Some(true) && parent.is_some() {
         return Err(parameter(
             "Encrypted cannot be specified together with ParentSnapshotId.",
         ));
     }
-    if encryption_requested {
-        return Err(invalid(
-            ValidationReason::InvalidCustomerKey,
-            "Encryption was requested, but this store has no key provider configured.",
-        ));
-    }
+    let encryption = match (&request.kms_key_arn, request.encrypted) {
+        (Some(arn), _) => RequestedEncryption::Key(arn.clone()),
+        (None, Some(true)) => RequestedEncryption::DefaultKey,
+        (None, _) => RequestedEncryption::None,
+    };
     Ok(NewSnapshot {
         parent,
         volume_size_gib: request.volume_size as u64,
@@ -261,6 +259,7 @@ pub(crate) fn start_snapshot(request: &StartSnapshotRequest) -> Result<NewSnapsh
         client_token: request.client_token.clone(),
         description: request.description.clone(),
         tags,
+        encryption,
     })
 }
 

@@ -15,6 +15,7 @@ pub use cache::NodeCache;
 pub use diff::ChangedEntry;
 
 use crate::chunkstore::ChunkStore;
+use crate::crypto::DomainKeys;
 use crate::error::{Error, Result};
 use crate::format::node::Node;
 use crate::format::pack::RecordKind;
@@ -26,6 +27,9 @@ use std::sync::Arc;
 pub struct BlockMaps<'a> {
     store: &'a ChunkStore,
     cache: &'a NodeCache,
+    /// The domain new nodes are sealed in and keyed for; `None` writes
+    /// plain nodes. Reads need no domain: records name their own.
+    domain: Option<&'a DomainKeys>,
 }
 
 /// One page of entries and where the next page starts.
@@ -57,7 +61,17 @@ impl<T> Page<T> {
 impl<'a> BlockMaps<'a> {
     /// Block maps over `store`, caching decoded nodes in `cache`.
     pub fn new(store: &'a ChunkStore, cache: &'a NodeCache) -> Self {
-        BlockMaps { store, cache }
+        BlockMaps {
+            store,
+            cache,
+            domain: None,
+        }
+    }
+
+    /// The same maps, writing new nodes sealed in `domain` (an encrypted
+    /// snapshot's) when one is given.
+    pub(crate) fn sealed_in(self, domain: Option<&'a DomainKeys>) -> Self {
+        BlockMaps { domain, ..self }
     }
 
     /// Loads and verifies a node.

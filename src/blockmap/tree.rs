@@ -73,9 +73,17 @@ impl BlockMaps<'_> {
             }
         }
         let encoded = node.encode();
-        let id = node_id(&encoded);
-        self.store
-            .put(RecordKind::MapNode, &id, &Sha256Digest([0; 32]), &encoded)?;
+        let id = match self.domain {
+            Some(keys) => keys.node_id(&encoded),
+            None => node_id(&encoded),
+        };
+        self.store.put_in(
+            RecordKind::MapNode,
+            &id,
+            &Sha256Digest([0; 32]),
+            &encoded,
+            self.domain,
+        )?;
         self.cache.insert(id, Arc::new(node));
         Ok(id)
     }

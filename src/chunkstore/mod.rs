@@ -19,12 +19,14 @@ pub use compact::{CompactionOutcome, PackUsage};
 pub use verify::{DamagedRecord, RecordCheck};
 
 use crate::codec;
+use crate::crypto::DomainKeys;
 use crate::error::{Error, Result};
 use crate::format::index::{decode_index, encode_index, IndexEntry};
 use crate::format::node::node_id;
 use crate::format::pack::{
-    decode_record, decode_record_header, encode_record_header, verify_record, Codec, RecordHeader,
-    RecordKind, RECORD_HEADER_SIZE,
+    decode_record, decode_record_header, encode_aad, encode_record_header, encode_sealed_header,
+    verify_record, Codec, RecordHeader, RecordKind, RECORD_AAD, RECORD_HEADER_SIZE,
+    SEALED_PREFIX_LEN,
 };
 use crate::ids::{ChunkId, PackLocation, Sha256Digest};
 use crate::storage::{ReadFile, Storage};
@@ -60,6 +62,8 @@ thread_local! {
     /// Per-thread compression output, reused so each put does not allocate
     /// (and page-fault in) a fresh half-megabyte buffer.
     static COMPRESSION_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread buffer an encrypted payload is sealed in, reused likewise.
+    static SEAL_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Largest allowed pack target: offsets are 32-bit.
@@ -99,6 +103,8 @@ pub struct ChunkStore {
     next_seq: AtomicU32,
     /// Chunks found corrupt: a put of the same data stores a fresh copy.
     suspects: Mutex<HashSet<ChunkId>>,
+    /// The keys of every unlocked domain, by the number records carry.
+    domains: RwLock<HashMap<u16, Arc<DomainKeys>>>,
 }
 
 impl std::fmt::Debug for ChunkStore {
@@ -244,6 +250,7 @@ impl ChunkStore {
             stored_bytes: AtomicU64::new(stored_bytes),
             next_seq: AtomicU32::new(next_seq),
             suspects: Mutex::new(HashSet::new()),
+            domains: RwLock::new(HashMap::new()),
         };
         store.drop_duplicate_copies();
         Ok(store)
@@ -355,6 +362,11 @@ impl ChunkStore {
         self.locate(id).is_some()
     }
 
+    /// Makes a domain's records readable (and verifiable).
+    pub(crate) fn register_domain(&self, keys: Arc<DomainKeys>) {
+        self.domains.write().insert(keys.domain, keys);
+    }
+
     /// Stores a chunk unless one with the same id exists; returns whether
     /// bytes were appended. Hashing and compression happen before any lock.
     /// The chunk is durable only after [`ChunkStore::sync`].
@@ -365,9 +377,25 @@ impl ChunkStore {
         sha256: &Sha256Digest,
         raw: &[u8],
     ) -> Result<bool> {
+        self.put_in(kind, id, sha256, raw, None)
+    }
+
+    /// [`ChunkStore::put`], sealing the record with `domain`'s keys when
+    /// given (the id must then be the domain's keyed id). The SHA-256 goes
+    /// inside the ciphertext, never into the clear header.
+    pub(crate) fn put_in(
+        &self,
+        kind: RecordKind,
+        id: &ChunkId,
+        sha256: &Sha256Digest,
+        raw: &[u8],
+        domain: Option<&DomainKeys>,
+    ) -> Result<bool> {
         if self.contains(id) && !self.is_suspect(id) {
             return Ok(false);
         }
+        let raw_len = u32::try_from(raw.len())
+            .map_err(|_| Error::corrupted("chunk", "chunk larger than 4 GiB"))?;
         COMPRESSION_BUFFER.with(|buffer| {
             let mut buffer = buffer.borrow_mut();
             let compressed = codec::compress_into(raw, self.config.compression_level, &mut buffer);
@@ -376,23 +404,31 @@ impl ChunkStore {
             } else {
                 (Codec::Raw, raw)
             };
-            self.append_new(kind, id, sha256, raw, record_codec, payload)
+            let Some(keys) = domain else {
+                let header = encode_record_header(kind, record_codec, raw_len, id, sha256, payload);
+                return self.append_new(id, &header, payload);
+            };
+            SEAL_BUFFER.with(|sealed| {
+                let mut sealed = sealed.borrow_mut();
+                sealed.clear();
+                sealed.extend_from_slice(&sha256.0);
+                sealed.extend_from_slice(payload);
+                let aad = encode_aad(kind, record_codec, keys.domain, raw_len, id, sealed.len());
+                let (nonce, tag) =
+                    keys.seal(aad.get(RECORD_AAD).unwrap_or_default(), &mut sealed)?;
+                let header = encode_sealed_header(aad, &nonce, &tag, &sealed);
+                self.append_new(id, &header, &sealed)
+            })
         })
     }
 
     /// Appends a chunk's record unless another thread stored it meanwhile.
     fn append_new(
         &self,
-        kind: RecordKind,
         id: &ChunkId,
-        sha256: &Sha256Digest,
-        raw: &[u8],
-        record_codec: Codec,
+        header: &[u8; RECORD_HEADER_SIZE],
         payload: &[u8],
     ) -> Result<bool> {
-        let raw_len = u32::try_from(raw.len())
-            .map_err(|_| Error::corrupted("chunk", "chunk larger than 4 GiB"))?;
-        let header = encode_record_header(kind, record_codec, raw_len, id, sha256, payload);
         let mut writer = self.writer.lock();
         let healing = self.suspects.lock().remove(id);
         let damaged_copy = if healing { self.locate(id) } else { None };
@@ -402,7 +438,7 @@ impl ChunkStore {
         let name = pack_name(writer.seq);
         let offset = writer
             .file
-            .append(&[&header, payload])
+            .append(&[header, payload])
             .map_err(io_error(format!("appending to {name}")))?;
         let offset =
             u32::try_from(offset).map_err(|_| Error::corrupted(&name, "pack grew past 4 GiB"))?;
@@ -525,7 +561,7 @@ impl ChunkStore {
         let Some(location) = self.locate(id) else {
             return Ok(None);
         };
-        let read = self.read_verified(location, kind, id);
+        let read = self.read_verified(location, kind, id, false);
         if let Err(Error::Corrupted { .. }) = &read {
             self.mark_suspect(*id);
         }
@@ -533,38 +569,106 @@ impl ChunkStore {
     }
 
     /// Reads the record at `location` and checks it holds chunk `id` of
-    /// `kind`: crc, kind, decoded length, content hash.
+    /// `kind`: crc, kind, the authentication tag of an encrypted record,
+    /// decoded length, and the content hash. An encrypted record's tag
+    /// already proves a key holder sealed this content under this id (the
+    /// id is associated data), so its content hash is recomputed only when
+    /// `rehash_sealed` asks for it (verify does).
     fn read_verified(
         &self,
         location: PackLocation,
         kind: RecordKind,
         id: &ChunkId,
+        rehash_sealed: bool,
     ) -> Result<StoredChunk> {
-        self.with_record(location, |header, payload| {
-            let place = format!("{} record at {}", pack_name(location.pack), location.offset);
+        let place = || format!("{} record at {}", pack_name(location.pack), location.offset);
+        let (header, sha256, data) = self.with_record(location, |header, payload| {
             if header.kind != kind {
                 return Err(Error::corrupted(
-                    place,
+                    place(),
                     "record kind differs from the reference",
                 ));
             }
-            let data = codec::decode_payload(header.codec, payload, header.raw_len as usize)
-                .map_err(|error| error.into_error(&place))?;
+            if header.domain == 0 {
+                let data = codec::decode_payload(header.codec, payload, header.raw_len as usize)
+                    .map_err(|error| error.into_error(&place()))?;
+                return Ok((*header, header.sha256, data));
+            }
+            let keys = self
+                .domains
+                .read()
+                .get(&header.domain)
+                .cloned()
+                .ok_or_else(|| {
+                    Error::corrupted(
+                        place(),
+                        format!(
+                            "record sealed under key domain {}, which the keyring does not hold",
+                            header.domain
+                        ),
+                    )
+                })?;
+            let mut opened = payload.to_vec();
+            let (nonce, tag) = header.seal();
+            let aad = encode_aad(
+                header.kind,
+                header.codec,
+                header.domain,
+                header.raw_len,
+                &header.chunk_id,
+                payload.len(),
+            );
+            keys.open(
+                &nonce,
+                aad.get(RECORD_AAD).unwrap_or_default(),
+                &mut opened,
+                &tag,
+            )
+            .map_err(|_| {
+                Error::corrupted(
+                    place(),
+                    "authentication tag does not match (tampered or misplaced record)",
+                )
+            })?;
+            let mut sha256 = Sha256Digest([0; 32]);
+            sha256.0.copy_from_slice(
+                opened
+                    .get(..SEALED_PREFIX_LEN)
+                    .unwrap_or(&[0; SEALED_PREFIX_LEN]),
+            );
+            let data = codec::decode_payload(
+                header.codec,
+                opened.get(SEALED_PREFIX_LEN..).unwrap_or_default(),
+                header.raw_len as usize,
+            )
+            .map_err(|error| error.into_error(&place()))?;
+            Ok((*header, sha256, data))
+        })?;
+        let hash_matches = if header.domain == 0 {
             let actual = match kind {
                 RecordKind::Block => codec::chunk_id(&data),
                 RecordKind::MapNode => node_id(&data),
             };
-            if actual != *id {
-                return Err(Error::corrupted(
-                    place,
-                    "content does not hash to its chunk id",
-                ));
-            }
-            Ok(StoredChunk {
-                data,
-                sha256: header.sha256,
+            actual == *id
+        } else if rehash_sealed {
+            let keys = self.domains.read().get(&header.domain).cloned();
+            keys.is_some_and(|keys| {
+                let actual = match kind {
+                    RecordKind::Block => keys.block_id(&data),
+                    RecordKind::MapNode => keys.node_id(&data),
+                };
+                actual == *id
             })
-        })
+        } else {
+            header.chunk_id == *id
+        };
+        if !hash_matches {
+            return Err(Error::corrupted(
+                place(),
+                "content does not hash to its chunk id",
+            ));
+        }
+        Ok(StoredChunk { data, sha256 })
     }
 
     /// Marks a chunk as found corrupt, so the next put of its data heals it.

@@ -1,6 +1,7 @@
 //! Reading every stored chunk back and checking it: crc, the id in the
-//! header against the index, the decoded length, the content hash (blake3
-//! for blocks, the node hash for map nodes) and, for blocks, the SHA-256
+//! header against the index, the authentication tag of encrypted records,
+//! the decoded length, the content hash (blake3 for blocks, the node hash
+//! for map nodes; keyed in encrypted domains) and, for blocks, the SHA-256
 //! kept with the record.
 
 use super::ChunkStore;
@@ -104,7 +105,7 @@ impl ChunkStore {
             };
             check.bytes += header.record_len() as u64;
             let chunk = header.chunk_id;
-            match self.read_verified(location, header.kind, &chunk) {
+            match self.read_verified(location, header.kind, &chunk, true) {
                 Ok(stored) => {
                     if header.kind == RecordKind::Block
                         && codec::sha256(&stored.data) != stored.sha256

@@ -6,6 +6,7 @@
 //! operations underneath.
 
 mod commit;
+mod encryption;
 mod gc;
 mod lifecycle;
 mod maintenance;
@@ -18,8 +19,9 @@ use crate::catalog::{Catalog, SnapshotRecord, SnapshotState};
 use crate::chunkstore::{ChunkStore, ChunkStoreConfig, ChunkStoreStats};
 use crate::clock::{Clock, SystemClock};
 use crate::codec;
+use crate::crypto::{Aes256Gcm, CipherSuite, DomainKeys, KeyProvider, Keyring};
 use crate::error::{Error, Result, ValidationReason};
-use crate::format::catalog::StartedRecord;
+use crate::format::catalog::{SseKind, StartedRecord};
 use crate::format::pack::RecordKind;
 use crate::format::store::StoreHeader;
 use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId};
@@ -72,6 +74,13 @@ pub struct EngineConfig {
     pub put_durability: PutDurability,
     /// Wall-clock source (tokens, timestamps).
     pub clock: Arc<dyn Clock>,
+    /// Where data keys of encrypted snapshots come from. Without one,
+    /// StartSnapshot refuses encryption, and a store that already holds
+    /// encrypted snapshots does not open.
+    pub key_provider: Option<Arc<dyn KeyProvider>>,
+    /// The cipher new encrypted domains are sealed with (a domain keeps
+    /// the suite it was created with).
+    pub cipher_suite: Arc<dyn CipherSuite>,
 }
 
 impl Default for EngineConfig {
@@ -83,6 +92,8 @@ impl Default for EngineConfig {
             max_pending_snapshots: 100,
             put_durability: PutDurability::default(),
             clock: Arc::new(SystemClock),
+            key_provider: None,
+            cipher_suite: Arc::new(Aes256Gcm),
         }
     }
 }
@@ -131,6 +142,8 @@ struct EngineInner {
     /// Serializes the collector and verify: neither sees packs vanish
     /// under it.
     maintenance: Mutex<()>,
+    /// The store's encryption domains, unlocked.
+    keyring: Keyring,
 }
 
 /// What reads need of a completed snapshot.
@@ -153,6 +166,30 @@ pub(crate) struct NewSnapshot {
     pub(crate) client_token: Option<String>,
     pub(crate) description: Option<String>,
     pub(crate) tags: Vec<(String, String)>,
+    pub(crate) encryption: RequestedEncryption,
+}
+
+/// What StartSnapshot asked for by `Encrypted` and `KmsKeyArn`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) enum RequestedEncryption {
+    /// Neither: plain, or the parent's encryption for a child.
+    None,
+    /// `Encrypted` alone: the provider's default key (`sse-ebs`).
+    DefaultKey,
+    /// `KmsKeyArn`: that key (`sse-kms`).
+    Key(String),
+}
+
+impl RequestedEncryption {
+    /// Whether a snapshot started as `started` answers this request (for
+    /// idempotent retries).
+    fn matches(&self, started: &StartedRecord) -> bool {
+        match self {
+            RequestedEncryption::None => started.sse == SseKind::None || started.parent.is_some(),
+            RequestedEncryption::DefaultKey => started.sse == SseKind::SseEbs,
+            RequestedEncryption::Key(arn) => started.kms_key_arn.as_ref() == Some(arn),
+        }
+    }
 }
 
 fn not_found(snapshot: SnapshotId) -> Error {
@@ -205,7 +242,15 @@ impl Engine {
     /// and pending snapshots are rebuilt from their journals.
     pub fn open_with(storage: Arc<dyn Storage>, config: EngineConfig) -> Result<Engine> {
         let header = load_or_create_header(storage.as_ref(), config.clock.now_millis())?;
+        let keyring = Keyring::open(
+            storage.as_ref(),
+            config.key_provider.as_ref(),
+            &config.cipher_suite,
+        )?;
         let chunks = ChunkStore::open(storage.clone(), config.chunk_store.clone())?;
+        for domain in keyring.domains() {
+            chunks.register_domain(domain);
+        }
         let catalog = Catalog::open(storage.clone())?;
         let nodes = NodeCache::new(config.node_cache_nodes);
         let now = config.clock.now_millis();
@@ -213,11 +258,13 @@ impl Engine {
         for record in catalog.select(|record| record.state == SnapshotState::Pending) {
             let parent_root = parent_root_of(&catalog, &record)?;
             let durable_on_ack = config.put_durability == PutDurability::Immediate;
+            let domain = domain_of(&keyring, &record.started)?;
             let session = Session::recover(
                 storage.as_ref(),
                 &chunks,
                 &record.started,
                 parent_root,
+                domain,
                 durable_on_ack,
                 now,
             )?;
@@ -270,6 +317,7 @@ impl Engine {
                 reaper: Mutex::new(None),
                 reaper_wake: Arc::new(tokio::sync::Notify::new()),
                 maintenance: Mutex::new(()),
+                keyring,
             }),
         };
         // Deadlines that passed while the store was closed.
@@ -387,7 +435,8 @@ impl Engine {
                     && started.volume_size_gib == request.volume_size_gib
                     && started.timeout_minutes == request.timeout_minutes
                     && started.description == request.description
-                    && started.tags == request.tags;
+                    && started.tags == request.tags
+                    && request.encryption.matches(started);
                 if same {
                     return Ok(record);
                 }
@@ -398,8 +447,8 @@ impl Engine {
                 });
             }
         }
-        let (lineage, parent_root) = match request.parent {
-            None => (None, None),
+        let (lineage, parent_root, inherited) = match request.parent {
+            None => (None, None, None),
             Some(parent) => {
                 let parent_snapshot =
                     self.completed(owner, parent).map_err(|error| match error {
@@ -418,7 +467,14 @@ impl Engine {
                         ),
                     ));
                 }
-                (Some(parent_snapshot.lineage), parent_snapshot.root)
+                let parent_encryption = self.inner.catalog.inspect(parent, |record| {
+                    (record.started.sse, record.started.kms_key_arn.clone())
+                });
+                (
+                    Some(parent_snapshot.lineage),
+                    parent_snapshot.root,
+                    parent_encryption,
+                )
             }
         };
         let pending_of_owner = self
@@ -441,6 +497,7 @@ impl Engine {
                 break candidate;
             }
         };
+        let (sse, kms_key_arn, domain) = self.encryption_of(&request.encryption, inherited)?;
         let now = self.now_millis();
         let started = StartedRecord {
             snapshot,
@@ -449,15 +506,15 @@ impl Engine {
             volume_size_gib: request.volume_size_gib,
             timeout_minutes: request.timeout_minutes,
             start_millis: now,
-            sse: crate::format::catalog::SseKind::None,
+            sse,
             owner: owner.to_string(),
             client_token: request.client_token,
             description: request.description,
-            kms_key_arn: None,
+            kms_key_arn,
             tags: request.tags,
         };
         let durable_on_ack = self.inner.config.put_durability == PutDurability::Immediate;
-        let session = Arc::new(Session::new(&started, parent_root, durable_on_ack));
+        let session = Arc::new(Session::new(&started, parent_root, domain, durable_on_ack));
         let guard = self.inner.reference_guard.read();
         self.poison_on_io(catalog.start(started))?;
         // The parent is completed and cannot be deleted while the start lock
@@ -566,21 +623,24 @@ impl Engine {
             )
         };
         let is_zero = codec::is_zero(data);
-        let (chunk, sha256) = if is_zero {
-            (codec::zero_block_id(), codec::zero_block_sha256())
-        } else {
-            (codec::chunk_id(data), codec::sha256(data))
+        let domain = session.domain.as_deref();
+        let (chunk, sha256) = match (is_zero, domain) {
+            (true, _) => (codec::zero_block_id(), codec::zero_block_sha256()),
+            (false, None) => (codec::chunk_id(data), codec::sha256(data)),
+            (false, Some(keys)) => (keys.block_id(data), codec::sha256(data)),
         };
         if sha256 != *expected {
             return Err(mismatch());
         }
         let guard = self.inner.reference_guard.read();
         if !is_zero {
-            self.poison_on_io(
-                self.inner
-                    .chunks
-                    .put(RecordKind::Block, &chunk, &sha256, data),
-            )?;
+            self.poison_on_io(self.inner.chunks.put_in(
+                RecordKind::Block,
+                &chunk,
+                &sha256,
+                data,
+                domain,
+            ))?;
         }
         let mut state = self.lock_live(&guard, &session)?;
         let now = self.now_millis();
@@ -644,7 +704,7 @@ impl Engine {
             .iter()
             .map(|(index, (chunk, _))| (*index, *chunk))
             .collect();
-        let maps = self.maps();
+        let maps = self.maps().sealed_in(session.domain.as_deref());
         let root = self.poison_on_io(maps.apply(session.parent_root, &writes))?;
         self.poison_on_io(self.inner.chunks.sync())?;
         let now = self.now_millis();
@@ -764,6 +824,23 @@ impl Drop for EngineInner {
             let _ = self.storage.sync_dir(JOURNAL_DIR);
         }
     }
+}
+
+/// The unlocked domain of a snapshot's key, `None` for a plain snapshot.
+fn domain_of(keyring: &Keyring, started: &StartedRecord) -> Result<Option<Arc<DomainKeys>>> {
+    if started.sse == SseKind::None {
+        return Ok(None);
+    }
+    let arn = started.kms_key_arn.as_deref().unwrap_or_default();
+    keyring.domain(arn).map(Some).ok_or_else(|| {
+        Error::corrupted(
+            "catalog",
+            format!(
+                "snapshot {} is encrypted under {arn}, which the keyring does not hold",
+                started.snapshot
+            ),
+        )
+    })
 }
 
 fn parent_root_of(catalog: &Catalog, record: &SnapshotRecord) -> Result<Option<ChunkId>> {

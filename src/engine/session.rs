@@ -8,15 +8,19 @@
 use super::lifecycle::TIMEOUT_REASON_PREFIX;
 use crate::chunkstore::ChunkStore;
 use crate::codec;
+use crate::crypto::DomainKeys;
 use crate::error::{Error, Result, ValidationReason};
 use crate::format::catalog::StartedRecord;
 use crate::format::header::{self, FILE_HEADER_SIZE, JOURNAL_MAGIC};
-use crate::format::journal::{JournalRecord, JOURNAL_FLAG_AT_COMPLETE, JOURNAL_FLAG_TIMED};
+use crate::format::journal::{
+    JournalRecord, JOURNAL_FLAG_AT_COMPLETE, JOURNAL_FLAG_MASKED_CHECKSUMS, JOURNAL_FLAG_TIMED,
+};
 use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId, BLOCKS_PER_GIB};
 use crate::storage::{AppendFile, Storage};
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Directory of pending snapshots' journals.
 pub(crate) const JOURNAL_DIR: &str = "pending";
@@ -47,6 +51,9 @@ pub(crate) struct Session {
     pub(crate) volume_blocks: u64,
     /// The parent's map root, the base the writes apply to.
     pub(crate) parent_root: Option<ChunkId>,
+    /// The encryption domain of an encrypted snapshot: its blocks and
+    /// nodes are keyed and sealed there, and its journal masks checksums.
+    pub(crate) domain: Option<Arc<DomainKeys>>,
     /// Journal header flags: how this snapshot's puts were acknowledged.
     journal_flags: u32,
     /// When the snapshot started, epoch milliseconds.
@@ -65,16 +72,20 @@ impl Session {
     pub(crate) fn new(
         started: &StartedRecord,
         parent_root: Option<ChunkId>,
+        domain: Option<Arc<DomainKeys>>,
         durable_on_ack: bool,
     ) -> Session {
-        let journal_flags = if durable_on_ack {
-            JOURNAL_FLAG_TIMED
-        } else {
-            JOURNAL_FLAG_TIMED | JOURNAL_FLAG_AT_COMPLETE
-        };
+        let mut journal_flags = JOURNAL_FLAG_TIMED;
+        if !durable_on_ack {
+            journal_flags |= JOURNAL_FLAG_AT_COMPLETE;
+        }
+        if domain.is_some() {
+            journal_flags |= JOURNAL_FLAG_MASKED_CHECKSUMS;
+        }
         Session::with_state(
             started,
             parent_root,
+            domain,
             journal_flags,
             BTreeMap::new(),
             None,
@@ -85,6 +96,7 @@ impl Session {
     fn with_state(
         started: &StartedRecord,
         parent_root: Option<ChunkId>,
+        domain: Option<Arc<DomainKeys>>,
         journal_flags: u32,
         writes: BTreeMap<BlockIndex, (ChunkId, Sha256Digest)>,
         journal: Option<Box<dyn AppendFile>>,
@@ -104,6 +116,7 @@ impl Session {
             owner: started.owner.clone(),
             volume_blocks: started.volume_size_gib * BLOCKS_PER_GIB,
             parent_root,
+            domain,
             journal_flags,
             start_millis: started.start_millis,
             timeout_millis,
@@ -191,7 +204,7 @@ impl Session {
         let record = JournalRecord {
             index,
             chunk_id: chunk,
-            sha256,
+            sha256: mask_checksum(self.domain.as_deref(), self.snapshot, index, &chunk, sha256),
             put_millis: Some(now),
         }
         .encode();
@@ -242,6 +255,7 @@ impl Session {
         chunks: &ChunkStore,
         started: &StartedRecord,
         parent_root: Option<ChunkId>,
+        domain: Option<Arc<DomainKeys>>,
         durable_on_ack: bool,
         now: u64,
     ) -> Result<Session> {
@@ -252,7 +266,7 @@ impl Session {
             .exists(&name)
             .map_err(|e| Error::io(format!("checking {name}"), e))?;
         if !exists {
-            return Ok(Session::new(started, parent_root, durable_on_ack));
+            return Ok(Session::new(started, parent_root, domain, durable_on_ack));
         }
         let bytes = storage
             .read_all(&name)
@@ -263,8 +277,14 @@ impl Session {
         let journal_flags = match header {
             Some(Ok((subject, flags))) if subject == snapshot.0 => flags,
             // A torn header: the journal was created and nothing survived.
-            _ => return Ok(Session::new(started, parent_root, durable_on_ack)),
+            _ => return Ok(Session::new(started, parent_root, domain, durable_on_ack)),
         };
+        if (journal_flags & JOURNAL_FLAG_MASKED_CHECKSUMS != 0) != domain.is_some() {
+            return Err(Error::corrupted(
+                name,
+                "the journal's checksum masking does not match the snapshot's encryption",
+            ));
+        }
         let zero = codec::zero_block_id();
         let mut writes = BTreeMap::new();
         let mut last_put_millis = None;
@@ -281,7 +301,14 @@ impl Session {
                 continue;
             }
             if record.chunk_id == zero || chunks.contains(&record.chunk_id) {
-                writes.insert(record.index, (record.chunk_id, record.sha256));
+                let sha256 = mask_checksum(
+                    domain.as_deref(),
+                    snapshot,
+                    record.index,
+                    &record.chunk_id,
+                    record.sha256,
+                );
+                writes.insert(record.index, (record.chunk_id, sha256));
             } else if journal_flags & JOURNAL_FLAG_AT_COMPLETE != 0 {
                 writes.remove(&record.index);
             }
@@ -296,7 +323,7 @@ impl Session {
                 &JournalRecord {
                     index: *index,
                     chunk_id: *chunk_id,
-                    sha256: *sha256,
+                    sha256: mask_checksum(domain.as_deref(), snapshot, *index, chunk_id, *sha256),
                     put_millis: last_put_millis,
                 }
                 .encode(),
@@ -311,12 +338,34 @@ impl Session {
         Ok(Session::with_state(
             started,
             parent_root,
+            domain,
             journal_flags,
             writes,
             Some(journal),
             last_put_millis,
         ))
     }
+}
+
+/// A checksum as an encrypted snapshot's journal stores it: XORed with a
+/// mask of the domain's (DESIGN.md §4.7), so the journal never shows a
+/// block's SHA-256. Its own inverse; the identity for plain snapshots.
+fn mask_checksum(
+    domain: Option<&DomainKeys>,
+    snapshot: SnapshotId,
+    index: BlockIndex,
+    chunk: &ChunkId,
+    sha256: Sha256Digest,
+) -> Sha256Digest {
+    let Some(keys) = domain else {
+        return sha256;
+    };
+    let mask = keys.checksum_mask(snapshot, index, chunk);
+    let mut out = sha256.0;
+    for (byte, mask) in out.iter_mut().zip(mask) {
+        *byte ^= mask;
+    }
+    Sha256Digest(out)
 }
 
 /// `Base64(SHA-256(d[i0] ‖ d[i1] ‖ …))` over the raw digests of the writes in

@@ -34,6 +34,8 @@ pub const CATALOG_MAGIC: [u8; 8] = *b"BSNPCTLG";
 pub const JOURNAL_MAGIC: [u8; 8] = *b"BSNPJRNL";
 /// Magic of a compaction marker. Never change.
 pub const COMPACTION_MAGIC: [u8; 8] = *b"BSNPCMPT";
+/// Magic of the store's keyring. Never change.
+pub const KEYRING_MAGIC: [u8; 8] = *b"BSNPKRNG";
 
 /// The current version of every file kind that uses this header.
 pub const FORMAT_VERSION: u32 = 1;

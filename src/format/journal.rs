@@ -14,6 +14,9 @@ pub const JOURNAL_FLAG_AT_COMPLETE: u32 = 1;
 /// bytes). Journals without it were written before put times were kept and
 /// hold [`UNTIMED_RECORD_SIZE`]-byte records.
 pub const JOURNAL_FLAG_TIMED: u32 = 2;
+/// Journal header flag: the snapshot is encrypted and each record's
+/// `sha256` field holds the checksum XORed with the domain's mask.
+pub const JOURNAL_FLAG_MASKED_CHECKSUMS: u32 = 4;
 
 /// Offset of the crc.
 pub const JOURNAL_CRC_OFFSET: usize = 0;

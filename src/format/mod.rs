@@ -14,6 +14,8 @@ pub mod compaction;
 pub mod header;
 pub mod index;
 pub mod journal;
+pub mod keyfile;
+pub mod keyring;
 pub mod node;
 pub mod pack;
 pub mod store;

@@ -6,6 +6,7 @@
 
 use super::wire::{Reader, Writer};
 use super::{crc32, DecodeError};
+use crate::crypto::{NONCE_LEN, TAG_LEN};
 use crate::ids::{ChunkId, Sha256Digest, BLOCK_SIZE};
 
 /// Offset of the crc.
@@ -16,23 +17,36 @@ pub const RECORD_PAYLOAD_LEN_OFFSET: usize = RECORD_CRC_OFFSET + 4;
 pub const RECORD_KIND_OFFSET: usize = RECORD_PAYLOAD_LEN_OFFSET + 4;
 /// Offset of the codec.
 pub const RECORD_CODEC_OFFSET: usize = RECORD_KIND_OFFSET + 1;
-/// Offset of the reserved field.
-pub const RECORD_RESERVED_OFFSET: usize = RECORD_CODEC_OFFSET + 1;
+/// Offset of the key domain (0 = not encrypted).
+pub const RECORD_DOMAIN_OFFSET: usize = RECORD_CODEC_OFFSET + 1;
 /// Offset of the raw length.
-pub const RECORD_RAW_LEN_OFFSET: usize = RECORD_RESERVED_OFFSET + 2;
+pub const RECORD_RAW_LEN_OFFSET: usize = RECORD_DOMAIN_OFFSET + 2;
 /// Offset of the chunk id.
 pub const RECORD_CHUNK_ID_OFFSET: usize = RECORD_RAW_LEN_OFFSET + 4;
-/// Offset of the SHA-256.
+/// Offset of the SHA-256 (plain records) or of the seal (encrypted ones).
 pub const RECORD_SHA256_OFFSET: usize = RECORD_CHUNK_ID_OFFSET + 32;
+/// Offset of an encrypted record's nonce.
+pub const RECORD_NONCE_OFFSET: usize = RECORD_SHA256_OFFSET;
+/// Offset of an encrypted record's authentication tag.
+pub const RECORD_TAG_OFFSET: usize = RECORD_NONCE_OFFSET + NONCE_LEN;
+/// Offset of an encrypted record's 4 zero bytes.
+pub const RECORD_SEAL_RESERVED_OFFSET: usize = RECORD_TAG_OFFSET + TAG_LEN;
 /// Size of a record header; the payload follows.
 pub const RECORD_HEADER_SIZE: usize = RECORD_SHA256_OFFSET + 32;
 const _: () = assert!(RECORD_HEADER_SIZE == 80);
+const _: () = assert!(RECORD_SEAL_RESERVED_OFFSET + 4 == RECORD_HEADER_SIZE);
+/// The associated data of an encrypted record: header bytes 4..48
+/// (payload length, kind, codec, domain, raw length, chunk id).
+pub const RECORD_AAD: std::ops::Range<usize> = RECORD_PAYLOAD_LEN_OFFSET..RECORD_SHA256_OFFSET;
+/// An encrypted payload starts with the block's SHA-256 (zero for nodes).
+pub const SEALED_PREFIX_LEN: usize = 32;
 
 /// Largest raw length a record may claim: a block, or the largest map node.
 pub const MAX_RAW_LEN: usize = BLOCK_SIZE;
 /// Largest payload a record may claim (zstd never expands beyond its bound,
-/// and incompressible payloads are stored raw).
-pub const MAX_PAYLOAD_LEN: usize = BLOCK_SIZE;
+/// incompressible payloads are stored raw, and an encrypted payload adds
+/// the sealed SHA-256).
+pub const MAX_PAYLOAD_LEN: usize = BLOCK_SIZE + SEALED_PREFIX_LEN;
 
 /// What a record holds.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -63,11 +77,15 @@ pub struct RecordHeader {
     pub kind: RecordKind,
     /// How the payload is encoded.
     pub codec: Codec,
+    /// Key domain: 0 for a plain record, else the keyring domain whose
+    /// key sealed the payload.
+    pub domain: u16,
     /// Length after decoding.
     pub raw_len: u32,
     /// Content address of the raw bytes.
     pub chunk_id: ChunkId,
-    /// SHA-256 of the raw block (zero for map nodes).
+    /// Plain records: SHA-256 of the raw block (zero for map nodes).
+    /// Encrypted records: nonce, tag, and 4 zero bytes.
     pub sha256: Sha256Digest,
 }
 
@@ -76,9 +94,35 @@ impl RecordHeader {
     pub fn record_len(&self) -> usize {
         RECORD_HEADER_SIZE + self.payload_len as usize
     }
+
+    /// An encrypted record's nonce and tag.
+    pub fn seal(&self) -> ([u8; NONCE_LEN], [u8; TAG_LEN]) {
+        let mut nonce = [0u8; NONCE_LEN];
+        let mut tag = [0u8; TAG_LEN];
+        nonce.copy_from_slice(self.sha256.0.get(..NONCE_LEN).unwrap_or(&[0; NONCE_LEN]));
+        tag.copy_from_slice(
+            self.sha256
+                .0
+                .get(NONCE_LEN..NONCE_LEN + TAG_LEN)
+                .unwrap_or(&[0; TAG_LEN]),
+        );
+        (nonce, tag)
+    }
 }
 
-/// Encodes a record header for `payload`; the crc covers header and payload.
+/// The 32-byte field at offset 48 of an encrypted record: nonce, tag, zeros.
+pub fn seal_field(nonce: &[u8; NONCE_LEN], tag: &[u8; TAG_LEN]) -> Sha256Digest {
+    let mut field = Vec::with_capacity(32);
+    field.extend_from_slice(nonce);
+    field.extend_from_slice(tag);
+    field.resize(32, 0);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&field);
+    Sha256Digest(out)
+}
+
+/// Encodes a plain record header for `payload`; the crc covers header and
+/// payload.
 pub fn encode_record_header(
     kind: RecordKind,
     codec: Codec,
@@ -87,15 +131,46 @@ pub fn encode_record_header(
     sha256: &Sha256Digest,
     payload: &[u8],
 ) -> [u8; RECORD_HEADER_SIZE] {
+    let mut bytes = encode_aad(kind, codec, 0, raw_len, chunk_id, payload.len());
+    bytes.extend_from_slice(&sha256.0);
+    finish_header(bytes, payload)
+}
+
+/// The first 48 bytes of a record header, crc zeroed: bytes 4..48 are the
+/// associated data of an encrypted record.
+pub fn encode_aad(
+    kind: RecordKind,
+    codec: Codec,
+    domain: u16,
+    raw_len: u32,
+    chunk_id: &ChunkId,
+    payload_len: usize,
+) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(RECORD_HEADER_SIZE);
     bytes.put_u32(0);
-    bytes.put_u32(u32::try_from(payload.len()).unwrap_or(u32::MAX));
+    bytes.put_u32(u32::try_from(payload_len).unwrap_or(u32::MAX));
     bytes.put_u8(kind as u8);
     bytes.put_u8(codec as u8);
-    bytes.put_u16(0);
+    bytes.put_u16(domain);
     bytes.put_u32(raw_len);
     bytes.extend_from_slice(&chunk_id.0);
-    bytes.extend_from_slice(&sha256.0);
+    bytes
+}
+
+/// Completes an encrypted record's header: `aad_bytes` from [`encode_aad`],
+/// then the seal; the crc covers header and (encrypted) payload.
+pub fn encode_sealed_header(
+    aad_bytes: Vec<u8>,
+    nonce: &[u8; NONCE_LEN],
+    tag: &[u8; TAG_LEN],
+    payload: &[u8],
+) -> [u8; RECORD_HEADER_SIZE] {
+    let mut bytes = aad_bytes;
+    bytes.extend_from_slice(&seal_field(nonce, tag).0);
+    finish_header(bytes, payload)
+}
+
+fn finish_header(mut bytes: Vec<u8>, payload: &[u8]) -> [u8; RECORD_HEADER_SIZE] {
     let crc = crc32(&[
         bytes.get(RECORD_PAYLOAD_LEN_OFFSET..).unwrap_or_default(),
         payload,
@@ -124,12 +199,7 @@ pub fn decode_record_header(bytes: &[u8]) -> Result<RecordHeader, DecodeError> {
         1 => Codec::Zstd,
         _ => return Err(DecodeError::corrupt(RECORD_CODEC_OFFSET, "record codec")),
     };
-    if reader.u16("record reserved")? != 0 {
-        return Err(DecodeError::corrupt(
-            RECORD_RESERVED_OFFSET,
-            "record reserved",
-        ));
-    }
+    let domain = reader.u16("record domain")?;
     let raw_len = reader.u32("record raw length")?;
     if raw_len as usize > MAX_RAW_LEN {
         return Err(DecodeError::corrupt(
@@ -137,7 +207,18 @@ pub fn decode_record_header(bytes: &[u8]) -> Result<RecordHeader, DecodeError> {
             "record raw length",
         ));
     }
-    if payload_len as usize > MAX_PAYLOAD_LEN || (codec == Codec::Raw && payload_len != raw_len) {
+    let sealed_prefix = if domain == 0 {
+        0
+    } else {
+        SEALED_PREFIX_LEN as u32
+    };
+    let stored_len = payload_len.checked_sub(sealed_prefix);
+    let fits = match (codec, stored_len) {
+        (_, None) => false,
+        (Codec::Raw, Some(stored)) => stored == raw_len,
+        (Codec::Zstd, Some(stored)) => stored as usize <= BLOCK_SIZE,
+    };
+    if payload_len as usize > MAX_PAYLOAD_LEN || !fits {
         return Err(DecodeError::corrupt(
             RECORD_PAYLOAD_LEN_OFFSET,
             "record payload length",
@@ -145,11 +226,23 @@ pub fn decode_record_header(bytes: &[u8]) -> Result<RecordHeader, DecodeError> {
     }
     let chunk_id = ChunkId(reader.array::<32>("record chunk id")?);
     let sha256 = Sha256Digest(reader.array::<32>("record sha256")?);
+    if domain != 0
+        && sha256
+            .0
+            .get(RECORD_SEAL_RESERVED_OFFSET - RECORD_SHA256_OFFSET..)
+            != Some(&[0u8; 4][..])
+    {
+        return Err(DecodeError::corrupt(
+            RECORD_SEAL_RESERVED_OFFSET,
+            "record seal reserved",
+        ));
+    }
     Ok(RecordHeader {
         crc,
         payload_len,
         kind,
         codec,
+        domain,
         raw_len,
         chunk_id,
         sha256,

@@ -1,0 +1,195 @@
+//! The store's domains: one per key name, each a data key wrapped by the
+//! key provider (persisted in the `keyring` file, DESIGN.md §4.10) and the
+//! keys derived from it once unwrapped.
+
+use super::{Aes256Gcm, CipherSuite, DomainKeys, KeyProvider, AES_256_GCM_SUITE};
+use crate::error::{Error, Result, ValidationReason};
+use crate::format::keyring::{decode_keyring, encode_keyring, KeyringEntry, MAX_DOMAINS};
+use crate::storage::Storage;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Name of the keyring file in the store.
+pub(crate) const KEYRING_NAME: &str = "keyring";
+
+/// See the module documentation.
+pub(crate) struct Keyring {
+    entries: Mutex<Vec<KeyringEntry>>,
+    by_arn: Mutex<HashMap<String, Arc<DomainKeys>>>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("domains", &self.entries.lock().len())
+            .finish()
+    }
+}
+
+fn suite_for(id: u8, configured: &Arc<dyn CipherSuite>) -> Result<Arc<dyn CipherSuite>> {
+    if configured.id() == id {
+        Ok(configured.clone())
+    } else if id == AES_256_GCM_SUITE {
+        Ok(Arc::new(Aes256Gcm))
+    } else {
+        Err(Error::KeyUnavailable {
+            message: format!(
+                "the store's records are sealed with cipher suite {id}, which this engine was not given"
+            ),
+        })
+    }
+}
+
+impl Keyring {
+    /// Loads the keyring and unwraps every domain's data key. A store with
+    /// encrypted snapshots cannot open without a provider that unwraps all
+    /// of them: reference counts are rebuilt by reading every snapshot's map.
+    pub(crate) fn open(
+        storage: &dyn Storage,
+        provider: Option<&Arc<dyn KeyProvider>>,
+        suite: &Arc<dyn CipherSuite>,
+    ) -> Result<Keyring> {
+        let exists = storage
+            .exists(KEYRING_NAME)
+            .map_err(|e| Error::io("checking the keyring", e))?;
+        let entries = if exists {
+            let bytes = storage
+                .read_all(KEYRING_NAME)
+                .map_err(|e| Error::io("reading the keyring", e))?;
+            decode_keyring(&bytes).map_err(|error| error.into_error(KEYRING_NAME))?
+        } else {
+            Vec::new()
+        };
+        let mut by_arn = HashMap::new();
+        for entry in &entries {
+            let provider = provider.ok_or_else(|| Error::KeyUnavailable {
+                message: format!(
+                    "the store holds snapshots encrypted under {}; open it with a key provider",
+                    entry.key_arn
+                ),
+            })?;
+            let keys = Self::unwrap(entry, provider.as_ref(), suite)?;
+            by_arn.insert(entry.key_arn.clone(), Arc::new(keys));
+        }
+        Ok(Keyring {
+            entries: Mutex::new(entries),
+            by_arn: Mutex::new(by_arn),
+        })
+    }
+
+    fn unwrap(
+        entry: &KeyringEntry,
+        provider: &dyn KeyProvider,
+        suite: &Arc<dyn CipherSuite>,
+    ) -> Result<DomainKeys> {
+        let data_key = provider.unwrap_data_key(&entry.key_arn, &entry.wrapped)?;
+        let suite = suite_for(entry.suite, suite)?;
+        DomainKeys::derive(
+            entry.domain,
+            entry.key_arn.clone(),
+            &data_key,
+            suite.as_ref(),
+        )
+    }
+
+    /// Every unlocked domain.
+    pub(crate) fn domains(&self) -> Vec<Arc<DomainKeys>> {
+        self.by_arn.lock().values().cloned().collect()
+    }
+
+    /// The domain of `key_arn`, if the store has one.
+    pub(crate) fn domain(&self, key_arn: &str) -> Option<Arc<DomainKeys>> {
+        self.by_arn.lock().get(key_arn).cloned()
+    }
+
+    /// The domain of `key_arn`, creating it when this is the key's first
+    /// snapshot: the provider generates a data key, and the keyring naming
+    /// it is durable before this returns (so before any record sealed
+    /// with it can be). Callers serialize creation (the start lock).
+    pub(crate) fn domain_or_create(
+        &self,
+        key_arn: &str,
+        storage: &dyn Storage,
+        provider: &dyn KeyProvider,
+        suite: &Arc<dyn CipherSuite>,
+        now_millis: u64,
+    ) -> Result<(Arc<DomainKeys>, bool)> {
+        if let Some(keys) = self.domain(key_arn) {
+            return Ok((keys, false));
+        }
+        let mut entries = self.entries.lock();
+        if entries.len() >= MAX_DOMAINS {
+            return Err(Error::invalid(
+                ValidationReason::InvalidCustomerKey,
+                format!(
+                    "the store already has {MAX_DOMAINS} encryption keys, the most it can hold"
+                ),
+            ));
+        }
+        let generated = provider.generate_data_key(key_arn)?;
+        if generated.wrapped.len() > super::MAX_WRAPPED_KEY_LEN {
+            return Err(Error::KeyUnavailable {
+                message: format!(
+                    "the key provider wrapped a data key of {key_arn} into {} bytes, more than {}",
+                    generated.wrapped.len(),
+                    super::MAX_WRAPPED_KEY_LEN
+                ),
+            });
+        }
+        let domain = entries.iter().map(|entry| entry.domain).max().unwrap_or(0) + 1;
+        let entry = KeyringEntry {
+            domain,
+            suite: suite.id(),
+            created_millis: now_millis,
+            key_arn: key_arn.to_string(),
+            wrapped: generated.wrapped,
+        };
+        let keys = Arc::new(DomainKeys::derive(
+            domain,
+            key_arn.to_string(),
+            &generated.plaintext,
+            suite.as_ref(),
+        )?);
+        let mut updated = entries.clone();
+        updated.push(entry);
+        storage
+            .write_atomic(KEYRING_NAME, &encode_keyring(&updated))
+            .map_err(|e| Error::io("writing the keyring", e))?;
+        *entries = updated;
+        self.by_arn.lock().insert(key_arn.to_string(), keys.clone());
+        Ok((keys, true))
+    }
+
+    /// Rewraps every domain's data key under its key's current KEK, and
+    /// checks each rewrapped key unwraps to the same domain keys before the
+    /// keyring is replaced (atomically). Returns how many were rewrapped.
+    pub(crate) fn rewrap(
+        &self,
+        storage: &dyn Storage,
+        provider: &dyn KeyProvider,
+    ) -> Result<usize> {
+        let mut entries = self.entries.lock();
+        let mut updated = entries.clone();
+        for entry in &mut updated {
+            let rewrapped = provider.rewrap_data_key(&entry.key_arn, &entry.wrapped)?;
+            let before = provider.unwrap_data_key(&entry.key_arn, &entry.wrapped)?;
+            let after = provider.unwrap_data_key(&entry.key_arn, &rewrapped)?;
+            if before.expose() != after.expose() {
+                return Err(Error::KeyUnavailable {
+                    message: format!(
+                        "the key provider rewrapped the data key of {} into a different key",
+                        entry.key_arn
+                    ),
+                });
+            }
+            entry.wrapped = rewrapped;
+        }
+        storage
+            .write_atomic(KEYRING_NAME, &encode_keyring(&updated))
+            .map_err(|e| Error::io("writing the keyring", e))?;
+        let count = updated.len();
+        *entries = updated;
+        Ok(count)
+    }
+}

@@ -1,0 +1,150 @@
+//! The store's keyring file `keyring`: one wrapped data key per key name
+//! (dedup domain) of the store's encrypted snapshots.
+//!
+//! The layout, field by field, is specified in DESIGN.md §4.10 "Keyring";
+//! `tests/design_tables.rs` checks the specification against the constants
+//! here and the encoder.
+
+use super::header::{self, FILE_HEADER_SIZE, KEYRING_MAGIC};
+use super::wire::{Reader, Writer};
+use super::{crc32, DecodeError};
+
+/// Offset of the first entry (the header's subject is the entry count).
+pub const KEYRING_ENTRIES_OFFSET: usize = FILE_HEADER_SIZE;
+/// Most domains a store may have: record headers number them with a u16,
+/// and 0 means "not encrypted".
+pub const MAX_DOMAINS: usize = u16::MAX as usize;
+/// Longest key name (the KmsKeyArn limit).
+pub const MAX_KEY_ARN_LEN: usize = 2048;
+/// Longest wrapped data key.
+pub const MAX_WRAPPED_LEN: usize = crate::crypto::MAX_WRAPPED_KEY_LEN;
+
+/// One domain: a key name and its data key, wrapped by the key provider.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct KeyringEntry {
+    /// The domain's number in pack record headers, 1..=65535.
+    pub domain: u16,
+    /// The cipher suite the domain's records are sealed with.
+    pub suite: u8,
+    /// When the domain was created, epoch milliseconds.
+    pub created_millis: u64,
+    /// The key name (`KmsKeyArn`).
+    pub key_arn: String,
+    /// The data key, wrapped under the key name's KEK; opaque here.
+    pub wrapped: Vec<u8>,
+}
+
+/// Encodes the keyring.
+pub fn encode_keyring(entries: &[KeyringEntry]) -> Vec<u8> {
+    let mut bytes = header::encode(KEYRING_MAGIC, entries.len() as u64).to_vec();
+    for entry in entries {
+        bytes.put_u16(entry.domain);
+        bytes.put_u8(entry.suite);
+        bytes.put_u8(0);
+        bytes.put_u64(entry.created_millis);
+        bytes.put_string(&entry.key_arn);
+        bytes.put_u16(u16::try_from(entry.wrapped.len()).unwrap_or(u16::MAX));
+        bytes.extend_from_slice(&entry.wrapped);
+    }
+    let crc = crc32(&[&bytes]);
+    bytes.put_u32(crc);
+    bytes
+}
+
+/// Decodes the keyring, checking its crc, bounds, and that domains are
+/// distinct, nonzero, and key names distinct.
+pub fn decode_keyring(bytes: &[u8]) -> Result<Vec<KeyringEntry>, DecodeError> {
+    let count = header::decode(bytes, KEYRING_MAGIC)?;
+    let body_end = bytes
+        .len()
+        .checked_sub(4)
+        .ok_or(DecodeError::corrupt(0, "keyring truncated"))?;
+    let body = bytes
+        .get(..body_end)
+        .ok_or(DecodeError::corrupt(0, "keyring truncated"))?;
+    let mut trailer = Reader::new(bytes.get(body_end..).unwrap_or_default());
+    if trailer.u32("keyring crc")? != crc32(&[body]) {
+        return Err(DecodeError::corrupt(body_end, "keyring crc"));
+    }
+    if count > MAX_DOMAINS as u64 {
+        return Err(DecodeError::corrupt(
+            header::SUBJECT_OFFSET,
+            "keyring count",
+        ));
+    }
+    let mut reader = Reader::new(body);
+    reader.take(FILE_HEADER_SIZE, "keyring header")?;
+    let mut entries: Vec<KeyringEntry> = Vec::new();
+    for _ in 0..count {
+        let at = reader.position();
+        let domain = reader.u16("keyring domain")?;
+        let suite = reader.u8("keyring suite")?;
+        if reader.u8("keyring reserved")? != 0 {
+            return Err(DecodeError::corrupt(at + 3, "keyring reserved"));
+        }
+        let created_millis = reader.u64("keyring created")?;
+        let key_arn = reader.string("keyring key name")?;
+        let wrapped_len = usize::from(reader.u16("keyring wrapped length")?);
+        if wrapped_len > MAX_WRAPPED_LEN || key_arn.len() > MAX_KEY_ARN_LEN {
+            return Err(DecodeError::corrupt(at, "keyring entry length"));
+        }
+        let wrapped = reader.take(wrapped_len, "keyring wrapped key")?.to_vec();
+        let duplicate = entries
+            .iter()
+            .any(|entry| entry.domain == domain || entry.key_arn == key_arn);
+        if domain == 0 || duplicate {
+            return Err(DecodeError::corrupt(at, "keyring domain"));
+        }
+        entries.push(KeyringEntry {
+            domain,
+            suite,
+            created_millis,
+            key_arn,
+            wrapped,
+        });
+    }
+    reader.finish("keyring length")?;
+    Ok(entries)
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyring_round_trip_and_damage() {
+        let entries = vec![
+            KeyringEntry {
+                domain: 1,
+                suite: 1,
+                created_millis: 5,
+                key_arn: "arn:aws:kms:local:000000000000:key/a".into(),
+                wrapped: vec![9; 65],
+            },
+            KeyringEntry {
+                domain: 2,
+                suite: 1,
+                created_millis: 6,
+                key_arn: "arn:aws:kms:local:000000000000:key/b".into(),
+                wrapped: vec![3; 10],
+            },
+        ];
+        let bytes = encode_keyring(&entries);
+        assert_eq!(decode_keyring(&bytes), Ok(entries.clone()));
+        for position in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[position] ^= 0x04;
+            assert!(decode_keyring(&flipped).is_err(), "flip at {position}");
+        }
+        for cut in 0..bytes.len() {
+            assert!(decode_keyring(&bytes[..cut]).is_err());
+        }
+        let mut same_domain = entries.clone();
+        same_domain[1].domain = 1;
+        assert!(decode_keyring(&encode_keyring(&same_domain)).is_err());
+        let mut same_name = entries;
+        same_name[1].key_arn = same_name[0].key_arn.clone();
+        assert!(decode_keyring(&encode_keyring(&same_name)).is_err());
+    }
+}
