@@ -21,7 +21,7 @@ use super::{io_error, load_index, ChunkStore};
 use crate::error::{Error, Result};
 use crate::format::compaction::{decode_marker, encode_marker};
 use crate::format::index::{encode_index, IndexEntry};
-use crate::format::pack::encode_record_header;
+use crate::format::pack::encode_copy_header;
 use crate::ids::{ChunkId, PackLocation};
 use crate::storage::{remove_durably, Storage};
 use std::sync::atomic::Ordering;
@@ -205,14 +205,7 @@ impl ChunkStore {
         let output_name = pack_name(compaction.output.seq);
         let file = &mut compaction.output.file;
         let (entry, length) = self.with_record(location, |header, payload| {
-            let bytes = encode_record_header(
-                header.kind,
-                header.codec,
-                header.raw_len,
-                &header.chunk_id,
-                &header.sha256,
-                payload,
-            );
+            let bytes = encode_copy_header(header, payload);
             let offset = file
                 .append(&[&bytes, payload])
                 .map_err(io_error(format!("appending to {output_name}")))?;

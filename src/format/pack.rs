@@ -136,6 +136,21 @@ pub fn encode_record_header(
     finish_header(bytes, payload)
 }
 
+/// Encodes `header` again over `payload`: a verbatim copy of a record, as
+/// compaction makes one, domain and seal included.
+pub fn encode_copy_header(header: &RecordHeader, payload: &[u8]) -> [u8; RECORD_HEADER_SIZE] {
+    let mut bytes = encode_aad(
+        header.kind,
+        header.codec,
+        header.domain,
+        header.raw_len,
+        &header.chunk_id,
+        payload.len(),
+    );
+    bytes.extend_from_slice(&header.sha256.0);
+    finish_header(bytes, payload)
+}
+
 /// The first 48 bytes of a record header, crc zeroed: bytes 4..48 are the
 /// associated data of an encrypted record.
 pub fn encode_aad(
