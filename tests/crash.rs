@@ -11,12 +11,20 @@ use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::storage::{MemoryStorage, TornWrites};
 use blocksnap::testing::{block, complete_request, get_listed, list_all_blocks, put_request};
+use blocksnap::crypto::{KdfParams, KeyProvider, LocalKeyProvider, Passphrase};
 use blocksnap::{Engine, EngineConfig, Error, PutDurability};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 fn config(durability: PutDurability) -> EngineConfig {
+    config_with(durability, None)
+}
+
+/// With a key provider, the workload's snapshots are encrypted (roots ask
+/// for the default key; children inherit it).
+fn config_with(durability: PutDurability, keys: Option<Arc<dyn KeyProvider>>) -> EngineConfig {
     EngineConfig {
+        key_provider: keys,
         // Small packs: the workload seals several, so crashes land inside seals too.
         chunk_store: ChunkStoreConfig {
             pack_target_size: 700 << 10,
@@ -75,9 +83,11 @@ fn run_workload(engine: &Engine, ledger: &mut Ledger) -> Result<(), Error> {
         (Some(1), &[(9, 3), (1, 8)], false),
     ];
     for (parent, puts, complete) in plan {
+        let encrypted = engine.config().key_provider.is_some() && parent.is_none();
         let request = StartSnapshotRequest {
             volume_size: 1,
             parent_snapshot_id: parent.map(|p| ledger.ids[p].clone()),
+            encrypted: encrypted.then_some(true),
             ..Default::default()
         };
         let id = engine.start_snapshot(request)?.snapshot_id;
@@ -221,6 +231,11 @@ fn verify(engine: &Engine, ledger: &Ledger, context: &str) {
 }
 
 fn crash_everywhere(durability: PutDurability) {
+    crash_everywhere_with(durability, None);
+}
+
+fn crash_everywhere_with(durability: PutDurability, keys: Option<Arc<dyn KeyProvider>>) {
+    let config = |durability| config_with(durability, keys.clone());
     // A clean run counts the sync points (including those of close).
     let clean = MemoryStorage::new();
     {
@@ -291,6 +306,22 @@ fn crash_everywhere(durability: PutDurability) {
 #[test]
 fn crash_at_every_sync_point_with_durable_puts() {
     crash_everywhere(PutDurability::Immediate);
+}
+
+#[test]
+fn crash_at_every_sync_point_of_encrypted_snapshots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = LocalKeyProvider::create(
+        &dir.path().join("keys"),
+        &Passphrase::new("crash test").expect("passphrase"),
+        KdfParams {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        },
+    )
+    .expect("key file");
+    crash_everywhere_with(PutDurability::Immediate, Some(Arc::new(provider)));
 }
 
 #[test]
