@@ -9,9 +9,9 @@
 
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
+use blocksnap::crypto::{KdfParams, KeyProvider, LocalKeyProvider, Passphrase};
 use blocksnap::storage::{MemoryStorage, TornWrites};
 use blocksnap::testing::{block, complete_request, get_listed, list_all_blocks, put_request};
-use blocksnap::crypto::{KdfParams, KeyProvider, LocalKeyProvider, Passphrase};
 use blocksnap::{Engine, EngineConfig, Error, PutDurability};
 use std::collections::BTreeMap;
 use std::sync::Arc;

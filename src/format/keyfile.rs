@@ -163,8 +163,9 @@ impl KeyTable {
         bytes
     }
 
-    /// Decodes an opened table, checking that every key's current version
-    /// is present.
+    /// Decodes an opened table, checking that keys (by name) and versions
+    /// are strictly ascending, as written, and that every key's current
+    /// version is present.
     pub fn decode(bytes: &[u8]) -> Result<KeyTable, DecodeError> {
         let mut reader = Reader::new(bytes);
         let default_key_arn = reader.string("key table default key")?;
@@ -179,10 +180,24 @@ impl KeyTable {
             for _ in 0..version_count {
                 let version = reader.u32("key table version")?;
                 let key = Zeroizing::new(reader.array::<32>("key table key")?);
+                if versions
+                    .keys()
+                    .next_back()
+                    .is_some_and(|last| *last >= version)
+                {
+                    return Err(DecodeError::corrupt(at, "key table version order"));
+                }
                 versions.insert(version, key);
             }
             if !versions.contains_key(&current) {
                 return Err(DecodeError::corrupt(at, "key table current version"));
+            }
+            if keys
+                .keys()
+                .next_back()
+                .is_some_and(|last: &String| *last >= arn)
+            {
+                return Err(DecodeError::corrupt(at, "key table key order"));
             }
             keys.insert(arn, KekVersions { current, versions });
         }
