@@ -16,10 +16,6 @@ use blocksnap::{Engine, EngineConfig, Error, PutDurability};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-fn config(durability: PutDurability) -> EngineConfig {
-    config_with(durability, None)
-}
-
 /// With a key provider, the workload's snapshots are encrypted (roots ask
 /// for the default key; children inherit it).
 fn config_with(durability: PutDurability, keys: Option<Arc<dyn KeyProvider>>) -> EngineConfig {
