@@ -126,6 +126,23 @@ fn at_fresh_indexes(
     requests
 }
 
+/// Time taken by `iterations` batches of unique VM-like puts from two
+/// threads at fresh indexes of `snapshot`.
+fn time_unique_puts(
+    engine: &Engine,
+    snapshot: &str,
+    iterations: u64,
+    counter: &mut u64,
+    next_index: &mut i32,
+) -> Duration {
+    (0..iterations)
+        .map(|_| {
+            let requests = at_fresh_indexes(unique_blocks(counter, BATCH), next_index);
+            put_two_threads(engine, snapshot, requests)
+        })
+        .sum()
+}
+
 fn bench_puts(c: &mut Criterion) {
     let mut group = c.benchmark_group("put_2_threads");
     group
@@ -143,15 +160,13 @@ fn bench_puts(c: &mut Criterion) {
             BenchmarkId::new("unique_vm_like", format!("{durability:?}")),
             |b| {
                 b.iter_custom(|iterations| {
-                    (0..iterations)
-                        .map(|_| {
-                            let requests = at_fresh_indexes(
-                                unique_blocks(&mut counter, BATCH),
-                                &mut next_index,
-                            );
-                            put_two_threads(&engine, &snapshot, requests)
-                        })
-                        .sum()
+                    time_unique_puts(
+                        &engine,
+                        &snapshot,
+                        iterations,
+                        &mut counter,
+                        &mut next_index,
+                    )
                 })
             },
         );
@@ -222,15 +237,13 @@ fn bench_encryption(c: &mut Criterion) {
             BenchmarkId::new("put_unique_2_threads", format!("{sealing:?}")),
             |b| {
                 b.iter_custom(|iterations| {
-                    (0..iterations)
-                        .map(|_| {
-                            let requests = at_fresh_indexes(
-                                unique_blocks(&mut counter, BATCH),
-                                &mut next_index,
-                            );
-                            put_two_threads(&engine, &snapshot, requests)
-                        })
-                        .sum()
+                    time_unique_puts(
+                        &engine,
+                        &snapshot,
+                        iterations,
+                        &mut counter,
+                        &mut next_index,
+                    )
                 })
             },
         );

@@ -14,7 +14,8 @@ use blocksnap::format::crc32;
 use blocksnap::format::pack::{decode_record_header, RecordKind, RECORD_HEADER_SIZE};
 use blocksnap::storage::{MemoryStorage, Storage};
 use blocksnap::testing::{
-    block, complete_request, expect_ebs, holds_exactly, linear_checksum, put_request, write_lineage,
+    block, complete_request, expect_ebs, holds_exactly, linear_checksum, pack_records, put_request,
+    write_lineage,
 };
 use blocksnap::{Engine, EngineConfig, Error};
 use std::collections::BTreeMap;
@@ -177,30 +178,28 @@ fn a_known_plaintext_appears_nowhere_in_an_encrypted_store() {
     );
 }
 
-/// Every record of the store: (pack path, offset, kind, domain, id).
+/// Every record of the store: (pack path, offset, kind, domain, length).
 fn records(storage: &MemoryStorage) -> Vec<(String, usize, RecordKind, u16, usize)> {
-    let mut out = Vec::new();
-    for name in storage.list("packs").expect("list") {
-        if !name.ends_with(".pack") {
-            continue;
-        }
-        let path = format!("packs/{name}");
-        let bytes = storage.read_all(&path).expect("read pack");
-        let mut offset = 32;
-        while offset + RECORD_HEADER_SIZE <= bytes.len() {
-            let header = decode_record_header(&bytes[offset..offset + RECORD_HEADER_SIZE])
-                .expect("record header");
-            out.push((
-                path.clone(),
+    pack_records(storage)
+        .into_iter()
+        .map(|(path, offset, header)| {
+            (
+                path,
                 offset,
                 header.kind,
                 header.domain,
                 header.record_len(),
-            ));
-            offset += header.record_len();
-        }
-    }
-    out
+            )
+        })
+        .collect()
+}
+
+/// An engine on fresh memory storage, with a key file in `keys`.
+fn memory_engine_with_keys(keys: &Path) -> (MemoryStorage, Engine) {
+    let storage = MemoryStorage::new();
+    let engine =
+        Engine::open_with(Arc::new(storage.clone()), config(Some(provider(keys)))).expect("open");
+    (storage, engine)
 }
 
 /// Replaces bytes of a stored file and then makes the record's crc right
@@ -239,12 +238,7 @@ fn restore(storage: &MemoryStorage, path: &str, original: &[u8]) {
 #[test]
 fn tampering_with_any_byte_or_moving_a_record_is_detected_on_read_and_by_verify() {
     let keys = tempfile::tempdir().expect("tempdir");
-    let storage = MemoryStorage::new();
-    let engine = Engine::open_with(
-        Arc::new(storage.clone()),
-        config(Some(provider(keys.path()))),
-    )
-    .expect("open");
+    let (storage, engine) = memory_engine_with_keys(keys.path());
     // Seeds 2 and 5 are random (stored raw, equal lengths); seed 1 compresses.
     let lineage = write_lineage(&engine, &encrypted(None), &[&[(0, 1), (1, 2), (2, 5)]]);
     let (snapshot, content) = &lineage[0];
@@ -308,12 +302,7 @@ fn tampering_with_any_byte_or_moving_a_record_is_detected_on_read_and_by_verify(
 #[test]
 fn one_key_stores_identical_data_once_two_keys_twice() {
     let keys = tempfile::tempdir().expect("tempdir");
-    let storage = MemoryStorage::new();
-    let engine = Engine::open_with(
-        Arc::new(storage.clone()),
-        config(Some(provider(keys.path()))),
-    )
-    .expect("open");
+    let (_storage, engine) = memory_engine_with_keys(keys.path());
     let chunks = || engine.chunk_stats().chunks;
     let one_block: &[&[(u32, u64)]] = &[&[(3, 7)]];
     let first = write_lineage(&engine, &encrypted(None), one_block);
@@ -441,12 +430,7 @@ fn after_kek_rotation_and_rewrap_every_snapshot_reads_back() {
 #[test]
 fn start_snapshot_encryption_rules() {
     let keys = tempfile::tempdir().expect("tempdir");
-    let storage = MemoryStorage::new();
-    let engine = Engine::open_with(
-        Arc::new(storage.clone()),
-        config(Some(provider(keys.path()))),
-    )
-    .expect("open");
+    let (_storage, engine) = memory_engine_with_keys(keys.path());
     let default_key = engine.start_snapshot(encrypted(None)).expect("start");
     assert_eq!(default_key.sse_type, SseType::SseEbs);
     assert_eq!(

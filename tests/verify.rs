@@ -10,7 +10,7 @@ use blocksnap::engine::{AffectedBlocks, VerifyOptions};
 use blocksnap::format::pack::{decode_record_header, RecordKind, RECORD_HEADER_SIZE};
 use blocksnap::ids::{ChunkId, PackLocation};
 use blocksnap::storage::{MemoryStorage, Storage};
-use blocksnap::testing::{block, expect_ebs, holds_exactly, write_lineage, Lineage};
+use blocksnap::testing::{block, expect_ebs, holds_exactly, pack_records, write_lineage, Lineage};
 use blocksnap::{Engine, EngineConfig};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -47,22 +47,10 @@ fn setup() -> (MemoryStorage, Engine, Lineage, Lineage) {
 
 /// Every record in the store's packs: (pack file, offset, kind, chunk id).
 fn records(storage: &MemoryStorage) -> Vec<(String, usize, RecordKind, ChunkId)> {
-    let mut out = Vec::new();
-    for name in storage.list("packs").expect("list") {
-        if !name.ends_with(".pack") {
-            continue;
-        }
-        let path = format!("packs/{name}");
-        let bytes = storage.read_all(&path).expect("read pack");
-        let mut offset = 32;
-        while offset + RECORD_HEADER_SIZE <= bytes.len() {
-            let header = decode_record_header(&bytes[offset..offset + RECORD_HEADER_SIZE])
-                .expect("record header");
-            out.push((path.clone(), offset, header.kind, header.chunk_id));
-            offset += header.record_len();
-        }
-    }
-    out
+    pack_records(storage)
+        .into_iter()
+        .map(|(path, offset, header)| (path, offset, header.kind, header.chunk_id))
+        .collect()
 }
 
 fn location_of(path: &str, offset: usize) -> PackLocation {

@@ -610,14 +610,7 @@ impl ChunkStore {
                 })?;
             let mut opened = payload.to_vec();
             let (nonce, tag) = header.seal();
-            let aad = encode_aad(
-                header.kind,
-                header.codec,
-                header.domain,
-                header.raw_len,
-                &header.chunk_id,
-                payload.len(),
-            );
+            let aad = header.aad_bytes();
             keys.open(
                 &nonce,
                 aad.get(RECORD_AAD).unwrap_or_default(),

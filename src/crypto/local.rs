@@ -377,22 +377,33 @@ impl LocalKeyProvider {
             .collect()
     }
 
-    fn wrap(&self, key_arn: &str, data_key: &DataKey) -> Result<Vec<u8>, KeyError> {
+    /// A cipher keyed with version `version` of `key_arn`'s KEK (the
+    /// current one when `None`), and that version's number.
+    fn kek_cipher(
+        &self,
+        key_arn: &str,
+        version: Option<u32>,
+    ) -> Result<(u32, Box<dyn RecordCipher>), KeyError> {
         let state = self.state.lock();
         let kek = state
             .table
             .keys
             .get(key_arn)
             .ok_or_else(|| unknown_key(key_arn))?;
-        let version = kek.current;
-        let key = kek
-            .versions
-            .get(&version)
-            .ok_or_else(|| unknown_key(key_arn))?;
+        let version = version.unwrap_or(kek.current);
+        let key = kek.versions.get(&version).ok_or_else(|| {
+            KeyError::unavailable(format!(
+                "version {version} of {key_arn} was retired; the data key cannot be unwrapped"
+            ))
+        })?;
         let cipher = Aes256Gcm
             .cipher(key)
             .map_err(|_| KeyError::unavailable(format!("the KEK of {key_arn} is unusable")))?;
-        drop(state);
+        Ok((version, cipher))
+    }
+
+    fn wrap(&self, key_arn: &str, data_key: &DataKey) -> Result<Vec<u8>, KeyError> {
+        let (version, cipher) = self.kek_cipher(key_arn, None)?;
         let nonce =
             random::<NONCE_LEN>().map_err(|error| KeyError::unavailable(error.to_string()))?;
         let mut wrapped = Vec::with_capacity(WRAPPED_LEN);
@@ -460,22 +471,7 @@ impl KeyProvider for LocalKeyProvider {
                 .get(key_start + DATA_KEY_LEN..)
                 .unwrap_or(&[0; TAG_LEN]),
         );
-        let cipher = {
-            let state = self.state.lock();
-            let kek = state
-                .table
-                .keys
-                .get(key_arn)
-                .ok_or_else(|| unknown_key(key_arn))?;
-            let key = kek.versions.get(&version).ok_or_else(|| {
-                KeyError::unavailable(format!(
-                    "version {version} of {key_arn} was retired; the data key cannot be unwrapped"
-                ))
-            })?;
-            Aes256Gcm
-                .cipher(key)
-                .map_err(|_| KeyError::unavailable(format!("the KEK of {key_arn} is unusable")))?
-        };
+        let (_, cipher) = self.kek_cipher(key_arn, Some(version))?;
         cipher
             .open_in_place(&nonce, &wrap_aad(key_arn, wrapped), body.as_mut(), &tag)
             .map_err(|_| damaged())?;

@@ -6,7 +6,7 @@
 //! constants and the encoder.
 
 use super::header::{self, COMPACTION_MAGIC, FILE_HEADER_SIZE};
-use super::wire::{Reader, Writer};
+use super::wire::{body_before_crc, Reader, Writer};
 use super::{crc32, DecodeError};
 
 /// Offset of the source count.
@@ -34,17 +34,7 @@ pub fn decode_marker(bytes: &[u8]) -> Result<(u32, Vec<u32>), DecodeError> {
     let output = header::decode(bytes, COMPACTION_MAGIC)?;
     let output = u32::try_from(output)
         .map_err(|_| DecodeError::corrupt(header::SUBJECT_OFFSET, "marker output pack"))?;
-    let body_end = bytes
-        .len()
-        .checked_sub(4)
-        .ok_or(DecodeError::corrupt(0, "marker truncated"))?;
-    let body = bytes
-        .get(..body_end)
-        .ok_or(DecodeError::corrupt(0, "marker truncated"))?;
-    let mut trailer = Reader::new(bytes.get(body_end..).unwrap_or_default());
-    if trailer.u32("marker crc")? != crc32(&[body]) {
-        return Err(DecodeError::corrupt(body_end, "marker crc"));
-    }
+    let body = body_before_crc(bytes, "marker truncated", "marker crc")?;
     let mut reader = Reader::new(body);
     reader.take(FILE_HEADER_SIZE, "marker header")?;
     let count = reader.u32("marker source count")? as usize;

@@ -6,7 +6,7 @@
 //! here and the encoder.
 
 use super::header::{self, FILE_HEADER_SIZE, KEYRING_MAGIC};
-use super::wire::{Reader, Writer};
+use super::wire::{body_before_crc, Reader, Writer};
 use super::{crc32, DecodeError};
 
 /// Offset of the first entry (the header's subject is the entry count).
@@ -55,17 +55,7 @@ pub fn encode_keyring(entries: &[KeyringEntry]) -> Vec<u8> {
 /// distinct, nonzero, and key names distinct.
 pub fn decode_keyring(bytes: &[u8]) -> Result<Vec<KeyringEntry>, DecodeError> {
     let count = header::decode(bytes, KEYRING_MAGIC)?;
-    let body_end = bytes
-        .len()
-        .checked_sub(4)
-        .ok_or(DecodeError::corrupt(0, "keyring truncated"))?;
-    let body = bytes
-        .get(..body_end)
-        .ok_or(DecodeError::corrupt(0, "keyring truncated"))?;
-    let mut trailer = Reader::new(bytes.get(body_end..).unwrap_or_default());
-    if trailer.u32("keyring crc")? != crc32(&[body]) {
-        return Err(DecodeError::corrupt(body_end, "keyring crc"));
-    }
+    let body = body_before_crc(bytes, "keyring truncated", "keyring crc")?;
     if count > MAX_DOMAINS as u64 {
         return Err(DecodeError::corrupt(
             header::SUBJECT_OFFSET,

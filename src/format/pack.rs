@@ -95,6 +95,20 @@ impl RecordHeader {
         RECORD_HEADER_SIZE + self.payload_len as usize
     }
 
+    /// The first 48 bytes of this header as [`encode_aad`] makes them, for
+    /// a payload of the recorded length (bytes 4..48 are an encrypted
+    /// record's associated data).
+    pub fn aad_bytes(&self) -> Vec<u8> {
+        encode_aad(
+            self.kind,
+            self.codec,
+            self.domain,
+            self.raw_len,
+            &self.chunk_id,
+            self.payload_len as usize,
+        )
+    }
+
     /// An encrypted record's nonce and tag.
     pub fn seal(&self) -> ([u8; NONCE_LEN], [u8; TAG_LEN]) {
         let mut nonce = [0u8; NONCE_LEN];
@@ -139,14 +153,7 @@ pub fn encode_record_header(
 /// Encodes `header` again over `payload`: a verbatim copy of a record, as
 /// compaction makes one, domain and seal included.
 pub fn encode_copy_header(header: &RecordHeader, payload: &[u8]) -> [u8; RECORD_HEADER_SIZE] {
-    let mut bytes = encode_aad(
-        header.kind,
-        header.codec,
-        header.domain,
-        header.raw_len,
-        &header.chunk_id,
-        payload.len(),
-    );
+    let mut bytes = header.aad_bytes();
     bytes.extend_from_slice(&header.sha256.0);
     finish_header(bytes, payload)
 }

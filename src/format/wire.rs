@@ -123,3 +123,24 @@ pub(crate) fn seal_leading_crc(frame: &mut [u8], covered_from: usize) {
         slot.copy_from_slice(&crc.to_le_bytes());
     }
 }
+
+/// The body of a structure that ends with the crc32 of everything before
+/// it, once that crc matches.
+pub(crate) fn body_before_crc<'a>(
+    bytes: &'a [u8],
+    truncated: &'static str,
+    crc_what: &'static str,
+) -> Result<&'a [u8], DecodeError> {
+    let body_end = bytes
+        .len()
+        .checked_sub(4)
+        .ok_or(DecodeError::corrupt(0, truncated))?;
+    let body = bytes
+        .get(..body_end)
+        .ok_or(DecodeError::corrupt(0, truncated))?;
+    let mut trailer = Reader::new(bytes.get(body_end..).unwrap_or_default());
+    if trailer.u32(crc_what)? != super::crc32(&[body]) {
+        return Err(DecodeError::corrupt(body_end, crc_what));
+    }
+    Ok(body)
+}

@@ -188,6 +188,30 @@ pub fn copy_store_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// Every record in a memory store's packs, in file order: (pack path,
+/// offset, header). Panics on a record header that does not decode.
+pub fn pack_records(
+    storage: &crate::storage::MemoryStorage,
+) -> Vec<(String, usize, crate::format::pack::RecordHeader)> {
+    use crate::format::pack::{decode_record_header, RECORD_HEADER_SIZE};
+    use crate::storage::Storage;
+    let mut out = Vec::new();
+    for name in storage.list("packs").expect("list packs") {
+        if !name.ends_with(".pack") {
+            continue;
+        }
+        let path = format!("packs/{name}");
+        let bytes = storage.read_all(&path).expect("read pack");
+        let mut offset = crate::format::header::FILE_HEADER_SIZE;
+        while let Some(head) = bytes.get(offset..offset + RECORD_HEADER_SIZE) {
+            let header = decode_record_header(head).expect("record header");
+            out.push((path.clone(), offset, header));
+            offset += header.record_len();
+        }
+    }
+    out
+}
+
 /// Asserts that `result` failed with the EBS error `code` and `reason`.
 #[track_caller]
 pub fn expect_ebs<T: std::fmt::Debug>(result: crate::Result<T>, code: &str, reason: Option<&str>) {
