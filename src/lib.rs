@@ -15,6 +15,7 @@ pub mod ids;
 pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod volume;
 
 pub use engine::{Engine, EngineConfig, PutDurability};
 pub use error::{Error, Result, ValidationReason};

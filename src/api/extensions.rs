@@ -72,6 +72,26 @@ impl Engine {
         Ok(description)
     }
 
+    /// Describes every snapshot of the caller's, oldest start first (ties by
+    /// id): pending, completed and failed ones; deleted ones are gone.
+    pub fn list_snapshots(&self) -> Result<Vec<SnapshotDescription>> {
+        let mut records = self.snapshot_records(self.owner());
+        records.sort_by_key(|record| (record.started.start_millis, record.started.snapshot));
+        let mut descriptions = Vec::with_capacity(records.len());
+        for record in records {
+            let request = DescribeSnapshotRequest {
+                snapshot_id: record.started.snapshot.to_string(),
+            };
+            match self.describe_snapshot(request) {
+                Ok(description) => descriptions.push(description),
+                // Deleted since the records were read.
+                Err(crate::Error::NotFound { .. }) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(descriptions)
+    }
+
     /// [`Engine::describe_snapshot`] on tokio's blocking pool.
     pub async fn describe_snapshot_async(
         &self,

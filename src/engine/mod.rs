@@ -157,6 +157,50 @@ pub(crate) struct CompletedSnapshot {
     pub(crate) lineage: SnapshotId,
 }
 
+/// A block's id in its snapshot's domain, its SHA-256, and whether it is
+/// all zeros (then the id and checksum are the zero block's).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BlockHashes {
+    pub(crate) chunk: ChunkId,
+    pub(crate) sha256: Sha256Digest,
+    pub(crate) is_zero: bool,
+}
+
+impl BlockHashes {
+    /// Hashes `data` for a snapshot keyed in `domain` (`None`: plain).
+    pub(crate) fn of(domain: Option<&DomainKeys>, data: &[u8]) -> BlockHashes {
+        let (chunk, is_zero) = block_id(domain, data);
+        BlockHashes::with_id(chunk, is_zero, data)
+    }
+
+    /// Completes what [`block_id`] returned for `data` with its SHA-256.
+    pub(crate) fn with_id(chunk: ChunkId, is_zero: bool, data: &[u8]) -> BlockHashes {
+        let sha256 = if is_zero {
+            codec::zero_block_sha256()
+        } else {
+            codec::sha256(data)
+        };
+        BlockHashes {
+            chunk,
+            sha256,
+            is_zero,
+        }
+    }
+}
+
+/// A block's id in `domain` and whether it is all zeros, without the
+/// SHA-256 (what an unchanged-block check needs).
+pub(crate) fn block_id(domain: Option<&DomainKeys>, data: &[u8]) -> (ChunkId, bool) {
+    if codec::is_zero(data) {
+        return (codec::zero_block_id(), true);
+    }
+    let chunk = match domain {
+        Some(keys) => keys.block_id(data),
+        None => codec::chunk_id(data),
+    };
+    (chunk, false)
+}
+
 /// The parameters of a new snapshot, validated by the API layer.
 #[derive(Clone, Debug)]
 pub(crate) struct NewSnapshot {
@@ -394,6 +438,13 @@ impl Engine {
         }
     }
 
+    /// Every catalog record of `owner`'s snapshots, in no order.
+    pub(crate) fn snapshot_records(&self, owner: &str) -> Vec<SnapshotRecord> {
+        self.inner
+            .catalog
+            .select(|record| record.started.owner == owner)
+    }
+
     /// The record and map root of a completed snapshot.
     pub(crate) fn completed(&self, owner: &str, snapshot: SnapshotId) -> Result<CompletedSnapshot> {
         let inspected = self.inner.catalog.inspect(snapshot, |record| {
@@ -607,6 +658,48 @@ impl Engine {
     ) -> Result<()> {
         self.check_writable()?;
         let session = self.session(owner, snapshot)?;
+        let hashes = BlockHashes::of(session.domain.as_deref(), data);
+        if hashes.sha256 != *expected {
+            return Err(Error::invalid(
+                ValidationReason::InvalidBlock,
+                "The checksum does not match the SHA-256 of the block data.",
+            ));
+        }
+        self.store_block(&session, index, data, &hashes)
+    }
+
+    /// [`Engine::put_block`] for a caller that hashed the block itself with
+    /// [`BlockHashes::of`] in the snapshot's domain ([`Engine::domain_of`]):
+    /// the volume pipeline, which needs the id before it decides to write.
+    pub(crate) fn put_hashed_block(
+        &self,
+        owner: &str,
+        snapshot: SnapshotId,
+        index: BlockIndex,
+        data: &[u8],
+        hashes: &BlockHashes,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let session = self.session(owner, snapshot)?;
+        self.store_block(&session, index, data, hashes)
+    }
+
+    /// The encryption domain a pending snapshot's blocks are keyed in.
+    pub(crate) fn snapshot_domain(
+        &self,
+        owner: &str,
+        snapshot: SnapshotId,
+    ) -> Result<Option<Arc<DomainKeys>>> {
+        Ok(self.session(owner, snapshot)?.domain.clone())
+    }
+
+    fn store_block(
+        &self,
+        session: &Session,
+        index: BlockIndex,
+        data: &[u8],
+        hashes: &BlockHashes,
+    ) -> Result<()> {
         if u64::from(index.0) >= session.volume_blocks {
             return Err(Error::invalid(
                 ValidationReason::InvalidBlock,
@@ -616,22 +709,12 @@ impl Engine {
                 ),
             ));
         }
-        let mismatch = || {
-            Error::invalid(
-                ValidationReason::InvalidBlock,
-                "The checksum does not match the SHA-256 of the block data.",
-            )
-        };
-        let is_zero = codec::is_zero(data);
+        let BlockHashes {
+            chunk,
+            sha256,
+            is_zero,
+        } = *hashes;
         let domain = session.domain.as_deref();
-        let (chunk, sha256) = match (is_zero, domain) {
-            (true, _) => (codec::zero_block_id(), codec::zero_block_sha256()),
-            (false, None) => (codec::chunk_id(data), codec::sha256(data)),
-            (false, Some(keys)) => (keys.block_id(data), codec::sha256(data)),
-        };
-        if sha256 != *expected {
-            return Err(mismatch());
-        }
         let guard = self.inner.reference_guard.read();
         if !is_zero {
             self.poison_on_io(self.inner.chunks.put_in(
@@ -642,7 +725,7 @@ impl Engine {
                 domain,
             ))?;
         }
-        let mut state = self.lock_live(&guard, &session)?;
+        let mut state = self.lock_live(&guard, session)?;
         let now = self.now_millis();
         let (created, replaced) = self.poison_on_io(session.record(
             &mut state,
@@ -768,6 +851,17 @@ impl Engine {
                 )
             })?;
         Ok(Some((Bytes::from(stored.data), stored.sha256)))
+    }
+
+    /// The chunk the map at `root` holds at `index`, if any (under the read
+    /// guard, so the collector cannot remove a node meanwhile).
+    pub(crate) fn lookup_chunk(
+        &self,
+        root: Option<ChunkId>,
+        index: BlockIndex,
+    ) -> Result<Option<ChunkId>> {
+        let _guard = self.read_guard();
+        self.maps().lookup(root, index)
     }
 
     /// A page of the written indexes of the map at `root`.

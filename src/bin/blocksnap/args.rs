@@ -1,0 +1,194 @@
+//! Command-line arguments.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+/// Back up raw disk images and block devices into a blocksnap store,
+/// incrementally, and restore them byte-identical.
+#[derive(Parser, Debug)]
+#[command(name = "blocksnap", version, about, long_about = None)]
+#[command(
+    after_help = "Exit codes: 0 success, 1 failure, 2 bad usage, 3 not found, 130 interrupted."
+)]
+pub struct Cli {
+    /// The store directory [default: $XDG_DATA_HOME/blocksnap, else
+    /// ~/.local/share/blocksnap]
+    #[arg(long, global = true, env = "BLOCKSNAP_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// No progress bar and no summary on stderr (errors still print).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    /// The key file of encrypted snapshots [default: DIR/keys in the store]
+    #[arg(long, global = true, env = "BLOCKSNAP_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Read the key file's passphrase from FILE (first line) instead of
+    /// $BLOCKSNAP_PASSPHRASE or a prompt.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// The store directory: `--store`, `$BLOCKSNAP_STORE`, or the default.
+    pub fn store_dir(&self) -> PathBuf {
+        if let Some(store) = &self.store {
+            return store.clone();
+        }
+        let data_home = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("."));
+        data_home.join("blocksnap")
+    }
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Back up an image file or block device into a new snapshot; prints
+    /// its id.
+    Backup(BackupArgs),
+    /// Restore a snapshot into a new file (sparse) or a block device.
+    Restore(RestoreArgs),
+    /// List the snapshots.
+    Ls,
+    /// Describe a snapshot: parameters, status, sizes.
+    Show {
+        /// The snapshot.
+        snapshot: String,
+    },
+    /// List the block indexes that differ between two related snapshots.
+    Diff {
+        /// The older snapshot.
+        first: String,
+        /// The newer snapshot.
+        second: String,
+    },
+    /// Delete a completed or failed snapshot (space returns with `gc`).
+    Rm {
+        /// The snapshot.
+        snapshot: String,
+    },
+    /// Cancel a pending snapshot.
+    Cancel {
+        /// The snapshot.
+        snapshot: String,
+    },
+    /// Reclaim the space of deleted and cancelled snapshots.
+    Gc(GcArgs),
+    /// Check every stored chunk, every reference and the catalog; exits 1
+    /// if anything is damaged.
+    Verify(VerifyArgs),
+    /// Sizes and counts of the store.
+    Stats,
+}
+
+/// `backup` arguments.
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// The raw image file or block device.
+    pub image: PathBuf,
+    /// Back up incrementally against this snapshot: unchanged blocks are
+    /// not written again.
+    #[arg(long, value_name = "SNAP")]
+    pub parent: Option<String>,
+    /// Only these blocks changed since the parent: a file with one block
+    /// index (of 512 KiB) or range A-B per line; '#' starts a comment.
+    #[arg(long, value_name = "FILE", requires = "parent")]
+    pub changed_blocks: Option<PathBuf>,
+    /// Description of the snapshot.
+    #[arg(long, value_name = "D")]
+    pub description: Option<String>,
+    /// A tag KEY=VALUE; repeatable.
+    #[arg(long = "tag", value_name = "K=V")]
+    pub tags: Vec<String>,
+    /// Encrypt with the default key of the key file (a child inherits its
+    /// parent's encryption instead).
+    #[arg(long)]
+    pub encrypted: bool,
+    /// Encrypt with this key of the key file.
+    #[arg(long, value_name = "ARN")]
+    pub kms_key_arn: Option<String>,
+    /// Worker threads [default: one per core]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub threads: usize,
+}
+
+/// `restore` arguments.
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The snapshot.
+    pub snapshot: String,
+    /// The output file (created sparse) or block device.
+    pub output: PathBuf,
+    /// Overwrite an existing output file.
+    #[arg(long)]
+    pub force: bool,
+    /// Worker threads [default: one per core]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub threads: usize,
+}
+
+/// `gc` arguments.
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Compact packs whose live fraction is below this.
+    #[arg(long, default_value_t = 0.5)]
+    pub live_threshold: f64,
+    /// Copy at most this many bytes per second.
+    #[arg(long, value_name = "BYTES")]
+    pub max_bytes_per_sec: Option<u64>,
+}
+
+/// `verify` arguments.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Check only this fraction of the chunks (a deterministic sample).
+    #[arg(long, default_value_t = 1.0)]
+    pub sample: f64,
+    /// Worker threads [default: one per core]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub threads: usize,
+}
+
+/// Reads a changed-block list: one index or `A-B` range per line, blank
+/// lines and `#` comments ignored.
+pub fn read_changed_blocks(path: &Path) -> Result<Vec<u32>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("reading {}: {error}", path.display()))?;
+    let mut indexes = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = || {
+            format!(
+                "{}:{}: '{line}' is not a block index or range",
+                path.display(),
+                number + 1
+            )
+        };
+        let parse = |text: &str| text.trim().parse::<u32>().map_err(|_| bad());
+        match line.split_once('-') {
+            Some((first, last)) => {
+                let (first, last) = (parse(first)?, parse(last)?);
+                if first > last {
+                    return Err(bad());
+                }
+                indexes.extend(first..=last);
+            }
+            None => indexes.push(parse(line)?),
+        }
+    }
+    Ok(indexes)
+}

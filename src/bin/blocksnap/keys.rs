@@ -1,0 +1,65 @@
+//! The key provider of encrypted snapshots: the local key file, its
+//! passphrase from `--passphrase-file`, `$BLOCKSNAP_PASSPHRASE` or a prompt.
+
+use crate::args::Cli;
+use crate::Failure;
+use blocksnap::crypto::{KdfParams, KeyProvider, LocalKeyProvider, Passphrase};
+use blocksnap::Error;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The key provider the store needs: none for a store without encrypted
+/// snapshots (unless `want_encryption`); the key file otherwise, created
+/// on first use by a backup that asks for encryption.
+pub fn provider(
+    cli: &Cli,
+    store: &Path,
+    want_encryption: bool,
+) -> Result<Option<Arc<dyn KeyProvider>>, Failure> {
+    let has_keyring = store.join("keyring").exists();
+    if !want_encryption && !has_keyring {
+        return Ok(None);
+    }
+    let key_file = cli.key_file.clone().unwrap_or_else(|| store.join("keys"));
+    let exists = key_file.exists();
+    if !exists && !want_encryption {
+        return Err(Failure::Engine(Error::KeyUnavailable {
+            message: format!(
+                "the store holds encrypted snapshots but the key file {} does not exist (see --key-file)",
+                key_file.display()
+            ),
+        }));
+    }
+    let passphrase = passphrase(cli, !exists)?;
+    let provider = if exists {
+        LocalKeyProvider::open(&key_file, &passphrase)?
+    } else {
+        LocalKeyProvider::create(&key_file, &passphrase, KdfParams::default())?
+    };
+    Ok(Some(Arc::new(provider)))
+}
+
+fn passphrase(cli: &Cli, new_file: bool) -> Result<Passphrase, Failure> {
+    if let Some(path) = &cli.passphrase_file {
+        return Ok(Passphrase::from_file(path)?);
+    }
+    if let Some(passphrase) = Passphrase::from_env()? {
+        return Ok(passphrase);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::Usage(
+            "the key file needs a passphrase: set BLOCKSNAP_PASSPHRASE or pass --passphrase-file"
+                .into(),
+        ));
+    }
+    let prompt = |text: &str| {
+        rpassword::prompt_password(text)
+            .map_err(|error| Failure::Engine(Error::io("reading the passphrase", error)))
+    };
+    let first = prompt("Key file passphrase: ")?;
+    if new_file && prompt("Repeat the passphrase: ")? != first {
+        return Err(Failure::Usage("the passphrases differ".into()));
+    }
+    Ok(Passphrase::new(first)?)
+}

@@ -1,0 +1,287 @@
+//! `blocksnap`: back up raw disk images and block devices into a local
+//! blocksnap store, incrementally, restore them byte-identical, and inspect
+//! and maintain the store.
+//!
+//! Exit codes: 0 success, 1 failure (I/O, corruption, damage found by
+//! verify), 2 bad usage or invalid arguments, 3 not found (snapshot, image
+//! or key), 130 interrupted (Ctrl-C; a backup's pending snapshot is
+//! cancelled first).
+
+mod args;
+mod keys;
+mod output;
+
+use args::{Cli, Command};
+use blocksnap::api::{
+    CancelSnapshotRequest, DeleteSnapshotRequest, DescribeSnapshotRequest,
+    ListChangedBlocksRequest, Tag,
+};
+use blocksnap::engine::{GcOptions, VerifyOptions};
+use blocksnap::volume::{self, BackupOptions, BackupOutcome, RestoreOptions, RestoreOutcome};
+use blocksnap::{Engine, EngineConfig, Error, PutDurability};
+use clap::Parser;
+use output::Output;
+use serde_json::json;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by Ctrl-C (SIGINT) and SIGTERM: long operations stop cleanly.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Exit code of bad usage (clap uses it too).
+const EXIT_USAGE: u8 = 2;
+/// Exit code of a missing snapshot, image or key.
+const EXIT_NOT_FOUND: u8 = 3;
+/// Exit code after Ctrl-C.
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// What ended a command that did not succeed.
+enum Failure {
+    /// An engine error (its class picks the exit code).
+    Engine(Error),
+    /// Bad usage found after parsing (a malformed tag, a changed-block list).
+    Usage(String),
+    /// Ctrl-C.
+    Interrupted,
+    /// The command ran and found a problem it reported (verify).
+    Reported,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure::Engine(error)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Only the first signal is caught: a second one ends the process.
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::AcqRel) {
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+    });
+    let out = Output::new(cli.json, cli.quiet);
+    match run(&cli, &out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Interrupted) => {
+            out.error("interrupted; the store is consistent");
+            ExitCode::from(EXIT_INTERRUPTED)
+        }
+        Err(Failure::Reported) => ExitCode::FAILURE,
+        Err(Failure::Usage(message)) => {
+            out.error(&message);
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::Engine(error)) => {
+            out.error(&error.to_string());
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}
+
+fn exit_code(error: &Error) -> u8 {
+    match error {
+        Error::NotFound { .. } => EXIT_NOT_FOUND,
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => EXIT_NOT_FOUND,
+        Error::InvalidInput { .. } | Error::InvalidState { .. } | Error::Conflict { .. } => {
+            EXIT_USAGE
+        }
+        _ => 1,
+    }
+}
+
+fn open_engine(cli: &Cli, want_encryption: bool) -> Result<Engine, Failure> {
+    let store = cli.store_dir();
+    std::fs::create_dir_all(&store)
+        .map_err(|error| Error::io(format!("creating store {}", store.display()), error))?;
+    let key_provider = keys::provider(cli, &store, want_encryption)?;
+    let config = EngineConfig {
+        // A backup is a bulk load: an interrupted one is cancelled, and
+        // CompleteSnapshot makes everything durable before it commits.
+        put_durability: PutDurability::AtComplete,
+        key_provider,
+        ..EngineConfig::default()
+    };
+    Ok(Engine::open_with(Engine::local_storage(&store)?, config)?)
+}
+
+fn interrupted() -> Result<(), Failure> {
+    if INTERRUPTED.load(Ordering::Acquire) {
+        Err(Failure::Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
+fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Backup(backup) => {
+            let tags = backup
+                .tags
+                .iter()
+                .map(|tag| {
+                    let (key, value) = tag
+                        .split_once('=')
+                        .ok_or_else(|| Failure::Usage(format!("--tag '{tag}' is not KEY=VALUE")))?;
+                    Ok(Tag {
+                        key: key.to_string(),
+                        value: value.to_string(),
+                    })
+                })
+                .collect::<Result<Vec<_>, Failure>>()?;
+            let changed_blocks = backup
+                .changed_blocks
+                .as_deref()
+                .map(args::read_changed_blocks)
+                .transpose()
+                .map_err(Failure::Usage)?;
+            let wants_keys = backup.encrypted || backup.kms_key_arn.is_some();
+            let engine = open_engine(cli, wants_keys)?;
+            let image_bytes = std::fs::File::open(&backup.image)
+                .map_err(|error| Error::io(format!("opening {}", backup.image.display()), error))
+                .and_then(|file| volume::image_len(&file, &backup.image))?;
+            let bar = out.progress("backup", image_bytes);
+            let options = BackupOptions {
+                parent: backup.parent.clone(),
+                changed_blocks,
+                description: backup.description.clone(),
+                tags,
+                encrypted: backup.encrypted,
+                kms_key_arn: backup.kms_key_arn.clone(),
+                threads: backup.threads,
+            };
+            let outcome = volume::backup(
+                &engine,
+                &backup.image,
+                &options,
+                &|bytes| bar.advance(bytes),
+                &INTERRUPTED,
+            )?;
+            bar.finish();
+            match outcome {
+                BackupOutcome::Interrupted { .. } => Err(Failure::Interrupted),
+                BackupOutcome::Completed(report) => {
+                    out.backup(&report);
+                    Ok(())
+                }
+            }
+        }
+        Command::Restore(restore) => {
+            let engine = open_engine(cli, false)?;
+            let description = engine.describe_snapshot(DescribeSnapshotRequest {
+                snapshot_id: restore.snapshot.clone(),
+            })?;
+            let total = description.snapshot.volume_size as u64 * (1 << 30);
+            let bar = out.progress("restore", total);
+            let outcome = volume::restore(
+                &engine,
+                &restore.snapshot,
+                &restore.output,
+                RestoreOptions {
+                    overwrite: restore.force,
+                    threads: restore.threads,
+                },
+                &|bytes| bar.advance(bytes),
+                &INTERRUPTED,
+            )?;
+            bar.finish();
+            match outcome {
+                RestoreOutcome::Interrupted => Err(Failure::Interrupted),
+                RestoreOutcome::Completed(report) => {
+                    out.restore(&restore.snapshot, &report);
+                    Ok(())
+                }
+            }
+        }
+        Command::Ls => {
+            let engine = open_engine(cli, false)?;
+            out.snapshots(&engine.list_snapshots()?);
+            Ok(())
+        }
+        Command::Show { snapshot } => {
+            let engine = open_engine(cli, false)?;
+            let description = engine.describe_snapshot(DescribeSnapshotRequest {
+                snapshot_id: snapshot.clone(),
+            })?;
+            let stats = match description.snapshot.status {
+                blocksnap::api::Status::Completed => Some(engine.snapshot_stats(snapshot)?),
+                _ => None,
+            };
+            out.show(&description, stats.as_ref());
+            Ok(())
+        }
+        Command::Diff { first, second } => {
+            let engine = open_engine(cli, false)?;
+            let mut request = ListChangedBlocksRequest {
+                first_snapshot_id: Some(first.clone()),
+                second_snapshot_id: second.clone(),
+                max_results: Some(10_000),
+                ..ListChangedBlocksRequest::default()
+            };
+            let mut indexes = Vec::new();
+            loop {
+                interrupted()?;
+                let page = engine.list_changed_blocks(request.clone())?;
+                indexes.extend(page.changed_blocks.iter().map(|entry| entry.block_index));
+                match page.next_token {
+                    Some(token) => request.next_token = Some(token),
+                    None => break,
+                }
+            }
+            out.diff(&indexes);
+            Ok(())
+        }
+        Command::Rm { snapshot } => {
+            let engine = open_engine(cli, false)?;
+            engine.delete_snapshot(DeleteSnapshotRequest {
+                snapshot_id: snapshot.clone(),
+            })?;
+            out.done(
+                json!({"SnapshotId": snapshot, "Deleted": true}),
+                &format!("deleted {snapshot}"),
+            );
+            Ok(())
+        }
+        Command::Cancel { snapshot } => {
+            let engine = open_engine(cli, false)?;
+            let response = engine.cancel_snapshot(CancelSnapshotRequest {
+                snapshot_id: snapshot.clone(),
+            })?;
+            out.done(
+                json!({"SnapshotId": snapshot, "Status": response.status.as_str()}),
+                &format!("cancelled {snapshot}"),
+            );
+            Ok(())
+        }
+        Command::Gc(gc) => {
+            let engine = open_engine(cli, false)?;
+            let report = engine.collect_garbage(GcOptions {
+                live_threshold: gc.live_threshold,
+                max_bytes_per_sec: gc.max_bytes_per_sec,
+                ..GcOptions::default()
+            })?;
+            out.gc(&report);
+            Ok(())
+        }
+        Command::Verify(verify) => {
+            let engine = open_engine(cli, false)?;
+            let report = engine.verify(VerifyOptions {
+                sample_fraction: verify.sample,
+                threads: verify.threads,
+            })?;
+            out.verify(&report);
+            if report.is_clean() {
+                Ok(())
+            } else {
+                Err(Failure::Reported)
+            }
+        }
+        Command::Stats => {
+            let engine = open_engine(cli, false)?;
+            let stats = engine.store_stats()?;
+            out.stats(&stats, engine.chunk_stats().chunks);
+            Ok(())
+        }
+    }
+}

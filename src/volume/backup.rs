@@ -1,0 +1,283 @@
+//! Backing up an image: a full snapshot, or a child that writes only what
+//! changed since its parent.
+
+use super::{image_len, invalid, read_block_at, worker_count, Progress};
+use crate::api::{CancelSnapshotRequest, StartSnapshotRequest, Tag};
+use crate::engine::{block_id, BlockHashes, Engine};
+use crate::error::{Error, Result};
+use crate::ids::{BlockIndex, SnapshotId, BLOCKS_PER_GIB, BLOCK_SIZE};
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The tag a backup records the image's exact length in, so a restore
+/// reproduces a final partial block (EBS volumes are whole GiB).
+pub const IMAGE_BYTES_TAG: &str = "blocksnap:image-bytes";
+
+/// What to back up against, and how.
+#[derive(Clone, Debug, Default)]
+pub struct BackupOptions {
+    /// The snapshot this one changes: unchanged blocks are not written.
+    pub parent: Option<String>,
+    /// Block indexes that may have changed since the parent (from an
+    /// agent's change tracking); only these are read. Needs `parent`.
+    pub changed_blocks: Option<Vec<u32>>,
+    /// Description of the snapshot.
+    pub description: Option<String>,
+    /// Tags of the snapshot (the image length tag is added).
+    pub tags: Vec<Tag>,
+    /// Encrypt with the key provider's default key (a child inherits its
+    /// parent's key instead).
+    pub encrypted: bool,
+    /// Encrypt with this key.
+    pub kms_key_arn: Option<String>,
+    /// Workers; 0 = one per core.
+    pub threads: usize,
+}
+
+/// What a completed backup did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupReport {
+    /// The new snapshot.
+    pub snapshot_id: String,
+    /// Length of the image.
+    pub image_bytes: u64,
+    /// Blocks read from the image.
+    pub blocks_read: u64,
+    /// Blocks written to the snapshot (new data, or zeros over data).
+    pub blocks_written: u64,
+    /// Blocks equal to the parent's, not written again.
+    pub blocks_unchanged: u64,
+    /// All-zero blocks never written (they read back as zeros).
+    pub zero_blocks_skipped: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// How a backup ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackupOutcome {
+    /// The snapshot is completed.
+    Completed(BackupReport),
+    /// `cancel` was set: the pending snapshot was cancelled (state
+    /// `error`), so no half-written snapshot remains.
+    Interrupted {
+        /// The cancelled snapshot.
+        snapshot_id: String,
+    },
+}
+
+/// The block indexes a backup visits.
+enum Work {
+    All(u32),
+    Listed(Vec<u32>),
+}
+
+impl Work {
+    fn len(&self) -> usize {
+        match self {
+            Work::All(count) => *count as usize,
+            Work::Listed(indexes) => indexes.len(),
+        }
+    }
+
+    fn get(&self, position: usize) -> Option<u32> {
+        match self {
+            Work::All(count) => u32::try_from(position).ok().filter(|index| index < count),
+            Work::Listed(indexes) => indexes.get(position).copied(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    read: AtomicU64,
+    written: AtomicU64,
+    unchanged: AtomicU64,
+    zero_skipped: AtomicU64,
+}
+
+/// Backs up the image at `path` into a new snapshot (see the module
+/// documentation). Any failure or interruption cancels the pending
+/// snapshot before returning.
+pub fn backup(
+    engine: &Engine,
+    path: &Path,
+    options: &BackupOptions,
+    progress: Progress<'_>,
+    cancel: &AtomicBool,
+) -> Result<BackupOutcome> {
+    let started_at = Instant::now();
+    let file = File::open(path)
+        .map_err(|error| Error::io(format!("opening {}", path.display()), error))?;
+    let image_bytes = image_len(&file, path)?;
+    let image_blocks = u32::try_from(image_bytes.div_ceil(BLOCK_SIZE as u64))
+        .map_err(|_| invalid(format!("{} is larger than 64 TiB", path.display())))?;
+    let owner = engine.owner().to_string();
+    let parent = options
+        .parent
+        .as_deref()
+        .map(|id| {
+            let parsed = crate::api::validate::snapshot_id("ParentSnapshotId", id)?;
+            engine.completed(&owner, parsed)
+        })
+        .transpose()?;
+    let work = match (&options.changed_blocks, &parent) {
+        (Some(_), None) => return Err(invalid("a changed-block list needs a parent snapshot")),
+        (Some(listed), Some(_)) => {
+            let mut indexes = listed.clone();
+            indexes.sort_unstable();
+            indexes.dedup();
+            if let Some(beyond) = indexes.iter().find(|index| **index >= image_blocks) {
+                return Err(invalid(format!(
+                    "changed block {beyond} is beyond the image's {image_blocks} blocks"
+                )));
+            }
+            Work::Listed(indexes)
+        }
+        (None, _) => Work::All(image_blocks),
+    };
+    let image_gib = image_bytes
+        .div_ceil(BLOCKS_PER_GIB * BLOCK_SIZE as u64)
+        .max(1);
+    let volume_gib = parent.map_or(image_gib, |parent| parent.volume_size_gib.max(image_gib));
+    let mut tags = options.tags.clone();
+    tags.push(Tag {
+        key: IMAGE_BYTES_TAG.to_string(),
+        value: image_bytes.to_string(),
+    });
+    let started = engine.start_snapshot(StartSnapshotRequest {
+        volume_size: volume_gib as i64,
+        parent_snapshot_id: options.parent.clone(),
+        tags,
+        description: options.description.clone(),
+        encrypted: (options.encrypted && options.parent.is_none()).then_some(true),
+        kms_key_arn: options.kms_key_arn.clone(),
+        ..StartSnapshotRequest::default()
+    })?;
+    let snapshot_id = started.snapshot_id;
+    let snapshot = SnapshotId::parse(&snapshot_id)
+        .ok_or_else(|| Error::corrupted("catalog", "a started snapshot has a malformed id"))?;
+    let counters = Counters::default();
+    let ran = run_workers(
+        engine,
+        &owner,
+        snapshot,
+        parent.and_then(|parent| parent.root),
+        (&file, path, image_bytes),
+        &work,
+        worker_count(options.threads),
+        &counters,
+        progress,
+        cancel,
+    );
+    let cancel_pending = || {
+        let _ = engine.cancel_snapshot(CancelSnapshotRequest {
+            snapshot_id: snapshot_id.clone(),
+        });
+    };
+    if let Err(error) = ran {
+        cancel_pending();
+        return Err(error);
+    }
+    if cancel.load(Ordering::Acquire) {
+        cancel_pending();
+        return Ok(BackupOutcome::Interrupted { snapshot_id });
+    }
+    let written = counters.written.load(Ordering::Acquire);
+    let changed = u32::try_from(written).map_err(|_| invalid("too many blocks"))?;
+    if let Err(error) = engine.complete(&owner, snapshot, changed, None) {
+        cancel_pending();
+        return Err(error);
+    }
+    Ok(BackupOutcome::Completed(BackupReport {
+        snapshot_id,
+        image_bytes,
+        blocks_read: counters.read.load(Ordering::Acquire),
+        blocks_written: written,
+        blocks_unchanged: counters.unchanged.load(Ordering::Acquire),
+        zero_blocks_skipped: counters.zero_skipped.load(Ordering::Acquire),
+        elapsed: started_at.elapsed(),
+    }))
+}
+
+/// Runs the workers to the end of `work`, the first error, or `cancel`.
+#[allow(clippy::too_many_arguments)]
+fn run_workers(
+    engine: &Engine,
+    owner: &str,
+    snapshot: SnapshotId,
+    parent_root: Option<crate::ids::ChunkId>,
+    image: (&File, &Path, u64),
+    work: &Work,
+    workers: usize,
+    counters: &Counters,
+    progress: Progress<'_>,
+    cancel: &AtomicBool,
+) -> Result<()> {
+    let domain = engine.snapshot_domain(owner, snapshot)?;
+    let cursor = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let (file, path, image_bytes) = image;
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers.min(work.len().max(1)))
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    let mut buffer = vec![0u8; BLOCK_SIZE];
+                    while !cancel.load(Ordering::Acquire) && !failed.load(Ordering::Acquire) {
+                        let Some(index) = work.get(cursor.fetch_add(1, Ordering::AcqRel)) else {
+                            break;
+                        };
+                        let step = (|| {
+                            read_block_at(file, path, image_bytes, index, &mut buffer)?;
+                            counters.read.fetch_add(1, Ordering::AcqRel);
+                            let (chunk, is_zero) = block_id(domain.as_deref(), &buffer);
+                            let previous = match parent_root {
+                                Some(_) => engine.lookup_chunk(parent_root, BlockIndex(index))?,
+                                None => None,
+                            };
+                            if previous == Some(chunk) {
+                                counters.unchanged.fetch_add(1, Ordering::AcqRel);
+                            } else if is_zero && previous.is_none() {
+                                counters.zero_skipped.fetch_add(1, Ordering::AcqRel);
+                            } else {
+                                let hashes = BlockHashes::with_id(chunk, is_zero, &buffer);
+                                engine.put_hashed_block(
+                                    owner,
+                                    snapshot,
+                                    BlockIndex(index),
+                                    &buffer,
+                                    &hashes,
+                                )?;
+                                counters.written.fetch_add(1, Ordering::AcqRel);
+                            }
+                            let done = image_bytes
+                                .saturating_sub(u64::from(index) * BLOCK_SIZE as u64)
+                                .min(BLOCK_SIZE as u64);
+                            progress(done);
+                            Ok(())
+                        })();
+                        if step.is_err() {
+                            failed.store(true, Ordering::Release);
+                            return step;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle.join().unwrap_or_else(|_| {
+                    Err(Error::io(
+                        "a backup worker",
+                        std::io::Error::other("the worker panicked"),
+                    ))
+                })
+            })
+            .collect()
+    });
+    results.into_iter().collect()
+}
