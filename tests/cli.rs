@@ -156,7 +156,11 @@ fn full_and_incremental_backups_restore_byte_identical_and_diff_exactly() {
     let incremental = store.json(&["backup", image_arg, "--parent", &first]);
     let second = incremental["SnapshotId"].as_str().expect("id").to_string();
     assert_eq!(incremental["BlocksWritten"], 4);
-    assert_eq!(incremental["BlocksUnchanged"], 31 - 3, "3, 17 and 21 had data");
+    assert_eq!(
+        incremental["BlocksUnchanged"],
+        31 - 3,
+        "3, 17 and 21 had data"
+    );
     assert_eq!(incremental["ZeroBlocksSkipped"], 10 - 1, "24 has data now");
 
     // Plain output: the id alone on stdout.

@@ -78,6 +78,21 @@ pub struct StoredChunk {
     pub sha256: Sha256Digest,
 }
 
+/// How a read checks the content it returns, beyond the crc, the kind,
+/// the id in the header, the decoded length and an encrypted record's tag.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum ContentCheck {
+    /// Plain records: the content hash against the id. Encrypted records:
+    /// the tag alone (it covers the id).
+    Default,
+    /// The content hash of every record, encrypted ones included (verify).
+    Full,
+    /// Blocks: the SHA-256 kept with the record instead of the content
+    /// hash, for callers that must check the EBS checksum anyway (restore);
+    /// it is a full content check by itself. Map nodes as `Default`.
+    Sha256,
+}
+
 /// Counters describing the store's contents.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChunkStoreStats {
@@ -558,10 +573,20 @@ impl ChunkStore {
     /// A chunk found corrupt is marked suspect, so a later put of the same
     /// data heals it.
     pub fn get(&self, kind: RecordKind, id: &ChunkId) -> Result<Option<StoredChunk>> {
+        self.get_checked(kind, id, ContentCheck::Default)
+    }
+
+    /// [`ChunkStore::get`] with the content check chosen by the caller.
+    pub(crate) fn get_checked(
+        &self,
+        kind: RecordKind,
+        id: &ChunkId,
+        check: ContentCheck,
+    ) -> Result<Option<StoredChunk>> {
         let Some(location) = self.locate(id) else {
             return Ok(None);
         };
-        let read = self.read_verified(location, kind, id, false);
+        let read = self.read_verified(location, kind, id, check);
         if let Err(Error::Corrupted { .. }) = &read {
             self.mark_suspect(*id);
         }
@@ -572,14 +597,14 @@ impl ChunkStore {
     /// `kind`: crc, kind, the authentication tag of an encrypted record,
     /// decoded length, and the content hash. An encrypted record's tag
     /// already proves a key holder sealed this content under this id (the
-    /// id is associated data), so its content hash is recomputed only when
-    /// `rehash_sealed` asks for it (verify does).
+    /// id is associated data), so its content hash is recomputed only for
+    /// [`ContentCheck::Full`] (verify).
     fn read_verified(
         &self,
         location: PackLocation,
         kind: RecordKind,
         id: &ChunkId,
-        rehash_sealed: bool,
+        check: ContentCheck,
     ) -> Result<StoredChunk> {
         let place = || format!("{} record at {}", pack_name(location.pack), location.offset);
         let (header, sha256, data) = self.with_record(location, |header, payload| {
@@ -637,13 +662,15 @@ impl ChunkStore {
             .map_err(|error| error.into_error(&place()))?;
             Ok((*header, sha256, data))
         })?;
-        let hash_matches = if header.domain == 0 {
+        let hash_matches = if check == ContentCheck::Sha256 && kind == RecordKind::Block {
+            codec::sha256(&data) == sha256
+        } else if header.domain == 0 {
             let actual = match kind {
                 RecordKind::Block => codec::chunk_id(&data),
                 RecordKind::MapNode => node_id(&data),
             };
             actual == *id
-        } else if rehash_sealed {
+        } else if check == ContentCheck::Full {
             let keys = self.domains.read().get(&header.domain).cloned();
             keys.is_some_and(|keys| {
                 let actual = match kind {

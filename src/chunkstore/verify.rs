@@ -105,7 +105,7 @@ impl ChunkStore {
             };
             check.bytes += header.record_len() as u64;
             let chunk = header.chunk_id;
-            match self.read_verified(location, header.kind, &chunk, true) {
+            match self.read_verified(location, header.kind, &chunk, super::ContentCheck::Full) {
                 Ok(stored) => {
                     if header.kind == RecordKind::Block
                         && codec::sha256(&stored.data) != stored.sha256

@@ -16,7 +16,7 @@ mod verify;
 
 use crate::blockmap::{BlockMaps, ChangedEntry, NodeCache, Page};
 use crate::catalog::{Catalog, SnapshotRecord, SnapshotState};
-use crate::chunkstore::{ChunkStore, ChunkStoreConfig, ChunkStoreStats};
+use crate::chunkstore::{ChunkStore, ChunkStoreConfig, ChunkStoreStats, ContentCheck};
 use crate::clock::{Clock, SystemClock};
 use crate::codec;
 use crate::crypto::{Aes256Gcm, CipherSuite, DomainKeys, KeyProvider, Keyring};
@@ -831,6 +831,17 @@ impl Engine {
         root: Option<ChunkId>,
         index: BlockIndex,
     ) -> Result<Option<(Bytes, Sha256Digest)>> {
+        self.read_block_checked(root, index, ContentCheck::Default)
+    }
+
+    /// [`Engine::read_block`] with the chunk store's content check chosen
+    /// by the caller.
+    pub(crate) fn read_block_checked(
+        &self,
+        root: Option<ChunkId>,
+        index: BlockIndex,
+        check: ContentCheck,
+    ) -> Result<Option<(Bytes, Sha256Digest)>> {
         let Some(chunk) = self.maps().lookup(root, index)? else {
             return Ok(None);
         };
@@ -843,7 +854,7 @@ impl Engine {
         let stored = self
             .inner
             .chunks
-            .get(RecordKind::Block, &chunk)?
+            .get_checked(RecordKind::Block, &chunk, check)?
             .ok_or_else(|| {
                 Error::corrupted(
                     format!("block {} (chunk {chunk})", index.0),

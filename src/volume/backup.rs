@@ -32,7 +32,8 @@ pub struct BackupOptions {
     pub encrypted: bool,
     /// Encrypt with this key.
     pub kms_key_arn: Option<String>,
-    /// Workers; 0 = one per core.
+    /// Workers; 0 = two per core (a worker sealing a pack waits for its
+    /// fsync; the other keeps the core busy).
     pub threads: usize,
 }
 
@@ -167,7 +168,7 @@ pub fn backup(
         parent.and_then(|parent| parent.root),
         (&file, path, image_bytes),
         &work,
-        worker_count(options.threads),
+        worker_count(options.threads, 2),
         &counters,
         progress,
         cancel,

@@ -54,12 +54,13 @@ fn read_block_at(file: &File, path: &Path, len: u64, index: u32, buffer: &mut [u
     Ok(())
 }
 
-/// The worker count to use: the request, else one per core.
-fn worker_count(requested: usize) -> usize {
+/// The worker count to use: the request, else `per_core` per core (more
+/// than one lets a worker compute while another waits for the disk).
+fn worker_count(requested: usize, per_core: usize) -> usize {
     if requested > 0 {
         return requested;
     }
-    std::thread::available_parallelism().map_or(2, |cores| cores.get())
+    std::thread::available_parallelism().map_or(2, |cores| cores.get()) * per_core
 }
 
 fn invalid(message: impl Into<String>) -> Error {

@@ -118,7 +118,7 @@ pub struct BackupArgs {
     /// Encrypt with this key of the key file.
     #[arg(long, value_name = "ARN")]
     pub kms_key_arn: Option<String>,
-    /// Worker threads [default: one per core]
+    /// Worker threads [default: two per core]
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     pub threads: usize,
 }
@@ -133,7 +133,7 @@ pub struct RestoreArgs {
     /// Overwrite an existing output file.
     #[arg(long)]
     pub force: bool,
-    /// Worker threads [default: one per core]
+    /// Worker threads [default: two per core]
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     pub threads: usize,
 }

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The command-line benchmark of the CLI issue: a VM-like image (default
+# 2 GiB: about 30% zero blocks, 30% text-like, 20% moderately compressible,
+# 20% random), a full backup, 5% of the blocks rewritten, incremental
+# backups by hash comparison and by a changed-block list, and a restore.
+# Reports time, MiB/s of image and peak memory (RSS) per step, and stored
+# bytes against compressing each distinct non-zero block on its own.
+#
+# Peers run in the same session when on PATH (restic, borg, rustic), each
+# with its own repository in the work directory and no encryption where
+# the tool allows it, so the machine's noise hits everyone alike.
+#
+#   benches/cli_backup.sh [MIB]            (needs /usr/bin/time)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MIB=${1:-2048}
+LEVEL=1
+cargo build --release --quiet --bin blocksnap --example vm_image
+BIN=$PWD/target/release/blocksnap
+GEN=$PWD/target/release/examples/vm_image
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/blocksnap-bench.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+cd "$WORK"
+
+"$GEN" create disk.img "$MIB"
+cp disk.img disk-v1.img
+"$GEN" rewrite disk.img 5 changed.txt
+mv disk.img disk-v2.img
+BYTES=$(stat -c %s disk-v1.img)
+
+# run LABEL COMMAND...: time and peak RSS of one step (page cache warm).
+run() {
+    local label=$1
+    shift
+    cat disk-v1.img disk-v2.img > /dev/null
+    # No write-back of an earlier step may run during this one.
+    sync
+    /usr/bin/time -f "%e %M" -o time.txt "$@" > out.txt
+    read -r seconds kib < time.txt
+    awk -v l="$label" -v s="$seconds" -v k="$kib" -v b="$BYTES" \
+        'BEGIN { printf "%-44s %7.2f s %9.0f MiB/s %7.1f MiB peak\n", l, s, b / 1048576 / s, k / 1024 }'
+}
+
+echo "image: $MIB MiB, $(wc -l < changed.txt) blocks rewritten; $(nproc) cores"
+export BLOCKSNAP_STORE=$WORK/store
+ln -sf disk-v1.img disk.img
+run "blocksnap backup (full)" "$BIN" --quiet backup disk.img
+FULL=$(cat out.txt)
+STORED=$("$BIN" stats --json | sed -n 's/.*"StoredBytes": \([0-9]*\).*/\1/p')
+BASELINE=$("$GEN" baseline disk-v1.img "$LEVEL")
+awk -v s="$STORED" -v b="$BASELINE" \
+    'BEGIN { printf "stored %.1f MiB; distinct non-zero blocks each zstd -%d: %.1f MiB (%+.2f%%)\n", s/1048576, '"$LEVEL"', b/1048576, (s-b)*100/b }'
+cp -r store store-after-full
+ln -sf disk-v2.img disk.img
+run "blocksnap backup --parent (hash comparison)" "$BIN" --quiet backup disk.img --parent "$FULL"
+SECOND=$(cat out.txt)
+rm -rf store-hash && mv store store-hash && mv store-after-full store
+run "blocksnap backup --parent --changed-blocks" "$BIN" --quiet backup disk.img --parent "$FULL" --changed-blocks changed.txt
+rm -rf store && mv store-hash store
+run "blocksnap restore (written, before sync)" "$BIN" --json restore "$SECOND" restored.img
+sed -n 's/.*"SecondsBeforeSync": \([0-9.]*\).*/  before the final sync: \1 s/p' out.txt
+cmp disk-v2.img restored.img && echo "  restore is byte-identical"
+rm -f restored.img
+
+if command -v restic > /dev/null; then
+    export RESTIC_REPOSITORY=$WORK/restic RESTIC_PASSWORD=bench
+    restic init --quiet > /dev/null
+    ln -sf disk-v1.img disk.img
+    run "restic backup (full)" restic backup --quiet disk-v1.img
+    run "restic backup (incremental)" restic backup --quiet disk-v2.img
+    run "restic restore" restic restore latest --quiet --target restic-out
+fi
+if command -v borg > /dev/null; then
+    export BORG_REPO=$WORK/borg BORG_PASSPHRASE=bench
+    borg init --encryption=none > /dev/null
+    run "borg create (full)" borg create --compression zstd,$LEVEL ::v1 disk-v1.img
+    run "borg create (incremental)" borg create --compression zstd,$LEVEL ::v2 disk-v2.img
+    mkdir -p borg-out
+    run "borg extract" sh -c "cd borg-out && borg extract ::v2"
+fi
+if command -v rustic > /dev/null; then
+    export RUSTIC_REPOSITORY=$WORK/rustic RUSTIC_PASSWORD=bench
+    rustic init > /dev/null 2>&1
+    run "rustic backup (full)" rustic backup disk-v1.img
+    run "rustic backup (incremental)" rustic backup disk-v2.img
+    run "rustic restore" rustic restore latest rustic-out
+fi
