@@ -481,3 +481,31 @@ fn a_killed_backup_leaves_a_consistent_store() {
     store.ok(&["gc", "--live-threshold", "1.0"]);
     assert_eq!(store.json(&["stats"])["LiveBytes"], 0);
 }
+
+#[test]
+fn a_restore_of_damaged_data_fails_and_leaves_no_output() {
+    let store = Store::new();
+    let image = store.path("disk.img");
+    write_image(&image, 8, 0);
+    let id = store.ok(&["backup", image.to_str().expect("path")]).trim().to_string();
+    let packs = store.path("store").join("packs");
+    let pack = std::fs::read_dir(&packs)
+        .expect("packs")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "pack"))
+        .max_by_key(|path| std::fs::metadata(path).expect("metadata").len())
+        .expect("a pack");
+    let mut bytes = std::fs::read(&pack).expect("read pack");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&pack, bytes).expect("write pack");
+    let output = store.path("restored.img");
+    let stderr = store.fails(&["restore", &id, output.to_str().expect("path")], 1);
+    assert!(stderr.contains("corrupt"), "{stderr}");
+    assert!(!output.exists(), "no partial output");
+    let verify = store.run(&["verify", "--json"]);
+    assert_eq!(verify.status.code(), Some(1), "verify exits 1 on damage");
+    let report: Value = serde_json::from_slice(&verify.stdout).expect("JSON report");
+    assert_eq!(report["Clean"], false);
+    assert_eq!(report["Damaged"].as_array().expect("damaged").len(), 1);
+}
