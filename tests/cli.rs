@@ -487,7 +487,10 @@ fn a_restore_of_damaged_data_fails_and_leaves_no_output() {
     let store = Store::new();
     let image = store.path("disk.img");
     write_image(&image, 8, 0);
-    let id = store.ok(&["backup", image.to_str().expect("path")]).trim().to_string();
+    let id = store
+        .ok(&["backup", image.to_str().expect("path")])
+        .trim()
+        .to_string();
     let packs = store.path("store").join("packs");
     let pack = std::fs::read_dir(&packs)
         .expect("packs")
