@@ -71,40 +71,13 @@ impl Store {
     }
 }
 
-/// Deterministic block contents: 0 zeros, 1 text, 2 structured, 3 random.
+/// Deterministic block contents: 0 zeros, 1 text, 2 structured, 3 random
+/// (`seed` >= 1 picks one of each kind).
 fn block(kind: u32, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let mut data = vec![0u8; BLOCK];
     match kind {
-        0 => {}
-        1 => {
-            let words = [b"disk ".as_slice(), b"log ", b"kernel ", b"\n"];
-            let mut position = 0;
-            while position < BLOCK {
-                let word = words[(next() % 4) as usize];
-                let take = word.len().min(BLOCK - position);
-                data[position..position + take].copy_from_slice(&word[..take]);
-                position += take;
-            }
-        }
-        2 => {
-            for (position, chunk) in data.chunks_mut(64).enumerate() {
-                chunk[..8].copy_from_slice(&(position as u64 ^ seed).to_le_bytes());
-            }
-        }
-        _ => {
-            for chunk in data.chunks_mut(8) {
-                chunk.copy_from_slice(&next().to_le_bytes());
-            }
-        }
+        0 => vec![0u8; BLOCK],
+        kind => blocksnap::testing::block(seed * 3 + u64::from(kind - 1)),
     }
-    data
 }
 
 /// An image of `blocks` blocks (every fourth one zero) and a final partial

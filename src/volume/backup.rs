@@ -1,7 +1,7 @@
 //! Backing up an image: a full snapshot, or a child that writes only what
 //! changed since its parent.
 
-use super::{image_len, invalid, read_block_at, worker_count, Progress};
+use super::{image_len, in_parallel, invalid, read_block_at, worker_count, Progress};
 use crate::api::{CancelSnapshotRequest, StartSnapshotRequest, Tag};
 use crate::engine::{block_id, BlockHashes, Engine};
 use crate::error::{Error, Result};
@@ -219,66 +219,35 @@ fn run_workers(
 ) -> Result<()> {
     let domain = engine.snapshot_domain(owner, snapshot)?;
     let cursor = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
     let (file, path, image_bytes) = image;
-    let results: Vec<Result<()>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers.min(work.len().max(1)))
-            .map(|_| {
-                scope.spawn(|| -> Result<()> {
-                    let mut buffer = vec![0u8; BLOCK_SIZE];
-                    while !cancel.load(Ordering::Acquire) && !failed.load(Ordering::Acquire) {
-                        let Some(index) = work.get(cursor.fetch_add(1, Ordering::AcqRel)) else {
-                            break;
-                        };
-                        let step = (|| {
-                            read_block_at(file, path, image_bytes, index, &mut buffer)?;
-                            counters.read.fetch_add(1, Ordering::AcqRel);
-                            let (chunk, is_zero) = block_id(domain.as_deref(), &buffer);
-                            let previous = match parent_root {
-                                Some(_) => engine.lookup_chunk(parent_root, BlockIndex(index))?,
-                                None => None,
-                            };
-                            if previous == Some(chunk) {
-                                counters.unchanged.fetch_add(1, Ordering::AcqRel);
-                            } else if is_zero && previous.is_none() {
-                                counters.zero_skipped.fetch_add(1, Ordering::AcqRel);
-                            } else {
-                                let hashes = BlockHashes::with_id(chunk, is_zero, &buffer);
-                                engine.put_hashed_block(
-                                    owner,
-                                    snapshot,
-                                    BlockIndex(index),
-                                    &buffer,
-                                    &hashes,
-                                )?;
-                                counters.written.fetch_add(1, Ordering::AcqRel);
-                            }
-                            let done = image_bytes
-                                .saturating_sub(u64::from(index) * BLOCK_SIZE as u64)
-                                .min(BLOCK_SIZE as u64);
-                            progress(done);
-                            Ok(())
-                        })();
-                        if step.is_err() {
-                            failed.store(true, Ordering::Release);
-                            return step;
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| {
-                handle.join().unwrap_or_else(|_| {
-                    Err(Error::io(
-                        "a backup worker",
-                        std::io::Error::other("the worker panicked"),
-                    ))
-                })
-            })
-            .collect()
-    });
-    results.into_iter().collect()
+    in_parallel(workers.min(work.len().max(1)), |stop| {
+        let mut buffer = vec![0u8; BLOCK_SIZE];
+        while !cancel.load(Ordering::Acquire) && !stop.load(Ordering::Acquire) {
+            let Some(index) = work.get(cursor.fetch_add(1, Ordering::AcqRel)) else {
+                break;
+            };
+            read_block_at(file, path, image_bytes, index, &mut buffer)?;
+            counters.read.fetch_add(1, Ordering::AcqRel);
+            let (chunk, is_zero) = block_id(domain.as_deref(), &buffer);
+            let previous = match parent_root {
+                Some(_) => engine.lookup_chunk(parent_root, BlockIndex(index))?,
+                None => None,
+            };
+            if previous == Some(chunk) {
+                counters.unchanged.fetch_add(1, Ordering::AcqRel);
+            } else if is_zero && previous.is_none() {
+                counters.zero_skipped.fetch_add(1, Ordering::AcqRel);
+            } else {
+                let hashes = BlockHashes::with_id(chunk, is_zero, &buffer);
+                engine.put_hashed_block(owner, snapshot, BlockIndex(index), &buffer, &hashes)?;
+                counters.written.fetch_add(1, Ordering::AcqRel);
+            }
+            progress(
+                image_bytes
+                    .saturating_sub(u64::from(index) * BLOCK_SIZE as u64)
+                    .min(BLOCK_SIZE as u64),
+            );
+        }
+        Ok(())
+    })
 }

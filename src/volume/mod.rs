@@ -18,6 +18,7 @@ use crate::ids::BLOCK_SIZE;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Progress callbacks receive bytes of the volume done since the last call.
 pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
@@ -65,4 +66,36 @@ fn worker_count(requested: usize, per_core: usize) -> usize {
 
 fn invalid(message: impl Into<String>) -> Error {
     Error::invalid(ValidationReason::InvalidParameterValue, message)
+}
+
+/// Runs `job` on `workers` threads. Each job loops until it runs out of
+/// work or sees `stop`; the first to fail sets `stop` so the others end
+/// soon, and its error is returned.
+fn in_parallel(workers: usize, job: impl Fn(&AtomicBool) -> Result<()> + Sync) -> Result<()> {
+    let stop = AtomicBool::new(false);
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers.max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    let result = job(&stop);
+                    if result.is_err() {
+                        stop.store(true, Ordering::Release);
+                    }
+                    result
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle.join().unwrap_or_else(|_| {
+                    Err(Error::io(
+                        "a volume worker",
+                        std::io::Error::other("the worker panicked"),
+                    ))
+                })
+            })
+            .collect()
+    });
+    results.into_iter().collect()
 }

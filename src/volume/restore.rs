@@ -1,6 +1,6 @@
 //! Restoring a snapshot into a file (sparse) or a block device.
 
-use super::{worker_count, Progress, IMAGE_BYTES_TAG};
+use super::{in_parallel, worker_count, Progress, IMAGE_BYTES_TAG};
 use crate::chunkstore::ContentCheck;
 use crate::codec;
 use crate::engine::Engine;
@@ -191,51 +191,23 @@ fn restore_page(
 ) -> Result<()> {
     let (file, path, length, is_device) = output;
     let cursor = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
     let zero = codec::zero_block_id();
-    let results: Vec<Result<()>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers.min(entries.len()).max(1))
-            .map(|_| {
-                scope.spawn(|| -> Result<()> {
-                    while !cancel.load(Ordering::Acquire) && !failed.load(Ordering::Acquire) {
-                        let Some(&(index, chunk)) =
-                            entries.get(cursor.fetch_add(1, Ordering::AcqRel))
-                        else {
-                            break;
-                        };
-                        let offset = u64::from(index.0) * BLOCK_SIZE as u64;
-                        if offset >= length {
-                            continue;
-                        }
-                        let take = (length - offset).min(BLOCK_SIZE as u64) as usize;
-                        if chunk == zero && !is_device {
-                            // The file was sized empty: a hole reads as zeros.
-                            continue;
-                        }
-                        let step = write_block(engine, root, index, (file, path), offset, take);
-                        if step.is_err() {
-                            failed.store(true, Ordering::Release);
-                            return step;
-                        }
-                        written.fetch_add(1, Ordering::AcqRel);
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| {
-                handle.join().unwrap_or_else(|_| {
-                    Err(Error::io(
-                        "a restore worker",
-                        std::io::Error::other("the worker panicked"),
-                    ))
-                })
-            })
-            .collect()
-    });
-    results.into_iter().collect()
+    in_parallel(workers.min(entries.len()), |stop| {
+        while !cancel.load(Ordering::Acquire) && !stop.load(Ordering::Acquire) {
+            let Some(&(index, chunk)) = entries.get(cursor.fetch_add(1, Ordering::AcqRel)) else {
+                break;
+            };
+            let offset = u64::from(index.0) * BLOCK_SIZE as u64;
+            // The file was sized empty: a hole reads as zeros.
+            if offset >= length || (chunk == zero && !is_device) {
+                continue;
+            }
+            let take = (length - offset).min(BLOCK_SIZE as u64) as usize;
+            write_block(engine, root, index, (file, path), offset, take)?;
+            written.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
+    })
 }
 
 /// Reads one block, checks its SHA-256 against the stored one, writes it.
