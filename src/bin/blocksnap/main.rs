@@ -269,20 +269,26 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
         }
         Command::Gc(gc) => {
             let engine = open_engine(cli, false)?;
+            let spinner = out.spinner("collecting garbage");
             let report = engine.collect_garbage(GcOptions {
                 live_threshold: gc.live_threshold,
                 max_bytes_per_sec: gc.max_bytes_per_sec,
                 ..GcOptions::default()
-            })?;
+            });
+            spinner.finish();
+            let report = report?;
             out.gc(&report);
             Ok(())
         }
         Command::Verify(verify) => {
             let engine = open_engine(cli, false)?;
+            let spinner = out.spinner("verifying");
             let report = engine.verify(VerifyOptions {
                 sample_fraction: verify.sample,
                 threads: verify.threads,
-            })?;
+            });
+            spinner.finish();
+            let report = report?;
             out.verify(&report);
             if report.is_clean() {
                 Ok(())

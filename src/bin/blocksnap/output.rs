@@ -123,6 +123,21 @@ impl Output {
         Bar(Some(bar))
     }
 
+    /// A spinner with the elapsed time, for long operations without a known
+    /// total (gc, verify); drawn under the same rules as [`Output::progress`].
+    pub fn spinner(&self, label: &str) -> Bar {
+        if self.quiet || self.json {
+            return Bar(None);
+        }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {prefix} {elapsed}") {
+            bar.set_style(style);
+        }
+        bar.set_prefix(label.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        Bar(Some(bar))
+    }
+
     /// A finished backup: the id alone on stdout (or the JSON report).
     pub fn backup(&self, report: &BackupReport) {
         let seconds = report.elapsed.as_secs_f64();
