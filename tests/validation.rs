@@ -1192,3 +1192,115 @@ async fn async_methods_run_on_the_blocking_pool() {
         .expect("changed");
     assert_eq!(changed.changed_blocks.len(), 8);
 }
+
+#[test]
+fn an_owner_sees_and_touches_only_its_own_snapshots() {
+    let alice = memory_engine(EngineConfig {
+        max_pending_snapshots: 1,
+        ..EngineConfig::default()
+    })
+    .0
+    .as_owner("111111111111");
+    let bob = alice.as_owner("222222222222");
+    assert_eq!(bob.owner_id(), "222222222222");
+    let finished = completed(&alice, &[1, 2]);
+    let pending = start(&alice, 1);
+    assert_eq!(
+        alice
+            .describe_snapshot(DescribeSnapshotRequest {
+                snapshot_id: finished.clone(),
+            })
+            .expect("describe")
+            .snapshot
+            .owner_id,
+        "111111111111"
+    );
+    let not_found = Some("SNAPSHOT_NOT_FOUND");
+    let missing = "ResourceNotFoundException";
+    expect_ebs(
+        bob.describe_snapshot(DescribeSnapshotRequest {
+            snapshot_id: finished.clone(),
+        }),
+        missing,
+        not_found,
+    );
+    expect_ebs(
+        bob.list_snapshot_blocks(ListSnapshotBlocksRequest {
+            snapshot_id: finished.clone(),
+            ..Default::default()
+        }),
+        missing,
+        not_found,
+    );
+    let listed = alice
+        .list_snapshot_blocks(ListSnapshotBlocksRequest {
+            snapshot_id: finished.clone(),
+            ..Default::default()
+        })
+        .expect("list");
+    expect_ebs(
+        bob.get_snapshot_block(GetSnapshotBlockRequest {
+            snapshot_id: finished.clone(),
+            block_index: 0,
+            block_token: listed.blocks[0].block_token.clone(),
+        }),
+        missing,
+        not_found,
+    );
+    expect_ebs(
+        bob.put_snapshot_block(put_request(&pending, 0, block(3))),
+        missing,
+        not_found,
+    );
+    expect_ebs(
+        bob.complete_snapshot(complete_request(&pending, 0)),
+        missing,
+        not_found,
+    );
+    expect_ebs(
+        bob.start_snapshot(StartSnapshotRequest {
+            parent_snapshot_id: Some(finished.clone()),
+            ..start_request(1)
+        }),
+        missing,
+        not_found,
+    );
+    expect_ebs(
+        bob.delete_snapshot(DeleteSnapshotRequest {
+            snapshot_id: finished.clone(),
+        }),
+        missing,
+        not_found,
+    );
+    expect_ebs(
+        bob.cancel_snapshot(CancelSnapshotRequest {
+            snapshot_id: pending.clone(),
+        }),
+        missing,
+        not_found,
+    );
+    assert!(bob.list_snapshots().expect("list").is_empty());
+    assert_eq!(alice.list_snapshots().expect("list").len(), 2);
+    // Limits and client tokens are per owner.
+    expect_ebs(
+        alice.start_snapshot(start_request(1)),
+        "ConcurrentLimitExceededException",
+        None,
+    );
+    let token = |engine: &Engine| {
+        engine
+            .start_snapshot(StartSnapshotRequest {
+                client_token: Some("same-token".into()),
+                ..start_request(1)
+            })
+            .expect("start")
+            .snapshot_id
+    };
+    let bobs = token(&bob);
+    alice
+        .cancel_snapshot(CancelSnapshotRequest {
+            snapshot_id: pending,
+        })
+        .expect("cancel");
+    assert_ne!(token(&alice), bobs, "one token, two owners, two snapshots");
+}

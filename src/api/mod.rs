@@ -138,7 +138,7 @@ impl ListingClock {
 
 impl Engine {
     pub(crate) fn owner(&self) -> &str {
-        &self.config().owner_id
+        self.owner_id()
     }
 
     fn listing_clock(&self) -> ListingClock {

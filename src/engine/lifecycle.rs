@@ -121,7 +121,9 @@ async fn reap(engine: Weak<EngineInner>, wake: Arc<tokio::sync::Notify>) {
             let Some(inner) = engine.upgrade() else {
                 return;
             };
-            let engine = Engine { inner };
+            // Expiry is the same for every owner's snapshots.
+            let owner = std::sync::Arc::from(inner.config.owner_id.as_str());
+            let engine = Engine { inner, owner };
             match engine.run_blocking(Engine::expire_due).await {
                 Ok(Some(deadline)) => {
                     Duration::from_millis(deadline.saturating_sub(engine.now_millis()))

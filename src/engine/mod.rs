@@ -100,9 +100,14 @@ impl Default for EngineConfig {
 
 /// A blocksnap store, open. Cheap to clone: clones share one engine.
 /// `Send + Sync`; every method may be called from any thread.
+///
+/// An `Engine` acts for one owner (the `OwnerId` of the snapshots it
+/// starts, and the only snapshots it sees): `EngineConfig::owner_id`, or
+/// another through [`Engine::as_owner`].
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<EngineInner>,
+    owner: Arc<str>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -343,7 +348,9 @@ impl Engine {
                     .map_err(|e| Error::io(format!("removing stale journal {name}"), e))?;
             }
         }
+        let owner: Arc<str> = Arc::from(config.owner_id.as_str());
         let engine = Engine {
+            owner,
             inner: Arc::new(EngineInner {
                 storage,
                 config,
@@ -373,6 +380,22 @@ impl Engine {
     /// The configuration in force.
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// The same store acting for `owner`: it starts snapshots owned by
+    /// `owner` and sees only those; another owner's snapshot behaves as
+    /// one that does not exist. A server makes one per authenticated
+    /// request. Pending-snapshot limits count per owner.
+    pub fn as_owner(&self, owner: &str) -> Engine {
+        Engine {
+            inner: self.inner.clone(),
+            owner: Arc::from(owner),
+        }
+    }
+
+    /// The owner this engine acts for.
+    pub fn owner_id(&self) -> &str {
+        &self.owner
     }
 
     /// Now, epoch milliseconds, from the configured clock.
