@@ -12,6 +12,8 @@ pub mod engine;
 pub mod error;
 pub mod format;
 pub mod ids;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;

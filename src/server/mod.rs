@@ -1,0 +1,364 @@
+//! The EBS direct API over HTTP, wire-compatible with the AWS SDKs: the six
+//! operations on their REST paths, errors as the service model serializes
+//! them, a request id on every response, and block bodies read with a hard
+//! limit so no request makes the server allocate without bound.
+//!
+//! [`router`] builds an axum router over an [`Engine`]; [`serve`] runs it on
+//! a listener until a shutdown signal, finishing requests in flight.
+//! Requests act for the owner that [`ServerConfig::authentication`]
+//! resolves.
+
+mod wire;
+
+use crate::api::{
+    CompleteSnapshotRequest, GetSnapshotBlockRequest, ListChangedBlocksRequest,
+    ListSnapshotBlocksRequest, PutSnapshotBlockRequest,
+};
+use crate::engine::Engine;
+use crate::error::{Error, ValidationReason};
+use crate::ids::BLOCK_SIZE;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::Router;
+use http_body_util::{BodyExt, Limited};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+use wire::{error_response, header, integer, json_response, param, query_params};
+
+/// Who requests act for.
+#[derive(Clone, Debug)]
+pub enum Authentication {
+    /// No authentication: every request acts for this owner. Only for a
+    /// server reachable by trusted clients alone.
+    InsecureSingleOwner(String),
+}
+
+/// How the server behaves.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Who requests act for.
+    pub authentication: Authentication,
+}
+
+struct ServerState {
+    engine: Engine,
+    config: ServerConfig,
+}
+
+/// The router of the EBS direct API over `engine`.
+pub fn router(engine: Engine, config: ServerConfig) -> Router {
+    let state = Arc::new(ServerState { engine, config });
+    Router::new()
+        .route("/snapshots", post(start_snapshot))
+        .route("/snapshots/completion/{snapshot}", post(complete_snapshot))
+        .route("/snapshots/{snapshot}/blocks", get(list_snapshot_blocks))
+        .route(
+            "/snapshots/{snapshot}/blocks/{index}",
+            put(put_snapshot_block).get(get_snapshot_block),
+        )
+        .route(
+            "/snapshots/{snapshot}/changedblocks",
+            get(list_changed_blocks),
+        )
+        .fallback(unknown_operation)
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+/// Adds `x-amzn-RequestId` to every response.
+async fn request_id(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let mut response = next.run(request).await;
+    let id = new_request_id();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-amzn-RequestId", value);
+    }
+    tracing::info!(
+        request_id = %id,
+        %method,
+        path = %path,
+        status = response.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+/// A random request id in the UUID text form.
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 16];
+    // A request id is a label, not a secret: zeros if the generator fails.
+    let _ = getrandom::fill(&mut bytes);
+    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+impl ServerState {
+    /// The engine acting for the request's owner.
+    fn engine_for(&self, _headers: &HeaderMap) -> Result<Engine, Error> {
+        match &self.config.authentication {
+            Authentication::InsecureSingleOwner(owner) => Ok(self.engine.as_owner(owner)),
+        }
+    }
+}
+
+fn reply(result: Result<Response, Error>) -> Response {
+    result.unwrap_or_else(|error| error_response(&error))
+}
+
+async fn unknown_operation(uri: Uri) -> Response {
+    error_response(&Error::invalid(
+        ValidationReason::InvalidParameterValue,
+        format!("No operation matches {}.", uri.path()),
+    ))
+}
+
+/// Reads a body of at most `limit` bytes; a longer one is refused once
+/// `limit` bytes have arrived, never buffered whole.
+async fn read_body(body: Body, limit: usize, what: &str) -> Result<bytes::Bytes, Error> {
+    Limited::new(body, limit)
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .map_err(|error| {
+            Error::invalid(
+                ValidationReason::InvalidParameterValue,
+                format!("The {what} is longer than {limit} bytes or was cut off: {error}"),
+            )
+        })
+}
+
+async fn start_snapshot(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    reply(
+        async {
+            let engine = state.engine_for(&headers)?;
+            let body = read_body(body, wire::MAX_JSON_BODY, "request body").await?;
+            let request = wire::start_snapshot_request(&body)?;
+            let response = engine.start_snapshot_async(request).await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &wire::start_snapshot_response(&response),
+            ))
+        }
+        .await,
+    )
+}
+
+fn block_index(text: &str) -> Result<i32, Error> {
+    text.parse::<i32>().map_err(|_| {
+        Error::invalid(
+            ValidationReason::InvalidBlock,
+            format!("BlockIndex must be an integer, not '{text}'."),
+        )
+    })
+}
+
+async fn put_snapshot_block(
+    State(state): State<Arc<ServerState>>,
+    Path((snapshot, index)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    reply(
+        async {
+            let engine = state.engine_for(&headers)?;
+            let data_length = integer("x-amz-Data-Length", header(&headers, "x-amz-Data-Length")?)?
+                .ok_or_else(|| {
+                    Error::invalid(
+                        ValidationReason::InvalidParameterValue,
+                        "x-amz-Data-Length is required.",
+                    )
+                })?;
+            if data_length != BLOCK_SIZE as i32 {
+                return Err(Error::invalid(
+                    ValidationReason::InvalidBlock,
+                    format!("x-amz-Data-Length is {data_length}; blocks are {BLOCK_SIZE} bytes."),
+                ));
+            }
+            let request = PutSnapshotBlockRequest {
+                snapshot_id: snapshot,
+                block_index: block_index(&index)?,
+                data_length,
+                progress: integer("x-amz-Progress", header(&headers, "x-amz-Progress")?)?,
+                checksum: header(&headers, "x-amz-Checksum")?
+                    .unwrap_or_default()
+                    .to_string(),
+                checksum_algorithm: header(&headers, "x-amz-Checksum-Algorithm")?
+                    .unwrap_or_default()
+                    .to_string(),
+                block_data: read_body(body, BLOCK_SIZE, "block").await?,
+            };
+            let response = engine.put_snapshot_block_async(request).await?;
+            let mut reply = json_response(StatusCode::CREATED, &json!({}));
+            let reply_headers = reply.headers_mut();
+            if let Ok(value) = HeaderValue::from_str(&response.checksum) {
+                reply_headers.insert("x-amz-Checksum", value);
+            }
+            if let Ok(value) = HeaderValue::from_str(&response.checksum_algorithm) {
+                reply_headers.insert("x-amz-Checksum-Algorithm", value);
+            }
+            Ok(reply)
+        }
+        .await,
+    )
+}
+
+async fn complete_snapshot(
+    State(state): State<Arc<ServerState>>,
+    Path(snapshot): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    reply(
+        async {
+            let engine = state.engine_for(&headers)?;
+            let changed = integer(
+                "x-amz-ChangedBlocksCount",
+                header(&headers, "x-amz-ChangedBlocksCount")?,
+            )?
+            .ok_or_else(|| {
+                Error::invalid(
+                    ValidationReason::InvalidParameterValue,
+                    "x-amz-ChangedBlocksCount is required.",
+                )
+            })?;
+            let text = |name: &str| header(&headers, name).map(|value| value.map(str::to_string));
+            let request = CompleteSnapshotRequest {
+                snapshot_id: snapshot,
+                changed_blocks_count: changed,
+                checksum: text("x-amz-Checksum")?,
+                checksum_algorithm: text("x-amz-Checksum-Algorithm")?,
+                checksum_aggregation_method: text("x-amz-Checksum-Aggregation-Method")?,
+            };
+            let response = engine.complete_snapshot_async(request).await?;
+            Ok(json_response(
+                StatusCode::ACCEPTED,
+                &json!({"Status": response.status.as_str()}),
+            ))
+        }
+        .await,
+    )
+}
+
+async fn get_snapshot_block(
+    State(state): State<Arc<ServerState>>,
+    Path((snapshot, index)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    reply(
+        async {
+            let engine = state.engine_for(&headers)?;
+            let params = query_params(uri.query())?;
+            let request = GetSnapshotBlockRequest {
+                snapshot_id: snapshot,
+                block_index: block_index(&index)?,
+                block_token: param(&params, "blockToken").unwrap_or_default().to_string(),
+            };
+            let response = engine.get_snapshot_block_async(request).await?;
+            let mut reply = Response::new(Body::from(response.block_data));
+            let reply_headers = reply.headers_mut();
+            reply_headers.insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            reply_headers.insert("x-amz-Data-Length", HeaderValue::from(response.data_length));
+            if let Ok(value) = HeaderValue::from_str(&response.checksum) {
+                reply_headers.insert("x-amz-Checksum", value);
+            }
+            if let Ok(value) = HeaderValue::from_str(&response.checksum_algorithm) {
+                reply_headers.insert("x-amz-Checksum-Algorithm", value);
+            }
+            Ok(reply)
+        }
+        .await,
+    )
+}
+
+async fn list_snapshot_blocks(
+    State(state): State<Arc<ServerState>>,
+    Path(snapshot): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    reply(
+        async {
+            let engine = state.engine_for(&headers)?;
+            let params = query_params(uri.query())?;
+            let request = ListSnapshotBlocksRequest {
+                snapshot_id: snapshot,
+                next_token: param(&params, "pageToken").map(str::to_string),
+                max_results: integer("maxResults", param(&params, "maxResults"))?,
+                starting_block_index: integer(
+                    "startingBlockIndex",
+                    param(&params, "startingBlockIndex"),
+                )?,
+            };
+            let response = engine.list_snapshot_blocks_async(request).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &wire::list_snapshot_blocks_response(&response),
+            ))
+        }
+        .await,
+    )
+}
+
+async fn list_changed_blocks(
+    State(state): State<Arc<ServerState>>,
+    Path(snapshot): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    reply(
+        async {
+            let engine = state.engine_for(&headers)?;
+            let params = query_params(uri.query())?;
+            let request = ListChangedBlocksRequest {
+                first_snapshot_id: param(&params, "firstSnapshotId").map(str::to_string),
+                second_snapshot_id: snapshot,
+                next_token: param(&params, "pageToken").map(str::to_string),
+                max_results: integer("maxResults", param(&params, "maxResults"))?,
+                starting_block_index: integer(
+                    "startingBlockIndex",
+                    param(&params, "startingBlockIndex"),
+                )?,
+            };
+            let response = engine.list_changed_blocks_async(request).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &wire::list_changed_blocks_response(&response),
+            ))
+        }
+        .await,
+    )
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves; requests in
+/// flight then finish before this returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

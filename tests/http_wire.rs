@@ -1,0 +1,377 @@
+//! The server's wire format, byte level, over raw TCP on 127.0.0.1: status
+//! codes, headers, JSON bodies, errors, streaming limits, and token
+//! decoding, as the EBS service model and the SDKs expect them.
+
+use blocksnap::server::{router, serve, Authentication, ServerConfig};
+use blocksnap::testing::{block, checksum};
+use blocksnap::{Engine, EngineConfig};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+const OWNER: &str = "123456789012";
+
+struct Server {
+    address: SocketAddr,
+    _runtime: tokio::runtime::Runtime,
+    _store: tempfile::TempDir,
+}
+
+fn server() -> Server {
+    let store = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let engine = Engine::open_with(
+        Engine::local_storage(store.path()).expect("storage"),
+        EngineConfig::default(),
+    )
+    .expect("open");
+    let app = router(
+        engine,
+        ServerConfig {
+            authentication: Authentication::InsecureSingleOwner(OWNER.into()),
+        },
+    );
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    runtime.spawn(serve(listener, app, std::future::pending()));
+    Server {
+        address,
+        _runtime: runtime,
+        _store: store,
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+
+    /// Asserts an EBS error: status, `x-amzn-ErrorType`, `Message`, `Reason`.
+    fn assert_error(&self, status: u16, code: &str, reason: Option<&str>) {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(self.header("x-amzn-ErrorType"), Some(code));
+        let body = self.json();
+        assert!(body["Message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(body["Reason"].as_str(), reason);
+    }
+}
+
+/// Sends one request (`head` without the final blank line) and reads the
+/// whole reply (the connection is closed after it).
+fn send(server: &Server, head: &str, body: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(server.address).expect("connect");
+    let request = format!("{head}\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("write head");
+    // A body the server refuses early may not be read to its end.
+    let _ = stream.write_all(body);
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).expect("read reply");
+    let split = bytes
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .expect("end of headers");
+    let head = String::from_utf8(bytes[..split].to_vec()).expect("ASCII head");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .expect("status line")
+        .split(' ')
+        .nth(1)
+        .expect("code");
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
+        .collect();
+    Reply {
+        status: status.parse().expect("status"),
+        headers,
+        body: bytes[split + 4..].to_vec(),
+    }
+}
+
+fn start(server: &Server, json: &str) -> Reply {
+    send(
+        server,
+        &format!(
+            "POST /snapshots HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}",
+            json.len()
+        ),
+        json.as_bytes(),
+    )
+}
+
+fn put(server: &Server, snapshot: &str, index: u32, data: &[u8]) -> Reply {
+    // As boto3 sends it: no Content-Type.
+    send(
+        server,
+        &format!(
+            "PUT /snapshots/{snapshot}/blocks/{index} HTTP/1.1\r\nx-amz-Data-Length: 524288\r\nx-amz-Checksum: {}\r\nx-amz-Checksum-Algorithm: SHA256\r\nx-amz-Progress: 50\r\nContent-Length: {}",
+            checksum(data),
+            data.len()
+        ),
+        data,
+    )
+}
+
+#[test]
+fn the_six_operations_speak_the_model_on_the_wire() {
+    let server = server();
+    let started = start(
+        &server,
+        r#"{"VolumeSize": 1, "Description": "d", "Tags": [{"Key": "k", "Value": "v"}], "Timeout": 60, "ClientToken": "token-1"}"#,
+    );
+    assert_eq!(started.status, 201);
+    assert!(started
+        .header("x-amzn-RequestId")
+        .is_some_and(|id| id.len() == 36));
+    let body = started.json();
+    let snapshot = body["SnapshotId"].as_str().expect("id").to_string();
+    assert_eq!(body["OwnerId"], OWNER);
+    assert_eq!(body["Status"], "pending");
+    assert_eq!(body["VolumeSize"], 1);
+    assert_eq!(body["BlockSize"], 524288);
+    assert_eq!(body["SseType"], "none");
+    assert_eq!(body["Description"], "d");
+    assert_eq!(
+        body["Tags"],
+        serde_json::json!([{"Key": "k", "Value": "v"}])
+    );
+    assert!(body["StartTime"].is_number(), "epoch seconds, a number");
+    assert!(body.get("ParentSnapshotId").is_none() && body.get("KmsKeyArn").is_none());
+
+    let data = block(3);
+    let stored = put(&server, &snapshot, 2, &data);
+    assert_eq!(
+        stored.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&stored.body)
+    );
+    assert_eq!(
+        stored.header("x-amz-Checksum"),
+        Some(checksum(&data).as_str())
+    );
+    assert_eq!(stored.header("x-amz-Checksum-Algorithm"), Some("SHA256"));
+    assert_eq!(stored.json(), serde_json::json!({}));
+
+    // CompleteSnapshot without Content-Length, as aws-sdk-rust sends it.
+    let completed = send(
+        &server,
+        &format!("POST /snapshots/completion/{snapshot} HTTP/1.1\r\nx-amz-ChangedBlocksCount: 1"),
+        b"",
+    );
+    assert_eq!(completed.status, 202);
+    assert_eq!(completed.json(), serde_json::json!({"Status": "completed"}));
+
+    let listed = send(
+        &server,
+        &format!("GET /snapshots/{snapshot}/blocks?maxResults=100&startingBlockIndex=0 HTTP/1.1"),
+        b"",
+    );
+    assert_eq!(listed.status, 200);
+    let body = listed.json();
+    assert_eq!(body["VolumeSize"], 1);
+    assert_eq!(body["BlockSize"], 524288);
+    assert!(body["ExpiryTime"].is_number());
+    assert_eq!(body["Blocks"][0]["BlockIndex"], 2);
+    let token = body["Blocks"][0]["BlockToken"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    assert!(body.get("NextToken").is_none());
+
+    // Tokens are Base64: percent-encoded by clients, decoded without '+' -> ' '.
+    let encoded: String = token
+        .chars()
+        .map(|c| match c {
+            '+' => "%2B".to_string(),
+            '/' => "%2F".to_string(),
+            '=' => "%3D".to_string(),
+            other => other.to_string(),
+        })
+        .collect();
+    let read = send(
+        &server,
+        &format!("GET /snapshots/{snapshot}/blocks/2?blockToken={encoded} HTTP/1.1"),
+        b"",
+    );
+    assert_eq!(read.status, 200, "{}", String::from_utf8_lossy(&read.body));
+    assert_eq!(read.body, data);
+    assert_eq!(read.header("x-amz-Data-Length"), Some("524288"));
+    assert_eq!(
+        read.header("x-amz-Checksum"),
+        Some(checksum(&data).as_str())
+    );
+    assert_eq!(
+        read.header("Content-Type"),
+        Some("application/octet-stream")
+    );
+
+    let child = start(
+        &server,
+        &format!(r#"{{"VolumeSize": 1, "ParentSnapshotId": "{snapshot}"}}"#),
+    )
+    .json();
+    let child = child["SnapshotId"].as_str().expect("id").to_string();
+    assert_eq!(put(&server, &child, 5, &block(4)).status, 201);
+    send(
+        &server,
+        &format!("POST /snapshots/completion/{child} HTTP/1.1\r\nx-amz-ChangedBlocksCount: 1\r\nContent-Length: 0"),
+        b"",
+    );
+    let changed = send(
+        &server,
+        &format!("GET /snapshots/{child}/changedblocks?firstSnapshotId={snapshot} HTTP/1.1"),
+        b"",
+    );
+    assert_eq!(changed.status, 200);
+    let body = changed.json();
+    assert_eq!(body["ChangedBlocks"][0]["BlockIndex"], 5);
+    assert!(body["ChangedBlocks"][0].get("FirstBlockToken").is_none());
+    assert!(body["ChangedBlocks"][0]["SecondBlockToken"].is_string());
+}
+
+#[test]
+fn errors_carry_status_error_type_message_and_reason() {
+    let server = server();
+    send(
+        &server,
+        "GET /snapshots/snap-0123456789abcdef/blocks HTTP/1.1",
+        b"",
+    )
+    .assert_error(404, "ResourceNotFoundException", Some("SNAPSHOT_NOT_FOUND"));
+    send(
+        &server,
+        "GET /snapshots/not-a-snapshot/blocks HTTP/1.1",
+        b"",
+    )
+    .assert_error(400, "ValidationException", Some("INVALID_SNAPSHOT_ID"));
+    start(&server, r#"{"VolumeSize": 65537}"#).assert_error(
+        400,
+        "ValidationException",
+        Some("INVALID_VOLUME_SIZE"),
+    );
+    start(&server, "{not json").assert_error(
+        400,
+        "ValidationException",
+        Some("INVALID_PARAMETER_VALUE"),
+    );
+    start(&server, r#"{"VolumeSize": "one"}"#).assert_error(
+        400,
+        "ValidationException",
+        Some("INVALID_PARAMETER_VALUE"),
+    );
+    let first = start(&server, r#"{"VolumeSize": 1, "ClientToken": "t"}"#);
+    assert_eq!(first.status, 201);
+    start(&server, r#"{"VolumeSize": 2, "ClientToken": "t"}"#).assert_error(
+        409,
+        "ConflictException",
+        None,
+    );
+    let snapshot = first.json()["SnapshotId"].as_str().expect("id").to_string();
+    let mut wrong = block(3);
+    let good_checksum = checksum(&wrong);
+    wrong[0] ^= 1;
+    send(
+        &server,
+        &format!(
+            "PUT /snapshots/{snapshot}/blocks/0 HTTP/1.1\r\nx-amz-Data-Length: 524288\r\nx-amz-Checksum: {good_checksum}\r\nx-amz-Checksum-Algorithm: SHA256\r\nContent-Length: 524288"
+        ),
+        &wrong,
+    )
+    .assert_error(400, "ValidationException", Some("INVALID_BLOCK"));
+    send(
+        &server,
+        &format!("GET /snapshots/{snapshot}/blocks/0?blockToken=AAAA HTTP/1.1"),
+        b"",
+    )
+    .assert_error(400, "ValidationException", Some("INVALID_SNAPSHOT_ID"));
+    send(&server, "DELETE /volumes HTTP/1.1", b"").assert_error(
+        400,
+        "ValidationException",
+        Some("INVALID_PARAMETER_VALUE"),
+    );
+}
+
+#[test]
+fn oversize_and_malformed_block_uploads_are_refused_without_buffering() {
+    let server = server();
+    let snapshot = start(&server, r#"{"VolumeSize": 1}"#).json()["SnapshotId"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    // A body longer than a block: refused once 524288 bytes have arrived.
+    let oversize = vec![7u8; 600_000];
+    send(
+        &server,
+        &format!(
+            "PUT /snapshots/{snapshot}/blocks/0 HTTP/1.1\r\nx-amz-Data-Length: 524288\r\nx-amz-Checksum: {}\r\nx-amz-Checksum-Algorithm: SHA256\r\nContent-Length: {}",
+            checksum(&oversize),
+            oversize.len()
+        ),
+        &oversize,
+    )
+    .assert_error(400, "ValidationException", Some("INVALID_PARAMETER_VALUE"));
+    // A declared length other than a block: refused before the body is read.
+    send(
+        &server,
+        &format!(
+            "PUT /snapshots/{snapshot}/blocks/0 HTTP/1.1\r\nx-amz-Data-Length: 4096\r\nx-amz-Checksum: {}\r\nx-amz-Checksum-Algorithm: SHA256\r\nContent-Length: 4096",
+            checksum(&[0u8; 4096])
+        ),
+        &[0u8; 4096],
+    )
+    .assert_error(400, "ValidationException", Some("INVALID_BLOCK"));
+    send(
+        &server,
+        &format!("PUT /snapshots/{snapshot}/blocks/0 HTTP/1.1\r\nContent-Length: 0"),
+        b"",
+    )
+    .assert_error(400, "ValidationException", Some("INVALID_PARAMETER_VALUE"));
+    send(
+        &server,
+        &format!("PUT /snapshots/{snapshot}/blocks/zero HTTP/1.1\r\nx-amz-Data-Length: 524288\r\nContent-Length: 0"),
+        b"",
+    )
+    .assert_error(400, "ValidationException", Some("INVALID_BLOCK"));
+    // A short body under a full-block declaration is cut off: refused.
+    let short = block(5);
+    send(
+        &server,
+        &format!(
+            "PUT /snapshots/{snapshot}/blocks/1 HTTP/1.1\r\nx-amz-Data-Length: 524288\r\nx-amz-Checksum: {}\r\nx-amz-Checksum-Algorithm: SHA256\r\nContent-Length: 1000",
+            checksum(&short)
+        ),
+        &short[..1000],
+    )
+    .assert_error(400, "ValidationException", Some("INVALID_BLOCK"));
+    assert_eq!(
+        put(&server, &snapshot, 1, &short).status,
+        201,
+        "the server still works"
+    );
+}
