@@ -123,6 +123,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The request is not authenticated: no or a bad signature, an unknown
+    /// access key, or a timestamp too far from the server's clock.
+    #[error("{message}")]
+    AccessDenied {
+        /// Human-readable explanation (never a secret).
+        message: String,
+    },
     /// An encryption key exists but cannot be used: the key provider refused
     /// it or failed, a wrapped data key does not authenticate, or the store
     /// holds encrypted snapshots and no provider was configured.

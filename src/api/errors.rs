@@ -27,6 +27,7 @@ pub fn ebs_error(error: &Error) -> EbsError {
         }
         Error::Conflict { .. } => ("ConflictException", 409, None),
         Error::ConcurrentLimitExceeded { .. } => ("ConcurrentLimitExceededException", 400, None),
+        Error::AccessDenied { .. } => ("AccessDeniedException", 403, Some("UNAUTHORIZED_ACCOUNT")),
         Error::KeyUnavailable { .. } => (
             "AccessDeniedException",
             403,

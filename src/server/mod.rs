@@ -8,7 +8,10 @@
 //! Requests act for the owner that [`ServerConfig::authentication`]
 //! resolves.
 
+mod auth;
 mod wire;
+
+pub use auth::{Credentials, MAX_CLOCK_SKEW};
 
 use crate::api::{
     CompleteSnapshotRequest, GetSnapshotBlockRequest, ListChangedBlocksRequest,
@@ -17,9 +20,10 @@ use crate::api::{
 use crate::engine::Engine;
 use crate::error::{Error, ValidationReason};
 use crate::ids::BLOCK_SIZE;
+use auth::Payload;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post, put};
@@ -33,6 +37,9 @@ use wire::{error_response, header, integer, json_response, param, query_params};
 /// Who requests act for.
 #[derive(Clone, Debug)]
 pub enum Authentication {
+    /// AWS Signature Version 4 with these access keys; each request acts
+    /// for its key's owner.
+    SigV4(Arc<Credentials>),
     /// No authentication: every request acts for this owner. Only for a
     /// server reachable by trusted clients alone.
     InsecureSingleOwner(String),
@@ -80,15 +87,30 @@ async fn request_id(request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-amzn-RequestId", value);
     }
+    let (operation, snapshot) = operation_of(&method, &path);
     tracing::info!(
         request_id = %id,
-        %method,
-        path = %path,
+        operation,
+        snapshot,
         status = response.status().as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        latency_ms = (started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
         "request"
     );
     response
+}
+
+/// The operation a method and path name, and the snapshot in the path.
+fn operation_of<'a>(method: &Method, path: &'a str) -> (&'static str, &'a str) {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method.as_str(), segments.as_slice()) {
+        ("POST", ["snapshots"]) => ("StartSnapshot", ""),
+        ("POST", ["snapshots", "completion", snapshot]) => ("CompleteSnapshot", snapshot),
+        ("PUT", ["snapshots", snapshot, "blocks", _]) => ("PutSnapshotBlock", snapshot),
+        ("GET", ["snapshots", snapshot, "blocks", _]) => ("GetSnapshotBlock", snapshot),
+        ("GET", ["snapshots", snapshot, "blocks"]) => ("ListSnapshotBlocks", snapshot),
+        ("GET", ["snapshots", snapshot, "changedblocks"]) => ("ListChangedBlocks", snapshot),
+        _ => ("Unknown", ""),
+    }
 }
 
 /// A random request id in the UUID text form.
@@ -107,14 +129,46 @@ fn new_request_id() -> String {
     )
 }
 
+/// What a handler needs of the request to authenticate it.
+struct Incoming<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+}
+
 impl ServerState {
-    /// The engine acting for the request's owner.
-    fn engine_for(&self, _headers: &HeaderMap) -> Result<Engine, Error> {
+    /// The engine acting for the request's owner, once the request is
+    /// authenticated.
+    fn engine_for(&self, request: &Incoming<'_>, payload: Payload<'_>) -> Result<Engine, Error> {
         match &self.config.authentication {
             Authentication::InsecureSingleOwner(owner) => Ok(self.engine.as_owner(owner)),
+            Authentication::SigV4(credentials) => {
+                let owner = auth::authenticate(
+                    credentials,
+                    request.method,
+                    request.uri,
+                    request.headers,
+                    payload,
+                    std::time::SystemTime::now(),
+                )?;
+                Ok(self.engine.as_owner(&owner))
+            }
         }
     }
+
+    /// Reads a small body (none is expected) and authenticates with it.
+    async fn engine_for_bodyless(
+        &self,
+        request: &Incoming<'_>,
+        body: Body,
+    ) -> Result<Engine, Error> {
+        let body = read_body(body, SMALL_BODY, "request body").await?;
+        self.engine_for(request, Payload::Bytes(&body))
+    }
 }
+
+/// Largest body accepted where the operation has none.
+const SMALL_BODY: usize = 4096;
 
 fn reply(result: Result<Response, Error>) -> Response {
     result.unwrap_or_else(|error| error_response(&error))
@@ -144,13 +198,20 @@ async fn read_body(body: Body, limit: usize, what: &str) -> Result<bytes::Bytes,
 
 async fn start_snapshot(
     State(state): State<Arc<ServerState>>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let incoming = Incoming {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+    };
     reply(
         async {
-            let engine = state.engine_for(&headers)?;
             let body = read_body(body, wire::MAX_JSON_BODY, "request body").await?;
+            let engine = state.engine_for(&incoming, Payload::Bytes(&body))?;
             let request = wire::start_snapshot_request(&body)?;
             let response = engine.start_snapshot_async(request).await?;
             Ok(json_response(
@@ -174,12 +235,27 @@ fn block_index(text: &str) -> Result<i32, Error> {
 async fn put_snapshot_block(
     State(state): State<Arc<ServerState>>,
     Path((snapshot, index)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let incoming = Incoming {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+    };
     reply(
         async {
-            let engine = state.engine_for(&headers)?;
+            // An unsigned body (as the SDKs send blocks) is authenticated
+            // before a byte of it is read; a signed one once it is read.
+            let unsigned =
+                header(&headers, "x-amz-content-sha256")? == Some(auth::UNSIGNED_PAYLOAD);
+            let authenticated = if unsigned {
+                Some(state.engine_for(&incoming, Payload::Unsigned)?)
+            } else {
+                None
+            };
             let data_length = integer("x-amz-Data-Length", header(&headers, "x-amz-Data-Length")?)?
                 .ok_or_else(|| {
                     Error::invalid(
@@ -193,6 +269,11 @@ async fn put_snapshot_block(
                     format!("x-amz-Data-Length is {data_length}; blocks are {BLOCK_SIZE} bytes."),
                 ));
             }
+            let block_data = read_body(body, BLOCK_SIZE, "block").await?;
+            let engine = match authenticated {
+                Some(engine) => engine,
+                None => state.engine_for(&incoming, Payload::Bytes(&block_data))?,
+            };
             let request = PutSnapshotBlockRequest {
                 snapshot_id: snapshot,
                 block_index: block_index(&index)?,
@@ -204,7 +285,7 @@ async fn put_snapshot_block(
                 checksum_algorithm: header(&headers, "x-amz-Checksum-Algorithm")?
                     .unwrap_or_default()
                     .to_string(),
-                block_data: read_body(body, BLOCK_SIZE, "block").await?,
+                block_data,
             };
             let response = engine.put_snapshot_block_async(request).await?;
             let mut reply = json_response(StatusCode::CREATED, &json!({}));
@@ -224,11 +305,19 @@ async fn put_snapshot_block(
 async fn complete_snapshot(
     State(state): State<Arc<ServerState>>,
     Path(snapshot): Path<String>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
+    body: Body,
 ) -> Response {
+    let incoming = Incoming {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+    };
     reply(
         async {
-            let engine = state.engine_for(&headers)?;
+            let engine = state.engine_for_bodyless(&incoming, body).await?;
             let changed = integer(
                 "x-amz-ChangedBlocksCount",
                 header(&headers, "x-amz-ChangedBlocksCount")?,
@@ -260,12 +349,19 @@ async fn complete_snapshot(
 async fn get_snapshot_block(
     State(state): State<Arc<ServerState>>,
     Path((snapshot, index)): Path<(String, String)>,
-    headers: HeaderMap,
+    method: Method,
     uri: Uri,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
+    let incoming = Incoming {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+    };
     reply(
         async {
-            let engine = state.engine_for(&headers)?;
+            let engine = state.engine_for_bodyless(&incoming, body).await?;
             let params = query_params(uri.query())?;
             let request = GetSnapshotBlockRequest {
                 snapshot_id: snapshot,
@@ -295,12 +391,19 @@ async fn get_snapshot_block(
 async fn list_snapshot_blocks(
     State(state): State<Arc<ServerState>>,
     Path(snapshot): Path<String>,
-    headers: HeaderMap,
+    method: Method,
     uri: Uri,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
+    let incoming = Incoming {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+    };
     reply(
         async {
-            let engine = state.engine_for(&headers)?;
+            let engine = state.engine_for_bodyless(&incoming, body).await?;
             let params = query_params(uri.query())?;
             let request = ListSnapshotBlocksRequest {
                 snapshot_id: snapshot,
@@ -324,12 +427,19 @@ async fn list_snapshot_blocks(
 async fn list_changed_blocks(
     State(state): State<Arc<ServerState>>,
     Path(snapshot): Path<String>,
-    headers: HeaderMap,
+    method: Method,
     uri: Uri,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
+    let incoming = Incoming {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+    };
     reply(
         async {
-            let engine = state.engine_for(&headers)?;
+            let engine = state.engine_for_bodyless(&incoming, body).await?;
             let params = query_params(uri.query())?;
             let request = ListChangedBlocksRequest {
                 first_snapshot_id: param(&params, "firstSnapshotId").map(str::to_string),

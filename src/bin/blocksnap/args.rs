@@ -90,6 +90,27 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Sizes and counts of the store.
     Stats,
+    /// Serve the EBS direct API over HTTP for stock AWS clients (boto3, the
+    /// AWS CLI, the AWS SDKs, coldsnap), authenticated with SigV4.
+    Serve(ServeArgs),
+}
+
+/// `serve` arguments.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the address is
+    /// printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8642", value_name = "ADDR:PORT")]
+    pub listen: String,
+    /// Access keys: lines of `ACCESS_KEY_ID SECRET_ACCESS_KEY OWNER_ID`.
+    /// Without it, one key from $BLOCKSNAP_ACCESS_KEY_ID,
+    /// $BLOCKSNAP_SECRET_ACCESS_KEY and $BLOCKSNAP_OWNER_ID.
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+    /// Accept every request without authentication, all as one owner.
+    /// Only for a server that nobody untrusted can reach.
+    #[arg(long)]
+    pub insecure_no_authentication: bool,
 }
 
 /// `backup` arguments.

@@ -10,6 +10,7 @@
 mod args;
 mod keys;
 mod output;
+mod serve;
 
 use args::{Cli, Command};
 use blocksnap::api::{
@@ -56,12 +57,15 @@ impl From<Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Only the first signal is caught: a second one ends the process.
-    let _ = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::AcqRel) {
-            std::process::exit(i32::from(EXIT_INTERRUPTED));
-        }
-    });
+    // The server handles its own signals (graceful shutdown). Elsewhere
+    // only the first signal is caught: a second one ends the process.
+    if !matches!(cli.command, Command::Serve(_)) {
+        let _ = ctrlc::set_handler(|| {
+            if INTERRUPTED.swap(true, Ordering::AcqRel) {
+                std::process::exit(i32::from(EXIT_INTERRUPTED));
+            }
+        });
+    }
     let out = Output::new(cli.json, cli.quiet);
     match run(&cli, &out) {
         Ok(()) => ExitCode::SUCCESS,
@@ -96,8 +100,14 @@ fn open_engine(cli: &Cli, want_encryption: bool) -> Result<Engine, Failure> {
     let store = cli.store_dir();
     std::fs::create_dir_all(&store)
         .map_err(|error| Error::io(format!("creating store {}", store.display()), error))?;
-    let key_provider = keys::provider(cli, &store, want_encryption)?;
-    let config = EngineConfig {
+    let config = engine_config(cli, want_encryption)?;
+    Ok(Engine::open_with(Engine::local_storage(&store)?, config)?)
+}
+
+/// The configuration the commands open the store with.
+fn engine_config(cli: &Cli, want_encryption: bool) -> Result<EngineConfig, Failure> {
+    let key_provider = keys::provider(cli, &cli.store_dir(), want_encryption)?;
+    Ok(EngineConfig {
         // A backup is a bulk load: an interrupted one is cancelled, and
         // CompleteSnapshot makes everything durable before it commits.
         put_durability: PutDurability::AtComplete,
@@ -115,8 +125,7 @@ fn open_engine(cli: &Cli, want_encryption: bool) -> Result<Engine, Failure> {
             ..ChunkStoreConfig::default()
         },
         ..EngineConfig::default()
-    };
-    Ok(Engine::open_with(Engine::local_storage(&store)?, config)?)
+    })
 }
 
 fn interrupted() -> Result<(), Failure> {
@@ -295,6 +304,15 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             } else {
                 Err(Failure::Reported)
             }
+        }
+        Command::Serve(args) => {
+            // A server acknowledges each put durably (group commit), as
+            // clients retry only what was not acknowledged.
+            let config = EngineConfig {
+                put_durability: PutDurability::Immediate,
+                ..engine_config(cli, false)?
+            };
+            serve::run(cli, args, config)
         }
         Command::Stats => {
             let engine = open_engine(cli, false)?;

@@ -1,0 +1,101 @@
+//! `blocksnap serve`: the EBS direct API over HTTP on a local store.
+
+use crate::args::{Cli, ServeArgs};
+use crate::Failure;
+use blocksnap::server::{router, serve, Authentication, Credentials, ServerConfig};
+use blocksnap::{Engine, EngineConfig, Error};
+use std::sync::Arc;
+
+/// The access keys: the credentials file, else one key from the
+/// environment, else none (refused unless authentication is off).
+fn authentication(args: &ServeArgs) -> Result<Authentication, Failure> {
+    if args.insecure_no_authentication {
+        let owner = std::env::var("BLOCKSNAP_OWNER_ID")
+            .unwrap_or_else(|_| EngineConfig::default().owner_id);
+        return Ok(Authentication::InsecureSingleOwner(owner));
+    }
+    let credentials = match &args.credentials {
+        Some(path) => Credentials::from_file(path)?,
+        None => {
+            let variable = |name: &str| std::env::var(name).ok();
+            match (variable("BLOCKSNAP_ACCESS_KEY_ID"), variable("BLOCKSNAP_SECRET_ACCESS_KEY")) {
+                (Some(access), Some(secret)) => {
+                    let owner = variable("BLOCKSNAP_OWNER_ID").unwrap_or_else(|| EngineConfig::default().owner_id);
+                    let mut credentials = Credentials::default();
+                    credentials.add(&access, &secret, &owner)?;
+                    credentials
+                }
+                _ => {
+                    return Err(Failure::Usage(
+                        "serve needs access keys: --credentials FILE, or BLOCKSNAP_ACCESS_KEY_ID and BLOCKSNAP_SECRET_ACCESS_KEY (or, for trusted networks only, --insecure-no-authentication)".into(),
+                    ))
+                }
+            }
+        }
+    };
+    if credentials.is_empty() {
+        return Err(Failure::Usage(
+            "the credentials file lists no access key".into(),
+        ));
+    }
+    Ok(Authentication::SigV4(Arc::new(credentials)))
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Runs the server until SIGINT or SIGTERM; in-flight requests finish and
+/// every acknowledged put is durable before it returns.
+pub fn run(cli: &Cli, args: &ServeArgs, engine_config: EngineConfig) -> Result<(), Failure> {
+    let authentication = authentication(args)?;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    if matches!(authentication, Authentication::InsecureSingleOwner(_)) {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF: every request is accepted (--insecure-no-authentication)"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Error::io("starting the runtime", error))?;
+    runtime.block_on(async {
+        let store = cli.store_dir();
+        std::fs::create_dir_all(&store)
+            .map_err(|error| Error::io(format!("creating store {}", store.display()), error))?;
+        // Opened inside the runtime, so the reaper runs.
+        let engine = Engine::open_with(Engine::local_storage(&store)?, engine_config)?;
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|error| Error::io(format!("listening on {}", args.listen), error))?;
+        let address = listener
+            .local_addr()
+            .map_err(|error| Error::io("reading the listening address", error))?;
+        println!("listening on {address}");
+        tracing::info!(%address, store = %store.display(), "serving the EBS direct API");
+        let app = router(engine.clone(), ServerConfig { authentication });
+        serve(listener, app, shutdown_signal())
+            .await
+            .map_err(|error| Error::io("serving", error))?;
+        engine.flush()?;
+        Ok::<(), Failure>(())
+    })
+}
