@@ -24,13 +24,24 @@ impl Drop for Server {
     }
 }
 
-fn serve() -> Server {
+/// Starts `blocksnap serve` on a fresh store; with `encryption`, a key
+/// file (created on start) and its passphrase in the environment.
+fn serve(encryption: bool) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let credentials = dir.path().join("credentials");
     std::fs::write(&credentials, CREDENTIALS).expect("write credentials");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blocksnap"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_blocksnap"));
+    command
         .arg("--store")
         .arg(dir.path().join("store"))
+        .env_remove("BLOCKSNAP_PASSPHRASE");
+    if encryption {
+        command
+            .arg("--key-file")
+            .arg(dir.path().join("keys"))
+            .env("BLOCKSNAP_PASSPHRASE", "server passphrase");
+    }
+    let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0", "--credentials"])
         .arg(&credentials)
         .stdout(Stdio::piped())
@@ -54,17 +65,26 @@ fn serve() -> Server {
     }
 }
 
-#[test]
-fn boto3_scenarios() {
-    let server = serve();
+/// Runs one Python script of `tests/boto3/` against `server`.
+fn run_script(server: &Server, script: &str) {
     let python = std::env::var("BLOCKSNAP_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/boto3/scenarios.py");
+    let script = format!("{}/tests/boto3/{script}", env!("CARGO_MANIFEST_DIR"));
     let output = Command::new(&python)
-        .arg(script)
+        .arg(&script)
         .arg(&server.endpoint)
         .output()
         .unwrap_or_else(|error| panic!("running {python}: {error}"));
     let report = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "boto3 scenarios failed:\n{report}");
+    assert!(output.status.success(), "{script} failed:\n{report}");
     assert!(report.contains("OK"), "{report}");
+}
+
+#[test]
+fn boto3_scenarios() {
+    run_script(&serve(false), "scenarios.py");
+}
+
+#[test]
+fn boto3_encrypted_snapshots() {
+    run_script(&serve(true), "encryption.py");
 }

@@ -9,6 +9,9 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 
+/// The key file's name in the store directory unless `--key-file` says.
+pub const DEFAULT_KEY_FILE: &str = "keys";
+
 /// The key provider the store needs: none for a store without encrypted
 /// snapshots (unless `want_encryption`); the key file otherwise, created
 /// on first use by a backup that asks for encryption.
@@ -21,7 +24,10 @@ pub fn provider(
     if !want_encryption && !has_keyring {
         return Ok(None);
     }
-    let key_file = cli.key_file.clone().unwrap_or_else(|| store.join("keys"));
+    let key_file = cli
+        .key_file
+        .clone()
+        .unwrap_or_else(|| store.join(DEFAULT_KEY_FILE));
     let exists = key_file.exists();
     if !exists && !want_encryption {
         return Err(Failure::Engine(Error::KeyUnavailable {

@@ -308,9 +308,13 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
         Command::Serve(args) => {
             // A server acknowledges each put durably (group commit), as
             // clients retry only what was not acknowledged.
+            // Encryption over HTTP needs the key file: load it when it
+            // exists or is named.
+            let keys_available =
+                cli.key_file.is_some() || cli.store_dir().join(keys::DEFAULT_KEY_FILE).exists();
             let config = EngineConfig {
                 put_durability: PutDurability::Immediate,
-                ..engine_config(cli, false)?
+                ..engine_config(cli, keys_available)?
             };
             serve::run(cli, args, config)
         }
