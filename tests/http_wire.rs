@@ -375,3 +375,194 @@ fn oversize_and_malformed_block_uploads_are_refused_without_buffering() {
         "the server still works"
     );
 }
+
+/// A server that requires SigV4 with key `AKIDWIRE` / `wire-secret`.
+fn signed_server() -> Server {
+    let store = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let engine = Engine::open_with(
+        Engine::local_storage(store.path()).expect("storage"),
+        EngineConfig::default(),
+    )
+    .expect("open");
+    let credentials = blocksnap::server::Credentials::parse("AKIDWIRE wire-secret 333333333333")
+        .expect("credentials");
+    let app = router(
+        engine,
+        ServerConfig {
+            authentication: Authentication::SigV4(std::sync::Arc::new(credentials)),
+        },
+    );
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    runtime.spawn(serve(listener, app, std::future::pending()));
+    Server {
+        address,
+        _runtime: runtime,
+        _store: store,
+    }
+}
+
+/// Signs a request as the AWS SDK for Rust would, at `time`, with the
+/// given secret; returns the head lines to send (without the request line).
+fn sign_headers(
+    server: &Server,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    secret: &str,
+    time: std::time::SystemTime,
+) -> String {
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    let host = server.address.to_string();
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    all.push(("host", &host));
+    let identity =
+        aws_credential_types::Credentials::new("AKIDWIRE", secret, None, None, "test").into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("ebs")
+        .time(time)
+        .settings(SigningSettings::default())
+        .build()
+        .expect("params")
+        .into();
+    let request =
+        SignableRequest::new(method, path, all.iter().copied(), SignableBody::Bytes(body))
+            .expect("signable");
+    let (instructions, _) = sign(request, &params).expect("sign").into_parts();
+    let mut lines = String::new();
+    for (name, value) in headers {
+        lines.push_str(&format!("\r\n{name}: {value}"));
+    }
+    for (name, value) in instructions.headers() {
+        lines.push_str(&format!("\r\n{name}: {value}"));
+    }
+    lines
+}
+
+/// Like [`send`], with the Host header the signature covers.
+fn send_signed(server: &Server, request_line: &str, signed: &str, body: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(server.address).expect("connect");
+    let request = format!(
+        "{request_line}{signed}\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        server.address,
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("write");
+    stream.write_all(body).expect("write body");
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).expect("read");
+    let split = bytes
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .expect("end of headers");
+    let head = String::from_utf8(bytes[..split].to_vec()).expect("ASCII head");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .expect("status line")
+        .split(' ')
+        .nth(1)
+        .expect("code");
+    Reply {
+        status: status.parse().expect("status"),
+        headers: lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
+            .collect(),
+        body: bytes[split + 4..].to_vec(),
+    }
+}
+
+#[test]
+fn signatures_are_checked_for_key_secret_time_and_content() {
+    let server = signed_server();
+    let body = br#"{"VolumeSize": 1}"#;
+    let now = std::time::SystemTime::now();
+    let headers = [("content-type", "application/json")];
+    let good = sign_headers(
+        &server,
+        "POST",
+        "/snapshots",
+        &headers,
+        body,
+        "wire-secret",
+        now,
+    );
+    let started = send_signed(&server, "POST /snapshots HTTP/1.1", &good, body);
+    assert_eq!(
+        started.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&started.body)
+    );
+    assert_eq!(started.json()["OwnerId"], "333333333333");
+
+    let denied = |reply: Reply| {
+        reply.assert_error(403, "AccessDeniedException", Some("UNAUTHORIZED_ACCOUNT"))
+    };
+    // Unsigned.
+    denied(start(&server, r#"{"VolumeSize": 1}"#));
+    // The wrong secret.
+    let wrong = sign_headers(&server, "POST", "/snapshots", &headers, body, "not-it", now);
+    denied(send_signed(
+        &server,
+        "POST /snapshots HTTP/1.1",
+        &wrong,
+        body,
+    ));
+    // Signed 20 minutes ago, or 20 minutes ahead.
+    for skew in [-1i64, 1] {
+        let time = if skew < 0 {
+            now - std::time::Duration::from_secs(20 * 60)
+        } else {
+            now + std::time::Duration::from_secs(20 * 60)
+        };
+        let skewed = sign_headers(
+            &server,
+            "POST",
+            "/snapshots",
+            &headers,
+            body,
+            "wire-secret",
+            time,
+        );
+        denied(send_signed(
+            &server,
+            "POST /snapshots HTTP/1.1",
+            &skewed,
+            body,
+        ));
+    }
+    // A body other than the signed one.
+    denied(send_signed(
+        &server,
+        "POST /snapshots HTTP/1.1",
+        &good,
+        br#"{"VolumeSize": 2}"#,
+    ));
+    // A signed header changed after signing.
+    let tampered = good.replace("application/json", "application/jsox");
+    denied(send_signed(
+        &server,
+        "POST /snapshots HTTP/1.1",
+        &tampered,
+        body,
+    ));
+    // Another path than the signed one.
+    denied(send_signed(
+        &server,
+        "POST /snapshots/completion/snap-0123456789abcdef HTTP/1.1",
+        &good,
+        body,
+    ));
+}

@@ -1109,6 +1109,13 @@ fn every_error_variant_maps_to_its_ebs_class_and_status() {
             400,
         ),
         (
+            Error::AccessDenied {
+                message: "x".into(),
+            },
+            "AccessDeniedException",
+            403,
+        ),
+        (
             Error::KeyUnavailable {
                 message: "x".into(),
             },
