@@ -566,3 +566,44 @@ fn signatures_are_checked_for_key_secret_time_and_content() {
         body,
     ));
 }
+
+#[test]
+fn health_and_metrics_answer_without_authentication() {
+    let server = signed_server();
+    let health = send(&server, "GET /health HTTP/1.1", b"");
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json(), serde_json::json!({"Status": "ok"}));
+    assert!(health.header("x-amzn-RequestId").is_some());
+    // One denied request, then the metrics show it.
+    start(&server, r#"{"VolumeSize": 1}"#);
+    let open = server_with_one_block();
+    let metrics = send(&open, "GET /metrics HTTP/1.1", b"");
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8(metrics.body).expect("text");
+    for line in [
+        "blocksnap_requests_total{operation=\"StartSnapshot\",status=\"201\"} 1",
+        "blocksnap_requests_total{operation=\"PutSnapshotBlock\",status=\"201\"} 1",
+        "blocksnap_block_bytes_total{direction=\"in\"} 524288",
+        "blocksnap_pending_snapshots 1",
+        "# TYPE blocksnap_request_duration_seconds histogram",
+    ] {
+        assert!(text.contains(line), "metrics lack {line}:\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"));
+    let denied = String::from_utf8(send(&server, "GET /metrics HTTP/1.1", b"").body).expect("text");
+    assert!(
+        denied.contains("blocksnap_requests_total{operation=\"StartSnapshot\",status=\"403\"} 1"),
+        "{denied}"
+    );
+}
+
+/// An unauthenticated server after one StartSnapshot and one put.
+fn server_with_one_block() -> Server {
+    let server = server();
+    let snapshot = start(&server, r#"{"VolumeSize": 1}"#).json()["SnapshotId"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert_eq!(put(&server, &snapshot, 0, &block(3)).status, 201);
+    server
+}

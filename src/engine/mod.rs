@@ -393,6 +393,17 @@ impl Engine {
         }
     }
 
+    /// Snapshots pending, all owners.
+    pub fn pending_snapshot_count(&self) -> usize {
+        self.inner.sessions.read().len()
+    }
+
+    /// Whether the engine accepts writes: false after an I/O failure left
+    /// the durable state unknown (see [`Error::Poisoned`]).
+    pub fn is_writable(&self) -> bool {
+        self.check_writable().is_ok()
+    }
+
     /// The owner this engine acts for.
     pub fn owner_id(&self) -> &str {
         &self.owner

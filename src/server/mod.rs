@@ -9,6 +9,7 @@
 //! resolves.
 
 mod auth;
+mod metrics;
 mod wire;
 
 pub use auth::{Credentials, MAX_CLOCK_SKEW};
@@ -55,11 +56,16 @@ pub struct ServerConfig {
 struct ServerState {
     engine: Engine,
     config: ServerConfig,
+    metrics: metrics::Metrics,
 }
 
 /// The router of the EBS direct API over `engine`.
 pub fn router(engine: Engine, config: ServerConfig) -> Router {
-    let state = Arc::new(ServerState { engine, config });
+    let state = Arc::new(ServerState {
+        engine,
+        config,
+        metrics: metrics::Metrics::new(),
+    });
     Router::new()
         .route("/snapshots", post(start_snapshot))
         .route("/snapshots/completion/{snapshot}", post(complete_snapshot))
@@ -72,13 +78,39 @@ pub fn router(engine: Engine, config: ServerConfig) -> Router {
             "/snapshots/{snapshot}/changedblocks",
             get(list_changed_blocks),
         )
+        .route("/health", get(health))
+        .route("/metrics", get(render_metrics))
         .fallback(unknown_operation)
-        .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
-/// Adds `x-amzn-RequestId` to every response.
-async fn request_id(request: Request, next: Next) -> Response {
+/// `GET /health`: 200 while the store accepts writes, 503 once an I/O
+/// failure has made it refuse them.
+async fn health(State(state): State<Arc<ServerState>>) -> Response {
+    if state.engine.is_writable() {
+        json_response(StatusCode::OK, &json!({"Status": "ok"}))
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"Status": "failed", "Message": "an I/O failure stopped writes; restart the server"}),
+        )
+    }
+}
+
+/// `GET /metrics`: Prometheus (OpenMetrics) text.
+async fn render_metrics(State(state): State<Arc<ServerState>>) -> Response {
+    let mut response = Response::new(Body::from(state.metrics.render(&state.engine)));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+/// Adds `x-amzn-RequestId` to every response, logs one line per request
+/// and counts it in the metrics.
+async fn observe(State(state): State<Arc<ServerState>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
@@ -88,12 +120,16 @@ async fn request_id(request: Request, next: Next) -> Response {
         response.headers_mut().insert("x-amzn-RequestId", value);
     }
     let (operation, snapshot) = operation_of(&method, &path);
+    let seconds = started.elapsed().as_secs_f64();
+    state
+        .metrics
+        .observe(operation, response.status().as_u16(), seconds);
     tracing::info!(
         request_id = %id,
         operation,
         snapshot,
         status = response.status().as_u16(),
-        latency_ms = (started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+        latency_ms = (seconds * 1000.0 * 1000.0).round() / 1000.0,
         "request"
     );
     response
@@ -109,6 +145,8 @@ fn operation_of<'a>(method: &Method, path: &'a str) -> (&'static str, &'a str) {
         ("GET", ["snapshots", snapshot, "blocks", _]) => ("GetSnapshotBlock", snapshot),
         ("GET", ["snapshots", snapshot, "blocks"]) => ("ListSnapshotBlocks", snapshot),
         ("GET", ["snapshots", snapshot, "changedblocks"]) => ("ListChangedBlocks", snapshot),
+        ("GET", ["health"]) => ("Health", ""),
+        ("GET", ["metrics"]) => ("Metrics", ""),
         _ => ("Unknown", ""),
     }
 }

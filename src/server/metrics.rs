@@ -1,0 +1,114 @@
+//! Prometheus metrics of the server (`GET /metrics`, OpenMetrics text):
+//! requests by operation and status, their latency, block bytes in and
+//! out, and the store's pending snapshots, chunks and stored bytes.
+
+use crate::engine::Engine;
+use crate::ids::BLOCK_SIZE;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms to about 8 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// See the module documentation.
+pub(crate) struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+    block_bytes: Family<Labels, Counter>,
+    pending_snapshots: Gauge,
+    chunks: Gauge,
+    stored_bytes: Gauge,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("blocksnap");
+        let requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "requests",
+            "EBS API requests by operation and HTTP status",
+            requests.clone(),
+        );
+        let latency =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response, by operation",
+            latency.clone(),
+        );
+        let block_bytes = Family::<Labels, Counter>::default();
+        registry.register(
+            "block_bytes",
+            "Block bytes received (in) and sent (out)",
+            block_bytes.clone(),
+        );
+        let pending_snapshots = Gauge::default();
+        registry.register(
+            "pending_snapshots",
+            "Snapshots pending, all owners",
+            pending_snapshots.clone(),
+        );
+        let chunks = Gauge::default();
+        registry.register("chunks", "Chunks stored in packs", chunks.clone());
+        let stored_bytes = Gauge::default();
+        registry.register(
+            "stored_bytes",
+            "Bytes of records in packs",
+            stored_bytes.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            block_bytes,
+            pending_snapshots,
+            chunks,
+            stored_bytes,
+        }
+    }
+
+    /// Counts one finished request.
+    pub(crate) fn observe(&self, operation: &'static str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&vec![
+                ("operation", operation.to_string()),
+                ("status", status.to_string()),
+            ])
+            .inc();
+        self.latency
+            .get_or_create(&vec![("operation", operation.to_string())])
+            .observe(seconds);
+        let direction = match (operation, status) {
+            ("PutSnapshotBlock", 201) => "in",
+            ("GetSnapshotBlock", 200) => "out",
+            _ => return,
+        };
+        self.block_bytes
+            .get_or_create(&vec![("direction", direction.to_string())])
+            .inc_by(BLOCK_SIZE as u64);
+    }
+
+    /// The metrics in the OpenMetrics text format, store gauges refreshed.
+    pub(crate) fn render(&self, engine: &Engine) -> String {
+        let stats = engine.chunk_stats();
+        self.pending_snapshots
+            .set(i64::try_from(engine.pending_snapshot_count()).unwrap_or(i64::MAX));
+        self.chunks
+            .set(i64::try_from(stats.chunks).unwrap_or(i64::MAX));
+        self.stored_bytes
+            .set(i64::try_from(stats.stored_bytes).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
