@@ -130,6 +130,14 @@ pub enum Error {
         /// Human-readable explanation (never a secret).
         message: String,
     },
+    /// A request over its rate quota; the SDKs retry it with back-off.
+    #[error("{message}")]
+    Throttled {
+        /// Whether the quota of one snapshot (not of the account) was hit.
+        per_resource: bool,
+        /// Human-readable explanation.
+        message: String,
+    },
     /// An encryption key exists but cannot be used: the key provider refused
     /// it or failed, a wrapped data key does not authenticate, or the store
     /// holds encrypted snapshots and no provider was configured.

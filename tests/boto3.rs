@@ -24,9 +24,10 @@ impl Drop for Server {
     }
 }
 
-/// Starts `blocksnap serve` on a fresh store; with `encryption`, a key
-/// file (created on start) and its passphrase in the environment.
-fn serve(encryption: bool) -> Server {
+/// Starts `blocksnap serve` on a fresh store with `extra` arguments; with
+/// `encryption`, a key file (created on start) and its passphrase in the
+/// environment.
+fn serve(encryption: bool, extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let credentials = dir.path().join("credentials");
     std::fs::write(&credentials, CREDENTIALS).expect("write credentials");
@@ -44,6 +45,7 @@ fn serve(encryption: bool) -> Server {
     let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0", "--credentials"])
         .arg(&credentials)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -81,10 +83,19 @@ fn run_script(server: &Server, script: &str) {
 
 #[test]
 fn boto3_scenarios() {
-    run_script(&serve(false), "scenarios.py");
+    // The scenarios start many snapshots at once; quotas have their own test.
+    run_script(&serve(false, &["--no-rate-limits"]), "scenarios.py");
 }
 
 #[test]
 fn boto3_encrypted_snapshots() {
-    run_script(&serve(true), "encryption.py");
+    run_script(&serve(true, &[]), "encryption.py");
+}
+
+#[test]
+fn boto3_retries_throttled_requests() {
+    run_script(
+        &serve(false, &["--rate-limit", "StartSnapshot=2"]),
+        "throttling.py",
+    );
 }

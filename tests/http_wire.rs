@@ -31,9 +31,7 @@ fn server() -> Server {
     .expect("open");
     let app = router(
         engine,
-        ServerConfig {
-            authentication: Authentication::InsecureSingleOwner(OWNER.into()),
-        },
+        ServerConfig::new(Authentication::InsecureSingleOwner(OWNER.into())),
     );
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -393,9 +391,7 @@ fn signed_server() -> Server {
         .expect("credentials");
     let app = router(
         engine,
-        ServerConfig {
-            authentication: Authentication::SigV4(std::sync::Arc::new(credentials)),
-        },
+        ServerConfig::new(Authentication::SigV4(std::sync::Arc::new(credentials))),
     );
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

@@ -1116,6 +1116,14 @@ fn every_error_variant_maps_to_its_ebs_class_and_status() {
             403,
         ),
         (
+            Error::Throttled {
+                per_resource: false,
+                message: "x".into(),
+            },
+            "RequestThrottledException",
+            400,
+        ),
+        (
             Error::KeyUnavailable {
                 message: "x".into(),
             },

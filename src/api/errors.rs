@@ -28,6 +28,15 @@ pub fn ebs_error(error: &Error) -> EbsError {
         Error::Conflict { .. } => ("ConflictException", 409, None),
         Error::ConcurrentLimitExceeded { .. } => ("ConcurrentLimitExceededException", 400, None),
         Error::AccessDenied { .. } => ("AccessDeniedException", 403, Some("UNAUTHORIZED_ACCOUNT")),
+        Error::Throttled { per_resource, .. } => (
+            "RequestThrottledException",
+            400,
+            Some(if *per_resource {
+                "RESOURCE_LEVEL_THROTTLE"
+            } else {
+                "ACCOUNT_THROTTLED"
+            }),
+        ),
         Error::KeyUnavailable { .. } => (
             "AccessDeniedException",
             403,

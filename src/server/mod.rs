@@ -10,9 +10,11 @@
 
 mod auth;
 mod metrics;
+mod quota;
 mod wire;
 
 pub use auth::{Credentials, MAX_CLOCK_SKEW};
+pub use quota::RateLimits;
 
 use crate::api::{
     CompleteSnapshotRequest, GetSnapshotBlockRequest, ListChangedBlocksRequest,
@@ -51,17 +53,31 @@ pub enum Authentication {
 pub struct ServerConfig {
     /// Who requests act for.
     pub authentication: Authentication,
+    /// Request-rate quotas (AWS's defaults unless changed).
+    pub rate_limits: RateLimits,
+}
+
+impl ServerConfig {
+    /// A server with `authentication` and AWS's default rate quotas.
+    pub fn new(authentication: Authentication) -> ServerConfig {
+        ServerConfig {
+            authentication,
+            rate_limits: RateLimits::default(),
+        }
+    }
 }
 
 struct ServerState {
     engine: Engine,
     config: ServerConfig,
     metrics: metrics::Metrics,
+    throttle: quota::Throttle,
 }
 
 /// The router of the EBS direct API over `engine`.
 pub fn router(engine: Engine, config: ServerConfig) -> Router {
     let state = Arc::new(ServerState {
+        throttle: quota::Throttle::new(&config.rate_limits),
         engine,
         config,
         metrics: metrics::Metrics::new(),
@@ -167,8 +183,10 @@ fn new_request_id() -> String {
     )
 }
 
-/// What a handler needs of the request to authenticate it.
+/// What a handler needs of the request to authenticate and admit it.
 struct Incoming<'a> {
+    operation: &'static str,
+    snapshot: &'a str,
     method: &'a Method,
     uri: &'a Uri,
     headers: &'a HeaderMap,
@@ -176,22 +194,22 @@ struct Incoming<'a> {
 
 impl ServerState {
     /// The engine acting for the request's owner, once the request is
-    /// authenticated.
+    /// authenticated and admitted by the rate quotas.
     fn engine_for(&self, request: &Incoming<'_>, payload: Payload<'_>) -> Result<Engine, Error> {
-        match &self.config.authentication {
-            Authentication::InsecureSingleOwner(owner) => Ok(self.engine.as_owner(owner)),
-            Authentication::SigV4(credentials) => {
-                let owner = auth::authenticate(
-                    credentials,
-                    request.method,
-                    request.uri,
-                    request.headers,
-                    payload,
-                    std::time::SystemTime::now(),
-                )?;
-                Ok(self.engine.as_owner(&owner))
-            }
-        }
+        let owner = match &self.config.authentication {
+            Authentication::InsecureSingleOwner(owner) => owner.clone(),
+            Authentication::SigV4(credentials) => auth::authenticate(
+                credentials,
+                request.method,
+                request.uri,
+                request.headers,
+                payload,
+                std::time::SystemTime::now(),
+            )?,
+        };
+        self.throttle
+            .admit(request.operation, &owner, request.snapshot)?;
+        Ok(self.engine.as_owner(&owner))
     }
 
     /// Reads a small body (none is expected) and authenticates with it.
@@ -242,6 +260,8 @@ async fn start_snapshot(
     body: Body,
 ) -> Response {
     let incoming = Incoming {
+        operation: "StartSnapshot",
+        snapshot: "",
         method: &method,
         uri: &uri,
         headers: &headers,
@@ -279,6 +299,8 @@ async fn put_snapshot_block(
     body: Body,
 ) -> Response {
     let incoming = Incoming {
+        operation: "PutSnapshotBlock",
+        snapshot: &snapshot,
         method: &method,
         uri: &uri,
         headers: &headers,
@@ -313,7 +335,7 @@ async fn put_snapshot_block(
                 None => state.engine_for(&incoming, Payload::Bytes(&block_data))?,
             };
             let request = PutSnapshotBlockRequest {
-                snapshot_id: snapshot,
+                snapshot_id: snapshot.clone(),
                 block_index: block_index(&index)?,
                 data_length,
                 progress: integer("x-amz-Progress", header(&headers, "x-amz-Progress")?)?,
@@ -349,6 +371,8 @@ async fn complete_snapshot(
     body: Body,
 ) -> Response {
     let incoming = Incoming {
+        operation: "CompleteSnapshot",
+        snapshot: &snapshot,
         method: &method,
         uri: &uri,
         headers: &headers,
@@ -368,7 +392,7 @@ async fn complete_snapshot(
             })?;
             let text = |name: &str| header(&headers, name).map(|value| value.map(str::to_string));
             let request = CompleteSnapshotRequest {
-                snapshot_id: snapshot,
+                snapshot_id: snapshot.clone(),
                 changed_blocks_count: changed,
                 checksum: text("x-amz-Checksum")?,
                 checksum_algorithm: text("x-amz-Checksum-Algorithm")?,
@@ -393,6 +417,8 @@ async fn get_snapshot_block(
     body: Body,
 ) -> Response {
     let incoming = Incoming {
+        operation: "GetSnapshotBlock",
+        snapshot: &snapshot,
         method: &method,
         uri: &uri,
         headers: &headers,
@@ -402,7 +428,7 @@ async fn get_snapshot_block(
             let engine = state.engine_for_bodyless(&incoming, body).await?;
             let params = query_params(uri.query())?;
             let request = GetSnapshotBlockRequest {
-                snapshot_id: snapshot,
+                snapshot_id: snapshot.clone(),
                 block_index: block_index(&index)?,
                 block_token: param(&params, "blockToken").unwrap_or_default().to_string(),
             };
@@ -435,6 +461,8 @@ async fn list_snapshot_blocks(
     body: Body,
 ) -> Response {
     let incoming = Incoming {
+        operation: "ListSnapshotBlocks",
+        snapshot: &snapshot,
         method: &method,
         uri: &uri,
         headers: &headers,
@@ -444,7 +472,7 @@ async fn list_snapshot_blocks(
             let engine = state.engine_for_bodyless(&incoming, body).await?;
             let params = query_params(uri.query())?;
             let request = ListSnapshotBlocksRequest {
-                snapshot_id: snapshot,
+                snapshot_id: snapshot.clone(),
                 next_token: param(&params, "pageToken").map(str::to_string),
                 max_results: integer("maxResults", param(&params, "maxResults"))?,
                 starting_block_index: integer(
@@ -471,6 +499,8 @@ async fn list_changed_blocks(
     body: Body,
 ) -> Response {
     let incoming = Incoming {
+        operation: "ListChangedBlocks",
+        snapshot: &snapshot,
         method: &method,
         uri: &uri,
         headers: &headers,
@@ -481,7 +511,7 @@ async fn list_changed_blocks(
             let params = query_params(uri.query())?;
             let request = ListChangedBlocksRequest {
                 first_snapshot_id: param(&params, "firstSnapshotId").map(str::to_string),
-                second_snapshot_id: snapshot,
+                second_snapshot_id: snapshot.clone(),
                 next_token: param(&params, "pageToken").map(str::to_string),
                 max_results: integer("maxResults", param(&params, "maxResults"))?,
                 starting_block_index: integer(

@@ -111,6 +111,19 @@ pub struct ServeArgs {
     /// Only for a server that nobody untrusted can reach.
     #[arg(long)]
     pub insecure_no_authentication: bool,
+    /// Change a request-rate quota (per second, 0 = unlimited), e.g.
+    /// `GetSnapshotBlock=5000`. Names: StartSnapshot, CompleteSnapshot,
+    /// PutSnapshotBlock, PutSnapshotBlockPerSnapshot, GetSnapshotBlock,
+    /// GetSnapshotBlockPerSnapshot, ListSnapshotBlocks, ListChangedBlocks.
+    /// Defaults are AWS's: 10, 10, 1000, 1000, 1000, 1000, 50, 50.
+    #[arg(long = "rate-limit", value_name = "NAME=N")]
+    pub rate_limits: Vec<String>,
+    /// Turn every request-rate quota off.
+    #[arg(long, conflicts_with = "rate_limits")]
+    pub no_rate_limits: bool,
+    /// Most snapshots an owner may have pending at once (AWS: 100).
+    #[arg(long, default_value_t = 100)]
+    pub max_pending_snapshots: usize,
 }
 
 /// `backup` arguments.

@@ -2,7 +2,7 @@
 
 use crate::args::{Cli, ServeArgs};
 use crate::Failure;
-use blocksnap::server::{router, serve, Authentication, Credentials, ServerConfig};
+use blocksnap::server::{router, serve, Authentication, Credentials, RateLimits, ServerConfig};
 use blocksnap::{Engine, EngineConfig, Error};
 use std::sync::Arc;
 
@@ -41,6 +41,26 @@ fn authentication(args: &ServeArgs) -> Result<Authentication, Failure> {
     Ok(Authentication::SigV4(Arc::new(credentials)))
 }
 
+/// The rate quotas: AWS's, changed by `--rate-limit`, or none.
+fn rate_limits(args: &ServeArgs) -> Result<RateLimits, Failure> {
+    if args.no_rate_limits {
+        return Ok(RateLimits::unlimited());
+    }
+    let mut limits = RateLimits::default();
+    for setting in &args.rate_limits {
+        let parsed = setting
+            .split_once('=')
+            .and_then(|(name, value)| value.parse::<u32>().ok().map(|value| (name, value)));
+        let Some((name, value)) = parsed else {
+            return Err(Failure::Usage(format!(
+                "--rate-limit '{setting}' is not NAME=N"
+            )));
+        };
+        limits.set(name, value).map_err(Failure::Usage)?;
+    }
+    Ok(limits)
+}
+
 /// Resolves when SIGINT or SIGTERM arrives.
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
@@ -63,12 +83,23 @@ async fn shutdown_signal() {
 /// every acknowledged put is durable before it returns.
 pub fn run(cli: &Cli, args: &ServeArgs, engine_config: EngineConfig) -> Result<(), Failure> {
     let authentication = authentication(args)?;
+    let config = ServerConfig {
+        authentication,
+        rate_limits: rate_limits(args)?,
+    };
+    let engine_config = EngineConfig {
+        max_pending_snapshots: args.max_pending_snapshots,
+        ..engine_config
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-    if matches!(authentication, Authentication::InsecureSingleOwner(_)) {
+    if matches!(
+        config.authentication,
+        Authentication::InsecureSingleOwner(_)
+    ) {
         tracing::warn!(
             "AUTHENTICATION IS OFF: every request is accepted (--insecure-no-authentication)"
         );
@@ -91,7 +122,7 @@ pub fn run(cli: &Cli, args: &ServeArgs, engine_config: EngineConfig) -> Result<(
             .map_err(|error| Error::io("reading the listening address", error))?;
         println!("listening on {address}");
         tracing::info!(%address, store = %store.display(), "serving the EBS direct API");
-        let app = router(engine.clone(), ServerConfig { authentication });
+        let app = router(engine.clone(), config);
         serve(listener, app, shutdown_signal())
             .await
             .map_err(|error| Error::io("serving", error))?;
