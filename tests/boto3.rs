@@ -60,20 +60,31 @@ fn serve(encryption: bool, extra: &[&str]) -> Server {
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line: {line}"))
         .to_string();
+    let scheme = if extra.contains(&"--tls-cert") {
+        "https"
+    } else {
+        "http"
+    };
     Server {
         child,
-        endpoint: format!("http://{address}"),
+        endpoint: format!("{scheme}://{address}"),
         _dir: dir,
     }
 }
 
 /// Runs one Python script of `tests/boto3/` against `server`.
 fn run_script(server: &Server, script: &str) {
+    run_script_with(server, script, &[]);
+}
+
+/// [`run_script`] with more arguments after the endpoint.
+fn run_script_with(server: &Server, script: &str, arguments: &[&str]) {
     let python = std::env::var("BLOCKSNAP_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = format!("{}/tests/boto3/{script}", env!("CARGO_MANIFEST_DIR"));
     let output = Command::new(&python)
         .arg(&script)
         .arg(&server.endpoint)
+        .args(arguments)
         .output()
         .unwrap_or_else(|error| panic!("running {python}: {error}"));
     let report = String::from_utf8_lossy(&output.stderr);
@@ -98,4 +109,19 @@ fn boto3_retries_throttled_requests() {
         &serve(false, &["--rate-limit", "StartSnapshot=2"]),
         "throttling.py",
     );
+}
+
+#[test]
+fn boto3_over_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("certificate");
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).expect("write certificate");
+    std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write key");
+    let (cert, key) = (cert.to_str().expect("path"), key.to_str().expect("path"));
+    let server = serve(false, &["--tls-cert", cert, "--tls-key", key]);
+    run_script_with(&server, "tls.py", &[cert]);
 }

@@ -529,6 +529,33 @@ async fn list_changed_blocks(
     )
 }
 
+/// Serves `router` over TLS (rustls, ring) on `listener` with the PEM
+/// certificate chain and private key at `cert` and `key`, until `shutdown`
+/// resolves; requests in flight then have up to `grace` to finish.
+pub async fn serve_tls(
+    listener: std::net::TcpListener,
+    router: Router,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: std::time::Duration,
+) -> std::io::Result<()> {
+    // The process-wide provider: ring, the crate blocksnap already uses for
+    // AES-GCM. A provider installed earlier is kept.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await?;
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.graceful_shutdown(Some(grace));
+    });
+    axum_server::from_tcp_rustls(listener, config)
+        .handle(handle)
+        .serve(router.into_make_service())
+        .await
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves; requests in
 /// flight then finish before this returns.
 pub async fn serve(

@@ -121,6 +121,12 @@ pub struct ServeArgs {
     /// Turn every request-rate quota off.
     #[arg(long, conflicts_with = "rate_limits")]
     pub no_rate_limits: bool,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Most snapshots an owner may have pending at once (AWS: 100).
     #[arg(long, default_value_t = 100)]
     pub max_pending_snapshots: usize,

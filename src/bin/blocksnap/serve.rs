@@ -2,7 +2,9 @@
 
 use crate::args::{Cli, ServeArgs};
 use crate::Failure;
-use blocksnap::server::{router, serve, Authentication, Credentials, RateLimits, ServerConfig};
+use blocksnap::server::{
+    router, serve, serve_tls, Authentication, Credentials, RateLimits, ServerConfig,
+};
 use blocksnap::{Engine, EngineConfig, Error};
 use std::sync::Arc;
 
@@ -61,6 +63,10 @@ fn rate_limits(args: &ServeArgs) -> Result<RateLimits, Failure> {
     Ok(limits)
 }
 
+/// How long requests in flight may take to finish after a shutdown signal
+/// on TLS connections (plain HTTP waits for all of them).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Resolves when SIGINT or SIGTERM arrives.
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
@@ -114,18 +120,30 @@ pub fn run(cli: &Cli, args: &ServeArgs, engine_config: EngineConfig) -> Result<(
             .map_err(|error| Error::io(format!("creating store {}", store.display()), error))?;
         // Opened inside the runtime, so the reaper runs.
         let engine = Engine::open_with(Engine::local_storage(&store)?, engine_config)?;
-        let listener = tokio::net::TcpListener::bind(&args.listen)
-            .await
+        let listener = std::net::TcpListener::bind(&args.listen)
+            .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
             .map_err(|error| Error::io(format!("listening on {}", args.listen), error))?;
         let address = listener
             .local_addr()
             .map_err(|error| Error::io("reading the listening address", error))?;
+        let scheme = if args.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         println!("listening on {address}");
-        tracing::info!(%address, store = %store.display(), "serving the EBS direct API");
+        tracing::info!(%address, scheme, store = %store.display(), "serving the EBS direct API");
         let app = router(engine.clone(), config);
-        serve(listener, app, shutdown_signal())
-            .await
-            .map_err(|error| Error::io("serving", error))?;
+        let served = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => {
+                serve_tls(listener, app, cert, key, shutdown_signal(), SHUTDOWN_GRACE).await
+            }
+            _ => match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => serve(listener, app, shutdown_signal()).await,
+                Err(error) => Err(error),
+            },
+        };
+        served.map_err(|error| Error::io("serving", error))?;
         engine.flush()?;
         Ok::<(), Failure>(())
     })

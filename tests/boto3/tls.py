@@ -1,0 +1,48 @@
+"""boto3 over HTTPS against `blocksnap serve --tls-cert --tls-key`, trusting
+the test's self-signed certificate. argv[1] is the endpoint URL, argv[2]
+the certificate to trust."""
+
+import base64
+import hashlib
+import os
+import sys
+import unittest
+
+import boto3
+from botocore.config import Config
+
+ENDPOINT = sys.argv.pop(1)
+CERTIFICATE = sys.argv.pop(1)
+BLOCK = 524288
+
+
+class OverTls(unittest.TestCase):
+    def test_round_trip_over_https(self):
+        self.assertTrue(ENDPOINT.startswith("https://"))
+        ebs = boto3.client(
+            "ebs",
+            endpoint_url=ENDPOINT,
+            region_name="us-east-1",
+            aws_access_key_id="AKIDALICE",
+            aws_secret_access_key="alice-secret",
+            verify=CERTIFICATE,
+            config=Config(retries={"max_attempts": 1}),
+        )
+        snapshot = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+        data = os.urandom(BLOCK)
+        ebs.put_snapshot_block(
+            SnapshotId=snapshot,
+            BlockIndex=1,
+            BlockData=data,
+            DataLength=BLOCK,
+            Checksum=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+            ChecksumAlgorithm="SHA256",
+        )
+        ebs.complete_snapshot(SnapshotId=snapshot, ChangedBlocksCount=1)
+        token = ebs.list_snapshot_blocks(SnapshotId=snapshot)["Blocks"][0]["BlockToken"]
+        got = ebs.get_snapshot_block(SnapshotId=snapshot, BlockIndex=1, BlockToken=token)
+        self.assertEqual(got["BlockData"].read(), data)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
