@@ -125,3 +125,46 @@ fn boto3_over_tls() {
     let server = serve(false, &["--tls-cert", cert, "--tls-key", key]);
     run_script_with(&server, "tls.py", &[cert]);
 }
+
+#[test]
+fn boto3_against_a_server_started_with_no_set_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blocksnap"))
+        .arg("--store")
+        .arg(&store)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("BLOCKSNAP_ACCESS_KEY_ID")
+        .env_remove("BLOCKSNAP_SECRET_ACCESS_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start blocksnap serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read address");
+    let address = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("address")
+        .to_string();
+    let server = Server {
+        child,
+        endpoint: format!("http://{address}"),
+        _dir: dir,
+    };
+    let credentials = std::fs::read_to_string(store.join("credentials")).expect("credentials");
+    let key_line = credentials
+        .lines()
+        .find(|line| !line.starts_with('#'))
+        .expect("a key");
+    let fields: Vec<&str> = key_line.split_whitespace().collect();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(store.join("credentials"))
+        .expect("metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "only the owner may read the secret");
+    run_script_with(&server, "default_keys.py", &[fields[0], fields[1]]);
+}

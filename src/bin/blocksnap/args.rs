@@ -104,7 +104,9 @@ pub struct ServeArgs {
     pub listen: String,
     /// Access keys: lines of `ACCESS_KEY_ID SECRET_ACCESS_KEY OWNER_ID`.
     /// Without it, one key from $BLOCKSNAP_ACCESS_KEY_ID,
-    /// $BLOCKSNAP_SECRET_ACCESS_KEY and $BLOCKSNAP_OWNER_ID.
+    /// $BLOCKSNAP_SECRET_ACCESS_KEY and $BLOCKSNAP_OWNER_ID; without those,
+    /// the store's `credentials` file (created with a random key on first
+    /// start).
     #[arg(long, value_name = "FILE")]
     pub credentials: Option<PathBuf>,
     /// Accept every request without authentication, all as one owner.

@@ -6,11 +6,66 @@ use blocksnap::server::{
     router, serve, serve_tls, Authentication, Credentials, RateLimits, ServerConfig,
 };
 use blocksnap::{Engine, EngineConfig, Error};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::Arc;
 
+/// The credentials file kept in the store when none is given.
+const STORE_CREDENTIALS: &str = "credentials";
+
+/// The store's own credentials file, created on first use with one random
+/// access key (owner `000000000000`), readable by the owner only: a server
+/// started with no set-up is still authenticated.
+fn store_credentials(store: &Path) -> Result<Credentials, Failure> {
+    let path = store.join(STORE_CREDENTIALS);
+    if !path.exists() {
+        std::fs::create_dir_all(store)
+            .map_err(|error| Error::io(format!("creating store {}", store.display()), error))?;
+        // 16 bytes name the key, 40 others make its secret (both alphabets
+        // have a power-of-two size, so every character is uniform).
+        let mut random = [0u8; 56];
+        getrandom::fill(&mut random).map_err(|error| {
+            Error::io(
+                "reading random bytes",
+                std::io::Error::other(error.to_string()),
+            )
+        })?;
+        const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+        const SECRET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let access: String = random[..16]
+            .iter()
+            .map(|byte| char::from(UPPER[usize::from(*byte) % UPPER.len()]))
+            .collect();
+        let secret: String = random[16..]
+            .iter()
+            .map(|byte| char::from(SECRET[usize::from(*byte) % SECRET.len()]))
+            .collect();
+        let line = format!(
+            "# Access keys of this store: ACCESS_KEY_ID SECRET_ACCESS_KEY OWNER_ID\nBSNP{access} {secret} {}\n",
+            EngineConfig::default().owner_id
+        );
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|error| Error::io(format!("creating {}", path.display()), error))?;
+        file.write_all(line.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|error| Error::io(format!("writing {}", path.display()), error))?;
+        eprintln!(
+            "blocksnap: created {} with a new access key BSNP{access}; its secret is in the file",
+            path.display()
+        );
+    }
+    Ok(Credentials::from_file(&path)?)
+}
+
 /// The access keys: the credentials file, else one key from the
-/// environment, else none (refused unless authentication is off).
-fn authentication(args: &ServeArgs) -> Result<Authentication, Failure> {
+/// environment, else the store's own credentials file (created with a
+/// random key on first start).
+fn authentication(cli: &Cli, args: &ServeArgs) -> Result<Authentication, Failure> {
     if args.insecure_no_authentication {
         let owner = std::env::var("BLOCKSNAP_OWNER_ID")
             .unwrap_or_else(|_| EngineConfig::default().owner_id);
@@ -20,18 +75,18 @@ fn authentication(args: &ServeArgs) -> Result<Authentication, Failure> {
         Some(path) => Credentials::from_file(path)?,
         None => {
             let variable = |name: &str| std::env::var(name).ok();
-            match (variable("BLOCKSNAP_ACCESS_KEY_ID"), variable("BLOCKSNAP_SECRET_ACCESS_KEY")) {
+            match (
+                variable("BLOCKSNAP_ACCESS_KEY_ID"),
+                variable("BLOCKSNAP_SECRET_ACCESS_KEY"),
+            ) {
                 (Some(access), Some(secret)) => {
-                    let owner = variable("BLOCKSNAP_OWNER_ID").unwrap_or_else(|| EngineConfig::default().owner_id);
+                    let owner = variable("BLOCKSNAP_OWNER_ID")
+                        .unwrap_or_else(|| EngineConfig::default().owner_id);
                     let mut credentials = Credentials::default();
                     credentials.add(&access, &secret, &owner)?;
                     credentials
                 }
-                _ => {
-                    return Err(Failure::Usage(
-                        "serve needs access keys: --credentials FILE, or BLOCKSNAP_ACCESS_KEY_ID and BLOCKSNAP_SECRET_ACCESS_KEY (or, for trusted networks only, --insecure-no-authentication)".into(),
-                    ))
-                }
+                _ => store_credentials(&cli.store_dir())?,
             }
         }
     };
@@ -88,7 +143,7 @@ async fn shutdown_signal() {
 /// Runs the server until SIGINT or SIGTERM; in-flight requests finish and
 /// every acknowledged put is durable before it returns.
 pub fn run(cli: &Cli, args: &ServeArgs, engine_config: EngineConfig) -> Result<(), Failure> {
-    let authentication = authentication(args)?;
+    let authentication = authentication(cli, args)?;
     let config = ServerConfig {
         authentication,
         rate_limits: rate_limits(args)?,
