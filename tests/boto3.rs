@@ -168,3 +168,31 @@ fn boto3_against_a_server_started_with_no_set_up() {
     assert_eq!(mode & 0o077, 0, "only the owner may read the secret");
     run_script_with(&server, "default_keys.py", &[fields[0], fields[1]]);
 }
+
+#[test]
+fn the_aws_cli_round_trips_a_block() {
+    let server = serve(false, &[]);
+    // The test command installs the AWS CLI beside boto3.
+    let aws = std::env::var("BLOCKSNAP_PYTHON")
+        .ok()
+        .and_then(|python| {
+            std::path::Path::new(&python)
+                .parent()
+                .map(|bin| bin.join("aws"))
+        })
+        .filter(|aws| aws.exists())
+        .unwrap_or_else(|| std::path::PathBuf::from("aws"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/boto3/aws_cli.sh");
+    let output = Command::new("bash")
+        .arg(script)
+        .arg(&server.endpoint)
+        .arg(&aws)
+        .output()
+        .expect("run the AWS CLI script");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("aws cli: OK"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
