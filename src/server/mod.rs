@@ -26,6 +26,7 @@ use crate::ids::BLOCK_SIZE;
 use auth::Payload;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -187,9 +188,7 @@ fn new_request_id() -> String {
 struct Incoming<'a> {
     operation: &'static str,
     snapshot: &'a str,
-    method: &'a Method,
-    uri: &'a Uri,
-    headers: &'a HeaderMap,
+    parts: &'a Parts,
 }
 
 impl ServerState {
@@ -200,9 +199,9 @@ impl ServerState {
             Authentication::InsecureSingleOwner(owner) => owner.clone(),
             Authentication::SigV4(credentials) => auth::authenticate(
                 credentials,
-                request.method,
-                request.uri,
-                request.headers,
+                &request.parts.method,
+                &request.parts.uri,
+                &request.parts.headers,
                 payload,
                 std::time::SystemTime::now(),
             )?,
@@ -211,16 +210,6 @@ impl ServerState {
             .admit(request.operation, &owner, request.snapshot)?;
         Ok(self.engine.as_owner(&owner))
     }
-
-    /// Reads a small body (none is expected) and authenticates with it.
-    async fn engine_for_bodyless(
-        &self,
-        request: &Incoming<'_>,
-        body: Body,
-    ) -> Result<Engine, Error> {
-        let body = read_body(body, SMALL_BODY, "request body").await?;
-        self.engine_for(request, Payload::Bytes(&body))
-    }
 }
 
 /// Largest body accepted where the operation has none.
@@ -228,6 +217,37 @@ const SMALL_BODY: usize = 4096;
 
 fn reply(result: Result<Response, Error>) -> Response {
     result.unwrap_or_else(|error| error_response(&error))
+}
+
+/// Runs an operation without a body (CompleteSnapshot, the reads): reads
+/// the (small) body, authenticates with it, then calls `operation` with the
+/// owner's engine, the request's headers and its query parameters.
+async fn without_body<F, Fut>(
+    state: Arc<ServerState>,
+    operation: &'static str,
+    snapshot: String,
+    request: Request,
+    call: F,
+) -> Response
+where
+    F: FnOnce(Engine, String, HeaderMap, Vec<(String, String)>) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, Error>>,
+{
+    let (parts, body) = request.into_parts();
+    let incoming = Incoming {
+        operation,
+        snapshot: &snapshot,
+        parts: &parts,
+    };
+    reply(
+        async {
+            let body = read_body(body, SMALL_BODY, "request body").await?;
+            let engine = state.engine_for(&incoming, Payload::Bytes(&body))?;
+            let params = query_params(parts.uri.query())?;
+            call(engine, snapshot.clone(), parts.headers.clone(), params).await
+        }
+        .await,
+    )
 }
 
 async fn unknown_operation(uri: Uri) -> Response {
@@ -252,19 +272,53 @@ async fn read_body(body: Body, limit: usize, what: &str) -> Result<bytes::Bytes,
         })
 }
 
-async fn start_snapshot(
-    State(state): State<Arc<ServerState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+/// Adds the `x-amz-Checksum` headers of a block to `response`.
+fn with_checksum(mut response: Response, checksum: &str, algorithm: &str) -> Response {
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(checksum) {
+        headers.insert("x-amz-Checksum", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(algorithm) {
+        headers.insert("x-amz-Checksum-Algorithm", value);
+    }
+    response
+}
+
+fn block_index(text: &str) -> Result<i32, Error> {
+    text.parse::<i32>().map_err(|_| {
+        Error::invalid(
+            ValidationReason::InvalidBlock,
+            format!("BlockIndex must be an integer, not '{text}'."),
+        )
+    })
+}
+
+/// An optional header's value as owned text.
+fn text_header(headers: &HeaderMap, name: &str) -> Result<Option<String>, Error> {
+    header(headers, name).map(|value| value.map(str::to_string))
+}
+
+/// The paging members of the list operations.
+struct Paging {
+    next_token: Option<String>,
+    max_results: Option<i32>,
+    starting_block_index: Option<i32>,
+}
+
+fn paging(params: &[(String, String)]) -> Result<Paging, Error> {
+    Ok(Paging {
+        next_token: param(params, "pageToken").map(str::to_string),
+        max_results: integer("maxResults", param(params, "maxResults"))?,
+        starting_block_index: integer("startingBlockIndex", param(params, "startingBlockIndex"))?,
+    })
+}
+
+async fn start_snapshot(State(state): State<Arc<ServerState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
     let incoming = Incoming {
         operation: "StartSnapshot",
         snapshot: "",
-        method: &method,
-        uri: &uri,
-        headers: &headers,
+        parts: &parts,
     };
     reply(
         async {
@@ -281,42 +335,29 @@ async fn start_snapshot(
     )
 }
 
-fn block_index(text: &str) -> Result<i32, Error> {
-    text.parse::<i32>().map_err(|_| {
-        Error::invalid(
-            ValidationReason::InvalidBlock,
-            format!("BlockIndex must be an integer, not '{text}'."),
-        )
-    })
-}
-
 async fn put_snapshot_block(
     State(state): State<Arc<ServerState>>,
     Path((snapshot, index)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     let incoming = Incoming {
         operation: "PutSnapshotBlock",
         snapshot: &snapshot,
-        method: &method,
-        uri: &uri,
-        headers: &headers,
+        parts: &parts,
     };
     reply(
         async {
             // An unsigned body (as the SDKs send blocks) is authenticated
             // before a byte of it is read; a signed one once it is read.
-            let unsigned =
-                header(&headers, "x-amz-content-sha256")? == Some(auth::UNSIGNED_PAYLOAD);
+            let unsigned = header(headers, "x-amz-content-sha256")? == Some(auth::UNSIGNED_PAYLOAD);
             let authenticated = if unsigned {
                 Some(state.engine_for(&incoming, Payload::Unsigned)?)
             } else {
                 None
             };
-            let data_length = integer("x-amz-Data-Length", header(&headers, "x-amz-Data-Length")?)?
+            let data_length = integer("x-amz-Data-Length", header(headers, "x-amz-Data-Length")?)?
                 .ok_or_else(|| {
                     Error::invalid(
                         ValidationReason::InvalidParameterValue,
@@ -338,25 +379,18 @@ async fn put_snapshot_block(
                 snapshot_id: snapshot.clone(),
                 block_index: block_index(&index)?,
                 data_length,
-                progress: integer("x-amz-Progress", header(&headers, "x-amz-Progress")?)?,
-                checksum: header(&headers, "x-amz-Checksum")?
-                    .unwrap_or_default()
-                    .to_string(),
-                checksum_algorithm: header(&headers, "x-amz-Checksum-Algorithm")?
-                    .unwrap_or_default()
-                    .to_string(),
+                progress: integer("x-amz-Progress", header(headers, "x-amz-Progress")?)?,
+                checksum: text_header(headers, "x-amz-Checksum")?.unwrap_or_default(),
+                checksum_algorithm: text_header(headers, "x-amz-Checksum-Algorithm")?
+                    .unwrap_or_default(),
                 block_data,
             };
             let response = engine.put_snapshot_block_async(request).await?;
-            let mut reply = json_response(StatusCode::CREATED, &json!({}));
-            let reply_headers = reply.headers_mut();
-            if let Ok(value) = HeaderValue::from_str(&response.checksum) {
-                reply_headers.insert("x-amz-Checksum", value);
-            }
-            if let Ok(value) = HeaderValue::from_str(&response.checksum_algorithm) {
-                reply_headers.insert("x-amz-Checksum-Algorithm", value);
-            }
-            Ok(reply)
+            Ok(with_checksum(
+                json_response(StatusCode::CREATED, &json!({})),
+                &response.checksum,
+                &response.checksum_algorithm,
+            ))
         }
         .await,
     )
@@ -365,21 +399,14 @@ async fn put_snapshot_block(
 async fn complete_snapshot(
     State(state): State<Arc<ServerState>>,
     Path(snapshot): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    let incoming = Incoming {
-        operation: "CompleteSnapshot",
-        snapshot: &snapshot,
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-    };
-    reply(
-        async {
-            let engine = state.engine_for_bodyless(&incoming, body).await?;
+    without_body(
+        state,
+        "CompleteSnapshot",
+        snapshot,
+        request,
+        |engine, snapshot, headers, _| async move {
             let changed = integer(
                 "x-amz-ChangedBlocksCount",
                 header(&headers, "x-amz-ChangedBlocksCount")?,
@@ -390,43 +417,37 @@ async fn complete_snapshot(
                     "x-amz-ChangedBlocksCount is required.",
                 )
             })?;
-            let text = |name: &str| header(&headers, name).map(|value| value.map(str::to_string));
             let request = CompleteSnapshotRequest {
                 snapshot_id: snapshot.clone(),
                 changed_blocks_count: changed,
-                checksum: text("x-amz-Checksum")?,
-                checksum_algorithm: text("x-amz-Checksum-Algorithm")?,
-                checksum_aggregation_method: text("x-amz-Checksum-Aggregation-Method")?,
+                checksum: text_header(&headers, "x-amz-Checksum")?,
+                checksum_algorithm: text_header(&headers, "x-amz-Checksum-Algorithm")?,
+                checksum_aggregation_method: text_header(
+                    &headers,
+                    "x-amz-Checksum-Aggregation-Method",
+                )?,
             };
             let response = engine.complete_snapshot_async(request).await?;
             Ok(json_response(
                 StatusCode::ACCEPTED,
                 &json!({"Status": response.status.as_str()}),
             ))
-        }
-        .await,
+        },
     )
+    .await
 }
 
 async fn get_snapshot_block(
     State(state): State<Arc<ServerState>>,
     Path((snapshot, index)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    let incoming = Incoming {
-        operation: "GetSnapshotBlock",
-        snapshot: &snapshot,
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-    };
-    reply(
-        async {
-            let engine = state.engine_for_bodyless(&incoming, body).await?;
-            let params = query_params(uri.query())?;
+    without_body(
+        state,
+        "GetSnapshotBlock",
+        snapshot,
+        request,
+        |engine, snapshot, _, params| async move {
             let request = GetSnapshotBlockRequest {
                 snapshot_id: snapshot.clone(),
                 block_index: block_index(&index)?,
@@ -434,99 +455,85 @@ async fn get_snapshot_block(
             };
             let response = engine.get_snapshot_block_async(request).await?;
             let mut reply = Response::new(Body::from(response.block_data));
-            let reply_headers = reply.headers_mut();
-            reply_headers.insert(
+            let headers = reply.headers_mut();
+            headers.insert(
                 axum::http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
             );
-            reply_headers.insert("x-amz-Data-Length", HeaderValue::from(response.data_length));
-            if let Ok(value) = HeaderValue::from_str(&response.checksum) {
-                reply_headers.insert("x-amz-Checksum", value);
-            }
-            if let Ok(value) = HeaderValue::from_str(&response.checksum_algorithm) {
-                reply_headers.insert("x-amz-Checksum-Algorithm", value);
-            }
-            Ok(reply)
-        }
-        .await,
+            headers.insert("x-amz-Data-Length", HeaderValue::from(response.data_length));
+            Ok(with_checksum(
+                reply,
+                &response.checksum,
+                &response.checksum_algorithm,
+            ))
+        },
     )
+    .await
 }
 
 async fn list_snapshot_blocks(
     State(state): State<Arc<ServerState>>,
     Path(snapshot): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    let incoming = Incoming {
-        operation: "ListSnapshotBlocks",
-        snapshot: &snapshot,
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-    };
-    reply(
-        async {
-            let engine = state.engine_for_bodyless(&incoming, body).await?;
-            let params = query_params(uri.query())?;
+    without_body(
+        state,
+        "ListSnapshotBlocks",
+        snapshot,
+        request,
+        |engine, snapshot, _, params| async move {
+            let Paging {
+                next_token,
+                max_results,
+                starting_block_index,
+            } = paging(&params)?;
             let request = ListSnapshotBlocksRequest {
                 snapshot_id: snapshot.clone(),
-                next_token: param(&params, "pageToken").map(str::to_string),
-                max_results: integer("maxResults", param(&params, "maxResults"))?,
-                starting_block_index: integer(
-                    "startingBlockIndex",
-                    param(&params, "startingBlockIndex"),
-                )?,
+                next_token,
+                max_results,
+                starting_block_index,
             };
             let response = engine.list_snapshot_blocks_async(request).await?;
             Ok(json_response(
                 StatusCode::OK,
                 &wire::list_snapshot_blocks_response(&response),
             ))
-        }
-        .await,
+        },
     )
+    .await
 }
 
 async fn list_changed_blocks(
     State(state): State<Arc<ServerState>>,
     Path(snapshot): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    let incoming = Incoming {
-        operation: "ListChangedBlocks",
-        snapshot: &snapshot,
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-    };
-    reply(
-        async {
-            let engine = state.engine_for_bodyless(&incoming, body).await?;
-            let params = query_params(uri.query())?;
+    without_body(
+        state,
+        "ListChangedBlocks",
+        snapshot,
+        request,
+        |engine, snapshot, _, params| async move {
+            let Paging {
+                next_token,
+                max_results,
+                starting_block_index,
+            } = paging(&params)?;
             let request = ListChangedBlocksRequest {
                 first_snapshot_id: param(&params, "firstSnapshotId").map(str::to_string),
                 second_snapshot_id: snapshot.clone(),
-                next_token: param(&params, "pageToken").map(str::to_string),
-                max_results: integer("maxResults", param(&params, "maxResults"))?,
-                starting_block_index: integer(
-                    "startingBlockIndex",
-                    param(&params, "startingBlockIndex"),
-                )?,
+                next_token,
+                max_results,
+                starting_block_index,
             };
             let response = engine.list_changed_blocks_async(request).await?;
             Ok(json_response(
                 StatusCode::OK,
                 &wire::list_changed_blocks_response(&response),
             ))
-        }
-        .await,
+        },
     )
+    .await
 }
 
 /// Serves `router` over TLS (rustls, ring) on `listener` with the PEM
