@@ -11,9 +11,9 @@
 #![allow(missing_docs)]
 
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-use blocksnap::server::{router, serve, Authentication, Credentials, RateLimits, ServerConfig};
-use blocksnap::testing::{block, checksum};
-use blocksnap::{Engine, EngineConfig};
+use blocksnap::server::{Authentication, Credentials, RateLimits, ServerConfig};
+use blocksnap::testing::{block, checksum, LoopbackServer};
+use blocksnap::EngineConfig;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use futures::stream::{self, StreamExt};
@@ -32,49 +32,30 @@ const BATCH: usize = 512;
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 struct Bench {
-    runtime: tokio::runtime::Runtime,
-    address: SocketAddr,
+    server: LoopbackServer,
     client: HttpClient,
-    _store: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Bench {
+    type Target = LoopbackServer;
+    fn deref(&self) -> &LoopbackServer {
+        &self.server
+    }
 }
 
 fn bench_server() -> Bench {
-    let store = tempfile::tempdir().expect("tempdir");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let engine = runtime.block_on(async {
-        Engine::open_with(
-            Engine::local_storage(store.path()).expect("storage"),
-            EngineConfig::default(),
-        )
-        .expect("open")
-    });
     let credentials = Credentials::parse("AKIDBENCH bench-secret 444444444444").expect("keys");
-    let config = ServerConfig {
-        authentication: Authentication::SigV4(Arc::new(credentials)),
-        rate_limits: RateLimits::unlimited(),
-    };
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    runtime.spawn(serve(
-        listener,
-        router(engine, config),
-        std::future::pending(),
-    ));
+    let server = LoopbackServer::start(
+        ServerConfig {
+            authentication: Authentication::SigV4(Arc::new(credentials)),
+            rate_limits: RateLimits::unlimited(),
+        },
+        EngineConfig::default(),
+    );
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(CONNECTIONS)
         .build_http();
-    Bench {
-        runtime,
-        address,
-        client,
-        _store: store,
-    }
+    Bench { server, client }
 }
 
 /// A signed request: `headers` plus the signature headers.

@@ -2,47 +2,22 @@
 //! codes, headers, JSON bodies, errors, streaming limits, and token
 //! decoding, as the EBS service model and the SDKs expect them.
 
-use blocksnap::server::{router, serve, Authentication, ServerConfig};
-use blocksnap::testing::{block, checksum};
-use blocksnap::{Engine, EngineConfig};
+use blocksnap::server::{Authentication, ServerConfig};
+use blocksnap::testing::{block, checksum, LoopbackServer};
+use blocksnap::EngineConfig;
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 
 const OWNER: &str = "123456789012";
 
-struct Server {
-    address: SocketAddr,
-    _runtime: tokio::runtime::Runtime,
-    _store: tempfile::TempDir,
-}
+type Server = LoopbackServer;
 
 fn server() -> Server {
-    let store = tempfile::tempdir().expect("tempdir");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let engine = Engine::open_with(
-        Engine::local_storage(store.path()).expect("storage"),
+    LoopbackServer::start(
+        ServerConfig::new(Authentication::InsecureSingleOwner(OWNER.into())),
         EngineConfig::default(),
     )
-    .expect("open");
-    let app = router(
-        engine,
-        ServerConfig::new(Authentication::InsecureSingleOwner(OWNER.into())),
-    );
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    runtime.spawn(serve(listener, app, std::future::pending()));
-    Server {
-        address,
-        _runtime: runtime,
-        _store: store,
-    }
 }
 
 struct Reply {
@@ -86,6 +61,11 @@ fn send(server: &Server, head: &str, body: &[u8]) -> Reply {
     stream.write_all(request.as_bytes()).expect("write head");
     // A body the server refuses early may not be read to its end.
     let _ = stream.write_all(body);
+    read_reply(stream)
+}
+
+/// Reads a whole HTTP/1.1 reply from a connection the server closes.
+fn read_reply(mut stream: TcpStream) -> Reply {
     let mut bytes = Vec::new();
     stream.read_to_end(&mut bytes).expect("read reply");
     let split = bytes
@@ -376,33 +356,12 @@ fn oversize_and_malformed_block_uploads_are_refused_without_buffering() {
 
 /// A server that requires SigV4 with key `AKIDWIRE` / `wire-secret`.
 fn signed_server() -> Server {
-    let store = tempfile::tempdir().expect("tempdir");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let engine = Engine::open_with(
-        Engine::local_storage(store.path()).expect("storage"),
-        EngineConfig::default(),
-    )
-    .expect("open");
     let credentials = blocksnap::server::Credentials::parse("AKIDWIRE wire-secret 333333333333")
         .expect("credentials");
-    let app = router(
-        engine,
+    LoopbackServer::start(
         ServerConfig::new(Authentication::SigV4(std::sync::Arc::new(credentials))),
-    );
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    runtime.spawn(serve(listener, app, std::future::pending()));
-    Server {
-        address,
-        _runtime: runtime,
-        _store: store,
-    }
+        EngineConfig::default(),
+    )
 }
 
 /// Signs a request as the AWS SDK for Rust would, at `time`, with the
@@ -455,28 +414,7 @@ fn send_signed(server: &Server, request_line: &str, signed: &str, body: &[u8]) -
     );
     stream.write_all(request.as_bytes()).expect("write");
     stream.write_all(body).expect("write body");
-    let mut bytes = Vec::new();
-    stream.read_to_end(&mut bytes).expect("read");
-    let split = bytes
-        .windows(4)
-        .position(|window| window == b"\r\n\r\n")
-        .expect("end of headers");
-    let head = String::from_utf8(bytes[..split].to_vec()).expect("ASCII head");
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .expect("status line")
-        .split(' ')
-        .nth(1)
-        .expect("code");
-    Reply {
-        status: status.parse().expect("status"),
-        headers: lines
-            .filter_map(|line| line.split_once(':'))
-            .map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
-            .collect(),
-        body: bytes[split + 4..].to_vec(),
-    }
+    read_reply(stream)
 }
 
 #[test]

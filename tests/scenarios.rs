@@ -5,8 +5,8 @@
 
 use aws_sdk_ebs::error::ProvideErrorMetadata;
 use blocksnap::api::*;
-use blocksnap::server::{router, serve, Authentication, Credentials, ServerConfig};
-use blocksnap::testing::{block, checksum, linear_checksum};
+use blocksnap::server::{Authentication, Credentials, ServerConfig};
+use blocksnap::testing::{block, checksum, linear_checksum, LoopbackServer};
 use blocksnap::{Engine, EngineConfig};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -55,39 +55,20 @@ impl Ebs for Engine {
 
 /// The AWS SDK for Rust against a server on loopback.
 struct Sdk {
-    runtime: tokio::runtime::Runtime,
+    server: LoopbackServer,
     client: aws_sdk_ebs::Client,
-    _store: tempfile::TempDir,
 }
 
 impl Sdk {
     fn new() -> Sdk {
-        let store = tempfile::tempdir().expect("tempdir");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let engine = runtime.block_on(async {
-            Engine::open_with(
-                Engine::local_storage(store.path()).expect("storage"),
-                EngineConfig::default(),
-            )
-            .expect("open")
-        });
         let credentials = Credentials::parse("AKIDSDK sdk-secret 000000000000").expect("keys");
-        let app = router(
-            engine,
+        let server = LoopbackServer::start(
             ServerConfig::new(Authentication::SigV4(Arc::new(credentials))),
+            EngineConfig::default(),
         );
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
-        runtime.spawn(serve(listener, app, std::future::pending()));
         let config = aws_sdk_ebs::Config::builder()
             .behavior_version(aws_sdk_ebs::config::BehaviorVersion::latest())
-            .endpoint_url(format!("http://{address}"))
+            .endpoint_url(format!("http://{}", server.address))
             .region(aws_sdk_ebs::config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_ebs::config::Credentials::new(
                 "AKIDSDK",
@@ -99,9 +80,8 @@ impl Sdk {
             .retry_config(aws_sdk_ebs::config::retry::RetryConfig::disabled())
             .build();
         Sdk {
-            runtime,
+            server,
             client: aws_sdk_ebs::Client::from_conf(config),
-            _store: store,
         }
     }
 }
@@ -150,6 +130,7 @@ impl Ebs for Sdk {
             .set_kms_key_arn(request.kms_key_arn)
             .set_timeout(request.timeout);
         let output = self
+            .server
             .runtime
             .block_on(call.send())
             .map_err(|error| sdk_failure!(error, start_snapshot::StartSnapshotError))?;
@@ -197,6 +178,7 @@ impl Ebs for Sdk {
             .checksum(request.checksum)
             .checksum_algorithm(request.checksum_algorithm.as_str().into());
         let output = self
+            .server
             .runtime
             .block_on(call.send())
             .map_err(|error| sdk_failure!(error, put_snapshot_block::PutSnapshotBlockError))?;
@@ -223,6 +205,7 @@ impl Ebs for Sdk {
                     .map(|m| m.as_str().into()),
             );
         let output = self
+            .server
             .runtime
             .block_on(call.send())
             .map_err(|error| sdk_failure!(error, complete_snapshot::CompleteSnapshotError))?;
@@ -242,7 +225,7 @@ impl Ebs for Sdk {
             .snapshot_id(request.snapshot_id)
             .block_index(request.block_index)
             .block_token(request.block_token);
-        self.runtime.block_on(async {
+        self.server.runtime.block_on(async {
             let output = call
                 .send()
                 .await
@@ -276,10 +259,10 @@ impl Ebs for Sdk {
             .set_next_token(request.next_token)
             .set_max_results(request.max_results)
             .set_starting_block_index(request.starting_block_index);
-        let output = self
-            .runtime
-            .block_on(call.send())
-            .map_err(|error| sdk_failure!(error, list_snapshot_blocks::ListSnapshotBlocksError))?;
+        let output =
+            self.server.runtime.block_on(call.send()).map_err(|error| {
+                sdk_failure!(error, list_snapshot_blocks::ListSnapshotBlocksError)
+            })?;
         Ok(ListSnapshotBlocksResponse {
             blocks: output
                 .blocks()
@@ -305,10 +288,10 @@ impl Ebs for Sdk {
             .set_next_token(request.next_token)
             .set_max_results(request.max_results)
             .set_starting_block_index(request.starting_block_index);
-        let output = self
-            .runtime
-            .block_on(call.send())
-            .map_err(|error| sdk_failure!(error, list_changed_blocks::ListChangedBlocksError))?;
+        let output =
+            self.server.runtime.block_on(call.send()).map_err(|error| {
+                sdk_failure!(error, list_changed_blocks::ListChangedBlocksError)
+            })?;
         Ok(ListChangedBlocksResponse {
             changed_blocks: output
                 .changed_blocks()

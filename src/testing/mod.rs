@@ -268,3 +268,48 @@ pub fn holds_exactly(
     }
     Ok(true)
 }
+
+/// A server on 127.0.0.1 (port chosen by the system) over a fresh store
+/// in a temporary directory, run by its own two-worker tokio runtime.
+#[cfg(feature = "server")]
+pub struct LoopbackServer {
+    /// The runtime the server and its engine's reaper run on.
+    pub runtime: tokio::runtime::Runtime,
+    /// Where it listens.
+    pub address: std::net::SocketAddr,
+    _store: tempfile::TempDir,
+}
+
+#[cfg(feature = "server")]
+impl LoopbackServer {
+    /// Starts a server with `config` over an engine with `engine_config`.
+    pub fn start(config: crate::server::ServerConfig, engine_config: crate::EngineConfig) -> Self {
+        let store = tempfile::tempdir().expect("tempdir");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let engine = runtime.block_on(async {
+            crate::Engine::open_with(
+                crate::Engine::local_storage(store.path()).expect("storage"),
+                engine_config,
+            )
+            .expect("open")
+        });
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        runtime.spawn(crate::server::serve(
+            listener,
+            crate::server::router(engine, config),
+            std::future::pending(),
+        ));
+        LoopbackServer {
+            runtime,
+            address,
+            _store: store,
+        }
+    }
+}
