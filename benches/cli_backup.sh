@@ -46,6 +46,7 @@ export BLOCKSNAP_STORE=$WORK/store
 ln -sf disk-v1.img disk.img
 run "blocksnap backup (full)" "$BIN" --quiet backup disk.img
 FULL=$(cat out.txt)
+echo "  stored: $(du -sb store | cut -f1 | awk '{ printf "%.1f MiB", $1 / 1048576 }') (store directory)"
 STORED=$("$BIN" stats --json | sed -n 's/.*"StoredBytes": \([0-9]*\).*/\1/p')
 BASELINE=$("$GEN" baseline disk-v1.img "$LEVEL")
 awk -v s="$STORED" -v b="$BASELINE" \
@@ -62,26 +63,35 @@ sed -n 's/.*"SecondsBeforeSync": \([0-9.]*\).*/  before the final sync: \1 s/p' 
 cmp disk-v2.img restored.img && echo "  restore is byte-identical"
 rm -f restored.img
 
+# Peers back up one path, peer/disk.img, holding v1 then v2 (copied in
+# outside the timed steps), so their second backup is incremental.
+mkdir -p peer
+stored() { echo "  stored: $(du -sb "$1" | cut -f1 | awk '{ printf "%.1f MiB", $1 / 1048576 }')"; }
+peer_round() { # NAME INIT FULL INCREMENTAL RESTORE REPO
+    local name=$1
+    eval "$2" > /dev/null 2>&1
+    cp disk-v1.img peer/disk.img
+    run "$name backup (full)" sh -c "$3"
+    stored "$6"
+    cp disk-v2.img peer/disk.img
+    run "$name backup (incremental)" sh -c "$4"
+    rm -rf restored-peer
+    run "$name restore" sh -c "$5"
+    rm -rf restored-peer
+}
 if command -v restic > /dev/null; then
     export RESTIC_REPOSITORY=$WORK/restic RESTIC_PASSWORD=bench
-    restic init --quiet > /dev/null
-    ln -sf disk-v1.img disk.img
-    run "restic backup (full)" restic backup --quiet disk-v1.img
-    run "restic backup (incremental)" restic backup --quiet disk-v2.img
-    run "restic restore" restic restore latest --quiet --target restic-out
+    peer_round restic "restic init" "restic backup --quiet peer/disk.img" \
+        "restic backup --quiet peer/disk.img" "restic restore latest --quiet --target restored-peer" "$WORK/restic"
 fi
 if command -v borg > /dev/null; then
     export BORG_REPO=$WORK/borg BORG_PASSPHRASE=bench
-    borg init --encryption=none > /dev/null
-    run "borg create (full)" borg create --compression zstd,$LEVEL ::v1 disk-v1.img
-    run "borg create (incremental)" borg create --compression zstd,$LEVEL ::v2 disk-v2.img
-    mkdir -p borg-out
-    run "borg extract" sh -c "cd borg-out && borg extract ::v2"
+    peer_round borg "borg init --encryption=none" "borg create --compression zstd,$LEVEL ::v1 peer/disk.img" \
+        "borg create --compression zstd,$LEVEL ::v2 peer/disk.img" \
+        "mkdir -p restored-peer && cd restored-peer && borg extract ::v2" "$WORK/borg"
 fi
 if command -v rustic > /dev/null; then
     export RUSTIC_REPOSITORY=$WORK/rustic RUSTIC_PASSWORD=bench
-    rustic init > /dev/null 2>&1
-    run "rustic backup (full)" rustic backup disk-v1.img
-    run "rustic backup (incremental)" rustic backup disk-v2.img
-    run "rustic restore" rustic restore latest rustic-out
+    peer_round rustic "rustic init" "rustic backup peer/disk.img" "rustic backup peer/disk.img" \
+        "rustic restore latest restored-peer" "$WORK/rustic"
 fi
