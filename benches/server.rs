@@ -12,7 +12,7 @@
 
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use blocksnap::server::{Authentication, Credentials, RateLimits, ServerConfig};
-use blocksnap::testing::{block, checksum, LoopbackServer};
+use blocksnap::testing::{block, checksum, query_encode_token, LoopbackServer};
 use blocksnap::EngineConfig;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -249,17 +249,9 @@ fn bench_put(c: &mut Criterion) {
                         let snapshot = &snapshot;
                         let bench = &bench;
                         async move {
-                            let encoded: String = token
-                                .chars()
-                                .map(|c| match c {
-                                    '+' => "%2B".to_string(),
-                                    '/' => "%2F".to_string(),
-                                    '=' => "%3D".to_string(),
-                                    other => other.to_string(),
-                                })
-                                .collect();
                             let path = format!(
-                                "/snapshots/{snapshot}/blocks/{index}?blockToken={encoded}"
+                                "/snapshots/{snapshot}/blocks/{index}?blockToken={}",
+                                query_encode_token(token)
                             );
                             let request =
                                 signed(bench.address, "GET", &path, &[], Bytes::new(), false);

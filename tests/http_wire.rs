@@ -3,7 +3,7 @@
 //! decoding, as the EBS service model and the SDKs expect them.
 
 use blocksnap::server::{Authentication, ServerConfig};
-use blocksnap::testing::{block, checksum, LoopbackServer};
+use blocksnap::testing::{block, checksum, query_encode_token, LoopbackServer};
 use blocksnap::EngineConfig;
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -183,15 +183,7 @@ fn the_six_operations_speak_the_model_on_the_wire() {
     assert!(body.get("NextToken").is_none());
 
     // Tokens are Base64: percent-encoded by clients, decoded without '+' -> ' '.
-    let encoded: String = token
-        .chars()
-        .map(|c| match c {
-            '+' => "%2B".to_string(),
-            '/' => "%2F".to_string(),
-            '=' => "%3D".to_string(),
-            other => other.to_string(),
-        })
-        .collect();
+    let encoded = query_encode_token(&token);
     let read = send(
         &server,
         &format!("GET /snapshots/{snapshot}/blocks/2?blockToken={encoded} HTTP/1.1"),

@@ -195,74 +195,75 @@ pub fn start_snapshot_response(response: &StartSnapshotResponse) -> Value {
     Value::Object(object)
 }
 
-/// ListSnapshotBlocks' response body.
-pub fn list_snapshot_blocks_response(response: &ListSnapshotBlocksResponse) -> Value {
+/// A listing's body: its entries under `entries_name`, then the members
+/// both list operations share.
+fn listing_response(
+    entries_name: &str,
+    entries: Vec<Value>,
+    expiry_time: Option<SystemTime>,
+    volume_size: i64,
+    block_size: i32,
+    next_token: Option<&String>,
+) -> Value {
     let mut object = Map::new();
-    object.insert(
-        "Blocks".into(),
-        Value::Array(
-            response
-                .blocks
-                .iter()
-                .map(|block| json!({"BlockIndex": block.block_index, "BlockToken": block.block_token}))
-                .collect(),
-        ),
-    );
-    put_optional(
-        &mut object,
-        "ExpiryTime",
-        response.expiry_time.map(epoch_seconds),
-    );
-    object.insert("VolumeSize".into(), json!(response.volume_size));
-    object.insert("BlockSize".into(), json!(response.block_size));
+    object.insert(entries_name.into(), Value::Array(entries));
+    put_optional(&mut object, "ExpiryTime", expiry_time.map(epoch_seconds));
+    object.insert("VolumeSize".into(), json!(volume_size));
+    object.insert("BlockSize".into(), json!(block_size));
     put_optional(
         &mut object,
         "NextToken",
-        response.next_token.as_ref().map(|token| json!(token)),
+        next_token.map(|token| json!(token)),
     );
     Value::Object(object)
 }
 
+/// ListSnapshotBlocks' response body.
+pub fn list_snapshot_blocks_response(response: &ListSnapshotBlocksResponse) -> Value {
+    let entries = response
+        .blocks
+        .iter()
+        .map(|block| json!({"BlockIndex": block.block_index, "BlockToken": block.block_token}))
+        .collect();
+    listing_response(
+        "Blocks",
+        entries,
+        response.expiry_time,
+        response.volume_size,
+        response.block_size,
+        response.next_token.as_ref(),
+    )
+}
+
 /// ListChangedBlocks' response body.
 pub fn list_changed_blocks_response(response: &ListChangedBlocksResponse) -> Value {
-    let mut object = Map::new();
-    object.insert(
-        "ChangedBlocks".into(),
-        Value::Array(
-            response
-                .changed_blocks
-                .iter()
-                .map(|block| {
-                    let mut entry = Map::new();
-                    entry.insert("BlockIndex".into(), json!(block.block_index));
-                    put_optional(
-                        &mut entry,
-                        "FirstBlockToken",
-                        block.first_block_token.as_ref().map(|token| json!(token)),
-                    );
-                    put_optional(
-                        &mut entry,
-                        "SecondBlockToken",
-                        block.second_block_token.as_ref().map(|token| json!(token)),
-                    );
-                    Value::Object(entry)
-                })
-                .collect(),
-        ),
-    );
-    put_optional(
-        &mut object,
-        "ExpiryTime",
-        response.expiry_time.map(epoch_seconds),
-    );
-    object.insert("VolumeSize".into(), json!(response.volume_size));
-    object.insert("BlockSize".into(), json!(response.block_size));
-    put_optional(
-        &mut object,
-        "NextToken",
-        response.next_token.as_ref().map(|token| json!(token)),
-    );
-    Value::Object(object)
+    let entries = response
+        .changed_blocks
+        .iter()
+        .map(|block| {
+            let mut entry = Map::new();
+            entry.insert("BlockIndex".into(), json!(block.block_index));
+            put_optional(
+                &mut entry,
+                "FirstBlockToken",
+                block.first_block_token.as_ref().map(|token| json!(token)),
+            );
+            put_optional(
+                &mut entry,
+                "SecondBlockToken",
+                block.second_block_token.as_ref().map(|token| json!(token)),
+            );
+            Value::Object(entry)
+        })
+        .collect();
+    listing_response(
+        "ChangedBlocks",
+        entries,
+        response.expiry_time,
+        response.volume_size,
+        response.block_size,
+        response.next_token.as_ref(),
+    )
 }
 
 /// A JSON response with `status`.

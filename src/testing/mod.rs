@@ -79,6 +79,21 @@ pub fn linear_checksum<'a>(blocks: impl IntoIterator<Item = &'a [u8]>) -> String
     STANDARD.encode(hasher.finalize())
 }
 
+/// A Base64 token as clients put it in a query string: `+`, `/` and `=`
+/// percent-encoded (boto3 and the AWS SDKs do the same).
+pub fn query_encode_token(token: &str) -> String {
+    let mut encoded = String::with_capacity(token.len() + 8);
+    for c in token.chars() {
+        match c {
+            '+' => encoded.push_str("%2B"),
+            '/' => encoded.push_str("%2F"),
+            '=' => encoded.push_str("%3D"),
+            other => encoded.push(other),
+        }
+    }
+    encoded
+}
+
 /// A well-formed PutSnapshotBlock request.
 pub fn put_request(snapshot_id: &str, block_index: i32, data: Vec<u8>) -> PutSnapshotBlockRequest {
     PutSnapshotBlockRequest {
