@@ -42,17 +42,28 @@ fn serve(encryption: bool, extra: &[&str]) -> Server {
             .arg(dir.path().join("keys"))
             .env("BLOCKSNAP_PASSPHRASE", "server passphrase");
     }
-    let mut child = command
+    command
         .args(["serve", "--listen", "127.0.0.1:0", "--credentials"])
         .arg(&credentials)
-        .args(extra)
+        .args(extra);
+    let scheme = if extra.contains(&"--tls-cert") {
+        "https"
+    } else {
+        "http"
+    };
+    spawn(command, scheme, dir)
+}
+
+/// Spawns a prepared `blocksnap ... serve --listen 127.0.0.1:0` command and
+/// reads the address it prints; the server lives as long as the result.
+fn spawn(mut command: Command, scheme: &str, dir: tempfile::TempDir) -> Server {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start blocksnap serve");
-    let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
-    BufReader::new(stdout)
+    BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("read address");
     let address = line
@@ -60,11 +71,6 @@ fn serve(encryption: bool, extra: &[&str]) -> Server {
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line: {line}"))
         .to_string();
-    let scheme = if extra.contains(&"--tls-cert") {
-        "https"
-    } else {
-        "http"
-    };
     Server {
         child,
         endpoint: format!("{scheme}://{address}"),
@@ -130,30 +136,14 @@ fn boto3_over_tls() {
 fn boto3_against_a_server_started_with_no_set_up() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("store");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blocksnap"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_blocksnap"));
+    command
         .arg("--store")
         .arg(&store)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env_remove("BLOCKSNAP_ACCESS_KEY_ID")
-        .env_remove("BLOCKSNAP_SECRET_ACCESS_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start blocksnap serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read address");
-    let address = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("address")
-        .to_string();
-    let server = Server {
-        child,
-        endpoint: format!("http://{address}"),
-        _dir: dir,
-    };
+        .env_remove("BLOCKSNAP_SECRET_ACCESS_KEY");
+    let server = spawn(command, "http", dir);
     let credentials = std::fs::read_to_string(store.join("credentials")).expect("credentials");
     let key_line = credentials
         .lines()
