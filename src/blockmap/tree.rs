@@ -2,7 +2,7 @@
 
 use super::{BlockMaps, Page};
 use crate::error::Result;
-use crate::format::node::{node_id, slot_of, slots_reaching, Node, LEVELS};
+use crate::format::node::{slot_of, slots_reaching, Node, LEVELS};
 use crate::format::pack::RecordKind;
 use crate::ids::{BlockIndex, ChunkId, Sha256Digest};
 use std::sync::Arc;
@@ -73,10 +73,7 @@ impl BlockMaps<'_> {
             }
         }
         let encoded = node.encode();
-        let id = match self.domain {
-            Some(keys) => keys.node_id(&encoded),
-            None => node_id(&encoded),
-        };
+        let id = crate::crypto::chunk_id_in(self.domain, RecordKind::MapNode, &encoded);
         self.store.put_in(
             RecordKind::MapNode,
             &id,

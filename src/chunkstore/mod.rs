@@ -19,10 +19,9 @@ pub use compact::{CompactionOutcome, PackUsage};
 pub use verify::{DamagedRecord, RecordCheck};
 
 use crate::codec;
-use crate::crypto::DomainKeys;
+use crate::crypto::{chunk_id_in, DomainKeys};
 use crate::error::{Error, Result};
 use crate::format::index::{decode_index, encode_index, IndexEntry};
-use crate::format::node::node_id;
 use crate::format::pack::{
     decode_record, decode_record_header, encode_aad, encode_record_header, encode_sealed_header,
     verify_record, Codec, RecordHeader, RecordKind, RECORD_AAD, RECORD_HEADER_SIZE,
@@ -607,7 +606,7 @@ impl ChunkStore {
         check: ContentCheck,
     ) -> Result<StoredChunk> {
         let place = || format!("{} record at {}", pack_name(location.pack), location.offset);
-        let (header, sha256, data) = self.with_record(location, |header, payload| {
+        let (header, sha256, data, keys) = self.with_record(location, |header, payload| {
             if header.kind != kind {
                 return Err(Error::corrupted(
                     place(),
@@ -617,7 +616,7 @@ impl ChunkStore {
             if header.domain == 0 {
                 let data = codec::decode_payload(header.codec, payload, header.raw_len as usize)
                     .map_err(|error| error.into_error(&place()))?;
-                return Ok((*header, header.sha256, data));
+                return Ok((*header, header.sha256, data, None));
             }
             let keys = self
                 .domains
@@ -660,27 +659,13 @@ impl ChunkStore {
                 header.raw_len as usize,
             )
             .map_err(|error| error.into_error(&place()))?;
-            Ok((*header, sha256, data))
+            Ok((*header, sha256, data, Some(keys)))
         })?;
-        let hash_matches = if check == ContentCheck::Sha256 && kind == RecordKind::Block {
-            codec::sha256(&data) == sha256
-        } else if header.domain == 0 {
-            let actual = match kind {
-                RecordKind::Block => codec::chunk_id(&data),
-                RecordKind::MapNode => node_id(&data),
-            };
-            actual == *id
-        } else if check == ContentCheck::Full {
-            let keys = self.domains.read().get(&header.domain).cloned();
-            keys.is_some_and(|keys| {
-                let actual = match kind {
-                    RecordKind::Block => keys.block_id(&data),
-                    RecordKind::MapNode => keys.node_id(&data),
-                };
-                actual == *id
-            })
-        } else {
-            header.chunk_id == *id
+        let hash_matches = match (check, kind, &keys) {
+            (ContentCheck::Sha256, RecordKind::Block, _) => codec::sha256(&data) == sha256,
+            // The tag covered the id: only verify rehashes sealed content.
+            (ContentCheck::Default | ContentCheck::Sha256, _, Some(_)) => header.chunk_id == *id,
+            _ => chunk_id_in(keys.as_deref(), kind, &data) == *id,
         };
         if !hash_matches {
             return Err(Error::corrupted(

@@ -264,6 +264,22 @@ impl CipherSuite for Aes256Gcm {
     }
 }
 
+/// The id of a chunk's raw bytes: plain blake3 (blocks) or the node hash
+/// (map nodes), or the keyed hashes of `domain` for an encrypted snapshot.
+pub(crate) fn chunk_id_in(
+    domain: Option<&DomainKeys>,
+    kind: crate::format::pack::RecordKind,
+    bytes: &[u8],
+) -> ChunkId {
+    use crate::format::pack::RecordKind;
+    match (domain, kind) {
+        (None, RecordKind::Block) => crate::codec::chunk_id(bytes),
+        (None, RecordKind::MapNode) => crate::format::node::node_id(bytes),
+        (Some(keys), RecordKind::Block) => keys.block_id(bytes),
+        (Some(keys), RecordKind::MapNode) => keys.node_id(bytes),
+    }
+}
+
 /// blake3 key-derivation contexts. Never change: stored ids depend on them.
 const BLOCK_ID_CONTEXT: &str = "blocksnap 2026-11 encrypted block id v1";
 const NODE_ID_CONTEXT: &str = "blocksnap 2026-11 encrypted map node id v1";

@@ -199,11 +199,10 @@ pub(crate) fn block_id(domain: Option<&DomainKeys>, data: &[u8]) -> (ChunkId, bo
     if codec::is_zero(data) {
         return (codec::zero_block_id(), true);
     }
-    let chunk = match domain {
-        Some(keys) => keys.block_id(data),
-        None => codec::chunk_id(data),
-    };
-    (chunk, false)
+    (
+        crate::crypto::chunk_id_in(domain, RecordKind::Block, data),
+        false,
+    )
 }
 
 /// The parameters of a new snapshot, validated by the API layer.
