@@ -5,8 +5,7 @@ the access key id, argv[3] the secret."""
 import sys
 import unittest
 
-import boto3
-from botocore.config import Config
+from common import ebs_client
 
 ENDPOINT, ACCESS, SECRET = sys.argv[1:4]
 del sys.argv[1:4]
@@ -15,14 +14,7 @@ del sys.argv[1:4]
 class DefaultKeys(unittest.TestCase):
     def test_generated_key_works_and_others_do_not(self):
         def client(secret):
-            return boto3.client(
-                "ebs",
-                endpoint_url=ENDPOINT,
-                region_name="eu-west-3",
-                aws_access_key_id=ACCESS,
-                aws_secret_access_key=secret,
-                config=Config(retries={"max_attempts": 1}),
-            )
+            return ebs_client(ENDPOINT, ACCESS, secret, region="eu-west-3")
 
         started = client(SECRET).start_snapshot(VolumeSize=1)
         self.assertEqual(started["OwnerId"], "000000000000")

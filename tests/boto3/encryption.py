@@ -1,30 +1,19 @@
 """Encrypted snapshots through boto3 against `blocksnap serve` with a key
 file. argv[1] is the endpoint URL."""
 
-import base64
-import hashlib
 import os
 import sys
 import unittest
 
-import boto3
-from botocore.config import Config
+from common import BLOCK, checksum as block_checksum, ebs_client
 
 ENDPOINT = sys.argv.pop(1)
-BLOCK = 524288
 DEFAULT_KEY = "arn:aws:kms:local:000000000000:key/blocksnap-default"
 
 
 class EncryptedThroughBoto3(unittest.TestCase):
     def setUp(self):
-        self.ebs = boto3.client(
-            "ebs",
-            endpoint_url=ENDPOINT,
-            region_name="us-east-1",
-            aws_access_key_id="AKIDALICE",
-            aws_secret_access_key="alice-secret",
-            config=Config(retries={"max_attempts": 1}),
-        )
+        self.ebs = ebs_client(ENDPOINT)
 
     def test_encrypted_round_trip_and_inheritance(self):
         started = self.ebs.start_snapshot(VolumeSize=1, Encrypted=True)
@@ -32,7 +21,7 @@ class EncryptedThroughBoto3(unittest.TestCase):
         self.assertEqual(started["KmsKeyArn"], DEFAULT_KEY)
         snapshot = started["SnapshotId"]
         data = os.urandom(BLOCK)
-        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        checksum = block_checksum(data)
         self.ebs.put_snapshot_block(
             SnapshotId=snapshot,
             BlockIndex=4,

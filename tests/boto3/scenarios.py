@@ -11,11 +11,9 @@ import os
 import sys
 import unittest
 
-import boto3
-from botocore.config import Config
+from common import BLOCK, checksum, ebs_client
 
 ENDPOINT = sys.argv.pop(1)
-BLOCK = 524288
 KEYS = {
     "alice": ("AKIDALICE", "alice-secret", "111111111111"),
     "bob": ("AKIDBOB", "bob-secret", "222222222222"),
@@ -24,18 +22,7 @@ KEYS = {
 
 def client(who="alice", secret=None, retries=1):
     access, real_secret, _ = KEYS[who]
-    return boto3.client(
-        "ebs",
-        endpoint_url=ENDPOINT,
-        region_name="us-east-1",
-        aws_access_key_id=access,
-        aws_secret_access_key=secret or real_secret,
-        config=Config(retries={"max_attempts": retries, "mode": "standard"}, max_pool_connections=32),
-    )
-
-
-def checksum(data):
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+    return ebs_client(ENDPOINT, access, secret or real_secret, attempts=retries)
 
 
 def block(seed):
@@ -249,14 +236,7 @@ class EbsThroughBoto3(unittest.TestCase):
         self.assert_error(
             lambda: wrong.start_snapshot(VolumeSize=1), "AccessDeniedException", "UNAUTHORIZED_ACCOUNT", ebs=wrong
         )
-        unknown = boto3.client(
-            "ebs",
-            endpoint_url=ENDPOINT,
-            region_name="us-east-1",
-            aws_access_key_id="AKIDNOBODY",
-            aws_secret_access_key="x",
-            config=Config(retries={"max_attempts": 1}),
-        )
+        unknown = ebs_client(ENDPOINT, "AKIDNOBODY", "x")
         self.assert_error(
             lambda: unknown.list_snapshot_blocks(SnapshotId=done),
             "AccessDeniedException",

@@ -6,21 +6,13 @@ argv[1] is the endpoint URL."""
 import sys
 import unittest
 
-import boto3
-from botocore.config import Config
+from common import ebs_client
 
 ENDPOINT = sys.argv.pop(1)
 
 
 def client(attempts):
-    return boto3.client(
-        "ebs",
-        endpoint_url=ENDPOINT,
-        region_name="us-east-1",
-        aws_access_key_id="AKIDALICE",
-        aws_secret_access_key="alice-secret",
-        config=Config(retries={"max_attempts": attempts, "mode": "standard"}),
-    )
+    return ebs_client(ENDPOINT, attempts=attempts)
 
 
 class Throttling(unittest.TestCase):

@@ -2,32 +2,20 @@
 the test's self-signed certificate. argv[1] is the endpoint URL, argv[2]
 the certificate to trust."""
 
-import base64
-import hashlib
 import os
 import sys
 import unittest
 
-import boto3
-from botocore.config import Config
+from common import BLOCK, checksum, ebs_client
 
 ENDPOINT = sys.argv.pop(1)
 CERTIFICATE = sys.argv.pop(1)
-BLOCK = 524288
 
 
 class OverTls(unittest.TestCase):
     def test_round_trip_over_https(self):
         self.assertTrue(ENDPOINT.startswith("https://"))
-        ebs = boto3.client(
-            "ebs",
-            endpoint_url=ENDPOINT,
-            region_name="us-east-1",
-            aws_access_key_id="AKIDALICE",
-            aws_secret_access_key="alice-secret",
-            verify=CERTIFICATE,
-            config=Config(retries={"max_attempts": 1}),
-        )
+        ebs = ebs_client(ENDPOINT, verify=CERTIFICATE)
         snapshot = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
         data = os.urandom(BLOCK)
         ebs.put_snapshot_block(
@@ -35,7 +23,7 @@ class OverTls(unittest.TestCase):
             BlockIndex=1,
             BlockData=data,
             DataLength=BLOCK,
-            Checksum=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+            Checksum=checksum(data),
             ChecksumAlgorithm="SHA256",
         )
         ebs.complete_snapshot(SnapshotId=snapshot, ChangedBlocksCount=1)
