@@ -112,7 +112,7 @@ fn boto3_encrypted_snapshots() {
 #[test]
 fn boto3_retries_throttled_requests() {
     run_script(
-        &serve(false, &["--rate-limit", "StartSnapshot=2"]),
+        &serve(false, &["--rate-limit", "ListChangedBlocks=1"]),
         "throttling.py",
     );
 }
