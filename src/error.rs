@@ -146,6 +146,17 @@ pub enum Error {
         /// Human-readable explanation (never key material).
         message: String,
     },
+    /// A snapshot archive (export/import) breaks its format: it is not a
+    /// zip, an entry is misnamed, misplaced, duplicated, missing, oversized
+    /// or corrupt, or the manifest contradicts the data. Nothing was
+    /// imported.
+    #[error("invalid archive {archive}: {detail}")]
+    InvalidArchive {
+        /// The archive's path or URL.
+        archive: String,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// An earlier I/O or sync failure left the durable state unknown; the
     /// engine refuses writes until the store is reopened.
     #[error("the store refused the write: an earlier I/O failure left its durable state unknown; reopen the store")]

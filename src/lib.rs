@@ -2,6 +2,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod api;
+pub mod archive;
 pub mod blockmap;
 pub mod catalog;
 pub mod chunkstore;

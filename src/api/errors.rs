@@ -26,6 +26,11 @@ pub fn ebs_error(error: &Error) -> EbsError {
             ("ValidationException", 400, Some(reason.as_str()))
         }
         Error::Conflict { .. } => ("ConflictException", 409, None),
+        Error::InvalidArchive { .. } => (
+            "ValidationException",
+            400,
+            Some(crate::ValidationReason::InvalidParameterValue.as_str()),
+        ),
         Error::ConcurrentLimitExceeded { .. } => ("ConcurrentLimitExceededException", 400, None),
         Error::AccessDenied { .. } => ("AccessDeniedException", 403, Some("UNAUTHORIZED_ACCOUNT")),
         Error::Throttled { per_resource, .. } => (

@@ -582,14 +582,51 @@ impl ChunkStore {
         id: &ChunkId,
         check: ContentCheck,
     ) -> Result<Option<StoredChunk>> {
+        Ok(self
+            .get_with_frame(kind, id, check, false)?
+            .map(|(chunk, _)| chunk))
+    }
+
+    /// [`ChunkStore::get_checked`] that also returns the record's zstd
+    /// frame (decrypted, for an encrypted record) when `keep_frame` is set
+    /// and the payload is compressed: a standard frame that decompresses to
+    /// the returned data, which exports copy instead of compressing again.
+    pub(crate) fn get_with_frame(
+        &self,
+        kind: RecordKind,
+        id: &ChunkId,
+        check: ContentCheck,
+        keep_frame: bool,
+    ) -> Result<Option<(StoredChunk, Option<Vec<u8>>)>> {
         let Some(location) = self.locate(id) else {
             return Ok(None);
         };
-        let read = self.read_verified(location, kind, id, check);
+        let read = self.read_verified(location, kind, id, check, keep_frame);
         if let Err(Error::Corrupted { .. }) = &read {
             self.mark_suspect(*id);
         }
         read.map(Some)
+    }
+
+    /// The SHA-256 kept with block chunk `id`: read from its record header
+    /// for a plain record (no payload read), from its opened payload for an
+    /// encrypted one. `Ok(None)` if no such chunk is stored.
+    pub(crate) fn block_sha256(&self, id: &ChunkId) -> Result<Option<Sha256Digest>> {
+        let Some((_, header)) = self.find(id) else {
+            return Ok(None);
+        };
+        if header.kind != RecordKind::Block {
+            return Err(Error::corrupted(
+                format!("chunk {id}"),
+                "record kind differs from the reference",
+            ));
+        }
+        if header.domain == 0 {
+            return Ok(Some(header.sha256));
+        }
+        Ok(self
+            .get_checked(RecordKind::Block, id, ContentCheck::Default)?
+            .map(|chunk| chunk.sha256))
     }
 
     /// Reads the record at `location` and checks it holds chunk `id` of
@@ -604,63 +641,67 @@ impl ChunkStore {
         kind: RecordKind,
         id: &ChunkId,
         check: ContentCheck,
-    ) -> Result<StoredChunk> {
+        keep_frame: bool,
+    ) -> Result<(StoredChunk, Option<Vec<u8>>)> {
         let place = || format!("{} record at {}", pack_name(location.pack), location.offset);
-        let (header, sha256, data, keys) = self.with_record(location, |header, payload| {
-            if header.kind != kind {
-                return Err(Error::corrupted(
-                    place(),
-                    "record kind differs from the reference",
-                ));
-            }
-            if header.domain == 0 {
-                let data = codec::decode_payload(header.codec, payload, header.raw_len as usize)
-                    .map_err(|error| error.into_error(&place()))?;
-                return Ok((*header, header.sha256, data, None));
-            }
-            let keys = self
-                .domains
-                .read()
-                .get(&header.domain)
-                .cloned()
-                .ok_or_else(|| {
-                    Error::corrupted(
+        let keep = |header: &RecordHeader, payload: &[u8]| {
+            (keep_frame && header.codec == Codec::Zstd).then(|| payload.to_vec())
+        };
+        let (header, sha256, data, keys, frame) =
+            self.with_record(location, |header, payload| {
+                if header.kind != kind {
+                    return Err(Error::corrupted(
                         place(),
-                        format!(
+                        "record kind differs from the reference",
+                    ));
+                }
+                if header.domain == 0 {
+                    let data =
+                        codec::decode_payload(header.codec, payload, header.raw_len as usize)
+                            .map_err(|error| error.into_error(&place()))?;
+                    return Ok((*header, header.sha256, data, None, keep(header, payload)));
+                }
+                let keys = self
+                    .domains
+                    .read()
+                    .get(&header.domain)
+                    .cloned()
+                    .ok_or_else(|| {
+                        Error::corrupted(
+                            place(),
+                            format!(
                             "record sealed under key domain {}, which the keyring does not hold",
                             header.domain
                         ),
+                        )
+                    })?;
+                let mut opened = payload.to_vec();
+                let (nonce, tag) = header.seal();
+                let aad = header.aad_bytes();
+                keys.open(
+                    &nonce,
+                    aad.get(RECORD_AAD).unwrap_or_default(),
+                    &mut opened,
+                    &tag,
+                )
+                .map_err(|_| {
+                    Error::corrupted(
+                        place(),
+                        "authentication tag does not match (tampered or misplaced record)",
                     )
                 })?;
-            let mut opened = payload.to_vec();
-            let (nonce, tag) = header.seal();
-            let aad = header.aad_bytes();
-            keys.open(
-                &nonce,
-                aad.get(RECORD_AAD).unwrap_or_default(),
-                &mut opened,
-                &tag,
-            )
-            .map_err(|_| {
-                Error::corrupted(
-                    place(),
-                    "authentication tag does not match (tampered or misplaced record)",
-                )
+                let mut sha256 = Sha256Digest([0; 32]);
+                sha256.0.copy_from_slice(
+                    opened
+                        .get(..SEALED_PREFIX_LEN)
+                        .unwrap_or(&[0; SEALED_PREFIX_LEN]),
+                );
+                let compressed = opened.get(SEALED_PREFIX_LEN..).unwrap_or_default();
+                let data = codec::decode_payload(header.codec, compressed, header.raw_len as usize)
+                    .map_err(|error| error.into_error(&place()))?;
+                let frame = keep(header, compressed);
+                Ok((*header, sha256, data, Some(keys), frame))
             })?;
-            let mut sha256 = Sha256Digest([0; 32]);
-            sha256.0.copy_from_slice(
-                opened
-                    .get(..SEALED_PREFIX_LEN)
-                    .unwrap_or(&[0; SEALED_PREFIX_LEN]),
-            );
-            let data = codec::decode_payload(
-                header.codec,
-                opened.get(SEALED_PREFIX_LEN..).unwrap_or_default(),
-                header.raw_len as usize,
-            )
-            .map_err(|error| error.into_error(&place()))?;
-            Ok((*header, sha256, data, Some(keys)))
-        })?;
         let hash_matches = match (check, kind, &keys) {
             (ContentCheck::Sha256, RecordKind::Block, _) => codec::sha256(&data) == sha256,
             // The tag covered the id: only verify rehashes sealed content.
@@ -673,7 +714,7 @@ impl ChunkStore {
                 "content does not hash to its chunk id",
             ));
         }
-        Ok(StoredChunk { data, sha256 })
+        Ok((StoredChunk { data, sha256 }, frame))
     }
 
     /// Marks a chunk as found corrupt, so the next put of its data heals it.

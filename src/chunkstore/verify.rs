@@ -105,8 +105,14 @@ impl ChunkStore {
             };
             check.bytes += header.record_len() as u64;
             let chunk = header.chunk_id;
-            match self.read_verified(location, header.kind, &chunk, super::ContentCheck::Full) {
-                Ok(stored) => {
+            match self.read_verified(
+                location,
+                header.kind,
+                &chunk,
+                super::ContentCheck::Full,
+                false,
+            ) {
+                Ok((stored, _)) => {
                     if header.kind == RecordKind::Block
                         && codec::sha256(&stored.data) != stored.sha256
                     {

@@ -101,6 +101,12 @@ pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
     compress_into(data, level, &mut output).then_some(output)
 }
 
+/// A standard zstd frame of `data` at `level`, whatever its size (an
+/// incompressible input becomes a frame of raw blocks).
+pub fn zstd_frame(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    zstd::bulk::compress(data, level)
+}
+
 /// Decodes a stored payload into exactly `raw_len` bytes.
 pub fn decode_payload(
     codec: Codec,

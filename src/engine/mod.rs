@@ -897,6 +897,33 @@ impl Engine {
         Ok(Some((Bytes::from(stored.data), stored.sha256)))
     }
 
+    /// Block chunk `chunk` for an export: its data checked against its
+    /// stored SHA-256, the SHA-256, and its stored zstd frame when it has
+    /// one (an incompressible block is stored raw and has none).
+    pub(crate) fn block_with_frame(
+        &self,
+        chunk: ChunkId,
+    ) -> Result<(Vec<u8>, Sha256Digest, Option<Vec<u8>>)> {
+        let (stored, frame) = self
+            .inner
+            .chunks
+            .get_with_frame(RecordKind::Block, &chunk, ContentCheck::Sha256, true)?
+            .ok_or_else(|| missing_chunk(chunk))?;
+        Ok((stored.data, stored.sha256, frame))
+    }
+
+    /// The SHA-256 kept with block chunk `chunk` (the zero block's for the
+    /// zero chunk), without reading a plain record's payload.
+    pub(crate) fn block_sha256(&self, chunk: ChunkId) -> Result<Sha256Digest> {
+        if chunk == codec::zero_block_id() {
+            return Ok(codec::zero_block_sha256());
+        }
+        self.inner
+            .chunks
+            .block_sha256(&chunk)?
+            .ok_or_else(|| missing_chunk(chunk))
+    }
+
     /// The chunk the map at `root` holds at `index`, if any (under the read
     /// guard, so the collector cannot remove a node meanwhile).
     pub(crate) fn lookup_chunk(
@@ -1030,4 +1057,11 @@ fn load_or_create_header(storage: &dyn Storage, now: u64) -> Result<StoreHeader>
         .write_atomic(STORE_HEADER_NAME, &header.encode())
         .map_err(|e| Error::io("writing the store header", e))?;
     Ok(header)
+}
+
+fn missing_chunk(chunk: ChunkId) -> Error {
+    Error::corrupted(
+        format!("chunk {chunk}"),
+        "a map references it but it is missing from the store",
+    )
 }

@@ -90,6 +90,13 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Sizes and counts of the store.
     Stats,
+    /// Export a completed snapshot as one zip archive into a directory or an
+    /// S3 bucket, at PREFIX/snapshot/NAME-YYMMdd-HHmm-ss.zip (UTC); prints
+    /// where. Never overwrites.
+    Export(ExportArgs),
+    /// Import an archive written by `export` as a new completed snapshot,
+    /// checking every block first; prints the new snapshot's id.
+    Import(ImportArgs),
     /// Serve the EBS direct API over HTTP for stock AWS clients (boto3, the
     /// AWS CLI, the AWS SDKs, coldsnap), authenticated with SigV4.
     Serve(ServeArgs),
@@ -176,6 +183,65 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub force: bool,
     /// Worker threads [default: two per core]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub threads: usize,
+}
+
+/// `export` arguments.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The completed snapshot.
+    pub snapshot: String,
+    /// The destination: a directory, or an S3 bucket as s3://NAME or as
+    /// NAME with --endpoint. S3 credentials and region come from
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and
+    /// AWS_REGION (or AWS_DEFAULT_REGION).
+    #[arg(long, value_name = "B")]
+    pub bucket: String,
+    /// Object key prefix, usually a folder name.
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
+    /// Archive name before the timestamp [default: the snapshot id]
+    #[arg(long, value_name = "N")]
+    pub name: Option<String>,
+    /// Export only the blocks changed since this snapshot (same lineage);
+    /// import the archive with --parent holding that snapshot's content.
+    #[arg(long, value_name = "SNAP")]
+    pub base: Option<String>,
+    /// The S3-compatible service's URL [default: $AWS_ENDPOINT_URL_S3,
+    /// $AWS_ENDPOINT_URL, else AWS S3]
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Allow exporting an encrypted snapshot: the archive holds plaintext.
+    #[arg(long)]
+    pub decrypt: bool,
+    /// Worker threads [default: one per core]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub threads: usize,
+}
+
+/// `import` arguments.
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// The archive: a file path, or s3://BUCKET/KEY.
+    pub source: String,
+    /// Build on this snapshot: blocks equal to its own are not stored
+    /// again. An archive made with --base needs one holding the base's
+    /// content.
+    #[arg(long, value_name = "SNAP")]
+    pub parent: Option<String>,
+    /// The S3-compatible service's URL [default: $AWS_ENDPOINT_URL_S3,
+    /// $AWS_ENDPOINT_URL, else AWS S3]
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Encrypt with the default key of the key file (a child inherits its
+    /// parent's encryption instead).
+    #[arg(long)]
+    pub encrypted: bool,
+    /// Encrypt with this key of the key file.
+    #[arg(long, value_name = "ARN")]
+    pub kms_key_arn: Option<String>,
+    /// Worker threads [default: one per core]
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     pub threads: usize,
 }

@@ -17,6 +17,9 @@ use blocksnap::api::{
     CancelSnapshotRequest, DeleteSnapshotRequest, DescribeSnapshotRequest,
     ListChangedBlocksRequest, Tag,
 };
+use blocksnap::archive::{
+    self, Bucket, ExportOptions, ExportOutcome, ImportOptions, ImportOutcome,
+};
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::engine::{GcOptions, VerifyOptions};
 use blocksnap::volume::{self, BackupOptions, BackupOutcome, RestoreOptions, RestoreOutcome};
@@ -318,6 +321,67 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             };
             serve::run(cli, args, config)
         }
+        Command::Export(export) => {
+            let engine = open_engine(cli, false)?;
+            let bucket = bucket_of(&export.bucket, export.endpoint.as_deref())?;
+            let description = engine.describe_snapshot(DescribeSnapshotRequest {
+                snapshot_id: export.snapshot.clone(),
+            })?;
+            let bar = out.progress(
+                "export",
+                description.snapshot.volume_size as u64 * (1 << 30),
+            );
+            let outcome = archive::export(
+                &engine,
+                &export.snapshot,
+                &bucket,
+                &ExportOptions {
+                    prefix: export.prefix.clone(),
+                    name: export.name.clone(),
+                    base: export.base.clone(),
+                    decrypt: export.decrypt,
+                    threads: export.threads,
+                },
+                &|bytes| bar.advance(bytes),
+                &INTERRUPTED,
+            )?;
+            bar.finish();
+            match outcome {
+                ExportOutcome::Interrupted => Err(Failure::Interrupted),
+                ExportOutcome::Completed(report) => {
+                    out.export(&report);
+                    Ok(())
+                }
+            }
+        }
+        Command::Import(import) => {
+            let (bucket, key) = source_of(&import.source, import.endpoint.as_deref())?;
+            let manifest = archive::inspect(&bucket, &key)?;
+            let wants_keys = import.encrypted || import.kms_key_arn.is_some();
+            let engine = open_engine(cli, wants_keys)?;
+            let bar = out.progress("import", manifest.block_count * (512 << 10));
+            let outcome = archive::import(
+                &engine,
+                &bucket,
+                &key,
+                &ImportOptions {
+                    parent: import.parent.clone(),
+                    encrypted: import.encrypted,
+                    kms_key_arn: import.kms_key_arn.clone(),
+                    threads: import.threads,
+                },
+                &|bytes| bar.advance(bytes),
+                &INTERRUPTED,
+            )?;
+            bar.finish();
+            match outcome {
+                ImportOutcome::Interrupted => Err(Failure::Interrupted),
+                ImportOutcome::Completed(report) => {
+                    out.import(&report);
+                    Ok(())
+                }
+            }
+        }
         Command::Stats => {
             let engine = open_engine(cli, false)?;
             let stats = engine.store_stats()?;
@@ -325,4 +389,41 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// The bucket `--bucket` names: `s3://NAME`, or `NAME` with an endpoint,
+/// is an S3 bucket; anything else a directory.
+fn bucket_of(spec: &str, endpoint: Option<&str>) -> Result<Bucket, Failure> {
+    match (spec.strip_prefix("s3://"), endpoint) {
+        (Some(name), _) => s3_bucket(name.trim_end_matches('/'), endpoint),
+        (None, Some(_)) => s3_bucket(spec, endpoint),
+        (None, None) => Ok(Bucket::Directory(spec.into())),
+    }
+}
+
+/// The bucket and key of an archive: `s3://BUCKET/KEY`, or a file path.
+fn source_of(spec: &str, endpoint: Option<&str>) -> Result<(Bucket, String), Failure> {
+    if let Some(rest) = spec.strip_prefix("s3://") {
+        let (name, key) = rest
+            .split_once('/')
+            .filter(|(_, key)| !key.is_empty())
+            .ok_or_else(|| Failure::Usage(format!("'{spec}' is not s3://BUCKET/KEY")))?;
+        return Ok((s3_bucket(name, endpoint)?, key.to_string()));
+    }
+    let path = std::path::Path::new(spec);
+    let key = path
+        .file_name()
+        .ok_or_else(|| Failure::Usage(format!("'{spec}' names no file")))?
+        .to_string_lossy()
+        .into_owned();
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    Ok((Bucket::Directory(directory), key))
+}
+
+fn s3_bucket(name: &str, endpoint: Option<&str>) -> Result<Bucket, Failure> {
+    let settings = archive::S3Settings::from_env(endpoint.map(str::to_string))?;
+    Ok(Bucket::S3(archive::S3Bucket::new(name, &settings)?))
 }

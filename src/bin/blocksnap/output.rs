@@ -3,6 +3,7 @@
 //! stderr when it is a terminal.
 
 use blocksnap::api::SnapshotDescription;
+use blocksnap::archive::{ExportReport, ImportReport};
 use blocksnap::engine::{GcReport, SnapshotStats, StoreStats, VerifyReport};
 use blocksnap::volume::{BackupReport, RestoreReport};
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -165,6 +166,52 @@ impl Output {
     }
 
     /// A finished restore.
+    pub fn export(&self, report: &ExportReport) {
+        let seconds = report.elapsed.as_secs_f64();
+        if self.json {
+            print_json(&json!({
+                "Key": report.key,
+                "Location": report.location,
+                "Blocks": report.blocks,
+                "ArchiveBytes": report.archive_bytes,
+                "RootHash": report.root_hash,
+                "Seconds": seconds,
+            }));
+            return;
+        }
+        println!("{}", report.location);
+        self.note(&format!(
+            "exported {} blocks into {} in {seconds:.2} s ({}/s of blocks)",
+            report.blocks,
+            HumanBytes(report.archive_bytes),
+            HumanBytes((report.blocks as f64 * 524_288.0 / seconds.max(1e-9)) as u64),
+        ));
+    }
+
+    pub fn import(&self, report: &ImportReport) {
+        let seconds = report.elapsed.as_secs_f64();
+        if self.json {
+            print_json(&json!({
+                "SnapshotId": report.snapshot_id,
+                "Blocks": report.blocks,
+                "BlocksWritten": report.blocks_written,
+                "BlocksUnchanged": report.blocks_unchanged,
+                "ArchiveBytes": report.archive_bytes,
+                "Seconds": seconds,
+            }));
+            return;
+        }
+        println!("{}", report.snapshot_id);
+        self.note(&format!(
+            "imported {} blocks from {} in {seconds:.2} s ({}/s of blocks): {} written, {} unchanged",
+            report.blocks,
+            HumanBytes(report.archive_bytes),
+            HumanBytes((report.blocks as f64 * 524_288.0 / seconds.max(1e-9)) as u64),
+            report.blocks_written,
+            report.blocks_unchanged,
+        ));
+    }
+
     pub fn restore(&self, snapshot: &str, report: &RestoreReport) {
         if self.json {
             print_json(&json!({

@@ -1,0 +1,518 @@
+//! S3-compatible buckets through the AWS SDK for Rust: create-only puts
+//! (`If-None-Match: *`), multipart uploads for large archives (aborted on
+//! any failure, so nothing partial becomes visible), and ranged reads pinned
+//! to the object's ETag.
+//!
+//! The SDK is asynchronous; archives are written and read by blocking code,
+//! so the bucket owns a small tokio runtime and blocks on it. Call these
+//! from a blocking thread (`spawn_blocking` inside an async program).
+
+use super::location::resolve_seek;
+use crate::error::{Error, Result};
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::Arc;
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+
+/// The first parts' size (S3 takes parts of 5 MiB and more, but for the last).
+const FIRST_PART_BYTES: usize = 8 << 20;
+/// Parts of one size before the size doubles: S3 allows 10,000 parts, and
+/// doubling every 1,000 reaches its 5 TiB object limit within them while
+/// memory stays near a thousandth of the archive for very large ones.
+const PARTS_PER_SIZE: usize = 1_000;
+/// Parts uploading at once while the next one fills: memory is about
+/// `(PARTS_IN_FLIGHT + 1) × part size`.
+const PARTS_IN_FLIGHT: usize = 2;
+/// Bytes fetched per ranged GET when reading an archive.
+const READ_WINDOW: u64 = 8 << 20;
+
+/// An S3-compatible bucket: a client, the bucket's name and the runtime
+/// the client runs on.
+#[derive(Clone)]
+pub struct S3Bucket {
+    client: Client,
+    bucket: String,
+    runtime: Arc<Runtime>,
+}
+
+impl std::fmt::Debug for S3Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Bucket")
+            .field("bucket", &self.bucket)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to reach an S3-compatible service.
+#[derive(Clone, Debug, Default)]
+pub struct S3Settings {
+    /// Service URL (for S3-compatible servers); `None` for AWS S3. Path-style
+    /// addressing is used when one is given.
+    pub endpoint: Option<String>,
+    /// Region; `us-east-1` when `None`.
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Session token of temporary credentials.
+    pub session_token: Option<String>,
+}
+
+impl S3Settings {
+    /// Settings from the usual AWS environment variables:
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+    /// `AWS_REGION` (else `AWS_DEFAULT_REGION`), and `AWS_ENDPOINT_URL_S3`
+    /// (else `AWS_ENDPOINT_URL`) unless `endpoint` is given.
+    pub fn from_env(endpoint: Option<String>) -> Result<S3Settings> {
+        let variable = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        let credential = |name: &str| {
+            variable(name).ok_or_else(|| Error::AccessDenied {
+                message: format!("no S3 credentials: set {name} (and its pair)"),
+            })
+        };
+        Ok(S3Settings {
+            endpoint: endpoint
+                .or_else(|| variable("AWS_ENDPOINT_URL_S3"))
+                .or_else(|| variable("AWS_ENDPOINT_URL")),
+            region: variable("AWS_REGION").or_else(|| variable("AWS_DEFAULT_REGION")),
+            access_key_id: credential("AWS_ACCESS_KEY_ID")?,
+            secret_access_key: credential("AWS_SECRET_ACCESS_KEY")?,
+            session_token: variable("AWS_SESSION_TOKEN"),
+        })
+    }
+}
+
+impl S3Bucket {
+    /// A bucket named `bucket` on the service `settings` describe. The name
+    /// is checked against S3's bucket naming rules; nothing is contacted yet.
+    pub fn new(bucket: &str, settings: &S3Settings) -> Result<S3Bucket> {
+        super::validate_bucket_name(bucket)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("blocksnap-s3")
+            .enable_all()
+            .build()
+            .map_err(|error| Error::io("starting the S3 client's runtime", error))?;
+        let credentials = Credentials::new(
+            settings.access_key_id.clone(),
+            settings.secret_access_key.clone(),
+            settings.session_token.clone(),
+            None,
+            "blocksnap",
+        );
+        let mut config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(
+                settings
+                    .region
+                    .clone()
+                    .unwrap_or_else(|| "us-east-1".to_string()),
+            ))
+            .credentials_provider(credentials);
+        if let Some(endpoint) = &settings.endpoint {
+            config = config.endpoint_url(endpoint).force_path_style(true);
+        }
+        Ok(S3Bucket {
+            client: Client::from_conf(config.build()),
+            bucket: bucket.to_string(),
+            runtime: Arc::new(runtime),
+        })
+    }
+
+    /// The bucket's name.
+    pub fn name(&self) -> &str {
+        &self.bucket
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    /// Fails unless the bucket exists and `key` is free.
+    pub(crate) fn check_free(&self, key: &str) -> Result<()> {
+        let url = self.url(key);
+        let head = self
+            .runtime
+            .block_on(self.client.head_bucket().bucket(&self.bucket).send());
+        head.map_err(|error| classify(&format!("s3://{}", self.bucket), error))?;
+        let head = self.runtime.block_on(
+            self.client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send(),
+        );
+        match head {
+            Ok(_) => Err(Error::Conflict {
+                message: format!("{url} already exists; archives are never overwritten"),
+            }),
+            Err(error) => match classify(&url, error) {
+                Error::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Starts a create-only upload of `key`.
+    pub(crate) fn upload(&self, key: &str) -> S3Upload {
+        S3Upload {
+            bucket: self.clone(),
+            key: key.to_string(),
+            part_bytes: FIRST_PART_BYTES,
+            buffer: Vec::with_capacity(FIRST_PART_BYTES),
+            upload_id: None,
+            in_flight: VecDeque::new(),
+            parts: Vec::new(),
+            finished: false,
+        }
+    }
+
+    /// Opens `key` for ranged reads, pinned to its current ETag.
+    pub(crate) fn open(&self, key: &str) -> Result<S3ObjectReader> {
+        let url = self.url(key);
+        let head = self
+            .runtime
+            .block_on(
+                self.client
+                    .head_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .send(),
+            )
+            .map_err(|error| classify(&url, error))?;
+        let len = head
+            .content_length()
+            .and_then(|len| u64::try_from(len).ok())
+            .ok_or_else(|| Error::io(url.clone(), std::io::Error::other("no content length")))?;
+        Ok(S3ObjectReader {
+            bucket: self.clone(),
+            key: key.to_string(),
+            etag: head.e_tag().map(str::to_string),
+            len,
+            position: 0,
+            window_start: 0,
+            window: Bytes::new(),
+        })
+    }
+}
+
+/// Maps an SDK failure to the engine's error classes.
+fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    what: &str,
+    error: SdkError<E>,
+) -> Error {
+    let status = error
+        .raw_response()
+        .map(|response| response.status().as_u16());
+    let code = error.code().unwrap_or_default().to_string();
+    let message = error.message().unwrap_or_default().to_string();
+    let detail = if code.is_empty() {
+        format!("{}", aws_sdk_s3::error::DisplayErrorContext(&error))
+    } else {
+        format!("{code}: {message}")
+    };
+    match (status, code.as_str()) {
+        (_, "NoSuchBucket") => Error::NotFound {
+            message: format!("{what}: the bucket does not exist"),
+        },
+        (_, "NoSuchKey") | (Some(404), _) => Error::NotFound {
+            message: format!("{what} does not exist"),
+        },
+        (_, "PreconditionFailed") | (Some(412), _) => Error::Conflict {
+            message: format!("{what} already exists or changed; archives are never overwritten"),
+        },
+        (_, "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch") | (Some(403), _) => {
+            Error::AccessDenied {
+                message: format!("{what}: access denied ({detail})"),
+            }
+        }
+        _ => Error::io(what.to_string(), std::io::Error::other(detail)),
+    }
+}
+
+/// A create-only upload: one PutObject if the archive fits in a part,
+/// else a multipart upload whose completion carries `If-None-Match: *`.
+pub(crate) struct S3Upload {
+    bucket: S3Bucket,
+    key: String,
+    part_bytes: usize,
+    buffer: Vec<u8>,
+    upload_id: Option<String>,
+    in_flight: VecDeque<JoinHandle<Result<CompletedPart>>>,
+    parts: Vec<CompletedPart>,
+    finished: bool,
+}
+
+impl S3Upload {
+    /// Sends the buffer as the next part (starting the upload first).
+    fn send_part(&mut self) -> Result<()> {
+        let url = self.bucket.url(&self.key);
+        let bucket = self.bucket.clone();
+        let upload_id = match &self.upload_id {
+            Some(id) => id.clone(),
+            None => {
+                let created = bucket
+                    .runtime
+                    .block_on(
+                        bucket
+                            .client
+                            .create_multipart_upload()
+                            .bucket(&bucket.bucket)
+                            .key(&self.key)
+                            .content_type("application/zip")
+                            .send(),
+                    )
+                    .map_err(|error| classify(&url, error))?;
+                let id = created.upload_id().map(str::to_string).ok_or_else(|| {
+                    Error::io(url.clone(), std::io::Error::other("no upload id returned"))
+                })?;
+                self.upload_id = Some(id.clone());
+                id
+            }
+        };
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.wait_oldest()?;
+        }
+        let sent_parts = self.parts.len() + self.in_flight.len();
+        let part_number = (sent_parts + 1) as i32;
+        self.part_bytes = FIRST_PART_BYTES << ((sent_parts + 1) / PARTS_PER_SIZE).min(10);
+        let body = Bytes::from(std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(self.part_bytes),
+        ));
+        let client = bucket.client.clone();
+        let bucket_name = bucket.bucket.clone();
+        let key = self.key.clone();
+        self.in_flight.push_back(bucket.runtime.spawn(async move {
+            let sent = client
+                .upload_part()
+                .bucket(bucket_name)
+                .key(&key)
+                .upload_id(upload_id)
+                .part_number(part_number)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .map_err(|error| classify(&url, error))?;
+            Ok(CompletedPart::builder()
+                .set_e_tag(sent.e_tag().map(str::to_string))
+                .part_number(part_number)
+                .build())
+        }));
+        Ok(())
+    }
+
+    fn wait_oldest(&mut self) -> Result<()> {
+        let Some(handle) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let part = self
+            .bucket
+            .runtime
+            .block_on(handle)
+            .map_err(|error| Error::io("uploading a part", std::io::Error::other(error)))??;
+        self.parts.push(part);
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let url = self.bucket.url(&self.key);
+        let bucket = self.bucket.clone();
+        let Some(upload_id) = self.upload_id.clone() else {
+            let body = ByteStream::from(std::mem::take(&mut self.buffer));
+            bucket
+                .runtime
+                .block_on(
+                    bucket
+                        .client
+                        .put_object()
+                        .bucket(&bucket.bucket)
+                        .key(&self.key)
+                        .content_type("application/zip")
+                        .if_none_match("*")
+                        .body(body)
+                        .send(),
+                )
+                .map_err(|error| classify(&url, error))?;
+            return Ok(());
+        };
+        if !self.buffer.is_empty() {
+            self.send_part()?;
+        }
+        while !self.in_flight.is_empty() {
+            self.wait_oldest()?;
+        }
+        let parts = CompletedMultipartUpload::builder()
+            .set_parts(Some(std::mem::take(&mut self.parts)))
+            .build();
+        bucket
+            .runtime
+            .block_on(
+                bucket
+                    .client
+                    .complete_multipart_upload()
+                    .bucket(&bucket.bucket)
+                    .key(&self.key)
+                    .upload_id(upload_id)
+                    .multipart_upload(parts)
+                    .if_none_match("*")
+                    .send(),
+            )
+            .map_err(|error| classify(&url, error))?;
+        self.upload_id = None;
+        Ok(())
+    }
+
+    /// Abandons the upload: waits out parts in flight, then aborts the
+    /// multipart upload so its parts are deleted.
+    fn abort(&mut self) {
+        for handle in std::mem::take(&mut self.in_flight) {
+            let _ = self.bucket.runtime.block_on(handle);
+        }
+        if let Some(upload_id) = self.upload_id.take() {
+            let bucket = &self.bucket;
+            let _ = bucket.runtime.block_on(
+                bucket
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&bucket.bucket)
+                    .key(&self.key)
+                    .upload_id(upload_id)
+                    .send(),
+            );
+        }
+    }
+}
+
+impl Write for S3Upload {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.finished {
+            return Err(std::io::Error::other("the upload is finished"));
+        }
+        let room = self.part_bytes - self.buffer.len();
+        let taken = room.min(buf.len());
+        self.buffer
+            .extend_from_slice(buf.get(..taken).unwrap_or_default());
+        if self.buffer.len() == self.part_bytes {
+            self.send_part().map_err(std::io::Error::other)?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl super::location::ObjectUpload for S3Upload {
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        self.finished = true;
+        let result = self.finish();
+        if result.is_err() {
+            self.abort();
+        }
+        result
+    }
+}
+
+impl Drop for S3Upload {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// Ranged reads of one object version, a window at a time.
+#[derive(Clone)]
+pub struct S3ObjectReader {
+    bucket: S3Bucket,
+    key: String,
+    etag: Option<String>,
+    len: u64,
+    position: u64,
+    window_start: u64,
+    window: Bytes,
+}
+
+impl S3ObjectReader {
+    /// The object's length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the object is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn fetch(&mut self) -> std::io::Result<()> {
+        let end = (self.position + READ_WINDOW).min(self.len);
+        let url = self.bucket.url(&self.key);
+        let bucket = &self.bucket;
+        let mut request = bucket
+            .client
+            .get_object()
+            .bucket(&bucket.bucket)
+            .key(&self.key)
+            .range(format!("bytes={}-{}", self.position, end - 1));
+        if let Some(etag) = &self.etag {
+            request = request.if_match(etag);
+        }
+        let body = bucket.runtime.block_on(async {
+            let response = request
+                .send()
+                .await
+                .map_err(|error| classify(&url, error))?;
+            response
+                .body
+                .collect()
+                .await
+                .map(|data| data.into_bytes())
+                .map_err(|error| Error::io(url.clone(), std::io::Error::other(error)))
+        });
+        let body = body.map_err(std::io::Error::other)?;
+        if body.len() as u64 != end - self.position {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{url}: a ranged read returned {} bytes", body.len()),
+            ));
+        }
+        self.window_start = self.position;
+        self.window = body;
+        Ok(())
+    }
+}
+
+impl Read for S3ObjectReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.position >= self.len || buf.is_empty() {
+            return Ok(0);
+        }
+        let window_end = self.window_start + self.window.len() as u64;
+        if self.position < self.window_start || self.position >= window_end {
+            self.fetch()?;
+        }
+        let offset = (self.position - self.window_start) as usize;
+        let available = self.window.get(offset..).unwrap_or_default();
+        let taken = available.len().min(buf.len());
+        buf.get_mut(..taken)
+            .unwrap_or_default()
+            .copy_from_slice(available.get(..taken).unwrap_or_default());
+        self.position += taken as u64;
+        Ok(taken)
+    }
+}
+
+impl Seek for S3ObjectReader {
+    fn seek(&mut self, target: SeekFrom) -> std::io::Result<u64> {
+        self.position = resolve_seek(self.position, self.len, target)?;
+        Ok(self.position)
+    }
+}
