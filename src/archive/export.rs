@@ -148,8 +148,6 @@ pub fn export(
         engine,
         root: completed.root,
         base_root: base.as_ref().map(|(root, _)| *root),
-        zero_frame: codec::zstd_frame(&[0u8; BLOCK_SIZE], 1)
-            .map_err(|error| Error::io("compressing the zero block", error))?,
     };
     let finished = blocks.write_all(
         &mut writer,
@@ -350,8 +348,6 @@ struct Blocks<'a> {
     engine: &'a Engine,
     root: Option<ChunkId>,
     base_root: Option<Option<ChunkId>>,
-    /// The all-zero block's frame, made once.
-    zero_frame: Vec<u8>,
 }
 
 impl Blocks<'_> {
@@ -423,7 +419,10 @@ impl Blocks<'_> {
     /// (after checking the data against its SHA-256), else a new one.
     fn frame_of(&self, chunk: ChunkId) -> Result<(Sha256Digest, Vec<u8>)> {
         if chunk == codec::zero_block_id() {
-            return Ok((codec::zero_block_sha256(), self.zero_frame.clone()));
+            return Ok((
+                codec::zero_block_sha256(),
+                codec::zero_block_frame().to_vec(),
+            ));
         }
         let (data, sha256, frame) = {
             let _guard = self.engine.read_guard();

@@ -107,6 +107,16 @@ pub fn zstd_frame(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     zstd::bulk::compress(data, level)
 }
 
+/// The zstd frame exports write for the all-zero block (level 1), made
+/// once. Imports recognise these exact bytes as zeros without decoding.
+pub fn zero_block_frame() -> &'static [u8] {
+    static FRAME: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    FRAME.get_or_init(|| {
+        zstd::bulk::compress(&[0u8; BLOCK_SIZE], 1)
+            .unwrap_or_else(|_| unreachable!("zstd compresses into a growable buffer"))
+    })
+}
+
 /// Decodes a stored payload into exactly `raw_len` bytes.
 pub fn decode_payload(
     codec: Codec,
