@@ -3,6 +3,11 @@
 # 2 GiB: about 30% zero blocks, 30% text-like, 20% moderately compressible,
 # 20% random), a full backup, 5% of the blocks rewritten, incremental
 # backups by hash comparison and by a changed-block list, and a restore.
+# Then the export/import issue's steps: the full snapshot exported to a
+# directory and imported into a new store, the 5% delta likewise, and the
+# same through s3s-fs on loopback when it is installed
+# ($BLOCKSNAP_S3S_FS, else target/s3s-fs/bin/s3s-fs, as the test command
+# installs it).
 # Reports time, MiB/s of image and peak memory (RSS) per step, and stored
 # bytes against compressing each distinct non-zero block on its own.
 #
@@ -19,7 +24,15 @@ cargo build --release --quiet --bin blocksnap --example vm_image
 BIN=$PWD/target/release/blocksnap
 GEN=$PWD/target/release/examples/vm_image
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/blocksnap-bench.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+S3S_PID=
+cleanup() {
+    [ -z "$S3S_PID" ] || kill "$S3S_PID" 2> /dev/null || true
+    rm -rf "$WORK"
+}
+# Also on signals (a pipe into `head` ends the script with SIGPIPE).
+trap cleanup EXIT
+trap 'exit 1' INT TERM HUP PIPE
+ROOT=$PWD
 cd "$WORK"
 
 "$GEN" create disk.img "$MIB"
@@ -62,6 +75,36 @@ run "blocksnap restore (written, before sync)" "$BIN" --json restore "$SECOND" r
 sed -n 's/.*"SecondsBeforeSync": \([0-9.]*\).*/  before the final sync: \1 s/p' out.txt
 cmp disk-v2.img restored.img && echo "  restore is byte-identical"
 rm -f restored.img
+
+archive_size() { echo "  archive: $(stat -c %s "$1" | awk '{ printf "%.1f MiB", $1 / 1048576 }')"; }
+mkdir -p bucket
+run "blocksnap export (full, to a directory)" "$BIN" --quiet export "$FULL" --bucket bucket --name full
+ARCHIVE=$(cat out.txt)
+archive_size "$ARCHIVE"
+run "blocksnap import (full, into a new store)" env BLOCKSNAP_STORE="$WORK/imported" "$BIN" --quiet import "$ARCHIVE"
+IMPORTED=$(cat out.txt)
+run "blocksnap export --base (the delta)" "$BIN" --quiet export "$SECOND" --bucket bucket --base "$FULL" --name delta
+DELTA=$(cat out.txt)
+archive_size "$DELTA"
+run "blocksnap import --parent (the delta)" env BLOCKSNAP_STORE="$WORK/imported" "$BIN" --quiet import "$DELTA" --parent "$IMPORTED"
+BLOCKSNAP_STORE="$WORK/imported" "$BIN" --quiet restore "$(cat out.txt)" restored.img
+cmp disk-v2.img restored.img && echo "  full + delta imported restore byte-identical"
+rm -rf restored.img "$WORK/imported"
+
+S3S_FS=${BLOCKSNAP_S3S_FS:-$ROOT/target/s3s-fs/bin/s3s-fs}
+if [ -x "$S3S_FS" ]; then
+    mkdir -p s3root/bench
+    RUST_LOG=info "$S3S_FS" --host 127.0.0.1 --port 0 --access-key bench --secret-key bench-secret s3root > s3s.log 2>&1 &
+    S3S_PID=$!
+    until grep -q "server is running at" s3s.log; do sleep 0.1; done
+    ENDPOINT=$(sed -n 's/.*server is running at \(http[^ ]*\).*/\1/p' s3s.log | head -1)
+    export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1
+    run "blocksnap export (full, to s3s-fs)" "$BIN" --quiet export "$FULL" --bucket s3://bench --endpoint "$ENDPOINT"
+    S3_KEY=$(cat out.txt)
+    run "blocksnap import (full, from s3s-fs)" env BLOCKSNAP_STORE="$WORK/imported" "$BIN" --quiet import "$S3_KEY" --endpoint "$ENDPOINT"
+    rm -rf "$WORK/imported" s3root
+    kill $S3S_PID
+fi
 
 # Peers back up one path, peer/disk.img, holding v1 then v2 (copied in
 # outside the timed steps), so their second backup is incremental.

@@ -26,8 +26,10 @@ use zip::write::SimpleFileOptions;
 
 /// Map entries listed and exported per round: bounds memory for any volume.
 const PAGE: usize = 4096;
-/// How far (in blocks) workers may run ahead of the archive writer.
-const WINDOW: usize = 64;
+/// How far (in blocks) workers may run ahead of the archive writer: enough
+/// to keep every core busy while the writer waits on its destination, and
+/// a few MiB of frames at most.
+const WINDOW: usize = 16;
 /// zstd level for blocks the store keeps uncompressed (incompressible
 /// ones): the fastest, since there is nothing to gain.
 const RAW_BLOCK_LEVEL: i32 = -7;
