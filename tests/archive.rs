@@ -445,6 +445,12 @@ fn rehash_list(entries: &mut [(String, Vec<u8>)]) {
     with_manifest(entries, |manifest| manifest["blockListSha256"] = hex.into());
 }
 
+/// Changes the first hex digit of the first checksum in a block list.
+fn flip_first_checksum_digit(list: &mut [u8]) {
+    let position = list.iter().position(|byte| *byte == b'\t').expect("tab") + 1;
+    list[position] = if list[position] == b'a' { b'b' } else { b'a' };
+}
+
 #[test]
 fn hostile_archives_are_refused_and_leave_nothing_behind() {
     let source = engine();
@@ -532,9 +538,7 @@ fn hostile_archives_are_refused_and_leave_nothing_behind() {
         (
             "block list edited",
             Box::new(move |entries| {
-                let list = &mut entries[count - 2].1;
-                let position = list.iter().position(|byte| *byte == b'\t').expect("tab") + 1;
-                list[position] = if list[position] == b'a' { b'b' } else { b'a' };
+                flip_first_checksum_digit(&mut entries[count - 2].1);
                 vec![]
             }),
             "block-list.tsv",
@@ -542,79 +546,11 @@ fn hostile_archives_are_refused_and_leave_nothing_behind() {
         (
             "block list and its hash edited",
             Box::new(move |entries| {
-                let list = &mut entries[count - 2].1;
-                let position = list.iter().position(|byte| *byte == b'\t').expect("tab") + 1;
-                list[position] = if list[position] == b'a' { b'b' } else { b'a' };
+                flip_first_checksum_digit(&mut entries[count - 2].1);
                 rehash_list(entries);
                 vec![]
             }),
             "SHA-256",
-        ),
-        (
-            "root hash contradicts",
-            Box::new(|entries| {
-                with_manifest(entries, |m| m["rootHash"] = "00".repeat(32).into());
-                vec![]
-            }),
-            "root hash",
-        ),
-        (
-            "block count contradicts",
-            Box::new(|entries| {
-                with_manifest(entries, |m| m["blockCount"] = 3.into());
-                vec![]
-            }),
-            "entries",
-        ),
-        (
-            "block beyond the volume",
-            Box::new(|entries| {
-                with_manifest(entries, |m| m["snapshot"]["volumeSize"] = 1.into());
-                vec![]
-            }),
-            "beyond the volume",
-        ),
-        (
-            "volume size zero",
-            Box::new(|entries| {
-                with_manifest(entries, |m| m["snapshot"]["volumeSize"] = 0.into());
-                vec![]
-            }),
-            "out of range",
-        ),
-        (
-            "unknown member",
-            Box::new(|entries| {
-                with_manifest(entries, |m| m["surprise"] = true.into());
-                vec![]
-            }),
-            "unknown field",
-        ),
-        (
-            "other block size",
-            Box::new(|entries| {
-                with_manifest(entries, |m| m["snapshot"]["blockSize"] = 4096.into());
-                vec![]
-            }),
-            "block size",
-        ),
-        (
-            "oversized manifest",
-            Box::new(|entries| {
-                with_manifest(entries, |m| {
-                    m["snapshot"]["description"] = "x".repeat(300_000).into()
-                });
-                vec![]
-            }),
-            "more than",
-        ),
-        (
-            "delta without base",
-            Box::new(|entries| {
-                with_manifest(entries, |m| m["kind"] = "delta".into());
-                vec![]
-            }),
-            "delta",
         ),
         (
             "no manifest",
@@ -625,6 +561,71 @@ fn hostile_archives_are_refused_and_leave_nothing_behind() {
             "manifest.json",
         ),
     ];
+    // Manifest edits: (label, member path, new value, expected message).
+    let manifest_cases: Vec<(&str, &[&str], serde_json::Value, &str)> = vec![
+        (
+            "root hash contradicts",
+            &["rootHash"],
+            serde_json::Value::from("00".repeat(32)),
+            "root hash",
+        ),
+        (
+            "block count contradicts",
+            &["blockCount"],
+            serde_json::Value::from(3),
+            "entries",
+        ),
+        (
+            "block beyond the volume",
+            &["snapshot", "volumeSize"],
+            serde_json::Value::from(1),
+            "beyond the volume",
+        ),
+        (
+            "volume size zero",
+            &["snapshot", "volumeSize"],
+            serde_json::Value::from(0),
+            "out of range",
+        ),
+        (
+            "unknown member",
+            &["surprise"],
+            serde_json::Value::from(true),
+            "unknown field",
+        ),
+        (
+            "other block size",
+            &["snapshot", "blockSize"],
+            serde_json::Value::from(4096),
+            "block size",
+        ),
+        (
+            "delta without base",
+            &["kind"],
+            serde_json::Value::from("delta"),
+            "delta",
+        ),
+        (
+            "oversized manifest",
+            &["snapshot", "description"],
+            serde_json::Value::from("x".repeat(300_000)),
+            "more than",
+        ),
+    ];
+    let mut cases = cases;
+    for (label, path, value, expected) in manifest_cases {
+        let path: Vec<String> = path.iter().map(|key| key.to_string()).collect();
+        let edit: Mutation = Box::new(move |entries| {
+            with_manifest(entries, |manifest| {
+                let member = path
+                    .iter()
+                    .fold(manifest, |node, key| &mut node[key.as_str()]);
+                *member = value.clone();
+            });
+            vec![]
+        });
+        cases.push((label, edit, expected));
+    }
     let before = source.list_snapshots().expect("list").len();
     for (label, mutate, expected) in &cases {
         let mut entries = genuine.clone();

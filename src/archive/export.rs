@@ -384,11 +384,7 @@ impl Blocks<'_> {
         progress: Progress<'_>,
         cancel: &AtomicBool,
     ) -> Result<bool> {
-        let workers = if threads > 0 {
-            threads
-        } else {
-            std::thread::available_parallelism().map_or(2, |cores| cores.get())
-        };
+        let workers = crate::volume::worker_count(threads, 1);
         let volume_bytes = volume_blocks * BLOCK_SIZE as u64;
         let mut start = BlockIndex(0);
         let mut done_until = 0u64;

@@ -361,11 +361,7 @@ impl Session<'_> {
             line: Vec::with_capacity(MAX_BLOCK_LIST_LINE),
             name,
         };
-        let workers = if threads > 0 {
-            threads
-        } else {
-            std::thread::available_parallelism().map_or(2, |cores| cores.get())
-        };
+        let workers = crate::volume::worker_count(threads, 1);
         let domain = self.engine.snapshot_domain(self.owner, self.snapshot)?;
         let (sender, receiver) = sync_channel::<ArchivedBlock>(QUEUE);
         // Shared by the workers only: when the last one ends, the queue

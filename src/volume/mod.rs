@@ -57,7 +57,7 @@ fn read_block_at(file: &File, path: &Path, len: u64, index: u32, buffer: &mut [u
 
 /// The worker count to use: the request, else `per_core` per core (more
 /// than one lets a worker compute while another waits for the disk).
-fn worker_count(requested: usize, per_core: usize) -> usize {
+pub(crate) fn worker_count(requested: usize, per_core: usize) -> usize {
     if requested > 0 {
         return requested;
     }
