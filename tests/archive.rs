@@ -651,6 +651,17 @@ fn hostile_archives_are_refused_and_leave_nothing_behind() {
         );
     }
 
+    // Archives given as raw bytes must be refused as invalid.
+    let refuses_raw = |label: &str, bytes: &[u8]| {
+        let key = format!("hostile/{label}.zip");
+        std::fs::write(dir.path().join(&key), bytes).expect("write");
+        let result = import(&source, &bucket, &key, &ImportOptions::default());
+        assert!(
+            matches!(result, Err(Error::InvalidArchive { .. })),
+            "{label}: {result:?}"
+        );
+    };
+
     // Two entries under one name (the zip writer refuses to make them, so
     // the second name is patched in the written bytes).
     let mut entries = genuine.clone();
@@ -668,17 +679,7 @@ fn hostile_archives_are_refused_and_leave_nothing_behind() {
         bytes[at..at + first.len()].copy_from_slice(first.as_bytes());
         position = at + first.len();
     }
-    std::fs::write(dir.path().join("hostile/duplicate.zip"), &bytes).expect("write");
-    let result = import(
-        &source,
-        &bucket,
-        "hostile/duplicate.zip",
-        &ImportOptions::default(),
-    );
-    assert!(
-        matches!(result, Err(Error::InvalidArchive { .. })),
-        "{result:?}"
-    );
+    refuses_raw("duplicate", &bytes);
 
     // A newer format version is named as such.
     let mut entries = genuine.clone();
@@ -695,46 +696,17 @@ fn hostile_archives_are_refused_and_leave_nothing_behind() {
         "{result:?}"
     );
 
-    // Raw damage: truncation anywhere, and a flipped byte inside block data.
+    // Raw damage: truncation anywhere, a flipped byte inside block data,
+    // and noise.
     let bytes = std::fs::read(&good_path).expect("read");
     for cut in [bytes.len() - 1, bytes.len() - 30, bytes.len() / 2, 100, 0] {
-        std::fs::write(dir.path().join("hostile/cut.zip"), &bytes[..cut]).expect("write");
-        let result = import(
-            &source,
-            &bucket,
-            "hostile/cut.zip",
-            &ImportOptions::default(),
-        );
-        assert!(
-            matches!(result, Err(Error::InvalidArchive { .. })),
-            "cut at {cut}: {result:?}"
-        );
+        refuses_raw(&format!("cut-at-{cut}"), &bytes[..cut]);
     }
     let mut flipped = bytes.clone();
     let data_offset = 30 + "blocks/0000000000.zst".len() + 200;
     flipped[data_offset] ^= 0x40;
-    std::fs::write(dir.path().join("hostile/flip.zip"), &flipped).expect("write");
-    let result = import(
-        &source,
-        &bucket,
-        "hostile/flip.zip",
-        &ImportOptions::default(),
-    );
-    assert!(
-        matches!(result, Err(Error::InvalidArchive { .. })),
-        "{result:?}"
-    );
-    std::fs::write(dir.path().join("hostile/noise.zip"), vec![0x5a; 4096]).expect("write");
-    let result = import(
-        &source,
-        &bucket,
-        "hostile/noise.zip",
-        &ImportOptions::default(),
-    );
-    assert!(
-        matches!(result, Err(Error::InvalidArchive { .. })),
-        "{result:?}"
-    );
+    refuses_raw("flip", &flipped);
+    refuses_raw("noise", &[0x5a; 4096]);
     assert_eq!(source.list_snapshots().expect("list").len(), before);
 
     // The genuine archive, rewritten by the same helper, still imports.
@@ -754,13 +726,7 @@ fn more_than_65535_blocks_use_zip64_both_ways() {
     // plain zip can count), made with the zip crate from the format's
     // own parts, imported, exported again by blocksnap, and imported again.
     let count = 65_600u32;
-    let zero_sha = blocksnap::ids::Sha256Digest(
-        sha2::Digest::finalize(sha2::Digest::chain_update(
-            <sha2::Sha256 as sha2::Digest>::new(),
-            vec![0u8; blocksnap::ids::BLOCK_SIZE],
-        ))
-        .into(),
-    );
+    let zero_sha = blocksnap::codec::zero_block_sha256();
     let mut hasher = manifest::RootHasher::default();
     let mut list = String::new();
     let mut entries = Vec::new();

@@ -85,13 +85,16 @@ fn zip_failure(archive: &str, error: zip::result::ZipError) -> Error {
 /// uncompressed and small.
 pub fn inspect(bucket: &Bucket, key: &str) -> Result<Manifest> {
     let name = bucket.describe(key);
-    let mut archive = open_archive(bucket, key, &name)?;
+    let (mut archive, _) = open_archive(bucket, key, &name)?;
     read_manifest(&mut archive, &name)
 }
 
-fn open_archive(bucket: &Bucket, key: &str, name: &str) -> Result<Archive> {
+/// The archive at `key` and its length in bytes.
+fn open_archive(bucket: &Bucket, key: &str, name: &str) -> Result<(Archive, u64)> {
     let reader = bucket.open(key)?;
-    ZipArchive::new(reader).map_err(|error| zip_failure(name, error))
+    let len = reader.len();
+    let archive = ZipArchive::new(reader).map_err(|error| zip_failure(name, error))?;
+    Ok((archive, len))
 }
 
 /// Checks entry `position` is named `expected`, stored uncompressed, and
@@ -194,7 +197,7 @@ pub fn import(
     let started_at = Instant::now();
     let name = bucket.describe(key);
     let owner = engine.owner().to_string();
-    let mut archive = open_archive(bucket, key, &name)?;
+    let (mut archive, archive_bytes) = open_archive(bucket, key, &name)?;
     let manifest = read_manifest(&mut archive, &name)?;
     let parent = options
         .parent
@@ -239,7 +242,6 @@ pub fn import(
         written: AtomicU64::new(0),
         unchanged: AtomicU64::new(0),
     };
-    let archive_bytes = archive.clone().into_inner().len();
     let ran = session.fill(
         &mut archive,
         &manifest,
