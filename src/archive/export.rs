@@ -115,7 +115,9 @@ pub fn export(
                     format!("{base_snapshot} and {snapshot} are not of the same lineage"),
                 ));
             }
-            let (root_hash, block_count) = content_hash(engine, base.root, cancel)?;
+            let Some((root_hash, block_count)) = content_hash(engine, base.root, cancel)? else {
+                return Ok(ExportOutcome::Interrupted);
+            };
             Some((
                 base.root,
                 ManifestBase {
@@ -128,6 +130,7 @@ pub fn export(
     };
     let now = engine.now_millis();
     let key = archive_key(prefix, &name, now)?;
+    let created = rfc3339(now)?;
     bucket.check_free(&key)?;
     let volume_blocks = completed.volume_size_gib * BLOCKS_PER_GIB;
     let upload = bucket.upload(&key)?;
@@ -195,7 +198,7 @@ pub fn export(
         writer.finish(|block_count, list_sha, root_hash, linear| Manifest {
             format: FORMAT_NAME.to_string(),
             format_version: FORMAT_VERSION,
-            created: rfc3339(now).unwrap_or_default(),
+            created,
             kind,
             snapshot: snapshot_meta,
             base: base.map(|(_, base)| base),
@@ -216,20 +219,18 @@ pub fn export(
 }
 
 /// The root hash and block count of everything the map at `root` holds
-/// (a delta's base), from the SHA-256s kept with each block.
+/// (a delta's base), from the SHA-256s kept with each block. `None` if
+/// `cancel` was set.
 pub(crate) fn content_hash(
     engine: &Engine,
     root: Option<ChunkId>,
     cancel: &AtomicBool,
-) -> Result<(String, u64)> {
+) -> Result<Option<(String, u64)>> {
     let mut hasher = RootHasher::default();
     let mut start = BlockIndex(0);
     loop {
         if cancel.load(Ordering::Acquire) {
-            return Err(Error::invalid(
-                ValidationReason::InvalidParameterValue,
-                "cancelled",
-            ));
+            return Ok(None);
         }
         let _guard = engine.read_guard();
         let page = engine.list_blocks(root, start, PAGE)?;
@@ -242,7 +243,7 @@ pub(crate) fn content_hash(
         }
     }
     let count = hasher.count();
-    Ok((hasher.finish().0, count))
+    Ok(Some((hasher.finish().0, count)))
 }
 
 /// A writer that counts what passes through.

@@ -207,13 +207,16 @@ pub fn import(
             Ok::<_, Error>((parsed, engine.completed(&owner, parsed)?))
         })
         .transpose()?;
-    check_base(
+    let checked = check_base(
         engine,
         &manifest,
         parent.as_ref().map(|(_, parent)| parent),
         &name,
         cancel,
     )?;
+    if !checked {
+        return Ok(ImportOutcome::Interrupted);
+    }
     let started = engine.start_snapshot(StartSnapshotRequest {
         volume_size: manifest.snapshot.volume_size as i64,
         parent_snapshot_id: options.parent.clone(),
@@ -287,16 +290,17 @@ pub fn import(
 }
 
 /// A delta archive applies only on a parent whose content hash is its
-/// base's; a full one takes any parent (or none).
+/// base's; a full one takes any parent (or none). `false` if `cancel` was
+/// set while the parent was hashed.
 fn check_base(
     engine: &Engine,
     manifest: &Manifest,
     parent: Option<&CompletedSnapshot>,
     name: &str,
     cancel: &AtomicBool,
-) -> Result<()> {
+) -> Result<bool> {
     let Some(base) = &manifest.base else {
-        return Ok(());
+        return Ok(true);
     };
     let Some(parent) = parent else {
         return Err(Error::invalid(
@@ -307,7 +311,9 @@ fn check_base(
             ),
         ));
     };
-    let (root_hash, count) = content_hash(engine, parent.root, cancel)?;
+    let Some((root_hash, count)) = content_hash(engine, parent.root, cancel)? else {
+        return Ok(false);
+    };
     if root_hash != base.root_hash || count != base.block_count {
         return Err(Error::invalid(
             ValidationReason::InvalidDependencyRequest,
@@ -317,7 +323,7 @@ fn check_base(
             ),
         ));
     }
-    Ok(())
+    Ok(true)
 }
 
 /// One block read from the archive, for a worker to check and store.
