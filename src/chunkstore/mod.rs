@@ -87,7 +87,7 @@ pub(crate) enum ContentCheck {
     /// The content hash of every record, encrypted ones included (verify).
     Full,
     /// Blocks: the SHA-256 kept with the record instead of the content
-    /// hash, for callers that must check the EBS checksum anyway (restore);
+    /// hash, for callers that must check the EBS checksum anyway (export);
     /// it is a full content check by itself. Map nodes as `Default`.
     Sha256,
 }

@@ -51,9 +51,9 @@ pub enum RestoreOutcome {
 
 /// Restores completed snapshot `snapshot_id` into `output`: a new file
 /// (holes where the volume was never written or is zero), an existing one
-/// with `overwrite`, or a block device. Every block's SHA-256 is checked
-/// against the one stored at backup before it is written. The length is
-/// the image's as recorded at backup, else the volume's.
+/// with `overwrite`, or a block device. Every block is checked against
+/// its content hash (the chunk id the map records) before it is written.
+/// The length is the image's as recorded at backup, else the volume's.
 pub fn restore(
     engine: &Engine,
     snapshot_id: &str,
@@ -210,7 +210,7 @@ fn restore_page(
     })
 }
 
-/// Reads one block, checks its SHA-256 against the stored one, writes it.
+/// Reads one block, checks it against its chunk id, writes it.
 fn write_block(
     engine: &Engine,
     root: Option<ChunkId>,
@@ -220,10 +220,10 @@ fn write_block(
     take: usize,
 ) -> Result<()> {
     let (file, path) = output;
-    // The store checks the block against the SHA-256 stored at backup.
+    // The store rehashes the block against its id (or checks its tag).
     let read = {
         let _guard = engine.read_guard();
-        engine.read_block_checked(root, index, ContentCheck::Sha256)?
+        engine.read_block_checked(root, index, ContentCheck::Default)?
     };
     let (data, _) = read.ok_or_else(|| {
         Error::corrupted(
