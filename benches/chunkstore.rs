@@ -6,6 +6,7 @@
 #![allow(missing_docs)]
 
 use blocksnap::chunkstore::{ChunkStore, ChunkStoreConfig};
+use blocksnap::codec::{compress, Compression};
 use blocksnap::format::pack::RecordKind;
 use blocksnap::ids::{ChunkId, Sha256Digest};
 use blocksnap::storage::LocalStorage;
@@ -83,22 +84,33 @@ fn bench_zstd_levels(c: &mut Criterion) {
     group
         .sample_size(20)
         .throughput(Throughput::Bytes(3 * 524_288));
-    for level in [-3, 1, 3, 6] {
+    let settings = [
+        Compression::Level(-3),
+        Compression::Level(1),
+        Compression::BlockTuned,
+        Compression::Level(3),
+        Compression::Level(6),
+    ];
+    for compression in settings {
         let stored: usize = blocks
             .iter()
-            .map(|data| blocksnap::codec::compress(data, level).map_or(data.len(), |c| c.len()))
+            .map(|data| compress(data, compression).map_or(data.len(), |c| c.len()))
             .sum();
         eprintln!(
-            "zstd level {level}: VM-like mix stored in {:.1}% of its size",
+            "zstd {compression:?}: VM-like mix stored in {:.1}% of its size",
             100.0 * stored as f64 / (3.0 * 524_288.0)
         );
-        group.bench_with_input(BenchmarkId::from_parameter(level), &level, |b, &level| {
-            b.iter(|| {
-                for data in &blocks {
-                    std::hint::black_box(blocksnap::codec::compress(data, level));
-                }
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::from_parameter(format!("{compression:?}")),
+            &compression,
+            |b, &compression| {
+                b.iter(|| {
+                    for data in &blocks {
+                        std::hint::black_box(compress(data, compression));
+                    }
+                })
+            },
+        );
     }
     group.finish();
 }

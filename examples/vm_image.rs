@@ -7,11 +7,14 @@
 //! vm_image create IMAGE MIB              write a new image
 //! vm_image rewrite IMAGE PERCENT LIST    rewrite PERCENT% of the blocks in
 //!                                        place; write their indexes to LIST
-//! vm_image baseline IMAGE LEVEL          bytes of compressing every distinct
-//!                                        non-zero block on its own with zstd
+//! vm_image baseline IMAGE COMPRESSION    bytes of compressing every distinct
+//!                                        non-zero block on its own as the
+//!                                        store does: COMPRESSION is `block`
+//!                                        (the store's default) or a zstd level
 //! ```
 //! Everything is deterministic (fixed seeds), so runs compare.
 
+use blocksnap::codec::{compress, Compression};
 use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -39,7 +42,7 @@ fn block(index: u64, generation: u64, out: &mut [u8]) {
     let kind = (index.wrapping_mul(7) + index / 10) % 10;
     match kind {
         0..=2 if generation == 0 => out.fill(0),
-        0..=4 => {
+        0..=5 => {
             const WORDS: [&[u8]; 12] = [
                 b"the ",
                 b"kernel: ",
@@ -62,7 +65,7 @@ fn block(index: u64, generation: u64, out: &mut [u8]) {
                 position += take;
             }
         }
-        5 | 6 => {
+        6 | 7 => {
             // Half random, half small integers: compresses to about 60%.
             for chunk in out.chunks_mut(16) {
                 let value = rng.next();
@@ -133,18 +136,21 @@ fn main() {
         }
         "baseline" => {
             let data = std::fs::read(arg(1)).unwrap_or_else(|e| fail(&e.to_string()));
-            let level = number(2) as i32;
+            let compression = match arg(2).as_str() {
+                "block" => Compression::BlockTuned,
+                level => Compression::Level(level.parse().unwrap_or_else(|_| fail("COMPRESSION is `block` or a zstd level"))),
+            };
             let mut seen = HashSet::new();
             let mut total = 0usize;
             for chunk in data.chunks(BLOCK) {
                 if chunk.iter().all(|byte| *byte == 0) || !seen.insert(blake3::hash(chunk)) {
                     continue;
                 }
-                let compressed = zstd::bulk::compress(chunk, level).unwrap_or_else(|e| fail(&e.to_string()));
-                total += compressed.len().min(chunk.len());
+                // The store keeps a block raw when compression saves little.
+                total += compress(chunk, compression).map_or(chunk.len(), |frame| frame.len());
             }
             println!("{total}");
         }
-        _ => fail("usage: vm_image (create IMAGE MIB | rewrite IMAGE PERCENT LIST | baseline IMAGE LEVEL)"),
+        _ => fail("usage: vm_image (create IMAGE MIB | rewrite IMAGE PERCENT LIST | baseline IMAGE COMPRESSION)"),
     }
 }

@@ -98,7 +98,7 @@ fn needles(data: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
         ("sha256", codec::sha256(data).0.to_vec()),
         ("plain id", codec::chunk_id(data).0.to_vec()),
     ];
-    if let Some(frame) = codec::compress(data, ChunkStoreConfig::default().compression_level) {
+    if let Some(frame) = codec::compress(data, ChunkStoreConfig::default().compression) {
         found.push(("zstd window", frame[64..128].to_vec()));
     }
     found

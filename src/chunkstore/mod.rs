@@ -41,8 +41,8 @@ use std::sync::Arc;
 pub struct ChunkStoreConfig {
     /// A pack is sealed once it reaches this many bytes (at most 1 GiB).
     pub pack_target_size: u64,
-    /// zstd level for payloads.
-    pub compression_level: i32,
+    /// How payloads are compressed.
+    pub compression: codec::Compression,
     /// Read sealed packs through mmap (`true`) or pread only (`false`).
     pub use_mmap: bool,
 }
@@ -51,7 +51,7 @@ impl Default for ChunkStoreConfig {
     fn default() -> Self {
         ChunkStoreConfig {
             pack_target_size: 256 << 20,
-            compression_level: 1,
+            compression: codec::Compression::BlockTuned,
             use_mmap: true,
         }
     }
@@ -412,7 +412,7 @@ impl ChunkStore {
             .map_err(|_| Error::corrupted("chunk", "chunk larger than 4 GiB"))?;
         COMPRESSION_BUFFER.with(|buffer| {
             let mut buffer = buffer.borrow_mut();
-            let compressed = codec::compress_into(raw, self.config.compression_level, &mut buffer);
+            let compressed = codec::compress_into(raw, self.config.compression, &mut buffer);
             let (record_codec, payload) = if compressed {
                 (Codec::Zstd, buffer.as_slice())
             } else {
