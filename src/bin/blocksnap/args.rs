@@ -182,6 +182,10 @@ pub struct RestoreArgs {
     /// Overwrite an existing output file.
     #[arg(long)]
     pub force: bool,
+    /// Write through the page cache instead of direct I/O (whole blocks go
+    /// to the output with O_DIRECT where it is accepted).
+    #[arg(long)]
+    pub buffered: bool,
     /// Worker threads [default: two per core]
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     pub threads: usize,

@@ -205,6 +205,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                 &restore.output,
                 RestoreOptions {
                     overwrite: restore.force,
+                    buffered: restore.buffered,
                     threads: restore.threads,
                 },
                 &|bytes| bar.advance(bytes),

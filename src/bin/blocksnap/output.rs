@@ -219,15 +219,21 @@ impl Output {
                 "Bytes": report.bytes,
                 "BlocksWritten": report.blocks_written,
                 "Holes": report.holes,
+                "DirectIo": report.direct_io,
                 "SecondsBeforeSync": report.written_after.as_secs_f64(),
                 "Seconds": report.elapsed.as_secs_f64(),
             }));
             return;
         }
         self.note(&format!(
-            "restored {} ({} blocks written, {} holes) in {:.2} s",
+            "restored {} ({} blocks written{}, {} holes) in {:.2} s",
             HumanBytes(report.bytes),
             report.blocks_written,
+            if report.direct_io {
+                " with direct I/O"
+            } else {
+                ""
+            },
             report.holes,
             report.elapsed.as_secs_f64()
         ));
