@@ -74,7 +74,8 @@ pub enum Compression {
     /// for large inputs. The default. On the benchmark's VM-like mix it
     /// stores 0.3% less than level 3 and 1.9% less than level 1, at about
     /// level 1's speed; on sparse structured blocks (mostly zeros between
-    /// counters) level 1 stores 25% less than either (DESIGN.md §13).
+    /// counters) level 1 stores about a fifth less than either (DESIGN.md
+    /// §13).
     BlockTuned,
     /// zstd's own parameters for a level (negative: faster; up to 22:
     /// smaller).
