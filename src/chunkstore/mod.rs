@@ -572,25 +572,16 @@ impl ChunkStore {
     /// A chunk found corrupt is marked suspect, so a later put of the same
     /// data heals it.
     pub fn get(&self, kind: RecordKind, id: &ChunkId) -> Result<Option<StoredChunk>> {
-        self.get_checked(kind, id, ContentCheck::Default)
-    }
-
-    /// [`ChunkStore::get`] with the content check chosen by the caller.
-    pub(crate) fn get_checked(
-        &self,
-        kind: RecordKind,
-        id: &ChunkId,
-        check: ContentCheck,
-    ) -> Result<Option<StoredChunk>> {
         Ok(self
-            .get_with_frame(kind, id, check, false)?
+            .get_with_frame(kind, id, ContentCheck::Default, false)?
             .map(|(chunk, _)| chunk))
     }
 
-    /// [`ChunkStore::get_checked`] that also returns the record's zstd
-    /// frame (decrypted, for an encrypted record) when `keep_frame` is set
-    /// and the payload is compressed: a standard frame that decompresses to
-    /// the returned data, which exports copy instead of compressing again.
+    /// [`ChunkStore::get`] with the content check chosen by the caller,
+    /// also returning the record's zstd frame (decrypted, for an encrypted
+    /// record) when `keep_frame` is set and the payload is compressed: a
+    /// standard frame that decompresses to the returned data, which exports
+    /// copy instead of compressing again.
     pub(crate) fn get_with_frame(
         &self,
         kind: RecordKind,
@@ -624,9 +615,7 @@ impl ChunkStore {
         if header.domain == 0 {
             return Ok(Some(header.sha256));
         }
-        Ok(self
-            .get_checked(RecordKind::Block, id, ContentCheck::Default)?
-            .map(|chunk| chunk.sha256))
+        Ok(self.get(RecordKind::Block, id)?.map(|chunk| chunk.sha256))
     }
 
     /// Reads the record at `location` and checks it holds chunk `id` of

@@ -864,17 +864,6 @@ impl Engine {
         root: Option<ChunkId>,
         index: BlockIndex,
     ) -> Result<Option<(Bytes, Sha256Digest)>> {
-        self.read_block_checked(root, index, ContentCheck::Default)
-    }
-
-    /// [`Engine::read_block`] with the chunk store's content check chosen
-    /// by the caller.
-    pub(crate) fn read_block_checked(
-        &self,
-        root: Option<ChunkId>,
-        index: BlockIndex,
-        check: ContentCheck,
-    ) -> Result<Option<(Bytes, Sha256Digest)>> {
         let Some(chunk) = self.maps().lookup(root, index)? else {
             return Ok(None);
         };
@@ -887,7 +876,7 @@ impl Engine {
         let stored = self
             .inner
             .chunks
-            .get_checked(RecordKind::Block, &chunk, check)?
+            .get(RecordKind::Block, &chunk)?
             .ok_or_else(|| {
                 Error::corrupted(
                     format!("block {} (chunk {chunk})", index.0),

@@ -1,7 +1,6 @@
 //! Restoring a snapshot into a file (sparse) or a block device.
 
 use super::{in_parallel, worker_count, Progress, IMAGE_BYTES_TAG};
-use crate::chunkstore::ContentCheck;
 use crate::codec;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -359,7 +358,7 @@ fn write_block(
     // The store rehashes the block against its id (or checks its tag).
     let read = {
         let _guard = engine.read_guard();
-        engine.read_block_checked(root, index, ContentCheck::Default)?
+        engine.read_block(root, index)?
     };
     let (data, _) = read.ok_or_else(|| {
         Error::corrupted(
