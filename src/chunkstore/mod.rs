@@ -188,7 +188,7 @@ impl ChunkStore {
                     if Some(seq) == last_pack && !scanned.has_garbage_tail && scanned.valid_len > 0
                     {
                         let mut file = storage
-                            .open_append(&name)
+                            .open_append_uncached(&name)
                             .map_err(io_error(format!("opening {name}")))?;
                         // Durability of the scanned bytes is unknown: make it
                         // certain before anything new is appended after them.

@@ -6,7 +6,7 @@ use crate::format::header::{self, FILE_HEADER_SIZE, PACK_MAGIC};
 use crate::format::index::IndexEntry;
 use crate::format::pack::{decode_record_header, verify_record, RecordHeader, RECORD_HEADER_SIZE};
 use crate::ids::ChunkId;
-use crate::storage::{create_durably, AppendFile, ReadFile, Storage};
+use crate::storage::{create_durably_uncached, AppendFile, ReadFile, Storage};
 
 /// Directory holding packs and their indexes.
 pub(crate) const PACK_DIR: &str = "packs";
@@ -42,11 +42,14 @@ pub(crate) struct OpenPack {
 }
 
 impl OpenPack {
-    /// Creates pack `seq` with its header and makes the file's existence durable.
+    /// Creates pack `seq` with its header and makes the file's existence
+    /// durable. Packs are written around the operating system's cache
+    /// ([`Storage::open_append_uncached`]).
     pub(crate) fn create(storage: &dyn Storage, seq: u32) -> Result<OpenPack> {
         let name = pack_name(seq);
-        let file = create_durably(storage, &name, &header::encode(PACK_MAGIC, u64::from(seq)))
-            .map_err(|e| Error::io(format!("creating {name}"), e))?;
+        let file =
+            create_durably_uncached(storage, &name, &header::encode(PACK_MAGIC, u64::from(seq)))
+                .map_err(|e| Error::io(format!("creating {name}"), e))?;
         Ok(OpenPack {
             seq,
             file,

@@ -4,6 +4,7 @@
 
 #![allow(unsafe_code)]
 
+use super::uncached::{TailRegistry, UncachedAppend};
 use super::{parent_dir, AppendFile, ReadFile, Storage};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -17,6 +18,8 @@ use std::sync::Arc;
 pub struct LocalStorage {
     root: PathBuf,
     _lock: File,
+    /// Bytes buffered by open uncached append files, for readers.
+    tails: Arc<TailRegistry>,
 }
 
 impl LocalStorage {
@@ -37,7 +40,11 @@ impl LocalStorage {
             ),
             fs::TryLockError::Error(error) => error,
         })?;
-        Ok(LocalStorage { root, _lock: lock })
+        Ok(LocalStorage {
+            root,
+            _lock: lock,
+            tails: Arc::default(),
+        })
     }
 
     /// The directory this storage lives in.
@@ -47,6 +54,21 @@ impl LocalStorage {
 
     fn path(&self, name: &str) -> PathBuf {
         self.root.join(name)
+    }
+
+    /// Opens `name` read-write, creating it and its directory if absent.
+    fn open_for_append(&self, name: &str) -> io::Result<(PathBuf, File)> {
+        let path = self.path(name);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        Ok((path, file))
     }
 }
 
@@ -84,15 +106,28 @@ impl AppendFile for LocalAppend {
 
 struct LocalRead {
     file: File,
+    path: PathBuf,
+    tails: Arc<TailRegistry>,
 }
 
 impl ReadFile for LocalRead {
     fn len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        match self.tails.len(&self.path) {
+            Some(len) => Ok(len),
+            None => Ok(self.file.metadata()?.len()),
+        }
     }
 
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        match self.file.read_exact_at(buf, offset) {
+            // Past the end of the file: the bytes may still be buffered by
+            // an uncached append file open on the same name.
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => self
+                .tails
+                .read_exact_at(&self.path, &self.file, offset, buf)
+                .unwrap_or(Err(error)),
+            other => other,
+        }
     }
 }
 
@@ -123,30 +158,38 @@ impl ReadFile for MappedRead {
 
 impl Storage for LocalStorage {
     fn open_append(&self, name: &str) -> io::Result<Box<dyn AppendFile>> {
-        let path = self.path(name);
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)?;
+        let (_, file) = self.open_for_append(name)?;
         let len = file.metadata()?.len();
         Ok(Box::new(LocalAppend { file, len }))
     }
 
+    fn open_append_uncached(&self, name: &str) -> io::Result<Box<dyn AppendFile>> {
+        let (path, file) = self.open_for_append(name)?;
+        Ok(Box::new(UncachedAppend::open(
+            path,
+            file,
+            self.tails.clone(),
+        )?))
+    }
+
     fn open_read(&self, name: &str) -> io::Result<Arc<dyn ReadFile>> {
+        let path = self.path(name);
         Ok(Arc::new(LocalRead {
-            file: File::open(self.path(name))?,
+            file: File::open(&path)?,
+            path,
+            tails: self.tails.clone(),
         }))
     }
 
     fn map(&self, name: &str) -> io::Result<Option<Arc<dyn ReadFile>>> {
-        let file = File::open(self.path(name))?;
+        let path = self.path(name);
+        let file = File::open(&path)?;
         if file.metadata()?.len() == 0 {
-            return Ok(Some(Arc::new(LocalRead { file })));
+            return Ok(Some(Arc::new(LocalRead {
+                file,
+                path,
+                tails: self.tails.clone(),
+            })));
         }
         // SAFETY: the engine maps only sealed packs, which no code in this
         // crate writes, truncates or removes while a mapping is alive (removal

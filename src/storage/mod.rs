@@ -26,9 +26,11 @@
 
 mod local;
 mod memory;
+mod uncached;
 
 pub use local::LocalStorage;
 pub use memory::{MemoryStorage, TornWrites};
+pub(crate) use uncached::{open_direct, AlignedBuffer};
 
 use std::io;
 use std::sync::Arc;
@@ -69,6 +71,13 @@ pub trait ReadFile: Send + Sync {
 pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Opens `name` for appending, creating it (empty) if absent.
     fn open_append(&self, name: &str) -> io::Result<Box<dyn AppendFile>>;
+    /// [`Storage::open_append`] for large sequential appends that are not
+    /// reread soon (pack files): the backend may bypass the operating
+    /// system's cache, under the same contract. By default the same as
+    /// `open_append`.
+    fn open_append_uncached(&self, name: &str) -> io::Result<Box<dyn AppendFile>> {
+        self.open_append(name)
+    }
     /// Opens `name` for positioned reads (pread); fails if absent.
     fn open_read(&self, name: &str) -> io::Result<Arc<dyn ReadFile>>;
     /// Opens `name` through a memory map when the backend supports it;
@@ -103,7 +112,28 @@ pub fn create_durably(
     name: &str,
     initial: &[u8],
 ) -> io::Result<Box<dyn AppendFile>> {
-    let mut file = storage.open_append(name)?;
+    let file = storage.open_append(name)?;
+    initialize_durably(storage, name, file, initial)
+}
+
+/// [`create_durably`] through [`Storage::open_append_uncached`].
+pub fn create_durably_uncached(
+    storage: &dyn Storage,
+    name: &str,
+    initial: &[u8],
+) -> io::Result<Box<dyn AppendFile>> {
+    let file = storage.open_append_uncached(name)?;
+    initialize_durably(storage, name, file, initial)
+}
+
+/// Empties `file` (open on `name`), writes `initial`, and makes content and
+/// directory entry durable.
+fn initialize_durably(
+    storage: &dyn Storage,
+    name: &str,
+    mut file: Box<dyn AppendFile>,
+    initial: &[u8],
+) -> io::Result<Box<dyn AppendFile>> {
     if !file.is_empty() {
         file.truncate(0)?;
     }

@@ -5,6 +5,7 @@ use crate::codec;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::ids::{BlockIndex, ChunkId, BLOCKS_PER_GIB, BLOCK_SIZE};
+use crate::storage::{open_direct, AlignedBuffer};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
@@ -13,10 +14,6 @@ use std::time::{Duration, Instant};
 
 /// Entries listed and restored per round: bounds memory for any volume.
 const PAGE: usize = 4096;
-
-/// Alignment of direct-I/O buffers and offsets: the largest logical block
-/// size of common devices and file systems.
-const DIRECT_ALIGN: usize = 4096;
 
 /// How to restore.
 #[derive(Clone, Copy, Debug, Default)]
@@ -95,7 +92,9 @@ pub fn restore(
             .map_err(|error| Error::io(format!("sizing {}", output.display()), error))?;
     }
     let sink = Sink {
-        direct: (!options.buffered).then(|| open_direct(&file)).flatten(),
+        direct: (!options.buffered)
+            .then(|| open_direct(&file, true))
+            .flatten(),
         direct_refused: AtomicBool::new(false),
         file,
         path: output,
@@ -218,7 +217,7 @@ impl Sink<'_> {
     /// Writes `data` at `offset`: a whole block through the direct handle
     /// (staged in `staging` for alignment), anything else, or everything
     /// after a refusal, through the page cache.
-    fn write(&self, data: &[u8], offset: u64, staging: &mut [u8]) -> Result<()> {
+    fn write(&self, data: &[u8], offset: u64, staging: &mut AlignedBuffer) -> Result<()> {
         let context = |error| {
             Error::io(
                 format!("writing {} at byte {offset}", self.path.display()),
@@ -227,7 +226,7 @@ impl Sink<'_> {
         };
         if let Some(direct) = &self.direct {
             if data.len() == BLOCK_SIZE && !self.direct_refused.load(Ordering::Acquire) {
-                let aligned = aligned_block(staging);
+                let aligned = staging.as_mut_slice();
                 aligned.copy_from_slice(data);
                 match direct.write_all_at(aligned, offset) {
                     Ok(()) => return Ok(()),
@@ -240,39 +239,6 @@ impl Sink<'_> {
         }
         self.file.write_all_at(data, offset).map_err(context)
     }
-}
-
-/// A staging buffer for one direct write: a block plus room to align it.
-fn staging_buffer() -> Vec<u8> {
-    vec![0u8; BLOCK_SIZE + DIRECT_ALIGN]
-}
-
-/// The `DIRECT_ALIGN`-aligned block inside a [`staging_buffer`].
-fn aligned_block(staging: &mut [u8]) -> &mut [u8] {
-    let start = staging.as_ptr().align_offset(DIRECT_ALIGN);
-    &mut staging[start..start + BLOCK_SIZE]
-}
-
-/// A direct-I/O handle on `file`, reopened through `/proc/self/fd` (the
-/// same inode, whatever happened to its path since). `None` where the
-/// file system refuses `O_DIRECT` or `/proc` is not mounted: the restore
-/// then writes through the page cache.
-#[cfg(target_os = "linux")]
-fn open_direct(file: &File) -> Option<File> {
-    use rustix::fs::{Mode, OFlags};
-    use std::os::fd::AsRawFd;
-    rustix::fs::open(
-        format!("/proc/self/fd/{}", file.as_raw_fd()),
-        OFlags::WRONLY | OFlags::DIRECT | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()
-    .map(File::from)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn open_direct(_file: &File) -> Option<File> {
-    None
 }
 
 /// Allocates the file's blocks for the runs of data blocks in `entries`
@@ -327,7 +293,7 @@ fn restore_page(
         preallocate(sink, entries, zero);
     }
     in_parallel(workers.min(entries.len()), |stop| {
-        let mut staging = staging_buffer();
+        let mut staging = AlignedBuffer::new(BLOCK_SIZE);
         while !cancel.load(Ordering::Acquire) && !stop.load(Ordering::Acquire) {
             let Some(&(index, chunk)) = entries.get(cursor.fetch_add(1, Ordering::AcqRel)) else {
                 break;
@@ -353,7 +319,7 @@ fn write_block(
     sink: &Sink<'_>,
     offset: u64,
     take: usize,
-    staging: &mut [u8],
+    staging: &mut AlignedBuffer,
 ) -> Result<()> {
     // The store rehashes the block against its id (or checks its tag).
     let read = {
