@@ -16,9 +16,10 @@
 //! A sync waits for the thread, writes what is still buffered (under
 //! 1 MiB) through the cache at its exact length, then calls `fdatasync`;
 //! the direct write that later covers the partial last block replaces it,
-//! the kernel keeping the cache coherent. Readers of the same name see the buffered bytes
-//! through a registry of open buffers (the storage contract: appended bytes
-//! are visible at once), and bytes before the buffer are final in the file.
+//! the kernel keeping the cache coherent. Readers of the same name see the
+//! buffered bytes through a registry of open buffers (the storage
+//! contract: appended bytes are visible at once), and bytes before the
+//! buffer are final in the file.
 //! Where `O_DIRECT` is refused (tmpfs, `EINVAL` on an alignment), the same
 //! buffer is written through the cache instead.
 
@@ -32,10 +33,10 @@ use std::sync::{Arc, Weak};
 
 /// Alignment of direct-I/O buffers, offsets and lengths: the largest
 /// logical block size of common devices and file systems.
-pub(crate) const DIRECT_ALIGN: usize = 4096;
+const DIRECT_ALIGN: usize = 4096;
 
 /// Buffered bytes that trigger a direct write of the buffer's whole blocks.
-pub(crate) const FLUSH_AT: usize = 1 << 20;
+const FLUSH_AT: usize = 1 << 20;
 
 /// The buffer's initial capacity: a flush's worth plus one largest pack
 /// record (a raw 512 KiB block and its header), so a typical append never
@@ -45,9 +46,9 @@ const INITIAL_CAPACITY: usize = FLUSH_AT + (1 << 20);
 /// A zeroed heap buffer whose usable part starts on a [`DIRECT_ALIGN`]
 /// boundary, as direct I/O requires of its memory.
 pub(crate) struct AlignedBuffer {
+    /// The usable bytes plus up to `DIRECT_ALIGN` before them.
     storage: Vec<u8>,
     start: usize,
-    len: usize,
 }
 
 impl AlignedBuffer {
@@ -56,25 +57,22 @@ impl AlignedBuffer {
         let storage = vec![0u8; len + DIRECT_ALIGN];
         let address = storage.as_ptr().addr();
         let start = (DIRECT_ALIGN - address % DIRECT_ALIGN) % DIRECT_ALIGN;
-        AlignedBuffer {
-            storage,
-            start,
-            len,
-        }
+        AlignedBuffer { storage, start }
     }
 
     /// The usable bytes.
     pub(crate) fn as_slice(&self) -> &[u8] {
-        &self.storage[self.start..self.start + self.len]
+        &self.storage[self.start..self.start + self.len()]
     }
 
     /// The usable bytes, writable.
     pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.storage[self.start..self.start + self.len]
+        let end = self.start + self.len();
+        &mut self.storage[self.start..end]
     }
 
     fn len(&self) -> usize {
-        self.len
+        self.storage.len() - DIRECT_ALIGN
     }
 }
 
@@ -360,16 +358,6 @@ impl UncachedAppend {
         }
         Ok(())
     }
-
-    /// Hands off the whole blocks and waits until every queued run is in
-    /// the file.
-    fn drain(&self, tail: &mut MutexGuard<'_, Tail>) -> io::Result<()> {
-        self.hand_off(tail)?;
-        while !tail.queued.is_empty() && tail.failure.is_none() {
-            self.shared.changed.wait(tail);
-        }
-        tail.check()
-    }
 }
 
 /// The writer thread: writes queued runs in order, each with one direct
@@ -458,7 +446,9 @@ impl super::AppendFile for UncachedAppend {
 
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         let mut tail = self.shared.tail.lock();
-        self.drain(&mut tail)?;
+        // Every byte in the file first: then the file and the buffer agree
+        // on whatever stays.
+        self.write_all(&mut tail)?;
         if len > tail.end() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -470,8 +460,6 @@ impl super::AppendFile for UncachedAppend {
         }
         if len >= tail.start {
             tail.used = (len - tail.start) as usize;
-            // The file may hold fewer bytes than that.
-            tail.unwritten = true;
         } else {
             tail.start = len - len % DIRECT_ALIGN as u64;
             tail.used = (len - tail.start) as usize;
