@@ -122,6 +122,12 @@ pub enum Error {
         /// The operating system's error.
         #[source]
         source: std::io::Error,
+        /// Whether the failure left the durable state of an open file
+        /// unknown (a failed append or sync): the engine then refuses
+        /// writes until reopened. A failure to open or create a file, or
+        /// of an atomic replacement, leaves the old state intact and fails
+        /// only the request (retryably).
+        durability_unknown: bool,
     },
     /// The request is not authenticated: no or a bad signature, an unknown
     /// access key, or a timestamp too far from the server's clock.
@@ -159,8 +165,11 @@ pub enum Error {
     },
     /// An earlier I/O or sync failure left the durable state unknown; the
     /// engine refuses writes until the store is reopened.
-    #[error("the store refused the write: an earlier I/O failure left its durable state unknown; reopen the store")]
-    Poisoned,
+    #[error("the store refused the write: an earlier failure ({cause}) left its durable state unknown; reopen the store")]
+    Poisoned {
+        /// The failure that poisoned the engine.
+        cause: String,
+    },
 }
 
 impl Error {
@@ -172,11 +181,23 @@ impl Error {
         }
     }
 
-    /// Shorthand for [`Error::Io`].
+    /// An [`Error::Io`] that leaves the durable state as it was (an open,
+    /// a create, a read, an atomic replacement): only the request fails.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io {
             context: context.into(),
             source,
+            durability_unknown: false,
+        }
+    }
+
+    /// An [`Error::Io`] after which the durable content of an open file is
+    /// unknown (a failed append or sync): the engine stops writing.
+    pub fn io_durability_unknown(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+            durability_unknown: true,
         }
     }
 
@@ -188,12 +209,104 @@ impl Error {
         }
     }
 
-    /// Whether this error means the medium can no longer be trusted, so the
-    /// engine must stop accepting writes.
+    /// Whether this error left the durable state unknown, so the engine
+    /// must stop accepting writes.
     pub fn is_fatal_io(&self) -> bool {
-        matches!(self, Error::Io { .. })
+        matches!(
+            self,
+            Error::Io {
+                durability_unknown: true,
+                ..
+            }
+        )
+    }
+
+    /// The same error with `note` added to its message (what the failure
+    /// left behind, for example); the class is unchanged.
+    pub fn with_note(self, note: &str) -> Error {
+        let add = |text: String| format!("{text}; {note}");
+        match self {
+            Error::NotFound { message } => Error::NotFound {
+                message: add(message),
+            },
+            Error::InvalidInput { reason, message } => Error::InvalidInput {
+                reason,
+                message: add(message),
+            },
+            Error::InvalidState { reason, message } => Error::InvalidState {
+                reason,
+                message: add(message),
+            },
+            Error::Conflict { message } => Error::Conflict {
+                message: add(message),
+            },
+            Error::ConcurrentLimitExceeded { message } => Error::ConcurrentLimitExceeded {
+                message: add(message),
+            },
+            Error::Corrupted { location, detail } => Error::Corrupted {
+                location,
+                detail: add(detail),
+            },
+            Error::UnsupportedVersion { what, version } => Error::UnsupportedVersion {
+                what: add(what),
+                version,
+            },
+            Error::Io {
+                context,
+                source,
+                durability_unknown,
+            } => Error::Io {
+                context: add(context),
+                source,
+                durability_unknown,
+            },
+            Error::AccessDenied { message } => Error::AccessDenied {
+                message: add(message),
+            },
+            Error::Throttled {
+                per_resource,
+                message,
+            } => Error::Throttled {
+                per_resource,
+                message: add(message),
+            },
+            Error::KeyUnavailable { message } => Error::KeyUnavailable {
+                message: add(message),
+            },
+            Error::InvalidArchive { archive, detail } => Error::InvalidArchive {
+                archive,
+                detail: add(detail),
+            },
+            Error::Poisoned { cause } => Error::Poisoned { cause: add(cause) },
+        }
     }
 }
 
 /// Shorthand used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Damage found in a store's files: by opening it (a pack scanned past
+/// unreadable bytes, an index or catalog copy that does not verify), by
+/// `verify`, or by `repair`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// The file, relative to the store (`packs/00000003.pack`).
+    pub file: String,
+    /// What is wrong, and where in the file.
+    pub detail: String,
+    /// Whether records may have been lost with it (unreadable bytes), as
+    /// opposed to redundancy or derived state that was rebuilt from what
+    /// survives (an index rebuilt from its pack, a catalog copy covered by
+    /// the other one).
+    pub data_lost: bool,
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file, self.detail)?;
+        if self.data_lost {
+            f.write_str(" (records there are lost)")?;
+        }
+        Ok(())
+    }
+}

@@ -1148,7 +1148,13 @@ fn every_error_variant_maps_to_its_ebs_class_and_status() {
             "InternalServerException",
             500,
         ),
-        (Error::Poisoned, "InternalServerException", 500),
+        (
+            Error::Poisoned {
+                cause: "a failed sync".into(),
+            },
+            "InternalServerException",
+            500,
+        ),
     ];
     for (error, code, status) in cases {
         let ebs = ebs_error(&error);

@@ -50,7 +50,7 @@ pub fn ebs_error(error: &Error) -> EbsError {
         Error::Corrupted { .. }
         | Error::UnsupportedVersion { .. }
         | Error::Io { .. }
-        | Error::Poisoned => ("InternalServerException", 500, None),
+        | Error::Poisoned { .. } => ("InternalServerException", 500, None),
     };
     EbsError {
         code,

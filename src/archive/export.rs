@@ -194,8 +194,8 @@ pub fn export(
     } else {
         ArchiveKind::Full
     };
-    let (archive_bytes, blocks_written, root_hash) =
-        writer.finish(|block_count, list_sha, root_hash, linear| Manifest {
+    let published = writer.finish(
+        |block_count, list_sha, root_hash, linear| Manifest {
             format: FORMAT_NAME.to_string(),
             format_version: FORMAT_VERSION,
             created,
@@ -207,7 +207,12 @@ pub fn export(
             root_hash,
             linear_checksum: linear,
             block_encoding: "zstd".to_string(),
-        })?;
+        },
+        cancel,
+    )?;
+    let Some((archive_bytes, blocks_written, root_hash)) = published else {
+        return Ok(ExportOutcome::Interrupted);
+    };
     Ok(ExportOutcome::Completed(ExportReport {
         location: bucket.describe(&key),
         key,
@@ -298,11 +303,14 @@ impl ArchiveWriter {
 
     /// Writes the block list and the manifest `build` makes from (block
     /// count, block list SHA-256, root hash, LINEAR aggregate), then
-    /// publishes the archive. Returns (archive bytes, blocks, root hash).
+    /// publishes the archive unless `cancel` is set by then (dropping the
+    /// unpublished archive removes it). Returns (archive bytes, blocks,
+    /// root hash), or `None` when cancelled.
     fn finish(
         mut self,
         build: impl FnOnce(u64, String, String, String) -> Manifest,
-    ) -> Result<(u64, u64, String)> {
+        cancel: &AtomicBool,
+    ) -> Result<Option<(u64, u64, String)>> {
         let spill = |error| Error::io("reading the spill file", error);
         let mut list = self
             .list
@@ -340,8 +348,11 @@ impl ArchiveWriter {
             .map_err(|error| Error::io("writing the archive", error))?;
         let counting = self.zip.finish().map_err(zip_error)?.into_inner();
         let written = counting.written;
+        if cancel.load(Ordering::Acquire) {
+            return Ok(None);
+        }
         counting.inner.commit()?;
-        Ok((written, block_count, root_hash))
+        Ok(Some((written, block_count, root_hash)))
     }
 }
 

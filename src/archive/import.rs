@@ -266,11 +266,13 @@ pub fn import(
             discard();
             return Err(error);
         }
-        Ok(false) => {
+        // Cancelled while filling, or after the last block but before the
+        // commit point: either way nothing is completed.
+        Ok(filled) if !filled || cancel.load(Ordering::Acquire) => {
             discard();
             return Ok(ImportOutcome::Interrupted);
         }
-        Ok(true) => {}
+        Ok(_) => {}
     }
     let written = session.written.load(Ordering::Acquire);
     let changed = u32::try_from(written)

@@ -108,7 +108,12 @@ impl ChunkStore {
     /// Usage of every sealed pack. Costs one index read and one record
     /// header read per record; no payload is read.
     pub fn pack_usage(&self, is_live: &dyn Fn(&ChunkId) -> bool) -> Result<Vec<PackUsage>> {
-        let open_or_retiring: Vec<u32> = std::iter::once(self.writer.lock().seq)
+        let open_or_retiring: Vec<u32> = self
+            .writer
+            .lock()
+            .as_ref()
+            .map(|pack| pack.seq)
+            .into_iter()
             .chain(self.retiring.lock().iter().map(|pack| pack.lock().seq))
             .collect();
         let mut packs: Vec<u32> = self
@@ -147,9 +152,10 @@ impl ChunkStore {
         Ok(usage)
     }
 
-    /// Usage of the open pack (which compaction cannot touch until sealed).
-    pub fn open_pack_usage(&self, is_live: &dyn Fn(&ChunkId) -> bool) -> PackUsage {
-        let seq = self.writer.lock().seq;
+    /// Usage of the open pack (which compaction cannot touch until
+    /// sealed); `None` when no pack is open.
+    pub fn open_pack_usage(&self, is_live: &dyn Fn(&ChunkId) -> bool) -> Option<PackUsage> {
+        let seq = self.writer.lock().as_ref()?.seq;
         let open: Vec<(ChunkId, PackLocation)> = self.index.read().open_entries(seq);
         let mut usage = PackUsage {
             pack: seq,
@@ -167,19 +173,22 @@ impl ChunkStore {
                 usage.live_bytes += header.record_len() as u64;
             }
         }
-        usage
+        Some(usage)
     }
 
     /// Seals the open pack now (if it holds any record), so that its
     /// garbage becomes reclaimable.
     pub fn seal_open_pack(&self) -> Result<()> {
         let mut writer = self.writer.lock();
-        if writer.entries.is_empty() {
+        if writer.as_ref().is_none_or(|pack| pack.entries.is_empty()) {
             return Ok(());
         }
-        let retired = self.rotate(&mut writer)?;
+        let retired = self.rotate(&mut writer);
         drop(writer);
-        self.seal(&retired)
+        match retired {
+            Some(retired) => self.seal(&retired),
+            None => Ok(()),
+        }
     }
 
     /// Steps 1 and 2 begin: the marker, then the empty output pack.
@@ -225,17 +234,19 @@ impl ChunkStore {
     }
 
     /// Step 2: copies every live record of the sources, calling `pace` with
-    /// each record's size (for rate limiting). Writers keep running; a
-    /// record that dies meanwhile is copied anyway (it is garbage for a
-    /// later run), one revived meanwhile is caught by [`finish_compaction`].
+    /// each record's size (for rate limiting); `pace` returning `false`
+    /// stops the copy, and this returns `false` (the caller abandons the
+    /// compaction). Writers keep running; a record that dies meanwhile is
+    /// copied anyway (it is garbage for a later run), one revived meanwhile
+    /// is caught by [`finish_compaction`].
     ///
     /// [`finish_compaction`]: ChunkStore::finish_compaction
     pub(crate) fn copy_live(
         &self,
         compaction: &mut Compaction,
         is_live: &dyn Fn(&ChunkId) -> bool,
-        pace: &mut dyn FnMut(u64),
-    ) -> Result<()> {
+        pace: &mut dyn FnMut(u64) -> bool,
+    ) -> Result<bool> {
         for source in compaction.sources.clone() {
             let records = self.pack_records(source)?.ok_or_else(|| {
                 Error::corrupted(pack_name(source), "a record header does not decode")
@@ -244,13 +255,15 @@ impl ChunkStore {
                 compaction.source_bytes += u64::from(record_len);
                 if self.is_live_copy(&id, location, is_live) {
                     let copied = self.copy_record(compaction, location)?;
-                    pace(copied);
+                    if !pace(copied) {
+                        return Ok(false);
+                    }
                 } else {
                     compaction.skipped.push((id, location));
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Steps 2 (end) to 6. The caller holds writers and readers off (the
@@ -351,8 +364,14 @@ fn remove_all(storage: &dyn Storage, names: &[String]) -> Result<()> {
 }
 
 /// Finishes or undoes every compaction a crash interrupted (see the module
-/// documentation). Runs at open, before packs are loaded.
-pub(crate) fn recover_compactions(storage: &dyn Storage) -> Result<()> {
+/// documentation). Runs at open, before packs are loaded. Returns the
+/// packs to ignore: on a read-only storage nothing is removed, and the
+/// packs that finishing or undoing would remove are returned instead.
+pub(crate) fn recover_compactions(
+    storage: &dyn Storage,
+    read_only: bool,
+) -> Result<std::collections::HashSet<u32>> {
+    let mut ignored = std::collections::HashSet::new();
     let names = storage
         .list(PACK_DIR)
         .map_err(io_error("listing packs".to_string()))?;
@@ -369,16 +388,17 @@ pub(crate) fn recover_compactions(storage: &dyn Storage) -> Result<()> {
             .ok()
             .and_then(|bytes| crate::format::index::decode_index(&bytes).ok())
             .is_some_and(|(seq, _)| seq == u64::from(output));
-        let doomed: Vec<String> = if committed {
-            sources
-                .iter()
-                .flat_map(|source| [pack_name(*source), index_name(*source)])
-                .collect()
-        } else {
-            vec![pack_name(output), index_name(output)]
-        };
+        let doomed_packs = if committed { sources } else { vec![output] };
+        if read_only {
+            ignored.extend(doomed_packs);
+            continue;
+        }
+        let doomed: Vec<String> = doomed_packs
+            .iter()
+            .flat_map(|pack| [pack_name(*pack), index_name(*pack)])
+            .collect();
         remove_all(storage, &doomed)?;
         remove_all(storage, &[path])?;
     }
-    Ok(())
+    Ok(ignored)
 }

@@ -20,7 +20,7 @@ pub use verify::{DamagedRecord, RecordCheck};
 
 use crate::codec;
 use crate::crypto::{chunk_id_in, DomainKeys};
-use crate::error::{Error, Result};
+use crate::error::{Damage, Error, Result};
 use crate::format::index::{decode_index, encode_index, IndexEntry};
 use crate::format::pack::{
     decode_record, decode_record_header, encode_aad, encode_record_header, encode_sealed_header,
@@ -107,7 +107,10 @@ pub struct ChunkStoreStats {
 pub struct ChunkStore {
     storage: Arc<dyn Storage>,
     config: ChunkStoreConfig,
-    writer: Mutex<OpenPack>,
+    /// The pack receiving appends: created by the first append after open
+    /// or after a rotation, so opening writes nothing, and never in a
+    /// read-only store.
+    writer: Mutex<Option<OpenPack>>,
     /// Packs rotated out of the writer whose seal is still under way.
     retiring: Mutex<Vec<Arc<Mutex<OpenPack>>>>,
     index: RwLock<Index>,
@@ -119,6 +122,9 @@ pub struct ChunkStore {
     suspects: Mutex<HashSet<ChunkId>>,
     /// The keys of every unlocked domain, by the number records carry.
     domains: RwLock<HashMap<u16, Arc<DomainKeys>>>,
+    /// Damage found while opening: unreadable bytes in packs, indexes that
+    /// did not verify.
+    damage: Vec<Damage>,
 }
 
 impl std::fmt::Debug for ChunkStore {
@@ -133,11 +139,33 @@ fn io_error(context: String) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::io(context, source)
 }
 
+/// For a failed append or sync of a pack: its durable content is unknown.
+fn unsynced_error(context: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::io_durability_unknown(context, source)
+}
+
+/// What one pack contributes when the store opens.
+enum LoadedPack {
+    /// Sealed: its index, or a scan (read-only, damaged, or an index that
+    /// could not be written), is in the sorted index.
+    Sealed(Vec<IndexEntry>),
+    /// The last pack, scanned clean and never sealed: appends continue.
+    Open(OpenPack, Vec<(ChunkId, IndexEntry)>),
+}
+
 impl ChunkStore {
     /// Opens the chunk store on `storage`, recovering from a crash: sealed
-    /// packs are loaded from their indexes, the open pack is scanned and a
-    /// torn tail is fenced off (the pack is sealed at its last valid record
-    /// and a new pack opened; bytes are never truncated away).
+    /// packs are loaded from their indexes; a pack without one is scanned,
+    /// skipping damaged records (so damage costs only the bytes it
+    /// touches); the last pack stays open for appends if it scans cleanly,
+    /// and any other scanned pack is sealed at its last valid record
+    /// (bytes are never truncated away). A pack with unreadable bytes
+    /// before valid records is left unindexed, rescanned at every open and
+    /// reported ([`ChunkStore::damage`]) until `repair` rebuilds its index.
+    ///
+    /// On a read-only storage ([`Storage::is_read_only`]) nothing is
+    /// written: unindexed packs are scanned into memory, interrupted
+    /// compactions are resolved in memory, and puts are refused.
     pub fn open(storage: Arc<dyn Storage>, config: ChunkStoreConfig) -> Result<ChunkStore> {
         if config.pack_target_size == 0 || config.pack_target_size > MAX_PACK_TARGET {
             return Err(Error::invalid(
@@ -145,15 +173,24 @@ impl ChunkStore {
                 format!("pack_target_size must be within 1..={MAX_PACK_TARGET}"),
             ));
         }
-        compact::recover_compactions(storage.as_ref())?;
+        let read_only = storage.is_read_only();
+        let doomed = compact::recover_compactions(storage.as_ref(), read_only)?;
         let mut files: BTreeMap<u32, (bool, bool)> = BTreeMap::new();
+        let mut highest_seq = None;
         for name in storage
             .list(PACK_DIR)
             .map_err(io_error("listing packs".into()))?
         {
-            match parse_name(&name) {
-                Some((seq, "pack")) => files.entry(seq).or_default().0 = true,
-                Some((seq, "idx")) => files.entry(seq).or_default().1 = true,
+            let Some((seq, extension)) = parse_name(&name) else {
+                continue;
+            };
+            highest_seq = highest_seq.max(Some(seq));
+            if doomed.contains(&seq) {
+                continue;
+            }
+            match extension {
+                "pack" => files.entry(seq).or_default().0 = true,
+                "idx" => files.entry(seq).or_default().1 = true,
                 _ => {}
             }
         }
@@ -166,6 +203,7 @@ impl ChunkStore {
         let mut readers: HashMap<u32, Arc<dyn ReadFile>> = HashMap::new();
         let mut stored_bytes = 0u64;
         let mut open_pack = None;
+        let mut damage = Vec::new();
         for (&seq, &(has_pack, has_index)) in &files {
             if !has_pack {
                 continue;
@@ -174,53 +212,30 @@ impl ChunkStore {
             let reader = storage
                 .open_read(&name)
                 .map_err(io_error(format!("opening {name}")))?;
-            let pack_len = reader.len().map_err(io_error(format!("reading {name}")))?;
-            let loaded = if has_index {
-                load_index(storage.as_ref(), seq, pack_len)
-            } else {
-                None
-            };
+            let loaded = load_pack(
+                storage.as_ref(),
+                reader.as_ref(),
+                seq,
+                has_index,
+                Some(seq) == last_pack,
+                &mut damage,
+            )?;
             let entries = match loaded {
-                Some(entries) => entries,
-                None => {
-                    let scanned = scan(reader.as_ref(), seq)?;
-                    let with_ids = entries_of(&scanned.records);
-                    if Some(seq) == last_pack && !scanned.has_garbage_tail && scanned.valid_len > 0
-                    {
-                        let mut file = storage
-                            .open_append_uncached(&name)
-                            .map_err(io_error(format!("opening {name}")))?;
-                        // Durability of the scanned bytes is unknown: make it
-                        // certain before anything new is appended after them.
-                        file.sync().map_err(io_error(format!("syncing {name}")))?;
-                        for (id, entry) in &with_ids {
-                            index.insert_open(
-                                *id,
-                                PackLocation {
-                                    pack: seq,
-                                    offset: entry.offset,
-                                },
-                            );
-                            stored_bytes += u64::from(entry.record_len);
-                        }
-                        let entries = with_ids.into_iter().map(|(_, entry)| entry).collect();
-                        open_pack = Some(OpenPack {
-                            seq,
-                            file,
-                            entries,
-                            dirty: false,
-                        });
-                        readers.insert(seq, reader);
-                        continue;
+                LoadedPack::Sealed(entries) => entries,
+                LoadedPack::Open(pack, with_ids) => {
+                    for (id, entry) in &with_ids {
+                        index.insert_open(
+                            *id,
+                            PackLocation {
+                                pack: seq,
+                                offset: entry.offset,
+                            },
+                        );
+                        stored_bytes += u64::from(entry.record_len);
                     }
-                    let entries: Vec<IndexEntry> =
-                        with_ids.into_iter().map(|(_, entry)| entry).collect();
-                    if scanned.valid_len > 0 {
-                        storage
-                            .write_atomic(&index_name(seq), &encode_index(u64::from(seq), &entries))
-                            .map_err(io_error(format!("writing {}", index_name(seq))))?;
-                    }
-                    entries
+                    open_pack = Some(pack);
+                    readers.insert(seq, reader);
+                    continue;
                 }
             };
             stored_bytes += entries
@@ -238,22 +253,9 @@ impl ChunkStore {
             };
             readers.insert(seq, sealed_reader);
         }
-        let open_pack = match open_pack {
-            Some(open_pack) => open_pack,
-            None => {
-                let seq = files.keys().next_back().map_or(0, |seq| seq + 1);
-                let open_pack = OpenPack::create(storage.as_ref(), seq)?;
-                let name = pack_name(seq);
-                readers.insert(
-                    seq,
-                    storage
-                        .open_read(&name)
-                        .map_err(io_error(format!("opening {name}")))?,
-                );
-                open_pack
-            }
-        };
-        let next_seq = open_pack.seq + 1;
+        for found in &damage {
+            tracing::warn!(file = %found.file, detail = %found.detail, data_lost = found.data_lost, "damage found while opening the store");
+        }
         let store = ChunkStore {
             storage,
             config,
@@ -262,12 +264,18 @@ impl ChunkStore {
             index: RwLock::new(index),
             readers: RwLock::new(readers),
             stored_bytes: AtomicU64::new(stored_bytes),
-            next_seq: AtomicU32::new(next_seq),
+            next_seq: AtomicU32::new(highest_seq.map_or(0, |seq| seq + 1)),
             suspects: Mutex::new(HashSet::new()),
             domains: RwLock::new(HashMap::new()),
+            damage,
         };
         store.drop_duplicate_copies();
         Ok(store)
+    }
+
+    /// Damage found while opening (see [`ChunkStore::open`]).
+    pub fn damage(&self) -> &[Damage] {
+        &self.damage
     }
 
     /// Keeps one indexed copy of each chunk. Copies arise when a crash
@@ -449,20 +457,24 @@ impl ChunkStore {
         if self.contains(id) && !healing {
             return Ok(false);
         }
-        let name = pack_name(writer.seq);
-        let offset = writer
+        let pack = match writer.as_mut() {
+            Some(pack) => pack,
+            None => writer.insert(self.create_pack()?),
+        };
+        let name = pack_name(pack.seq);
+        let offset = pack
             .file
             .append(&[header, payload])
-            .map_err(io_error(format!("appending to {name}")))?;
+            .map_err(unsynced_error(format!("appending to {name}")))?;
         let offset =
             u32::try_from(offset).map_err(|_| Error::corrupted(&name, "pack grew past 4 GiB"))?;
         let record_len = (RECORD_HEADER_SIZE + payload.len()) as u32;
-        writer.entries.push(IndexEntry {
+        pack.entries.push(IndexEntry {
             id_prefix: id.prefix(),
             offset,
             record_len,
         });
-        writer.dirty = true;
+        pack.dirty = true;
         {
             let mut index = self.index.write();
             // The fresh copy replaces a damaged one in one step.
@@ -472,56 +484,71 @@ impl ChunkStore {
             index.insert_open(
                 *id,
                 PackLocation {
-                    pack: writer.seq,
+                    pack: pack.seq,
                     offset,
                 },
             );
         }
         self.stored_bytes
             .fetch_add(u64::from(record_len), Ordering::Relaxed);
-        if writer.file.len() >= self.config.pack_target_size {
-            let retired = self.rotate(&mut writer)?;
+        if pack.file.len() >= self.config.pack_target_size {
+            let retired = self.rotate(&mut writer);
             drop(writer);
             // Sealing fsyncs the whole pack: done outside the writer lock so
-            // other puts continue into the new pack meanwhile.
-            self.seal(&retired)?;
+            // other puts continue into the next pack meanwhile.
+            if let Some(retired) = retired {
+                self.seal(&retired)?;
+            }
         }
         Ok(true)
     }
 
-    /// Replaces the open pack with a new one (created durably) and returns
-    /// the old one, registered as retiring until [`ChunkStore::seal`] ends.
-    fn rotate(&self, writer: &mut OpenPack) -> Result<Arc<Mutex<OpenPack>>> {
-        let next_seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
-        let next = OpenPack::create(self.storage.as_ref(), next_seq)?;
-        let next_name = pack_name(next_seq);
-        let next_reader = self
+    /// Creates the next pack for appends (durably) and registers its reader.
+    /// A failure leaves nothing the store depends on: at worst an empty or
+    /// torn pack file, which the next open skips.
+    fn create_pack(&self) -> Result<OpenPack> {
+        let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
+        let pack = OpenPack::create(self.storage.as_ref(), seq)?;
+        let name = pack_name(seq);
+        let reader = self
             .storage
-            .open_read(&next_name)
-            .map_err(io_error(format!("opening {next_name}")))?;
-        self.readers.write().insert(next_seq, next_reader);
-        let retired = Arc::new(Mutex::new(std::mem::replace(writer, next)));
+            .open_read(&name)
+            .map_err(io_error(format!("opening {name}")))?;
+        self.readers.write().insert(seq, reader);
+        Ok(pack)
+    }
+
+    /// Takes the open pack out of the writer (the next append creates a
+    /// new one) and registers it as retiring until [`ChunkStore::seal`]
+    /// ends; `None` if no pack is open.
+    fn rotate(&self, writer: &mut Option<OpenPack>) -> Option<Arc<Mutex<OpenPack>>> {
+        let retired = Arc::new(Mutex::new(writer.take()?));
         self.retiring.lock().push(retired.clone());
-        Ok(retired)
+        Some(retired)
     }
 
     /// Seals a retired pack: sync it, write its index atomically, then map
     /// it and move its entries into the sorted index. Its chunks stay
     /// readable throughout (pread and the open-pack map until the switch).
+    /// The index is best effort: a pack whose index could not be written
+    /// (a full disk) is sealed all the same, and scanned at the next open.
     fn seal(&self, retired: &Arc<Mutex<OpenPack>>) -> Result<()> {
         let mut pack = retired.lock();
         let seq = pack.seq;
         let name = pack_name(seq);
         pack.file
             .sync()
-            .map_err(io_error(format!("syncing {name}")))?;
+            .map_err(unsynced_error(format!("syncing {name}")))?;
         pack.dirty = false;
         let mut entries = std::mem::take(&mut pack.entries);
         entries.sort_unstable();
-        self.storage
-            .write_atomic(&index_name(seq), &encode_index(u64::from(seq), &entries))
-            .map_err(io_error(format!("writing {}", index_name(seq))))?;
-        if self.config.use_mmap {
+        let indexed = self
+            .storage
+            .write_atomic(&index_name(seq), &encode_index(u64::from(seq), &entries));
+        if let Err(error) = &indexed {
+            tracing::warn!(pack = %name, %error, "could not write a sealed pack's index; it will be scanned at the next open");
+        }
+        if self.config.use_mmap && indexed.is_ok() {
             let mapped = self
                 .storage
                 .map(&name)
@@ -541,27 +568,12 @@ impl ChunkStore {
     /// Makes every chunk put so far durable: the open pack's and those of
     /// packs still being sealed (waiting for a seal under way).
     pub fn sync(&self) -> Result<()> {
-        {
-            let mut writer = self.writer.lock();
-            if writer.dirty {
-                let name = pack_name(writer.seq);
-                writer
-                    .file
-                    .sync()
-                    .map_err(io_error(format!("syncing {name}")))?;
-                writer.dirty = false;
-            }
+        if let Some(pack) = self.writer.lock().as_mut() {
+            pack.sync()?;
         }
         let retiring: Vec<Arc<Mutex<OpenPack>>> = self.retiring.lock().clone();
         for pack in retiring {
-            let mut pack = pack.lock();
-            if pack.dirty {
-                let name = pack_name(pack.seq);
-                pack.file
-                    .sync()
-                    .map_err(io_error(format!("syncing {name}")))?;
-                pack.dirty = false;
-            }
+            pack.lock().sync()?;
         }
         Ok(())
     }
@@ -736,4 +748,84 @@ fn load_index(storage: &dyn Storage, seq: u32, pack_len: u64) -> Option<Vec<Inde
         .iter()
         .all(|entry| u64::from(entry.offset) + u64::from(entry.record_len) <= pack_len);
     (indexed_seq == u64::from(seq) && in_bounds).then_some(entries)
+}
+
+/// Loads pack `seq` at open (see [`ChunkStore::open`]), recording what it
+/// finds damaged in `damage`.
+fn load_pack(
+    storage: &dyn Storage,
+    reader: &dyn ReadFile,
+    seq: u32,
+    has_index: bool,
+    is_last: bool,
+    damage: &mut Vec<Damage>,
+) -> Result<LoadedPack> {
+    let name = pack_name(seq);
+    let pack_len = reader.len().map_err(io_error(format!("reading {name}")))?;
+    if has_index {
+        if let Some(entries) = load_index(storage, seq, pack_len) {
+            return Ok(LoadedPack::Sealed(entries));
+        }
+    }
+    let scanned = scan(reader, seq)?;
+    let with_ids = entries_of(&scanned.records);
+    if !scanned.damaged.is_empty() {
+        let ranges: Vec<String> = scanned
+            .damaged
+            .iter()
+            .map(|range| format!("{}..{}", range.start, range.end))
+            .collect();
+        damage.push(Damage {
+            file: name,
+            detail: format!(
+                "bytes {} hold no valid record, and valid records follow; the {} records around them are kept (run `blocksnap repair` to index the pack)",
+                ranges.join(", "),
+                with_ids.len()
+            ),
+            data_lost: true,
+        });
+        return Ok(LoadedPack::Sealed(
+            with_ids.into_iter().map(|(_, entry)| entry).collect(),
+        ));
+    }
+    if has_index {
+        damage.push(Damage {
+            file: index_name(seq),
+            detail: "the index does not verify or points past its pack's end; rebuilt from the pack, which scans cleanly".into(),
+            data_lost: false,
+        });
+    }
+    if storage.is_read_only() {
+        return Ok(LoadedPack::Sealed(
+            with_ids.into_iter().map(|(_, entry)| entry).collect(),
+        ));
+    }
+    // Only a pack that was never sealed (no index at all) takes appends.
+    if is_last && !has_index && !scanned.has_garbage_tail && scanned.valid_len > 0 {
+        let mut file = storage
+            .open_append_uncached(&name)
+            .map_err(io_error(format!("opening {name}")))?;
+        // Durability of the scanned bytes is unknown: make it certain
+        // before anything new is appended after them.
+        file.sync().map_err(io_error(format!("syncing {name}")))?;
+        let entries = with_ids.iter().map(|(_, entry)| *entry).collect();
+        let pack = OpenPack {
+            seq,
+            file,
+            entries,
+            dirty: false,
+        };
+        return Ok(LoadedPack::Open(pack, with_ids));
+    }
+    let entries: Vec<IndexEntry> = with_ids.into_iter().map(|(_, entry)| entry).collect();
+    if scanned.valid_len > 0 {
+        // Sealing is best effort: without an index (a full disk, say) the
+        // pack is scanned again at the next open.
+        if let Err(error) =
+            storage.write_atomic(&index_name(seq), &encode_index(u64::from(seq), &entries))
+        {
+            tracing::warn!(pack = %name, %error, "could not write the index of a recovered pack; it will be scanned again at the next open");
+        }
+    }
+    Ok(LoadedPack::Sealed(entries))
 }

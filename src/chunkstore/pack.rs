@@ -57,6 +57,18 @@ impl OpenPack {
             dirty: false,
         })
     }
+
+    /// Makes what was appended durable, if anything was since the last
+    /// sync. A failure leaves the pack's durable content unknown.
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        if self.dirty {
+            self.file.sync().map_err(|e| {
+                Error::io_durability_unknown(format!("syncing {}", pack_name(self.seq)), e)
+            })?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
 }
 
 /// One valid record found by a scan.
@@ -67,15 +79,29 @@ pub(crate) struct ScannedRecord {
 
 /// The result of scanning a pack from its start.
 pub(crate) struct Scan {
+    /// Every record whose crc verifies, in file order.
     pub(crate) records: Vec<ScannedRecord>,
-    /// Bytes covered by the header and valid records.
+    /// Byte ranges that hold no valid record but are followed by one:
+    /// damage (a flipped byte, a lost sector), never a torn write, which
+    /// only ever cuts a file's end. The file header counts as bytes 0..32.
+    pub(crate) damaged: Vec<std::ops::Range<u64>>,
+    /// End of the last valid record (or of the header).
     pub(crate) valid_len: u64,
-    /// Whether bytes past `valid_len` exist (a torn or corrupt tail).
+    /// Whether bytes past `valid_len` exist that hold no valid record: a
+    /// torn tail (or damage confined to the end, which cannot be told
+    /// from one).
     pub(crate) has_garbage_tail: bool,
 }
 
-/// Reads every record of pack `seq`, checking each crc, and stops at the
-/// first record that does not verify.
+/// Bytes a resynchronizing scan reads at a time.
+const RESYNC_WINDOW: usize = 1 << 20;
+
+/// Reads every record of pack `seq`, checking each crc. A record that does
+/// not verify does not end the scan: the next record is looked for where
+/// the bad one's framed length says it starts, else byte by byte (a
+/// header that decodes and a crc over header and payload that matches),
+/// so damage costs only the bytes it touches. Bytes with no valid record
+/// after them are a torn tail.
 pub(crate) fn scan(file: &dyn ReadFile, seq: u32) -> Result<Scan> {
     let name = pack_name(seq);
     let file_len = file
@@ -85,47 +111,123 @@ pub(crate) fn scan(file: &dyn ReadFile, seq: u32) -> Result<Scan> {
     let header_ok = file_len >= FILE_HEADER_SIZE as u64
         && file.read_exact_at(0, &mut head).is_ok()
         && header::decode(&head, PACK_MAGIC) == Ok(u64::from(seq));
-    if !header_ok {
-        return Ok(Scan {
-            records: Vec::new(),
-            valid_len: 0,
-            has_garbage_tail: file_len > 0,
-        });
-    }
-    let mut records = Vec::new();
-    let mut offset = FILE_HEADER_SIZE as u64;
+    let mut scan = Scan {
+        records: Vec::new(),
+        damaged: Vec::new(),
+        valid_len: FILE_HEADER_SIZE as u64,
+        has_garbage_tail: false,
+    };
     let mut payload = Vec::new();
-    while offset + RECORD_HEADER_SIZE as u64 <= file_len {
-        let mut header_bytes = [0u8; RECORD_HEADER_SIZE];
-        if file.read_exact_at(offset, &mut header_bytes).is_err() {
-            break;
+    let mut offset = FILE_HEADER_SIZE as u64;
+    while offset < file_len {
+        if let Some(header) = record_at(file, offset, file_len, &mut payload) {
+            let end = offset + header.record_len() as u64;
+            scan.records.push(ScannedRecord {
+                offset: u32::try_from(offset).unwrap_or(u32::MAX),
+                header,
+            });
+            scan.valid_len = end;
+            offset = end;
+            continue;
         }
-        let Ok(header) = decode_record_header(&header_bytes) else {
-            break;
+        // The bad record's own length, if its header still decodes, says
+        // where the next one starts; otherwise search for it.
+        let framed = framed_end(file, offset, file_len)
+            .filter(|next| record_at(file, *next, file_len, &mut payload).is_some());
+        let next = match framed {
+            Some(next) => Some(next),
+            None => next_record(file, offset + 1, file_len, &mut payload),
         };
-        let end = offset + header.record_len() as u64;
-        if end > file_len || u32::try_from(end).is_err() {
-            break;
+        match next {
+            Some(next) => {
+                scan.damaged.push(offset..next);
+                offset = next;
+            }
+            None => {
+                scan.has_garbage_tail = true;
+                break;
+            }
         }
-        payload.resize(header.payload_len as usize, 0);
-        if file
-            .read_exact_at(offset + RECORD_HEADER_SIZE as u64, &mut payload)
-            .is_err()
-            || verify_record(&header_bytes, &header, &payload).is_err()
-        {
-            break;
-        }
-        records.push(ScannedRecord {
-            offset: u32::try_from(offset).unwrap_or(u32::MAX),
-            header,
-        });
-        offset = end;
     }
-    Ok(Scan {
-        records,
-        valid_len: offset,
-        has_garbage_tail: offset < file_len,
-    })
+    if !header_ok {
+        if scan.records.is_empty() {
+            // Nothing but a torn or damaged header: a pack created and
+            // never written, as far as anyone can tell.
+            scan.valid_len = 0;
+            scan.has_garbage_tail = file_len > 0;
+        } else {
+            scan.damaged.insert(0, 0..FILE_HEADER_SIZE as u64);
+        }
+    }
+    Ok(scan)
+}
+
+/// The header of the valid record at `offset`, if one starts there: the
+/// header decodes, the record fits in the file, and its crc verifies.
+fn record_at(
+    file: &dyn ReadFile,
+    offset: u64,
+    file_len: u64,
+    payload: &mut Vec<u8>,
+) -> Option<RecordHeader> {
+    if offset + RECORD_HEADER_SIZE as u64 > file_len {
+        return None;
+    }
+    let mut header_bytes = [0u8; RECORD_HEADER_SIZE];
+    file.read_exact_at(offset, &mut header_bytes).ok()?;
+    let header = decode_record_header(&header_bytes).ok()?;
+    let end = offset + header.record_len() as u64;
+    if end > file_len || u32::try_from(end).is_err() {
+        return None;
+    }
+    payload.resize(header.payload_len as usize, 0);
+    file.read_exact_at(offset + RECORD_HEADER_SIZE as u64, payload)
+        .ok()?;
+    verify_record(&header_bytes, &header, payload).ok()?;
+    Some(header)
+}
+
+/// Where the record at `offset` ends by its own length field, if its
+/// header decodes (its crc may still fail).
+fn framed_end(file: &dyn ReadFile, offset: u64, file_len: u64) -> Option<u64> {
+    let mut header_bytes = [0u8; RECORD_HEADER_SIZE];
+    if offset + RECORD_HEADER_SIZE as u64 > file_len {
+        return None;
+    }
+    file.read_exact_at(offset, &mut header_bytes).ok()?;
+    let header = decode_record_header(&header_bytes).ok()?;
+    Some(offset + header.record_len() as u64).filter(|end| *end < file_len)
+}
+
+/// The first offset at or after `from` where a valid record starts. Reads
+/// the file in windows and tries each position whose header decodes; only
+/// those (rare in anything but record headers) cost a crc.
+fn next_record(
+    file: &dyn ReadFile,
+    from: u64,
+    file_len: u64,
+    payload: &mut Vec<u8>,
+) -> Option<u64> {
+    let mut window = vec![0u8; RESYNC_WINDOW + RECORD_HEADER_SIZE];
+    let mut start = from;
+    while start + RECORD_HEADER_SIZE as u64 <= file_len {
+        let length = (file_len - start).min(window.len() as u64) as usize;
+        let bytes = window.get_mut(..length)?;
+        file.read_exact_at(start, bytes).ok()?;
+        let positions = length.saturating_sub(RECORD_HEADER_SIZE) + 1;
+        for position in 0..positions.min(RESYNC_WINDOW) {
+            let candidate = bytes.get(position..position + RECORD_HEADER_SIZE)?;
+            if decode_record_header(candidate).is_err() {
+                continue;
+            }
+            let offset = start + position as u64;
+            if record_at(file, offset, file_len, payload).is_some() {
+                return Some(offset);
+            }
+        }
+        start += RESYNC_WINDOW as u64;
+    }
+    None
 }
 
 /// Index entries of scanned records, sorted as the index format requires.

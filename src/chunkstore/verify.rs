@@ -9,6 +9,7 @@ use crate::codec;
 use crate::error::Error;
 use crate::format::pack::RecordKind;
 use crate::ids::{ChunkId, PackLocation};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A stored record that failed verification.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,9 +38,14 @@ pub struct RecordCheck {
 impl ChunkStore {
     /// Checks every indexed record (or those whose id prefix falls in the
     /// first `fraction` of the id space: a deterministic sample), on
-    /// `threads` threads. Damaged chunks are marked suspect, so that a put
-    /// of the same data heals them.
-    pub fn verify_records(&self, fraction: f64, threads: usize) -> RecordCheck {
+    /// `threads` threads, until `cancel` is set. Damaged chunks are marked
+    /// suspect, so that a put of the same data heals them.
+    pub fn verify_records(
+        &self,
+        fraction: f64,
+        threads: usize,
+        cancel: &AtomicBool,
+    ) -> RecordCheck {
         let bound = (fraction.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
         let entries: Vec<(u64, PackLocation)> = self
             .index
@@ -53,7 +59,7 @@ impl ChunkStore {
         let checks: Vec<RecordCheck> = std::thread::scope(|scope| {
             let workers: Vec<_> = entries
                 .chunks(per_thread)
-                .map(|share| scope.spawn(move || self.verify_share(share)))
+                .map(|share| scope.spawn(move || self.verify_share(share, cancel)))
                 .collect();
             workers
                 .into_iter()
@@ -77,9 +83,12 @@ impl ChunkStore {
         total
     }
 
-    fn verify_share(&self, share: &[(u64, PackLocation)]) -> RecordCheck {
+    fn verify_share(&self, share: &[(u64, PackLocation)], cancel: &AtomicBool) -> RecordCheck {
         let mut check = RecordCheck::default();
         for &(id_prefix, location) in share {
+            if cancel.load(Ordering::Acquire) {
+                break;
+            }
             check.records += 1;
             let damaged = |chunk, detail: String| DamagedRecord {
                 location,

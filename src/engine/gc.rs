@@ -12,6 +12,7 @@ use super::Engine;
 use crate::chunkstore::PackUsage;
 use crate::error::{Error, Result};
 use crate::ids::ChunkId;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Dead catalog records below which the collector leaves the log alone.
@@ -64,6 +65,9 @@ pub struct GcReport {
     pub catalog_bytes_freed: u64,
     /// Packs skipped because a record could not be read (run verify).
     pub packs_damaged: Vec<u32>,
+    /// The run was cancelled: the compaction under way was undone and the
+    /// remaining candidates left for a later run.
+    pub interrupted: bool,
     /// Wall time taken.
     pub elapsed: Duration,
 }
@@ -144,6 +148,17 @@ impl Engine {
     /// packs. Refuses to run while the reference counts are incomplete
     /// (a map node could not be read): a chunk could look dead.
     pub fn collect_garbage(&self, options: GcOptions) -> Result<GcReport> {
+        self.collect_garbage_cancellable(options, &AtomicBool::new(false))
+    }
+
+    /// [`Engine::collect_garbage`] that stops soon after `cancel` is set:
+    /// the compaction under way is undone (nothing was switched), the
+    /// finished ones stay, and the report says `interrupted`.
+    pub fn collect_garbage_cancellable(
+        &self,
+        options: GcOptions,
+        cancel: &AtomicBool,
+    ) -> Result<GcReport> {
         let started = Instant::now();
         let _maintenance = self.inner.maintenance.lock();
         self.check_writable()?;
@@ -167,7 +182,11 @@ impl Engine {
             usage.live_bytes < usage.record_bytes
                 && (usage.live_bytes as f64) < options.live_threshold * usage.record_bytes as f64
         };
-        if options.include_open_pack && below(&chunks.open_pack_usage(&is_live)) {
+        if options.include_open_pack
+            && chunks
+                .open_pack_usage(&is_live)
+                .is_some_and(|usage| below(&usage))
+        {
             self.poison_on_io(chunks.seal_open_pack())?;
         }
         let usage = self.poison_on_io(chunks.pack_usage(&is_live))?;
@@ -188,22 +207,32 @@ impl Engine {
         let limit = options.max_compactions.unwrap_or(usize::MAX);
         let mut pacer = Pacer::new(options.max_bytes_per_sec);
         for (done, sources) in groups.iter().enumerate() {
-            if done >= limit {
+            if done >= limit || report.interrupted || cancel.load(Ordering::Acquire) {
+                report.interrupted |= cancel.load(Ordering::Acquire);
                 report.packs_remaining += sources.len();
                 continue;
             }
             let mut compaction = self.poison_on_io(chunks.begin_compaction(sources))?;
-            let copied =
-                chunks.copy_live(&mut compaction, &is_live, &mut |bytes| pacer.pace(bytes));
-            if let Err(error) = copied {
-                if error.is_fatal_io() {
-                    return self.poison_on_io(Err(error));
+            let copied = chunks.copy_live(&mut compaction, &is_live, &mut |bytes| {
+                pacer.pace(bytes);
+                !cancel.load(Ordering::Acquire)
+            });
+            match copied {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.poison_on_io(chunks.abandon_compaction(compaction))?;
+                    report.interrupted = true;
+                    report.packs_remaining += sources.len();
+                    continue;
                 }
-                // A live record does not verify: leave these packs for
-                // verify to report, and carry on with the others.
-                self.poison_on_io(chunks.abandon_compaction(compaction))?;
-                report.packs_damaged.extend(sources);
-                continue;
+                Err(error) if error.is_fatal_io() => return self.poison_on_io(Err(error)),
+                Err(_) => {
+                    // A live record does not verify: leave these packs for
+                    // verify to report, and carry on with the others.
+                    self.poison_on_io(chunks.abandon_compaction(compaction))?;
+                    report.packs_damaged.extend(sources);
+                    continue;
+                }
             }
             let exclusive = self.inner.reference_guard.write();
             let outcome = self.poison_on_io(chunks.finish_compaction(compaction, &is_live))?;
@@ -216,7 +245,8 @@ impl Engine {
         // The catalog keeps the records of deleted snapshots until it is
         // rewritten; rewrite it once they outnumber the live ones.
         let catalog = &self.inner.catalog;
-        if catalog.dead_records() >= CATALOG_COMPACTION_MIN_DEAD
+        if !report.interrupted
+            && catalog.dead_records() >= CATALOG_COMPACTION_MIN_DEAD
             && catalog.dead_records() >= catalog.live_records()
         {
             report.catalog_bytes_freed = self.poison_on_io(catalog.compact())?;

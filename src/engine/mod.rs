@@ -131,8 +131,11 @@ struct EngineInner {
     group_commit: GroupCommit,
     /// A journal was created since the journal directory was last synced.
     journal_dir_dirty: AtomicBool,
-    /// Set by the first I/O failure on a write path; see [`Error::Poisoned`].
+    /// Set by the first failure that left the durable state unknown; see
+    /// [`Error::Poisoned`].
     poisoned: AtomicBool,
+    /// What poisoned the engine, for every later refusal.
+    poison_cause: Mutex<String>,
     /// Reference counts of live chunks.
     references: References,
     /// Held shared from the moment a chunk is stored or looked up until the
@@ -362,6 +365,7 @@ impl Engine {
                 group_commit: GroupCommit::default(),
                 journal_dir_dirty: AtomicBool::new(false),
                 poisoned: AtomicBool::new(false),
+                poison_cause: Mutex::new(String::new()),
                 references,
                 reference_guard: RwLock::new(()),
                 reaper: Mutex::new(None),
@@ -425,17 +429,28 @@ impl Engine {
 
     fn check_writable(&self) -> Result<()> {
         if self.inner.poisoned.load(Ordering::Acquire) {
-            Err(Error::Poisoned)
+            Err(Error::Poisoned {
+                cause: self.inner.poison_cause.lock().clone(),
+            })
         } else {
             Ok(())
         }
     }
 
-    /// Passes `result` through, poisoning the engine if it is an I/O failure.
+    /// Passes `result` through, poisoning the engine if it is a failure
+    /// that left the durable state unknown (a failed append or sync; see
+    /// [`Error::is_fatal_io`]). Other failures fail only the request.
     fn poison_on_io<T>(&self, result: Result<T>) -> Result<T> {
         if let Err(error) = &result {
             if error.is_fatal_io() {
-                self.inner.poisoned.store(true, Ordering::Release);
+                let mut cause = self.inner.poison_cause.lock();
+                if !self.inner.poisoned.swap(true, Ordering::AcqRel) {
+                    *cause = error.to_string();
+                    tracing::error!(
+                        cause = %error,
+                        "the store stopped accepting writes: a failed write or sync left its durable state unknown; reopen the store"
+                    );
+                }
             }
         }
         result

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::format::node::{slot_span, LEVELS};
 use crate::ids::{ChunkId, PackLocation, SnapshotId};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How a verification runs.
@@ -69,14 +70,17 @@ pub struct VerifyReport {
     pub catalog_error: Option<String>,
     /// Damaged and missing chunks, with what they affect.
     pub damaged: Vec<DamagedChunk>,
+    /// The run was cancelled before it checked everything: it proves
+    /// nothing about what it did not reach.
+    pub interrupted: bool,
     /// Wall time taken.
     pub elapsed: Duration,
 }
 
 impl VerifyReport {
-    /// Whether nothing was found wrong.
+    /// Whether the whole check ran and found nothing wrong.
     pub fn is_clean(&self) -> bool {
-        self.catalog_error.is_none() && self.damaged.is_empty()
+        !self.interrupted && self.catalog_error.is_none() && self.damaged.is_empty()
     }
 }
 
@@ -88,6 +92,16 @@ impl Engine {
     /// it affects, and is marked so that the next put of identical data
     /// stores a fresh copy (healing it).
     pub fn verify(&self, options: VerifyOptions) -> Result<VerifyReport> {
+        self.verify_cancellable(options, &AtomicBool::new(false))
+    }
+
+    /// [`Engine::verify`] that stops soon after `cancel` is set; the report
+    /// then says `interrupted` and is never clean.
+    pub fn verify_cancellable(
+        &self,
+        options: VerifyOptions,
+        cancel: &AtomicBool,
+    ) -> Result<VerifyReport> {
         let started = Instant::now();
         if !(0.0..=1.0).contains(&options.sample_fraction) {
             return Err(Error::invalid(
@@ -103,12 +117,17 @@ impl Engine {
         let check = self
             .inner
             .chunks
-            .verify_records(options.sample_fraction, threads);
+            .verify_records(options.sample_fraction, threads, cancel);
         let mut report = VerifyReport {
             records_checked: check.records,
             bytes_checked: check.bytes,
             ..VerifyReport::default()
         };
+        if cancel.load(Ordering::Acquire) {
+            report.interrupted = true;
+            report.elapsed = started.elapsed();
+            return Ok(report);
+        }
         match self.inner.catalog.verify() {
             Ok(records) => report.catalog_records = records,
             Err(error) => report.catalog_error = Some(error.to_string()),

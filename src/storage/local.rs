@@ -13,13 +13,26 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A directory on the local file system, locked for exclusive use by one
-/// process for as long as this value lives.
+/// process (or shared by readers, [`LocalStorage::open_read_only`]) for as
+/// long as this value lives.
 #[derive(Debug)]
 pub struct LocalStorage {
     root: PathBuf,
-    _lock: File,
+    _lock: Option<File>,
+    /// Every mutating method fails: nothing is ever written.
+    read_only: bool,
     /// Bytes buffered by open uncached append files, for readers.
     tails: Arc<TailRegistry>,
+}
+
+/// The name of the lock file in a store directory.
+const LOCK_NAME: &str = "LOCK";
+
+fn in_use(root: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::WouldBlock,
+        format!("store {} is in use by another process", root.display()),
+    )
 }
 
 impl LocalStorage {
@@ -32,19 +45,61 @@ impl LocalStorage {
             .create(true)
             .truncate(false)
             .write(true)
-            .open(root.join("LOCK"))?;
+            .open(root.join(LOCK_NAME))?;
         lock.try_lock().map_err(|error| match error {
-            fs::TryLockError::WouldBlock => io::Error::new(
-                io::ErrorKind::WouldBlock,
-                format!("store {} is in use by another process", root.display()),
-            ),
+            fs::TryLockError::WouldBlock => in_use(&root),
             fs::TryLockError::Error(error) => error,
         })?;
         Ok(LocalStorage {
             root,
-            _lock: lock,
+            _lock: Some(lock),
+            read_only: false,
             tails: Arc::default(),
         })
+    }
+
+    /// Opens the existing directory `root` for reading only: nothing is
+    /// created, and every mutating method fails with `ReadOnlyFilesystem`
+    /// (so a read-only command provably writes nothing, and works on a
+    /// full disk). Takes the lock shared, so readers run side by side and
+    /// exclude a writer; a store without a lock file (a copy) is read
+    /// unlocked. Fails with `NotFound` if `root` is not a directory.
+    pub fn open_read_only(root: impl AsRef<Path>) -> io::Result<LocalStorage> {
+        let root = root.as_ref().to_path_buf();
+        if !fs::metadata(&root)?.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not a directory", root.display()),
+            ));
+        }
+        let lock = match File::open(root.join(LOCK_NAME)) {
+            Ok(lock) => {
+                lock.try_lock_shared().map_err(|error| match error {
+                    fs::TryLockError::WouldBlock => in_use(&root),
+                    fs::TryLockError::Error(error) => error,
+                })?;
+                Some(lock)
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+            Err(error) => return Err(error),
+        };
+        Ok(LocalStorage {
+            root,
+            _lock: lock,
+            read_only: true,
+            tails: Arc::default(),
+        })
+    }
+
+    /// Refuses a mutation of a read-only store.
+    fn writable(&self) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::ReadOnlyFilesystem,
+                format!("store {} is open read-only", self.root.display()),
+            ));
+        }
+        Ok(())
     }
 
     /// The directory this storage lives in.
@@ -158,12 +213,14 @@ impl ReadFile for MappedRead {
 
 impl Storage for LocalStorage {
     fn open_append(&self, name: &str) -> io::Result<Box<dyn AppendFile>> {
+        self.writable()?;
         let (_, file) = self.open_for_append(name)?;
         let len = file.metadata()?.len();
         Ok(Box::new(LocalAppend { file, len }))
     }
 
     fn open_append_uncached(&self, name: &str) -> io::Result<Box<dyn AppendFile>> {
+        self.writable()?;
         let (path, file) = self.open_for_append(name)?;
         Ok(Box::new(UncachedAppend::open(
             path,
@@ -203,6 +260,7 @@ impl Storage for LocalStorage {
     }
 
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.writable()?;
         let path = self.path(name);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir)?;
@@ -217,6 +275,7 @@ impl Storage for LocalStorage {
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
+        self.writable()?;
         match fs::remove_file(self.path(name)) {
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
@@ -245,7 +304,18 @@ impl Storage for LocalStorage {
         self.path(name).try_exists()
     }
 
+    #[cfg(target_os = "linux")]
+    fn available_bytes(&self) -> io::Result<Option<u64>> {
+        let stats = rustix::fs::statvfs(&self.root).map_err(io::Error::from)?;
+        Ok(Some(stats.f_bavail.saturating_mul(stats.f_frsize)))
+    }
+
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
     fn sync_dir(&self, dir: &str) -> io::Result<()> {
+        self.writable()?;
         let path = if dir.is_empty() {
             self.root.clone()
         } else {

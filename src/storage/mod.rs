@@ -93,6 +93,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn exists(&self, name: &str) -> io::Result<bool>;
     /// Makes creations and removals inside `dir` durable.
     fn sync_dir(&self, dir: &str) -> io::Result<()>;
+    /// Bytes the medium can still take, when it knows (`Ok(None)`: no
+    /// bound known).
+    fn available_bytes(&self) -> io::Result<Option<u64>> {
+        Ok(None)
+    }
+    /// Whether every mutating method fails (a read-only open): nothing is
+    /// ever written through it.
+    fn is_read_only(&self) -> bool {
+        false
+    }
 
     /// Reads a whole file.
     fn read_all(&self, name: &str) -> io::Result<Vec<u8>> {

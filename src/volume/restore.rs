@@ -128,6 +128,10 @@ pub fn restore(
         if let Err(error) = round {
             break Err(error);
         }
+        // The workers stop early when cancelled: the page is incomplete.
+        if cancel.load(Ordering::Acquire) {
+            break Ok(false);
+        }
         let reached = page
             .next
             .map_or(length, |next| u64::from(next.0) * BLOCK_SIZE as u64)

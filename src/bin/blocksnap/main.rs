@@ -4,13 +4,14 @@
 //!
 //! Exit codes: 0 success, 1 failure (I/O, corruption, damage found by
 //! verify), 2 bad usage or invalid arguments, 3 not found (snapshot, image
-//! or key), 130 interrupted (Ctrl-C; a backup's pending snapshot is
-//! cancelled first).
+//! or key), 128 + the signal's number when interrupted (130 SIGINT, 143
+//! SIGTERM, 129 SIGHUP; see `signals`).
 
 mod args;
 mod keys;
 mod output;
 mod serve;
+mod signals;
 
 use args::{Cli, Command};
 use blocksnap::api::{
@@ -28,17 +29,11 @@ use clap::Parser;
 use output::Output;
 use serde_json::json;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Set by Ctrl-C (SIGINT) and SIGTERM: long operations stop cleanly.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Exit code of bad usage (clap uses it too).
 const EXIT_USAGE: u8 = 2;
 /// Exit code of a missing snapshot, image or key.
 const EXIT_NOT_FOUND: u8 = 3;
-/// Exit code after Ctrl-C.
-const EXIT_INTERRUPTED: u8 = 130;
 
 /// What ended a command that did not succeed.
 enum Failure {
@@ -46,7 +41,7 @@ enum Failure {
     Engine(Error),
     /// Bad usage found after parsing (a malformed tag, a changed-block list).
     Usage(String),
-    /// Ctrl-C.
+    /// SIGINT, SIGTERM or SIGHUP: the command stopped and undid its work.
     Interrupted,
     /// The command ran and found a problem it reported (verify).
     Reported,
@@ -60,21 +55,22 @@ impl From<Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The server handles its own signals (graceful shutdown). Elsewhere
-    // only the first signal is caught: a second one ends the process.
-    if !matches!(cli.command, Command::Serve(_)) {
-        let _ = ctrlc::set_handler(|| {
-            if INTERRUPTED.swap(true, Ordering::AcqRel) {
-                std::process::exit(i32::from(EXIT_INTERRUPTED));
-            }
-        });
-    }
     let out = Output::new(cli.json, cli.quiet);
+    // The server handles its own signals (graceful shutdown).
+    if !matches!(cli.command, Command::Serve(_)) {
+        if let Err(error) = signals::install() {
+            out.error(&format!("cannot install signal handlers: {error}"));
+            return ExitCode::FAILURE;
+        }
+    }
     match run(&cli, &out) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Interrupted) => {
-            out.error("interrupted; the store is consistent");
-            ExitCode::from(EXIT_INTERRUPTED)
+            out.error(&format!(
+                "interrupted by {}; nothing was left half done and the store is consistent",
+                signals::received_name()
+            ));
+            ExitCode::from(signals::exit_code())
         }
         Err(Failure::Reported) => ExitCode::FAILURE,
         Err(Failure::Usage(message)) => {
@@ -132,7 +128,7 @@ fn engine_config(cli: &Cli, want_encryption: bool) -> Result<EngineConfig, Failu
 }
 
 fn interrupted() -> Result<(), Failure> {
-    if INTERRUPTED.load(Ordering::Acquire) {
+    if signals::interrupted() {
         Err(Failure::Interrupted)
     } else {
         Ok(())
@@ -181,7 +177,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                 &backup.image,
                 &options,
                 &|bytes| bar.advance(bytes),
-                &INTERRUPTED,
+                signals::flag(),
             )?;
             bar.finish();
             match outcome {
@@ -209,7 +205,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                     threads: restore.threads,
                 },
                 &|bytes| bar.advance(bytes),
-                &INTERRUPTED,
+                signals::flag(),
             )?;
             bar.finish();
             match outcome {
@@ -283,25 +279,37 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
         Command::Gc(gc) => {
             let engine = open_engine(cli, false)?;
             let spinner = out.spinner("collecting garbage");
-            let report = engine.collect_garbage(GcOptions {
-                live_threshold: gc.live_threshold,
-                max_bytes_per_sec: gc.max_bytes_per_sec,
-                ..GcOptions::default()
-            });
+            let report = engine.collect_garbage_cancellable(
+                GcOptions {
+                    live_threshold: gc.live_threshold,
+                    max_bytes_per_sec: gc.max_bytes_per_sec,
+                    ..GcOptions::default()
+                },
+                signals::flag(),
+            );
             spinner.finish();
             let report = report?;
+            if report.interrupted {
+                return Err(Failure::Interrupted);
+            }
             out.gc(&report);
             Ok(())
         }
         Command::Verify(verify) => {
             let engine = open_engine(cli, false)?;
             let spinner = out.spinner("verifying");
-            let report = engine.verify(VerifyOptions {
-                sample_fraction: verify.sample,
-                threads: verify.threads,
-            });
+            let report = engine.verify_cancellable(
+                VerifyOptions {
+                    sample_fraction: verify.sample,
+                    threads: verify.threads,
+                },
+                signals::flag(),
+            );
             spinner.finish();
             let report = report?;
+            if report.interrupted {
+                return Err(Failure::Interrupted);
+            }
             out.verify(&report);
             if report.is_clean() {
                 Ok(())
@@ -344,7 +352,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                     threads: export.threads,
                 },
                 &|bytes| bar.advance(bytes),
-                &INTERRUPTED,
+                signals::flag(),
             )?;
             bar.finish();
             match outcome {
@@ -372,7 +380,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                     threads: import.threads,
                 },
                 &|bytes| bar.advance(bytes),
-                &INTERRUPTED,
+                signals::flag(),
             )?;
             bar.finish();
             match outcome {
