@@ -163,6 +163,13 @@ pub enum Error {
         /// What is wrong with it.
         detail: String,
     },
+    /// The store was opened read-only (a command that only reads): the
+    /// write was not attempted.
+    #[error("{message}")]
+    ReadOnly {
+        /// What was refused.
+        message: String,
+    },
     /// An earlier I/O or sync failure left the durable state unknown; the
     /// engine refuses writes until the store is reopened.
     #[error("the store refused the write: an earlier failure ({cause}) left its durable state unknown; reopen the store")]
@@ -276,6 +283,9 @@ impl Error {
             Error::InvalidArchive { archive, detail } => Error::InvalidArchive {
                 archive,
                 detail: add(detail),
+            },
+            Error::ReadOnly { message } => Error::ReadOnly {
+                message: add(message),
             },
             Error::Poisoned { cause } => Error::Poisoned { cause: add(cause) },
         }

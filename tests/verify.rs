@@ -227,9 +227,29 @@ fn several_injected_corruptions_are_reported_exactly() {
 #[test]
 fn a_damaged_catalog_record_is_reported() {
     let (storage, engine, _, _) = setup();
-    let segment = "catalog/00000000.log";
-    storage.corrupt(segment, 60, 0x02).expect("corrupt");
+    // One copy damaged: the mirror holds the record, nothing is lost, and
+    // the damage is still reported.
+    storage
+        .corrupt("catalog/00000000.log", 60, 0x02)
+        .expect("corrupt");
+    let report = engine.verify(VerifyOptions::default()).expect("verify");
+    assert!(!report.is_clean());
+    assert!(report.catalog_error.is_none(), "{report:?}");
+    assert_eq!(report.damaged_files.len(), 1, "{report:?}");
+    let found = &report.damaged_files[0];
+    assert_eq!(found.file, "catalog/00000000.log");
+    assert!(!found.data_lost, "{found}");
+    assert!(report.damaged.is_empty());
+    // The same record damaged in both copies: lost, and the log no longer
+    // replays to what the engine holds.
+    storage
+        .corrupt("catalog/00000000.mirror", 60, 0x02)
+        .expect("corrupt");
     let report = engine.verify(VerifyOptions::default()).expect("verify");
     assert!(report.catalog_error.is_some(), "{report:?}");
+    assert!(
+        report.damaged_files.iter().any(|found| found.data_lost),
+        "{report:?}"
+    );
     assert!(report.damaged.is_empty());
 }

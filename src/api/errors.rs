@@ -26,6 +26,8 @@ pub fn ebs_error(error: &Error) -> EbsError {
             ("ValidationException", 400, Some(reason.as_str()))
         }
         Error::Conflict { .. } => ("ConflictException", 409, None),
+        // A write to a store opened read-only: retrying cannot help.
+        Error::ReadOnly { .. } => ("ValidationException", 400, None),
         Error::InvalidArchive { .. } => (
             "ValidationException",
             400,

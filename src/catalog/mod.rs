@@ -1,29 +1,38 @@
 //! Snapshot records, parent links and the state machine
 //! `pending -> completed | error`, persisted as an append-only log.
 //!
-//! The log lives in segments `catalog/NNNNNNNN.log` (file header + frames,
-//! see `format::catalog`). Every record is synced before the call returns,
-//! so an acknowledged transition survives a crash. Recovery replays the
-//! segments in order. A frame that does not verify is a torn tail if no
-//! valid frame follows it (replay of that segment stops there and new
-//! records go to a fresh segment, so recovery never truncates bytes);
-//! otherwise it is corruption, and opening fails with `Corrupted` rather
-//! than silently forgetting later records.
+//! The log lives in segments, each kept twice: `catalog/NNNNNNNN.log` and
+//! its byte-for-byte mirror `catalog/NNNNNNNN.mirror` (file header +
+//! frames, see `format::catalog`). Every record is appended to both and
+//! synced before the call returns, so an acknowledged transition survives
+//! a crash, and a flipped byte or a truncation of one copy loses nothing:
+//! replay takes each frame from whichever copy verifies (`replay`). A
+//! torn tail ends a segment (new records go to a fresh one, so recovery
+//! never truncates bytes); frames lost in both copies with valid frames
+//! after them are corruption: opening fails with `Corrupted` rather than
+//! silently forgetting records, and `repair` salvages what survives.
 
-use crate::error::{Error, Result, ValidationReason};
-use crate::format::catalog::{CatalogRecord, StartedRecord, CATALOG_FLAG_CHECKPOINT};
-use crate::format::header::{self, CATALOG_MAGIC, FILE_HEADER_SIZE};
+mod replay;
+
+use crate::error::{Damage, Error, Result, ValidationReason};
+use crate::format::catalog::{
+    CatalogRecord, StartedRecord, CATALOG_FLAG_CHECKPOINT, CATALOG_FLAG_JOURNALED,
+};
+use crate::format::header::{self, CATALOG_MAGIC};
 use crate::ids::{ChunkId, SnapshotId};
 use crate::storage::{create_durably, remove_durably, AppendFile, Storage};
 use parking_lot::{Mutex, RwLock};
-use std::collections::HashMap;
+use replay::{
+    list_segments, mirror_name, replay, segment_name, CatalogState, Replayed, Strictness,
+    CATALOG_DIR,
+};
 use std::sync::Arc;
 
-const CATALOG_DIR: &str = "catalog";
-
-fn segment_name(seq: u32) -> String {
-    format!("{CATALOG_DIR}/{seq:08x}.log")
-}
+/// Bytes kept allocated past a segment's end (`AppendFile::reserve`), so
+/// transitions that free space (cancel, delete) still append on a full disk.
+const RESERVE_AHEAD: u64 = 64 << 10;
+/// The reservation is topped up once less than this is left.
+const RESERVE_LOW: u64 = 16 << 10;
 
 /// Where a snapshot is in its lifecycle.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -66,131 +75,121 @@ impl SnapshotRecord {
             SnapshotState::Error { .. } => "error",
         }
     }
-}
 
-#[derive(Default)]
-struct CatalogState {
-    snapshots: HashMap<SnapshotId, SnapshotRecord>,
-    tokens: HashMap<(String, String), SnapshotId>,
-    /// Records applied since the log was replayed from its start.
-    frames: u64,
-}
-
-/// The log as replayed from storage.
-struct Replayed {
-    state: CatalogState,
-    /// Segment sequences, ascending.
-    segments: Vec<u32>,
-    /// The last segment, if it ended cleanly (appends may continue there).
-    clean_last: Option<u32>,
-    /// Segments before the newest checkpoint: superseded, to be removed.
-    superseded: Vec<u32>,
-}
-
-/// Whether a segment's header marks it as a checkpoint.
-fn is_checkpoint(bytes: &[u8], seq: u32) -> bool {
-    bytes.get(..FILE_HEADER_SIZE).is_some_and(|head| {
-        header::decode_with_flags(head, CATALOG_MAGIC).is_ok_and(|(subject, flags)| {
-            subject == u64::from(seq) && flags & CATALOG_FLAG_CHECKPOINT != 0
-        })
-    })
-}
-
-/// Replays the segments from the newest checkpoint on, in order.
-fn replay(storage: &dyn Storage) -> Result<Replayed> {
-    let segments = list_segments(storage)?;
-    let mut contents = Vec::with_capacity(segments.len());
-    for &seq in &segments {
-        let name = segment_name(seq);
-        let bytes = storage
-            .read_all(&name)
-            .map_err(|e| Error::io(format!("reading {name}"), e))?;
-        contents.push((seq, name, bytes));
-    }
-    let first = contents
-        .iter()
-        .rposition(|(seq, _, bytes)| is_checkpoint(bytes, *seq))
-        .unwrap_or(0);
-    let superseded = segments.get(..first).unwrap_or_default().to_vec();
-    let mut state = CatalogState::default();
-    let mut clean_last = None;
-    for (seq, name, bytes) in contents.iter().skip(first) {
-        let clean = replay_segment(bytes, *seq, name, &mut state)?;
-        clean_last = clean.then_some(*seq);
-    }
-    Ok(Replayed {
-        state,
-        segments,
-        clean_last,
-        superseded,
-    })
-}
-
-impl CatalogState {
-    fn apply(&mut self, record: CatalogRecord, location: &str) -> Result<()> {
-        self.frames += 1;
-        match record {
-            CatalogRecord::Started(started) => {
-                if let Some(token) = &started.client_token {
-                    self.tokens
-                        .insert((started.owner.clone(), token.clone()), started.snapshot);
-                }
-                self.snapshots.insert(
-                    started.snapshot,
-                    SnapshotRecord {
-                        started,
-                        state: SnapshotState::Pending,
-                    },
-                );
-            }
-            CatalogRecord::Completed {
-                snapshot,
+    /// The records a checkpoint holds for this snapshot: its Started
+    /// record, then its transition if it left `pending`.
+    fn checkpoint_frames(&self) -> Vec<CatalogRecord> {
+        let snapshot = self.started.snapshot;
+        let transition = match &self.state {
+            SnapshotState::Pending => None,
+            SnapshotState::Completed {
                 completed_millis,
                 root,
                 changed_blocks,
-            } => {
-                let record = self.pending_mut(snapshot, location)?;
-                record.state = SnapshotState::Completed {
-                    completed_millis,
-                    root,
-                    changed_blocks,
-                };
-            }
-            CatalogRecord::Failed {
+            } => Some(CatalogRecord::Completed {
                 snapshot,
-                at_millis,
-                reason,
-            } => {
-                let record = self.pending_mut(snapshot, location)?;
-                record.state = SnapshotState::Error { at_millis, reason };
-            }
-            CatalogRecord::Deleted { snapshot, .. } => {
-                match self.snapshots.get(&snapshot) {
-                    Some(record) if record.state != SnapshotState::Pending => {}
-                    _ => {
-                        return Err(Error::corrupted(
-                            location,
-                            format!("deletion of {snapshot}, which is absent or pending"),
-                        ))
-                    }
-                }
-                if let Some(record) = self.snapshots.remove(&snapshot) {
-                    if let Some(token) = record.started.client_token {
-                        self.tokens.remove(&(record.started.owner, token));
-                    }
-                }
-            }
+                completed_millis: *completed_millis,
+                root: *root,
+                changed_blocks: *changed_blocks,
+            }),
+            SnapshotState::Error { at_millis, reason } => Some(CatalogRecord::Failed {
+                snapshot,
+                at_millis: *at_millis,
+                reason: reason.clone(),
+            }),
+        };
+        std::iter::once(CatalogRecord::Started(self.started.clone()))
+            .chain(transition)
+            .collect()
+    }
+}
+
+/// The open segment: both copies, appended together.
+struct Log {
+    primary: Box<dyn AppendFile>,
+    mirror: Box<dyn AppendFile>,
+    /// Both files have space allocated up to here.
+    reserved_until: u64,
+}
+
+impl Log {
+    /// Opens segment `seq`'s copies for appending, first appending to one
+    /// what it lacks of the other (see [`replay::Appendable`]).
+    fn open(storage: &dyn Storage, seq: u32, catch_up: Option<(bool, Vec<u8>)>) -> Result<Log> {
+        let open = |name: String| {
+            storage
+                .open_append(&name)
+                .map_err(|e| Error::io(format!("opening {name}"), e))
+        };
+        let mut log = Log {
+            primary: open(segment_name(seq))?,
+            mirror: open(mirror_name(seq))?,
+            reserved_until: 0,
+        };
+        if let Some((to_mirror, missing)) = catch_up {
+            let (file, name) = if to_mirror {
+                (&mut log.mirror, mirror_name(seq))
+            } else {
+                (&mut log.primary, segment_name(seq))
+            };
+            file.append(&[&missing])
+                .and_then(|_| file.sync())
+                .map_err(|e| Error::io(format!("completing {name}"), e))?;
+        }
+        // What was read may not be durable yet (a crash right after it was
+        // written): make it so before anything follows it.
+        log.sync_both()?;
+        log.reserve();
+        Ok(log)
+    }
+
+    /// Creates segment `seq` (mirror first: the primary's existence is the
+    /// segment's) holding `bytes`, a header and perhaps frames.
+    fn create(storage: &dyn Storage, seq: u32, bytes: &[u8]) -> Result<Log> {
+        let create = |name: String| {
+            create_durably(storage, &name, bytes)
+                .map_err(|e| Error::io(format!("creating {name}"), e))
+        };
+        let mirror = create(mirror_name(seq))?;
+        let primary = create(segment_name(seq))?;
+        let mut log = Log {
+            primary,
+            mirror,
+            reserved_until: 0,
+        };
+        log.reserve();
+        Ok(log)
+    }
+
+    /// Appends `frame` to both copies and makes it durable. A failure
+    /// leaves the log's durable content unknown.
+    fn append(&mut self, frame: &[u8]) -> Result<()> {
+        let unknown = |e| Error::io_durability_unknown("appending to the catalog", e);
+        self.primary.append(&[frame]).map_err(unknown)?;
+        self.mirror.append(&[frame]).map_err(unknown)?;
+        self.sync_both()?;
+        if self.reserved_until < self.primary.len() + RESERVE_LOW {
+            self.reserve();
         }
         Ok(())
     }
 
-    fn pending_mut(&mut self, snapshot: SnapshotId, location: &str) -> Result<&mut SnapshotRecord> {
-        match self.snapshots.get_mut(&snapshot) {
-            Some(record) if record.state == SnapshotState::Pending => Ok(record),
-            _ => Err(Error::corrupted(
-                location,
-                format!("transition of {snapshot}, which is not pending"),
-            )),
+    fn sync_both(&mut self) -> Result<()> {
+        let unknown = |e| Error::io_durability_unknown("syncing the catalog", e);
+        self.primary.sync().map_err(unknown)?;
+        self.mirror.sync().map_err(unknown)
+    }
+
+    /// Allocates space past the end of both copies, best effort.
+    fn reserve(&mut self) {
+        let until = self.primary.len().max(self.mirror.len()) + RESERVE_AHEAD;
+        let reserved = self
+            .primary
+            .reserve(until)
+            .and_then(|()| self.mirror.reserve(until));
+        match reserved {
+            Ok(()) => self.reserved_until = until,
+            Err(error) => tracing::warn!(%error, "could not reserve space for the catalog"),
         }
     }
 }
@@ -198,8 +197,11 @@ impl CatalogState {
 /// The snapshot catalog. See the module documentation.
 pub struct Catalog {
     storage: Arc<dyn Storage>,
-    log: Mutex<Box<dyn AppendFile>>,
+    /// `None` on a read-only storage.
+    log: Mutex<Option<Log>>,
     state: RwLock<CatalogState>,
+    /// Damage found while opening.
+    damage: Vec<Damage>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -208,36 +210,64 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
+/// A segment header of this format (mirrored, journaled starts).
+fn segment_header(seq: u32, checkpoint: bool) -> Vec<u8> {
+    let flags = CATALOG_FLAG_JOURNALED
+        | if checkpoint {
+            CATALOG_FLAG_CHECKPOINT
+        } else {
+            0
+        };
+    header::encode_with_flags(CATALOG_MAGIC, u64::from(seq), flags).to_vec()
+}
+
 impl Catalog {
-    /// Replays the log and opens it for appending.
+    /// Replays the log and opens it for appending: to the last segment if
+    /// both its copies end cleanly, else to a new segment. Superseded
+    /// segments and mirrors of uncommitted ones are removed. On a
+    /// read-only storage nothing is written and transitions are refused.
     pub fn open(storage: Arc<dyn Storage>) -> Result<Catalog> {
         let Replayed {
             state,
             segments,
-            clean_last: append_to,
+            stray_mirrors,
             superseded,
-        } = replay(storage.as_ref())?;
-        remove_segments(storage.as_ref(), &superseded)?;
-        let log = match (append_to, segments.last()) {
-            (Some(seq), Some(last)) if seq == *last => {
-                let name = segment_name(seq);
-                let mut file = storage
-                    .open_append(&name)
-                    .map_err(|e| Error::io(format!("opening {name}"), e))?;
-                file.sync()
-                    .map_err(|e| Error::io(format!("syncing {name}"), e))?;
-                file
-            }
-            _ => {
-                let seq = segments.last().map_or(0, |last| last + 1);
-                create_segment(storage.as_ref(), seq)?
-            }
+            appendable,
+            damage,
+        } = replay(storage.as_ref(), Strictness::Refuse)?;
+        for found in &damage {
+            tracing::warn!(file = %found.file, detail = %found.detail, "damage found in the catalog");
+        }
+        let log = if storage.is_read_only() {
+            None
+        } else {
+            remove_segments(storage.as_ref(), &superseded)?;
+            remove_files(
+                storage.as_ref(),
+                &stray_mirrors
+                    .iter()
+                    .map(|seq| mirror_name(*seq))
+                    .collect::<Vec<_>>(),
+            )?;
+            Some(match appendable {
+                Some(last) => Log::open(storage.as_ref(), last.seq, last.catch_up)?,
+                None => {
+                    let seq = segments.last().map_or(0, |last| last + 1);
+                    Log::create(storage.as_ref(), seq, &segment_header(seq, false))?
+                }
+            })
         };
         Ok(Catalog {
             storage,
             log: Mutex::new(log),
             state: RwLock::new(state),
+            damage,
         })
+    }
+
+    /// Damage found while opening (in one copy only: nothing was lost).
+    pub fn damage(&self) -> &[Damage] {
+        &self.damage
     }
 
     /// Appends a record, syncs it, then applies it. Nothing is applied if
@@ -251,16 +281,14 @@ impl Catalog {
     ) -> Result<T> {
         let frame = record.encode_frame();
         let mut log = self.log.lock();
+        let log = log.as_mut().ok_or_else(read_only)?;
         let checked = precondition(self)?;
-        log.append(&[&frame])
-            .map_err(|e| Error::io("appending to the catalog", e))?;
-        log.sync()
-            .map_err(|e| Error::io("syncing the catalog", e))?;
-        self.state.write().apply(record, "catalog")?;
+        log.append(&frame)?;
+        self.state.write().apply(record, true, "catalog")?;
         Ok(checked)
     }
 
-    /// Records a new pending snapshot.
+    /// Records a new pending snapshot. Its journal must be durable first.
     pub fn start(&self, started: StartedRecord) -> Result<()> {
         self.commit(CatalogRecord::Started(started), |_| Ok(()))
     }
@@ -371,6 +399,14 @@ impl Catalog {
         self.state.read().snapshots.get(&snapshot).cloned()
     }
 
+    /// Whether a pending snapshot's journal was made durable before its
+    /// Started record (every snapshot this format starts): if so, a
+    /// missing journal is damage. Snapshots started by an older format
+    /// made their journal at their first put.
+    pub fn journaled_at_start(&self, snapshot: SnapshotId) -> bool {
+        !self.state.read().unjournaled.contains(&snapshot)
+    }
+
     /// The snapshot started with this owner's idempotency token.
     pub fn find_token(&self, owner: &str, token: &str) -> Option<SnapshotId> {
         self.state
@@ -405,47 +441,23 @@ impl Catalog {
 
     /// Rewrites the catalog as one checkpoint segment holding only the
     /// records of existing snapshots, then removes the older segments.
-    /// The checkpoint is written atomically and durably before anything is
-    /// removed, so a crash leaves either the old log or the new one.
-    /// Returns the log bytes freed.
+    /// The checkpoint's mirror, then its primary, are written atomically
+    /// and durably before anything is removed, so a crash leaves either
+    /// the old log or the new one. Every pending snapshot must have its
+    /// journal (the checkpoint says so). Returns the log bytes freed.
     pub fn compact(&self) -> Result<u64> {
         let mut log = self.log.lock();
-        let segments = list_segments(self.storage.as_ref())?;
+        if log.is_none() {
+            return Err(read_only());
+        }
+        let (segments, _) = list_segments(self.storage.as_ref())?;
         let seq = segments.last().map_or(0, |last| last + 1);
-        let mut bytes =
-            header::encode_with_flags(CATALOG_MAGIC, u64::from(seq), CATALOG_FLAG_CHECKPOINT)
-                .to_vec();
-        {
+        let bytes = {
             let state = self.state.read();
             let mut records: Vec<&SnapshotRecord> = state.snapshots.values().collect();
             records.sort_by_key(|record| record.started.snapshot);
-            for record in records {
-                bytes.extend(CatalogRecord::Started(record.started.clone()).encode_frame());
-                let snapshot = record.started.snapshot;
-                let transition = match &record.state {
-                    SnapshotState::Pending => None,
-                    SnapshotState::Completed {
-                        completed_millis,
-                        root,
-                        changed_blocks,
-                    } => Some(CatalogRecord::Completed {
-                        snapshot,
-                        completed_millis: *completed_millis,
-                        root: *root,
-                        changed_blocks: *changed_blocks,
-                    }),
-                    SnapshotState::Error { at_millis, reason } => Some(CatalogRecord::Failed {
-                        snapshot,
-                        at_millis: *at_millis,
-                        reason: reason.clone(),
-                    }),
-                };
-                if let Some(transition) = transition {
-                    bytes.extend(transition.encode_frame());
-                }
-            }
-        }
-        let name = segment_name(seq);
+            checkpoint_bytes(seq, records)
+        };
         let mut old_bytes = 0u64;
         for old in &segments {
             old_bytes += self
@@ -454,35 +466,28 @@ impl Catalog {
                 .and_then(|file| file.len())
                 .unwrap_or(0);
         }
-        self.storage
-            .write_atomic(&name, &bytes)
-            .map_err(|e| Error::io(format!("writing {name}"), e))?;
-        *log = self
-            .storage
-            .open_append(&name)
-            .map_err(|e| Error::io(format!("opening {name}"), e))?;
+        *log = Some(write_checkpoint(self.storage.as_ref(), seq, &bytes)?);
         {
             let mut state = self.state.write();
             state.frames = live_frames(&state);
+            state.unjournaled.clear();
         }
         remove_segments(self.storage.as_ref(), &segments)?;
         Ok(old_bytes.saturating_sub(bytes.len() as u64))
     }
 
-    /// Re-reads the whole log, checking every frame's crc and every
-    /// transition, and that it replays to exactly the records in memory.
-    /// Returns the number of records read.
-    pub fn verify(&self) -> Result<u64> {
+    /// Re-reads the whole log, both copies, checking every frame's crc and
+    /// every transition, and whether it replays to exactly the records in
+    /// memory.
+    pub fn verify(&self) -> Result<CatalogCheck> {
         // No record is appended while the files are read.
         let _log = self.log.lock();
-        let replayed = replay(self.storage.as_ref())?;
-        if replayed.state.snapshots != self.state.read().snapshots {
-            return Err(Error::corrupted(
-                CATALOG_DIR,
-                "the log on disk no longer replays to the catalog in memory",
-            ));
-        }
-        Ok(replayed.state.frames)
+        let replayed = replay(self.storage.as_ref(), Strictness::Salvage)?;
+        Ok(CatalogCheck {
+            records: replayed.state.frames,
+            replays_to_memory: replayed.state.snapshots == self.state.read().snapshots,
+            damage: replayed.damage,
+        })
     }
 
     /// The storage the catalog writes to.
@@ -491,45 +496,95 @@ impl Catalog {
     }
 }
 
-/// Replays one segment into `state`; returns whether it ended cleanly
-/// (`false`: it ends in a torn frame, and new records go to a new segment).
-fn replay_segment(bytes: &[u8], seq: u32, name: &str, state: &mut CatalogState) -> Result<bool> {
-    let header_ok = bytes
-        .get(..FILE_HEADER_SIZE)
-        .is_some_and(|head| header::decode(head, CATALOG_MAGIC) == Ok(u64::from(seq)));
-    if !header_ok {
-        // The header is synced before any frame is appended, so only a
-        // segment that holds nothing else can have a torn header.
-        if bytes.len() > FILE_HEADER_SIZE {
-            return Err(Error::corrupted(name, "catalog segment header"));
-        }
-        return Ok(false);
-    }
-    let mut offset = FILE_HEADER_SIZE;
-    while offset < bytes.len() {
-        let rest = bytes.get(offset..).unwrap_or_default();
-        match CatalogRecord::decode_frame(rest) {
-            Ok((record, length)) => {
-                state.apply(record, &format!("{name} at byte {offset}"))?;
-                offset += length;
-            }
-            Err(_) if is_torn_tail(rest) => return Ok(false),
-            Err(error) => return Err(error.into_error(&format!("{name} frame at byte {offset}"))),
-        }
-    }
-    Ok(true)
+/// What [`Catalog::verify`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogCheck {
+    /// Records read.
+    pub records: u64,
+    /// Whether the log replays to exactly the catalog in memory (false
+    /// when records were lost at rest since it was opened).
+    pub replays_to_memory: bool,
+    /// Damage found: one copy failing where the other holds the record,
+    /// or records lost in both.
+    pub damage: Vec<Damage>,
 }
 
-/// Whether a frame that failed to decode can be a torn write. Records are
-/// appended only after a clean replay and each is synced before the next,
-/// so a torn frame is always the last thing in its segment: if any valid
-/// frame starts after the bad one, the bad one is corruption. (Damage to
-/// the very last frame is indistinguishable from a torn write.) Random
-/// length fields almost always exceed the largest frame, so the scan rarely
-/// computes a crc.
-fn is_torn_tail(rest: &[u8]) -> bool {
-    !(1..rest.len())
-        .any(|start| CatalogRecord::decode_frame(rest.get(start..).unwrap_or_default()).is_ok())
+/// What survives of a catalog, read past any damage (for `repair`): every
+/// snapshot's record, and what was lost.
+pub struct Salvaged {
+    /// Every snapshot whose Started record survived, in its latest
+    /// surviving state.
+    pub records: Vec<SnapshotRecord>,
+    /// Snapshots started by an older format, whose journals were made at
+    /// their first put.
+    pub unjournaled: Vec<SnapshotId>,
+    /// What was damaged, and whether records were lost with it.
+    pub damage: Vec<Damage>,
+}
+
+/// Reads the catalog on `storage` past any damage (see [`Salvaged`]).
+pub fn salvage(storage: &dyn Storage) -> Result<Salvaged> {
+    let replayed = replay(storage, Strictness::Salvage)?;
+    let mut records: Vec<SnapshotRecord> = replayed.state.snapshots.into_values().collect();
+    records.sort_by_key(|record| record.started.snapshot);
+    let mut unjournaled: Vec<SnapshotId> = replayed.state.unjournaled.into_iter().collect();
+    unjournaled.sort_unstable();
+    Ok(Salvaged {
+        records,
+        unjournaled,
+        damage: replayed.damage,
+    })
+}
+
+/// Replaces the whole catalog on `storage` with one checkpoint holding
+/// exactly `records` (for `repair`; every pending snapshot among them
+/// must have its journal). Atomic: a crash leaves the old log or this one.
+pub fn rewrite(storage: &dyn Storage, records: &[SnapshotRecord]) -> Result<()> {
+    let (segments, mirrors) = list_segments(storage)?;
+    let seq = segments
+        .iter()
+        .chain(&mirrors)
+        .max()
+        .map_or(0, |last| last + 1);
+    let bytes = checkpoint_bytes(seq, records.iter().collect());
+    drop(write_checkpoint(storage, seq, &bytes)?);
+    remove_segments(storage, &segments)?;
+    remove_files(
+        storage,
+        &mirrors
+            .iter()
+            .filter(|mirror| segments.binary_search(mirror).is_err())
+            .map(|seq| mirror_name(*seq))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// The bytes of checkpoint segment `seq` holding `records`.
+fn checkpoint_bytes(seq: u32, records: Vec<&SnapshotRecord>) -> Vec<u8> {
+    let mut bytes = segment_header(seq, true);
+    for record in records {
+        for frame in record.checkpoint_frames() {
+            bytes.extend(frame.encode_frame());
+        }
+    }
+    bytes
+}
+
+/// Writes checkpoint segment `seq`: the mirror, then the primary (the
+/// commit point), each atomically; returns it open for appends.
+fn write_checkpoint(storage: &dyn Storage, seq: u32, bytes: &[u8]) -> Result<Log> {
+    for name in [mirror_name(seq), segment_name(seq)] {
+        storage
+            .write_atomic(&name, bytes)
+            .map_err(|e| Error::io(format!("writing {name}"), e))?;
+    }
+    Log::open(storage, seq, None)
+}
+
+fn read_only() -> Error {
+    Error::ReadOnly {
+        message: "the store is open read-only: the catalog takes no new records".into(),
+    }
 }
 
 /// Records a checkpoint of `state` would hold.
@@ -547,37 +602,18 @@ fn live_frames(state: &CatalogState) -> u64 {
         .sum()
 }
 
-fn list_segments(storage: &dyn Storage) -> Result<Vec<u32>> {
-    let mut segments: Vec<u32> = storage
-        .list(CATALOG_DIR)
-        .map_err(|e| Error::io("listing the catalog", e))?
-        .iter()
-        .filter_map(|name| {
-            let stem = name.strip_suffix(".log")?;
-            (stem.len() == 8)
-                .then(|| u32::from_str_radix(stem, 16).ok())
-                .flatten()
-        })
-        .collect();
-    segments.sort_unstable();
-    Ok(segments)
-}
-
-/// Removes segments durably.
+/// Removes segments (both copies) durably.
 fn remove_segments(storage: &dyn Storage, segments: &[u32]) -> Result<()> {
-    let names: Vec<String> = segments.iter().map(|seq| segment_name(*seq)).collect();
-    remove_durably(storage, CATALOG_DIR, &names)
-        .map_err(|e| Error::io(format!("removing {}", names.join(", ")), e))
+    let names: Vec<String> = segments
+        .iter()
+        .flat_map(|seq| [segment_name(*seq), mirror_name(*seq)])
+        .collect();
+    remove_files(storage, &names)
 }
 
-fn create_segment(storage: &dyn Storage, seq: u32) -> Result<Box<dyn AppendFile>> {
-    let name = segment_name(seq);
-    create_durably(
-        storage,
-        &name,
-        &header::encode(CATALOG_MAGIC, u64::from(seq)),
-    )
-    .map_err(|e| Error::io(format!("creating {name}"), e))
+fn remove_files(storage: &dyn Storage, names: &[String]) -> Result<()> {
+    remove_durably(storage, CATALOG_DIR, names)
+        .map_err(|e| Error::io(format!("removing {}", names.join(", ")), e))
 }
 
 #[cfg(test)]
@@ -689,7 +725,9 @@ mod tests {
         assert_eq!(catalog.dead_records(), 0);
         assert_eq!(all_records(&catalog), before);
         // Three completed (two records each) and two pending.
-        assert_eq!(catalog.verify().expect("verify"), 8);
+        let check = catalog.verify().expect("verify");
+        assert_eq!((check.records, check.replays_to_memory), (8, true));
+        assert!(check.damage.is_empty());
         // Appends continue in the checkpoint segment.
         catalog.start(started(9)).expect("start after compaction");
         drop(catalog);
@@ -697,7 +735,11 @@ mod tests {
         assert_eq!(all_records(&reopened).len(), before.len() + 1);
         assert_eq!(reopened.find_token("owner", "token-2"), None, "deleted");
         assert_eq!(reopened.find_token("owner", "token-3"), Some(SnapshotId(3)));
-        assert_eq!(storage.list(CATALOG_DIR).expect("list").len(), 1);
+        // One segment: its primary and its mirror.
+        assert_eq!(
+            storage.list(CATALOG_DIR).expect("list"),
+            ["00000001.log", "00000001.mirror"]
+        );
     }
 
     #[test]

@@ -174,6 +174,12 @@ impl Engine {
                 format!("{damage}; the collector will not run until the store is repaired"),
             ));
         }
+        if let Some((snapshot, why)) = self.unprovable_snapshots().into_iter().next() {
+            return Err(Error::corrupted(
+                "catalog",
+                format!("the state of snapshot {snapshot} cannot be proven ({why}), so its blocks may look dead; the collector will not run until `blocksnap repair` resolves it"),
+            ));
+        }
         let chunks = &self.inner.chunks;
         let references = &self.inner.references;
         let is_live = |id: &ChunkId| references.is_live(id);
@@ -248,11 +254,25 @@ impl Engine {
         if !report.interrupted
             && catalog.dead_records() >= CATALOG_COMPACTION_MIN_DEAD
             && catalog.dead_records() >= catalog.live_records()
+            && self.journals_ready_for_checkpoint()
         {
-            report.catalog_bytes_freed = self.poison_on_io(catalog.compact())?;
+            report.catalog_bytes_freed = self.poison_catalog_on_io(catalog.compact())?;
         }
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// Whether every pending snapshot has its journal, as a checkpoint
+    /// segment says they all do: snapshots started by an older format,
+    /// which made it at their first put, get theirs now. `false` (the
+    /// checkpoint waits for a later run) if one cannot be made.
+    fn journals_ready_for_checkpoint(&self) -> bool {
+        let sessions: Vec<_> = self.inner.sessions.read().values().cloned().collect();
+        sessions.iter().all(|session| {
+            session
+                .ensure_journal_locked(self.inner.storage.as_ref())
+                .is_ok()
+        })
     }
 
     /// [`Engine::collect_garbage`] on tokio's blocking pool.

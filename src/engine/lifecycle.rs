@@ -24,11 +24,16 @@ impl Engine {
     /// Cancels every pending snapshot whose deadline has passed; returns the
     /// earliest deadline still ahead, if any snapshot is pending.
     pub(crate) fn expire_due(&self) -> Result<Option<u64>> {
-        self.check_writable()?;
+        self.check_transitions_writable()?;
         let now = self.now_millis();
         let sessions: Vec<_> = self.inner.sessions.read().values().cloned().collect();
         let mut next = None;
         for session in sessions {
+            // Whether it ever completed is unknown: only repair or an
+            // explicit cancel may decide it.
+            if session.unprovable.is_some() {
+                continue;
+            }
             if session.deadline_millis() <= now {
                 let guard = self.inner.reference_guard.read();
                 match self.lock_live(&guard, &session) {
@@ -61,7 +66,7 @@ impl Engine {
     /// Cancels a pending snapshot (an extension beyond the EBS API): the
     /// same path as a timeout, with its own reason.
     pub(crate) fn cancel(&self, owner: &str, snapshot: SnapshotId) -> Result<SnapshotRecord> {
-        self.check_writable()?;
+        self.check_transitions_writable()?;
         let session = self.session(owner, snapshot)?;
         let guard = self.inner.reference_guard.read();
         let state = self.lock_live(&guard, &session)?;
@@ -96,7 +101,7 @@ impl Engine {
     /// dropped, so the chunks only it held die and the collector can
     /// reclaim them. Work is proportional to what dies, not to the volume.
     pub(crate) fn delete(&self, owner: &str, snapshot: SnapshotId) -> Result<()> {
-        self.check_writable()?;
+        self.check_transitions_writable()?;
         // Serialized with starts: no child can pick this snapshot as its
         // parent between the check and the release.
         let _serial = self.inner.start_lock.lock();
@@ -106,7 +111,7 @@ impl Engine {
         let _guard = self.inner.reference_guard.read();
         // The state as deleted, not as read before: a pending snapshot
         // completed meanwhile must have its root released.
-        let deleted = self.poison_on_io(self.inner.catalog.delete(snapshot, now))?;
+        let deleted = self.poison_catalog_on_io(self.inner.catalog.delete(snapshot, now))?;
         if let SnapshotState::Completed { root, .. } = deleted.state {
             self.inner.references.release_tree(&self.maps(), root);
         }

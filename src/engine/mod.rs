@@ -20,7 +20,7 @@ use crate::chunkstore::{ChunkStore, ChunkStoreConfig, ChunkStoreStats, ContentCh
 use crate::clock::{Clock, SystemClock};
 use crate::codec;
 use crate::crypto::{Aes256Gcm, CipherSuite, DomainKeys, KeyProvider, Keyring};
-use crate::error::{Error, Result, ValidationReason};
+use crate::error::{Damage, Error, Result, ValidationReason};
 use crate::format::catalog::{SseKind, StartedRecord};
 use crate::format::pack::RecordKind;
 use crate::format::store::StoreHeader;
@@ -129,13 +129,17 @@ struct EngineInner {
     /// Serializes StartSnapshot so idempotency checks and limits are exact.
     start_lock: Mutex<()>,
     group_commit: GroupCommit,
-    /// A journal was created since the journal directory was last synced.
-    journal_dir_dirty: AtomicBool,
     /// Set by the first failure that left the durable state unknown; see
     /// [`Error::Poisoned`].
     poisoned: AtomicBool,
     /// What poisoned the engine, for every later refusal.
     poison_cause: Mutex<String>,
+    /// Set when the failure was the catalog's own: then no transition at
+    /// all can be recorded. A data failure (a pack or journal) leaves the
+    /// catalog's durable state known, so transitions that add no data
+    /// (cancel, timeout, delete) still are, and a backup that hit a full
+    /// disk can cancel its snapshot.
+    catalog_poisoned: AtomicBool,
     /// Reference counts of live chunks.
     references: References,
     /// Held shared from the moment a chunk is stored or looked up until the
@@ -152,6 +156,10 @@ struct EngineInner {
     maintenance: Mutex<()>,
     /// The store's encryption domains, unlocked.
     keyring: Keyring,
+    /// Opened on a read-only storage: every write is refused.
+    read_only: bool,
+    /// Damage found while opening.
+    open_damage: Vec<Damage>,
 }
 
 /// What reads need of a completed snapshot.
@@ -289,9 +297,18 @@ impl Engine {
     }
 
     /// Opens a store on any storage backend and recovers from a crash:
-    /// packs are indexed (torn tails fenced off), the catalog is replayed,
-    /// and pending snapshots are rebuilt from their journals.
+    /// packs are indexed (torn tails fenced off, damaged records skipped),
+    /// the catalog is replayed from whichever copy of each record
+    /// verifies, and pending snapshots are rebuilt from their journals.
+    /// Damage found on the way is logged and kept for
+    /// [`Engine::open_damage`] and `verify`.
+    ///
+    /// On a read-only storage ([`Storage::is_read_only`], for example
+    /// [`Engine::open_read_only`]) nothing is written: recovery happens in
+    /// memory, timeouts are not applied, no reaper runs, and every write
+    /// is refused with [`Error::ReadOnly`].
     pub fn open_with(storage: Arc<dyn Storage>, config: EngineConfig) -> Result<Engine> {
+        let read_only = storage.is_read_only();
         let header = load_or_create_header(storage.as_ref(), config.clock.now_millis())?;
         let keyring = Keyring::open(
             storage.as_ref(),
@@ -303,6 +320,8 @@ impl Engine {
             chunks.register_domain(domain);
         }
         let catalog = Catalog::open(storage.clone())?;
+        let mut damage: Vec<Damage> = chunks.damage().to_vec();
+        damage.extend(catalog.damage().iter().cloned());
         let nodes = NodeCache::new(config.node_cache_nodes);
         let now = config.clock.now_millis();
         let mut sessions = HashMap::new();
@@ -310,15 +329,20 @@ impl Engine {
             let parent_root = parent_root_of(&catalog, &record)?;
             let durable_on_ack = config.put_durability == PutDurability::Immediate;
             let domain = domain_of(&keyring, &record.started)?;
-            let session = Session::recover(
+            let (session, found) = Session::recover(
                 storage.as_ref(),
                 &chunks,
                 &record.started,
                 parent_root,
                 domain,
                 durable_on_ack,
+                catalog.journaled_at_start(record.started.snapshot),
                 now,
             )?;
+            for found in &found {
+                tracing::warn!(file = %found.file, detail = %found.detail, "damage found in a journal");
+            }
+            damage.extend(found);
             sessions.insert(record.started.snapshot, Arc::new(session));
         }
         let references = References::default();
@@ -336,19 +360,8 @@ impl Engine {
                 }
             }
         }
-        for name in storage
-            .list(JOURNAL_DIR)
-            .map_err(|e| Error::io("listing journals", e))?
-        {
-            let pending = name
-                .strip_suffix(".journal")
-                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-                .is_some_and(|id| sessions.contains_key(&SnapshotId(id)));
-            if !pending {
-                storage
-                    .remove(&format!("{JOURNAL_DIR}/{name}"))
-                    .map_err(|e| Error::io(format!("removing stale journal {name}"), e))?;
-            }
+        if !read_only {
+            remove_stale_journals(storage.as_ref(), &sessions)?;
         }
         let owner: Arc<str> = Arc::from(config.owner_id.as_str());
         let engine = Engine {
@@ -363,21 +376,64 @@ impl Engine {
                 sessions: RwLock::new(sessions),
                 start_lock: Mutex::new(()),
                 group_commit: GroupCommit::default(),
-                journal_dir_dirty: AtomicBool::new(false),
                 poisoned: AtomicBool::new(false),
                 poison_cause: Mutex::new(String::new()),
+                catalog_poisoned: AtomicBool::new(false),
                 references,
                 reference_guard: RwLock::new(()),
                 reaper: Mutex::new(None),
                 reaper_wake: Arc::new(tokio::sync::Notify::new()),
                 maintenance: Mutex::new(()),
                 keyring,
+                read_only,
+                open_damage: damage,
             }),
         };
-        // Deadlines that passed while the store was closed.
-        engine.expire_due()?;
-        engine.start_reaper();
+        if !read_only {
+            // Deadlines that passed while the store was closed.
+            engine.expire_due()?;
+            engine.start_reaper();
+        }
         Ok(engine)
+    }
+
+    /// Opens the store in a local directory for reading only: nothing in
+    /// it is written (see [`Engine::open_with`]), so a command that only
+    /// reads works on a full disk and beside other readers. Fails with
+    /// [`Error::NotFound`] if `dir` holds no store.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Engine> {
+        Engine::open_read_only_with(dir, EngineConfig::default())
+    }
+
+    /// [`Engine::open_read_only`] with a configuration (a key provider for
+    /// encrypted snapshots, read tuning).
+    pub fn open_read_only_with(dir: impl AsRef<Path>, config: EngineConfig) -> Result<Engine> {
+        let dir = dir.as_ref();
+        let storage = LocalStorage::open_read_only(dir).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                no_store(dir)
+            } else {
+                Error::io(format!("opening store {}", dir.display()), error)
+            }
+        })?;
+        Engine::open_with(Arc::new(storage), config).map_err(|error| match error {
+            // Only the store header's absence reads as not found here.
+            Error::NotFound { .. } => no_store(dir),
+            other => other,
+        })
+    }
+
+    /// Whether the store was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    /// Damage found while opening the store: unreadable bytes in packs,
+    /// indexes, catalog copies and journals that did not verify. Each was
+    /// contained (see DESIGN.md §6.2); `verify` reports them, `repair`
+    /// rebuilds what can be rebuilt.
+    pub fn open_damage(&self) -> &[Damage] {
+        &self.inner.open_damage
     }
 
     /// The configuration in force.
@@ -427,14 +483,42 @@ impl Engine {
         self.inner.chunks.stats()
     }
 
+    /// Refuses writes on a read-only or poisoned engine.
     fn check_writable(&self) -> Result<()> {
-        if self.inner.poisoned.load(Ordering::Acquire) {
+        self.check_poison(&self.inner.poisoned)
+    }
+
+    /// Refuses transitions that add no data (cancel, timeout, delete) on a
+    /// read-only engine or one whose catalog failed; a data failure alone
+    /// allows them (see `EngineInner::catalog_poisoned`).
+    fn check_transitions_writable(&self) -> Result<()> {
+        self.check_poison(&self.inner.catalog_poisoned)
+    }
+
+    fn check_poison(&self, flag: &AtomicBool) -> Result<()> {
+        if self.inner.read_only {
+            return Err(Error::ReadOnly {
+                message: "the store is open read-only: writes are refused".into(),
+            });
+        }
+        if flag.load(Ordering::Acquire) {
             Err(Error::Poisoned {
                 cause: self.inner.poison_cause.lock().clone(),
             })
         } else {
             Ok(())
         }
+    }
+
+    /// [`Engine::poison_on_io`] for a catalog write: its failure poisons
+    /// transitions too.
+    fn poison_catalog_on_io<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(error) = &result {
+            if error.is_fatal_io() {
+                self.inner.catalog_poisoned.store(true, Ordering::Release);
+            }
+        }
+        self.poison_on_io(result)
     }
 
     /// Passes `result` through, poisoning the engine if it is a failure
@@ -457,7 +541,8 @@ impl Engine {
     }
 
     /// Makes every put acknowledged before this call durable: chunk data
-    /// first, then journals, then the journal directory.
+    /// first, then journals (each created durably, name included, when
+    /// its snapshot started).
     pub fn flush(&self) -> Result<()> {
         self.check_writable()?;
         let result = self.inner.group_commit.commit(|| {
@@ -466,12 +551,6 @@ impl Engine {
                 self.inner.sessions.read().values().cloned().collect();
             for session in sessions {
                 session.sync_journal()?;
-            }
-            if self.inner.journal_dir_dirty.swap(false, Ordering::AcqRel) {
-                if let Err(error) = self.inner.storage.sync_dir(JOURNAL_DIR) {
-                    self.inner.journal_dir_dirty.store(true, Ordering::Release);
-                    return Err(Error::io("syncing the journal directory", error));
-                }
             }
             Ok(())
         });
@@ -613,9 +692,16 @@ impl Engine {
             tags: request.tags,
         };
         let durable_on_ack = self.inner.config.put_durability == PutDurability::Immediate;
-        let session = Arc::new(Session::new(&started, parent_root, domain, durable_on_ack));
+        // The journal first: a pending snapshot without one is damage.
+        let session = Arc::new(Session::create(
+            self.inner.storage.as_ref(),
+            &started,
+            parent_root,
+            domain,
+            durable_on_ack,
+        )?);
         let guard = self.inner.reference_guard.read();
-        self.poison_on_io(catalog.start(started))?;
+        self.poison_catalog_on_io(catalog.start(started))?;
         // The parent is completed and cannot be deleted while the start lock
         // is held, so its root is live: this only adds one count.
         self.inner
@@ -653,6 +739,11 @@ impl Engine {
         session: &'s Session,
     ) -> Result<MutexGuard<'s, SessionState>> {
         let state = session.lock_open()?;
+        // A read-only store records no transition; an unprovable snapshot
+        // is never expired (whether it completed is unknown).
+        if self.inner.read_only || session.unprovable.is_some() {
+            return Ok(state);
+        }
         let Some(reason) = session.expired(&state, self.now_millis()) else {
             return Ok(state);
         };
@@ -676,7 +767,7 @@ impl Engine {
         reason: String,
     ) -> Result<()> {
         let now = self.now_millis();
-        self.poison_on_io(self.inner.catalog.fail(session.snapshot, now, reason))?;
+        self.poison_catalog_on_io(self.inner.catalog.fail(session.snapshot, now, reason))?;
         state.closed = true;
         let writes = std::mem::take(&mut state.writes);
         drop(state);
@@ -757,6 +848,7 @@ impl Engine {
                 ),
             ));
         }
+        session.check_provable()?;
         let BlockHashes {
             chunk,
             sha256,
@@ -775,7 +867,7 @@ impl Engine {
         }
         let mut state = self.lock_live(&guard, session)?;
         let now = self.now_millis();
-        let (created, replaced) = self.poison_on_io(session.record(
+        let replaced = self.poison_on_io(session.record(
             &mut state,
             self.inner.storage.as_ref(),
             index,
@@ -790,9 +882,6 @@ impl Engine {
         }
         drop(state);
         drop(guard);
-        if created {
-            self.inner.journal_dir_dirty.store(true, Ordering::Release);
-        }
         if self.inner.config.put_durability == PutDurability::Immediate {
             self.flush()?;
         }
@@ -812,6 +901,7 @@ impl Engine {
     ) -> Result<SnapshotRecord> {
         self.check_writable()?;
         let session = self.session(owner, snapshot)?;
+        session.check_provable()?;
         let guard = self.inner.reference_guard.read();
         let mut state = self.lock_live(&guard, &session)?;
         let written = state.writes.len();
@@ -839,11 +929,12 @@ impl Engine {
         let root = self.poison_on_io(maps.apply(session.parent_root, &writes))?;
         self.poison_on_io(self.inner.chunks.sync())?;
         let now = self.now_millis();
-        self.poison_on_io(
-            self.inner
-                .catalog
-                .complete(snapshot, now, root, changed_blocks),
-        )?;
+        self.poison_catalog_on_io(self.inner.catalog.complete(
+            snapshot,
+            now,
+            root,
+            changed_blocks,
+        ))?;
         // The new root's references first, then the session's: chunks both
         // hold never pass through zero.
         self.inner.references.acquire_tree(&maps, root);
@@ -1039,6 +1130,11 @@ fn load_or_create_header(storage: &dyn Storage, now: u64) -> Result<StoreHeader>
     let exists = storage
         .exists(STORE_HEADER_NAME)
         .map_err(|e| Error::io("checking the store header", e))?;
+    if !exists && storage.is_read_only() {
+        return Err(Error::NotFound {
+            message: format!("no store here: {STORE_HEADER_NAME} is missing"),
+        });
+    }
     if exists {
         let bytes = storage
             .read_all(STORE_HEADER_NAME)
@@ -1068,4 +1164,33 @@ fn missing_chunk(chunk: ChunkId) -> Error {
         format!("chunk {chunk}"),
         "a map references it but it is missing from the store",
     )
+}
+
+fn no_store(dir: &Path) -> Error {
+    Error::NotFound {
+        message: format!("no store at {}", dir.display()),
+    }
+}
+
+/// Removes journals no pending snapshot owns: leftovers of completions,
+/// cancellations and starts that failed before their Started record.
+fn remove_stale_journals(
+    storage: &dyn Storage,
+    sessions: &HashMap<SnapshotId, Arc<Session>>,
+) -> Result<()> {
+    for name in storage
+        .list(JOURNAL_DIR)
+        .map_err(|e| Error::io("listing journals", e))?
+    {
+        let pending = name
+            .strip_suffix(".journal")
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .is_some_and(|id| sessions.contains_key(&SnapshotId(id)));
+        if !pending {
+            storage
+                .remove(&format!("{JOURNAL_DIR}/{name}"))
+                .map_err(|e| Error::io(format!("removing stale journal {name}"), e))?;
+        }
+    }
+    Ok(())
 }

@@ -9,14 +9,15 @@ use super::lifecycle::TIMEOUT_REASON_PREFIX;
 use crate::chunkstore::ChunkStore;
 use crate::codec;
 use crate::crypto::DomainKeys;
-use crate::error::{Error, Result, ValidationReason};
+use crate::error::{Damage, Error, Result, ValidationReason};
 use crate::format::catalog::StartedRecord;
 use crate::format::header::{self, FILE_HEADER_SIZE, JOURNAL_MAGIC};
 use crate::format::journal::{
     JournalRecord, JOURNAL_FLAG_AT_COMPLETE, JOURNAL_FLAG_MASKED_CHECKSUMS, JOURNAL_FLAG_TIMED,
+    JOURNAL_RECORD_SIZE, UNTIMED_RECORD_SIZE,
 };
 use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId, BLOCKS_PER_GIB};
-use crate::storage::{AppendFile, Storage};
+use crate::storage::{create_durably, AppendFile, Storage};
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +57,10 @@ pub(crate) struct Session {
     pub(crate) domain: Option<Arc<DomainKeys>>,
     /// Journal header flags: how this snapshot's puts were acknowledged.
     journal_flags: u32,
+    /// Why the snapshot's state cannot be proven, if it cannot: its journal,
+    /// made before its Started record, is missing. It then takes no writes
+    /// and never times out; `repair` or an explicit cancel resolves it.
+    pub(crate) unprovable: Option<String>,
     /// When the snapshot started, epoch milliseconds.
     start_millis: u64,
     /// The inactivity timeout, milliseconds.
@@ -68,29 +73,29 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// A session with no writes yet.
-    pub(crate) fn new(
+    /// A new snapshot's session, its journal (header only) created and
+    /// durable, name included, before this returns: the caller then
+    /// records the Started record, so a pending snapshot without its
+    /// journal is damage. A failure creates nothing the store depends on
+    /// (a stray journal is removed at the next open).
+    pub(crate) fn create(
+        storage: &dyn Storage,
         started: &StartedRecord,
         parent_root: Option<ChunkId>,
         domain: Option<Arc<DomainKeys>>,
         durable_on_ack: bool,
-    ) -> Session {
-        let mut journal_flags = JOURNAL_FLAG_TIMED;
-        if !durable_on_ack {
-            journal_flags |= JOURNAL_FLAG_AT_COMPLETE;
-        }
-        if domain.is_some() {
-            journal_flags |= JOURNAL_FLAG_MASKED_CHECKSUMS;
-        }
-        Session::with_state(
+    ) -> Result<Session> {
+        let journal_flags = new_journal_flags(durable_on_ack, domain.is_some());
+        let journal = create_journal(storage, started.snapshot, journal_flags)?;
+        Ok(Session::with_state(
             started,
             parent_root,
             domain,
             journal_flags,
             BTreeMap::new(),
+            Some(journal),
             None,
-            None,
-        )
+        ))
     }
 
     fn with_state(
@@ -118,6 +123,7 @@ impl Session {
             parent_root,
             domain,
             journal_flags,
+            unprovable: None,
             start_millis: started.start_millis,
             timeout_millis,
             deadline_millis: AtomicU64::new(deadline),
@@ -136,6 +142,20 @@ impl Session {
             });
         }
         Ok(state)
+    }
+
+    /// Refuses writes to a snapshot whose state cannot be proven.
+    pub(crate) fn check_provable(&self) -> Result<()> {
+        match &self.unprovable {
+            None => Ok(()),
+            Some(why) => Err(Error::InvalidState {
+                reason: ValidationReason::InvalidSnapshotId,
+                message: format!(
+                    "The snapshot '{}' takes no writes: {why}. Run `blocksnap repair`.",
+                    self.snapshot
+                ),
+            }),
+        }
     }
 
     /// Every write so far: index and chunk.
@@ -183,24 +203,8 @@ impl Session {
         chunk: ChunkId,
         sha256: Sha256Digest,
         now: u64,
-    ) -> Result<(bool, Option<ChunkId>)> {
-        let mut created = false;
-        if state.journal.is_none() {
-            let name = journal_name(self.snapshot);
-            let mut file = storage
-                .open_append(&name)
-                .map_err(|e| Error::io(format!("creating {name}"), e))?;
-            file.truncate(0)
-                .map_err(|e| Error::io(format!("resetting {name}"), e))?;
-            file.append(&[&header::encode_with_flags(
-                JOURNAL_MAGIC,
-                self.snapshot.0,
-                self.journal_flags,
-            )])
-            .map_err(|e| Error::io(format!("writing {name}"), e))?;
-            state.journal = Some(file);
-            created = true;
-        }
+    ) -> Result<Option<ChunkId>> {
+        self.ensure_journal(state, storage)?;
         let record = JournalRecord {
             index,
             chunk_id: chunk,
@@ -210,7 +214,10 @@ impl Session {
         .encode();
         if let Some(journal) = state.journal.as_mut() {
             journal.append(&[&record]).map_err(|e| {
-                Error::io(format!("appending to {}", journal_name(self.snapshot)), e)
+                Error::io_durability_unknown(
+                    format!("appending to {}", journal_name(self.snapshot)),
+                    e,
+                )
             })?;
         }
         state.journal_dirty = true;
@@ -222,7 +229,26 @@ impl Session {
         state.last_put_millis = Some(last_put);
         self.deadline_millis
             .store(last_put + self.timeout_millis, Ordering::Release);
-        Ok((created, replaced))
+        Ok(replaced)
+    }
+
+    /// Creates the journal of a snapshot started by an older format, which
+    /// made it at the first put (every snapshot this format starts has
+    /// one from its start).
+    pub(crate) fn ensure_journal(
+        &self,
+        state: &mut SessionState,
+        storage: &dyn Storage,
+    ) -> Result<()> {
+        if state.journal.is_none() {
+            state.journal = Some(create_journal(storage, self.snapshot, self.journal_flags)?);
+        }
+        Ok(())
+    }
+
+    /// [`Session::ensure_journal`] taking the session's lock.
+    pub(crate) fn ensure_journal_locked(&self, storage: &dyn Storage) -> Result<()> {
+        self.ensure_journal(&mut self.state.lock(), storage)
     }
 
     /// Makes the journal durable (the caller synced the chunk store first).
@@ -231,7 +257,10 @@ impl Session {
         if state.journal_dirty {
             if let Some(journal) = state.journal.as_mut() {
                 journal.sync().map_err(|e| {
-                    Error::io(format!("syncing {}", journal_name(self.snapshot)), e)
+                    Error::io_durability_unknown(
+                        format!("syncing {}", journal_name(self.snapshot)),
+                        e,
+                    )
                 })?;
             }
             state.journal_dirty = false;
@@ -239,17 +268,31 @@ impl Session {
         Ok(())
     }
 
-    /// Rebuilds a session from its journal after a restart, and rewrites the
-    /// surviving entries compactly and atomically so appends continue after
-    /// a clean tail. A record whose chunk did not survive was never
-    /// acknowledged when puts are durable on acknowledgement, so the index
-    /// keeps its previous content; when puts were acknowledged before being
-    /// durable (journal flag `AT_COMPLETE`), the index is dropped instead,
-    /// so it is never stale and CompleteSnapshot's count reveals the loss.
-    /// `durable_on_ack` applies to a journal that did not survive at all.
-    /// The timeout resumes from the latest surviving put time; the puts of
-    /// an untimed journal (written before put times were kept) count as made
-    /// at `now`, so its snapshot is never cancelled early.
+    /// Rebuilds a session from its journal after a restart.
+    ///
+    /// Records are fixed-size and each carries its own crc, so a damaged
+    /// record costs only that put: records that fail with valid ones after
+    /// them are damage (reported; the puts are lost and CompleteSnapshot's
+    /// count reveals it), failing records at the end are a torn tail. A
+    /// damaged header is reported and its flags inferred. A record whose
+    /// chunk did not survive was never acknowledged when puts are durable
+    /// on acknowledgement, so the index keeps its previous content; when
+    /// puts were acknowledged before being durable (journal flag
+    /// `AT_COMPLETE`), the index is dropped instead, so it is never stale
+    /// and CompleteSnapshot's count reveals the loss. The timeout resumes
+    /// from the latest surviving put time; the puts of an untimed journal
+    /// (written before put times were kept) count as made at `now`, so its
+    /// snapshot is never cancelled early.
+    ///
+    /// A snapshot whose journal was made before its Started record
+    /// (`journaled_at_start`) and is missing is unprovable (see
+    /// [`Session::unprovable`]).
+    ///
+    /// Writable storage only: the journal is made ready for appends. A
+    /// torn tail is cut (it holds no acknowledged put), and a journal that
+    /// lost records to a crash or has the untimed layout is rewritten
+    /// compactly, best effort; a damaged one is kept as it is, for repair.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn recover(
         storage: &dyn Storage,
         chunks: &ChunkStore,
@@ -257,16 +300,33 @@ impl Session {
         parent_root: Option<ChunkId>,
         domain: Option<Arc<DomainKeys>>,
         durable_on_ack: bool,
+        journaled_at_start: bool,
         now: u64,
-    ) -> Result<Session> {
+    ) -> Result<(Session, Vec<Damage>)> {
         let snapshot = started.snapshot;
         let volume_blocks = started.volume_size_gib * BLOCKS_PER_GIB;
         let name = journal_name(snapshot);
+        let mut damage = Vec::new();
         let exists = storage
             .exists(&name)
             .map_err(|e| Error::io(format!("checking {name}"), e))?;
+        let fresh_flags = new_journal_flags(durable_on_ack, domain.is_some());
         if !exists {
-            return Ok(Session::new(started, parent_root, domain, durable_on_ack));
+            let mut session = Session::with_state(
+                started,
+                parent_root,
+                domain,
+                fresh_flags,
+                BTreeMap::new(),
+                None,
+                None,
+            );
+            if journaled_at_start {
+                session.unprovable = Some(format!(
+                    "its journal {name}, made before it started, is missing: it may have been completed (its catalog record lost) or have received blocks"
+                ));
+            }
+            return Ok((session, damage));
         }
         let bytes = storage
             .read_all(&name)
@@ -274,10 +334,31 @@ impl Session {
         let header = bytes
             .get(..FILE_HEADER_SIZE)
             .map(|head| header::decode_with_flags(head, JOURNAL_MAGIC));
-        let journal_flags = match header {
-            Some(Ok((subject, flags))) if subject == snapshot.0 => flags,
-            // A torn header: the journal was created and nothing survived.
-            _ => return Ok(Session::new(started, parent_root, domain, durable_on_ack)),
+        let body = bytes.get(FILE_HEADER_SIZE..).unwrap_or_default();
+        let (journal_flags, header_damaged) = match header {
+            Some(Ok((subject, flags))) if subject == snapshot.0 => (flags, false),
+            // A journal made at the first put (older format) with a torn
+            // header: created, and nothing survived.
+            _ if !journaled_at_start => {
+                let session = Session::with_state(
+                    started,
+                    parent_root,
+                    domain,
+                    fresh_flags,
+                    BTreeMap::new(),
+                    None,
+                    None,
+                );
+                return Ok((session, damage));
+            }
+            _ => {
+                damage.push(Damage {
+                    file: name.clone(),
+                    detail: "the header does not verify; its flags are inferred (puts taken as acknowledged before durable)".into(),
+                    data_lost: false,
+                });
+                (inferred_flags(body.len(), domain.is_some()), true)
+            }
         };
         if (journal_flags & JOURNAL_FLAG_MASKED_CHECKSUMS != 0) != domain.is_some() {
             return Err(Error::corrupted(
@@ -286,18 +367,30 @@ impl Session {
             ));
         }
         let zero = codec::zero_block_id();
+        let record_size = JournalRecord::size(journal_flags);
         let mut writes = BTreeMap::new();
         let mut last_put_millis = None;
-        for raw in bytes
-            .get(FILE_HEADER_SIZE..)
-            .unwrap_or_default()
-            .chunks(JournalRecord::size(journal_flags))
-        {
+        let mut dropped = false;
+        let mut failed = Vec::new();
+        let mut valid_end = FILE_HEADER_SIZE;
+        for (position, raw) in body.chunks_exact(record_size).enumerate() {
+            let offset = FILE_HEADER_SIZE + position * record_size;
             let Ok(record) = JournalRecord::decode(raw, journal_flags) else {
-                break;
+                failed.push(offset);
+                continue;
             };
+            // Failed records with this valid one after them were damage.
+            for lost in failed.drain(..) {
+                damage.push(Damage {
+                    file: name.clone(),
+                    detail: format!("the record at byte {lost} does not verify: that put is lost"),
+                    data_lost: true,
+                });
+            }
+            valid_end = offset + record_size;
             last_put_millis = last_put_millis.max(Some(record.put_millis.unwrap_or(now)));
             if u64::from(record.index.0) >= volume_blocks {
+                dropped = true;
                 continue;
             }
             if record.chunk_id == zero || chunks.contains(&record.chunk_id) {
@@ -309,42 +402,130 @@ impl Session {
                     record.sha256,
                 );
                 writes.insert(record.index, (record.chunk_id, sha256));
-            } else if journal_flags & JOURNAL_FLAG_AT_COMPLETE != 0 {
-                writes.remove(&record.index);
+            } else {
+                dropped = true;
+                if journal_flags & JOURNAL_FLAG_AT_COMPLETE != 0 {
+                    writes.remove(&record.index);
+                }
             }
         }
-        // The rewrite is timed: every surviving record carries the latest
-        // put time, which is all the timeout needs.
-        let journal_flags = journal_flags | JOURNAL_FLAG_TIMED;
-        let mut compact =
-            header::encode_with_flags(JOURNAL_MAGIC, snapshot.0, journal_flags).to_vec();
-        for (index, (chunk_id, sha256)) in &writes {
-            compact.extend_from_slice(
-                &JournalRecord {
-                    index: *index,
-                    chunk_id: *chunk_id,
-                    sha256: mask_checksum(domain.as_deref(), snapshot, *index, chunk_id, *sha256),
-                    put_millis: last_put_millis,
-                }
-                .encode(),
-            );
-        }
-        storage
-            .write_atomic(&name, &compact)
-            .map_err(|e| Error::io(format!("rewriting {name}"), e))?;
-        let journal = storage
-            .open_append(&name)
-            .map_err(|e| Error::io(format!("opening {name}"), e))?;
-        Ok(Session::with_state(
+        let damaged = damage.iter().any(|found| found.data_lost) || header_damaged;
+        let torn = valid_end < bytes.len();
+        let journal = if storage.is_read_only() {
+            None
+        } else {
+            let rewrite = !damaged && (dropped || journal_flags & JOURNAL_FLAG_TIMED == 0);
+            let rewritten = rewrite
+                && rewrite_journal(
+                    storage,
+                    snapshot,
+                    domain.as_deref(),
+                    journal_flags | JOURNAL_FLAG_TIMED,
+                    &writes,
+                    last_put_millis,
+                )
+                .is_ok();
+            let mut journal = storage
+                .open_append(&name)
+                .map_err(|e| Error::io(format!("opening {name}"), e))?;
+            if torn && !rewritten {
+                // A torn tail holds no acknowledged put; appends must not
+                // follow it, or it would read as damage next time.
+                journal
+                    .truncate(valid_end as u64)
+                    .and_then(|()| journal.sync())
+                    .map_err(|e| Error::io(format!("cutting the torn tail of {name}"), e))?;
+            }
+            Some(journal)
+        };
+        let journal_flags =
+            if journal.is_some() && !damaged && journal_flags & JOURNAL_FLAG_TIMED == 0 {
+                journal_flags | JOURNAL_FLAG_TIMED
+            } else {
+                journal_flags
+            };
+        let session = Session::with_state(
             started,
             parent_root,
             domain,
             journal_flags,
             writes,
-            Some(journal),
+            journal,
             last_put_millis,
-        ))
+        );
+        Ok((session, damage))
     }
+}
+
+/// Header flags of a journal this format creates.
+fn new_journal_flags(durable_on_ack: bool, masked: bool) -> u32 {
+    let mut flags = JOURNAL_FLAG_TIMED;
+    if !durable_on_ack {
+        flags |= JOURNAL_FLAG_AT_COMPLETE;
+    }
+    if masked {
+        flags |= JOURNAL_FLAG_MASKED_CHECKSUMS;
+    }
+    flags
+}
+
+/// The flags of a journal whose header is damaged, inferred from what
+/// else is known: records are timed unless only the untimed size divides
+/// the body; masked if the snapshot is encrypted; puts are taken as
+/// acknowledged before durable, so a lost chunk drops its index rather
+/// than leaving it stale.
+fn inferred_flags(body_len: usize, masked: bool) -> u32 {
+    let untimed = !body_len.is_multiple_of(JOURNAL_RECORD_SIZE)
+        && body_len.is_multiple_of(UNTIMED_RECORD_SIZE);
+    let mut flags = new_journal_flags(false, masked);
+    if untimed {
+        flags &= !JOURNAL_FLAG_TIMED;
+    }
+    flags
+}
+
+/// Creates a journal holding only its header, durably (content and name).
+fn create_journal(
+    storage: &dyn Storage,
+    snapshot: SnapshotId,
+    flags: u32,
+) -> Result<Box<dyn AppendFile>> {
+    let name = journal_name(snapshot);
+    create_durably(
+        storage,
+        &name,
+        &header::encode_with_flags(JOURNAL_MAGIC, snapshot.0, flags),
+    )
+    .map_err(|e| Error::io(format!("creating {name}"), e))
+}
+
+/// Replaces a journal with one record per write, every record timed with
+/// the latest put time (all the timeout needs).
+fn rewrite_journal(
+    storage: &dyn Storage,
+    snapshot: SnapshotId,
+    domain: Option<&DomainKeys>,
+    flags: u32,
+    writes: &BTreeMap<BlockIndex, (ChunkId, Sha256Digest)>,
+    put_millis: Option<u64>,
+) -> Result<()> {
+    let name = journal_name(snapshot);
+    let mut compact = header::encode_with_flags(JOURNAL_MAGIC, snapshot.0, flags).to_vec();
+    for (index, (chunk_id, sha256)) in writes {
+        compact.extend_from_slice(
+            &JournalRecord {
+                index: *index,
+                chunk_id: *chunk_id,
+                sha256: mask_checksum(domain, snapshot, *index, chunk_id, *sha256),
+                put_millis,
+            }
+            .encode(),
+        );
+    }
+    storage.write_atomic(&name, &compact).map_err(|e| {
+        tracing::warn!(journal = %name, error = %e, "could not rewrite a recovered journal; appending after its surviving records instead");
+        Error::io(format!("rewriting {name}"), e)
+    })
 }
 
 /// A checksum as an encrypted snapshot's journal stores it: XORed with a

@@ -4,7 +4,7 @@
 use super::Engine;
 use crate::blockmap::BlockMaps;
 use crate::catalog::SnapshotState;
-use crate::error::{Error, Result};
+use crate::error::{Damage, Error, Result};
 use crate::format::node::{slot_span, LEVELS};
 use crate::ids::{ChunkId, PackLocation, SnapshotId};
 use std::collections::HashMap;
@@ -70,6 +70,15 @@ pub struct VerifyReport {
     pub catalog_error: Option<String>,
     /// Damaged and missing chunks, with what they affect.
     pub damaged: Vec<DamagedChunk>,
+    /// Damage to the store's files beyond single chunks: unreadable bytes
+    /// in packs (records there lost), indexes and catalog copies that do
+    /// not verify (rebuilt from, or covered by, what survives).
+    pub damaged_files: Vec<Damage>,
+    /// Snapshots whose state cannot be proven, with why: a pending
+    /// snapshot whose journal is missing may have been completed (its
+    /// record lost) or have received blocks. `gc` does not run while any
+    /// exists; `repair` resolves them.
+    pub unprovable: Vec<(String, String)>,
     /// The run was cancelled before it checked everything: it proves
     /// nothing about what it did not reach.
     pub interrupted: bool,
@@ -80,7 +89,11 @@ pub struct VerifyReport {
 impl VerifyReport {
     /// Whether the whole check ran and found nothing wrong.
     pub fn is_clean(&self) -> bool {
-        !self.interrupted && self.catalog_error.is_none() && self.damaged.is_empty()
+        !self.interrupted
+            && self.catalog_error.is_none()
+            && self.damaged.is_empty()
+            && self.damaged_files.is_empty()
+            && self.unprovable.is_empty()
     }
 }
 
@@ -128,8 +141,28 @@ impl Engine {
             report.elapsed = started.elapsed();
             return Ok(report);
         }
+        report.damaged_files.extend(
+            self.inner
+                .open_damage
+                .iter()
+                .filter(|found| !found.file.starts_with("catalog/"))
+                .cloned(),
+        );
+        report.unprovable = self
+            .unprovable_snapshots()
+            .into_iter()
+            .map(|(snapshot, why)| (snapshot.to_string(), why))
+            .collect();
         match self.inner.catalog.verify() {
-            Ok(records) => report.catalog_records = records,
+            Ok(check) => {
+                report.catalog_records = check.records;
+                report.damaged_files.extend(check.damage);
+                if !check.replays_to_memory {
+                    report.catalog_error = Some(
+                        "the log on disk no longer replays to the catalog in memory: records were lost since the store was opened".into(),
+                    );
+                }
+            }
             Err(error) => report.catalog_error = Some(error.to_string()),
         }
         let live = self.inner.references.counts();
@@ -184,6 +217,19 @@ impl Engine {
         }
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// Pending snapshots whose state cannot be proven, with why, by id.
+    pub(crate) fn unprovable_snapshots(&self) -> Vec<(SnapshotId, String)> {
+        let mut found: Vec<(SnapshotId, String)> = self
+            .inner
+            .sessions
+            .read()
+            .values()
+            .filter_map(|session| Some((session.snapshot, session.unprovable.clone()?)))
+            .collect();
+        found.sort();
+        found
     }
 
     /// Fills in what each damaged chunk affects: one walk of every live

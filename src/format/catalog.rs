@@ -17,6 +17,12 @@ pub const FRAME_BODY_OFFSET: usize = FRAME_LEN_OFFSET + 4;
 /// Segment header flag: the segment starts with the whole catalog (a
 /// checkpoint written atomically) and supersedes every earlier segment.
 pub const CATALOG_FLAG_CHECKPOINT: u32 = 1;
+/// Segment header flag: the segment was written with a mirror copy
+/// (`NNNNNNNN.mirror`), and the journal of every snapshot whose Started
+/// record it holds was durable before that record: a pending snapshot
+/// started here whose journal is missing is damage, not a snapshot that
+/// received no block yet.
+pub const CATALOG_FLAG_JOURNALED: u32 = 2;
 /// Largest body a frame may claim (50 tags of 127+255 bytes plus strings fit easily).
 pub const MAX_BODY_LEN: usize = 64 * 1024;
 

@@ -157,6 +157,20 @@ impl AppendFile for LocalAppend {
         self.len = len;
         Ok(())
     }
+
+    #[cfg(target_os = "linux")]
+    fn reserve(&mut self, end: u64) -> io::Result<()> {
+        if end <= self.len {
+            return Ok(());
+        }
+        rustix::fs::fallocate(
+            &self.file,
+            rustix::fs::FallocateFlags::KEEP_SIZE,
+            self.len,
+            end - self.len,
+        )
+        .map_err(io::Error::from)
+    }
 }
 
 struct LocalRead {

@@ -49,6 +49,14 @@ pub trait AppendFile: Send + Sync {
     }
     /// Shortens the file to `len` bytes (durable after `sync`).
     fn truncate(&mut self, len: u64) -> io::Result<()>;
+    /// Allocates space for the file up to `end` bytes without changing its
+    /// length, so appends up to there need no free space (a transition
+    /// that frees space must still be recordable on a full disk). A hint:
+    /// backends without preallocation do nothing.
+    fn reserve(&mut self, end: u64) -> io::Result<()> {
+        let _ = end;
+        Ok(())
+    }
 }
 
 /// A file open for reading at arbitrary offsets.

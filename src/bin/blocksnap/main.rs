@@ -95,12 +95,35 @@ fn exit_code(error: &Error) -> u8 {
     }
 }
 
-fn open_engine(cli: &Cli, want_encryption: bool) -> Result<Engine, Failure> {
+/// Opens the store for a command that writes (creating it if needed).
+fn open_engine(cli: &Cli, out: &Output, want_encryption: bool) -> Result<Engine, Failure> {
     let store = cli.store_dir();
     std::fs::create_dir_all(&store)
         .map_err(|error| Error::io(format!("creating store {}", store.display()), error))?;
     let config = engine_config(cli, want_encryption)?;
-    Ok(Engine::open_with(Engine::local_storage(&store)?, config)?)
+    let engine = Engine::open_with(Engine::local_storage(&store)?, config)?;
+    report_open_damage(&engine, out);
+    Ok(engine)
+}
+
+/// Opens the store for a command that only reads: nothing in it is
+/// written (so it works on a full disk), and a store that does not exist
+/// is an error, not a new empty one.
+fn open_engine_read_only(cli: &Cli, out: &Output) -> Result<Engine, Failure> {
+    let config = engine_config(cli, false)?;
+    let engine = Engine::open_read_only_with(cli.store_dir(), config)?;
+    report_open_damage(&engine, out);
+    Ok(engine)
+}
+
+/// Damage found while opening is contained, never silent: each is a
+/// warning on stderr (`verify` reports it too and exits 1).
+fn report_open_damage(engine: &Engine, out: &Output) {
+    for damage in engine.open_damage() {
+        out.error(&format!(
+            "warning: damage in the store: {damage}; run `blocksnap verify`"
+        ));
+    }
 }
 
 /// The configuration the commands open the store with.
@@ -158,7 +181,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                 .transpose()
                 .map_err(Failure::Usage)?;
             let wants_keys = backup.encrypted || backup.kms_key_arn.is_some();
-            let engine = open_engine(cli, wants_keys)?;
+            let engine = open_engine(cli, out, wants_keys)?;
             let image_bytes = std::fs::File::open(&backup.image)
                 .map_err(|error| Error::io(format!("opening {}", backup.image.display()), error))
                 .and_then(|file| volume::image_len(&file, &backup.image))?;
@@ -189,7 +212,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             }
         }
         Command::Restore(restore) => {
-            let engine = open_engine(cli, false)?;
+            let engine = open_engine_read_only(cli, out)?;
             let description = engine.describe_snapshot(DescribeSnapshotRequest {
                 snapshot_id: restore.snapshot.clone(),
             })?;
@@ -217,12 +240,12 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             }
         }
         Command::Ls => {
-            let engine = open_engine(cli, false)?;
+            let engine = open_engine_read_only(cli, out)?;
             out.snapshots(&engine.list_snapshots()?);
             Ok(())
         }
         Command::Show { snapshot } => {
-            let engine = open_engine(cli, false)?;
+            let engine = open_engine_read_only(cli, out)?;
             let description = engine.describe_snapshot(DescribeSnapshotRequest {
                 snapshot_id: snapshot.clone(),
             })?;
@@ -234,7 +257,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             Ok(())
         }
         Command::Diff { first, second } => {
-            let engine = open_engine(cli, false)?;
+            let engine = open_engine_read_only(cli, out)?;
             let mut request = ListChangedBlocksRequest {
                 first_snapshot_id: Some(first.clone()),
                 second_snapshot_id: second.clone(),
@@ -255,7 +278,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             Ok(())
         }
         Command::Rm { snapshot } => {
-            let engine = open_engine(cli, false)?;
+            let engine = open_engine(cli, out, false)?;
             engine.delete_snapshot(DeleteSnapshotRequest {
                 snapshot_id: snapshot.clone(),
             })?;
@@ -266,7 +289,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             Ok(())
         }
         Command::Cancel { snapshot } => {
-            let engine = open_engine(cli, false)?;
+            let engine = open_engine(cli, out, false)?;
             let response = engine.cancel_snapshot(CancelSnapshotRequest {
                 snapshot_id: snapshot.clone(),
             })?;
@@ -277,7 +300,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             Ok(())
         }
         Command::Gc(gc) => {
-            let engine = open_engine(cli, false)?;
+            let engine = open_engine(cli, out, false)?;
             let spinner = out.spinner("collecting garbage");
             let report = engine.collect_garbage_cancellable(
                 GcOptions {
@@ -296,7 +319,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             Ok(())
         }
         Command::Verify(verify) => {
-            let engine = open_engine(cli, false)?;
+            let engine = open_engine_read_only(cli, out)?;
             let spinner = out.spinner("verifying");
             let report = engine.verify_cancellable(
                 VerifyOptions {
@@ -331,7 +354,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             serve::run(cli, args, config)
         }
         Command::Export(export) => {
-            let engine = open_engine(cli, false)?;
+            let engine = open_engine_read_only(cli, out)?;
             let bucket = bucket_of(&export.bucket, export.endpoint.as_deref())?;
             let description = engine.describe_snapshot(DescribeSnapshotRequest {
                 snapshot_id: export.snapshot.clone(),
@@ -367,7 +390,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             let (bucket, key) = source_of(&import.source, import.endpoint.as_deref())?;
             let manifest = archive::inspect(&bucket, &key)?;
             let wants_keys = import.encrypted || import.kms_key_arn.is_some();
-            let engine = open_engine(cli, wants_keys)?;
+            let engine = open_engine(cli, out, wants_keys)?;
             let bar = out.progress("import", manifest.block_count * (512 << 10));
             let outcome = archive::import(
                 &engine,
@@ -392,7 +415,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             }
         }
         Command::Stats => {
-            let engine = open_engine(cli, false)?;
+            let engine = open_engine_read_only(cli, out)?;
             let stats = engine.store_stats()?;
             out.stats(&stats, engine.chunk_stats().chunks);
             Ok(())

@@ -382,6 +382,15 @@ impl Output {
                         "LastBlock": affected.last_block,
                     })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
+                "DamagedFiles": report.damaged_files.iter().map(|damage| json!({
+                    "File": damage.file,
+                    "Detail": damage.detail,
+                    "DataLost": damage.data_lost,
+                })).collect::<Vec<_>>(),
+                "Unprovable": report.unprovable.iter().map(|(snapshot, why)| json!({
+                    "SnapshotId": snapshot,
+                    "Reason": why,
+                })).collect::<Vec<_>>(),
                 "Seconds": report.elapsed.as_secs_f64(),
             }));
             return;
@@ -395,6 +404,12 @@ impl Output {
         );
         if let Some(error) = &report.catalog_error {
             println!("catalog: {error}");
+        }
+        for damage in &report.damaged_files {
+            println!("damaged {damage}");
+        }
+        for (snapshot, why) in &report.unprovable {
+            println!("unprovable {snapshot}: {why}");
         }
         for damaged in &report.damaged {
             let chunk = damaged
