@@ -313,28 +313,15 @@ fn replay_segment(
         }
     };
     let journaled = flags & CATALOG_FLAG_JOURNALED != 0;
-    for ((name, bytes), header) in copies.iter().zip(headers) {
-        match bytes {
-            Some(bytes) if header.is_none() && bytes.len() > FILE_HEADER_SIZE => {
-                damage.push(Damage {
-                    file: name.clone(),
-                    detail: "the segment header does not verify; the other copy's is used".into(),
-                    data_lost: false,
-                });
-            }
-            None if journaled => damage.push(Damage {
-                file: name.clone(),
-                detail: "this copy of the segment is missing; the other copy is used".into(),
-                data_lost: false,
-            }),
-            _ => {}
-        }
-    }
     let end = copies
         .iter()
         .map(|(_, bytes)| bytes.map_or(0, <[u8]>::len))
         .max()
         .unwrap_or(0);
+    // Per copy: offsets of frames the other copy held and this one did not.
+    let mut missing: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
+    let mut last_frame = None;
+    let mut clean = true;
     let mut offset = FILE_HEADER_SIZE;
     while offset < end {
         let decoded = copies.each_ref().map(|(_, bytes)| {
@@ -346,18 +333,12 @@ fn replay_segment(
         let chosen = decoded.iter().flatten().next().cloned();
         let (record, length) = match chosen {
             Some(frame) => {
-                for ((name, bytes), copy) in copies.iter().zip(&decoded) {
-                    let failed = copy.is_none();
-                    if failed && bytes.is_some_and(|bytes| valid_frame_after(bytes, offset)) {
-                        damage.push(Damage {
-                            file: name.clone(),
-                            detail: format!(
-                                "the frame at byte {offset} does not verify; the other copy holds it"
-                            ),
-                            data_lost: false,
-                        });
+                for (copy, found) in missing.iter_mut().zip(&decoded) {
+                    if found.is_none() {
+                        copy.push(offset);
                     }
                 }
+                last_frame = Some(offset);
                 frame
             }
             None => {
@@ -366,7 +347,8 @@ fn replay_segment(
                     .filter_map(|(_, bytes)| next_valid_frame((*bytes)?, offset + 1))
                     .min();
                 let Some(next) = next else {
-                    return Ok(false);
+                    clean = false;
+                    break;
                 };
                 let what =
                     format!("bytes {offset}..{next} hold no valid frame in either copy, and valid frames follow");
@@ -394,12 +376,50 @@ fn replay_segment(
         }
         offset += length;
     }
-    Ok(true)
-}
-
-/// Whether a valid frame starts anywhere after `offset` in `bytes`.
-fn valid_frame_after(bytes: &[u8], offset: usize) -> bool {
-    next_valid_frame(bytes, offset + 1).is_some()
+    // Both copies get every frame before the next is written, so a crash
+    // leaves them differing in the last frame at most; and both headers
+    // were durable before the first frame. Anything else is damage to a
+    // copy (its twin held the records: nothing is lost).
+    for ((name, bytes), (header, copy_missing)) in copies.iter().zip(headers.iter().zip(&missing)) {
+        let Some(bytes) = bytes else {
+            if journaled {
+                damage.push(Damage {
+                    file: name.clone(),
+                    detail: "this copy of the segment is missing; the other copy is used".into(),
+                    data_lost: false,
+                });
+            }
+            continue;
+        };
+        let header_lost =
+            header.is_none() && (last_frame.is_some() || bytes.len() > FILE_HEADER_SIZE);
+        let frames_lost: Vec<&usize> = copy_missing
+            .iter()
+            .filter(|offset| Some(**offset) != last_frame)
+            .collect();
+        if header_lost || !frames_lost.is_empty() {
+            let mut what = Vec::new();
+            if header_lost {
+                what.push("its header does not verify".to_string());
+            }
+            if !frames_lost.is_empty() {
+                let offsets: Vec<String> = frames_lost
+                    .iter()
+                    .map(|offset| offset.to_string())
+                    .collect();
+                what.push(format!(
+                    "the frames at bytes {} do not verify or are cut off",
+                    offsets.join(", ")
+                ));
+            }
+            damage.push(Damage {
+                file: name.clone(),
+                detail: format!("{}; the other copy holds them", what.join(", and ")),
+                data_lost: false,
+            });
+        }
+    }
+    Ok(clean)
 }
 
 /// The first offset at or after `from` where a valid frame starts. Random

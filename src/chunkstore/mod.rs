@@ -13,9 +13,11 @@
 mod compact;
 mod index;
 mod pack;
+mod repair;
 mod verify;
 
 pub use compact::{CompactionOutcome, PackUsage};
+pub use repair::{repair_packs, PackRepair};
 pub use verify::{DamagedRecord, RecordCheck};
 
 use crate::codec;
@@ -769,21 +771,30 @@ fn load_pack(
     }
     let scanned = scan(reader, seq)?;
     let with_ids = entries_of(&scanned.records);
-    if !scanned.damaged.is_empty() {
+    if scanned.header_damaged {
+        damage.push(Damage {
+            file: name.clone(),
+            detail: "the pack's file header does not verify; its records do (run `blocksnap repair` to rewrite the pack)".into(),
+            data_lost: false,
+        });
+    }
+    if !scanned.damaged.is_empty() || scanned.header_damaged {
         let ranges: Vec<String> = scanned
             .damaged
             .iter()
             .map(|range| format!("{}..{}", range.start, range.end))
             .collect();
-        damage.push(Damage {
-            file: name,
-            detail: format!(
-                "bytes {} hold no valid record, and valid records follow; the {} records around them are kept (run `blocksnap repair` to index the pack)",
-                ranges.join(", "),
-                with_ids.len()
-            ),
-            data_lost: true,
-        });
+        if !ranges.is_empty() {
+            damage.push(Damage {
+                file: name,
+                detail: format!(
+                    "bytes {} hold no valid record, and valid records follow; the {} records around them are kept (run `blocksnap repair` to index the pack)",
+                    ranges.join(", "),
+                    with_ids.len()
+                ),
+                data_lost: true,
+            });
+        }
         return Ok(LoadedPack::Sealed(
             with_ids.into_iter().map(|(_, entry)| entry).collect(),
         ));

@@ -81,9 +81,9 @@ pub(crate) struct ScannedRecord {
 pub(crate) struct Scan {
     /// Every record whose crc verifies, in file order.
     pub(crate) records: Vec<ScannedRecord>,
-    /// Byte ranges that hold no valid record but are followed by one:
-    /// damage (a flipped byte, a lost sector), never a torn write, which
-    /// only ever cuts a file's end. The file header counts as bytes 0..32.
+    /// Byte ranges after the file header that hold no valid record but
+    /// are followed by one: damage (a flipped byte, a lost sector), never
+    /// a torn write, which only ever cuts a file's end.
     pub(crate) damaged: Vec<std::ops::Range<u64>>,
     /// End of the last valid record (or of the header).
     pub(crate) valid_len: u64,
@@ -91,6 +91,9 @@ pub(crate) struct Scan {
     /// torn tail (or damage confined to the end, which cannot be told
     /// from one).
     pub(crate) has_garbage_tail: bool,
+    /// Whether the file header is damaged while records follow it (no
+    /// record is lost by that: it only names the pack).
+    pub(crate) header_damaged: bool,
 }
 
 /// Bytes a resynchronizing scan reads at a time.
@@ -107,15 +110,13 @@ pub(crate) fn scan(file: &dyn ReadFile, seq: u32) -> Result<Scan> {
     let file_len = file
         .len()
         .map_err(|e| Error::io(format!("reading {name}"), e))?;
-    let mut head = [0u8; FILE_HEADER_SIZE];
-    let header_ok = file_len >= FILE_HEADER_SIZE as u64
-        && file.read_exact_at(0, &mut head).is_ok()
-        && header::decode(&head, PACK_MAGIC) == Ok(u64::from(seq));
+    let header_ok = header_ok(file, seq);
     let mut scan = Scan {
         records: Vec::new(),
         damaged: Vec::new(),
         valid_len: FILE_HEADER_SIZE as u64,
         has_garbage_tail: false,
+        header_damaged: false,
     };
     let mut payload = Vec::new();
     let mut offset = FILE_HEADER_SIZE as u64;
@@ -156,10 +157,47 @@ pub(crate) fn scan(file: &dyn ReadFile, seq: u32) -> Result<Scan> {
             scan.valid_len = 0;
             scan.has_garbage_tail = file_len > 0;
         } else {
-            scan.damaged.insert(0, 0..FILE_HEADER_SIZE as u64);
+            scan.header_damaged = true;
         }
     }
     Ok(scan)
+}
+
+/// Whether pack `seq`'s file header verifies.
+pub(crate) fn header_ok(file: &dyn ReadFile, seq: u32) -> bool {
+    let mut head = [0u8; FILE_HEADER_SIZE];
+    file.read_exact_at(0, &mut head).is_ok()
+        && header::decode(&head, PACK_MAGIC) == Ok(u64::from(seq))
+}
+
+/// How many valid records lie within `range` of pack `seq` (found as a
+/// scan finds them: by their own lengths, else by resynchronizing).
+pub(crate) fn scan_range(
+    file: &dyn ReadFile,
+    seq: u32,
+    range: std::ops::Range<u64>,
+) -> Result<usize> {
+    let name = pack_name(seq);
+    let file_len = file
+        .len()
+        .map_err(|e| Error::io(format!("reading {name}"), e))?
+        .min(range.end);
+    let mut payload = Vec::new();
+    let mut offset = range.start;
+    let mut found = 0;
+    while offset < file_len {
+        match record_at(file, offset, file_len, &mut payload) {
+            Some(header) => {
+                found += 1;
+                offset += header.record_len() as u64;
+            }
+            None => match next_record(file, offset + 1, file_len, &mut payload) {
+                Some(next) => offset = next,
+                None => break,
+            },
+        }
+    }
+    Ok(found)
 }
 
 /// The header of the valid record at `offset`, if one starts there: the

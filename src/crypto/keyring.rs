@@ -3,9 +3,9 @@
 //! keys derived from it once unwrapped.
 
 use super::{Aes256Gcm, CipherSuite, DomainKeys, KeyProvider, AES_256_GCM_SUITE};
-use crate::error::{Error, Result, ValidationReason};
+use crate::error::{Damage, Error, Result, ValidationReason};
 use crate::format::keyring::{decode_keyring, encode_keyring, KeyringEntry, MAX_DOMAINS};
-use crate::storage::Storage;
+use crate::storage::{mirror_name, read_mirrored, write_mirrored, Storage};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +17,8 @@ pub(crate) const KEYRING_NAME: &str = "keyring";
 pub(crate) struct Keyring {
     entries: Mutex<Vec<KeyringEntry>>,
     by_arn: Mutex<HashMap<String, Arc<DomainKeys>>>,
+    /// A copy of the keyring that did not verify when it was opened.
+    damage: Vec<Damage>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -50,16 +52,18 @@ impl Keyring {
         provider: Option<&Arc<dyn KeyProvider>>,
         suite: &Arc<dyn CipherSuite>,
     ) -> Result<Keyring> {
-        let exists = storage
-            .exists(KEYRING_NAME)
-            .map_err(|e| Error::io("checking the keyring", e))?;
-        let entries = if exists {
-            let bytes = storage
-                .read_all(KEYRING_NAME)
-                .map_err(|e| Error::io("reading the keyring", e))?;
-            decode_keyring(&bytes).map_err(|error| error.into_error(KEYRING_NAME))?
-        } else {
-            Vec::new()
+        let decode =
+            |bytes: &[u8]| decode_keyring(bytes).map_err(|error| error.into_error(KEYRING_NAME));
+        let (entries, damage) = match read_mirrored(storage, KEYRING_NAME, decode)? {
+            Some(read) => {
+                if read.mirror_missing && !storage.is_read_only() {
+                    storage
+                        .write_atomic(&mirror_name(KEYRING_NAME), &encode_keyring(&read.value))
+                        .map_err(|e| Error::io("writing the keyring's mirror", e))?;
+                }
+                (read.value, read.damage)
+            }
+            None => (Vec::new(), Vec::new()),
         };
         let mut by_arn = HashMap::new();
         for entry in &entries {
@@ -75,7 +79,13 @@ impl Keyring {
         Ok(Keyring {
             entries: Mutex::new(entries),
             by_arn: Mutex::new(by_arn),
+            damage,
         })
+    }
+
+    /// Damage found when the keyring was opened (one copy; nothing lost).
+    pub(crate) fn damage(&self) -> &[Damage] {
+        &self.damage
     }
 
     fn unwrap(
@@ -153,8 +163,7 @@ impl Keyring {
         )?);
         let mut updated = entries.clone();
         updated.push(entry);
-        storage
-            .write_atomic(KEYRING_NAME, &encode_keyring(&updated))
+        write_mirrored(storage, KEYRING_NAME, &encode_keyring(&updated))
             .map_err(|e| Error::io("writing the keyring", e))?;
         *entries = updated;
         self.by_arn.lock().insert(key_arn.to_string(), keys.clone());
@@ -185,8 +194,7 @@ impl Keyring {
             }
             entry.wrapped = rewrapped;
         }
-        storage
-            .write_atomic(KEYRING_NAME, &encode_keyring(&updated))
+        write_mirrored(storage, KEYRING_NAME, &encode_keyring(&updated))
             .map_err(|e| Error::io("writing the keyring", e))?;
         let count = updated.len();
         *entries = updated;

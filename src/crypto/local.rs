@@ -8,7 +8,7 @@ use super::{
     Aes256Gcm, CipherSuite, DataKey, GeneratedDataKey, KeyError, KeyProvider, RecordCipher,
     DATA_KEY_LEN, NONCE_LEN, TAG_LEN,
 };
-use crate::error::{Error, Result, ValidationReason};
+use crate::error::{Damage, Error, Result, ValidationReason};
 use crate::format::keyfile::{KekVersions, KeyFileHeader, KeyTable, KEYFILE_SEALED_OFFSET};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -115,10 +115,13 @@ struct Unlocked {
 
 /// See the module documentation. Every change is written to the key file
 /// durably (temporary file, fsync, rename, directory fsync) before it is
-/// used.
+/// used, twice: first to `PATH.mirror`, then to `PATH`, so a flipped byte
+/// or a truncation of one copy loses no key.
 pub struct LocalKeyProvider {
     path: PathBuf,
     state: Mutex<Unlocked>,
+    /// A copy that did not open when the file was opened (the other did).
+    damage: Vec<Damage>,
 }
 
 impl std::fmt::Debug for LocalKeyProvider {
@@ -205,16 +208,77 @@ impl LocalKeyProvider {
             },
         };
         let bytes = seal_file(&unlocked)?;
-        write_durably(path, &bytes, true)?;
+        if Self::exists(path) {
+            return Err(Error::Conflict {
+                message: format!("{} already exists", path.display()),
+            });
+        }
+        write_copies(path, &bytes)?;
         Ok(LocalKeyProvider {
             path: path.to_path_buf(),
             state: Mutex::new(unlocked),
+            damage: Vec::new(),
         })
     }
 
-    /// Opens a key file. A wrong passphrase and a damaged file look alike:
-    /// the table does not authenticate.
+    /// Opens a key file: `PATH`, else its mirror `PATH.mirror` (the damage
+    /// is kept for [`LocalKeyProvider::damage`]). A wrong passphrase and a
+    /// file damaged in both copies look alike: the table does not
+    /// authenticate.
     pub fn open(path: &Path, passphrase: &Passphrase) -> Result<Self> {
+        let mirror = mirror_path(path);
+        let primary = Self::open_copy(path, passphrase);
+        match primary {
+            Ok(unlocked) => {
+                let mut damage = Vec::new();
+                if mirror.exists() && Self::open_copy(&mirror, passphrase).is_err() {
+                    damage.push(copy_damage(&mirror, path));
+                }
+                Ok(Self::opened(path, unlocked, damage))
+            }
+            Err(error) => match Self::open_copy(&mirror, passphrase) {
+                Ok(unlocked) if path.exists() => Ok(Self::opened(
+                    path,
+                    unlocked,
+                    vec![copy_damage(path, &mirror)],
+                )),
+                Ok(unlocked) => Ok(Self::opened(path, unlocked, Vec::new())),
+                Err(_) => Err(error),
+            },
+        }
+    }
+
+    /// Whether a key file exists at `path` (either copy).
+    pub fn exists(path: &Path) -> bool {
+        path.exists() || mirror_path(path).exists()
+    }
+
+    fn opened(path: &Path, unlocked: Unlocked, damage: Vec<Damage>) -> Self {
+        LocalKeyProvider {
+            path: path.to_path_buf(),
+            state: Mutex::new(unlocked),
+            damage,
+        }
+    }
+
+    /// A copy of the key file that exists but did not open when the file
+    /// was opened (the other copy did; no key was lost).
+    pub fn damage(&self) -> &[Damage] {
+        &self.damage
+    }
+
+    /// Rewrites both copies from the keys in memory: restores a damaged
+    /// copy, and adds the mirror a key file written before files were kept
+    /// twice lacks. Does nothing when both copies exist and opened.
+    pub fn restore_copies(&self) -> Result<()> {
+        if self.damage.is_empty() && mirror_path(&self.path).exists() && self.path.exists() {
+            return Ok(());
+        }
+        let state = self.state.lock();
+        write_copies(&self.path, &seal_file(&state)?)
+    }
+
+    fn open_copy(path: &Path, passphrase: &Passphrase) -> Result<Unlocked> {
         let bytes = std::fs::read(path)
             .map_err(|error| Error::io(format!("reading key file {}", path.display()), error))?;
         let header = KeyFileHeader::decode(&bytes)
@@ -245,14 +309,11 @@ impl LocalKeyProvider {
             })?;
         let table = KeyTable::decode(&table_bytes)
             .map_err(|error| error.into_error(&format!("key file {}", path.display())))?;
-        Ok(LocalKeyProvider {
-            path: path.to_path_buf(),
-            state: Mutex::new(Unlocked {
-                params,
-                salt: header.salt,
-                file_cipher,
-                table,
-            }),
+        Ok(Unlocked {
+            params,
+            salt: header.salt,
+            file_cipher,
+            table,
         })
     }
 
@@ -267,7 +328,7 @@ impl LocalKeyProvider {
         let mut state = self.state.lock();
         let before = state.table.clone();
         let result = change(&mut state.table)
-            .and_then(|value| write_durably(&self.path, &seal_file(&state)?, false).map(|_| value));
+            .and_then(|value| write_copies(&self.path, &seal_file(&state)?).map(|_| value));
         if result.is_err() {
             state.table = before;
         }
@@ -356,7 +417,7 @@ impl LocalKeyProvider {
             file_cipher,
             table: state.table.clone(),
         };
-        write_durably(&self.path, &seal_file(&candidate)?, false)?;
+        write_copies(&self.path, &seal_file(&candidate)?)?;
         *state = candidate;
         Ok(())
     }
@@ -513,15 +574,34 @@ fn seal_file(state: &Unlocked) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Writes `bytes` to `path` through a temporary file, fsync, rename and a
-/// directory fsync; with `exclusive`, fails if `path` exists.
-fn write_durably(path: &Path, bytes: &[u8], exclusive: bool) -> Result<()> {
-    let context = |what: &str| format!("{what} key file {}", path.display());
-    if exclusive && path.exists() {
-        return Err(Error::Conflict {
-            message: format!("{} already exists", path.display()),
-        });
+/// The second copy of the key file at `path`.
+fn mirror_path(path: &Path) -> PathBuf {
+    let mut mirror = path.as_os_str().to_owned();
+    mirror.push(".mirror");
+    PathBuf::from(mirror)
+}
+
+fn copy_damage(damaged: &Path, used: &Path) -> Damage {
+    Damage {
+        file: damaged.display().to_string(),
+        detail: format!(
+            "this copy of the key file does not open; {} does (rewrite both with `blocksnap repair`)",
+            used.display()
+        ),
+        data_lost: false,
     }
+}
+
+/// Writes the same sealed bytes to the mirror, then to the key file.
+fn write_copies(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_durably(&mirror_path(path), bytes)?;
+    write_durably(path, bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsync, rename and a
+/// directory fsync.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let context = |what: &str| format!("{what} key file {}", path.display());
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp");
     let temporary = PathBuf::from(temporary);
@@ -625,16 +705,44 @@ mod tests {
                 .expose(),
             generated.plaintext.expose()
         );
+        // A flipped byte in one copy loses nothing and is reported; in
+        // both, the file does not open (as with a wrong passphrase).
         let file = std::fs::read(&path).expect("read");
+        let mirror = mirror_path(&path);
+        assert_eq!(std::fs::read(&mirror).expect("read mirror"), file);
         for position in (0..file.len()).step_by(7) {
             let mut flipped = file.clone();
             flipped[position] ^= 0x20;
             std::fs::write(&path, &flipped).expect("write");
+            let opened =
+                LocalKeyProvider::open(&path, &new_passphrase).expect("open from the mirror");
+            assert_eq!(opened.damage().len(), 1, "flip at {position}");
+            assert_eq!(
+                opened
+                    .unwrap_data_key(arn, &rewrapped)
+                    .expect("unwrap")
+                    .expose(),
+                generated.plaintext.expose()
+            );
+            std::fs::write(&mirror, &flipped).expect("write");
             assert!(
                 LocalKeyProvider::open(&path, &new_passphrase).is_err(),
-                "flip at {position}"
+                "flip at {position} in both copies"
             );
+            std::fs::write(&mirror, &file).expect("restore mirror");
         }
+        std::fs::write(&path, &file[..file.len() / 2]).expect("truncate");
+        let opened = LocalKeyProvider::open(&path, &new_passphrase).expect("open from the mirror");
+        assert_eq!(opened.damage().len(), 1);
+        opened.restore_copies().expect("restore");
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            std::fs::read(&mirror).expect("read")
+        );
+        assert!(LocalKeyProvider::open(&path, &new_passphrase)
+            .expect("open")
+            .damage()
+            .is_empty());
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod local;
 
 pub use local::{KdfParams, LocalKeyInfo, LocalKeyProvider, Passphrase, DEFAULT_LOCAL_KEY_ARN};
 
-pub(crate) use keyring::Keyring;
+pub(crate) use keyring::{Keyring, KEYRING_NAME};
 
 use crate::error::{Error, ValidationReason};
 use crate::ids::{BlockIndex, ChunkId, SnapshotId};

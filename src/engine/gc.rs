@@ -262,6 +262,27 @@ impl Engine {
         Ok(report)
     }
 
+    /// Copies every indexed record of each of `packs` into a new pack and
+    /// removes the old one, as a compaction that keeps everything: how
+    /// `repair` replaces a pack whose file header is damaged (sealed packs
+    /// are never modified in place).
+    pub(crate) fn rewrite_packs(&self, packs: &[u32]) -> Result<()> {
+        let _maintenance = self.inner.maintenance.lock();
+        let chunks = &self.inner.chunks;
+        let keep_all = |_: &ChunkId| true;
+        for pack in packs {
+            let mut compaction = self.poison_on_io(chunks.begin_compaction(&[*pack]))?;
+            if let Err(error) = chunks.copy_live(&mut compaction, &keep_all, &mut |_| true) {
+                self.poison_on_io(chunks.abandon_compaction(compaction))?;
+                return Err(error);
+            }
+            let exclusive = self.inner.reference_guard.write();
+            self.poison_on_io(chunks.finish_compaction(compaction, &keep_all))?;
+            drop(exclusive);
+        }
+        Ok(())
+    }
+
     /// Whether every pending snapshot has its journal, as a checkpoint
     /// segment says they all do: snapshots started by an older format,
     /// which made it at their first put, get theirs now. `false` (the

@@ -171,6 +171,50 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// See [`crate::testing::block_dependencies`].
+    #[cfg(feature = "testing")]
+    pub(crate) fn block_dependencies(
+        &self,
+        snapshot: crate::ids::SnapshotId,
+    ) -> Result<std::collections::BTreeMap<u32, Vec<ChunkId>>> {
+        fn walk(
+            maps: &BlockMaps<'_>,
+            id: ChunkId,
+            level: u8,
+            base: u64,
+            path: &mut Vec<ChunkId>,
+            out: &mut std::collections::BTreeMap<u32, Vec<ChunkId>>,
+        ) -> Result<()> {
+            path.push(id);
+            let node = maps.load_at(&id, level)?;
+            let child_span = crate::format::node::slot_span(level);
+            for (slot, child) in node.slots.iter().enumerate() {
+                let Some(child) = child else { continue };
+                let child_base = base + slot as u64 * child_span;
+                if level == 0 {
+                    let mut needs = path.clone();
+                    if *child != crate::codec::zero_block_id() {
+                        needs.push(*child);
+                    }
+                    out.insert(child_base as u32, needs);
+                } else {
+                    walk(maps, *child, level - 1, child_base, path, out)?;
+                }
+            }
+            path.pop();
+            Ok(())
+        }
+        let completed = self.completed(self.owner(), snapshot)?;
+        let _guard = self.read_guard();
+        let mut out = std::collections::BTreeMap::new();
+        if let Some(root) = completed.root {
+            walk(&self.maps(), root, LEVELS - 1, 0, &mut Vec::new(), &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
 /// Written entries under `root`, memoized by node id, so shared subtrees of
 /// many snapshots are counted once.
 fn count_blocks(

@@ -11,6 +11,7 @@ mod gc;
 mod lifecycle;
 mod maintenance;
 mod refs;
+mod repair;
 mod session;
 mod verify;
 
@@ -25,7 +26,7 @@ use crate::format::catalog::{SseKind, StartedRecord};
 use crate::format::pack::RecordKind;
 use crate::format::store::StoreHeader;
 use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId};
-use crate::storage::{LocalStorage, Storage};
+use crate::storage::{mirror_name, read_mirrored, write_mirrored, LocalStorage, Storage};
 use bytes::Bytes;
 use commit::GroupCommit;
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
@@ -38,6 +39,8 @@ use std::sync::Arc;
 
 pub use gc::{GcOptions, GcReport};
 pub use maintenance::{ReferenceAudit, SnapshotStats, StoreStats};
+pub use repair::{RepairOptions, RepairReport};
+pub use session::JournalRepair;
 pub use verify::{AffectedBlocks, DamagedChunk, VerifyOptions, VerifyReport};
 
 const STORE_HEADER_NAME: &str = "blocksnap.store";
@@ -309,18 +312,20 @@ impl Engine {
     /// is refused with [`Error::ReadOnly`].
     pub fn open_with(storage: Arc<dyn Storage>, config: EngineConfig) -> Result<Engine> {
         let read_only = storage.is_read_only();
-        let header = load_or_create_header(storage.as_ref(), config.clock.now_millis())?;
+        let (header, mut damage) =
+            load_or_create_header(storage.as_ref(), config.clock.now_millis())?;
         let keyring = Keyring::open(
             storage.as_ref(),
             config.key_provider.as_ref(),
             &config.cipher_suite,
         )?;
+        damage.extend(keyring.damage().iter().cloned());
         let chunks = ChunkStore::open(storage.clone(), config.chunk_store.clone())?;
         for domain in keyring.domains() {
             chunks.register_domain(domain);
         }
         let catalog = Catalog::open(storage.clone())?;
-        let mut damage: Vec<Damage> = chunks.damage().to_vec();
+        damage.extend(chunks.damage().iter().cloned());
         damage.extend(catalog.damage().iter().cloned());
         let nodes = NodeCache::new(config.node_cache_nodes);
         let now = config.clock.now_millis();
@@ -397,6 +402,20 @@ impl Engine {
         Ok(engine)
     }
 
+    /// The read-only local-directory storage [`Engine::open_read_only`]
+    /// uses, for [`Engine::open_with`] or a dry-run [`Engine::repair`].
+    pub fn local_storage_read_only(dir: impl AsRef<Path>) -> Result<Arc<dyn Storage>> {
+        let dir = dir.as_ref();
+        let storage = LocalStorage::open_read_only(dir).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                no_store(dir)
+            } else {
+                Error::io(format!("opening store {}", dir.display()), error)
+            }
+        })?;
+        Ok(Arc::new(storage))
+    }
+
     /// Opens the store in a local directory for reading only: nothing in
     /// it is written (see [`Engine::open_with`]), so a command that only
     /// reads works on a full disk and beside other readers. Fails with
@@ -409,14 +428,8 @@ impl Engine {
     /// encrypted snapshots, read tuning).
     pub fn open_read_only_with(dir: impl AsRef<Path>, config: EngineConfig) -> Result<Engine> {
         let dir = dir.as_ref();
-        let storage = LocalStorage::open_read_only(dir).map_err(|error| {
-            if error.kind() == std::io::ErrorKind::NotFound {
-                no_store(dir)
-            } else {
-                Error::io(format!("opening store {}", dir.display()), error)
-            }
-        })?;
-        Engine::open_with(Arc::new(storage), config).map_err(|error| match error {
+        let storage = Engine::local_storage_read_only(dir)?;
+        Engine::open_with(storage, config).map_err(|error| match error {
             // Only the store header's absence reads as not found here.
             Error::NotFound { .. } => no_store(dir),
             other => other,
@@ -1126,20 +1139,25 @@ fn random_u64() -> Result<u64> {
     Ok(u64::from_le_bytes(bytes))
 }
 
-fn load_or_create_header(storage: &dyn Storage, now: u64) -> Result<StoreHeader> {
-    let exists = storage
-        .exists(STORE_HEADER_NAME)
-        .map_err(|e| Error::io("checking the store header", e))?;
-    if !exists && storage.is_read_only() {
+/// Reads the store header (either copy), or creates it in a new store.
+/// A writer adds the mirror a store written before headers were kept
+/// twice lacks. Returns the header and the damage found.
+fn load_or_create_header(storage: &dyn Storage, now: u64) -> Result<(StoreHeader, Vec<Damage>)> {
+    let decode = |bytes: &[u8]| {
+        StoreHeader::decode(bytes).map_err(|error| error.into_error(STORE_HEADER_NAME))
+    };
+    if let Some(read) = read_mirrored(storage, STORE_HEADER_NAME, decode)? {
+        if read.mirror_missing && !storage.is_read_only() {
+            storage
+                .write_atomic(&mirror_name(STORE_HEADER_NAME), &read.value.encode())
+                .map_err(|e| Error::io("writing the store header's mirror", e))?;
+        }
+        return Ok((read.value, read.damage));
+    }
+    if storage.is_read_only() {
         return Err(Error::NotFound {
             message: format!("no store here: {STORE_HEADER_NAME} is missing"),
         });
-    }
-    if exists {
-        let bytes = storage
-            .read_all(STORE_HEADER_NAME)
-            .map_err(|e| Error::io("reading the store header", e))?;
-        return StoreHeader::decode(&bytes).map_err(|error| error.into_error(STORE_HEADER_NAME));
     }
     let mut random = [0u8; 48];
     getrandom::fill(&mut random)
@@ -1153,10 +1171,9 @@ fn load_or_create_header(storage: &dyn Storage, now: u64) -> Result<StoreHeader>
         token_secret,
         created_millis: now,
     };
-    storage
-        .write_atomic(STORE_HEADER_NAME, &header.encode())
+    write_mirrored(storage, STORE_HEADER_NAME, &header.encode())
         .map_err(|e| Error::io("writing the store header", e))?;
-    Ok(header)
+    Ok((header, Vec::new()))
 }
 
 fn missing_chunk(chunk: ChunkId) -> Error {

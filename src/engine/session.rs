@@ -13,8 +13,8 @@ use crate::error::{Damage, Error, Result, ValidationReason};
 use crate::format::catalog::StartedRecord;
 use crate::format::header::{self, FILE_HEADER_SIZE, JOURNAL_MAGIC};
 use crate::format::journal::{
-    JournalRecord, JOURNAL_FLAG_AT_COMPLETE, JOURNAL_FLAG_MASKED_CHECKSUMS, JOURNAL_FLAG_TIMED,
-    JOURNAL_RECORD_SIZE, UNTIMED_RECORD_SIZE,
+    JournalRecord, JOURNAL_FLAG_AT_COMPLETE, JOURNAL_FLAG_MASKED_CHECKSUMS, JOURNAL_FLAG_PAIRED,
+    JOURNAL_FLAG_TIMED,
 };
 use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId, BLOCKS_PER_GIB};
 use crate::storage::{create_durably, AppendFile, Storage};
@@ -211,7 +211,7 @@ impl Session {
             sha256: mask_checksum(self.domain.as_deref(), self.snapshot, index, &chunk, sha256),
             put_millis: Some(now),
         }
-        .encode();
+        .encode_entry(self.journal_flags);
         if let Some(journal) = state.journal.as_mut() {
             journal.append(&[&record]).map_err(|e| {
                 Error::io_durability_unknown(
@@ -331,15 +331,12 @@ impl Session {
         let bytes = storage
             .read_all(&name)
             .map_err(|e| Error::io(format!("reading {name}"), e))?;
-        let header = bytes
-            .get(..FILE_HEADER_SIZE)
-            .map(|head| header::decode_with_flags(head, JOURNAL_MAGIC));
-        let body = bytes.get(FILE_HEADER_SIZE..).unwrap_or_default();
-        let (journal_flags, header_damaged) = match header {
-            Some(Ok((subject, flags))) if subject == snapshot.0 => (flags, false),
-            // A journal made at the first put (older format) with a torn
-            // header: created, and nothing survived.
-            _ if !journaled_at_start => {
+        let parsed = parse_journal(&bytes, snapshot);
+        let parsed = match parsed {
+            Some(parsed) => parsed,
+            // A journal made at the first put (older format) whose header
+            // is torn: created, and nothing survived.
+            None if !journaled_at_start => {
                 let session = Session::with_state(
                     started,
                     parent_root,
@@ -351,15 +348,10 @@ impl Session {
                 );
                 return Ok((session, damage));
             }
-            _ => {
-                damage.push(Damage {
-                    file: name.clone(),
-                    detail: "the header does not verify; its flags are inferred (puts taken as acknowledged before durable)".into(),
-                    data_lost: false,
-                });
-                (inferred_flags(body.len(), domain.is_some()), true)
-            }
+            None => parse_journal_with_inferred_flags(&bytes, domain.is_some()),
         };
+        damage.extend(parsed.damage(&name));
+        let journal_flags = parsed.flags;
         if (journal_flags & JOURNAL_FLAG_MASKED_CHECKSUMS != 0) != domain.is_some() {
             return Err(Error::corrupted(
                 name,
@@ -367,27 +359,10 @@ impl Session {
             ));
         }
         let zero = codec::zero_block_id();
-        let record_size = JournalRecord::size(journal_flags);
         let mut writes = BTreeMap::new();
         let mut last_put_millis = None;
         let mut dropped = false;
-        let mut failed = Vec::new();
-        let mut valid_end = FILE_HEADER_SIZE;
-        for (position, raw) in body.chunks_exact(record_size).enumerate() {
-            let offset = FILE_HEADER_SIZE + position * record_size;
-            let Ok(record) = JournalRecord::decode(raw, journal_flags) else {
-                failed.push(offset);
-                continue;
-            };
-            // Failed records with this valid one after them were damage.
-            for lost in failed.drain(..) {
-                damage.push(Damage {
-                    file: name.clone(),
-                    detail: format!("the record at byte {lost} does not verify: that put is lost"),
-                    data_lost: true,
-                });
-            }
-            valid_end = offset + record_size;
+        for (_, record, _) in &parsed.entries {
             last_put_millis = last_put_millis.max(Some(record.put_millis.unwrap_or(now)));
             if u64::from(record.index.0) >= volume_blocks {
                 dropped = true;
@@ -409,22 +384,28 @@ impl Session {
                 }
             }
         }
-        let damaged = damage.iter().any(|found| found.data_lost) || header_damaged;
-        let torn = valid_end < bytes.len();
+        let damaged = !parsed.is_sound();
+        let torn = parsed.valid_end < bytes.len();
+        let current_layout = journal_flags & CURRENT_LAYOUT == CURRENT_LAYOUT;
+        let mut journal_flags = journal_flags;
         let journal = if storage.is_read_only() {
             None
         } else {
-            let rewrite = !damaged && (dropped || journal_flags & JOURNAL_FLAG_TIMED == 0);
+            // A damaged journal is kept as it is, for repair to report.
+            let rewrite = !damaged && (dropped || !current_layout);
             let rewritten = rewrite
                 && rewrite_journal(
                     storage,
                     snapshot,
                     domain.as_deref(),
-                    journal_flags | JOURNAL_FLAG_TIMED,
+                    journal_flags | CURRENT_LAYOUT,
                     &writes,
                     last_put_millis,
                 )
                 .is_ok();
+            if rewritten {
+                journal_flags |= CURRENT_LAYOUT;
+            }
             let mut journal = storage
                 .open_append(&name)
                 .map_err(|e| Error::io(format!("opening {name}"), e))?;
@@ -432,18 +413,12 @@ impl Session {
                 // A torn tail holds no acknowledged put; appends must not
                 // follow it, or it would read as damage next time.
                 journal
-                    .truncate(valid_end as u64)
+                    .truncate(parsed.valid_end as u64)
                     .and_then(|()| journal.sync())
                     .map_err(|e| Error::io(format!("cutting the torn tail of {name}"), e))?;
             }
             Some(journal)
         };
-        let journal_flags =
-            if journal.is_some() && !damaged && journal_flags & JOURNAL_FLAG_TIMED == 0 {
-                journal_flags | JOURNAL_FLAG_TIMED
-            } else {
-                journal_flags
-            };
         let session = Session::with_state(
             started,
             parent_root,
@@ -457,29 +432,191 @@ impl Session {
     }
 }
 
+/// What repair found in, and did to, one pending snapshot's journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalRepair {
+    /// The pending snapshot.
+    pub snapshot_id: String,
+    /// Records that verify: kept.
+    pub records: usize,
+    /// Records that did not verify with valid ones after them: those
+    /// puts are lost (CompleteSnapshot's count then disagrees).
+    pub lost: usize,
+    /// Whether the header was damaged (its flags inferred).
+    pub header_damaged: bool,
+}
+
+/// Rewrites a damaged journal with its valid records only (in order, one
+/// entry each; a torn tail is dropped with the damaged ones) under a sound
+/// header; `None` if the journal is intact or absent. Nothing is written
+/// when `dry_run`.
+pub(crate) fn repair_journal(
+    storage: &dyn Storage,
+    snapshot: SnapshotId,
+    masked: bool,
+    dry_run: bool,
+) -> Result<Option<JournalRepair>> {
+    let name = journal_name(snapshot);
+    let bytes = match storage.read_all(&name) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(Error::io(format!("reading {name}"), error)),
+    };
+    let parsed = parse_journal(&bytes, snapshot)
+        .unwrap_or_else(|| parse_journal_with_inferred_flags(&bytes, masked));
+    if parsed.is_sound() {
+        return Ok(None);
+    }
+    if !dry_run {
+        let flags = parsed.flags | CURRENT_LAYOUT;
+        let mut rewritten = header::encode_with_flags(JOURNAL_MAGIC, snapshot.0, flags).to_vec();
+        for (_, record, _) in &parsed.entries {
+            rewritten.extend(record.encode_entry(flags));
+        }
+        storage
+            .write_atomic(&name, &rewritten)
+            .map_err(|e| Error::io(format!("rewriting {name}"), e))?;
+    }
+    Ok(Some(JournalRepair {
+        snapshot_id: snapshot.to_string(),
+        records: parsed.entries.len(),
+        lost: parsed.lost.len(),
+        header_damaged: parsed.header_damaged,
+    }))
+}
+
+/// The layout flags every journal this format writes has: timed records,
+/// each written twice.
+const CURRENT_LAYOUT: u32 = JOURNAL_FLAG_TIMED | JOURNAL_FLAG_PAIRED;
+
+/// A journal as read.
+struct ParsedJournal {
+    /// Its header's flags (inferred when the header is damaged).
+    flags: u32,
+    header_damaged: bool,
+    /// Entries that verify: offset, record, whether a copy was damaged.
+    entries: Vec<(usize, JournalRecord, bool)>,
+    /// Offsets of entries that failed with valid entries after them: lost.
+    lost: Vec<usize>,
+    /// End of the last valid entry; bytes after it are a torn tail.
+    valid_end: usize,
+}
+
+impl ParsedJournal {
+    /// Whether nothing in it is damaged (a torn tail is not damage).
+    fn is_sound(&self) -> bool {
+        !self.header_damaged && self.lost.is_empty() && self.damaged_copies().is_empty()
+    }
+
+    /// Entries with a damaged copy, but for the last entry, where a torn
+    /// write of the second copy looks the same.
+    fn damaged_copies(&self) -> Vec<usize> {
+        let last = self.entries.last().map(|(offset, _, _)| *offset);
+        self.entries
+            .iter()
+            .filter(|(offset, _, damaged)| *damaged && Some(*offset) != last)
+            .map(|(offset, _, _)| *offset)
+            .collect()
+    }
+
+    fn damage(&self, name: &str) -> Vec<Damage> {
+        let mut damage = Vec::new();
+        if self.header_damaged {
+            damage.push(Damage {
+                file: name.to_string(),
+                detail: "the header does not verify; its flags are inferred (puts taken as acknowledged before durable)".into(),
+                data_lost: false,
+            });
+        }
+        for offset in &self.lost {
+            damage.push(Damage {
+                file: name.to_string(),
+                detail: format!(
+                    "the entry at byte {offset} does not verify in any copy: that put is lost"
+                ),
+                data_lost: true,
+            });
+        }
+        for offset in self.damaged_copies() {
+            damage.push(Damage {
+                file: name.to_string(),
+                detail: format!(
+                    "a copy of the entry at byte {offset} does not verify; the other holds the put"
+                ),
+                data_lost: false,
+            });
+        }
+        damage
+    }
+}
+
+/// Parses a journal whose header verifies and names `snapshot`; `None`
+/// when it does not.
+fn parse_journal(bytes: &[u8], snapshot: SnapshotId) -> Option<ParsedJournal> {
+    let head = bytes.get(..FILE_HEADER_SIZE)?;
+    let (subject, flags) = header::decode_with_flags(head, JOURNAL_MAGIC).ok()?;
+    (subject == snapshot.0).then(|| parse_entries(bytes, flags, false))
+}
+
+/// Parses a journal whose header is damaged, with the layout under which
+/// the most entries verify (this format's, else an older one); puts are
+/// taken as acknowledged before durable, so a lost chunk drops its index
+/// rather than leaving it stale.
+fn parse_journal_with_inferred_flags(bytes: &[u8], masked: bool) -> ParsedJournal {
+    let base = new_journal_flags(false, masked) & !CURRENT_LAYOUT;
+    [CURRENT_LAYOUT, JOURNAL_FLAG_TIMED, 0]
+        .into_iter()
+        .map(|layout| parse_entries(bytes, base | layout, true))
+        .max_by_key(|parsed| parsed.entries.len())
+        .unwrap_or_else(|| parse_entries(bytes, base | CURRENT_LAYOUT, true))
+}
+
+fn parse_entries(bytes: &[u8], flags: u32, header_damaged: bool) -> ParsedJournal {
+    let entry_size = JournalRecord::entry_size(flags);
+    let body = bytes.get(FILE_HEADER_SIZE..).unwrap_or_default();
+    let mut parsed = ParsedJournal {
+        flags,
+        header_damaged,
+        entries: Vec::new(),
+        lost: Vec::new(),
+        valid_end: FILE_HEADER_SIZE,
+    };
+    let mut failed = Vec::new();
+    for (position, raw) in body.chunks_exact(entry_size).enumerate() {
+        let offset = FILE_HEADER_SIZE + position * entry_size;
+        match JournalRecord::decode_entry(raw, flags) {
+            Ok((record, damaged_copy)) => {
+                // Failed entries with this valid one after them were damage.
+                parsed.lost.append(&mut failed);
+                parsed.entries.push((offset, record, damaged_copy));
+                parsed.valid_end = offset + entry_size;
+            }
+            Err(_) => failed.push(offset),
+        }
+    }
+    parsed
+}
+
+/// Creates the journal a pending snapshot of an older format lacks (it
+/// received no block yet), so a checkpoint may say every pending snapshot
+/// has one.
+pub(crate) fn create_missing_journal(
+    storage: &dyn Storage,
+    snapshot: SnapshotId,
+    durable_on_ack: bool,
+    masked: bool,
+) -> Result<()> {
+    create_journal(storage, snapshot, new_journal_flags(durable_on_ack, masked)).map(drop)
+}
+
 /// Header flags of a journal this format creates.
 fn new_journal_flags(durable_on_ack: bool, masked: bool) -> u32 {
-    let mut flags = JOURNAL_FLAG_TIMED;
+    let mut flags = CURRENT_LAYOUT;
     if !durable_on_ack {
         flags |= JOURNAL_FLAG_AT_COMPLETE;
     }
     if masked {
         flags |= JOURNAL_FLAG_MASKED_CHECKSUMS;
-    }
-    flags
-}
-
-/// The flags of a journal whose header is damaged, inferred from what
-/// else is known: records are timed unless only the untimed size divides
-/// the body; masked if the snapshot is encrypted; puts are taken as
-/// acknowledged before durable, so a lost chunk drops its index rather
-/// than leaving it stale.
-fn inferred_flags(body_len: usize, masked: bool) -> u32 {
-    let untimed = !body_len.is_multiple_of(JOURNAL_RECORD_SIZE)
-        && body_len.is_multiple_of(UNTIMED_RECORD_SIZE);
-    let mut flags = new_journal_flags(false, masked);
-    if untimed {
-        flags &= !JOURNAL_FLAG_TIMED;
     }
     flags
 }
@@ -512,14 +649,14 @@ fn rewrite_journal(
     let name = journal_name(snapshot);
     let mut compact = header::encode_with_flags(JOURNAL_MAGIC, snapshot.0, flags).to_vec();
     for (index, (chunk_id, sha256)) in writes {
-        compact.extend_from_slice(
-            &JournalRecord {
+        compact.extend(
+            JournalRecord {
                 index: *index,
                 chunk_id: *chunk_id,
                 sha256: mask_checksum(domain, snapshot, *index, chunk_id, *sha256),
                 put_millis,
             }
-            .encode(),
+            .encode_entry(flags),
         );
     }
     storage.write_atomic(&name, &compact).map_err(|e| {

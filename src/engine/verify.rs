@@ -141,6 +141,9 @@ impl Engine {
             report.elapsed = started.elapsed();
             return Ok(report);
         }
+        report
+            .damaged_files
+            .extend(self.inner.chunks.verify_coverage(cancel));
         report.damaged_files.extend(
             self.inner
                 .open_damage

@@ -18,6 +18,10 @@ pub const JOURNAL_FLAG_TIMED: u32 = 2;
 /// `sha256` field holds the checksum XORed with the domain's mask.
 pub const JOURNAL_FLAG_MASKED_CHECKSUMS: u32 = 4;
 
+/// Journal header flag: every record is written twice in a row (an
+/// entry), so a damaged copy loses nothing; a journal is read entry by
+/// entry, taking the first copy that verifies.
+pub const JOURNAL_FLAG_PAIRED: u32 = 8;
 /// Offset of the crc.
 pub const JOURNAL_CRC_OFFSET: usize = 0;
 /// Offset of the block index.
@@ -100,6 +104,47 @@ impl JournalRecord {
             UNTIMED_RECORD_SIZE
         }
     }
+
+    /// The bytes of one entry of a journal whose header flags are `flags`:
+    /// the record, twice when [`JOURNAL_FLAG_PAIRED`].
+    pub fn encode_entry(&self, flags: u32) -> Vec<u8> {
+        let record = self.encode();
+        let copies = if flags & JOURNAL_FLAG_PAIRED != 0 {
+            2
+        } else {
+            1
+        };
+        record.repeat(copies)
+    }
+
+    /// The size of one entry in a journal whose header flags are `flags`.
+    pub fn entry_size(flags: u32) -> usize {
+        let copies = if flags & JOURNAL_FLAG_PAIRED != 0 {
+            2
+        } else {
+            1
+        };
+        Self::size(flags) * copies
+    }
+
+    /// Decodes one entry ([`JournalRecord::entry_size`] bytes): the first
+    /// copy that verifies, and whether any copy failed.
+    pub fn decode_entry(bytes: &[u8], flags: u32) -> Result<(JournalRecord, bool), DecodeError> {
+        let mut decoded = bytes
+            .chunks_exact(Self::size(flags))
+            .map(|copy| Self::decode(copy, flags));
+        let mut first = decoded
+            .next()
+            .unwrap_or(Err(DecodeError::corrupt(0, "journal entry length")));
+        let mut damaged_copy = first.is_err();
+        for other in decoded {
+            damaged_copy |= other.is_err();
+            if first.is_err() && other.is_ok() {
+                first = other;
+            }
+        }
+        first.map(|record| (record, damaged_copy))
+    }
 }
 
 #[cfg(test)]
@@ -126,6 +171,36 @@ mod tests {
             flipped[position] ^= 0x80;
             assert!(JournalRecord::decode(&flipped, JOURNAL_FLAG_TIMED).is_err());
         }
+    }
+
+    #[test]
+    fn a_paired_entry_survives_either_copy_damaged() {
+        let record = JournalRecord {
+            index: BlockIndex(5),
+            chunk_id: ChunkId([3; 32]),
+            sha256: Sha256Digest([4; 32]),
+            put_millis: Some(7),
+        };
+        let flags = JOURNAL_FLAG_TIMED | JOURNAL_FLAG_PAIRED;
+        let entry = record.encode_entry(flags);
+        assert_eq!(entry.len(), JournalRecord::entry_size(flags));
+        assert_eq!(
+            JournalRecord::decode_entry(&entry, flags),
+            Ok((record, false))
+        );
+        for position in 0..entry.len() {
+            let mut flipped = entry.clone();
+            flipped[position] ^= 0x04;
+            assert_eq!(
+                JournalRecord::decode_entry(&flipped, flags),
+                Ok((record, true)),
+                "flip at {position}"
+            );
+        }
+        let mut both = entry.clone();
+        both[10] ^= 1;
+        both[JOURNAL_RECORD_SIZE + 10] ^= 1;
+        assert!(JournalRecord::decode_entry(&both, flags).is_err());
     }
 
     #[test]

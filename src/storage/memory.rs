@@ -76,6 +76,38 @@ struct Faults {
     crash_at: Option<u64>,
     torn: Option<TornWrites>,
     crashed: Option<MemoryStorage>,
+    injected: Vec<Fault>,
+}
+
+/// Which operation an injected fault hits.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FaultPoint {
+    /// Opening a file for appending (`open_append`, `open_append_uncached`).
+    Open,
+    /// Appending to an open file.
+    Append,
+    /// Syncing an open file.
+    Sync,
+    /// Replacing a file atomically.
+    WriteAtomic,
+    /// Removing a file.
+    Remove,
+}
+
+/// An I/O error a [`MemoryStorage`] returns on demand: from the operations
+/// at `point` on files whose name starts with `prefix`, the next `times`
+/// fail with `kind` (as a full disk, a descriptor limit or a failing
+/// device would make them), and nothing is changed by them.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    /// The operation.
+    pub point: FaultPoint,
+    /// Names it applies to (a prefix: `packs/`, `pending/`, `catalog/`).
+    pub prefix: String,
+    /// The error returned.
+    pub kind: io::ErrorKind,
+    /// How many operations fail (then the fault is spent).
+    pub times: usize,
 }
 
 /// In-memory storage; cheap to clone (clones share the same files).
@@ -83,6 +115,8 @@ struct Faults {
 pub struct MemoryStorage {
     namespace: Arc<Mutex<Namespace>>,
     faults: Arc<Mutex<Faults>>,
+    /// This view refuses every mutation (see [`MemoryStorage::read_only_view`]).
+    read_only: bool,
 }
 
 fn crashed_error() -> io::Error {
@@ -133,6 +167,47 @@ impl MemoryStorage {
         MemoryStorage {
             namespace: Arc::new(Mutex::new(image)),
             faults: Arc::default(),
+            read_only: false,
+        }
+    }
+
+    /// The same files through a view that refuses every mutation with
+    /// `ReadOnlyFilesystem`, as [`super::LocalStorage::open_read_only`]
+    /// does: an engine opened on it must write nothing.
+    pub fn read_only_view(&self) -> MemoryStorage {
+        MemoryStorage {
+            read_only: true,
+            ..self.clone()
+        }
+    }
+
+    /// Makes operations fail on demand (see [`Fault`]).
+    pub fn inject(&self, fault: Fault) {
+        self.faults.lock().injected.push(fault);
+    }
+
+    /// Fails the operation if the medium is read-only or an injected fault
+    /// applies to it (spending one of its times).
+    fn check_fault(&self, point: FaultPoint, name: &str) -> io::Result<()> {
+        if self.read_only && point != FaultPoint::Sync {
+            return Err(io::Error::new(
+                io::ErrorKind::ReadOnlyFilesystem,
+                format!("{name}: the storage is read-only"),
+            ));
+        }
+        let mut faults = self.faults.lock();
+        let hit = faults.injected.iter_mut().find(|fault| {
+            fault.point == point && fault.times > 0 && name.starts_with(&fault.prefix)
+        });
+        match hit {
+            Some(fault) => {
+                fault.times -= 1;
+                Err(io::Error::new(
+                    fault.kind,
+                    format!("{name}: injected fault"),
+                ))
+            }
+            None => Ok(()),
         }
     }
 
@@ -192,12 +267,14 @@ impl MemoryStorage {
 
 struct MemoryAppend {
     storage: MemoryStorage,
+    name: String,
     inode: Arc<Inode>,
 }
 
 impl AppendFile for MemoryAppend {
     fn append(&mut self, parts: &[&[u8]]) -> io::Result<u64> {
         self.storage.check_alive()?;
+        self.storage.check_fault(FaultPoint::Append, &self.name)?;
         let mut current = self.inode.current.write();
         let offset = current.len() as u64;
         for part in parts {
@@ -207,6 +284,7 @@ impl AppendFile for MemoryAppend {
     }
 
     fn sync(&mut self) -> io::Result<()> {
+        self.storage.check_fault(FaultPoint::Sync, &self.name)?;
         self.storage.sync_point()?;
         let current = self.inode.current.read();
         *self.inode.synced.lock() = current.clone();
@@ -253,6 +331,7 @@ impl ReadFile for MemoryRead {
 impl Storage for MemoryStorage {
     fn open_append(&self, name: &str) -> io::Result<Box<dyn AppendFile>> {
         self.check_alive()?;
+        self.check_fault(FaultPoint::Open, name)?;
         let mut namespace = self.namespace.lock();
         let ordinal = namespace.created;
         let inode = match namespace.live.get(name) {
@@ -267,6 +346,7 @@ impl Storage for MemoryStorage {
         drop(namespace);
         Ok(Box::new(MemoryAppend {
             storage: self.clone(),
+            name: name.to_string(),
             inode,
         }))
     }
@@ -284,6 +364,7 @@ impl Storage for MemoryStorage {
     }
 
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.check_fault(FaultPoint::WriteAtomic, name)?;
         self.sync_point()?;
         let mut namespace = self.namespace.lock();
         let inode = Arc::new(Inode::with_content(namespace.created, bytes.to_vec()));
@@ -295,6 +376,7 @@ impl Storage for MemoryStorage {
 
     fn remove(&self, name: &str) -> io::Result<()> {
         self.check_alive()?;
+        self.check_fault(FaultPoint::Remove, name)?;
         self.namespace.lock().live.remove(name);
         Ok(())
     }
@@ -315,7 +397,17 @@ impl Storage for MemoryStorage {
         Ok(self.namespace.lock().live.contains_key(name))
     }
 
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
     fn sync_dir(&self, dir: &str) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::ReadOnlyFilesystem,
+                "the storage is read-only",
+            ));
+        }
         self.sync_point()?;
         let mut namespace = self.namespace.lock();
         let Namespace { live, durable, .. } = &mut *namespace;

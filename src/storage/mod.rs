@@ -29,9 +29,10 @@ mod memory;
 mod uncached;
 
 pub use local::LocalStorage;
-pub use memory::{MemoryStorage, TornWrites};
+pub use memory::{Fault, FaultPoint, MemoryStorage, TornWrites};
 pub(crate) use uncached::{open_direct, AlignedBuffer};
 
+use crate::error::{Damage, Error};
 use std::io;
 use std::sync::Arc;
 
@@ -172,6 +173,78 @@ pub fn remove_durably(storage: &dyn Storage, dir: &str, names: &[String]) -> io:
         storage.remove(name)?;
     }
     storage.sync_dir(dir)
+}
+
+/// The name of the second copy of a small file kept twice
+/// ([`write_mirrored`]).
+pub fn mirror_name(name: &str) -> String {
+    format!("{name}.mirror")
+}
+
+/// Replaces a small file kept twice (the store header, the keyring): its
+/// mirror, then the file itself, each atomically. A crash leaves at least
+/// one whole copy, and a flipped byte in one copy loses nothing
+/// ([`read_mirrored`]).
+pub fn write_mirrored(storage: &dyn Storage, name: &str, bytes: &[u8]) -> io::Result<()> {
+    storage.write_atomic(&mirror_name(name), bytes)?;
+    storage.write_atomic(name, bytes)
+}
+
+/// What [`read_mirrored`] found.
+pub struct Mirrored<T> {
+    /// The decoded content: the file's, else its mirror's.
+    pub value: T,
+    /// Copies that exist but do not decode (the other one was used).
+    pub damage: Vec<Damage>,
+    /// Whether the mirror is missing (a store written before files were
+    /// kept twice): a writer should add it.
+    pub mirror_missing: bool,
+}
+
+/// Reads a file kept twice ([`write_mirrored`]): the file if it decodes,
+/// else its mirror. `Ok(None)` if neither exists; the file's decode error
+/// if no copy decodes.
+pub fn read_mirrored<T>(
+    storage: &dyn Storage,
+    name: &str,
+    decode: impl Fn(&[u8]) -> Result<T, Error>,
+) -> Result<Option<Mirrored<T>>, Error> {
+    let mirror = mirror_name(name);
+    let read = |name: &str| -> Result<Option<Vec<u8>>, Error> {
+        match storage.read_all(name) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(Error::io(format!("reading {name}"), error)),
+        }
+    };
+    let primary = read(name)?.map(|bytes| decode(&bytes));
+    let secondary = read(&mirror)?.map(|bytes| decode(&bytes));
+    let damaged = |file: &str, other: &str| Damage {
+        file: file.to_string(),
+        detail: format!("does not verify; {other} holds the same content"),
+        data_lost: false,
+    };
+    let mirror_missing = secondary.is_none();
+    Ok(match (primary, secondary) {
+        (None, None) => None,
+        (Some(Ok(value)), secondary) => Some(Mirrored {
+            value,
+            damage: match secondary {
+                Some(Err(_)) => vec![damaged(&mirror, name)],
+                _ => Vec::new(),
+            },
+            mirror_missing,
+        }),
+        (primary, Some(Ok(value))) => Some(Mirrored {
+            value,
+            damage: match primary {
+                Some(Err(_)) => vec![damaged(name, &mirror)],
+                _ => Vec::new(),
+            },
+            mirror_missing,
+        }),
+        (Some(Err(error)), _) | (None, Some(Err(error))) => return Err(error),
+    })
 }
 
 /// The directory part of a name (`""` for top-level names).

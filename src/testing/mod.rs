@@ -203,13 +203,12 @@ pub fn copy_store_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-/// Every record in a memory store's packs, in file order: (pack path,
-/// offset, header). Panics on a record header that does not decode.
+/// Every record in a store's packs, in file order: (pack path, offset,
+/// header). Panics on a record header that does not decode.
 pub fn pack_records(
-    storage: &crate::storage::MemoryStorage,
+    storage: &dyn crate::storage::Storage,
 ) -> Vec<(String, usize, crate::format::pack::RecordHeader)> {
     use crate::format::pack::{decode_record_header, RECORD_HEADER_SIZE};
-    use crate::storage::Storage;
     let mut out = Vec::new();
     for name in storage.list("packs").expect("list packs") {
         if !name.ends_with(".pack") {
@@ -225,6 +224,18 @@ pub fn pack_records(
         }
     }
     out
+}
+
+/// For each written block of a completed snapshot, the chunks reading it
+/// needs: the map nodes from the root down, then the block's own chunk
+/// (none for a zero block). Damage to any of them may break the read;
+/// damage to anything else must not.
+pub fn block_dependencies(
+    engine: &crate::Engine,
+    snapshot_id: &str,
+) -> crate::Result<std::collections::BTreeMap<u32, Vec<crate::ids::ChunkId>>> {
+    let snapshot = crate::api::validate::snapshot_id("SnapshotId", snapshot_id)?;
+    engine.block_dependencies(snapshot)
 }
 
 /// Asserts that `result` failed with the EBS error `code` and `reason`.

@@ -88,6 +88,16 @@ pub enum Command {
     /// Check every stored chunk, every reference and the catalog; exits 1
     /// if anything is damaged.
     Verify(VerifyArgs),
+    /// Rebuild what damage broke from what survives (pack indexes from
+    /// packs, the catalog and journals from their valid records, damaged
+    /// copies from their twins), resolve snapshots whose state cannot be
+    /// proven, then verify; report exactly what is lost. Exits 1 if
+    /// anything is.
+    Repair {
+        /// Report what would be done; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Sizes and counts of the store.
     Stats,
     /// Export a completed snapshot as one zip archive into a directory or an

@@ -3,7 +3,7 @@
 
 use crate::args::Cli;
 use crate::Failure;
-use blocksnap::crypto::{KdfParams, KeyProvider, LocalKeyProvider, Passphrase};
+use blocksnap::crypto::{KdfParams, LocalKeyProvider, Passphrase};
 use blocksnap::Error;
 use std::io::IsTerminal;
 use std::path::Path;
@@ -19,7 +19,7 @@ pub fn provider(
     cli: &Cli,
     store: &Path,
     want_encryption: bool,
-) -> Result<Option<Arc<dyn KeyProvider>>, Failure> {
+) -> Result<Option<Arc<LocalKeyProvider>>, Failure> {
     let has_keyring = store.join("keyring").exists();
     if !want_encryption && !has_keyring {
         return Ok(None);
@@ -28,7 +28,7 @@ pub fn provider(
         .key_file
         .clone()
         .unwrap_or_else(|| store.join(DEFAULT_KEY_FILE));
-    let exists = key_file.exists();
+    let exists = LocalKeyProvider::exists(&key_file);
     if !exists && !want_encryption {
         return Err(Failure::Engine(Error::KeyUnavailable {
             message: format!(

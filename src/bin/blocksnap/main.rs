@@ -22,13 +22,16 @@ use blocksnap::archive::{
     self, Bucket, ExportOptions, ExportOutcome, ImportOptions, ImportOutcome,
 };
 use blocksnap::chunkstore::ChunkStoreConfig;
-use blocksnap::engine::{GcOptions, VerifyOptions};
+use blocksnap::crypto::KeyProvider;
+use blocksnap::engine::{GcOptions, RepairOptions, VerifyOptions};
+use blocksnap::error::Damage;
 use blocksnap::volume::{self, BackupOptions, BackupOutcome, RestoreOptions, RestoreOutcome};
 use blocksnap::{Engine, EngineConfig, Error, PutDurability};
 use clap::Parser;
 use output::Output;
 use serde_json::json;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Exit code of bad usage (clap uses it too).
 const EXIT_USAGE: u8 = 2;
@@ -96,40 +99,67 @@ fn exit_code(error: &Error) -> u8 {
 }
 
 /// Opens the store for a command that writes (creating it if needed).
+/// An open store, and damage found in the key file (outside the store).
+struct Opened {
+    engine: Engine,
+    key_file_damage: Vec<Damage>,
+}
+
+/// Opens the store for a command that writes (creating it if needed).
 fn open_engine(cli: &Cli, out: &Output, want_encryption: bool) -> Result<Engine, Failure> {
+    Ok(open_for_writing(cli, out, want_encryption)?.engine)
+}
+
+fn open_for_writing(cli: &Cli, out: &Output, want_encryption: bool) -> Result<Opened, Failure> {
     let store = cli.store_dir();
     std::fs::create_dir_all(&store)
         .map_err(|error| Error::io(format!("creating store {}", store.display()), error))?;
-    let config = engine_config(cli, want_encryption)?;
+    let (config, key_file_damage) = engine_config(cli, want_encryption)?;
     let engine = Engine::open_with(Engine::local_storage(&store)?, config)?;
-    report_open_damage(&engine, out);
-    Ok(engine)
+    report_open_damage(&engine, &key_file_damage, out);
+    Ok(Opened {
+        engine,
+        key_file_damage,
+    })
 }
 
 /// Opens the store for a command that only reads: nothing in it is
 /// written (so it works on a full disk), and a store that does not exist
 /// is an error, not a new empty one.
 fn open_engine_read_only(cli: &Cli, out: &Output) -> Result<Engine, Failure> {
-    let config = engine_config(cli, false)?;
+    Ok(open_for_reading(cli, out)?.engine)
+}
+
+fn open_for_reading(cli: &Cli, out: &Output) -> Result<Opened, Failure> {
+    let (config, key_file_damage) = engine_config(cli, false)?;
     let engine = Engine::open_read_only_with(cli.store_dir(), config)?;
-    report_open_damage(&engine, out);
-    Ok(engine)
+    report_open_damage(&engine, &key_file_damage, out);
+    Ok(Opened {
+        engine,
+        key_file_damage,
+    })
 }
 
 /// Damage found while opening is contained, never silent: each is a
 /// warning on stderr (`verify` reports it too and exits 1).
-fn report_open_damage(engine: &Engine, out: &Output) {
-    for damage in engine.open_damage() {
+fn report_open_damage(engine: &Engine, key_file_damage: &[Damage], out: &Output) {
+    for damage in engine.open_damage().iter().chain(key_file_damage) {
         out.error(&format!(
             "warning: damage in the store: {damage}; run `blocksnap verify`"
         ));
     }
 }
 
-/// The configuration the commands open the store with.
-fn engine_config(cli: &Cli, want_encryption: bool) -> Result<EngineConfig, Failure> {
-    let key_provider = keys::provider(cli, &cli.store_dir(), want_encryption)?;
-    Ok(EngineConfig {
+/// The configuration the commands open the store with, and the damage
+/// found in the key file.
+fn engine_config(cli: &Cli, want_encryption: bool) -> Result<(EngineConfig, Vec<Damage>), Failure> {
+    let provider = keys::provider(cli, &cli.store_dir(), want_encryption)?;
+    let key_file_damage = provider
+        .as_ref()
+        .map(|provider| provider.damage().to_vec())
+        .unwrap_or_default();
+    let key_provider = provider.map(|provider| provider as Arc<dyn KeyProvider>);
+    let config = EngineConfig {
         // A backup is a bulk load: an interrupted one is cancelled, and
         // CompleteSnapshot makes everything durable before it commits.
         put_durability: PutDurability::AtComplete,
@@ -147,7 +177,8 @@ fn engine_config(cli: &Cli, want_encryption: bool) -> Result<EngineConfig, Failu
             ..ChunkStoreConfig::default()
         },
         ..EngineConfig::default()
-    })
+    };
+    Ok((config, key_file_damage))
 }
 
 fn interrupted() -> Result<(), Failure> {
@@ -319,7 +350,10 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             Ok(())
         }
         Command::Verify(verify) => {
-            let engine = open_engine_read_only(cli, out)?;
+            let Opened {
+                engine,
+                key_file_damage,
+            } = open_for_reading(cli, out)?;
             let spinner = out.spinner("verifying");
             let report = engine.verify_cancellable(
                 VerifyOptions {
@@ -329,10 +363,11 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                 signals::flag(),
             );
             spinner.finish();
-            let report = report?;
+            let mut report = report?;
             if report.interrupted {
                 return Err(Failure::Interrupted);
             }
+            report.damaged_files.extend(key_file_damage);
             out.verify(&report);
             if report.is_clean() {
                 Ok(())
@@ -347,9 +382,13 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             // exists or is named.
             let keys_available =
                 cli.key_file.is_some() || cli.store_dir().join(keys::DEFAULT_KEY_FILE).exists();
+            let (config, key_file_damage) = engine_config(cli, keys_available)?;
+            for damage in &key_file_damage {
+                out.error(&format!("warning: damage in the key file: {damage}"));
+            }
             let config = EngineConfig {
                 put_durability: PutDurability::Immediate,
-                ..engine_config(cli, keys_available)?
+                ..config
             };
             serve::run(cli, args, config)
         }
@@ -412,6 +451,38 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                     out.import(&report);
                     Ok(())
                 }
+            }
+        }
+        Command::Repair { dry_run } => {
+            let store = cli.store_dir();
+            let storage = if *dry_run {
+                Engine::local_storage_read_only(&store)?
+            } else {
+                if !store.join("blocksnap.store").exists()
+                    && !store.join("blocksnap.store.mirror").exists()
+                {
+                    return Err(Failure::Engine(Error::NotFound {
+                        message: format!("no store at {}", store.display()),
+                    }));
+                }
+                Engine::local_storage(&store)?
+            };
+            let (config, key_file_damage) = engine_config(cli, false)?;
+            let spinner = out.spinner("repairing");
+            let report =
+                Engine::repair(storage, config.clone(), RepairOptions { dry_run: *dry_run });
+            spinner.finish();
+            let report = report?;
+            if !*dry_run && !key_file_damage.is_empty() {
+                if let Some(provider) = keys::provider(cli, &store, false)? {
+                    provider.restore_copies()?;
+                }
+            }
+            out.repair(&report, &key_file_damage);
+            if report.lost_anything() {
+                Err(Failure::Reported)
+            } else {
+                Ok(())
             }
         }
         Command::Stats => {

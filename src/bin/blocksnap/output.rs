@@ -4,7 +4,8 @@
 
 use blocksnap::api::SnapshotDescription;
 use blocksnap::archive::{ExportReport, ImportReport};
-use blocksnap::engine::{GcReport, SnapshotStats, StoreStats, VerifyReport};
+use blocksnap::engine::{GcReport, RepairReport, SnapshotStats, StoreStats, VerifyReport};
+use blocksnap::error::Damage;
 use blocksnap::volume::{BackupReport, RestoreReport};
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
@@ -429,6 +430,142 @@ impl Output {
                 "clean"
             } else {
                 "DAMAGED"
+            }
+        );
+    }
+
+    /// A repair.
+    pub fn repair(&self, report: &RepairReport, key_file_damage: &[Damage]) {
+        let damage_json = |damage: &Damage| json!({"File": damage.file, "Detail": damage.detail, "DataLost": damage.data_lost});
+        if self.json {
+            print_json(&json!({
+                "DryRun": report.dry_run,
+                "LostAnything": report.lost_anything(),
+                "FoundAnything": report.found_anything() || !key_file_damage.is_empty(),
+                "DamagedCopies": report.small_files.iter().chain(key_file_damage).map(damage_json).collect::<Vec<_>>(),
+                "Packs": report.packs.iter().map(|pack| json!({
+                    "Pack": pack.pack,
+                    "Records": pack.records,
+                    "Recovered": pack.recovered,
+                    "Dropped": pack.dropped,
+                    "Unreadable": pack.unreadable.iter().map(|range| [range.start, range.end]).collect::<Vec<_>>(),
+                    "IndexRewritten": pack.index_rewritten,
+                    "HeaderDamaged": pack.header_damaged,
+                })).collect::<Vec<_>>(),
+                "CatalogDamage": report.catalog_damage.iter().map(damage_json).collect::<Vec<_>>(),
+                "CatalogRewritten": report.catalog_rewritten,
+                "Journals": report.journals.iter().map(|journal| json!({
+                    "SnapshotId": journal.snapshot_id,
+                    "Records": journal.records,
+                    "Lost": journal.lost,
+                    "HeaderDamaged": journal.header_damaged,
+                })).collect::<Vec<_>>(),
+                "Resolved": report.resolved.iter().map(|(snapshot, why)| json!({
+                    "SnapshotId": snapshot, "Reason": why,
+                })).collect::<Vec<_>>(),
+                "Intact": report.intact,
+                "Damaged": report.damaged_chunks.iter().map(|damaged| json!({
+                    "Chunk": damaged.chunk.map(|chunk| chunk.to_string()),
+                    "Detail": damaged.detail,
+                    "Affected": damaged.affected.iter().map(|affected| json!({
+                        "SnapshotId": affected.snapshot_id,
+                        "FirstBlock": affected.first_block,
+                        "LastBlock": affected.last_block,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "NotVerified": report.not_verified,
+                "Seconds": report.elapsed.as_secs_f64(),
+            }));
+            return;
+        }
+        let would = if report.dry_run { "would be " } else { "" };
+        for damage in report.small_files.iter().chain(key_file_damage) {
+            println!(
+                "copy {}: {} ({would}restored from its twin)",
+                damage.file, damage.detail
+            );
+        }
+        for pack in &report.packs {
+            let unreadable: Vec<String> = pack
+                .unreadable
+                .iter()
+                .map(|range| format!("{}..{}", range.start, range.end))
+                .collect();
+            println!(
+                "pack {:08x}: {} records; {} recovered, {} dropped{}; index {}",
+                pack.pack,
+                pack.records,
+                pack.recovered,
+                pack.dropped,
+                if unreadable.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; unreadable bytes {} (records there lost)",
+                        unreadable.join(", ")
+                    )
+                },
+                if pack.index_rewritten {
+                    format!("{would}rewritten")
+                } else {
+                    "unchanged".to_string()
+                }
+            );
+            if pack.header_damaged {
+                println!(
+                    "pack {:08x}: file header damaged; the pack {would}copied into a new one",
+                    pack.pack
+                );
+            }
+        }
+        for damage in &report.catalog_damage {
+            println!("catalog: {damage}");
+        }
+        if report.catalog_rewritten {
+            println!("catalog {would}rewritten from what survives");
+        }
+        for journal in &report.journals {
+            println!(
+                "journal of {}: {} records kept, {} puts lost{}",
+                journal.snapshot_id,
+                journal.records,
+                journal.lost,
+                if journal.header_damaged {
+                    ", header rebuilt"
+                } else {
+                    ""
+                }
+            );
+        }
+        for (snapshot, why) in &report.resolved {
+            println!("{snapshot} {would}resolved to error: {why}");
+        }
+        for damaged in &report.damaged_chunks {
+            let chunk = damaged
+                .chunk
+                .map_or_else(|| "unknown chunk".to_string(), |chunk| chunk.to_string());
+            println!("lost {chunk}: {}", damaged.detail);
+            for affected in &damaged.affected {
+                println!(
+                    "  breaks {} blocks {}..={}",
+                    affected.snapshot_id, affected.first_block, affected.last_block
+                );
+            }
+        }
+        if let Some(why) = &report.not_verified {
+            println!("not verified: {why}");
+        }
+        println!("{} completed snapshots intact", report.intact.len());
+        println!(
+            "{}",
+            match (
+                report.lost_anything(),
+                report.found_anything() || !key_file_damage.is_empty()
+            ) {
+                (true, _) => "LOST DATA (listed above)",
+                (false, true) if report.dry_run => "repairable: nothing lost",
+                (false, true) => "repaired: nothing lost",
+                (false, false) => "nothing to repair",
             }
         );
     }
