@@ -410,9 +410,18 @@ fn backup_under_way(store: &Store) -> std::process::Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    // A journal is made before its snapshot's Started record; one holding
+    // an entry means blocks are being written.
     let pending = store.path("store").join("pending");
+    let writing = || {
+        std::fs::read_dir(&pending).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|entry| entry.metadata().is_ok_and(|metadata| metadata.len() > 32))
+        })
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::fs::read_dir(&pending).map_or(true, |mut entries| entries.next().is_none()) {
+    while !writing() {
         assert!(
             std::time::Instant::now() < deadline,
             "the backup never started writing"

@@ -7,7 +7,7 @@ use super::load_index;
 use super::pack::{entries_of, index_name, pack_name, parse_name, scan, PACK_DIR};
 use crate::error::{Error, Result};
 use crate::format::index::{encode_index, IndexEntry};
-use crate::storage::Storage;
+use crate::storage::{remove_durably, Storage};
 use std::collections::BTreeSet;
 use std::ops::Range;
 
@@ -33,6 +33,9 @@ pub struct PackRepair {
     /// Whether the pack's file header is damaged: its records are then
     /// copied into a new pack (as compaction copies them).
     pub header_damaged: bool,
+    /// Whether the pack held no valid record at all and was (or would be)
+    /// removed with its index.
+    pub removed: bool,
 }
 
 /// Scans every pack and rewrites each index that does not list exactly
@@ -71,9 +74,13 @@ pub fn repair_packs(storage: &dyn Storage, dry_run: bool) -> Result<Vec<PackRepa
             old
         });
         let unchanged = old.as_ref() == Some(&entries);
+        let index_exists = storage
+            .exists(&index_name(seq))
+            .map_err(|e| Error::io(format!("checking {}", index_name(seq)), e))?;
         // A pack without an index and without damage is the pack a crash
         // left open (or a seal interrupted): opening handles it.
-        if scanned.damaged.is_empty() && !scanned.header_damaged && (unchanged || old.is_none()) {
+        let unindexed = old.is_none() && !index_exists;
+        if scanned.damaged.is_empty() && !scanned.header_damaged && (unchanged || unindexed) {
             continue;
         }
         // Without an index, every valid record was found by the scans at
@@ -85,10 +92,16 @@ pub fn repair_packs(storage: &dyn Storage, dry_run: bool) -> Result<Vec<PackRepa
             ),
             None => (0, 0),
         };
-        if !unchanged && !dry_run {
-            storage
-                .write_atomic(&index_name(seq), &encode_index(u64::from(seq), &entries))
-                .map_err(|e| Error::io(format!("writing {}", index_name(seq)), e))?;
+        let removed = entries.is_empty();
+        if !dry_run {
+            if removed {
+                remove_durably(storage, PACK_DIR, &[name.clone(), index_name(seq)])
+                    .map_err(|e| Error::io(format!("removing {name}"), e))?;
+            } else if !unchanged {
+                storage
+                    .write_atomic(&index_name(seq), &encode_index(u64::from(seq), &entries))
+                    .map_err(|e| Error::io(format!("writing {}", index_name(seq)), e))?;
+            }
         }
         repairs.push(PackRepair {
             pack: seq,
@@ -96,8 +109,9 @@ pub fn repair_packs(storage: &dyn Storage, dry_run: bool) -> Result<Vec<PackRepa
             recovered,
             dropped,
             unreadable: scanned.damaged,
-            index_rewritten: !unchanged,
+            index_rewritten: !unchanged && !removed,
             header_damaged: scanned.header_damaged,
+            removed,
         });
     }
     Ok(repairs)

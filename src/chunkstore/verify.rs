@@ -143,11 +143,11 @@ impl ChunkStore {
 }
 
 impl ChunkStore {
-    /// Checks that each sealed pack's index covers the pack: bytes between
-    /// indexed records, or after the last one, that hold valid records
-    /// are records the index lost (a pack sealed at a damaged record by
-    /// an older build, say), unreachable until `repair` indexes them.
-    /// Trailing bytes without a valid record are a torn tail, not damage.
+    /// Checks each sealed pack's file header, and that its index covers
+    /// the pack: bytes between indexed records, or after the last one,
+    /// that hold valid records are records the index lost (a pack sealed
+    /// at a damaged record by an older build, say), unreachable until
+    /// `repair` indexes them.
     pub fn verify_coverage(&self, cancel: &AtomicBool) -> Vec<Damage> {
         let mut packs: Vec<(u32, std::sync::Arc<dyn crate::storage::ReadFile>)> = self
             .readers
@@ -186,23 +186,20 @@ impl ChunkStore {
                 gaps.push(covered..pack_len);
             }
             for gap in gaps {
-                let trailing = gap.end == pack_len;
+                // Bytes without a valid record are a torn tail, or a
+                // record repair already dropped (its chunk, if needed, is
+                // reported missing).
                 let found = scan_range(reader.as_ref(), seq, gap.clone()).unwrap_or(0);
-                if trailing && found == 0 {
+                if found == 0 {
                     continue;
                 }
                 damage.push(Damage {
                     file: pack_name(seq),
                     detail: format!(
-                        "bytes {}..{} are not covered by {}{}",
+                        "bytes {}..{} are not covered by {} and hold {found} valid records that reads cannot reach; `blocksnap repair` indexes them",
                         gap.start,
                         gap.end,
                         index_name(seq),
-                        if found > 0 {
-                            format!(" and hold {found} valid records that reads cannot reach; `blocksnap repair` indexes them")
-                        } else {
-                            String::new()
-                        }
                     ),
                     data_lost: true,
                 });

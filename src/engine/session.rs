@@ -494,8 +494,9 @@ struct ParsedJournal {
     /// Its header's flags (inferred when the header is damaged).
     flags: u32,
     header_damaged: bool,
-    /// Entries that verify: offset, record, whether a copy was damaged.
-    entries: Vec<(usize, JournalRecord, bool)>,
+    /// Entries that verify: offset, record, which copies failed (bit `i`
+    /// for copy `i`).
+    entries: Vec<(usize, JournalRecord, u32)>,
     /// Offsets of entries that failed with valid entries after them: lost.
     lost: Vec<usize>,
     /// End of the last valid entry; bytes after it are a torn tail.
@@ -508,13 +509,21 @@ impl ParsedJournal {
         !self.header_damaged && self.lost.is_empty() && self.damaged_copies().is_empty()
     }
 
-    /// Entries with a damaged copy, but for the last entry, where a torn
-    /// write of the second copy looks the same.
+    /// Entries with a damaged copy. In the last entry a damaged second copy
+    /// is what a torn write leaves (the first copy is written first), so
+    /// only its first copy counts there.
     fn damaged_copies(&self) -> Vec<usize> {
         let last = self.entries.last().map(|(offset, _, _)| *offset);
         self.entries
             .iter()
-            .filter(|(offset, _, damaged)| *damaged && Some(*offset) != last)
+            .filter(|(offset, _, failed)| {
+                let counted = if Some(*offset) == last {
+                    failed & 1
+                } else {
+                    *failed
+                };
+                counted != 0
+            })
             .map(|(offset, _, _)| *offset)
             .collect()
     }
@@ -585,10 +594,10 @@ fn parse_entries(bytes: &[u8], flags: u32, header_damaged: bool) -> ParsedJourna
     for (position, raw) in body.chunks_exact(entry_size).enumerate() {
         let offset = FILE_HEADER_SIZE + position * entry_size;
         match JournalRecord::decode_entry(raw, flags) {
-            Ok((record, damaged_copy)) => {
+            Ok((record, failed_copies)) => {
                 // Failed entries with this valid one after them were damage.
                 parsed.lost.append(&mut failed);
-                parsed.entries.push((offset, record, damaged_copy));
+                parsed.entries.push((offset, record, failed_copies));
                 parsed.valid_end = offset + entry_size;
             }
             Err(_) => failed.push(offset),

@@ -128,22 +128,23 @@ impl JournalRecord {
     }
 
     /// Decodes one entry ([`JournalRecord::entry_size`] bytes): the first
-    /// copy that verifies, and whether any copy failed.
-    pub fn decode_entry(bytes: &[u8], flags: u32) -> Result<(JournalRecord, bool), DecodeError> {
-        let mut decoded = bytes
-            .chunks_exact(Self::size(flags))
-            .map(|copy| Self::decode(copy, flags));
-        let mut first = decoded
-            .next()
-            .unwrap_or(Err(DecodeError::corrupt(0, "journal entry length")));
-        let mut damaged_copy = first.is_err();
-        for other in decoded {
-            damaged_copy |= other.is_err();
-            if first.is_err() && other.is_ok() {
-                first = other;
+    /// copy that verifies, and which copies failed (bit `i` for copy `i`).
+    pub fn decode_entry(bytes: &[u8], flags: u32) -> Result<(JournalRecord, u32), DecodeError> {
+        let mut chosen = Err(DecodeError::corrupt(0, "journal entry length"));
+        let mut failed = 0;
+        for (copy, raw) in bytes.chunks_exact(Self::size(flags)).enumerate() {
+            match Self::decode(raw, flags) {
+                Ok(record) if chosen.is_err() => chosen = Ok(record),
+                Ok(_) => {}
+                Err(error) => {
+                    failed |= 1 << copy;
+                    if chosen.is_err() {
+                        chosen = Err(error);
+                    }
+                }
             }
         }
-        first.map(|record| (record, damaged_copy))
+        chosen.map(|record| (record, failed))
     }
 }
 
@@ -184,16 +185,14 @@ mod tests {
         let flags = JOURNAL_FLAG_TIMED | JOURNAL_FLAG_PAIRED;
         let entry = record.encode_entry(flags);
         assert_eq!(entry.len(), JournalRecord::entry_size(flags));
-        assert_eq!(
-            JournalRecord::decode_entry(&entry, flags),
-            Ok((record, false))
-        );
+        assert_eq!(JournalRecord::decode_entry(&entry, flags), Ok((record, 0)));
         for position in 0..entry.len() {
             let mut flipped = entry.clone();
             flipped[position] ^= 0x04;
+            let copy = position / JOURNAL_RECORD_SIZE;
             assert_eq!(
                 JournalRecord::decode_entry(&flipped, flags),
-                Ok((record, true)),
+                Ok((record, 1 << copy)),
                 "flip at {position}"
             );
         }

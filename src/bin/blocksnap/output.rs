@@ -451,6 +451,7 @@ impl Output {
                     "Unreadable": pack.unreadable.iter().map(|range| [range.start, range.end]).collect::<Vec<_>>(),
                     "IndexRewritten": pack.index_rewritten,
                     "HeaderDamaged": pack.header_damaged,
+                    "Removed": pack.removed,
                 })).collect::<Vec<_>>(),
                 "CatalogDamage": report.catalog_damage.iter().map(damage_json).collect::<Vec<_>>(),
                 "CatalogRewritten": report.catalog_rewritten,
@@ -511,6 +512,12 @@ impl Output {
                     "unchanged".to_string()
                 }
             );
+            if pack.removed {
+                println!(
+                    "pack {:08x}: no valid record left; {would}removed",
+                    pack.pack
+                );
+            }
             if pack.header_damaged {
                 println!(
                     "pack {:08x}: file header damaged; the pack {would}copied into a new one",
