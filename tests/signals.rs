@@ -1,0 +1,326 @@
+//! Interruption of the binary by SIGINT, SIGTERM and SIGHUP at many instants
+//! of `backup`, `restore`, `export` and `import`: every run either finished
+//! (exit 0, its result whole and correct) or stopped cleanly (exit 128 +
+//! the signal, nothing on stdout, no success message, no pending snapshot,
+//! no partial output), and the store verifies clean every time.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BLOCK: usize = 524_288;
+/// Blocks of the image: large enough that each command takes a few tenths
+/// of a second on one thread, so signals land in every phase.
+const BLOCKS: u64 = 384;
+
+const SIGNALS: [(&str, i32); 3] = [("INT", 2), ("TERM", 15), ("HUP", 1)];
+/// Delays after the command visibly started working.
+const DELAYS_MS: [u64; 6] = [0, 3, 10, 30, 90, 270];
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    image: PathBuf,
+    /// A completed backup of the image, for restore and export.
+    snapshot: String,
+    /// An archive of it, for import.
+    archive: PathBuf,
+}
+
+impl Fixture {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn blocksnap(store: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_blocksnap"));
+    command
+        .args(args)
+        .env("BLOCKSNAP_STORE", store)
+        .env_remove("BLOCKSNAP_PASSPHRASE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn ok(store: &Path, args: &[&str]) -> String {
+    let output = blocksnap(store, args).output().expect("run");
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+fn setup() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("disk.img");
+    let mut data = Vec::with_capacity(BLOCKS as usize * BLOCK);
+    for index in 0..BLOCKS {
+        // Every fifth block zero; the rest text, structured and random.
+        let seed = if index % 5 == 0 { 0 } else { index + 1 };
+        data.extend(blocksnap::testing::block(seed));
+    }
+    std::fs::write(&image, data).expect("image");
+    let store = dir.path().join("store");
+    let snapshot = ok(&store, &["backup", image.to_str().expect("path")])
+        .trim()
+        .to_string();
+    let bucket = dir.path().join("bucket");
+    std::fs::create_dir(&bucket).expect("bucket");
+    let location = ok(
+        &store,
+        &[
+            "export",
+            &snapshot,
+            "--bucket",
+            bucket.to_str().expect("path"),
+            "--name",
+            "fixture",
+        ],
+    );
+    Fixture {
+        archive: PathBuf::from(location.trim()),
+        dir,
+        image,
+        snapshot,
+    }
+}
+
+/// Waits until `started` says the child is working (so its handlers are
+/// installed), then `delay`, then sends `signal`.
+fn interrupt(child: &Child, started: impl Fn() -> bool, delay: Duration, signal: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started() {
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(delay);
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+}
+
+/// Whether a file in `dir` (not recursive) satisfies `test`.
+fn any_file(dir: &Path, test: impl Fn(&std::fs::Metadata, &str) -> bool) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|entry| {
+            entry
+                .metadata()
+                .is_ok_and(|metadata| test(&metadata, &entry.file_name().to_string_lossy()))
+        })
+    })
+}
+
+/// Every snapshot of `store` as (id, status).
+fn snapshots(store: &Path) -> Vec<(String, String)> {
+    let listed: Value = serde_json::from_str(&ok(store, &["ls", "--json"])).expect("json");
+    listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|snapshot| {
+            (
+                snapshot["SnapshotId"].as_str().expect("id").to_string(),
+                snapshot["Status"].as_str().expect("status").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The outcome of one interrupted run: `true` if it finished.
+fn outcome(output: &Output, signal: i32, context: &str) -> bool {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    match output.status.code() {
+        Some(0) => true,
+        Some(code) => {
+            assert_eq!(code, 128 + signal, "{context}: {stderr}");
+            assert!(output.stdout.is_empty(), "{context}: printed a result");
+            assert!(stderr.contains("interrupted by SIG"), "{context}: {stderr}");
+            false
+        }
+        None => panic!("{context}: killed by the signal: {stderr}"),
+    }
+}
+
+/// The store verifies clean and holds no pending snapshot.
+fn consistent(store: &Path, context: &str) {
+    let verify = blocksnap(store, &["verify", "--json"])
+        .output()
+        .expect("verify");
+    assert!(
+        verify.status.success(),
+        "{context}: verify: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let pending: Vec<_> = snapshots(store)
+        .into_iter()
+        .filter(|(_, status)| status == "pending")
+        .collect();
+    assert!(pending.is_empty(), "{context}: left pending: {pending:?}");
+}
+
+fn runs() -> impl Iterator<Item = (&'static str, i32, Duration)> {
+    SIGNALS.into_iter().flat_map(|(name, number)| {
+        DELAYS_MS
+            .into_iter()
+            .map(move |delay| (name, number, Duration::from_millis(delay)))
+    })
+}
+
+#[test]
+fn interrupted_backups_leave_no_pending_snapshot() {
+    let fixture = setup();
+    let image = fixture.image.to_str().expect("path");
+    let mut stopped = 0;
+    for (signal, number, delay) in runs() {
+        let store = fixture.path(&format!("backup-{signal}-{}", delay.as_millis()));
+        let context = format!("backup, SIG{signal} after {delay:?}");
+        let child = blocksnap(&store, &["backup", image, "--threads", "1"])
+            .spawn()
+            .expect("spawn");
+        let journals = store.join("pending");
+        interrupt(&child, || any_file(&journals, |_, _| true), delay, signal);
+        let output = child.wait_with_output().expect("wait");
+        let finished = outcome(&output, number, &context);
+        consistent(&store, &context);
+        let listed = snapshots(&store);
+        if finished {
+            let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
+            assert_eq!(listed, vec![(id.clone(), "completed".into())], "{context}");
+            let restored = fixture.path("check.img");
+            ok(
+                &store,
+                &["restore", &id, restored.to_str().expect("path"), "--force"],
+            );
+            assert!(
+                std::fs::read(&restored).expect("read") == std::fs::read(image).expect("read"),
+                "{context}: restored image differs"
+            );
+        } else {
+            stopped += 1;
+            assert!(
+                listed.iter().all(|(_, status)| status == "error"),
+                "{context}: {listed:?}"
+            );
+        }
+    }
+    assert!(stopped >= SIGNALS.len(), "only {stopped} runs were interrupted");
+}
+
+#[test]
+fn interrupted_restores_leave_no_output() {
+    let fixture = setup();
+    let store = fixture.path("store");
+    let mut stopped = 0;
+    for (signal, number, delay) in runs() {
+        let output_path = fixture.path(&format!("restore-{signal}-{}.img", delay.as_millis()));
+        let context = format!("restore, SIG{signal} after {delay:?}");
+        let child = blocksnap(
+            &store,
+            &[
+                "restore",
+                &fixture.snapshot,
+                output_path.to_str().expect("path"),
+                "--threads",
+                "1",
+            ],
+        )
+        .spawn()
+        .expect("spawn");
+        interrupt(&child, || output_path.exists(), delay, signal);
+        let output = child.wait_with_output().expect("wait");
+        if outcome(&output, number, &context) {
+            assert!(
+                std::fs::read(&output_path).expect("read")
+                    == std::fs::read(&fixture.image).expect("read"),
+                "{context}: restored image differs"
+            );
+            std::fs::remove_file(&output_path).expect("remove");
+        } else {
+            stopped += 1;
+            assert!(!output_path.exists(), "{context}: partial output left");
+        }
+        consistent(&store, &context);
+    }
+    assert!(stopped >= SIGNALS.len(), "only {stopped} runs were interrupted");
+}
+
+#[test]
+fn interrupted_exports_publish_nothing() {
+    let fixture = setup();
+    let store = fixture.path("store");
+    let mut stopped = 0;
+    for (signal, number, delay) in runs() {
+        let bucket = fixture.path(&format!("export-{signal}-{}", delay.as_millis()));
+        std::fs::create_dir(&bucket).expect("bucket");
+        let context = format!("export, SIG{signal} after {delay:?}");
+        let child = blocksnap(
+            &store,
+            &[
+                "export",
+                &fixture.snapshot,
+                "--bucket",
+                bucket.to_str().expect("path"),
+                "--threads",
+                "1",
+            ],
+        )
+        .spawn()
+        .expect("spawn");
+        let archives = bucket.join("snapshot");
+        interrupt(&child, || any_file(&archives, |_, _| true), delay, signal);
+        let output = child.wait_with_output().expect("wait");
+        let finished = outcome(&output, number, &context);
+        let files: Vec<String> = std::fs::read_dir(&archives)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if finished {
+            assert_eq!(files.len(), 1, "{context}: {files:?}");
+            assert!(files[0].ends_with(".zip"), "{context}: {files:?}");
+        } else {
+            stopped += 1;
+            assert!(files.is_empty(), "{context}: left {files:?}");
+        }
+        consistent(&store, &context);
+    }
+    assert!(stopped >= SIGNALS.len(), "only {stopped} runs were interrupted");
+}
+
+#[test]
+fn interrupted_imports_leave_no_snapshot() {
+    let fixture = setup();
+    let archive = fixture.archive.to_str().expect("path");
+    let mut stopped = 0;
+    for (signal, number, delay) in runs() {
+        let store = fixture.path(&format!("import-{signal}-{}", delay.as_millis()));
+        let context = format!("import, SIG{signal} after {delay:?}");
+        let child = blocksnap(&store, &["import", archive, "--threads", "1"])
+            .spawn()
+            .expect("spawn");
+        let journals = store.join("pending");
+        interrupt(&child, || any_file(&journals, |_, _| true), delay, signal);
+        let output = child.wait_with_output().expect("wait");
+        let finished = outcome(&output, number, &context);
+        consistent(&store, &context);
+        let listed = snapshots(&store);
+        if finished {
+            let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
+            assert_eq!(listed, vec![(id, "completed".into())], "{context}");
+        } else {
+            stopped += 1;
+            assert!(listed.is_empty(), "{context}: {listed:?}");
+        }
+    }
+    assert!(stopped >= SIGNALS.len(), "only {stopped} runs were interrupted");
+}
