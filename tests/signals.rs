@@ -210,7 +210,10 @@ fn interrupted_backups_leave_no_pending_snapshot() {
             );
         }
     }
-    assert!(stopped >= SIGNALS.len(), "only {stopped} runs were interrupted");
+    assert!(
+        stopped >= SIGNALS.len(),
+        "only {stopped} runs were interrupted"
+    );
 }
 
 #[test]
@@ -248,7 +251,10 @@ fn interrupted_restores_leave_no_output() {
         }
         consistent(&store, &context);
     }
-    assert!(stopped >= SIGNALS.len(), "only {stopped} runs were interrupted");
+    assert!(
+        stopped >= SIGNALS.len(),
+        "only {stopped} runs were interrupted"
+    );
 }
 
 #[test]
@@ -294,7 +300,10 @@ fn interrupted_exports_publish_nothing() {
         }
         consistent(&store, &context);
     }
-    assert!(stopped >= SIGNALS.len(), "only {stopped} runs were interrupted");
+    assert!(
+        stopped >= SIGNALS.len(),
+        "only {stopped} runs were interrupted"
+    );
 }
 
 #[test]
@@ -322,5 +331,8 @@ fn interrupted_imports_leave_no_snapshot() {
             assert!(listed.is_empty(), "{context}: {listed:?}");
         }
     }
-    assert!(stopped >= SIGNALS.len(), "only {stopped} runs were interrupted");
+    assert!(
+        stopped >= SIGNALS.len(),
+        "only {stopped} runs were interrupted"
+    );
 }

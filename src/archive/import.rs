@@ -253,23 +253,37 @@ pub fn import(
         progress,
         cancel,
     );
-    let discard = || {
-        let _ = engine.cancel_snapshot(CancelSnapshotRequest {
-            snapshot_id: snapshot_id.clone(),
-        });
-        let _ = engine.delete_snapshot(DeleteSnapshotRequest {
-            snapshot_id: snapshot_id.clone(),
-        });
+    // Cancels and deletes the pending snapshot; `Err` says what is left.
+    let discard = || -> Result<()> {
+        engine
+            .cancel_snapshot(CancelSnapshotRequest {
+                snapshot_id: snapshot_id.clone(),
+            })
+            .map_err(|error| {
+                error.with_note(&format!(
+                    "snapshot {snapshot_id} is left pending; cancel it with `blocksnap cancel {snapshot_id}` or let it time out"
+                ))
+            })?;
+        engine
+            .delete_snapshot(DeleteSnapshotRequest {
+                snapshot_id: snapshot_id.clone(),
+            })
+            .map_err(|error| {
+                error.with_note(&format!(
+                    "snapshot {snapshot_id} was cancelled but not deleted; `blocksnap rm {snapshot_id}` removes it"
+                ))
+            })
+    };
+    let abandon = |error: Error| match discard() {
+        Ok(()) => error.with_note(&format!("snapshot {snapshot_id} was cancelled and deleted")),
+        Err(left) => error.with_note(&left.to_string()),
     };
     match ran {
-        Err(error) => {
-            discard();
-            return Err(error);
-        }
+        Err(error) => return Err(abandon(error)),
         // Cancelled while filling, or after the last block but before the
         // commit point: either way nothing is completed.
         Ok(filled) if !filled || cancel.load(Ordering::Acquire) => {
-            discard();
+            discard()?;
             return Ok(ImportOutcome::Interrupted);
         }
         Ok(_) => {}
@@ -278,8 +292,7 @@ pub fn import(
     let changed = u32::try_from(written)
         .map_err(|_| Error::invalid(ValidationReason::InvalidParameterValue, "too many blocks"))?;
     if let Err(error) = engine.complete(&owner, snapshot, changed, None) {
-        discard();
-        return Err(error);
+        return Err(abandon(error));
     }
     Ok(ImportOutcome::Completed(ImportReport {
         snapshot_id,

@@ -198,7 +198,17 @@ impl ChunkStore {
         self.storage
             .write_atomic(&marker, &encode_marker(output, sources))
             .map_err(io_error(format!("writing {marker}")))?;
-        let output = OpenPack::create(self.storage.as_ref(), output)?;
+        let output = match OpenPack::create(self.storage.as_ref(), output) {
+            Ok(pack) => pack,
+            Err(error) => {
+                // Nothing was switched: undo now rather than at the next open.
+                let _ = remove_all(
+                    self.storage.as_ref(),
+                    &[pack_name(output), index_name(output), marker],
+                );
+                return Err(error);
+            }
+        };
         Ok(Compaction {
             output,
             sources: sources.to_vec(),
@@ -274,26 +284,34 @@ impl ChunkStore {
         mut compaction: Compaction,
         is_live: &dyn Fn(&ChunkId) -> bool,
     ) -> Result<CompactionOutcome> {
-        for (id, location) in std::mem::take(&mut compaction.skipped) {
-            if self.is_live_copy(&id, location, is_live) {
-                self.copy_record(&mut compaction, location)?;
-            }
-        }
         let output = compaction.output.seq;
         let output_name = pack_name(output);
-        compaction
-            .output
-            .file
-            .sync()
-            .map_err(io_error(format!("syncing {output_name}")))?;
-        let mut entries = std::mem::take(&mut compaction.copied);
-        entries.sort_unstable();
-        self.storage
-            .write_atomic(
-                &index_name(output),
-                &encode_index(u64::from(output), &entries),
-            )
-            .map_err(io_error(format!("writing {}", index_name(output))))?;
+        let mut entries = Vec::new();
+        let committed = (|| {
+            for (id, location) in std::mem::take(&mut compaction.skipped) {
+                if self.is_live_copy(&id, location, is_live) {
+                    self.copy_record(&mut compaction, location)?;
+                }
+            }
+            compaction
+                .output
+                .file
+                .sync()
+                .map_err(io_error(format!("syncing {output_name}")))?;
+            entries = std::mem::take(&mut compaction.copied);
+            entries.sort_unstable();
+            self.storage
+                .write_atomic(
+                    &index_name(output),
+                    &encode_index(u64::from(output), &entries),
+                )
+                .map_err(io_error(format!("writing {}", index_name(output))))
+        })();
+        if let Err(error) = committed {
+            // Before the commit point: the sources are untouched.
+            self.abandon_compaction(compaction)?;
+            return Err(error);
+        }
         // Committed. Switch readers to the output pack, then drop the sources.
         let reader = if self.config.use_mmap {
             self.storage
@@ -341,6 +359,42 @@ impl ChunkStore {
                 .source_bytes
                 .saturating_sub(compaction.copied_bytes),
         })
+    }
+
+    /// Removes a sealed pack none of whose records is live, without a
+    /// compaction (so it needs no free space): the caller holds writers
+    /// and readers off, and every record is re-checked here. Returns the
+    /// record bytes freed, or `None` (nothing done) when a record was
+    /// revived meanwhile or a header does not decode.
+    pub(crate) fn drop_dead_pack(
+        &self,
+        pack: u32,
+        is_live: &dyn Fn(&ChunkId) -> bool,
+    ) -> Result<Option<u64>> {
+        let Some(records) = self.pack_records(pack)? else {
+            return Ok(None);
+        };
+        if records
+            .iter()
+            .any(|(id, location, _)| self.is_live_copy(id, *location, is_live))
+        {
+            return Ok(None);
+        }
+        let freed: u64 = records
+            .iter()
+            .map(|(_, _, record_len)| u64::from(*record_len))
+            .sum();
+        {
+            let mut index = self.index.write();
+            index.remove_packs(&[pack]);
+            self.readers.write().remove(&pack);
+        }
+        self.stored_bytes.fetch_sub(freed, Ordering::Relaxed);
+        // A crash between the two removals leaves an index without a pack
+        // (ignored) or a pack of dead records without one (scanned, then
+        // collected again): both harmless.
+        remove_all(self.storage.as_ref(), &[pack_name(pack), index_name(pack)])?;
+        Ok(Some(freed))
     }
 
     /// Undoes a compaction that failed before its commit point (for

@@ -127,6 +127,9 @@ pub struct ChunkStore {
     /// Damage found while opening: unreadable bytes in packs, indexes that
     /// did not verify.
     damage: Vec<Damage>,
+    /// Sealed packs, sound, whose index could not be written yet (a full
+    /// disk), with their entries: [`ChunkStore::write_missing_indexes`].
+    unindexed: Mutex<BTreeMap<u32, Vec<IndexEntry>>>,
 }
 
 impl std::fmt::Debug for ChunkStore {
@@ -148,9 +151,12 @@ fn unsynced_error(context: String) -> impl FnOnce(std::io::Error) -> Error {
 
 /// What one pack contributes when the store opens.
 enum LoadedPack {
-    /// Sealed: its index, or a scan (read-only, damaged, or an index that
-    /// could not be written), is in the sorted index.
+    /// Sealed: its index, or a scan (read-only, or damaged), is in the
+    /// sorted index.
     Sealed(Vec<IndexEntry>),
+    /// Sealed, scanned clean, but its index could not be written (a full
+    /// disk): written later, when there is room.
+    Unindexed(Vec<IndexEntry>),
     /// The last pack, scanned clean and never sealed: appends continue.
     Open(OpenPack, Vec<(ChunkId, IndexEntry)>),
 }
@@ -206,6 +212,7 @@ impl ChunkStore {
         let mut stored_bytes = 0u64;
         let mut open_pack = None;
         let mut damage = Vec::new();
+        let mut unindexed = BTreeMap::new();
         for (&seq, &(has_pack, has_index)) in &files {
             if !has_pack {
                 continue;
@@ -224,6 +231,10 @@ impl ChunkStore {
             )?;
             let entries = match loaded {
                 LoadedPack::Sealed(entries) => entries,
+                LoadedPack::Unindexed(entries) => {
+                    unindexed.insert(seq, entries.clone());
+                    entries
+                }
                 LoadedPack::Open(pack, with_ids) => {
                     for (id, entry) in &with_ids {
                         index.insert_open(
@@ -270,6 +281,7 @@ impl ChunkStore {
             suspects: Mutex::new(HashSet::new()),
             domains: RwLock::new(HashMap::new()),
             damage,
+            unindexed: Mutex::new(unindexed),
         };
         store.drop_duplicate_copies();
         Ok(store)
@@ -278,6 +290,27 @@ impl ChunkStore {
     /// Damage found while opening (see [`ChunkStore::open`]).
     pub fn damage(&self) -> &[Damage] {
         &self.damage
+    }
+
+    /// Writes the index of each sealed pack that has none yet because
+    /// there was no room when it was sealed (compaction reads packs by
+    /// their index). Fails, naming the bytes needed, while there still is
+    /// none.
+    pub fn write_missing_indexes(&self) -> Result<()> {
+        let mut unindexed = self.unindexed.lock();
+        while let Some((&seq, entries)) = unindexed.first_key_value() {
+            let bytes = encode_index(u64::from(seq), entries);
+            self.storage
+                .write_atomic(&index_name(seq), &bytes)
+                .map_err(|error| {
+                    Error::io(format!("writing {}", index_name(seq)), error).with_note(&format!(
+                        "indexing the pack needs {} bytes free",
+                        bytes.len()
+                    ))
+                })?;
+            unindexed.remove(&seq);
+        }
+        Ok(())
     }
 
     /// Keeps one indexed copy of each chunk. Copies arise when a crash
@@ -548,7 +581,8 @@ impl ChunkStore {
             .storage
             .write_atomic(&index_name(seq), &encode_index(u64::from(seq), &entries));
         if let Err(error) = &indexed {
-            tracing::warn!(pack = %name, %error, "could not write a sealed pack's index; it will be scanned at the next open");
+            tracing::warn!(pack = %name, %error, "could not write a sealed pack's index");
+            self.unindexed.lock().insert(seq, entries.clone());
         }
         if self.config.use_mmap && indexed.is_ok() {
             let mapped = self
@@ -831,11 +865,12 @@ fn load_pack(
     let entries: Vec<IndexEntry> = with_ids.into_iter().map(|(_, entry)| entry).collect();
     if scanned.valid_len > 0 {
         // Sealing is best effort: without an index (a full disk, say) the
-        // pack is scanned again at the next open.
+        // pack is written an index later, or scanned again at the next open.
         if let Err(error) =
             storage.write_atomic(&index_name(seq), &encode_index(u64::from(seq), &entries))
         {
-            tracing::warn!(pack = %name, %error, "could not write the index of a recovered pack; it will be scanned again at the next open");
+            tracing::warn!(pack = %name, %error, "could not write the index of a recovered pack");
+            return Ok(LoadedPack::Unindexed(entries));
         }
     }
     Ok(LoadedPack::Sealed(entries))

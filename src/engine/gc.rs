@@ -111,6 +111,36 @@ impl Pacer {
     }
 }
 
+/// Free bytes a compaction copying `live_bytes` needs: the records, their
+/// index, the output's header and marker, rounded up for the medium's
+/// allocation unit.
+fn space_for_output(live_bytes: u64) -> u64 {
+    live_bytes + live_bytes / 64 + (1 << 20)
+}
+
+/// The error of a collection that cannot start its next compaction for
+/// want of space: how much it needs, and how much is there.
+fn no_room(needed: u64, available: u64, report: &GcReport) -> Error {
+    Error::io(
+        format!(
+            "compacting: the next compaction needs {needed} bytes free and the medium has {available} ({} compactions done, {} bytes freed so far); free space or delete snapshots, then run it again",
+            report.compactions, report.bytes_freed
+        ),
+        std::io::Error::from(std::io::ErrorKind::StorageFull),
+    )
+}
+
+/// Adds how much free space the compaction needed to a failure (a full
+/// disk met while copying, say).
+fn with_space_note(error: Error, needed: u64) -> Error {
+    match error {
+        Error::Io { .. } => error.with_note(&format!(
+            "the compaction was undone; it needs {needed} bytes free"
+        )),
+        other => other,
+    }
+}
+
 /// Groups candidate packs (emptiest first) into compactions whose live
 /// bytes fit one output pack.
 fn plan(mut candidates: Vec<PackUsage>, target: u64) -> Vec<Vec<u32>> {
@@ -181,6 +211,7 @@ impl Engine {
             ));
         }
         let chunks = &self.inner.chunks;
+        chunks.write_missing_indexes()?;
         let references = &self.inner.references;
         let is_live = |id: &ChunkId| references.is_live(id);
         // Only packs holding garbage; at threshold 1.0, every such pack.
@@ -209,6 +240,10 @@ impl Engine {
             .into_iter()
             .filter(|usage| !usage.damaged && below(usage))
             .collect();
+        let live_of: std::collections::HashMap<u32, u64> = candidates
+            .iter()
+            .map(|usage| (usage.pack, usage.live_bytes))
+            .collect();
         let groups = plan(candidates, chunks.config().pack_target_size);
         let limit = options.max_compactions.unwrap_or(usize::MAX);
         let mut pacer = Pacer::new(options.max_bytes_per_sec);
@@ -218,7 +253,31 @@ impl Engine {
                 report.packs_remaining += sources.len();
                 continue;
             }
-            let mut compaction = self.poison_on_io(chunks.begin_compaction(sources))?;
+            let live: u64 = sources.iter().map(|pack| live_of[pack]).sum();
+            let revived;
+            let sources = if live == 0 {
+                revived = self.drop_dead_packs(sources, &is_live, &mut report)?;
+                if revived.is_empty() {
+                    continue;
+                }
+                &revived
+            } else {
+                sources
+            };
+            // The output is written before any source is removed: it needs
+            // its live bytes free on the medium first.
+            let needed = space_for_output(live);
+            let available = self
+                .inner
+                .storage
+                .available_bytes()
+                .map_err(|e| Error::io("reading the free space", e))?;
+            if available.is_some_and(|available| available < needed) {
+                return Err(no_room(needed, available.unwrap_or(0), &report));
+            }
+            let mut compaction = self
+                .poison_on_io(chunks.begin_compaction(sources))
+                .map_err(|error| with_space_note(error, needed))?;
             let copied = chunks.copy_live(&mut compaction, &is_live, &mut |bytes| {
                 pacer.pace(bytes);
                 !cancel.load(Ordering::Acquire)
@@ -232,6 +291,10 @@ impl Engine {
                     continue;
                 }
                 Err(error) if error.is_fatal_io() => return self.poison_on_io(Err(error)),
+                Err(error @ Error::Io { .. }) => {
+                    self.poison_on_io(chunks.abandon_compaction(compaction))?;
+                    return Err(with_space_note(error, needed));
+                }
                 Err(_) => {
                     // A live record does not verify: leave these packs for
                     // verify to report, and carry on with the others.
@@ -241,7 +304,9 @@ impl Engine {
                 }
             }
             let exclusive = self.inner.reference_guard.write();
-            let outcome = self.poison_on_io(chunks.finish_compaction(compaction, &is_live))?;
+            let outcome = self
+                .poison_on_io(chunks.finish_compaction(compaction, &is_live))
+                .map_err(|error| with_space_note(error, needed))?;
             drop(exclusive);
             report.compactions += 1;
             report.packs_removed += sources.len();
@@ -260,6 +325,30 @@ impl Engine {
         }
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// Removes packs that hold nothing live, without copying (so a full
+    /// disk can be emptied); returns those in which a record was revived
+    /// meanwhile (the caller compacts them).
+    fn drop_dead_packs(
+        &self,
+        packs: &[u32],
+        is_live: &dyn Fn(&ChunkId) -> bool,
+        report: &mut GcReport,
+    ) -> Result<Vec<u32>> {
+        let _exclusive = self.inner.reference_guard.write();
+        let mut revived = Vec::new();
+        for pack in packs {
+            let dropped = self.poison_on_io(self.inner.chunks.drop_dead_pack(*pack, is_live))?;
+            match dropped {
+                Some(freed) => {
+                    report.packs_removed += 1;
+                    report.bytes_freed += freed;
+                }
+                None => revived.push(*pack),
+            }
+        }
+        Ok(revived)
     }
 
     /// Copies every indexed record of each of `packs` into a new pack and

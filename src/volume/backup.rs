@@ -173,24 +173,36 @@ pub fn backup(
         progress,
         cancel,
     );
-    let cancel_pending = || {
-        let _ = engine.cancel_snapshot(CancelSnapshotRequest {
-            snapshot_id: snapshot_id.clone(),
-        });
+    // Cancels the pending snapshot; the error says whether that worked.
+    let abandon = |error: Error| {
+        match engine.cancel_snapshot(CancelSnapshotRequest {
+        snapshot_id: snapshot_id.clone(),
+    }) {
+        Ok(_) => error.with_note(&format!("snapshot {snapshot_id} was cancelled")),
+        Err(cancelling) => error.with_note(&format!(
+            "snapshot {snapshot_id} is left pending, as cancelling it failed ({cancelling}); cancel it with `blocksnap cancel {snapshot_id}` or let it time out"
+        )),
+    }
     };
     if let Err(error) = ran {
-        cancel_pending();
-        return Err(error);
+        return Err(abandon(error));
     }
     if cancel.load(Ordering::Acquire) {
-        cancel_pending();
+        engine
+            .cancel_snapshot(CancelSnapshotRequest {
+                snapshot_id: snapshot_id.clone(),
+            })
+            .map_err(|error| {
+                error.with_note(&format!(
+                    "the backup was interrupted, but snapshot {snapshot_id} is left pending"
+                ))
+            })?;
         return Ok(BackupOutcome::Interrupted { snapshot_id });
     }
     let written = counters.written.load(Ordering::Acquire);
     let changed = u32::try_from(written).map_err(|_| invalid("too many blocks"))?;
     if let Err(error) = engine.complete(&owner, snapshot, changed, None) {
-        cancel_pending();
-        return Err(error);
+        return Err(abandon(error));
     }
     Ok(BackupOutcome::Completed(BackupReport {
         snapshot_id,
