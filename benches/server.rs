@@ -47,8 +47,8 @@ fn bench_server() -> Bench {
     let credentials = Credentials::parse("AKIDBENCH bench-secret 444444444444").expect("keys");
     let server = LoopbackServer::start(
         ServerConfig {
-            authentication: Authentication::SigV4(Arc::new(credentials)),
             rate_limits: RateLimits::unlimited(),
+            ..ServerConfig::new(Authentication::SigV4(Arc::new(credentials)))
         },
         EngineConfig::default(),
     );

@@ -396,6 +396,93 @@ fn sign_headers(
     lines
 }
 
+/// Signs a PutSnapshotBlock with an unsigned body (`UNSIGNED-PAYLOAD`),
+/// covering only `signed` of its headers; `unsigned` go along unsigned.
+/// Returns the head lines to send.
+fn sign_unsigned_put(
+    server: &Server,
+    path: &str,
+    signed: &[(&str, &str)],
+    unsigned: &[(&str, &str)],
+) -> String {
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    let host = server.address.to_string();
+    let mut all: Vec<(&str, &str)> = signed.to_vec();
+    all.push(("host", &host));
+    all.push(("x-amz-content-sha256", "UNSIGNED-PAYLOAD"));
+    let identity =
+        aws_credential_types::Credentials::new("AKIDWIRE", "wire-secret", None, None, "test")
+            .into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("ebs")
+        .time(std::time::SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .expect("params")
+        .into();
+    let request = SignableRequest::new(
+        "PUT",
+        path,
+        all.iter().copied(),
+        SignableBody::UnsignedPayload,
+    )
+    .expect("signable");
+    let (instructions, _) = sign(request, &params).expect("sign").into_parts();
+    let mut lines = String::from("\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD");
+    for (name, value) in signed.iter().chain(unsigned) {
+        lines.push_str(&format!("\r\n{name}: {value}"));
+    }
+    for (name, value) in instructions.headers() {
+        lines.push_str(&format!("\r\n{name}: {value}"));
+    }
+    lines
+}
+
+#[test]
+fn an_unsigned_block_needs_its_checksum_and_length_signed() {
+    let server = signed_server();
+    let body = br#"{"VolumeSize": 1}"#;
+    let head = sign_headers(
+        &server,
+        "POST",
+        "/snapshots",
+        &[("content-type", "application/json")],
+        body,
+        "wire-secret",
+        std::time::SystemTime::now(),
+    );
+    let started = send_signed(&server, "POST /snapshots HTTP/1.1", &head, body);
+    let snapshot = started.json()["SnapshotId"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let data = block(5);
+    let sum = checksum(&data);
+    let path = format!("/snapshots/{snapshot}/blocks/0");
+    let request_line = format!("PUT {path} HTTP/1.1");
+    let length = ("x-amz-data-length", "524288");
+    let check = ("x-amz-checksum", sum.as_str());
+    let algorithm = ("x-amz-checksum-algorithm", "SHA256");
+    // The checksum, or the length, travels unsigned: anyone on the path
+    // could swap the block and its checksum together.
+    for (signed, unsigned) in [
+        (vec![length, algorithm], vec![check]),
+        (vec![check, algorithm], vec![length]),
+    ] {
+        let head = sign_unsigned_put(&server, &path, &signed, &unsigned);
+        send_signed(&server, &request_line, &head, &data).assert_error(
+            403,
+            "AccessDeniedException",
+            Some("UNAUTHORIZED_ACCOUNT"),
+        );
+    }
+    let head = sign_unsigned_put(&server, &path, &[length, check, algorithm], &[]);
+    let put = send_signed(&server, &request_line, &head, &data);
+    assert_eq!(put.status, 201, "{}", String::from_utf8_lossy(&put.body));
+}
+
 /// Like [`send`], with the Host header the signature covers.
 fn send_signed(server: &Server, request_line: &str, signed: &str, body: &[u8]) -> Reply {
     let mut stream = TcpStream::connect(server.address).expect("connect");
@@ -506,16 +593,42 @@ fn health_and_metrics_answer_without_authentication() {
     let metrics = send(&open, "GET /metrics HTTP/1.1", b"");
     assert_eq!(metrics.status, 200);
     let text = String::from_utf8(metrics.body).expect("text");
-    for line in [
+    let request_lines = [
         "blocksnap_requests_total{operation=\"StartSnapshot\",status=\"201\"} 1",
         "blocksnap_requests_total{operation=\"PutSnapshotBlock\",status=\"201\"} 1",
-        "blocksnap_block_bytes_total{direction=\"in\"} 524288",
-        "blocksnap_pending_snapshots 1",
         "# TYPE blocksnap_request_duration_seconds histogram",
-    ] {
+    ];
+    for line in request_lines {
         assert!(text.contains(line), "metrics lack {line}:\n{text}");
     }
     assert!(text.ends_with("# EOF\n"));
+    // Nothing on the API port tells what the store holds: counters of
+    // chunks or bytes would tell one owner whether another stored a block.
+    for gauge in [
+        "blocksnap_block_bytes",
+        "blocksnap_pending_snapshots",
+        "blocksnap_chunks",
+        "blocksnap_stored_bytes",
+    ] {
+        assert!(!text.contains(gauge), "{gauge} on the API port:\n{text}");
+    }
+    // The operator's listener has them.
+    let mut stream = TcpStream::connect(open.metrics_address).expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let private = String::from_utf8(read_reply(stream).body).expect("text");
+    for line in request_lines.into_iter().chain([
+        "blocksnap_block_bytes_total{direction=\"in\"} 524288",
+        "blocksnap_pending_snapshots 1",
+        "blocksnap_chunks 1",
+    ]) {
+        assert!(
+            private.contains(line),
+            "private metrics lack {line}:\n{private}"
+        );
+    }
+    assert_eq!(private.matches("# EOF").count(), 1, "{private}");
     let denied = String::from_utf8(send(&server, "GET /metrics HTTP/1.1", b"").body).expect("text");
     assert!(
         denied.contains("blocksnap_requests_total{operation=\"StartSnapshot\",status=\"403\"} 1"),

@@ -205,16 +205,26 @@ fn parse_amz_date(text: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).ok()?))
 }
 
-/// Checks a request's SigV4 signature at `now`; returns the owner of its
-/// access key. Every failure is AccessDeniedException.
-pub fn authenticate(
-    credentials: &Credentials,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    payload: Payload<'_>,
+/// A request whose `Authorization` header passed every check that needs
+/// no body: a known access key, the scope, the clock, the signed headers
+/// present. Checked before a byte of the body is read, so a request
+/// without a known key costs the server nothing more.
+pub struct Presented<'a> {
+    authorization: Authorization<'a>,
+    key: &'a Key,
+    signed_at: SystemTime,
+    signed: Vec<(&'a str, &'a str)>,
+}
+
+/// The header checks of [`authenticate`]: everything but the signature
+/// itself. A body the client marked `UNSIGNED-PAYLOAD` must have its
+/// integrity headers, `x-amz-checksum` and `x-amz-data-length`, signed:
+/// otherwise nothing would authenticate the block.
+pub fn check_headers<'a>(
+    credentials: &'a Credentials,
+    headers: &'a HeaderMap,
     now: SystemTime,
-) -> Result<String> {
+) -> Result<Presented<'a>> {
     let authorization = headers
         .get("authorization")
         .ok_or_else(|| denied("The request is not signed (no Authorization header)."))?
@@ -254,10 +264,23 @@ pub fn authenticate(
             "The request was signed at {amz_date}, more than 15 minutes from the server's time."
         )));
     }
-    for required in ["host", "x-amz-date"] {
-        if !authorization.signed_headers.contains(&required) {
+    let unsigned = headers
+        .get("x-amz-content-sha256")
+        .is_some_and(|value| value.as_bytes() == UNSIGNED_PAYLOAD.as_bytes());
+    let required: &[&str] = if unsigned {
+        &["host", "x-amz-date", "x-amz-checksum", "x-amz-data-length"]
+    } else {
+        &["host", "x-amz-date"]
+    };
+    for required in required {
+        if !authorization.signed_headers.contains(required) {
             return Err(denied(format!(
-                "The signature must cover the {required} header."
+                "The signature must cover the {required} header{}.",
+                if unsigned {
+                    " (the body is not signed, so its checksum and length must be)"
+                } else {
+                    ""
+                }
             )));
         }
     }
@@ -279,6 +302,29 @@ pub fn authenticate(
             signed.push((*name, value));
         }
     }
+    Ok(Presented {
+        authorization,
+        key,
+        signed_at,
+        signed,
+    })
+}
+
+/// Checks the signature of a request whose headers passed
+/// [`check_headers`], over `payload`; returns the owner it acts for.
+pub fn verify_signature(
+    presented: Presented<'_>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    payload: Payload<'_>,
+) -> Result<String> {
+    let Presented {
+        authorization,
+        key,
+        signed_at,
+        signed,
+    } = presented;
     let content_sha256 = headers
         .get("x-amz-content-sha256")
         .and_then(|value| value.to_str().ok());

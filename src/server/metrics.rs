@@ -1,10 +1,11 @@
 //! Prometheus metrics of the server (`GET /metrics`, OpenMetrics text):
-//! requests by operation and status, their latency, block bytes in and
-//! out, and the store's pending snapshots, chunks and stored bytes.
+//! requests by operation and status and their latency for everyone; block
+//! bytes in and out and the store's pending snapshots, chunks and stored
+//! bytes only on the operator's listener (see `router_with_metrics`).
 
 use crate::engine::Engine;
 use crate::ids::BLOCK_SIZE;
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -20,7 +21,10 @@ fn latency_histogram() -> Histogram {
 
 /// See the module documentation.
 pub(crate) struct Metrics {
+    /// Request counts and latencies.
     registry: Registry,
+    /// What tells about the store's content and traffic.
+    store_registry: Registry,
     requests: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
     block_bytes: Family<Labels, Counter>,
@@ -45,28 +49,30 @@ impl Metrics {
             "Time from request to response, by operation",
             latency.clone(),
         );
+        let mut store_registry = Registry::with_prefix("blocksnap");
         let block_bytes = Family::<Labels, Counter>::default();
-        registry.register(
+        store_registry.register(
             "block_bytes",
             "Block bytes received (in) and sent (out)",
             block_bytes.clone(),
         );
         let pending_snapshots = Gauge::default();
-        registry.register(
+        store_registry.register(
             "pending_snapshots",
             "Snapshots pending, all owners",
             pending_snapshots.clone(),
         );
         let chunks = Gauge::default();
-        registry.register("chunks", "Chunks stored in packs", chunks.clone());
+        store_registry.register("chunks", "Chunks stored in packs", chunks.clone());
         let stored_bytes = Gauge::default();
-        registry.register(
+        store_registry.register(
             "stored_bytes",
             "Bytes of records in packs",
             stored_bytes.clone(),
         );
         Metrics {
             registry,
+            store_registry,
             requests,
             latency,
             block_bytes,
@@ -97,18 +103,23 @@ impl Metrics {
             .inc_by(BLOCK_SIZE as u64);
     }
 
-    /// The metrics in the OpenMetrics text format, store gauges refreshed.
-    pub(crate) fn render(&self, engine: &Engine) -> String {
-        let stats = engine.chunk_stats();
-        self.pending_snapshots
-            .set(i64::try_from(engine.pending_snapshot_count()).unwrap_or(i64::MAX));
-        self.chunks
-            .set(i64::try_from(stats.chunks).unwrap_or(i64::MAX));
-        self.stored_bytes
-            .set(i64::try_from(stats.stored_bytes).unwrap_or(i64::MAX));
+    /// The metrics in the OpenMetrics text format: the request metrics,
+    /// and with `store`, the store's too (gauges refreshed).
+    pub(crate) fn render(&self, store: Option<&Engine>) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut text, &self.registry);
+        let _ = encode_registry(&mut text, &self.registry);
+        if let Some(engine) = store {
+            let stats = engine.chunk_stats();
+            self.pending_snapshots
+                .set(i64::try_from(engine.pending_snapshot_count()).unwrap_or(i64::MAX));
+            self.chunks
+                .set(i64::try_from(stats.chunks).unwrap_or(i64::MAX));
+            self.stored_bytes
+                .set(i64::try_from(stats.stored_bytes).unwrap_or(i64::MAX));
+            let _ = encode_registry(&mut text, &self.store_registry);
+        }
+        let _ = encode_eof(&mut text);
         text
     }
 }

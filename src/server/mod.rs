@@ -9,11 +9,13 @@
 //! resolves.
 
 mod auth;
+mod listen;
 mod metrics;
 mod quota;
 mod wire;
 
 pub use auth::{Credentials, MAX_CLOCK_SKEW};
+pub use listen::{serve, ServeReport};
 pub use quota::RateLimits;
 
 use crate::api::{
@@ -35,7 +37,7 @@ use axum::Router;
 use http_body_util::{BodyExt, Limited};
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use wire::{error_response, header, integer, json_response, param, query_params};
 
 /// Who requests act for.
@@ -56,14 +58,49 @@ pub struct ServerConfig {
     pub authentication: Authentication,
     /// Request-rate quotas (AWS's defaults unless changed).
     pub rate_limits: RateLimits,
+    /// Connection and body limits.
+    pub limits: ServerLimits,
 }
 
 impl ServerConfig {
-    /// A server with `authentication` and AWS's default rate quotas.
+    /// A server with `authentication`, AWS's default rate quotas and the
+    /// default limits.
     pub fn new(authentication: Authentication) -> ServerConfig {
         ServerConfig {
             authentication,
             rate_limits: RateLimits::default(),
+            limits: ServerLimits::default(),
+        }
+    }
+}
+
+/// What a client may hold of the server, so that idle, slow or hostile
+/// connections cost it a bounded amount (see DESIGN.md §15).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Most connections open at once; more are closed as soon as they are
+    /// accepted. `serve` keeps it below the descriptor limit.
+    pub max_connections: usize,
+    /// A connection must deliver a request's headers within this long of
+    /// opening, or of the previous response (so it is also the idle
+    /// keep-alive timeout); a TLS handshake must finish within it too.
+    pub header_timeout: Duration,
+    /// A request body that delivers no byte for this long is abandoned.
+    pub body_progress_timeout: Duration,
+    /// A request body must arrive whole within this long.
+    pub body_timeout: Duration,
+    /// After a shutdown signal, requests in flight have this long.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(20),
+            body_progress_timeout: Duration::from_secs(20),
+            body_timeout: Duration::from_secs(120),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -75,15 +112,29 @@ struct ServerState {
     throttle: quota::Throttle,
 }
 
-/// The router of the EBS direct API over `engine`.
+/// The router of the EBS direct API over `engine`, with `/health` and
+/// `/metrics` (request counts and latencies only: nothing about the
+/// store's content, which needs [`router_with_metrics`]).
 pub fn router(engine: Engine, config: ServerConfig) -> Router {
+    router_with_metrics(engine, config).0
+}
+
+/// [`router`], and a second router serving `/metrics` with the store's
+/// gauges too (pending snapshots, chunks, stored bytes, block bytes in
+/// and out): for a listener only the operator reaches
+/// (`--metrics-listen`), because counters of stored chunks and bytes tell
+/// one owner whether a block already exists in another's snapshots.
+pub fn router_with_metrics(engine: Engine, config: ServerConfig) -> (Router, Router) {
     let state = Arc::new(ServerState {
         throttle: quota::Throttle::new(&config.rate_limits),
         engine,
         config,
         metrics: metrics::Metrics::new(),
     });
-    Router::new()
+    let private = Router::new()
+        .route("/metrics", get(render_private_metrics))
+        .with_state(state.clone());
+    let public = Router::new()
         .route("/snapshots", post(start_snapshot))
         .route("/snapshots/completion/{snapshot}", post(complete_snapshot))
         .route("/snapshots/{snapshot}/blocks", get(list_snapshot_blocks))
@@ -99,7 +150,8 @@ pub fn router(engine: Engine, config: ServerConfig) -> Router {
         .route("/metrics", get(render_metrics))
         .fallback(unknown_operation)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
+        .with_state(state);
+    (public, private)
 }
 
 /// `GET /health`: 200 while the store accepts writes, 503 once an I/O
@@ -115,9 +167,20 @@ async fn health(State(state): State<Arc<ServerState>>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus (OpenMetrics) text.
+/// `GET /metrics` on the API port: Prometheus (OpenMetrics) text of the
+/// request counts and latencies.
 async fn render_metrics(State(state): State<Arc<ServerState>>) -> Response {
-    let mut response = Response::new(Body::from(state.metrics.render(&state.engine)));
+    metrics_response(state.metrics.render(None))
+}
+
+/// `GET /metrics` on the operator's listener: everything, store gauges
+/// included.
+async fn render_private_metrics(State(state): State<Arc<ServerState>>) -> Response {
+    metrics_response(state.metrics.render(Some(&state.engine)))
+}
+
+fn metrics_response(text: String) -> Response {
+    let mut response = Response::new(Body::from(text));
     response.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -191,24 +254,116 @@ struct Incoming<'a> {
     parts: &'a Parts,
 }
 
+/// A request whose headers passed authentication's checks that need no
+/// body (see [`ServerState::present`]).
+enum Presented<'a> {
+    /// Authentication is off: every request acts for this owner.
+    Insecure(&'a str),
+    /// SigV4: the signature is checked once the payload is known.
+    SigV4(auth::Presented<'a>),
+}
+
 impl ServerState {
-    /// The engine acting for the request's owner, once the request is
-    /// authenticated and admitted by the rate quotas.
-    fn engine_for(&self, request: &Incoming<'_>, payload: Payload<'_>) -> Result<Engine, Error> {
-        let owner = match &self.config.authentication {
-            Authentication::InsecureSingleOwner(owner) => owner.clone(),
-            Authentication::SigV4(credentials) => auth::authenticate(
+    /// Checks the request's `Authorization` header (a known access key,
+    /// scope, clock, signed headers) before a byte of its body is read: a
+    /// request without a known key is refused at the cost of its headers.
+    fn present<'a>(&'a self, parts: &'a Parts) -> Result<Presented<'a>, Error> {
+        match &self.config.authentication {
+            Authentication::InsecureSingleOwner(owner) => Ok(Presented::Insecure(owner)),
+            Authentication::SigV4(credentials) => Ok(Presented::SigV4(auth::check_headers(
                 credentials,
+                &parts.headers,
+                std::time::SystemTime::now(),
+            )?)),
+        }
+    }
+
+    /// The engine acting for the request's owner, once its signature is
+    /// verified over `payload` and the rate quotas admit it.
+    fn admit(
+        &self,
+        presented: Presented<'_>,
+        request: &Incoming<'_>,
+        payload: Payload<'_>,
+    ) -> Result<Engine, Error> {
+        let owner = match presented {
+            Presented::Insecure(owner) => owner.to_string(),
+            Presented::SigV4(presented) => auth::verify_signature(
+                presented,
                 &request.parts.method,
                 &request.parts.uri,
                 &request.parts.headers,
                 payload,
-                std::time::SystemTime::now(),
             )?,
         };
         self.throttle
             .admit(request.operation, &owner, request.snapshot)?;
         Ok(self.engine.as_owner(&owner))
+    }
+
+    /// Reads a body after checking its declared length: over `limit` it is
+    /// refused before a byte is read (so `Expect: 100-continue` is answered
+    /// with the refusal, not a go-ahead). The body must keep arriving (a
+    /// gap of `body_progress_timeout` ends it) and be whole within
+    /// `body_timeout`; a longer one is refused once `limit` bytes arrived.
+    async fn read_body(
+        &self,
+        parts: &Parts,
+        body: Body,
+        limit: usize,
+        what: &str,
+    ) -> Result<bytes::Bytes, Error> {
+        let declared = header(&parts.headers, "content-length")?
+            .map(|text| {
+                text.trim().parse::<u64>().map_err(|_| {
+                    Error::invalid(
+                        ValidationReason::InvalidParameterValue,
+                        format!("Content-Length '{text}' is not a length."),
+                    )
+                })
+            })
+            .transpose()?;
+        if declared.is_some_and(|declared| declared > limit as u64) {
+            return Err(Error::invalid(
+                ValidationReason::InvalidParameterValue,
+                format!("The {what} may be at most {limit} bytes."),
+            ));
+        }
+        let limits = &self.config.limits;
+        let deadline = tokio::time::Instant::now() + limits.body_timeout;
+        let mut body = Limited::new(body, limit);
+        let mut collected = bytes::BytesMut::new();
+        loop {
+            let wait = limits
+                .body_progress_timeout
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let frame = tokio::time::timeout(wait, body.frame())
+                .await
+                .map_err(|_| {
+                    Error::invalid(
+                        ValidationReason::InvalidParameterValue,
+                        format!(
+                            "The {what} stalled: no byte for {} s, or not whole within {} s.",
+                            limits.body_progress_timeout.as_secs(),
+                            limits.body_timeout.as_secs()
+                        ),
+                    )
+                })?;
+            match frame {
+                None => return Ok(collected.freeze()),
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        collected.extend_from_slice(data);
+                    }
+                }
+                Some(Err(error)) => {
+                    return Err(Error::invalid(
+                        ValidationReason::InvalidParameterValue,
+                        format!("The {what} is longer than {limit} bytes or was cut off: {error}"),
+                    ))
+                }
+            }
+        }
     }
 }
 
@@ -241,8 +396,11 @@ where
     };
     reply(
         async {
-            let body = read_body(body, SMALL_BODY, "request body").await?;
-            let engine = state.engine_for(&incoming, Payload::Bytes(&body))?;
+            let presented = state.present(&parts)?;
+            let body = state
+                .read_body(&parts, body, SMALL_BODY, "request body")
+                .await?;
+            let engine = state.admit(presented, &incoming, Payload::Bytes(&body))?;
             let params = query_params(parts.uri.query())?;
             call(engine, snapshot.clone(), parts.headers.clone(), params).await
         }
@@ -255,21 +413,6 @@ async fn unknown_operation(uri: Uri) -> Response {
         ValidationReason::InvalidParameterValue,
         format!("No operation matches {}.", uri.path()),
     ))
-}
-
-/// Reads a body of at most `limit` bytes; a longer one is refused once
-/// `limit` bytes have arrived, never buffered whole.
-async fn read_body(body: Body, limit: usize, what: &str) -> Result<bytes::Bytes, Error> {
-    Limited::new(body, limit)
-        .collect()
-        .await
-        .map(|collected| collected.to_bytes())
-        .map_err(|error| {
-            Error::invalid(
-                ValidationReason::InvalidParameterValue,
-                format!("The {what} is longer than {limit} bytes or was cut off: {error}"),
-            )
-        })
 }
 
 /// Adds the `x-amz-Checksum` headers of a block to `response`.
@@ -322,8 +465,11 @@ async fn start_snapshot(State(state): State<Arc<ServerState>>, request: Request)
     };
     reply(
         async {
-            let body = read_body(body, wire::MAX_JSON_BODY, "request body").await?;
-            let engine = state.engine_for(&incoming, Payload::Bytes(&body))?;
+            let presented = state.present(&parts)?;
+            let body = state
+                .read_body(&parts, body, wire::MAX_JSON_BODY, "request body")
+                .await?;
+            let engine = state.admit(presented, &incoming, Payload::Bytes(&body))?;
             let request = wire::start_snapshot_request(&body)?;
             let response = engine.start_snapshot_async(request).await?;
             Ok(json_response(
@@ -350,12 +496,17 @@ async fn put_snapshot_block(
     reply(
         async {
             // An unsigned body (as the SDKs send blocks) is authenticated
-            // before a byte of it is read; a signed one once it is read.
+            // before a byte of it is read; a signed one once it is read,
+            // after the checks that need no body.
+            let presented = state.present(&parts)?;
             let unsigned = header(headers, "x-amz-content-sha256")? == Some(auth::UNSIGNED_PAYLOAD);
-            let authenticated = if unsigned {
-                Some(state.engine_for(&incoming, Payload::Unsigned)?)
+            let (authenticated, presented) = if unsigned {
+                (
+                    Some(state.admit(presented, &incoming, Payload::Unsigned)?),
+                    None,
+                )
             } else {
-                None
+                (None, Some(presented))
             };
             let data_length = integer("x-amz-Data-Length", header(headers, "x-amz-Data-Length")?)?
                 .ok_or_else(|| {
@@ -370,10 +521,13 @@ async fn put_snapshot_block(
                     format!("x-amz-Data-Length is {data_length}; blocks are {BLOCK_SIZE} bytes."),
                 ));
             }
-            let block_data = read_body(body, BLOCK_SIZE, "block").await?;
-            let engine = match authenticated {
-                Some(engine) => engine,
-                None => state.engine_for(&incoming, Payload::Bytes(&block_data))?,
+            let block_data = state.read_body(&parts, body, BLOCK_SIZE, "block").await?;
+            let engine = match (authenticated, presented) {
+                (Some(engine), _) => engine,
+                (None, Some(presented)) => {
+                    state.admit(presented, &incoming, Payload::Bytes(&block_data))?
+                }
+                (None, None) => unreachable!("a request is admitted or presented"),
             };
             let request = PutSnapshotBlockRequest {
                 snapshot_id: snapshot.clone(),
@@ -536,41 +690,33 @@ async fn list_changed_blocks(
     .await
 }
 
-/// Serves `router` over TLS (rustls, ring) on `listener` with the PEM
-/// certificate chain and private key at `cert` and `key`, until `shutdown`
-/// resolves; requests in flight then have up to `grace` to finish.
-pub async fn serve_tls(
-    listener: std::net::TcpListener,
-    router: Router,
+/// The TLS configuration of `serve` from PEM files: the certificate chain
+/// at `cert` and the private key at `key`, with the ring provider (the one
+/// crypto provider in the binary).
+pub fn tls_config(
     cert: &std::path::Path,
     key: &std::path::Path,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    grace: std::time::Duration,
-) -> std::io::Result<()> {
-    // The process-wide provider: ring, the crate blocksnap already uses for
-    // AES-GCM. A provider installed earlier is kept.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await?;
-    let handle = axum_server::Handle::new();
-    let stopper = handle.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        stopper.graceful_shutdown(Some(grace));
-    });
-    axum_server::from_tcp_rustls(listener, config)
-        .handle(handle)
-        .serve(router.into_make_service())
-        .await
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves; requests in
-/// flight then finish before this returns.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+) -> std::io::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |what: &str, path: &std::path::Path, error: &dyn std::fmt::Display| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{what} {}: {error}", path.display()),
+        )
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|error| invalid("reading the certificate chain", cert, &error))?;
+    let private_key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|error| invalid("reading the private key", key, &error))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| invalid("configuring TLS for", cert, &error))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private_key)
+        .map_err(|error| invalid("using the certificate", cert, &error))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }

@@ -303,6 +303,8 @@ pub struct LoopbackServer {
     pub runtime: tokio::runtime::Runtime,
     /// Where it listens.
     pub address: std::net::SocketAddr,
+    /// Where the operator's metrics (`router_with_metrics`) are served.
+    pub metrics_address: std::net::SocketAddr,
     _store: tempfile::TempDir,
 }
 
@@ -327,14 +329,22 @@ impl LoopbackServer {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind");
         let address = listener.local_addr().expect("address");
-        runtime.spawn(crate::server::serve(
-            listener,
-            crate::server::router(engine, config),
-            std::future::pending(),
-        ));
+        let metrics_listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let metrics_address = metrics_listener.local_addr().expect("address");
+        let limits = config.limits.clone();
+        let (api, metrics) = crate::server::router_with_metrics(engine, config);
+        for (listener, router) in [(listener, api), (metrics_listener, metrics)] {
+            let limits = limits.clone();
+            runtime.spawn(async move {
+                crate::server::serve(listener, router, None, &limits, std::future::pending()).await
+            });
+        }
         LoopbackServer {
             runtime,
             address,
+            metrics_address,
             _store: store,
         }
     }

@@ -149,6 +149,29 @@ pub struct ServeArgs {
     /// Most snapshots an owner may have pending at once (AWS: 100).
     #[arg(long, default_value_t = 100)]
     pub max_pending_snapshots: usize,
+    /// Most connections open at once; more are closed on arrival. Lowered
+    /// to fit the descriptor limit (raised to its hard limit at start).
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Seconds a connection has to send a request's headers, from opening
+    /// or from the previous response (the idle keep-alive timeout).
+    #[arg(long, default_value_t = 20, value_name = "SECONDS")]
+    pub header_timeout: u64,
+    /// Seconds a request body may go without delivering a byte.
+    #[arg(long, default_value_t = 20, value_name = "SECONDS")]
+    pub body_progress_timeout: u64,
+    /// Seconds a request body has to arrive whole.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub body_timeout: u64,
+    /// Seconds requests in flight have to finish after SIGINT or SIGTERM;
+    /// connections still open then are cut.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub shutdown_grace: u64,
+    /// Also serve GET /metrics with the store's gauges (chunks, stored
+    /// bytes, block traffic) on this address, for the operator only: on
+    /// the API port /metrics shows request counts and latencies alone.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<String>,
 }
 
 /// `backup` arguments.

@@ -3,13 +3,15 @@
 use crate::args::{Cli, ServeArgs};
 use crate::Failure;
 use blocksnap::server::{
-    router, serve, serve_tls, Authentication, Credentials, RateLimits, ServerConfig,
+    router_with_metrics, serve, tls_config, Authentication, Credentials, RateLimits, ServerConfig,
+    ServerLimits,
 };
 use blocksnap::{Engine, EngineConfig, Error};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The credentials file kept in the store when none is given.
 const STORE_CREDENTIALS: &str = "credentials";
@@ -118,10 +120,6 @@ fn rate_limits(args: &ServeArgs) -> Result<RateLimits, Failure> {
     Ok(limits)
 }
 
-/// How long requests in flight may take to finish after a shutdown signal
-/// on TLS connections (plain HTTP waits for all of them).
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// Resolves when SIGINT or SIGTERM arrives.
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
@@ -137,16 +135,52 @@ async fn shutdown_signal() {
         _ = interrupt => {},
         () = terminate => {},
     }
-    tracing::info!("shutting down: finishing requests in flight");
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+}
+
+/// Descriptors kept free beyond those open once the store is: new packs,
+/// journals, catalog segments, the metrics listener, log files.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft limit on open descriptors to the hard limit, and
+/// returns how many connections fit below it with the store's own files
+/// (`open_now`) and a reserve, so a flood of connections can never make
+/// the store's own `open()` fail.
+fn connection_budget(open_now: u64) -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum {
+        if limit.current.is_some_and(|soft| soft < hard) {
+            limit.current = Some(hard);
+            if let Err(error) = setrlimit(Resource::Nofile, limit.clone()) {
+                tracing::warn!(%error, "could not raise the descriptor limit to the hard limit");
+                limit = getrlimit(Resource::Nofile);
+            }
+        }
+    }
+    let soft = limit.current?;
+    Some(soft.saturating_sub(open_now + RESERVED_DESCRIPTORS).max(1))
+}
+
+/// Descriptors this process has open.
+fn open_descriptors() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |entries| entries.count() as u64)
 }
 
 /// Runs the server until SIGINT or SIGTERM; in-flight requests finish and
 /// every acknowledged put is durable before it returns.
 pub fn run(cli: &Cli, args: &ServeArgs, engine_config: EngineConfig) -> Result<(), Failure> {
     let authentication = authentication(cli, args)?;
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         authentication,
         rate_limits: rate_limits(args)?,
+        limits: ServerLimits {
+            max_connections: args.max_connections,
+            header_timeout: Duration::from_secs(args.header_timeout),
+            body_progress_timeout: Duration::from_secs(args.body_progress_timeout),
+            body_timeout: Duration::from_secs(args.body_timeout),
+            shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        },
     };
     let engine_config = EngineConfig {
         max_pending_snapshots: args.max_pending_snapshots,
@@ -175,30 +209,64 @@ pub fn run(cli: &Cli, args: &ServeArgs, engine_config: EngineConfig) -> Result<(
             .map_err(|error| Error::io(format!("creating store {}", store.display()), error))?;
         // Opened inside the runtime, so the reaper runs.
         let engine = Engine::open_with(Engine::local_storage(&store)?, engine_config)?;
-        let listener = std::net::TcpListener::bind(&args.listen)
-            .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+        for damage in engine.open_damage() {
+            tracing::warn!(%damage, "damage in the store; run `blocksnap verify`");
+        }
+        if let Some(budget) = connection_budget(open_descriptors()) {
+            let cap = usize::try_from(budget).unwrap_or(usize::MAX);
+            if cap < config.limits.max_connections {
+                tracing::info!(
+                    connections = cap,
+                    "capping connections below the descriptor limit"
+                );
+                config.limits.max_connections = cap;
+            }
+        }
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                tls_config(cert, key).map_err(|error| Error::io("loading the TLS files", error))?,
+            ),
+            _ => None,
+        };
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
             .map_err(|error| Error::io(format!("listening on {}", args.listen), error))?;
         let address = listener
             .local_addr()
             .map_err(|error| Error::io("reading the listening address", error))?;
-        let scheme = if args.tls_cert.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let limits = config.limits.clone();
+        let (app, private_metrics) = router_with_metrics(engine.clone(), config);
+        if let Some(metrics_address) = &args.metrics_listen {
+            let metrics_listener = tokio::net::TcpListener::bind(metrics_address)
+                .await
+                .map_err(|error| Error::io(format!("listening on {metrics_address}"), error))?;
+            let metrics_limits = ServerLimits {
+                max_connections: 64,
+                ..limits.clone()
+            };
+            tokio::spawn(async move {
+                let _ = serve(
+                    metrics_listener,
+                    private_metrics,
+                    None,
+                    &metrics_limits,
+                    std::future::pending(),
+                )
+                .await;
+            });
+        }
         println!("listening on {address}");
         tracing::info!(%address, scheme, store = %store.display(), "serving the EBS direct API");
-        let app = router(engine.clone(), config);
-        let served = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => {
-                serve_tls(listener, app, cert, key, shutdown_signal(), SHUTDOWN_GRACE).await
-            }
-            _ => match tokio::net::TcpListener::from_std(listener) {
-                Ok(listener) => serve(listener, app, shutdown_signal()).await,
-                Err(error) => Err(error),
-            },
-        };
-        served.map_err(|error| Error::io("serving", error))?;
+        let served = serve(listener, app, tls, &limits, shutdown_signal())
+            .await
+            .map_err(|error| Error::io("serving", error))?;
+        tracing::info!(
+            connections = served.connections,
+            refused = served.refused,
+            cut = served.cut_at_shutdown,
+            "stopped"
+        );
         engine.flush()?;
         Ok::<(), Failure>(())
     })
