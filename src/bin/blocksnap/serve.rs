@@ -152,7 +152,7 @@ fn connection_budget(open_now: u64) -> Option<u64> {
     if let Some(hard) = limit.maximum {
         if limit.current.is_some_and(|soft| soft < hard) {
             limit.current = Some(hard);
-            if let Err(error) = setrlimit(Resource::Nofile, limit.clone()) {
+            if let Err(error) = setrlimit(Resource::Nofile, limit) {
                 tracing::warn!(%error, "could not raise the descriptor limit to the hard limit");
                 limit = getrlimit(Resource::Nofile);
             }
