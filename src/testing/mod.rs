@@ -349,3 +349,52 @@ impl LoopbackServer {
         }
     }
 }
+
+/// Signs a request as the AWS SDKs do (SigV4, service `ebs`, region
+/// `us-east-1`, now) with `access_key` and `secret`, covering `headers`
+/// and a `host` header of `host`; `body: None` signs it as
+/// `UNSIGNED-PAYLOAD`. Returns the header lines to send after the request
+/// line (each starting with CRLF), `host` and the signature included.
+#[cfg(feature = "server")]
+pub fn sign_request(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    access_key: &str,
+    secret: &str,
+) -> String {
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    all.push(("host", host));
+    if body.is_none() {
+        all.push(("x-amz-content-sha256", "UNSIGNED-PAYLOAD"));
+    }
+    let identity =
+        aws_credential_types::Credentials::new(access_key, secret, None, None, "test").into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("ebs")
+        .time(std::time::SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .expect("signing parameters")
+        .into();
+    let signable = match body {
+        Some(bytes) => SignableBody::Bytes(bytes),
+        None => SignableBody::UnsignedPayload,
+    };
+    let request =
+        SignableRequest::new(method, path, all.iter().copied(), signable).expect("signable");
+    let (instructions, _) = sign(request, &params).expect("sign").into_parts();
+    let mut lines = String::new();
+    for (name, value) in all {
+        lines.push_str(&format!("\r\n{name}: {value}"));
+    }
+    for (name, value) in instructions.headers() {
+        lines.push_str(&format!("\r\n{name}: {value}"));
+    }
+    lines
+}
