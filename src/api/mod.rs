@@ -54,7 +54,11 @@ pub(crate) fn start_response(record: &SnapshotRecord) -> StartSnapshotResponse {
             })
             .collect(),
         parent_snapshot_id: started.parent.map(|parent| parent.to_string()),
-        kms_key_arn: started.kms_key_arn.clone(),
+        // A plain snapshot's key name is its owner's dedup domain: internal.
+        kms_key_arn: started
+            .kms_key_arn
+            .clone()
+            .filter(|_| started.sse != SseKind::None),
         sse_type: match started.sse {
             SseKind::None => SseType::None,
             SseKind::SseEbs => SseType::SseEbs,

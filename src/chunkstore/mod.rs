@@ -25,9 +25,9 @@ use crate::crypto::{chunk_id_in, DomainKeys};
 use crate::error::{Damage, Error, Result};
 use crate::format::index::{decode_index, encode_index, IndexEntry};
 use crate::format::pack::{
-    decode_record, decode_record_header, encode_aad, encode_record_header, encode_sealed_header,
-    verify_record, Codec, RecordHeader, RecordKind, RECORD_AAD, RECORD_HEADER_SIZE,
-    SEALED_PREFIX_LEN,
+    decode_record, decode_record_header, encode_aad, encode_sealed_header, encode_unsealed_header,
+    is_sealed_domain, verify_record, Codec, RecordHeader, RecordKind, RECORD_AAD,
+    RECORD_HEADER_SIZE, SEALED_PREFIX_LEN,
 };
 use crate::ids::{ChunkId, PackLocation, Sha256Digest};
 use crate::storage::{ReadFile, Storage};
@@ -461,9 +461,21 @@ impl ChunkStore {
             } else {
                 (Codec::Raw, raw)
             };
-            let Some(keys) = domain else {
-                let header = encode_record_header(kind, record_codec, raw_len, id, sha256, payload);
-                return self.append_new(id, &header, payload);
+            let keys = match domain {
+                Some(keys) if keys.is_sealed() => keys,
+                // Plain, or keyed in a dedup-only domain: in the clear.
+                _ => {
+                    let header = encode_unsealed_header(
+                        kind,
+                        record_codec,
+                        domain.map_or(0, |keys| keys.domain),
+                        raw_len,
+                        id,
+                        sha256,
+                        payload,
+                    );
+                    return self.append_new(id, &header, payload);
+                }
             };
             SEAL_BUFFER.with(|sealed| {
                 let mut sealed = sealed.borrow_mut();
@@ -660,7 +672,7 @@ impl ChunkStore {
                 "record kind differs from the reference",
             ));
         }
-        if header.domain == 0 {
+        if !is_sealed_domain(header.domain) {
             return Ok(Some(header.sha256));
         }
         Ok(self.get(RecordKind::Block, id)?.map(|chunk| chunk.sha256))
@@ -692,11 +704,14 @@ impl ChunkStore {
                         "record kind differs from the reference",
                     ));
                 }
-                if header.domain == 0 {
+                let unsealed = |keys| -> Result<_> {
                     let data =
                         codec::decode_payload(header.codec, payload, header.raw_len as usize)
                             .map_err(|error| error.into_error(&place()))?;
-                    return Ok((*header, header.sha256, data, None, keep(header, payload)));
+                    Ok((*header, header.sha256, data, keys, keep(header, payload)))
+                };
+                if header.domain == 0 {
+                    return unsealed(None);
                 }
                 let keys = self
                     .domains
@@ -712,6 +727,11 @@ impl ChunkStore {
                         ),
                         )
                     })?;
+                // A dedup-only domain's records are in the clear; their ids
+                // are its keyed hashes.
+                if !keys.is_sealed() {
+                    return unsealed(Some(keys));
+                }
                 let mut opened = payload.to_vec();
                 let (nonce, tag) = header.seal();
                 let aad = header.aad_bytes();
@@ -742,7 +762,9 @@ impl ChunkStore {
         let hash_matches = match (check, kind, &keys) {
             (ContentCheck::Sha256, RecordKind::Block, _) => codec::sha256(&data) == sha256,
             // The tag covered the id: only verify rehashes sealed content.
-            (ContentCheck::Default | ContentCheck::Sha256, _, Some(_)) => header.chunk_id == *id,
+            (ContentCheck::Default | ContentCheck::Sha256, _, Some(keys)) if keys.is_sealed() => {
+                header.chunk_id == *id
+            }
             _ => chunk_id_in(keys.as_deref(), kind, &data) == *id,
         };
         if !hash_matches {

@@ -2,9 +2,12 @@
 //! key provider (persisted in the `keyring` file, DESIGN.md §4.10) and the
 //! keys derived from it once unwrapped.
 
-use super::{Aes256Gcm, CipherSuite, DomainKeys, KeyProvider, AES_256_GCM_SUITE};
+use super::{
+    Aes256Gcm, CipherSuite, DataKey, DomainKeys, KeyProvider, AES_256_GCM_SUITE, DATA_KEY_LEN,
+};
 use crate::error::{Damage, Error, Result, ValidationReason};
-use crate::format::keyring::{decode_keyring, encode_keyring, KeyringEntry, MAX_DOMAINS};
+use crate::format::keyring::{decode_keyring, encode_keyring, KeyringEntry, DEDUP_ONLY_SUITE};
+use crate::format::pack::FIRST_DEDUP_DOMAIN;
 use crate::storage::{mirror_name, read_mirrored, write_mirrored, Storage};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -67,6 +70,11 @@ impl Keyring {
         };
         let mut by_arn = HashMap::new();
         for entry in &entries {
+            if entry.suite == DEDUP_ONLY_SUITE {
+                let keys = dedup_keys(entry)?;
+                by_arn.insert(entry.key_arn.clone(), Arc::new(keys));
+                continue;
+            }
             let provider = provider.ok_or_else(|| Error::KeyUnavailable {
                 message: format!(
                     "the store holds snapshots encrypted under {}; open it with a key provider",
@@ -113,6 +121,38 @@ impl Keyring {
         self.by_arn.lock().get(key_arn).cloned()
     }
 
+    /// The dedup-only domain named `name`, creating it (a random id key,
+    /// kept in the keyring) on first use; the keyring naming it is durable
+    /// before this returns. Callers serialize creation (the start lock).
+    pub(crate) fn dedup_domain_or_create(
+        &self,
+        name: &str,
+        storage: &dyn Storage,
+        now_millis: u64,
+    ) -> Result<(Arc<DomainKeys>, bool)> {
+        if let Some(keys) = self.domain(name) {
+            return Ok((keys, false));
+        }
+        let mut entries = self.entries.lock();
+        let domain = next_domain(&entries, FIRST_DEDUP_DOMAIN, u16::MAX)?;
+        let id_key = DataKey::random().map_err(Error::from)?;
+        let entry = KeyringEntry {
+            domain,
+            suite: DEDUP_ONLY_SUITE,
+            created_millis: now_millis,
+            key_arn: name.to_string(),
+            wrapped: id_key.expose().to_vec(),
+        };
+        let keys = Arc::new(dedup_keys(&entry)?);
+        let mut updated = entries.clone();
+        updated.push(entry);
+        write_mirrored(storage, KEYRING_NAME, &encode_keyring(&updated))
+            .map_err(|e| Error::io("writing the keyring", e))?;
+        *entries = updated;
+        self.by_arn.lock().insert(name.to_string(), keys.clone());
+        Ok((keys, true))
+    }
+
     /// The domain of `key_arn`, creating it when this is the key's first
     /// snapshot: the provider generates a data key, and the keyring naming
     /// it is durable before this returns (so before any record sealed
@@ -129,14 +169,7 @@ impl Keyring {
             return Ok((keys, false));
         }
         let mut entries = self.entries.lock();
-        if entries.len() >= MAX_DOMAINS {
-            return Err(Error::invalid(
-                ValidationReason::InvalidCustomerKey,
-                format!(
-                    "the store already has {MAX_DOMAINS} encryption keys, the most it can hold"
-                ),
-            ));
-        }
+        let domain = next_domain(&entries, 1, FIRST_DEDUP_DOMAIN - 1)?;
         let generated = provider.generate_data_key(key_arn)?;
         if generated.wrapped.len() > super::MAX_WRAPPED_KEY_LEN {
             return Err(Error::KeyUnavailable {
@@ -147,7 +180,6 @@ impl Keyring {
                 ),
             });
         }
-        let domain = entries.iter().map(|entry| entry.domain).max().unwrap_or(0) + 1;
         let entry = KeyringEntry {
             domain,
             suite: suite.id(),
@@ -180,7 +212,10 @@ impl Keyring {
     ) -> Result<usize> {
         let mut entries = self.entries.lock();
         let mut updated = entries.clone();
-        for entry in &mut updated {
+        for entry in updated
+            .iter_mut()
+            .filter(|entry| entry.suite != DEDUP_ONLY_SUITE)
+        {
             let rewrapped = provider.rewrap_data_key(&entry.key_arn, &entry.wrapped)?;
             let before = provider.unwrap_data_key(&entry.key_arn, &entry.wrapped)?;
             let after = provider.unwrap_data_key(&entry.key_arn, &rewrapped)?;
@@ -196,8 +231,50 @@ impl Keyring {
         }
         write_mirrored(storage, KEYRING_NAME, &encode_keyring(&updated))
             .map_err(|e| Error::io("writing the keyring", e))?;
-        let count = updated.len();
+        let count = updated
+            .iter()
+            .filter(|entry| entry.suite != DEDUP_ONLY_SUITE)
+            .count();
         *entries = updated;
         Ok(count)
     }
+}
+
+/// The next free domain number in `first..=last` (above every one taken
+/// there), or an error once the range is used up.
+fn next_domain(entries: &[KeyringEntry], first: u16, last: u16) -> Result<u16> {
+    let highest = entries
+        .iter()
+        .map(|entry| entry.domain)
+        .filter(|domain| (first..=last).contains(domain))
+        .max();
+    match highest {
+        None => Ok(first),
+        Some(highest) if highest < last => Ok(highest + 1),
+        Some(_) => Err(Error::invalid(
+            ValidationReason::InvalidCustomerKey,
+            format!(
+                "the store already has {} domains of this kind, the most it can hold",
+                usize::from(last - first) + 1
+            ),
+        )),
+    }
+}
+
+/// The keys of a dedup-only domain from its keyring entry.
+fn dedup_keys(entry: &KeyringEntry) -> Result<DomainKeys> {
+    let id_key: [u8; DATA_KEY_LEN] = entry.wrapped.as_slice().try_into().map_err(|_| {
+        Error::corrupted(
+            KEYRING_NAME,
+            format!(
+                "the id key of {} is not {DATA_KEY_LEN} bytes",
+                entry.key_arn
+            ),
+        )
+    })?;
+    Ok(DomainKeys::derive_dedup(
+        entry.domain,
+        entry.key_arn.clone(),
+        &DataKey::new(id_key),
+    ))
 }

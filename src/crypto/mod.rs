@@ -283,10 +283,15 @@ pub(crate) fn chunk_id_in(
 /// blake3 key-derivation contexts. Never change: stored ids depend on them.
 const BLOCK_ID_CONTEXT: &str = "blocksnap 2026-11 encrypted block id v1";
 const NODE_ID_CONTEXT: &str = "blocksnap 2026-11 encrypted map node id v1";
+const DEDUP_BLOCK_ID_CONTEXT: &str = "blocksnap 2026-12 dedup domain block id v1";
+const DEDUP_NODE_ID_CONTEXT: &str = "blocksnap 2026-12 dedup domain map node id v1";
 const RECORD_CIPHER_CONTEXT: &str = "blocksnap 2026-11 record cipher key v1";
 const CHECKSUM_MASK_CONTEXT: &str = "blocksnap 2026-11 journal checksum mask v1";
 
-/// Everything derived from one domain's data key.
+/// Everything derived from one domain's key: an encryption domain's data
+/// key (keyed ids, the record cipher, the journal mask), or a dedup-only
+/// domain's id key (keyed ids alone: one owner's plain data, which then
+/// never shares storage with another owner's).
 pub(crate) struct DomainKeys {
     /// The domain's number in record headers (1..=65535).
     pub(crate) domain: u16,
@@ -295,7 +300,8 @@ pub(crate) struct DomainKeys {
     block_id_key: Zeroizing<[u8; 32]>,
     node_id_key: Zeroizing<[u8; 32]>,
     checksum_mask_key: Zeroizing<[u8; 32]>,
-    cipher: Box<dyn RecordCipher>,
+    /// `None` for a dedup-only domain: its records are not sealed.
+    cipher: Option<Box<dyn RecordCipher>>,
 }
 
 impl fmt::Debug for DomainKeys {
@@ -328,7 +334,34 @@ impl DomainKeys {
             block_id_key: derive(BLOCK_ID_CONTEXT),
             node_id_key: derive(NODE_ID_CONTEXT),
             checksum_mask_key: derive(CHECKSUM_MASK_CONTEXT),
-            cipher,
+            cipher: Some(cipher),
+        })
+    }
+
+    /// Derives a dedup-only domain's keys from its id key.
+    pub(crate) fn derive_dedup(domain: u16, key_arn: String, id_key: &DataKey) -> DomainKeys {
+        let derive = |context: &str| Zeroizing::new(blake3::derive_key(context, id_key.expose()));
+        DomainKeys {
+            domain,
+            key_arn,
+            block_id_key: derive(DEDUP_BLOCK_ID_CONTEXT),
+            node_id_key: derive(DEDUP_NODE_ID_CONTEXT),
+            checksum_mask_key: derive(CHECKSUM_MASK_CONTEXT),
+            cipher: None,
+        }
+    }
+
+    /// Whether the domain's records are sealed (an encryption domain).
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.cipher.is_some()
+    }
+
+    fn cipher(&self) -> Result<&dyn RecordCipher, Error> {
+        self.cipher.as_deref().ok_or_else(|| {
+            Error::corrupted(
+                "keyring",
+                format!("domain {} ({}) seals nothing", self.domain, self.key_arn),
+            )
         })
     }
 
@@ -353,7 +386,7 @@ impl DomainKeys {
             Error::io("drawing a nonce", std::io::Error::other(error.to_string()))
         })?;
         let tag = self
-            .cipher
+            .cipher()?
             .seal_in_place(&nonce, aad, in_out)
             .map_err(|_| Error::KeyUnavailable {
                 message: format!("the cipher of {} failed to seal a record", self.key_arn),
@@ -369,7 +402,10 @@ impl DomainKeys {
         in_out: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> Result<(), CipherError> {
-        self.cipher.open_in_place(nonce, aad, in_out, tag)
+        self.cipher
+            .as_deref()
+            .ok_or(CipherError)?
+            .open_in_place(nonce, aad, in_out, tag)
     }
 
     /// The mask a journal record's checksum is XORed with (DESIGN.md

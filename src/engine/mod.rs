@@ -84,6 +84,13 @@ pub struct EngineConfig {
     /// The cipher new encrypted domains are sealed with (a domain keeps
     /// the suite it was created with).
     pub cipher_suite: Arc<dyn CipherSuite>,
+    /// Whether every owner's plain snapshots share one dedup domain. By
+    /// default (false) each owner other than `owner_id` gets its own
+    /// (keyed ids, as encryption keys are): identical data of two owners
+    /// is stored twice, so no owner can learn from the store's behaviour
+    /// whether another holds a block. `owner_id`'s snapshots, and every
+    /// snapshot when this is true, use the plain domain.
+    pub shared_dedup: bool,
 }
 
 impl Default for EngineConfig {
@@ -97,6 +104,7 @@ impl Default for EngineConfig {
             clock: Arc::new(SystemClock),
             key_provider: None,
             cipher_suite: Arc::new(Aes256Gcm),
+            shared_dedup: false,
         }
     }
 }
@@ -688,7 +696,8 @@ impl Engine {
                 break candidate;
             }
         };
-        let (sse, kms_key_arn, domain) = self.encryption_of(&request.encryption, inherited)?;
+        let (sse, kms_key_arn, domain) =
+            self.encryption_of(owner, &request.encryption, inherited)?;
         let now = self.now_millis();
         let started = StartedRecord {
             snapshot,
@@ -1099,12 +1108,13 @@ impl Drop for EngineInner {
     }
 }
 
-/// The unlocked domain of a snapshot's key, `None` for a plain snapshot.
+/// The unlocked domain of a snapshot: its encryption key's, or its
+/// owner's dedup domain (named in `kms_key_arn` of a plain snapshot);
+/// `None` for the plain domain.
 fn domain_of(keyring: &Keyring, started: &StartedRecord) -> Result<Option<Arc<DomainKeys>>> {
-    if started.sse == SseKind::None {
+    let Some(arn) = started.kms_key_arn.as_deref() else {
         return Ok(None);
-    }
-    let arn = started.kms_key_arn.as_deref().unwrap_or_default();
+    };
     keyring.domain(arn).map(Some).ok_or_else(|| {
         Error::corrupted(
             "catalog",

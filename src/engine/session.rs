@@ -85,7 +85,7 @@ impl Session {
         domain: Option<Arc<DomainKeys>>,
         durable_on_ack: bool,
     ) -> Result<Session> {
-        let journal_flags = new_journal_flags(durable_on_ack, domain.is_some());
+        let journal_flags = new_journal_flags(durable_on_ack, is_sealed(domain.as_deref()));
         let journal = create_journal(storage, started.snapshot, journal_flags)?;
         Ok(Session::with_state(
             started,
@@ -310,7 +310,7 @@ impl Session {
         let exists = storage
             .exists(&name)
             .map_err(|e| Error::io(format!("checking {name}"), e))?;
-        let fresh_flags = new_journal_flags(durable_on_ack, domain.is_some());
+        let fresh_flags = new_journal_flags(durable_on_ack, is_sealed(domain.as_deref()));
         if !exists {
             let mut session = Session::with_state(
                 started,
@@ -348,11 +348,11 @@ impl Session {
                 );
                 return Ok((session, damage));
             }
-            None => parse_journal_with_inferred_flags(&bytes, domain.is_some()),
+            None => parse_journal_with_inferred_flags(&bytes, is_sealed(domain.as_deref())),
         };
         damage.extend(parsed.damage(&name));
         let journal_flags = parsed.flags;
-        if (journal_flags & JOURNAL_FLAG_MASKED_CHECKSUMS != 0) != domain.is_some() {
+        if (journal_flags & JOURNAL_FLAG_MASKED_CHECKSUMS != 0) != is_sealed(domain.as_deref()) {
             return Err(Error::corrupted(
                 name,
                 "the journal's checksum masking does not match the snapshot's encryption",
@@ -677,6 +677,12 @@ fn rewrite_journal(
 /// A checksum as an encrypted snapshot's journal stores it: XORed with a
 /// mask of the domain's (DESIGN.md §4.7), so the journal never shows a
 /// block's SHA-256. Its own inverse; the identity for plain snapshots.
+/// Whether a snapshot keyed in `domain` is encrypted (its journal masks
+/// checksums); a dedup-only domain is not.
+fn is_sealed(domain: Option<&DomainKeys>) -> bool {
+    domain.is_some_and(DomainKeys::is_sealed)
+}
+
 fn mask_checksum(
     domain: Option<&DomainKeys>,
     snapshot: SnapshotId,
@@ -684,7 +690,7 @@ fn mask_checksum(
     chunk: &ChunkId,
     sha256: Sha256Digest,
 ) -> Sha256Digest {
-    let Some(keys) = domain else {
+    let Some(keys) = domain.filter(|keys| keys.is_sealed()) else {
         return sha256;
     };
     let mask = keys.checksum_mask(snapshot, index, chunk);

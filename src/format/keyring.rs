@@ -19,18 +19,25 @@ pub const MAX_KEY_ARN_LEN: usize = 2048;
 /// Longest wrapped data key.
 pub const MAX_WRAPPED_LEN: usize = crate::crypto::MAX_WRAPPED_KEY_LEN;
 
-/// One domain: a key name and its data key, wrapped by the key provider.
+/// The suite of a dedup-only domain: no cipher; the entry's `wrapped`
+/// field holds the domain's id key itself.
+pub const DEDUP_ONLY_SUITE: u8 = 0;
+
+/// One domain: a key name and its data key, wrapped by the key provider
+/// (encryption, domains `1..0x8000`); or a dedup-only domain (domains
+/// `0x8000..=0xffff`, suite [`DEDUP_ONLY_SUITE`]) and its id key.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct KeyringEntry {
     /// The domain's number in pack record headers, 1..=65535.
     pub domain: u16,
-    /// The cipher suite the domain's records are sealed with.
+    /// The cipher suite the domain's records are sealed with (0: none).
     pub suite: u8,
     /// When the domain was created, epoch milliseconds.
     pub created_millis: u64,
-    /// The key name (`KmsKeyArn`).
+    /// The key name (`KmsKeyArn`; `dedup/<OwnerId>` for a dedup domain).
     pub key_arn: String,
-    /// The data key, wrapped under the key name's KEK; opaque here.
+    /// The data key, wrapped under the key name's KEK; opaque here. For a
+    /// dedup domain, its 32-byte id key.
     pub wrapped: Vec<u8>,
 }
 
@@ -82,7 +89,9 @@ pub fn decode_keyring(bytes: &[u8]) -> Result<Vec<KeyringEntry>, DecodeError> {
         let duplicate = entries
             .iter()
             .any(|entry| entry.domain == domain || entry.key_arn == key_arn);
-        if domain == 0 || duplicate {
+        // Dedup-only domains are numbered from 0x8000, and only they.
+        let dedup_range = domain >= super::pack::FIRST_DEDUP_DOMAIN;
+        if domain == 0 || duplicate || dedup_range != (suite == DEDUP_ONLY_SUITE) {
             return Err(DecodeError::corrupt(at, "keyring domain"));
         }
         entries.push(KeyringEntry {

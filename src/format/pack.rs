@@ -41,6 +41,17 @@ pub const RECORD_AAD: std::ops::Range<usize> = RECORD_PAYLOAD_LEN_OFFSET..RECORD
 /// An encrypted payload starts with the block's SHA-256 (zero for nodes).
 pub const SEALED_PREFIX_LEN: usize = 32;
 
+/// The first dedup-only domain number: domains `1..FIRST_DEDUP_DOMAIN`
+/// seal their records (encryption), domains from here on only key their
+/// ids (an owner's own dedup domain; the payload is in the clear).
+pub const FIRST_DEDUP_DOMAIN: u16 = 0x8000;
+
+/// Whether records of `domain` are sealed (encrypted): every domain but
+/// 0 (plain) and the dedup-only ones.
+pub fn is_sealed_domain(domain: u16) -> bool {
+    domain != 0 && domain < FIRST_DEDUP_DOMAIN
+}
+
 /// Largest raw length a record may claim: a block, or the largest map node.
 pub const MAX_RAW_LEN: usize = BLOCK_SIZE;
 /// Largest payload a record may claim (zstd never expands beyond its bound,
@@ -145,7 +156,23 @@ pub fn encode_record_header(
     sha256: &Sha256Digest,
     payload: &[u8],
 ) -> [u8; RECORD_HEADER_SIZE] {
-    let mut bytes = encode_aad(kind, codec, 0, raw_len, chunk_id, payload.len());
+    encode_unsealed_header(kind, codec, 0, raw_len, chunk_id, sha256, payload)
+}
+
+/// Encodes the header of a record whose payload is in the clear: plain
+/// (domain 0) or keyed in a dedup-only `domain` (its id is that domain's
+/// keyed hash).
+pub fn encode_unsealed_header(
+    kind: RecordKind,
+    codec: Codec,
+    domain: u16,
+    raw_len: u32,
+    chunk_id: &ChunkId,
+    sha256: &Sha256Digest,
+    payload: &[u8],
+) -> [u8; RECORD_HEADER_SIZE] {
+    debug_assert!(!is_sealed_domain(domain));
+    let mut bytes = encode_aad(kind, codec, domain, raw_len, chunk_id, payload.len());
     bytes.extend_from_slice(&sha256.0);
     finish_header(bytes, payload)
 }
@@ -229,11 +256,8 @@ pub fn decode_record_header(bytes: &[u8]) -> Result<RecordHeader, DecodeError> {
             "record raw length",
         ));
     }
-    let sealed_prefix = if domain == 0 {
-        0
-    } else {
-        SEALED_PREFIX_LEN as u32
-    };
+    let sealed = is_sealed_domain(domain);
+    let sealed_prefix = if sealed { SEALED_PREFIX_LEN as u32 } else { 0 };
     let stored_len = payload_len.checked_sub(sealed_prefix);
     let fits = match (codec, stored_len) {
         (_, None) => false,
@@ -248,7 +272,7 @@ pub fn decode_record_header(bytes: &[u8]) -> Result<RecordHeader, DecodeError> {
     }
     let chunk_id = ChunkId(reader.array::<32>("record chunk id")?);
     let sha256 = Sha256Digest(reader.array::<32>("record sha256")?);
-    if domain != 0
+    if sealed
         && sha256
             .0
             .get(RECORD_SEAL_RESERVED_OFFSET - RECORD_SHA256_OFFSET..)

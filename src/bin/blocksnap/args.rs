@@ -167,6 +167,11 @@ pub struct ServeArgs {
     /// connections still open then are cut.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub shutdown_grace: u64,
+    /// Let every owner's plain snapshots share one dedup domain. By
+    /// default each owner's data is keyed apart, so identical blocks of two
+    /// owners are stored twice and no owner can tell what another stored.
+    #[arg(long)]
+    pub shared_dedup: bool,
     /// Also serve GET /metrics with the store's gauges (chunks, stored
     /// bytes, block traffic) on this address, for the operator only: on
     /// the API port /metrics shows request counts and latencies alone.

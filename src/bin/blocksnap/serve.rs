@@ -184,6 +184,7 @@ pub fn run(cli: &Cli, args: &ServeArgs, engine_config: EngineConfig) -> Result<(
     };
     let engine_config = EngineConfig {
         max_pending_snapshots: args.max_pending_snapshots,
+        shared_dedup: args.shared_dedup,
         ..engine_config
     };
     tracing_subscriber::fmt()
