@@ -206,13 +206,16 @@ pub fn parse_block_list_line(line: &[u8]) -> Option<(u32, Sha256Digest)> {
         return None;
     }
     let index: u32 = std::str::from_utf8(index_text).ok()?.parse().ok()?;
+    // Digit by digit: `from_str_radix` would take a sign ("+f") as well.
+    let digit = |byte: u8| match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        _ => None,
+    };
     let mut sha256 = [0u8; 32];
     for (byte, pair) in sha256.iter_mut().zip(hex.chunks_exact(2)) {
-        let text = std::str::from_utf8(pair).ok()?;
-        if text.bytes().any(|digit| digit.is_ascii_uppercase()) {
-            return None;
-        }
-        *byte = u8::from_str_radix(text, 16).ok()?;
+        let (high, low) = (pair.first().copied()?, pair.get(1).copied()?);
+        *byte = digit(high)? << 4 | digit(low)?;
     }
     Some((index, Sha256Digest(sha256)))
 }

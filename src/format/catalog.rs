@@ -250,7 +250,8 @@ impl CatalogRecord {
                 let has_root = reader.u8("root flag")?;
                 let root_bytes = reader.array::<32>("root")?;
                 let root = match has_root {
-                    0 => None,
+                    0 if root_bytes == [0; 32] => None,
+                    0 => return Err(DecodeError::corrupt(18, "absent root not zero")),
                     1 => Some(ChunkId(root_bytes)),
                     _ => return Err(DecodeError::corrupt(17, "root flag")),
                 };
@@ -338,5 +339,22 @@ mod tests {
                 assert!(CatalogRecord::decode_frame(&frame[..cut]).is_err());
             }
         }
+    }
+
+    /// Found by fuzzing: a Completed record without a root must hold zero
+    /// root bytes (a crc-valid frame with others decoded, and re-encoded
+    /// differently).
+    #[test]
+    fn an_absent_root_is_zero() {
+        let record = CatalogRecord::Completed {
+            snapshot: SnapshotId(1),
+            completed_millis: 5,
+            root: None,
+            changed_blocks: 0,
+        };
+        let mut frame = record.encode_frame();
+        frame[FRAME_BODY_OFFSET + 18] = 3;
+        seal_leading_crc(&mut frame, FRAME_LEN_OFFSET);
+        assert!(CatalogRecord::decode_frame(&frame).is_err());
     }
 }

@@ -75,7 +75,12 @@ pub fn decode_with_flags(bytes: &[u8], magic: [u8; 8]) -> Result<(u64, u32), Dec
     let version = reader.u32("file version")?;
     let flags = reader.u32("file flags")?;
     let subject = reader.u64("file subject")?;
-    let _unused = reader.u32("file header")?;
+    if reader.u32("file header")? != 0 {
+        return Err(DecodeError::corrupt(
+            UNUSED_OFFSET,
+            "file header unused word",
+        ));
+    }
     let stored_crc = reader.u32("file header crc")?;
     let covered = bytes
         .get(..CRC_OFFSET)
@@ -105,5 +110,16 @@ mod tests {
             assert!(decode(&flipped, PACK_MAGIC).is_err(), "flip at {position}");
         }
         assert!(decode(&bytes[..31], PACK_MAGIC).is_err());
+    }
+
+    /// Found by fuzzing: the unused word must be zero, or a header with a
+    /// valid crc re-encodes to other bytes.
+    #[test]
+    fn the_unused_word_is_zero() {
+        let mut bytes = encode(PACK_MAGIC, 42).to_vec();
+        bytes[UNUSED_OFFSET] = 1;
+        let crc = crc32(&[&bytes[..CRC_OFFSET]]);
+        bytes[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        assert!(decode(&bytes, PACK_MAGIC).is_err());
     }
 }

@@ -130,6 +130,9 @@ impl JournalRecord {
     /// Decodes one entry ([`JournalRecord::entry_size`] bytes): the first
     /// copy that verifies, and which copies failed (bit `i` for copy `i`).
     pub fn decode_entry(bytes: &[u8], flags: u32) -> Result<(JournalRecord, u32), DecodeError> {
+        if bytes.len() != Self::entry_size(flags) {
+            return Err(DecodeError::corrupt(0, "journal entry length"));
+        }
         let mut chosen = Err(DecodeError::corrupt(0, "journal entry length"));
         let mut failed = 0;
         for (copy, raw) in bytes.chunks_exact(Self::size(flags)).enumerate() {

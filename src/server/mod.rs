@@ -8,11 +8,11 @@
 //! Requests act for the owner that [`ServerConfig::authentication`]
 //! resolves.
 
-mod auth;
+pub(crate) mod auth;
 mod listen;
 mod metrics;
 mod quota;
-mod wire;
+pub(crate) mod wire;
 
 pub use auth::{Credentials, MAX_CLOCK_SKEW};
 pub use listen::{serve, ServeReport};
@@ -27,6 +27,7 @@ use crate::error::{Error, ValidationReason};
 use crate::ids::BLOCK_SIZE;
 use auth::Payload;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -149,6 +150,7 @@ pub fn router_with_metrics(engine: Engine, config: ServerConfig) -> (Router, Rou
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
         .fallback(unknown_operation)
+        .method_not_allowed_fallback(unknown_operation)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state);
     (public, private)
@@ -408,6 +410,17 @@ where
     )
 }
 
+/// The path's parameters, or the ValidationException a malformed path
+/// (invalid percent-encoding, say) gets, in the EBS error shape.
+fn path_of<T>(path: Result<Path<T>, PathRejection>) -> Result<T, Box<Response>> {
+    path.map(|Path(value)| value).map_err(|rejection| {
+        Box::new(error_response(&Error::invalid(
+            ValidationReason::InvalidParameterValue,
+            format!("The request path is malformed: {rejection}."),
+        )))
+    })
+}
+
 async fn unknown_operation(uri: Uri) -> Response {
     error_response(&Error::invalid(
         ValidationReason::InvalidParameterValue,
@@ -483,9 +496,13 @@ async fn start_snapshot(State(state): State<Arc<ServerState>>, request: Request)
 
 async fn put_snapshot_block(
     State(state): State<Arc<ServerState>>,
-    Path((snapshot, index)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     request: Request,
 ) -> Response {
+    let (snapshot, index) = match path_of(path) {
+        Ok(path) => path,
+        Err(response) => return *response,
+    };
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let incoming = Incoming {
@@ -552,9 +569,13 @@ async fn put_snapshot_block(
 
 async fn complete_snapshot(
     State(state): State<Arc<ServerState>>,
-    Path(snapshot): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
+    let snapshot = match path_of(path) {
+        Ok(path) => path,
+        Err(response) => return *response,
+    };
     without_body(
         state,
         "CompleteSnapshot",
@@ -593,9 +614,13 @@ async fn complete_snapshot(
 
 async fn get_snapshot_block(
     State(state): State<Arc<ServerState>>,
-    Path((snapshot, index)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     request: Request,
 ) -> Response {
+    let (snapshot, index) = match path_of(path) {
+        Ok(path) => path,
+        Err(response) => return *response,
+    };
     without_body(
         state,
         "GetSnapshotBlock",
@@ -627,9 +652,13 @@ async fn get_snapshot_block(
 
 async fn list_snapshot_blocks(
     State(state): State<Arc<ServerState>>,
-    Path(snapshot): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
+    let snapshot = match path_of(path) {
+        Ok(path) => path,
+        Err(response) => return *response,
+    };
     without_body(
         state,
         "ListSnapshotBlocks",
@@ -659,9 +688,13 @@ async fn list_snapshot_blocks(
 
 async fn list_changed_blocks(
     State(state): State<Arc<ServerState>>,
-    Path(snapshot): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
+    let snapshot = match path_of(path) {
+        Ok(path) => path,
+        Err(response) => return *response,
+    };
     without_body(
         state,
         "ListChangedBlocks",

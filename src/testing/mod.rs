@@ -3,6 +3,7 @@
 //! driven by the same [`Op`] enum as the engine.
 
 mod conformance;
+pub mod fuzz;
 mod model;
 
 pub use conformance::check_storage_contract;

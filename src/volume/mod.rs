@@ -20,6 +20,59 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// Parses a changed-block list: one block index (of 512 KiB) or inclusive
+/// range `A-B` per line, `#` starting a comment, blank lines ignored.
+/// Every index must be below `blocks` (the image's block count); the
+/// result is ascending and without repeats. Memory is one bit per block of
+/// the image, whatever the list holds (a range spanning 4 billion blocks
+/// is refused, not expanded). An error is the line's number (from 1) and
+/// what is wrong with it.
+pub fn parse_changed_blocks(
+    text: &str,
+    blocks: u32,
+) -> std::result::Result<Vec<u32>, (usize, String)> {
+    let mut listed = vec![0u64; (blocks as usize).div_ceil(64)];
+    for (number, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |why: &str| (number + 1, format!("'{line}' {why}"));
+        let parse = |text: &str| {
+            text.trim()
+                .parse::<u32>()
+                .map_err(|_| bad("is not a block index or range"))
+        };
+        let (first, last) = match line.split_once('-') {
+            Some((first, last)) => (parse(first)?, parse(last)?),
+            None => {
+                let index = parse(line)?;
+                (index, index)
+            }
+        };
+        if first > last {
+            return Err(bad("is a range that ends before it starts"));
+        }
+        if last >= blocks {
+            return Err(bad(&format!("reaches beyond the image's {blocks} blocks")));
+        }
+        for index in first..=last {
+            if let Some(word) = listed.get_mut(index as usize / 64) {
+                *word |= 1 << (index % 64);
+            }
+        }
+    }
+    Ok(listed
+        .iter()
+        .enumerate()
+        .flat_map(|(word_index, word)| {
+            (0..64u32)
+                .filter(move |bit| word & (1 << bit) != 0)
+                .map(move |bit| word_index as u32 * 64 + bit)
+        })
+        .collect())
+}
+
 /// Progress callbacks receive bytes of the volume done since the last call.
 pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 
@@ -98,4 +151,24 @@ fn in_parallel(workers: usize, job: impl Fn(&AtomicBool) -> Result<()> + Sync) -
             .collect()
     });
     results.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_changed_blocks;
+
+    #[test]
+    fn changed_block_lists_parse_within_the_image() {
+        assert_eq!(
+            parse_changed_blocks("3\n# note\n  1-2 \n\n2 # again\n7", 8),
+            Ok(vec![1, 2, 3, 7])
+        );
+        assert!(parse_changed_blocks("8", 8).is_err(), "beyond the image");
+        assert!(parse_changed_blocks("5-2", 8).is_err(), "backwards");
+        assert!(parse_changed_blocks("x", 8).is_err());
+        // A huge range is refused, not expanded.
+        let (line, error) = parse_changed_blocks("\n0-4294967295", 1024).expect_err("huge range");
+        assert_eq!(line, 2, "{error}");
+        assert_eq!(parse_changed_blocks("", 0), Ok(Vec::new()));
+    }
 }

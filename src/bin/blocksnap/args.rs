@@ -310,35 +310,11 @@ pub struct VerifyArgs {
     pub threads: usize,
 }
 
-/// Reads a changed-block list: one index or `A-B` range per line, blank
-/// lines and `#` comments ignored.
-pub fn read_changed_blocks(path: &Path) -> Result<Vec<u32>, String> {
+/// Reads the changed-block list at `path` for an image of `blocks`
+/// blocks (see `blocksnap::volume::parse_changed_blocks`).
+pub fn read_changed_blocks(path: &Path, blocks: u32) -> Result<Vec<u32>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| format!("reading {}: {error}", path.display()))?;
-    let mut indexes = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or_default().trim();
-        if line.is_empty() {
-            continue;
-        }
-        let bad = || {
-            format!(
-                "{}:{}: '{line}' is not a block index or range",
-                path.display(),
-                number + 1
-            )
-        };
-        let parse = |text: &str| text.trim().parse::<u32>().map_err(|_| bad());
-        match line.split_once('-') {
-            Some((first, last)) => {
-                let (first, last) = (parse(first)?, parse(last)?);
-                if first > last {
-                    return Err(bad());
-                }
-                indexes.extend(first..=last);
-            }
-            None => indexes.push(parse(line)?),
-        }
-    }
-    Ok(indexes)
+    blocksnap::volume::parse_changed_blocks(&text, blocks)
+        .map_err(|(line, error)| format!("{}:{line}: {error}", path.display()))
 }

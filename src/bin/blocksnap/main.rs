@@ -205,17 +205,20 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                     })
                 })
                 .collect::<Result<Vec<_>, Failure>>()?;
+            let image_bytes = std::fs::File::open(&backup.image)
+                .map_err(|error| Error::io(format!("opening {}", backup.image.display()), error))
+                .and_then(|file| volume::image_len(&file, &backup.image))?;
+            let image_blocks =
+                u32::try_from(image_bytes.div_ceil(blocksnap::ids::BLOCK_SIZE as u64))
+                    .unwrap_or(u32::MAX);
             let changed_blocks = backup
                 .changed_blocks
                 .as_deref()
-                .map(args::read_changed_blocks)
+                .map(|path| args::read_changed_blocks(path, image_blocks))
                 .transpose()
                 .map_err(Failure::Usage)?;
             let wants_keys = backup.encrypted || backup.kms_key_arn.is_some();
             let engine = open_engine(cli, out, wants_keys)?;
-            let image_bytes = std::fs::File::open(&backup.image)
-                .map_err(|error| Error::io(format!("opening {}", backup.image.display()), error))
-                .and_then(|file| volume::image_len(&file, &backup.image))?;
             let bar = out.progress("backup", image_bytes);
             let options = BackupOptions {
                 parent: backup.parent.clone(),
