@@ -451,7 +451,7 @@ impl Engine {
 
     /// Damage found while opening the store: unreadable bytes in packs,
     /// indexes, catalog copies and journals that did not verify. Each was
-    /// contained (see DESIGN.md §6.2); `verify` reports them, `repair`
+    /// contained (see DESIGN.md §7); `verify` reports them, `repair`
     /// rebuilds what can be rebuilt.
     pub fn open_damage(&self) -> &[Damage] {
         &self.inner.open_damage
