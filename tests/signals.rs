@@ -2,7 +2,9 @@
 //! of `backup`, `restore`, `export` and `import`: every run either finished
 //! (exit 0, its result whole and correct) or stopped cleanly (exit 128 +
 //! the signal, nothing on stdout, no success message, no pending snapshot,
-//! no partial output), and the store verifies clean every time.
+//! no partial output), and the store verifies clean every time. `serve`
+//! stops gracefully (exit 0) on each of them, even one sent the instant
+//! it prints its address.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -335,4 +337,38 @@ fn interrupted_imports_leave_no_snapshot() {
         stopped >= SIGNALS.len(),
         "only {stopped} runs were interrupted"
     );
+}
+
+#[test]
+fn serve_stops_gracefully_on_a_signal_sent_as_soon_as_it_listens() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    for round in 0..8 {
+        for (signal, _) in SIGNALS {
+            let context = format!("serve, SIG{signal}, round {round}");
+            let mut child = blocksnap(
+                &store,
+                &[
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--insecure-no-authentication",
+                ],
+            )
+            .spawn()
+            .expect("spawn");
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("read");
+            assert!(line.starts_with("listening on "), "{context}: {line:?}");
+            interrupt(&child, || true, Duration::ZERO, signal);
+            let output = child.wait_with_output().expect("wait");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(0), "{context}: {stderr}");
+            assert!(stderr.contains("stopped"), "{context}: {stderr}");
+        }
+    }
+    consistent(&store, "serve");
 }

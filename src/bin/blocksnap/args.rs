@@ -163,7 +163,7 @@ pub struct ServeArgs {
     /// Seconds a request body has to arrive whole.
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     pub body_timeout: u64,
-    /// Seconds requests in flight have to finish after SIGINT or SIGTERM;
+    /// Seconds requests in flight have to finish after SIGINT, SIGTERM or SIGHUP;
     /// connections still open then are cut.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub shutdown_grace: u64,

@@ -120,22 +120,23 @@ fn rate_limits(args: &ServeArgs) -> Result<RateLimits, Failure> {
     Ok(limits)
 }
 
-/// Resolves when SIGINT or SIGTERM arrives.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// A future that resolves on the first SIGINT, SIGTERM or SIGHUP. The
+/// handlers are installed by this call, not by the future's first poll,
+/// so a signal that arrives while the store opens, or just after the
+/// address is printed, stops the server gracefully instead of killing it.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
+            _ = hangup.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = interrupt => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down: no new connections; finishing requests in flight");
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+    })
 }
 
 /// Descriptors kept free beyond those open once the store is: new packs,
@@ -167,7 +168,7 @@ fn open_descriptors() -> u64 {
     std::fs::read_dir("/proc/self/fd").map_or(0, |entries| entries.count() as u64)
 }
 
-/// Runs the server until SIGINT or SIGTERM; in-flight requests finish and
+/// Runs the server until SIGINT, SIGTERM or SIGHUP; in-flight requests finish and
 /// every acknowledged put is durable before it returns.
 pub fn run(cli: &Cli, args: &ServeArgs, engine_config: EngineConfig) -> Result<(), Failure> {
     let authentication = authentication(cli, args)?;
@@ -205,6 +206,8 @@ pub fn run(cli: &Cli, args: &ServeArgs, engine_config: EngineConfig) -> Result<(
         .build()
         .map_err(|error| Error::io("starting the runtime", error))?;
     runtime.block_on(async {
+        let shutdown = shutdown_signal()
+            .map_err(|error| Error::io("installing the signal handlers", error))?;
         let store = cli.store_dir();
         std::fs::create_dir_all(&store)
             .map_err(|error| Error::io(format!("creating store {}", store.display()), error))?;
@@ -259,7 +262,7 @@ pub fn run(cli: &Cli, args: &ServeArgs, engine_config: EngineConfig) -> Result<(
         }
         println!("listening on {address}");
         tracing::info!(%address, scheme, store = %store.display(), "serving the EBS direct API");
-        let served = serve(listener, app, tls, &limits, shutdown_signal())
+        let served = serve(listener, app, tls, &limits, shutdown)
             .await
             .map_err(|error| Error::io("serving", error))?;
         tracing::info!(
