@@ -190,14 +190,8 @@ fn version_1_store_with_copies_and_dedup_domains_still_opens() {
 #[test]
 #[ignore = "writes tests/fixtures/store-v1-copies; run only when creating a format's fixture"]
 fn write_v1_copies_fixture() {
-    let dir = fixture_dir("store-v1-copies");
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).expect("remove old fixture");
-    }
-    let mut manifest = String::new();
-    {
-        let engine = Engine::open_with(Engine::local_storage(&dir).expect("storage"), config())
-            .expect("open");
+    write_fixture("store-v1-copies", |engine| {
+        let mut manifest = String::new();
         let template = StartSnapshotRequest {
             volume_size: 1,
             description: Some("format v1 fixture with copies".into()),
@@ -212,7 +206,7 @@ fn write_v1_copies_fixture() {
         };
         let chain: [&[(u32, u64)]; 2] = [&[(0, 1), (1, 3), (3, 0)], &[(1, 4), (9, 6)]];
         let owner = EngineConfig::default().owner_id;
-        for (id, content) in write_lineage(&engine, &template, &chain) {
+        for (id, content) in write_lineage(engine, &template, &chain) {
             manifest.push_str(&line(&owner, "completed", &id, &content));
         }
         let other = engine.as_owner("111111111111");
@@ -231,7 +225,22 @@ fn write_v1_copies_fixture() {
                 .expect("put");
         }
         manifest.push_str(&line(&owner, "pending", &pending, &puts));
+        manifest
+    });
+}
+
+/// Writes the fixture `name` afresh: `build` fills a new store and returns
+/// its MANIFEST; the lock file is left out.
+fn write_fixture(name: &str, build: impl FnOnce(&Engine) -> String) {
+    let dir = fixture_dir(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).expect("remove old fixture");
     }
+    let manifest = {
+        let engine = Engine::open_with(Engine::local_storage(&dir).expect("storage"), config())
+            .expect("open");
+        build(&engine)
+    };
     std::fs::remove_file(dir.join("LOCK")).expect("remove lock file");
     std::fs::write(dir.join("MANIFEST"), manifest).expect("manifest");
 }
@@ -239,14 +248,8 @@ fn write_v1_copies_fixture() {
 #[test]
 #[ignore = "writes tests/fixtures/store-v1; run only when creating a format version's fixture"]
 fn write_v1_fixture() {
-    let dir = fixture_dir("store-v1");
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).expect("remove old fixture");
-    }
-    let mut manifest = String::new();
-    {
-        let engine = Engine::open_with(Engine::local_storage(&dir).expect("storage"), config())
-            .expect("open");
+    write_fixture("store-v1", |engine| {
+        let mut manifest = String::new();
         let template = StartSnapshotRequest {
             volume_size: 1,
             description: Some("format v1 fixture".into()),
@@ -261,14 +264,13 @@ fn write_v1_fixture() {
             &[(0, 1), (1, 3), (5, 0), (100, 4), (2047, 6)],
             &[(1, 7), (6, 9), (100, 4)],
         ];
-        for (id, content) in write_lineage(&engine, &template, &chain) {
+        for (id, content) in write_lineage(engine, &template, &chain) {
             let pairs: Vec<String> = content
                 .iter()
                 .map(|(index, seed)| format!("{index}={seed}"))
                 .collect();
             manifest.push_str(&format!("{id} {}\n", pairs.join(" ")));
         }
-    }
-    std::fs::remove_file(dir.join("LOCK")).expect("remove lock file");
-    std::fs::write(dir.join("MANIFEST"), manifest).expect("manifest");
+        manifest
+    });
 }

@@ -132,9 +132,10 @@ impl Server {
         }
     }
 
-    /// Starts a snapshot and puts one block (unsigned body, as the SDKs
-    /// send blocks): the server takes writes.
-    fn write_one_block(&self, patience: Duration) {
+    /// Starts a snapshot and signs a put of block `seed` at its index 0
+    /// (unsigned body, as the SDKs send blocks): the request head, ready
+    /// to write, and the body.
+    fn signed_block_put(&self, seed: u64, patience: Duration) -> (String, Vec<u8>) {
         let (status, body) = self.request(
             "POST",
             "/snapshots",
@@ -145,7 +146,7 @@ impl Server {
         assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
         let started: serde_json::Value = serde_json::from_slice(&body).expect("json");
         let snapshot = started["SnapshotId"].as_str().expect("id");
-        let data = block(9);
+        let data = block(seed);
         let sum = checksum(&data);
         let path = format!("/snapshots/{snapshot}/blocks/0");
         let signed = sign_request(
@@ -161,10 +162,16 @@ impl Server {
             ACCESS_KEY,
             SECRET,
         );
-        let mut stream = self.connect();
         let head = format!(
             "PUT {path} HTTP/1.1{signed}\r\nContent-Length: 524288\r\nConnection: close\r\n\r\n"
         );
+        (head, data)
+    }
+
+    /// Starts a snapshot and puts one block: the server takes writes.
+    fn write_one_block(&self, patience: Duration) {
+        let (head, data) = self.signed_block_put(9, patience);
+        let mut stream = self.connect();
         stream.write_all(head.as_bytes()).expect("write");
         stream.write_all(&data).expect("write body");
         let (status, body) = reply(&mut stream).expect("reply");
@@ -250,36 +257,8 @@ fn slow_and_silent_connections_are_closed_and_others_still_served() {
     assert!(closed_within(&mut slowloris, Duration::from_secs(5)) < Duration::from_secs(5));
     trickle.join().expect("trickle");
     // A body that stops arriving: headers accepted, then silence.
-    let (status, body) = server.request(
-        "POST",
-        "/snapshots",
-        &[("content-type", "application/json")],
-        br#"{"VolumeSize": 1}"#,
-        Duration::from_secs(5),
-    );
-    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
-    let started: serde_json::Value = serde_json::from_slice(&body).expect("json");
-    let path = format!(
-        "/snapshots/{}/blocks/0",
-        started["SnapshotId"].as_str().expect("id")
-    );
-    let data = block(4);
-    let sum = checksum(&data);
-    let signed = sign_request(
-        &server.address.to_string(),
-        "PUT",
-        &path,
-        &[
-            ("x-amz-data-length", "524288"),
-            ("x-amz-checksum", &sum),
-            ("x-amz-checksum-algorithm", "SHA256"),
-        ],
-        None,
-        ACCESS_KEY,
-        SECRET,
-    );
+    let (head, data) = server.signed_block_put(4, Duration::from_secs(5));
     let mut stalled = server.connect();
-    let head = format!("PUT {path} HTTP/1.1{signed}\r\nContent-Length: 524288\r\n\r\n");
     stalled.write_all(head.as_bytes()).expect("write");
     stalled.write_all(&data[..1000]).expect("write part");
     let (status, _) = reply(&mut stalled).expect("a reply to the stalled body");
@@ -388,36 +367,8 @@ fn a_body_trickling_at_shutdown_delays_it_a_bounded_time() {
         ],
         None,
     );
-    let (status, body) = server.request(
-        "POST",
-        "/snapshots",
-        &[("content-type", "application/json")],
-        br#"{"VolumeSize": 1}"#,
-        Duration::from_secs(5),
-    );
-    assert_eq!(status, 201);
-    let started: serde_json::Value = serde_json::from_slice(&body).expect("json");
-    let path = format!(
-        "/snapshots/{}/blocks/0",
-        started["SnapshotId"].as_str().expect("id")
-    );
-    let data = block(7);
-    let sum = checksum(&data);
-    let signed = sign_request(
-        &server.address.to_string(),
-        "PUT",
-        &path,
-        &[
-            ("x-amz-data-length", "524288"),
-            ("x-amz-checksum", &sum),
-            ("x-amz-checksum-algorithm", "SHA256"),
-        ],
-        None,
-        ACCESS_KEY,
-        SECRET,
-    );
+    let (head, data) = server.signed_block_put(7, Duration::from_secs(5));
     let mut trickling = server.connect();
-    let head = format!("PUT {path} HTTP/1.1{signed}\r\nContent-Length: 524288\r\n\r\n");
     trickling.write_all(head.as_bytes()).expect("write");
     let writer = {
         let mut stream = trickling.try_clone().expect("clone");

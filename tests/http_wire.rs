@@ -398,43 +398,23 @@ fn sign_headers(
 
 /// Signs a PutSnapshotBlock with an unsigned body (`UNSIGNED-PAYLOAD`),
 /// covering only `signed` of its headers; `unsigned` go along unsigned.
-/// Returns the head lines to send.
+/// Returns the head lines to send, `host` included.
 fn sign_unsigned_put(
     server: &Server,
     path: &str,
     signed: &[(&str, &str)],
     unsigned: &[(&str, &str)],
 ) -> String {
-    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-    let host = server.address.to_string();
-    let mut all: Vec<(&str, &str)> = signed.to_vec();
-    all.push(("host", &host));
-    all.push(("x-amz-content-sha256", "UNSIGNED-PAYLOAD"));
-    let identity =
-        aws_credential_types::Credentials::new("AKIDWIRE", "wire-secret", None, None, "test")
-            .into();
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region("us-east-1")
-        .name("ebs")
-        .time(std::time::SystemTime::now())
-        .settings(SigningSettings::default())
-        .build()
-        .expect("params")
-        .into();
-    let request = SignableRequest::new(
+    let mut lines = blocksnap::testing::sign_request(
+        &server.address.to_string(),
         "PUT",
         path,
-        all.iter().copied(),
-        SignableBody::UnsignedPayload,
-    )
-    .expect("signable");
-    let (instructions, _) = sign(request, &params).expect("sign").into_parts();
-    let mut lines = String::from("\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD");
-    for (name, value) in signed.iter().chain(unsigned) {
-        lines.push_str(&format!("\r\n{name}: {value}"));
-    }
-    for (name, value) in instructions.headers() {
+        signed,
+        None,
+        "AKIDWIRE",
+        "wire-secret",
+    );
+    for (name, value) in unsigned {
         lines.push_str(&format!("\r\n{name}: {value}"));
     }
     lines
@@ -472,23 +452,29 @@ fn an_unsigned_block_needs_its_checksum_and_length_signed() {
         (vec![check, algorithm], vec![length]),
     ] {
         let head = sign_unsigned_put(&server, &path, &signed, &unsigned);
-        send_signed(&server, &request_line, &head, &data).assert_error(
+        send_whole_head(&server, &format!("{request_line}{head}"), &data).assert_error(
             403,
             "AccessDeniedException",
             Some("UNAUTHORIZED_ACCOUNT"),
         );
     }
     let head = sign_unsigned_put(&server, &path, &[length, check, algorithm], &[]);
-    let put = send_signed(&server, &request_line, &head, &data);
+    let put = send_whole_head(&server, &format!("{request_line}{head}"), &data);
     assert_eq!(put.status, 201, "{}", String::from_utf8_lossy(&put.body));
 }
 
 /// Like [`send`], with the Host header the signature covers.
 fn send_signed(server: &Server, request_line: &str, signed: &str, body: &[u8]) -> Reply {
+    let head = format!("{request_line}{signed}\r\nHost: {}", server.address);
+    send_whole_head(server, &head, body)
+}
+
+/// Sends `head` (request line and every header but the body's length)
+/// and `body` on a new connection.
+fn send_whole_head(server: &Server, head: &str, body: &[u8]) -> Reply {
     let mut stream = TcpStream::connect(server.address).expect("connect");
     let request = format!(
-        "{request_line}{signed}\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        server.address,
+        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(request.as_bytes()).expect("write");

@@ -175,17 +175,23 @@ fn runs() -> impl Iterator<Item = (&'static str, i32, Duration)> {
     })
 }
 
-#[test]
-fn interrupted_backups_leave_no_pending_snapshot() {
-    let fixture = setup();
-    let image = fixture.image.to_str().expect("path");
+/// Runs `args` (a command that writes one new snapshot: backup, import)
+/// into a fresh store for every signal and delay, interrupting it once its
+/// journal exists. A run that finished must list exactly its snapshot,
+/// completed, and pass `check_finished(store, id, context)`; one that
+/// stopped must leave nothing but snapshots in `error` (a cancelled
+/// backup), or nothing at all when `deletes_cancelled` (a cancelled import).
+fn interrupt_snapshot_writer(
+    fixture: &Fixture,
+    args: &[&str],
+    deletes_cancelled: bool,
+    check_finished: impl Fn(&Path, &str, &str),
+) {
     let mut stopped = 0;
     for (signal, number, delay) in runs() {
-        let store = fixture.path(&format!("backup-{signal}-{}", delay.as_millis()));
-        let context = format!("backup, SIG{signal} after {delay:?}");
-        let child = blocksnap(&store, &["backup", image, "--threads", "1"])
-            .spawn()
-            .expect("spawn");
+        let store = fixture.path(&format!("{}-{signal}-{}", args[0], delay.as_millis()));
+        let context = format!("{}, SIG{signal} after {delay:?}", args[0]);
+        let child = blocksnap(&store, args).spawn().expect("spawn");
         let journals = store.join("pending");
         interrupt(&child, || any_file(&journals, |_, _| true), delay, signal);
         let output = child.wait_with_output().expect("wait");
@@ -195,19 +201,13 @@ fn interrupted_backups_leave_no_pending_snapshot() {
         if finished {
             let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
             assert_eq!(listed, vec![(id.clone(), "completed".into())], "{context}");
-            let restored = fixture.path("check.img");
-            ok(
-                &store,
-                &["restore", &id, restored.to_str().expect("path"), "--force"],
-            );
-            assert!(
-                std::fs::read(&restored).expect("read") == std::fs::read(image).expect("read"),
-                "{context}: restored image differs"
-            );
+            check_finished(&store, &id, &context);
         } else {
             stopped += 1;
             assert!(
-                listed.iter().all(|(_, status)| status == "error"),
+                listed
+                    .iter()
+                    .all(|(_, status)| status == "error" && !deletes_cancelled),
                 "{context}: {listed:?}"
             );
         }
@@ -215,6 +215,28 @@ fn interrupted_backups_leave_no_pending_snapshot() {
     assert!(
         stopped >= SIGNALS.len(),
         "only {stopped} runs were interrupted"
+    );
+}
+
+#[test]
+fn interrupted_backups_leave_no_pending_snapshot() {
+    let fixture = setup();
+    let image = fixture.image.to_str().expect("path");
+    let restored = fixture.path("check.img");
+    interrupt_snapshot_writer(
+        &fixture,
+        &["backup", image, "--threads", "1"],
+        false,
+        |store, id, context| {
+            ok(
+                store,
+                &["restore", id, restored.to_str().expect("path"), "--force"],
+            );
+            assert!(
+                std::fs::read(&restored).expect("read") == std::fs::read(image).expect("read"),
+                "{context}: restored image differs"
+            );
+        },
     );
 }
 
@@ -312,30 +334,11 @@ fn interrupted_exports_publish_nothing() {
 fn interrupted_imports_leave_no_snapshot() {
     let fixture = setup();
     let archive = fixture.archive.to_str().expect("path");
-    let mut stopped = 0;
-    for (signal, number, delay) in runs() {
-        let store = fixture.path(&format!("import-{signal}-{}", delay.as_millis()));
-        let context = format!("import, SIG{signal} after {delay:?}");
-        let child = blocksnap(&store, &["import", archive, "--threads", "1"])
-            .spawn()
-            .expect("spawn");
-        let journals = store.join("pending");
-        interrupt(&child, || any_file(&journals, |_, _| true), delay, signal);
-        let output = child.wait_with_output().expect("wait");
-        let finished = outcome(&output, number, &context);
-        consistent(&store, &context);
-        let listed = snapshots(&store);
-        if finished {
-            let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
-            assert_eq!(listed, vec![(id, "completed".into())], "{context}");
-        } else {
-            stopped += 1;
-            assert!(listed.is_empty(), "{context}: {listed:?}");
-        }
-    }
-    assert!(
-        stopped >= SIGNALS.len(),
-        "only {stopped} runs were interrupted"
+    interrupt_snapshot_writer(
+        &fixture,
+        &["import", archive, "--threads", "1"],
+        true,
+        |_, _, _| {},
     );
 }
 

@@ -310,34 +310,21 @@ impl Session {
         let exists = storage
             .exists(&name)
             .map_err(|e| Error::io(format!("checking {name}"), e))?;
-        let fresh_flags = new_journal_flags(durable_on_ack, is_sealed(domain.as_deref()));
-        if !exists {
-            let mut session = Session::with_state(
-                started,
-                parent_root,
-                domain,
-                fresh_flags,
-                BTreeMap::new(),
-                None,
-                None,
-            );
-            if journaled_at_start {
-                session.unprovable = Some(format!(
-                    "its journal {name}, made before it started, is missing: it may have been completed (its catalog record lost) or have received blocks"
-                ));
-            }
-            return Ok((session, damage));
-        }
-        let bytes = storage
-            .read_all(&name)
-            .map_err(|e| Error::io(format!("reading {name}"), e))?;
-        let parsed = parse_journal(&bytes, snapshot);
-        let parsed = match parsed {
+        let bytes = if exists {
+            storage
+                .read_all(&name)
+                .map_err(|e| Error::io(format!("reading {name}"), e))?
+        } else {
+            Vec::new()
+        };
+        let parsed = match exists.then(|| parse_journal(&bytes, snapshot)).flatten() {
             Some(parsed) => parsed,
-            // A journal made at the first put (older format) whose header
-            // is torn: created, and nothing survived.
-            None if !journaled_at_start => {
-                let session = Session::with_state(
+            // No journal, or one made at the first put (older format) whose
+            // header is torn: nothing survived. A journal made at the start
+            // cannot be missing, though: what happened is unprovable.
+            None if !exists || !journaled_at_start => {
+                let fresh_flags = new_journal_flags(durable_on_ack, is_sealed(domain.as_deref()));
+                let mut session = Session::with_state(
                     started,
                     parent_root,
                     domain,
@@ -346,6 +333,11 @@ impl Session {
                     None,
                     None,
                 );
+                if !exists && journaled_at_start {
+                    session.unprovable = Some(format!(
+                        "its journal {name}, made before it started, is missing: it may have been completed (its catalog record lost) or have received blocks"
+                    ));
+                }
                 return Ok((session, damage));
             }
             None => parse_journal_with_inferred_flags(&bytes, is_sealed(domain.as_deref())),

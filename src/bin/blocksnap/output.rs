@@ -4,7 +4,9 @@
 
 use blocksnap::api::SnapshotDescription;
 use blocksnap::archive::{ExportReport, ImportReport};
-use blocksnap::engine::{GcReport, RepairReport, SnapshotStats, StoreStats, VerifyReport};
+use blocksnap::engine::{
+    DamagedChunk, GcReport, RepairReport, SnapshotStats, StoreStats, VerifyReport,
+};
 use blocksnap::error::Damage;
 use blocksnap::volume::{BackupReport, RestoreReport};
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -63,6 +65,21 @@ fn utc(time: SystemTime) -> String {
         rest % 3600 / 60,
         rest % 60
     )
+}
+
+/// One damaged or lost chunk, `verb` first, then each range of blocks it
+/// breaks.
+fn print_damaged_chunk(verb: &str, damaged: &DamagedChunk) {
+    let chunk = damaged
+        .chunk
+        .map_or_else(|| "unknown chunk".to_string(), |chunk| chunk.to_string());
+    println!("{verb} {chunk}: {}", damaged.detail);
+    for affected in &damaged.affected {
+        println!(
+            "  breaks {} blocks {}..={}",
+            affected.snapshot_id, affected.first_block, affected.last_block
+        );
+    }
 }
 
 fn print_json(value: &Value) {
@@ -413,16 +430,7 @@ impl Output {
             println!("unprovable {snapshot}: {why}");
         }
         for damaged in &report.damaged {
-            let chunk = damaged
-                .chunk
-                .map_or_else(|| "unknown chunk".to_string(), |chunk| chunk.to_string());
-            println!("damaged {chunk}: {}", damaged.detail);
-            for affected in &damaged.affected {
-                println!(
-                    "  breaks {} blocks {}..={}",
-                    affected.snapshot_id, affected.first_block, affected.last_block
-                );
-            }
+            print_damaged_chunk("damaged", damaged);
         }
         println!(
             "{}",
@@ -548,16 +556,7 @@ impl Output {
             println!("{snapshot} {would}resolved to error: {why}");
         }
         for damaged in &report.damaged_chunks {
-            let chunk = damaged
-                .chunk
-                .map_or_else(|| "unknown chunk".to_string(), |chunk| chunk.to_string());
-            println!("lost {chunk}: {}", damaged.detail);
-            for affected in &damaged.affected {
-                println!(
-                    "  breaks {} blocks {}..={}",
-                    affected.snapshot_id, affected.first_block, affected.last_block
-                );
-            }
+            print_damaged_chunk("lost", damaged);
         }
         if let Some(why) = &report.not_verified {
             println!("not verified: {why}");
