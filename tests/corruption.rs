@@ -118,7 +118,8 @@ fn populate(
     (completed, pending, puts)
 }
 
-fn build() -> Pristine {
+/// A key provider with a quick KDF, in a directory the caller keeps.
+fn key_provider() -> (tempfile::TempDir, Arc<LocalKeyProvider>) {
     let keys = tempfile::tempdir().expect("tempdir");
     let quick = KdfParams {
         memory_kib: 1024,
@@ -128,6 +129,11 @@ fn build() -> Pristine {
     let provider = Arc::new(
         LocalKeyProvider::create(&keys.path().join("keys"), &passphrase(), quick).expect("keys"),
     );
+    (keys, provider)
+}
+
+fn build() -> Pristine {
+    let (keys, provider) = key_provider();
     let storage = MemoryStorage::new();
     let (lineage, pending, puts) = populate(Arc::new(storage.clone()), &provider, false);
     let engine = Engine::open_with(Arc::new(storage.read_only_view()), config(&provider, false))
@@ -564,15 +570,7 @@ fn every_file_flipped_and_cut_at_every_structure() {
 
 #[test]
 fn flipped_bytes_in_sealed_packs_read_through_mmap() {
-    let keys = tempfile::tempdir().expect("tempdir");
-    let quick = KdfParams {
-        memory_kib: 1024,
-        iterations: 1,
-        parallelism: 1,
-    };
-    let provider = Arc::new(
-        LocalKeyProvider::create(&keys.path().join("keys"), &passphrase(), quick).expect("keys"),
-    );
+    let (_keys, provider) = key_provider();
     let root = tempfile::tempdir().expect("tempdir");
     let pristine = root.path().join("pristine");
     let (lineage, _, _) = populate(

@@ -208,12 +208,7 @@ fn record_at(
     file_len: u64,
     payload: &mut Vec<u8>,
 ) -> Option<RecordHeader> {
-    if offset + RECORD_HEADER_SIZE as u64 > file_len {
-        return None;
-    }
-    let mut header_bytes = [0u8; RECORD_HEADER_SIZE];
-    file.read_exact_at(offset, &mut header_bytes).ok()?;
-    let header = decode_record_header(&header_bytes).ok()?;
+    let (header_bytes, header) = header_at(file, offset, file_len)?;
     let end = offset + header.record_len() as u64;
     if end > file_len || u32::try_from(end).is_err() {
         return None;
@@ -228,13 +223,24 @@ fn record_at(
 /// Where the record at `offset` ends by its own length field, if its
 /// header decodes (its crc may still fail).
 fn framed_end(file: &dyn ReadFile, offset: u64, file_len: u64) -> Option<u64> {
-    let mut header_bytes = [0u8; RECORD_HEADER_SIZE];
+    let (_, header) = header_at(file, offset, file_len)?;
+    Some(offset + header.record_len() as u64).filter(|end| *end < file_len)
+}
+
+/// The record header at `offset` (its bytes and decoded fields), if the
+/// file holds one there that decodes.
+fn header_at(
+    file: &dyn ReadFile,
+    offset: u64,
+    file_len: u64,
+) -> Option<([u8; RECORD_HEADER_SIZE], RecordHeader)> {
     if offset + RECORD_HEADER_SIZE as u64 > file_len {
         return None;
     }
+    let mut header_bytes = [0u8; RECORD_HEADER_SIZE];
     file.read_exact_at(offset, &mut header_bytes).ok()?;
     let header = decode_record_header(&header_bytes).ok()?;
-    Some(offset + header.record_len() as u64).filter(|end| *end < file_len)
+    Some((header_bytes, header))
 }
 
 /// The first offset at or after `from` where a valid record starts. Reads

@@ -82,6 +82,19 @@ fn print_damaged_chunk(verb: &str, damaged: &DamagedChunk) {
     }
 }
 
+/// One damaged or lost chunk and the blocks it breaks, for `--json`.
+fn damaged_chunk_json(damaged: &DamagedChunk) -> Value {
+    json!({
+        "Chunk": damaged.chunk.map(|chunk| chunk.to_string()),
+        "Detail": damaged.detail,
+        "Affected": damaged.affected.iter().map(|affected| json!({
+            "SnapshotId": affected.snapshot_id,
+            "FirstBlock": affected.first_block,
+            "LastBlock": affected.last_block,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 fn print_json(value: &Value) {
     println!(
         "{}",
@@ -391,15 +404,7 @@ impl Output {
                 "BytesChecked": report.bytes_checked,
                 "CatalogRecords": report.catalog_records,
                 "CatalogError": report.catalog_error,
-                "Damaged": report.damaged.iter().map(|damaged| json!({
-                    "Chunk": damaged.chunk.map(|chunk| chunk.to_string()),
-                    "Detail": damaged.detail,
-                    "Affected": damaged.affected.iter().map(|affected| json!({
-                        "SnapshotId": affected.snapshot_id,
-                        "FirstBlock": affected.first_block,
-                        "LastBlock": affected.last_block,
-                    })).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>(),
+                "Damaged": report.damaged.iter().map(damaged_chunk_json).collect::<Vec<_>>(),
                 "DamagedFiles": report.damaged_files.iter().map(|damage| json!({
                     "File": damage.file,
                     "Detail": damage.detail,
@@ -473,15 +478,7 @@ impl Output {
                     "SnapshotId": snapshot, "Reason": why,
                 })).collect::<Vec<_>>(),
                 "Intact": report.intact,
-                "Damaged": report.damaged_chunks.iter().map(|damaged| json!({
-                    "Chunk": damaged.chunk.map(|chunk| chunk.to_string()),
-                    "Detail": damaged.detail,
-                    "Affected": damaged.affected.iter().map(|affected| json!({
-                        "SnapshotId": affected.snapshot_id,
-                        "FirstBlock": affected.first_block,
-                        "LastBlock": affected.last_block,
-                    })).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>(),
+                "Damaged": report.damaged_chunks.iter().map(damaged_chunk_json).collect::<Vec<_>>(),
                 "NotVerified": report.not_verified,
                 "Seconds": report.elapsed.as_secs_f64(),
             }));
