@@ -17,8 +17,10 @@
 // criterion_group! generates undocumented functions.
 #![allow(missing_docs)]
 
+use blocksnap::api::Ebs;
 use blocksnap::api::*;
-use blocksnap::crypto::{KdfParams, KeyProvider, LocalKeyProvider, Passphrase};
+use blocksnap::crypto::KeyProvider;
+use blocksnap::keys::{KdfParams, LocalKeyProvider, Passphrase};
 use blocksnap::testing::{block, complete_request, put_request};
 use blocksnap::{Engine, EngineConfig, PutDurability};
 use bytes::Bytes;
@@ -77,7 +79,10 @@ fn start_sealed(
         encrypted: (sealing == Sealing::Encrypted && parent.is_none()).then_some(true),
         ..Default::default()
     };
-    engine.start_snapshot(request).expect("start").snapshot_id
+    Ebs::new(engine)
+        .start_snapshot(request)
+        .expect("start")
+        .snapshot_id
 }
 
 /// VM-like blocks (text, structured binary, random in turn), each made
@@ -109,7 +114,7 @@ fn put_two_threads(
         for half in halves {
             scope.spawn(move || {
                 for request in half {
-                    engine.put_snapshot_block(request).expect("put");
+                    Ebs::new(engine).put_snapshot_block(request).expect("put");
                 }
             });
         }
@@ -265,10 +270,10 @@ fn stored_snapshot(engine: &Engine, sealing: Sealing) -> (String, Vec<Block>) {
     let mut counter = 1 << 40;
     let snapshot = start_sealed(engine, 1, None, sealing);
     put_two_threads(engine, &snapshot, unique_blocks(&mut counter, BATCH));
-    engine
+    Ebs::new(engine)
         .complete_snapshot(complete_request(&snapshot, BATCH as i32))
         .expect("complete");
-    let listed = engine
+    let listed = Ebs::new(engine)
         .list_snapshot_blocks(ListSnapshotBlocksRequest {
             snapshot_id: snapshot.clone(),
             max_results: Some(1000),
@@ -280,7 +285,7 @@ fn stored_snapshot(engine: &Engine, sealing: Sealing) -> (String, Vec<Block>) {
 
 fn read_all(engine: &Engine, snapshot: &str, listed: &[Block]) {
     for entry in listed {
-        let read = engine
+        let read = Ebs::new(engine)
             .get_snapshot_block(GetSnapshotBlockRequest {
                 snapshot_id: snapshot.to_string(),
                 block_index: entry.block_index,
@@ -315,7 +320,7 @@ fn bench_large_volume(c: &mut Criterion) {
     let parent_writes = 200_000u64;
     for n in 0..parent_writes {
         let index = (n * 0x9E37_79B9 % VOLUME_BLOCKS) as i32;
-        engine
+        Ebs::new(&engine)
             .put_snapshot_block(put_request(&parent, index, zeros.clone()))
             .expect("put");
     }
@@ -327,7 +332,7 @@ fn bench_large_volume(c: &mut Criterion) {
         indexes.dedup();
         indexes.len()
     };
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&parent, distinct as i32))
         .expect("complete parent");
 
@@ -357,7 +362,7 @@ fn bench_large_volume(c: &mut Criterion) {
             for _ in 0..iterations {
                 let (child, count) = make_child(&engine);
                 let started = Instant::now();
-                engine
+                Ebs::new(&engine)
                     .complete_snapshot(complete_request(&child, count))
                     .expect("complete child");
                 total += started.elapsed();
@@ -366,12 +371,12 @@ fn bench_large_volume(c: &mut Criterion) {
         })
     });
     let (child, count) = make_child(&engine);
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&child, count))
         .expect("complete child");
     group.bench_function("list_changed_blocks_1000_scattered", |b| {
         b.iter(|| {
-            let response = engine
+            let response = Ebs::new(&engine)
                 .list_changed_blocks(ListChangedBlocksRequest {
                     first_snapshot_id: Some(parent.clone()),
                     second_snapshot_id: child.clone(),
@@ -392,17 +397,17 @@ fn bench_large_volume(c: &mut Criterion) {
 fn bench_lifecycle(c: &mut Criterion) {
     let (_dir, engine) = engine(PutDurability::Immediate);
     let parent = start(&engine, 1, None);
-    engine
+    Ebs::new(&engine)
         .put_snapshot_block(put_request(&parent, 0, block(1)))
         .expect("put");
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&parent, 1))
         .expect("complete parent");
     let mut group = c.benchmark_group("lifecycle");
     group.bench_function("start_and_complete_unchanged_child", |b| {
         b.iter(|| {
             let child = start(&engine, 1, Some(&parent));
-            engine
+            Ebs::new(&engine)
                 .complete_snapshot(complete_request(&child, 0))
                 .expect("complete child");
         })

@@ -9,6 +9,7 @@
 // criterion_group! generates undocumented functions.
 #![allow(missing_docs)]
 
+use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::engine::{GcOptions, VerifyOptions};
@@ -37,7 +38,7 @@ fn engine(pack_target_size: u64) -> (tempfile::TempDir, Engine) {
 }
 
 fn start(engine: &Engine, volume_size: i64, parent: Option<&str>) -> String {
-    engine
+    Ebs::new(engine)
         .start_snapshot(StartSnapshotRequest {
             volume_size,
             parent_snapshot_id: parent.map(str::to_string),
@@ -63,11 +64,11 @@ fn child(engine: &Engine, parent: Option<&str>, changes: u64, counter: &mut u64)
     let stride = VOLUME_BLOCKS / changes;
     for change in 0..changes {
         let index = (change * stride + *counter % stride) as i32;
-        engine
+        Ebs::new(engine)
             .put_snapshot_block(put_request(&id, index, stamped(counter)))
             .expect("put");
     }
-    engine
+    Ebs::new(engine)
         .complete_snapshot(complete_request(&id, changes as i32))
         .expect("complete");
     id
@@ -89,7 +90,7 @@ fn bench_delete(c: &mut Criterion) {
             for _ in 0..iterations {
                 let victim = child(&engine, Some(&parent), 1000, &mut counter);
                 let started = Instant::now();
-                engine
+                Ebs::new(&engine)
                     .delete_snapshot(DeleteSnapshotRequest {
                         snapshot_id: victim,
                     })
@@ -121,11 +122,11 @@ fn bench_delete(c: &mut Criterion) {
 fn fill(engine: &Engine, blocks: u64, first_seed: u64) -> String {
     let id = start(engine, 1, None);
     for index in 0..blocks {
-        engine
+        Ebs::new(engine)
             .put_snapshot_block(put_request(&id, index as i32, block(first_seed + index)))
             .expect("put");
     }
-    engine
+    Ebs::new(engine)
         .complete_snapshot(complete_request(&id, blocks as i32))
         .expect("complete");
     id
@@ -151,7 +152,7 @@ fn bench_compaction(c: &mut Criterion) {
                 let doomed = start(&engine, 1, None);
                 for index in 0..blocks {
                     for (offset, id) in [(0, &keep), (blocks, &doomed)] {
-                        engine
+                        Ebs::new(&engine)
                             .put_snapshot_block(put_request(
                                 id,
                                 index as i32,
@@ -161,11 +162,11 @@ fn bench_compaction(c: &mut Criterion) {
                     }
                 }
                 for id in [&keep, &doomed] {
-                    engine
+                    Ebs::new(&engine)
                         .complete_snapshot(complete_request(id, blocks as i32))
                         .expect("complete");
                 }
-                engine
+                Ebs::new(&engine)
                     .delete_snapshot(DeleteSnapshotRequest {
                         snapshot_id: doomed,
                     })

@@ -6,6 +6,7 @@
 //! (default store directory: `./blocksnap-store`).
 
 use base64::Engine as _;
+use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::{Engine, Result};
 use sha2::Digest;
@@ -14,7 +15,7 @@ const BLOCK: usize = 524_288;
 
 fn put(engine: &Engine, snapshot: &str, index: i32, data: Vec<u8>) -> Result<()> {
     let checksum = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&data));
-    engine.put_snapshot_block(PutSnapshotBlockRequest {
+    Ebs::new(engine).put_snapshot_block(PutSnapshotBlockRequest {
         snapshot_id: snapshot.to_string(),
         block_index: index,
         block_data: data.into(),
@@ -43,7 +44,7 @@ fn main() -> Result<()> {
         .unwrap_or_else(|| "blocksnap-store".to_string());
     let engine = Engine::open(&dir)?;
 
-    let parent = engine.start_snapshot(StartSnapshotRequest {
+    let parent = Ebs::new(&engine).start_snapshot(StartSnapshotRequest {
         volume_size: 1,
         description: Some("quickstart volume".into()),
         ..Default::default()
@@ -56,14 +57,14 @@ fn main() -> Result<()> {
             text_block(index as u64),
         )?;
     }
-    engine.complete_snapshot(CompleteSnapshotRequest {
+    Ebs::new(&engine).complete_snapshot(CompleteSnapshotRequest {
         snapshot_id: parent.snapshot_id.clone(),
         changed_blocks_count: 64,
         ..Default::default()
     })?;
     let after_parent = engine.chunk_stats();
 
-    let child = engine.start_snapshot(StartSnapshotRequest {
+    let child = Ebs::new(&engine).start_snapshot(StartSnapshotRequest {
         volume_size: 1,
         parent_snapshot_id: Some(parent.snapshot_id.clone()),
         ..Default::default()
@@ -76,19 +77,19 @@ fn main() -> Result<()> {
             text_block(1000 + index as u64),
         )?;
     }
-    engine.complete_snapshot(CompleteSnapshotRequest {
+    Ebs::new(&engine).complete_snapshot(CompleteSnapshotRequest {
         snapshot_id: child.snapshot_id.clone(),
         changed_blocks_count: 3,
         ..Default::default()
     })?;
     let after_child = engine.chunk_stats();
 
-    let listed = engine.list_snapshot_blocks(ListSnapshotBlocksRequest {
+    let listed = Ebs::new(&engine).list_snapshot_blocks(ListSnapshotBlocksRequest {
         snapshot_id: child.snapshot_id.clone(),
         max_results: Some(1000),
         ..Default::default()
     })?;
-    let changed = engine.list_changed_blocks(ListChangedBlocksRequest {
+    let changed = Ebs::new(&engine).list_changed_blocks(ListChangedBlocksRequest {
         first_snapshot_id: Some(parent.snapshot_id.clone()),
         second_snapshot_id: child.snapshot_id.clone(),
         ..Default::default()

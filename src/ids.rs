@@ -32,6 +32,13 @@ impl fmt::Display for SnapshotId {
     }
 }
 
+/// As its text, `snap-` and 16 hex digits (reports and the CLI's JSON).
+impl serde::Serialize for SnapshotId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// A content address: the 32-byte blake3 hash of a block or of an encoded map node.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkId(pub [u8; 32]);

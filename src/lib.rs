@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod format;
 pub mod ids;
+pub mod keys;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod storage;

@@ -5,12 +5,13 @@
 //! publishing, and a corpus of hostile archives, each refused with no
 //! snapshot left behind.
 
+use blocksnap::api::Ebs;
 use blocksnap::api::{StartSnapshotRequest, Status};
 use blocksnap::archive::{
     self, manifest, Bucket, ExportOptions, ExportOutcome, ExportReport, ImportOptions,
     ImportOutcome, ImportReport, S3Bucket, S3Settings,
 };
-use blocksnap::testing::{holds_exactly, memory_engine, write_lineage, Lineage};
+use blocksnap::testing::{holds_exactly, memory_engine, snapshot_id, write_lineage, Lineage};
 use blocksnap::{Engine, EngineConfig, Error};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -60,7 +61,14 @@ fn export(
     bucket: &Bucket,
     options: &ExportOptions,
 ) -> ExportReport {
-    match archive::export(engine, snapshot, bucket, options, &no_progress, &NEVER) {
+    match archive::export(
+        engine,
+        snapshot_id(snapshot),
+        bucket,
+        options,
+        &no_progress,
+        &NEVER,
+    ) {
         Ok(ExportOutcome::Completed(report)) => report,
         other => panic!("export of {snapshot}: {other:?}"),
     }
@@ -132,11 +140,14 @@ fn a_snapshot_round_trips_through_a_directory_with_its_metadata() {
     let target = engine();
     let imported =
         import(&target, &bucket, &report.key, &ImportOptions::default()).expect("import");
-    assert_ne!(imported.snapshot_id, *child_id);
-    assert!(holds_exactly(&target, &imported.snapshot_id, child_content).expect("read back"));
-    let description = target
+    assert_ne!(imported.snapshot_id.to_string(), *child_id);
+    assert!(
+        holds_exactly(&target, &imported.snapshot_id.to_string(), child_content)
+            .expect("read back")
+    );
+    let description = Ebs::new(&target)
         .describe_snapshot(blocksnap::api::DescribeSnapshotRequest {
-            snapshot_id: imported.snapshot_id.clone(),
+            snapshot_id: imported.snapshot_id.to_string(),
         })
         .expect("describe");
     assert_eq!(description.snapshot.status, Status::Completed);
@@ -148,7 +159,7 @@ fn a_snapshot_round_trips_through_a_directory_with_its_metadata() {
     let again_dir = tempfile::tempdir().expect("tempdir");
     let again = export(
         &target,
-        &imported.snapshot_id,
+        &imported.snapshot_id.to_string(),
         &Bucket::Directory(again_dir.path().to_path_buf()),
         &ExportOptions::default(),
     );
@@ -169,7 +180,7 @@ fn archives_are_never_overwritten_and_bad_destinations_are_typed_errors() {
     // Same snapshot, same second: the same key.
     let again = archive::export(
         &source,
-        &chain[0].0,
+        snapshot_id(&chain[0].0),
         &bucket,
         &ExportOptions::default(),
         &no_progress,
@@ -189,7 +200,7 @@ fn archives_are_never_overwritten_and_bad_destinations_are_typed_errors() {
     let missing = Bucket::Directory(dir.path().join("absent"));
     let result = archive::export(
         &source,
-        &chain[0].0,
+        snapshot_id(&chain[0].0),
         &missing,
         &ExportOptions::default(),
         &no_progress,
@@ -198,7 +209,7 @@ fn archives_are_never_overwritten_and_bad_destinations_are_typed_errors() {
     assert!(matches!(result, Err(Error::NotFound { .. })), "{result:?}");
     let result = archive::export(
         &source,
-        "snap-0123456789abcdef",
+        snapshot_id("snap-0123456789abcdef"),
         &bucket,
         &ExportOptions::default(),
         &no_progress,
@@ -221,7 +232,7 @@ fn archives_are_never_overwritten_and_bad_destinations_are_typed_errors() {
     ] {
         let result = archive::export(
             &source,
-            &chain[0].0,
+            snapshot_id(&chain[0].0),
             &bucket,
             &options,
             &no_progress,
@@ -249,7 +260,7 @@ fn deltas_apply_only_on_their_base_and_full_archives_deduplicate_against_a_paren
         child_id,
         &bucket,
         &ExportOptions {
-            base: Some(parent_id.clone()),
+            base: Some(snapshot_id(parent_id)),
             name: Some("delta".into()),
             ..ExportOptions::default()
         },
@@ -265,7 +276,7 @@ fn deltas_apply_only_on_their_base_and_full_archives_deduplicate_against_a_paren
         &ImportOptions::default(),
     )
     .expect("import parent");
-    assert!(holds_exactly(&target, &base.snapshot_id, parent_content).expect("read"));
+    assert!(holds_exactly(&target, &base.snapshot_id.to_string(), parent_content).expect("read"));
     let without_parent = import(&target, &bucket, &delta.key, &ImportOptions::default());
     assert!(
         matches!(without_parent, Err(Error::InvalidInput { .. })),
@@ -276,20 +287,20 @@ fn deltas_apply_only_on_their_base_and_full_archives_deduplicate_against_a_paren
         &bucket,
         &delta.key,
         &ImportOptions {
-            parent: Some(base.snapshot_id.clone()),
+            parent: Some(base.snapshot_id),
             ..ImportOptions::default()
         },
     )
     .expect("import delta");
-    assert!(holds_exactly(&target, &applied.snapshot_id, child_content).expect("read"));
+    assert!(holds_exactly(&target, &applied.snapshot_id.to_string(), child_content).expect("read"));
     // On the wrong parent (the delta's own result), the base check refuses it.
-    let snapshots = target.list_snapshots().expect("list").len();
+    let snapshots = Ebs::new(&target).list_snapshots().expect("list").len();
     let wrong = import(
         &target,
         &bucket,
         &delta.key,
         &ImportOptions {
-            parent: Some(applied.snapshot_id.clone()),
+            parent: Some(applied.snapshot_id),
             ..ImportOptions::default()
         },
     );
@@ -297,7 +308,10 @@ fn deltas_apply_only_on_their_base_and_full_archives_deduplicate_against_a_paren
         matches!(wrong, Err(Error::InvalidInput { .. })),
         "{wrong:?}"
     );
-    assert_eq!(target.list_snapshots().expect("list").len(), snapshots);
+    assert_eq!(
+        Ebs::new(&target).list_snapshots().expect("list").len(),
+        snapshots
+    );
 
     // A full child archive onto the imported parent: unchanged blocks are
     // not written again, and the result is exactly the child.
@@ -315,12 +329,17 @@ fn deltas_apply_only_on_their_base_and_full_archives_deduplicate_against_a_paren
         &bucket,
         &full_child.key,
         &ImportOptions {
-            parent: Some(base.snapshot_id.clone()),
+            parent: Some(base.snapshot_id),
             ..ImportOptions::default()
         },
     )
     .expect("import onto parent");
-    assert!(holds_exactly(&target, &deduplicated.snapshot_id, child_content).expect("read"));
+    assert!(holds_exactly(
+        &target,
+        &deduplicated.snapshot_id.to_string(),
+        child_content
+    )
+    .expect("read"));
     // 0, 7 (zeros), 100, 101 and 102.
     assert_eq!(deduplicated.blocks_unchanged, 5);
 
@@ -331,23 +350,23 @@ fn deltas_apply_only_on_their_base_and_full_archives_deduplicate_against_a_paren
         &bucket,
         &full_parent.key,
         &ImportOptions {
-            parent: Some(deduplicated.snapshot_id.clone()),
+            parent: Some(deduplicated.snapshot_id),
             ..ImportOptions::default()
         },
     )
     .expect("import parent onto child");
     let mut expected = parent_content.clone();
     expected.insert(50, 0);
-    assert!(holds_exactly(&target, &reverted.snapshot_id, &expected).expect("read"));
+    assert!(holds_exactly(&target, &reverted.snapshot_id.to_string(), &expected).expect("read"));
 }
 
 #[test]
 fn encrypted_snapshots_export_only_when_plaintext_is_accepted() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let keys = blocksnap::crypto::LocalKeyProvider::create(
+    let keys = blocksnap::keys::LocalKeyProvider::create(
         &dir.path().join("keys"),
-        &blocksnap::crypto::Passphrase::new("test passphrase").expect("passphrase"),
-        blocksnap::crypto::KdfParams {
+        &blocksnap::keys::Passphrase::new("test passphrase").expect("passphrase"),
+        blocksnap::keys::KdfParams {
             memory_kib: 1024,
             iterations: 1,
             parallelism: 1,
@@ -366,7 +385,7 @@ fn encrypted_snapshots_export_only_when_plaintext_is_accepted() {
     let bucket = Bucket::Directory(dir.path().to_path_buf());
     let refused = archive::export(
         &source,
-        &chain[0].0,
+        snapshot_id(&chain[0].0),
         &bucket,
         &ExportOptions::default(),
         &no_progress,
@@ -394,7 +413,7 @@ fn encrypted_snapshots_export_only_when_plaintext_is_accepted() {
     let target = engine();
     let imported =
         import(&target, &bucket, &report.key, &ImportOptions::default()).expect("import");
-    assert!(holds_exactly(&target, &imported.snapshot_id, &chain[0].1).expect("read"));
+    assert!(holds_exactly(&target, &imported.snapshot_id.to_string(), &chain[0].1).expect("read"));
 }
 
 /// The entries of an archive, in order: (name, data).
@@ -626,7 +645,7 @@ fn hostile_archives_are_refused_and_leave_nothing_behind() {
         });
         cases.push((label, edit, expected));
     }
-    let before = source.list_snapshots().expect("list").len();
+    let before = Ebs::new(&source).list_snapshots().expect("list").len();
     for (label, mutate, expected) in &cases {
         let mut entries = genuine.clone();
         let deflated = mutate(&mut entries);
@@ -640,7 +659,7 @@ fn hostile_archives_are_refused_and_leave_nothing_behind() {
         };
         assert!(message.contains(expected), "{label}: {message}");
         assert_eq!(
-            source.list_snapshots().expect("list").len(),
+            Ebs::new(&source).list_snapshots().expect("list").len(),
             before,
             "{label} left a snapshot"
         );
@@ -707,7 +726,10 @@ fn hostile_archives_are_refused_and_leave_nothing_behind() {
     flipped[data_offset] ^= 0x40;
     refuses_raw("flip", &flipped);
     refuses_raw("noise", &[0x5a; 4096]);
-    assert_eq!(source.list_snapshots().expect("list").len(), before);
+    assert_eq!(
+        Ebs::new(&source).list_snapshots().expect("list").len(),
+        before
+    );
 
     // The genuine archive, rewritten by the same helper, still imports.
     write_archive(&dir.path().join("hostile/genuine.zip"), &genuine, &[]);
@@ -780,7 +802,7 @@ fn more_than_65535_blocks_use_zip64_both_ways() {
     assert_eq!(imported.blocks_written, u64::from(count));
     let exported = export(
         &target,
-        &imported.snapshot_id,
+        &imported.snapshot_id.to_string(),
         &bucket,
         &ExportOptions::default(),
     );
@@ -901,14 +923,14 @@ fn a_snapshot_round_trips_through_an_s3_compatible_server() {
         &chain[1].0,
         &bucket,
         &ExportOptions {
-            base: Some(chain[0].0.clone()),
+            base: Some(snapshot_id(&chain[0].0)),
             name: Some("delta".into()),
             ..ExportOptions::default()
         },
     );
     let target = engine();
     let parent = import(&target, &bucket, &report.key, &ImportOptions::default()).expect("import");
-    assert!(holds_exactly(&target, &parent.snapshot_id, &chain[0].1).expect("read"));
+    assert!(holds_exactly(&target, &parent.snapshot_id.to_string(), &chain[0].1).expect("read"));
     let child = import(
         &target,
         &bucket,
@@ -919,7 +941,7 @@ fn a_snapshot_round_trips_through_an_s3_compatible_server() {
         },
     )
     .expect("import delta");
-    assert!(holds_exactly(&target, &child.snapshot_id, &chain[1].1).expect("read"));
+    assert!(holds_exactly(&target, &child.snapshot_id.to_string(), &chain[1].1).expect("read"));
 
     // Create-only at the commit (If-None-Match: *), for a single put and for
     // a multipart upload, even when the early check passed.
@@ -937,7 +959,7 @@ fn a_snapshot_round_trips_through_an_s3_compatible_server() {
     }
     let again = archive::export(
         &source,
-        &chain[0].0,
+        snapshot_id(&chain[0].0),
         &bucket,
         &ExportOptions {
             prefix: Some("vm".into()),
@@ -962,7 +984,7 @@ fn a_snapshot_round_trips_through_an_s3_compatible_server() {
     // Typed errors: a missing bucket, a wrong secret.
     let missing = archive::export(
         &source,
-        &chain[0].0,
+        snapshot_id(&chain[0].0),
         &server.bucket("no-such-bucket", SECRET_KEY),
         &ExportOptions::default(),
         &no_progress,
@@ -974,7 +996,7 @@ fn a_snapshot_round_trips_through_an_s3_compatible_server() {
     );
     let denied = archive::export(
         &source,
-        &chain[0].0,
+        snapshot_id(&chain[0].0),
         &server.bucket(BUCKET, "wrong-secret"),
         &ExportOptions::default(),
         &no_progress,

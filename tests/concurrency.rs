@@ -1,6 +1,7 @@
 //! Many threads putting into one snapshot and into several at once, with
 //! readers running alongside; every block reads back exactly.
 
+use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::testing::{block, complete_request, get_listed, list_all_blocks, put_request};
@@ -21,7 +22,7 @@ fn stress(durability: PutDurability) {
     let engine = Engine::open_with(Engine::local_storage(dir.path()).expect("storage"), config)
         .expect("open");
     // A completed snapshot for the readers.
-    let base = engine
+    let base = Ebs::new(&engine)
         .start_snapshot(StartSnapshotRequest {
             volume_size: 1,
             ..Default::default()
@@ -29,14 +30,14 @@ fn stress(durability: PutDurability) {
         .expect("start")
         .snapshot_id;
     for index in 0..16 {
-        engine
+        Ebs::new(&engine)
             .put_snapshot_block(put_request(&base, index, block(index as u64 + 1)))
             .expect("put");
     }
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&base, 16))
         .expect("complete");
-    let listed = engine
+    let listed = Ebs::new(&engine)
         .list_snapshot_blocks(ListSnapshotBlocksRequest {
             snapshot_id: base.clone(),
             ..Default::default()
@@ -45,7 +46,7 @@ fn stress(durability: PutDurability) {
 
     let targets: Vec<String> = (0..2)
         .map(|_| {
-            engine
+            Ebs::new(&engine)
                 .start_snapshot(StartSnapshotRequest {
                     volume_size: 1,
                     ..Default::default()
@@ -66,7 +67,7 @@ fn stress(durability: PutDurability) {
                     let mut reads = 0;
                     while writing.load(Ordering::Relaxed) || reads < 16 {
                         let entry = &listed.blocks[reads % listed.blocks.len()];
-                        let read = engine
+                        let read = Ebs::new(engine)
                             .get_snapshot_block(GetSnapshotBlockRequest {
                                 snapshot_id: base.clone(),
                                 block_index: entry.block_index,
@@ -90,7 +91,7 @@ fn stress(durability: PutDurability) {
                         // is correct, and seeds repeat across threads (dedup).
                         let index = (thread * 7 + step * 5) % 64;
                         let target = &targets[(thread + step) % 2];
-                        engine
+                        Ebs::new(engine)
                             .put_snapshot_block(put_request(
                                 target,
                                 index as i32,
@@ -115,7 +116,7 @@ fn stress(durability: PutDurability) {
             .filter(|(thread, step)| (thread + step) % 2 == position)
             .map(|(thread, step)| ((thread * 7 + step * 5) % 64) as i32)
             .collect();
-        engine
+        Ebs::new(&engine)
             .complete_snapshot(complete_request(target, expected.len() as i32))
             .expect("complete");
         let listed = list_all_blocks(&engine, target).expect("list");
@@ -165,7 +166,7 @@ fn collector_runs_alongside_writers_deleters_and_readers() {
     let engine = Engine::open_with(Engine::local_storage(dir.path()).expect("storage"), config)
         .expect("open");
     let start = |parent: Option<&String>| {
-        engine
+        Ebs::new(&engine)
             .start_snapshot(StartSnapshotRequest {
                 volume_size: 1,
                 parent_snapshot_id: parent.cloned(),
@@ -177,11 +178,11 @@ fn collector_runs_alongside_writers_deleters_and_readers() {
     let base = start(None);
     let base_content: BTreeMap<u32, u64> = (0..8).map(|i| (i, u64::from(i) % 5 + 1)).collect();
     for (index, seed) in &base_content {
-        engine
+        Ebs::new(&engine)
             .put_snapshot_block(put_request(&base, *index as i32, block(*seed)))
             .expect("put");
     }
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&base, 8))
         .expect("complete");
 
@@ -237,18 +238,18 @@ fn collector_runs_alongside_writers_deleters_and_readers() {
                             // Seeds 1..=9: most puts hit data stored before,
                             // often data whose last holder was just deleted.
                             let seed = (round * 3 + u64::from(k) + writer) % 9 + 1;
-                            engine
+                            Ebs::new(engine)
                                 .put_snapshot_block(put_request(&id, index as i32, block(seed)))
                                 .expect("put");
                             content.insert(index, seed);
                         }
                         if round % 5 == 4 {
-                            engine
+                            Ebs::new(engine)
                                 .cancel_snapshot(CancelSnapshotRequest { snapshot_id: id })
                                 .expect("cancel");
                             continue;
                         }
-                        engine
+                        Ebs::new(engine)
                             .complete_snapshot(CompleteSnapshotRequest {
                                 snapshot_id: id.clone(),
                                 changed_blocks_count: distinct_writes(round, writes, writer),
@@ -259,7 +260,7 @@ fn collector_runs_alongside_writers_deleters_and_readers() {
                         // Keep the two newest of this chain; delete older ones.
                         if chain.len() > 2 {
                             let (old, _) = chain.remove(0);
-                            engine
+                            Ebs::new(engine)
                                 .delete_snapshot(DeleteSnapshotRequest { snapshot_id: old })
                                 .expect("delete");
                         }

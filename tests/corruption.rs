@@ -15,11 +15,12 @@
 //! - nothing that only reads writes (the read-only view refuses writes);
 //! - after `repair`, `verify` is clean exactly when nothing was lost.
 //!
-//! The key file (outside the store) is covered by `crypto::local`'s tests.
+//! The key file (outside the store) is covered by `keys::local`'s tests.
 
+use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
-use blocksnap::crypto::{KdfParams, KeyProvider, LocalKeyProvider, Passphrase};
+use blocksnap::crypto::KeyProvider;
 use blocksnap::engine::{RepairOptions, VerifyOptions};
 use blocksnap::format::catalog::CatalogRecord;
 use blocksnap::format::header::FILE_HEADER_SIZE;
@@ -27,6 +28,7 @@ use blocksnap::format::index::decode_index;
 use blocksnap::format::journal::JOURNAL_RECORD_SIZE;
 use blocksnap::format::pack::RECORD_HEADER_SIZE;
 use blocksnap::ids::ChunkId;
+use blocksnap::keys::{KdfParams, LocalKeyProvider, Passphrase};
 use blocksnap::storage::{LocalStorage, MemoryStorage, Storage, TornWrites};
 use blocksnap::testing::{
     block, block_dependencies, copy_store_dir, get_listed, list_all_blocks, pack_records,
@@ -103,15 +105,18 @@ fn populate(
     };
     completed.extend(write_lineage(&engine, &encrypted, &[&[(0, 11), (4, 12)]]));
     let deleted = write_lineage(&engine, &plain, &[&[(3, 13)]]);
-    engine
+    Ebs::new(&engine)
         .delete_snapshot(DeleteSnapshotRequest {
             snapshot_id: deleted[0].0.clone(),
         })
         .expect("delete");
-    let pending = engine.start_snapshot(plain).expect("start").snapshot_id;
+    let pending = Ebs::new(&engine)
+        .start_snapshot(plain)
+        .expect("start")
+        .snapshot_id;
     let puts: BTreeMap<u32, u64> = [(4, 21), (6, 22), (8, 23), (10, 24)].into();
     for (index, seed) in &puts {
-        engine
+        Ebs::new(&engine)
             .put_snapshot_block(put_request(&pending, *index as i32, block(*seed)))
             .expect("put");
     }
@@ -487,7 +492,7 @@ fn check(
     // survived: it completes with that count and reads them back.
     let (pending, _) = &pristine.pending;
     let surviving = &expected.surviving_puts;
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(CompleteSnapshotRequest {
             snapshot_id: pending.clone(),
             changed_blocks_count: surviving.len() as i32,

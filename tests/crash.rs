@@ -7,9 +7,11 @@
 //! kept (a torn tail), or kept per file in a scattered pattern (write-back
 //! in any order across files).
 
+use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
-use blocksnap::crypto::{KdfParams, KeyProvider, LocalKeyProvider, Passphrase};
+use blocksnap::crypto::KeyProvider;
+use blocksnap::keys::{KdfParams, LocalKeyProvider, Passphrase};
 use blocksnap::storage::{MemoryStorage, TornWrites};
 use blocksnap::testing::{block, complete_request, get_listed, list_all_blocks, put_request};
 use blocksnap::{Engine, EngineConfig, Error, PutDurability};
@@ -86,7 +88,7 @@ fn run_workload(engine: &Engine, ledger: &mut Ledger) -> Result<(), Error> {
             encrypted: encrypted.then_some(true),
             ..Default::default()
         };
-        let id = engine.start_snapshot(request)?.snapshot_id;
+        let id = Ebs::new(engine).start_snapshot(request)?.snapshot_id;
         ledger.ids.push(id.clone());
         ledger.snapshots.push(Tracked {
             parent,
@@ -95,7 +97,7 @@ fn run_workload(engine: &Engine, ledger: &mut Ledger) -> Result<(), Error> {
         let position = ledger.ids.len() - 1;
         for (number, &(index, seed)) in puts.iter().enumerate() {
             ledger.snapshots[position].in_flight = Some((index, seed));
-            engine.put_snapshot_block(put_request(&id, index as i32, block(seed)))?;
+            Ebs::new(engine).put_snapshot_block(put_request(&id, index as i32, block(seed)))?;
             let tracked = &mut ledger.snapshots[position];
             tracked.in_flight = None;
             tracked.acked.push((index, seed));
@@ -115,7 +117,7 @@ fn run_workload(engine: &Engine, ledger: &mut Ledger) -> Result<(), Error> {
                 .map(|(i, _)| *i)
                 .collect::<std::collections::BTreeSet<_>>();
             ledger.snapshots[position].complete_in_flight = true;
-            engine.complete_snapshot(complete_request(&id, distinct.len() as i32))?;
+            Ebs::new(engine).complete_snapshot(complete_request(&id, distinct.len() as i32))?;
             let tracked = &mut ledger.snapshots[position];
             tracked.complete_in_flight = false;
             tracked.completed = true;
@@ -212,7 +214,7 @@ fn verify(engine: &Engine, ledger: &Ledger, context: &str) {
                 // Still pending: find the recovered count by completing with
                 // each candidate (a wrong count changes nothing), then check.
                 let completed = (0..=own_history.len() as i32).find(|count| {
-                    engine
+                    Ebs::new(engine)
                         .complete_snapshot(complete_request(id, *count))
                         .is_ok()
                 });
@@ -261,7 +263,7 @@ fn crash_everywhere_with(durability: PutDurability, keys: Option<Arc<dyn KeyProv
                 let outcome = run_workload(&engine, &mut ledger);
                 if outcome.is_err() {
                     // Fail-stop: after the failure every write is refused.
-                    let retry = engine.start_snapshot(StartSnapshotRequest {
+                    let retry = Ebs::new(&engine).start_snapshot(StartSnapshotRequest {
                         volume_size: 1,
                         ..Default::default()
                     });

@@ -3,15 +3,15 @@
 //! verify; keys are dedup domains; KEK rotation only rewraps; StartSnapshot's
 //! `Encrypted`/`KmsKeyArn` rules; restart of encrypted pending snapshots.
 
+use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::codec;
-use blocksnap::crypto::{
-    KdfParams, KeyProvider, LocalKeyProvider, Passphrase, DEFAULT_LOCAL_KEY_ARN,
-};
+use blocksnap::crypto::KeyProvider;
 use blocksnap::engine::{GcOptions, VerifyOptions};
 use blocksnap::format::crc32;
 use blocksnap::format::pack::{decode_record_header, RecordKind, RECORD_HEADER_SIZE};
+use blocksnap::keys::{KdfParams, LocalKeyProvider, Passphrase, DEFAULT_LOCAL_KEY_ARN};
 use blocksnap::storage::{MemoryStorage, Storage};
 use blocksnap::testing::{
     block, complete_request, expect_ebs, holds_exactly, linear_checksum, pack_records, put_request,
@@ -116,9 +116,12 @@ fn occurrences(files: &[(String, Vec<u8>)], needle: &[u8]) -> Vec<String> {
 /// into a snapshot left pending, under `request`.
 fn write_known_blocks(engine: &Engine, request: StartSnapshotRequest) {
     write_lineage(engine, &request, &[&[(0, 1), (1, 2), (2, 3)]]);
-    let pending = engine.start_snapshot(request).expect("start").snapshot_id;
+    let pending = Ebs::new(engine)
+        .start_snapshot(request)
+        .expect("start")
+        .snapshot_id;
     for seed in 4..=6u64 {
-        engine
+        Ebs::new(engine)
             .put_snapshot_block(put_request(&pending, seed as i32, block(seed)))
             .expect("put");
     }
@@ -340,7 +343,7 @@ fn one_key_stores_identical_data_once_two_keys_twice() {
 
     // Deleting and collecting inside domains keeps the survivors whole.
     for (id, _) in first.iter().chain(&other_key) {
-        engine
+        Ebs::new(&engine)
             .delete_snapshot(DeleteSnapshotRequest {
                 snapshot_id: id.clone(),
             })
@@ -431,18 +434,20 @@ fn after_kek_rotation_and_rewrap_every_snapshot_reads_back() {
 fn start_snapshot_encryption_rules() {
     let keys = tempfile::tempdir().expect("tempdir");
     let (_storage, engine) = memory_engine_with_keys(keys.path());
-    let default_key = engine.start_snapshot(encrypted(None)).expect("start");
+    let default_key = Ebs::new(&engine)
+        .start_snapshot(encrypted(None))
+        .expect("start");
     assert_eq!(default_key.sse_type, SseType::SseEbs);
     assert_eq!(
         default_key.kms_key_arn.as_deref(),
         Some(DEFAULT_LOCAL_KEY_ARN)
     );
-    let named = engine
+    let named = Ebs::new(&engine)
         .start_snapshot(encrypted(Some(OTHER_KEY)))
         .expect("start");
     assert_eq!(named.sse_type, SseType::SseKms);
     assert_eq!(named.kms_key_arn.as_deref(), Some(OTHER_KEY));
-    let plain = engine
+    let plain = Ebs::new(&engine)
         .start_snapshot(StartSnapshotRequest {
             volume_size: 1,
             ..Default::default()
@@ -452,14 +457,14 @@ fn start_snapshot_encryption_rules() {
     assert_eq!(plain.kms_key_arn, None);
 
     expect_ebs(
-        engine.start_snapshot(encrypted(Some(
+        Ebs::new(&engine).start_snapshot(encrypted(Some(
             "arn:aws:kms:us-east-1:123456789012:key/not-in-the-key-file",
         ))),
         "ValidationException",
         Some("INVALID_CUSTOMER_KEY"),
     );
     expect_ebs(
-        engine.start_snapshot(encrypted(Some("alias/aws/ebs"))),
+        Ebs::new(&engine).start_snapshot(encrypted(Some("alias/aws/ebs"))),
         "ValidationException",
         Some("INVALID_CUSTOMER_KEY"),
     );
@@ -467,7 +472,7 @@ fn start_snapshot_encryption_rules() {
     // Children inherit; Encrypted with a parent is refused; another key too.
     let parent = write_lineage(&engine, &encrypted(Some(OTHER_KEY)), &[&[(0, 1)]]);
     let child_of = |parent: &str, kms_key_arn: Option<&str>, encrypted: Option<bool>| {
-        engine.start_snapshot(StartSnapshotRequest {
+        Ebs::new(&engine).start_snapshot(StartSnapshotRequest {
             volume_size: 1,
             parent_snapshot_id: Some(parent.to_string()),
             kms_key_arn: kms_key_arn.map(str::to_string),
@@ -515,16 +520,18 @@ fn start_snapshot_encryption_rules() {
         client_token: Some("token-1".into()),
         ..encrypted(kms_key_arn)
     };
-    let first = engine.start_snapshot(token(None)).expect("start");
+    let first = Ebs::new(&engine)
+        .start_snapshot(token(None))
+        .expect("start");
     assert_eq!(
-        engine
+        Ebs::new(&engine)
             .start_snapshot(token(None))
             .expect("retry")
             .snapshot_id,
         first.snapshot_id
     );
     expect_ebs(
-        engine.start_snapshot(token(Some(OTHER_KEY))),
+        Ebs::new(&engine).start_snapshot(token(Some(OTHER_KEY))),
         "ConflictException",
         None,
     );
@@ -532,7 +539,7 @@ fn start_snapshot_encryption_rules() {
     // Without a key provider, encryption is refused at StartSnapshot.
     let (keyless, _, _) = blocksnap::testing::memory_engine(EngineConfig::default());
     expect_ebs(
-        keyless.start_snapshot(encrypted(None)),
+        Ebs::new(&keyless).start_snapshot(encrypted(None)),
         "ValidationException",
         Some("INVALID_CUSTOMER_KEY"),
     );
@@ -586,12 +593,12 @@ fn a_pending_encrypted_snapshot_survives_a_restart_and_completes_with_its_aggreg
     let seeds = [(0u32, 3u64), (4, 1), (9, 0), (11, 2)];
     let id = {
         let engine = open();
-        let id = engine
+        let id = Ebs::new(&engine)
             .start_snapshot(encrypted(Some(OTHER_KEY)))
             .expect("start")
             .snapshot_id;
         for (index, seed) in seeds {
-            engine
+            Ebs::new(&engine)
                 .put_snapshot_block(put_request(&id, index as i32, block(seed)))
                 .expect("put");
         }
@@ -605,12 +612,12 @@ fn a_pending_encrypted_snapshot_survives_a_restart_and_completes_with_its_aggreg
     request.checksum_algorithm = Some("SHA256".into());
     request.checksum_aggregation_method = Some("LINEAR".into());
     expect_ebs(
-        engine.complete_snapshot(request.clone()),
+        Ebs::new(&engine).complete_snapshot(request.clone()),
         "ValidationException",
         Some("INVALID_PARAMETER_VALUE"),
     );
     request.checksum = Some(linear_checksum(blocks.iter().map(Vec::as_slice)));
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(request)
         .expect("complete with the aggregate");
     let content: BTreeMap<u32, u64> = seeds.into_iter().collect();

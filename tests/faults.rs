@@ -4,6 +4,7 @@
 //! logged at ERROR with its cause, and still lets the snapshot that hit it
 //! be cancelled; anything else fails its request only, retryably.
 
+use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::storage::{Fault, FaultPoint, MemoryStorage};
@@ -37,7 +38,7 @@ fn fault(point: FaultPoint, prefix: &str, kind: ErrorKind) -> Fault {
 }
 
 fn start(engine: &Engine) -> Result<String, Error> {
-    engine
+    Ebs::new(engine)
         .start_snapshot(StartSnapshotRequest {
             volume_size: 1,
             ..Default::default()
@@ -46,7 +47,7 @@ fn start(engine: &Engine) -> Result<String, Error> {
 }
 
 fn put(engine: &Engine, snapshot: &str, index: i32, seed: u64) -> Result<(), Error> {
-    engine
+    Ebs::new(engine)
         .put_snapshot_block(put_request(snapshot, index, block(seed)))
         .map(drop)
 }
@@ -69,7 +70,7 @@ fn a_failure_to_open_a_file_fails_only_its_request() {
     );
     assert!(engine.is_writable());
     put(&engine, &snapshot, 0, 1).expect("the retry succeeds");
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&snapshot, 1))
         .expect("complete");
     assert!(holds_exactly(&engine, &snapshot, &BTreeMap::from([(0, 1)])).expect("read"));
@@ -81,7 +82,7 @@ fn a_failed_append_poisons_yet_the_snapshot_can_be_cancelled() {
     let engine = open(&storage);
     let kept = start(&engine).expect("start");
     put(&engine, &kept, 0, 1).expect("put");
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&kept, 1))
         .expect("complete");
     let snapshot = start(&engine).expect("start");
@@ -101,12 +102,12 @@ fn a_failed_append_poisons_yet_the_snapshot_can_be_cancelled() {
     assert!(matches!(start(&engine), Err(Error::Poisoned { .. })));
     // A transition that adds no data still goes through: the backup that
     // hit the full disk cancels its snapshot.
-    engine
+    Ebs::new(&engine)
         .cancel_snapshot(CancelSnapshotRequest {
             snapshot_id: snapshot.clone(),
         })
         .expect("cancel after poisoning");
-    engine
+    Ebs::new(&engine)
         .delete_snapshot(DeleteSnapshotRequest {
             snapshot_id: snapshot.clone(),
         })
@@ -117,7 +118,7 @@ fn a_failed_append_poisons_yet_the_snapshot_can_be_cancelled() {
     let engine = open(&storage);
     assert!(holds_exactly(&engine, &kept, &BTreeMap::from([(0, 1)])).expect("read"));
     expect_ebs(
-        engine.describe_snapshot(DescribeSnapshotRequest {
+        Ebs::new(&engine).describe_snapshot(DescribeSnapshotRequest {
             snapshot_id: snapshot,
         }),
         "ResourceNotFoundException",
@@ -149,13 +150,13 @@ fn a_failed_catalog_write_stops_every_transition() {
     put(&engine, &snapshot, 0, 1).expect("put");
     storage.inject(fault(FaultPoint::Sync, "catalog/", ErrorKind::Other));
     expect_ebs(
-        engine.complete_snapshot(complete_request(&snapshot, 1)),
+        Ebs::new(&engine).complete_snapshot(complete_request(&snapshot, 1)),
         "InternalServerException",
         None,
     );
     assert!(!engine.is_writable());
     assert!(matches!(
-        engine.cancel_snapshot(CancelSnapshotRequest {
+        Ebs::new(&engine).cancel_snapshot(CancelSnapshotRequest {
             snapshot_id: snapshot
         }),
         Err(Error::Poisoned { .. })
@@ -178,7 +179,7 @@ fn a_seal_whose_index_cannot_be_written_carries_on() {
         put(&engine, &snapshot, *index as i32, *seed).expect("put");
     }
     assert!(engine.is_writable(), "a missing index poisons nothing");
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&snapshot, content.len() as i32))
         .expect("complete");
     drop(engine);

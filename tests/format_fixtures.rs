@@ -5,6 +5,7 @@
 //! Regenerate a fixture only when adding a new format version:
 //! `cargo test --test format_fixtures -- --ignored write_v1_fixture`.
 
+use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::engine::VerifyOptions;
@@ -107,7 +108,7 @@ fn check_fixture(name: &str) -> Vec<Listed> {
     for listed in &manifest {
         let owned = engine.as_owner(&listed.owner);
         if !listed.completed {
-            owned
+            Ebs::new(&owned)
                 .complete_snapshot(blocksnap::testing::complete_request(
                     &listed.id,
                     listed.content.len() as i32,
@@ -165,7 +166,7 @@ fn version_1_store_still_opens_and_reads_back() {
         }
     }
     let (first, second) = (&manifest[0].id, &manifest[1].id);
-    let diff = engine
+    let diff = Ebs::new(&engine)
         .list_changed_blocks(ListChangedBlocksRequest {
             first_snapshot_id: Some(first.clone()),
             second_snapshot_id: second.clone(),
@@ -213,10 +214,13 @@ fn write_v1_copies_fixture() {
         for (id, content) in write_lineage(&other, &template, &[&[(0, 1), (2, 7)]]) {
             manifest.push_str(&line("111111111111", "completed", &id, &content));
         }
-        let pending = engine.start_snapshot(template).expect("start").snapshot_id;
+        let pending = Ebs::new(engine)
+            .start_snapshot(template)
+            .expect("start")
+            .snapshot_id;
         let puts = BTreeMap::from([(5, 9), (6, 10)]);
         for (index, seed) in &puts {
-            engine
+            Ebs::new(engine)
                 .put_snapshot_block(blocksnap::testing::put_request(
                     &pending,
                     *index as i32,

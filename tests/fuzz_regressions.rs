@@ -137,7 +137,7 @@ fn write_seed_corpora() {
     std::fs::create_dir(&bucket).expect("bucket");
     let exported = blocksnap::archive::export(
         &engine,
-        &written[0].0,
+        blocksnap::testing::snapshot_id(&written[0].0),
         &blocksnap::archive::Bucket::Directory(bucket.clone()),
         &blocksnap::archive::ExportOptions::default(),
         &|_| {},
@@ -160,10 +160,10 @@ fn write_seed_corpora() {
         write(target, entry, &bytes);
     }
     let keys = dir.path().join("keys");
-    blocksnap::crypto::LocalKeyProvider::create(
+    blocksnap::keys::LocalKeyProvider::create(
         &keys,
-        &blocksnap::crypto::Passphrase::new("fuzz passphrase").expect("passphrase"),
-        blocksnap::crypto::KdfParams {
+        &blocksnap::keys::Passphrase::new("fuzz passphrase").expect("passphrase"),
+        blocksnap::keys::KdfParams {
             memory_kib: 1024,
             iterations: 1,
             parallelism: 1,

@@ -2,6 +2,7 @@
 //! parent and its child and across unrelated snapshots, and bytes on disk
 //! growing only by the changed data.
 
+use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::testing::{block, complete_request, put_request};
 use blocksnap::Engine;
@@ -25,7 +26,10 @@ fn start(engine: &Engine, parent: Option<&str>) -> String {
         parent_snapshot_id: parent.map(str::to_string),
         ..Default::default()
     };
-    engine.start_snapshot(request).expect("start").snapshot_id
+    Ebs::new(engine)
+        .start_snapshot(request)
+        .expect("start")
+        .snapshot_id
 }
 
 fn listed_indexes(engine: &Engine, id: &str) -> Vec<i32> {
@@ -34,7 +38,7 @@ fn listed_indexes(engine: &Engine, id: &str) -> Vec<i32> {
         max_results: Some(10_000),
         ..Default::default()
     };
-    engine
+    Ebs::new(engine)
         .list_snapshot_blocks(request)
         .expect("list")
         .blocks
@@ -49,7 +53,7 @@ fn a_child_costs_only_what_it_changed() {
     let engine = Engine::open(dir.path()).expect("open");
     let parent = start(&engine, None);
     for index in 0..64u64 {
-        engine
+        Ebs::new(&engine)
             .put_snapshot_block(put_request(
                 &parent,
                 (index * 31) as i32,
@@ -57,7 +61,7 @@ fn a_child_costs_only_what_it_changed() {
             ))
             .expect("put");
     }
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&parent, 64))
         .expect("complete parent");
     let after_parent = disk_bytes(dir.path());
@@ -66,7 +70,7 @@ fn a_child_costs_only_what_it_changed() {
     let child = start(&engine, Some(&parent));
     // 8 changed blocks, 16 rewritten with identical content, 2 new zero blocks.
     for index in 0..8u64 {
-        engine
+        Ebs::new(&engine)
             .put_snapshot_block(put_request(
                 &child,
                 (index * 31) as i32,
@@ -75,7 +79,7 @@ fn a_child_costs_only_what_it_changed() {
             .expect("changed");
     }
     for index in 8..24u64 {
-        engine
+        Ebs::new(&engine)
             .put_snapshot_block(put_request(
                 &child,
                 (index * 31) as i32,
@@ -83,13 +87,13 @@ fn a_child_costs_only_what_it_changed() {
             ))
             .expect("same");
     }
-    engine
+    Ebs::new(&engine)
         .put_snapshot_block(put_request(&child, 2000, block(0)))
         .expect("zero");
-    engine
+    Ebs::new(&engine)
         .put_snapshot_block(put_request(&child, 2001, block(0)))
         .expect("zero");
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&child, 26))
         .expect("complete child");
     let growth = disk_bytes(dir.path()) - after_parent;
@@ -107,7 +111,7 @@ fn a_child_costs_only_what_it_changed() {
     assert_eq!(listed_indexes(&engine, &child), expected);
 
     // The diff is exactly the changed indexes and the new ones.
-    let diff = engine
+    let diff = Ebs::new(&engine)
         .list_changed_blocks(ListChangedBlocksRequest {
             first_snapshot_id: Some(parent.clone()),
             second_snapshot_id: child.clone(),
@@ -132,11 +136,11 @@ fn identical_data_is_stored_once_across_the_store() {
     let first = start(&engine, None);
     // The same block at 40 indexes of one snapshot.
     for index in 0..40 {
-        engine
+        Ebs::new(&engine)
             .put_snapshot_block(put_request(&first, index * 3, block(random_seed(7))))
             .expect("put");
     }
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&first, 40))
         .expect("complete");
     let bytes_after_first = disk_bytes(dir.path());
@@ -149,11 +153,11 @@ fn identical_data_is_stored_once_across_the_store() {
     let chunks_before = engine.chunk_stats();
     let second = start(&engine, None);
     for index in 0..40 {
-        engine
+        Ebs::new(&engine)
             .put_snapshot_block(put_request(&second, index * 3, block(random_seed(7))))
             .expect("put");
     }
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&second, 40))
         .expect("complete");
     assert_eq!(
@@ -170,24 +174,24 @@ fn a_reopened_store_keeps_lineage_and_content() {
     let (parent, child) = {
         let engine = Engine::open(dir.path()).expect("open");
         let parent = start(&engine, None);
-        engine
+        Ebs::new(&engine)
             .put_snapshot_block(put_request(&parent, 1, block(1)))
             .expect("put");
-        engine
+        Ebs::new(&engine)
             .complete_snapshot(complete_request(&parent, 1))
             .expect("complete");
         let child = start(&engine, Some(&parent));
-        engine
+        Ebs::new(&engine)
             .put_snapshot_block(put_request(&child, 2, block(2)))
             .expect("put");
-        engine
+        Ebs::new(&engine)
             .complete_snapshot(complete_request(&child, 1))
             .expect("complete");
         (parent, child)
     };
     let engine = Engine::open(dir.path()).expect("reopen");
     assert_eq!(listed_indexes(&engine, &child), vec![1, 2]);
-    let diff = engine
+    let diff = Ebs::new(&engine)
         .list_changed_blocks(ListChangedBlocksRequest {
             first_snapshot_id: Some(parent),
             second_snapshot_id: child,

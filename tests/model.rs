@@ -2,6 +2,7 @@
 //! get) run against the engine and a deliberately naive in-memory model;
 //! every observable result must agree.
 
+use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::engine::GcOptions;
 use blocksnap::storage::MemoryStorage;
@@ -59,7 +60,7 @@ impl Harness {
             ..Default::default()
         };
         loop {
-            let page = self.engine().list_snapshot_blocks(request.clone())?;
+            let page = Ebs::new(self.engine()).list_snapshot_blocks(request.clone())?;
             out.extend(
                 page.blocks
                     .into_iter()
@@ -82,7 +83,7 @@ impl Harness {
                     ..Default::default()
                 };
                 let expected = self.model.start(parent, volume_gib);
-                match (self.engine().start_snapshot(request), expected) {
+                match (Ebs::new(self.engine()).start_snapshot(request), expected) {
                     (Ok(response), Ok(position)) => {
                         assert_eq!(position, self.ids.len());
                         self.ids.push(response.snapshot_id);
@@ -102,7 +103,9 @@ impl Harness {
                 };
                 let request =
                     blocksnap::testing::put_request(&self.ids[position], index as i32, block(seed));
-                let actual = self.engine().put_snapshot_block(request).map(|_| ());
+                let actual = Ebs::new(self.engine())
+                    .put_snapshot_block(request)
+                    .map(|_| ());
                 let expected = self.model.put(position, index, seed);
                 match (actual, expected) {
                     (Ok(()), Ok(())) => {}
@@ -119,8 +122,7 @@ impl Harness {
                 };
                 let own = self.model.snapshots[position].own_writes.len();
                 let count = if correct_count { own } else { own + 1 };
-                let actual = self
-                    .engine()
+                let actual = Ebs::new(self.engine())
                     .complete_snapshot(complete_request(&self.ids[position], count as i32));
                 match (actual, self.model.complete(position, count)) {
                     (Ok(response), Ok(())) => assert_eq!(response.status, Status::Completed),
@@ -166,7 +168,7 @@ impl Harness {
                     ..Default::default()
                 };
                 match (
-                    self.engine().list_changed_blocks(request),
+                    Ebs::new(self.engine()).list_changed_blocks(request),
                     self.model.diff(a, b),
                 ) {
                     (Ok(response), Ok(expected)) => {
@@ -203,8 +205,7 @@ impl Harness {
                             return;
                         };
                         assert_eq!(listed_index, expected_index);
-                        let read = self
-                            .engine()
+                        let read = Ebs::new(self.engine())
                             .get_snapshot_block(GetSnapshotBlockRequest {
                                 snapshot_id: self.ids[position].clone(),
                                 block_index: *listed_index as i32,
@@ -226,7 +227,7 @@ impl Harness {
                 let Some(position) = self.pending(snapshot, any) else {
                     return;
                 };
-                let actual = self.engine().cancel_snapshot(CancelSnapshotRequest {
+                let actual = Ebs::new(self.engine()).cancel_snapshot(CancelSnapshotRequest {
                     snapshot_id: self.ids[position].clone(),
                 });
                 match (actual, self.model.cancel(position)) {
@@ -239,7 +240,7 @@ impl Harness {
                 let Some(position) = self.model.pick(snapshot, ModelStatus::Completed, any) else {
                     return;
                 };
-                let actual = self.engine().delete_snapshot(DeleteSnapshotRequest {
+                let actual = Ebs::new(self.engine()).delete_snapshot(DeleteSnapshotRequest {
                     snapshot_id: self.ids[position].clone(),
                 });
                 match (actual, self.model.delete(position)) {

@@ -2,6 +2,7 @@
 //! what nothing else needs, in every deletion order, across crashes at
 //! every sync point, and while writers and readers run.
 
+use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::engine::GcOptions;
@@ -50,7 +51,7 @@ const CHAIN: [&[(u32, u64)]; 5] = [
 const UNRELATED: &[(u32, u64)] = &[(10, 3), (11, 12), (12, 16)];
 
 fn delete(engine: &Engine, id: &str) {
-    engine
+    Ebs::new(engine)
         .delete_snapshot(DeleteSnapshotRequest {
             snapshot_id: id.to_string(),
         })
@@ -141,7 +142,7 @@ fn permutations(prefix: &mut Vec<usize>, n: usize, out: &mut Vec<Vec<usize>>) {
 }
 
 fn expect_not_found(engine: &Engine, id: &str) {
-    let listed = engine.list_snapshot_blocks(ListSnapshotBlocksRequest {
+    let listed = Ebs::new(engine).list_snapshot_blocks(ListSnapshotBlocksRequest {
         snapshot_id: id.to_string(),
         ..Default::default()
     });
@@ -160,7 +161,9 @@ fn unique_bytes_predict_what_deletion_frees() {
     for (position, (id, _)) in lineage.iter().enumerate().rev() {
         collect_all(&engine);
         let before = engine.store_stats().expect("stats");
-        let predicted = engine.snapshot_stats(id).expect("snapshot stats");
+        let predicted = engine
+            .snapshot_stats(blocksnap::testing::snapshot_id(id))
+            .expect("snapshot stats");
         assert_eq!(
             predicted.written_bytes,
             CHAIN[position].len() as u64 * 524_288
@@ -189,7 +192,7 @@ fn cancelling_frees_only_what_the_snapshot_introduced() {
     let lineage = write_lineage(&engine, &template(), &CHAIN[..2]);
     collect_all(&engine);
     let baseline = engine.store_stats().expect("stats");
-    let child = engine
+    let child = Ebs::new(&engine)
         .start_snapshot(StartSnapshotRequest {
             parent_snapshot_id: Some(lineage[1].0.clone()),
             ..template()
@@ -199,12 +202,12 @@ fn cancelling_frees_only_what_the_snapshot_introduced() {
     // New data (seeds 20..), data the parent already holds (seed 6), zeros,
     // and an overwrite within the pending snapshot.
     for (index, seed) in [(0, 20), (1, 6), (2, 0), (3, 21), (3, 22)] {
-        engine
+        Ebs::new(&engine)
             .put_snapshot_block(put_request(&child, index, block(seed)))
             .expect("put");
     }
     assert!(engine.store_stats().expect("stats").stored_bytes > baseline.stored_bytes);
-    engine
+    Ebs::new(&engine)
         .cancel_snapshot(CancelSnapshotRequest {
             snapshot_id: child.clone(),
         })
@@ -233,7 +236,7 @@ fn deletion_rules() {
     let storage = MemoryStorage::new();
     let engine = open(&storage);
     let lineage = write_lineage(&engine, &template(), &CHAIN[..1]);
-    let pending = engine
+    let pending = Ebs::new(&engine)
         .start_snapshot(StartSnapshotRequest {
             parent_snapshot_id: Some(lineage[0].0.clone()),
             ..template()
@@ -241,7 +244,7 @@ fn deletion_rules() {
         .expect("start")
         .snapshot_id;
     let attempt = |id: &str| {
-        engine.delete_snapshot(DeleteSnapshotRequest {
+        Ebs::new(&engine).delete_snapshot(DeleteSnapshotRequest {
             snapshot_id: id.to_string(),
         })
     };
@@ -255,7 +258,7 @@ fn deletion_rules() {
         "ValidationException",
         Some("INVALID_DEPENDENCY_REQUEST"),
     );
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&pending, 0))
         .expect("complete");
     attempt(&lineage[0].0).expect("a completed child no longer pins its parent");
@@ -304,7 +307,7 @@ fn crash_workload(engine: &Engine, fixture: &Fixture) -> blocksnap::Result<()> {
         &fixture.lineage[2].0,
         &fixture.unrelated[0].0,
     ] {
-        engine.delete_snapshot(DeleteSnapshotRequest {
+        Ebs::new(engine).delete_snapshot(DeleteSnapshotRequest {
             snapshot_id: id.clone(),
         })?;
     }
@@ -312,14 +315,14 @@ fn crash_workload(engine: &Engine, fixture: &Fixture) -> blocksnap::Result<()> {
         live_threshold: 1.0,
         ..GcOptions::default()
     })?;
-    let child = engine
+    let child = Ebs::new(engine)
         .start_snapshot(StartSnapshotRequest {
             parent_snapshot_id: Some(fixture.lineage[4].0.clone()),
             ..template()
         })?
         .snapshot_id;
-    engine.put_snapshot_block(put_request(&child, 3, block(16)))?;
-    engine.complete_snapshot(complete_request(&child, 1))?;
+    Ebs::new(engine).put_snapshot_block(put_request(&child, 3, block(16)))?;
+    Ebs::new(engine).complete_snapshot(complete_request(&child, 1))?;
     Ok(())
 }
 

@@ -16,7 +16,7 @@ type Failure = (String, Option<String>);
 type Outcome<T> = Result<T, Failure>;
 
 /// The six operations, as a client calls them.
-trait Ebs {
+trait Client {
     fn start(&self, request: StartSnapshotRequest) -> Outcome<StartSnapshotResponse>;
     fn put(&self, request: PutSnapshotBlockRequest) -> Outcome<PutSnapshotBlockResponse>;
     fn complete(&self, request: CompleteSnapshotRequest) -> Outcome<CompleteSnapshotResponse>;
@@ -32,24 +32,24 @@ fn in_process<T>(result: blocksnap::Result<T>) -> Outcome<T> {
     })
 }
 
-impl Ebs for Engine {
+impl Client for Engine {
     fn start(&self, request: StartSnapshotRequest) -> Outcome<StartSnapshotResponse> {
-        in_process(self.start_snapshot(request))
+        in_process(Ebs::new(self).start_snapshot(request))
     }
     fn put(&self, request: PutSnapshotBlockRequest) -> Outcome<PutSnapshotBlockResponse> {
-        in_process(self.put_snapshot_block(request))
+        in_process(Ebs::new(self).put_snapshot_block(request))
     }
     fn complete(&self, request: CompleteSnapshotRequest) -> Outcome<CompleteSnapshotResponse> {
-        in_process(self.complete_snapshot(request))
+        in_process(Ebs::new(self).complete_snapshot(request))
     }
     fn get(&self, request: GetSnapshotBlockRequest) -> Outcome<GetSnapshotBlockResponse> {
-        in_process(self.get_snapshot_block(request))
+        in_process(Ebs::new(self).get_snapshot_block(request))
     }
     fn list(&self, request: ListSnapshotBlocksRequest) -> Outcome<ListSnapshotBlocksResponse> {
-        in_process(self.list_snapshot_blocks(request))
+        in_process(Ebs::new(self).list_snapshot_blocks(request))
     }
     fn changed(&self, request: ListChangedBlocksRequest) -> Outcome<ListChangedBlocksResponse> {
-        in_process(self.list_changed_blocks(request))
+        in_process(Ebs::new(self).list_changed_blocks(request))
     }
 }
 
@@ -106,7 +106,7 @@ fn time(seconds: Option<&aws_sdk_ebs::primitives::DateTime>) -> Option<std::time
     seconds.and_then(|time| std::time::SystemTime::try_from(*time).ok())
 }
 
-impl Ebs for Sdk {
+impl Client for Sdk {
     fn start(&self, request: StartSnapshotRequest) -> Outcome<StartSnapshotResponse> {
         let tags = request
             .tags
@@ -324,7 +324,7 @@ fn expect_failure<T: std::fmt::Debug>(outcome: Outcome<T>, code: &str, reason: O
 }
 
 /// A completed snapshot holding `block(seed)` at each `(index, seed)`.
-fn completed(ebs: &dyn Ebs, parent: Option<&str>, writes: &[(i32, u64)]) -> String {
+fn completed(ebs: &dyn Client, parent: Option<&str>, writes: &[(i32, u64)]) -> String {
     let snapshot = ebs
         .start(StartSnapshotRequest {
             volume_size: 1,
@@ -347,7 +347,7 @@ fn completed(ebs: &dyn Ebs, parent: Option<&str>, writes: &[(i32, u64)]) -> Stri
 }
 
 /// Every listed block of a snapshot, page by page.
-fn list_all(ebs: &dyn Ebs, snapshot: &str, page: i32) -> Vec<Block> {
+fn list_all(ebs: &dyn Client, snapshot: &str, page: i32) -> Vec<Block> {
     let mut request = ListSnapshotBlocksRequest {
         snapshot_id: snapshot.to_string(),
         max_results: Some(page),
@@ -366,7 +366,7 @@ fn list_all(ebs: &dyn Ebs, snapshot: &str, page: i32) -> Vec<Block> {
 
 /// The suite: every operation, pagination, parent and child, changed
 /// blocks, idempotency, and the error classes.
-fn scenarios(ebs: &dyn Ebs) {
+fn scenarios(ebs: &dyn Client) {
     let started = ebs
         .start(StartSnapshotRequest {
             volume_size: 1,

@@ -1,6 +1,7 @@
 //! The storage contract on every backend, and an engine round trip in both
 //! read modes (mmap and pread) on the local backend.
 
+use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::storage::{LocalStorage, MemoryStorage};
@@ -45,7 +46,7 @@ fn round_trip(use_mmap: bool) {
             config(),
         )
         .expect("open");
-        let id = engine
+        let id = Ebs::new(&engine)
             .start_snapshot(StartSnapshotRequest {
                 volume_size: 1,
                 ..Default::default()
@@ -53,11 +54,11 @@ fn round_trip(use_mmap: bool) {
             .expect("start")
             .snapshot_id;
         for (index, seed) in seeds.iter().enumerate() {
-            engine
+            Ebs::new(&engine)
                 .put_snapshot_block(put_request(&id, index as i32 * 100, block(*seed)))
                 .expect("put");
         }
-        engine
+        Ebs::new(&engine)
             .complete_snapshot(complete_request(&id, seeds.len() as i32))
             .expect("complete");
         id

@@ -4,6 +4,7 @@
 //! another holds), while an owner still deduplicates against itself; the
 //! operator can ask for one shared domain instead.
 
+use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::engine::VerifyOptions;
 use blocksnap::storage::MemoryStorage;
@@ -59,26 +60,28 @@ fn owners_never_share_storage_by_default() {
     assert!(again <= 1, "{again} chunks");
     // A child inherits its parent's domain and dedups against it.
     let before = bob.chunk_stats().chunks;
-    let child = bob
+    let child = Ebs::new(&bob)
         .start_snapshot(StartSnapshotRequest {
             parent_snapshot_id: Some(bob_snapshot.clone()),
             ..template()
         })
         .expect("start child");
-    bob.put_snapshot_block(blocksnap::testing::put_request(
-        &child.snapshot_id,
-        1,
-        block(5),
-    ))
-    .expect("put");
-    bob.complete_snapshot(blocksnap::testing::complete_request(&child.snapshot_id, 1))
+    Ebs::new(&bob)
+        .put_snapshot_block(blocksnap::testing::put_request(
+            &child.snapshot_id,
+            1,
+            block(5),
+        ))
+        .expect("put");
+    Ebs::new(&bob)
+        .complete_snapshot(blocksnap::testing::complete_request(&child.snapshot_id, 1))
         .expect("complete");
     // The block (Bob's own, at another index) and the new path's nodes.
     assert!(bob.chunk_stats().chunks - before <= 5);
     assert!(
         holds_exactly(&bob, &child.snapshot_id, &BTreeMap::from([(0, 5), (1, 5)])).expect("read")
     );
-    let changed = bob
+    let changed = Ebs::new(&bob)
         .list_changed_blocks(ListChangedBlocksRequest {
             first_snapshot_id: Some(bob_snapshot.clone()),
             second_snapshot_id: child.snapshot_id.clone(),
@@ -88,12 +91,12 @@ fn owners_never_share_storage_by_default() {
     assert_eq!(changed.changed_blocks.len(), 1);
     // Nothing of Bob's is visible to Alice, and the API shows no key name
     // for plain snapshots.
-    assert!(alice
+    assert!(Ebs::new(&alice)
         .describe_snapshot(DescribeSnapshotRequest {
             snapshot_id: bob_snapshot.clone(),
         })
         .is_err());
-    let described = bob
+    let described = Ebs::new(&bob)
         .describe_snapshot(DescribeSnapshotRequest {
             snapshot_id: bob_snapshot.clone(),
         })

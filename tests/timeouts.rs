@@ -4,6 +4,7 @@
 //! The reaper is tested on a paused tokio clock (the test takes
 //! milliseconds); the lazy path and restarts on a manual clock.
 
+use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::clock::{ManualClock, TokioClock};
 use blocksnap::storage::{MemoryStorage, Storage};
@@ -16,7 +17,7 @@ const START_MILLIS: u64 = 1_795_392_000_000;
 const MINUTE: Duration = Duration::from_secs(60);
 
 fn start(engine: &Engine, timeout: Option<i32>) -> String {
-    engine
+    Ebs::new(engine)
         .start_snapshot(StartSnapshotRequest {
             volume_size: 1,
             timeout,
@@ -27,7 +28,7 @@ fn start(engine: &Engine, timeout: Option<i32>) -> String {
 }
 
 fn describe(engine: &Engine, id: &str) -> SnapshotDescription {
-    engine
+    Ebs::new(engine)
         .describe_snapshot(DescribeSnapshotRequest {
             snapshot_id: id.to_string(),
         })
@@ -71,12 +72,12 @@ async fn reaper_cancels_a_snapshot_without_puts_at_its_deadline() {
         "{reason}"
     );
     expect_ebs(
-        engine.put_snapshot_block(put_request(&id, 0, block(1))),
+        Ebs::new(&engine).put_snapshot_block(put_request(&id, 0, block(1))),
         "ValidationException",
         Some("WRITE_REQUEST_TIMEOUT"),
     );
     expect_ebs(
-        engine.complete_snapshot(complete_request(&id, 0)),
+        Ebs::new(&engine).complete_snapshot(complete_request(&id, 0)),
         "ValidationException",
         Some("WRITE_REQUEST_TIMEOUT"),
     );
@@ -88,7 +89,7 @@ async fn each_put_resets_the_timer_and_completion_stops_it() {
     let id = start(&engine, None); // default: 60 minutes
     for index in 0..3 {
         tokio::time::sleep(59 * MINUTE).await;
-        engine
+        Ebs::new(&engine)
             .put_snapshot_block_async(put_request(&id, index, block(index as u64 + 1)))
             .await
             .expect("put within the timeout");
@@ -99,7 +100,7 @@ async fn each_put_resets_the_timer_and_completion_stops_it() {
         Some(last_put + 60 * 60_000)
     );
     tokio::time::sleep(59 * MINUTE).await;
-    let completed = engine
+    let completed = Ebs::new(&engine)
         .complete_snapshot_async(complete_request(&id, 3))
         .await
         .expect("complete before the deadline");
@@ -115,7 +116,7 @@ async fn reaper_cancels_a_snapshot_not_completed_after_its_last_put() {
     let (engine, storage) = paused_engine();
     let id = start(&engine, Some(10));
     tokio::time::sleep(4 * MINUTE).await;
-    engine
+    Ebs::new(&engine)
         .put_snapshot_block_async(put_request(&id, 7, block(3)))
         .await
         .expect("put");
@@ -160,13 +161,13 @@ fn without_a_runtime_deadlines_apply_on_access() {
     let (engine, _storage, clock) = memory_engine(EngineConfig::default());
     let id = start(&engine, Some(10));
     clock.advance(10 * MINUTE - Duration::from_millis(1));
-    engine
+    Ebs::new(&engine)
         .put_snapshot_block(put_request(&id, 0, block(1)))
         .expect("put one millisecond before the deadline");
     clock.advance(10 * MINUTE);
     // Exactly at the deadline (last put + 10 minutes): cancelled.
     expect_ebs(
-        engine.complete_snapshot(complete_request(&id, 1)),
+        Ebs::new(&engine).complete_snapshot(complete_request(&id, 1)),
         "ValidationException",
         Some("WRITE_REQUEST_TIMEOUT"),
     );
@@ -182,11 +183,11 @@ fn without_a_runtime_deadlines_apply_on_access() {
 fn completion_one_millisecond_before_the_deadline_wins() {
     let (engine, _storage, clock) = memory_engine(EngineConfig::default());
     let id = start(&engine, Some(10));
-    engine
+    Ebs::new(&engine)
         .put_snapshot_block(put_request(&id, 0, block(1)))
         .expect("put");
     clock.advance(10 * MINUTE - Duration::from_millis(1));
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&id, 1))
         .expect("complete");
     clock.advance(MINUTE);
@@ -208,7 +209,7 @@ fn deadlines_survive_restart() {
     let idle = start(&engine, Some(10));
     let written = start(&engine, Some(10));
     clock.advance(8 * MINUTE);
-    engine
+    Ebs::new(&engine)
         .put_snapshot_block(put_request(&written, 3, block(2)))
         .expect("put");
     drop(engine);
@@ -234,7 +235,7 @@ fn deadlines_survive_restart() {
     let engine = open();
     assert_eq!(describe(&engine, &written).snapshot.status, Status::Error);
     expect_ebs(
-        engine.put_snapshot_block(put_request(&written, 4, block(2))),
+        Ebs::new(&engine).put_snapshot_block(put_request(&written, 4, block(2))),
         "ValidationException",
         Some("WRITE_REQUEST_TIMEOUT"),
     );
@@ -244,10 +245,10 @@ fn deadlines_survive_restart() {
 fn explicit_cancellation_takes_the_same_path() {
     let (engine, _storage, _clock) = memory_engine(EngineConfig::default());
     let id = start(&engine, None);
-    engine
+    Ebs::new(&engine)
         .put_snapshot_block(put_request(&id, 0, block(1)))
         .expect("put");
-    let cancelled = engine
+    let cancelled = Ebs::new(&engine)
         .cancel_snapshot(CancelSnapshotRequest {
             snapshot_id: id.clone(),
         })
@@ -259,13 +260,13 @@ fn explicit_cancellation_takes_the_same_path() {
         Some("Cancelled by the caller.")
     );
     for result in [
-        engine
+        Ebs::new(&engine)
             .put_snapshot_block(put_request(&id, 1, block(2)))
             .map(|_| ()),
-        engine
+        Ebs::new(&engine)
             .complete_snapshot(complete_request(&id, 1))
             .map(|_| ()),
-        engine
+        Ebs::new(&engine)
             .cancel_snapshot(CancelSnapshotRequest {
                 snapshot_id: id.clone(),
             })
@@ -274,18 +275,18 @@ fn explicit_cancellation_takes_the_same_path() {
         expect_ebs(result, "ValidationException", Some("INVALID_SNAPSHOT_ID"));
     }
     let completed = start(&engine, None);
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&completed, 0))
         .expect("complete");
     expect_ebs(
-        engine.cancel_snapshot(CancelSnapshotRequest {
+        Ebs::new(&engine).cancel_snapshot(CancelSnapshotRequest {
             snapshot_id: completed,
         }),
         "ValidationException",
         Some("INVALID_SNAPSHOT_ID"),
     );
     expect_ebs(
-        engine.cancel_snapshot(CancelSnapshotRequest {
+        Ebs::new(&engine).cancel_snapshot(CancelSnapshotRequest {
             snapshot_id: "snap-0123456789abcdef".into(),
         }),
         "ResourceNotFoundException",
@@ -302,7 +303,7 @@ fn timed_out_snapshots_free_their_pending_slot() {
     start(&engine, Some(10));
     start(&engine, Some(20));
     expect_ebs(
-        engine.start_snapshot(StartSnapshotRequest {
+        Ebs::new(&engine).start_snapshot(StartSnapshotRequest {
             volume_size: 1,
             ..Default::default()
         }),

@@ -1,6 +1,7 @@
 //! Every EBS rule of the reference, one test each, asserting the error class
 //! and `Reason` through the single wire mapping (`api::ebs_error`).
 
+use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::testing::{
     block, checksum, complete_request, expect_ebs, linear_checksum, memory_engine, put_request,
@@ -16,7 +17,7 @@ fn engine() -> Engine {
 }
 
 fn start(engine: &Engine, volume_size: i64) -> String {
-    engine
+    Ebs::new(engine)
         .start_snapshot(StartSnapshotRequest {
             volume_size,
             ..Default::default()
@@ -36,18 +37,18 @@ fn start_request(volume_size: i64) -> StartSnapshotRequest {
 fn completed(engine: &Engine, seeds: &[u64]) -> String {
     let id = start(engine, 1);
     for (index, seed) in seeds.iter().enumerate() {
-        engine
+        Ebs::new(engine)
             .put_snapshot_block(put_request(&id, index as i32, block(*seed)))
             .expect("put");
     }
-    engine
+    Ebs::new(engine)
         .complete_snapshot(complete_request(&id, seeds.len() as i32))
         .expect("complete");
     id
 }
 
 fn list_all(engine: &Engine, id: &str) -> ListSnapshotBlocksResponse {
-    engine
+    Ebs::new(engine)
         .list_snapshot_blocks(ListSnapshotBlocksRequest {
             snapshot_id: id.into(),
             max_results: Some(10_000),
@@ -65,7 +66,7 @@ fn start_response_has_every_field() {
         key: "k".into(),
         value: "v".into(),
     }];
-    let response = engine
+    let response = Ebs::new(&engine)
         .start_snapshot(StartSnapshotRequest {
             volume_size: 8,
             tags: tags.clone(),
@@ -96,22 +97,22 @@ fn start_response_has_every_field() {
 fn volume_size_must_be_1_to_65536() {
     let engine = engine();
     expect_ebs(
-        engine.start_snapshot(start_request(0)),
+        Ebs::new(&engine).start_snapshot(start_request(0)),
         VALIDATION,
         Some("INVALID_VOLUME_SIZE"),
     );
     expect_ebs(
-        engine.start_snapshot(start_request(-5)),
+        Ebs::new(&engine).start_snapshot(start_request(-5)),
         VALIDATION,
         Some("INVALID_VOLUME_SIZE"),
     );
     expect_ebs(
-        engine.start_snapshot(start_request(65_537)),
+        Ebs::new(&engine).start_snapshot(start_request(65_537)),
         VALIDATION,
         Some("INVALID_VOLUME_SIZE"),
     );
     assert_eq!(
-        engine
+        Ebs::new(&engine)
             .start_snapshot(start_request(65_536))
             .expect("64 TiB")
             .volume_size,
@@ -127,10 +128,14 @@ fn timeout_must_be_10_to_4320() {
             timeout: Some(bad),
             ..start_request(1)
         };
-        expect_ebs(engine.start_snapshot(request), VALIDATION, PARAMETER);
+        expect_ebs(
+            Ebs::new(&engine).start_snapshot(request),
+            VALIDATION,
+            PARAMETER,
+        );
     }
     for good in [10, 4320] {
-        engine
+        Ebs::new(&engine)
             .start_snapshot(StartSnapshotRequest {
                 timeout: Some(good),
                 ..start_request(1)
@@ -151,7 +156,7 @@ fn at_most_50_tags() {
         ..start_request(1)
     };
     expect_ebs(
-        engine.start_snapshot(request),
+        Ebs::new(&engine).start_snapshot(request),
         VALIDATION,
         Some("INVALID_TAG"),
     );
@@ -160,7 +165,11 @@ fn at_most_50_tags() {
         ..start_request(1)
     };
     assert_eq!(
-        engine.start_snapshot(request).expect("50 tags").tags.len(),
+        Ebs::new(&engine)
+            .start_snapshot(request)
+            .expect("50 tags")
+            .tags
+            .len(),
         50
     );
 }
@@ -177,7 +186,7 @@ fn tag_key_is_1_to_127_characters() {
             ..start_request(1)
         };
         expect_ebs(
-            engine.start_snapshot(request),
+            Ebs::new(&engine).start_snapshot(request),
             VALIDATION,
             Some("INVALID_TAG"),
         );
@@ -189,7 +198,7 @@ fn tag_key_is_1_to_127_characters() {
         }],
         ..start_request(1)
     };
-    engine
+    Ebs::new(&engine)
         .start_snapshot(request)
         .expect("127 characters (254 bytes) is allowed");
 }
@@ -205,7 +214,7 @@ fn tag_value_is_at_most_255_characters() {
         ..start_request(1)
     };
     expect_ebs(
-        engine.start_snapshot(request),
+        Ebs::new(&engine).start_snapshot(request),
         VALIDATION,
         Some("INVALID_TAG"),
     );
@@ -216,7 +225,9 @@ fn tag_value_is_at_most_255_characters() {
         }],
         ..start_request(1)
     };
-    engine.start_snapshot(request).expect("255 characters");
+    Ebs::new(&engine)
+        .start_snapshot(request)
+        .expect("255 characters");
 }
 
 #[test]
@@ -227,9 +238,13 @@ fn description_is_1_to_255_characters() {
             description: Some(description),
             ..start_request(1)
         };
-        expect_ebs(engine.start_snapshot(request), VALIDATION, PARAMETER);
+        expect_ebs(
+            Ebs::new(&engine).start_snapshot(request),
+            VALIDATION,
+            PARAMETER,
+        );
     }
-    engine
+    Ebs::new(&engine)
         .start_snapshot(StartSnapshotRequest {
             description: Some("d".repeat(255)),
             ..start_request(1)
@@ -245,7 +260,7 @@ fn parent_must_exist() {
         ..start_request(1)
     };
     expect_ebs(
-        engine.start_snapshot(request),
+        Ebs::new(&engine).start_snapshot(request),
         "ResourceNotFoundException",
         Some("SNAPSHOT_NOT_FOUND"),
     );
@@ -254,7 +269,7 @@ fn parent_must_exist() {
         ..start_request(1)
     };
     expect_ebs(
-        engine.start_snapshot(request),
+        Ebs::new(&engine).start_snapshot(request),
         VALIDATION,
         Some("INVALID_SNAPSHOT_ID"),
     );
@@ -268,14 +283,18 @@ fn parent_must_be_completed() {
         parent_snapshot_id: Some(pending),
         ..start_request(1)
     };
-    expect_ebs(engine.start_snapshot(request), VALIDATION, PARAMETER);
+    expect_ebs(
+        Ebs::new(&engine).start_snapshot(request),
+        VALIDATION,
+        PARAMETER,
+    );
 }
 
 #[test]
 fn child_volume_is_at_least_the_parents() {
     let engine = engine();
     let parent = start(&engine, 2);
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&parent, 0))
         .expect("complete");
     let request = StartSnapshotRequest {
@@ -283,7 +302,7 @@ fn child_volume_is_at_least_the_parents() {
         ..start_request(1)
     };
     expect_ebs(
-        engine.start_snapshot(request),
+        Ebs::new(&engine).start_snapshot(request),
         VALIDATION,
         Some("INVALID_VOLUME_SIZE"),
     );
@@ -291,7 +310,9 @@ fn child_volume_is_at_least_the_parents() {
         parent_snapshot_id: Some(parent.clone()),
         ..start_request(3)
     };
-    let child = engine.start_snapshot(request).expect("larger child");
+    let child = Ebs::new(&engine)
+        .start_snapshot(request)
+        .expect("larger child");
     assert_eq!(child.parent_snapshot_id, Some(parent));
 }
 
@@ -304,7 +325,11 @@ fn encrypted_with_parent_is_rejected() {
         encrypted: Some(true),
         ..start_request(1)
     };
-    expect_ebs(engine.start_snapshot(request), VALIDATION, PARAMETER);
+    expect_ebs(
+        Ebs::new(&engine).start_snapshot(request),
+        VALIDATION,
+        PARAMETER,
+    );
 }
 
 #[test]
@@ -315,7 +340,7 @@ fn encryption_without_a_key_provider_is_refused_at_start() {
         ..start_request(1)
     };
     expect_ebs(
-        engine.start_snapshot(request),
+        Ebs::new(&engine).start_snapshot(request),
         VALIDATION,
         Some("INVALID_CUSTOMER_KEY"),
     );
@@ -324,11 +349,11 @@ fn encryption_without_a_key_provider_is_refused_at_start() {
         ..start_request(1)
     };
     expect_ebs(
-        engine.start_snapshot(request),
+        Ebs::new(&engine).start_snapshot(request),
         VALIDATION,
         Some("INVALID_CUSTOMER_KEY"),
     );
-    engine
+    Ebs::new(&engine)
         .start_snapshot(StartSnapshotRequest {
             encrypted: Some(false),
             ..start_request(1)
@@ -343,10 +368,12 @@ fn client_token_same_parameters_returns_the_same_snapshot() {
         client_token: Some("token-1".into()),
         ..start_request(4)
     };
-    let first = engine.start_snapshot(request.clone()).expect("first");
-    let second = engine.start_snapshot(request).expect("retry");
+    let first = Ebs::new(&engine)
+        .start_snapshot(request.clone())
+        .expect("first");
+    let second = Ebs::new(&engine).start_snapshot(request).expect("retry");
     assert_eq!(first.snapshot_id, second.snapshot_id);
-    let other = engine.start_snapshot(StartSnapshotRequest {
+    let other = Ebs::new(&engine).start_snapshot(StartSnapshotRequest {
         client_token: Some("token-2".into()),
         ..start_request(4)
     });
@@ -360,9 +387,11 @@ fn client_token_other_parameters_is_a_conflict() {
         client_token: Some("token-1".into()),
         ..start_request(4)
     };
-    engine.start_snapshot(request.clone()).expect("first");
+    Ebs::new(&engine)
+        .start_snapshot(request.clone())
+        .expect("first");
     expect_ebs(
-        engine.start_snapshot(StartSnapshotRequest {
+        Ebs::new(&engine).start_snapshot(StartSnapshotRequest {
             volume_size: 5,
             ..request.clone()
         }),
@@ -373,17 +402,21 @@ fn client_token_other_parameters_is_a_conflict() {
         description: Some("x".into()),
         ..request
     };
-    expect_ebs(engine.start_snapshot(described), "ConflictException", None);
+    expect_ebs(
+        Ebs::new(&engine).start_snapshot(described),
+        "ConflictException",
+        None,
+    );
 }
 
 #[test]
 fn client_token_is_case_sensitive_and_without_whitespace() {
     let engine = engine();
-    let a = engine.start_snapshot(StartSnapshotRequest {
+    let a = Ebs::new(&engine).start_snapshot(StartSnapshotRequest {
         client_token: Some("Token".into()),
         ..start_request(1)
     });
-    let b = engine.start_snapshot(StartSnapshotRequest {
+    let b = Ebs::new(&engine).start_snapshot(StartSnapshotRequest {
         client_token: Some("token".into()),
         ..start_request(1)
     });
@@ -392,7 +425,11 @@ fn client_token_is_case_sensitive_and_without_whitespace() {
         client_token: Some("a b".into()),
         ..start_request(1)
     };
-    expect_ebs(engine.start_snapshot(spaced), VALIDATION, PARAMETER);
+    expect_ebs(
+        Ebs::new(&engine).start_snapshot(spaced),
+        VALIDATION,
+        PARAMETER,
+    );
 }
 
 #[test]
@@ -404,11 +441,11 @@ fn pending_snapshots_are_limited() {
     let first = start(&engine, 1);
     start(&engine, 1);
     expect_ebs(
-        engine.start_snapshot(start_request(1)),
+        Ebs::new(&engine).start_snapshot(start_request(1)),
         "ConcurrentLimitExceededException",
         None,
     );
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&first, 0))
         .expect("complete frees a slot");
     start(&engine, 1);
@@ -421,13 +458,13 @@ fn put_requires_a_pending_snapshot() {
     let engine = engine();
     let id = completed(&engine, &[1]);
     expect_ebs(
-        engine.put_snapshot_block(put_request(&id, 0, block(2))),
+        Ebs::new(&engine).put_snapshot_block(put_request(&id, 0, block(2))),
         VALIDATION,
         Some("INVALID_SNAPSHOT_ID"),
     );
     let unknown = put_request("snap-0000000000000001", 0, block(2));
     expect_ebs(
-        engine.put_snapshot_block(unknown),
+        Ebs::new(&engine).put_snapshot_block(unknown),
         "ResourceNotFoundException",
         Some("SNAPSHOT_NOT_FOUND"),
     );
@@ -438,16 +475,16 @@ fn block_index_is_below_the_volume_size() {
     let engine = engine();
     let id = start(&engine, 1);
     expect_ebs(
-        engine.put_snapshot_block(put_request(&id, 2048, block(1))),
+        Ebs::new(&engine).put_snapshot_block(put_request(&id, 2048, block(1))),
         VALIDATION,
         Some("INVALID_BLOCK"),
     );
     expect_ebs(
-        engine.put_snapshot_block(put_request(&id, -1, block(1))),
+        Ebs::new(&engine).put_snapshot_block(put_request(&id, -1, block(1))),
         VALIDATION,
         Some("INVALID_BLOCK"),
     );
-    engine
+    Ebs::new(&engine)
         .put_snapshot_block(put_request(&id, 2047, block(1)))
         .expect("last block");
 }
@@ -460,7 +497,11 @@ fn data_length_must_be_524288() {
         data_length: 4096,
         ..put_request(&id, 0, block(1))
     };
-    expect_ebs(engine.put_snapshot_block(request), VALIDATION, PARAMETER);
+    expect_ebs(
+        Ebs::new(&engine).put_snapshot_block(request),
+        VALIDATION,
+        PARAMETER,
+    );
 }
 
 #[test]
@@ -475,7 +516,7 @@ fn body_must_be_exactly_524288_bytes() {
             ..put_request(&id, 0, block(1))
         };
         expect_ebs(
-            engine.put_snapshot_block(request),
+            Ebs::new(&engine).put_snapshot_block(request),
             VALIDATION,
             Some("INVALID_BLOCK"),
         );
@@ -490,7 +531,11 @@ fn checksum_algorithm_must_be_sha256() {
         checksum_algorithm: "MD5".into(),
         ..put_request(&id, 0, block(1))
     };
-    expect_ebs(engine.put_snapshot_block(request), VALIDATION, PARAMETER);
+    expect_ebs(
+        Ebs::new(&engine).put_snapshot_block(request),
+        VALIDATION,
+        PARAMETER,
+    );
 }
 
 #[test]
@@ -502,7 +547,7 @@ fn checksum_mismatch_is_rejected_and_nothing_is_written() {
         ..put_request(&id, 0, block(1))
     };
     expect_ebs(
-        engine.put_snapshot_block(request),
+        Ebs::new(&engine).put_snapshot_block(request),
         VALIDATION,
         Some("INVALID_BLOCK"),
     );
@@ -511,16 +556,16 @@ fn checksum_mismatch_is_rejected_and_nothing_is_written() {
         ..put_request(&id, 1, block(0))
     };
     expect_ebs(
-        engine.put_snapshot_block(zero_with_wrong_sum),
+        Ebs::new(&engine).put_snapshot_block(zero_with_wrong_sum),
         VALIDATION,
         Some("INVALID_BLOCK"),
     );
     expect_ebs(
-        engine.complete_snapshot(complete_request(&id, 1)),
+        Ebs::new(&engine).complete_snapshot(complete_request(&id, 1)),
         VALIDATION,
         PARAMETER,
     );
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&id, 0))
         .expect("nothing was written");
 }
@@ -534,7 +579,11 @@ fn malformed_checksum_is_rejected() {
             checksum: bad.to_string(),
             ..put_request(&id, 0, block(1))
         };
-        expect_ebs(engine.put_snapshot_block(request), VALIDATION, PARAMETER);
+        expect_ebs(
+            Ebs::new(&engine).put_snapshot_block(request),
+            VALIDATION,
+            PARAMETER,
+        );
     }
 }
 
@@ -547,13 +596,19 @@ fn progress_is_0_to_100() {
             progress: Some(bad),
             ..put_request(&id, 0, block(1))
         };
-        expect_ebs(engine.put_snapshot_block(request), VALIDATION, PARAMETER);
+        expect_ebs(
+            Ebs::new(&engine).put_snapshot_block(request),
+            VALIDATION,
+            PARAMETER,
+        );
     }
     let request = PutSnapshotBlockRequest {
         progress: Some(100),
         ..put_request(&id, 0, block(1))
     };
-    let response = engine.put_snapshot_block(request).expect("progress 100");
+    let response = Ebs::new(&engine)
+        .put_snapshot_block(request)
+        .expect("progress 100");
     assert_eq!(response.checksum, checksum(&block(1)));
     assert_eq!(response.checksum_algorithm, "SHA256");
 }
@@ -562,18 +617,18 @@ fn progress_is_0_to_100() {
 fn overwriting_an_index_replaces_it() {
     let engine = engine();
     let id = start(&engine, 1);
-    engine
+    Ebs::new(&engine)
         .put_snapshot_block(put_request(&id, 5, block(1)))
         .expect("first");
-    engine
+    Ebs::new(&engine)
         .put_snapshot_block(put_request(&id, 5, block(2)))
         .expect("overwrite");
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&id, 1))
         .expect("one distinct index");
     let listed = list_all(&engine, &id);
     assert_eq!(listed.blocks.len(), 1);
-    let read = engine
+    let read = Ebs::new(&engine)
         .get_snapshot_block(GetSnapshotBlockRequest {
             snapshot_id: id,
             block_index: 5,
@@ -588,7 +643,7 @@ fn zero_blocks_are_written_listed_readable_and_stored_without_payload() {
     let engine = engine();
     let before = engine.chunk_stats();
     let id = start(&engine, 1);
-    engine
+    Ebs::new(&engine)
         .put_snapshot_block(put_request(&id, 9, block(0)))
         .expect("zero block");
     let after_put = engine.chunk_stats();
@@ -596,7 +651,7 @@ fn zero_blocks_are_written_listed_readable_and_stored_without_payload() {
         after_put.chunks, before.chunks,
         "a zero block stores no chunk"
     );
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&id, 1))
         .expect("complete");
     let listed = list_all(&engine, &id);
@@ -608,7 +663,7 @@ fn zero_blocks_are_written_listed_readable_and_stored_without_payload() {
             .collect::<Vec<_>>(),
         vec![9]
     );
-    let read = engine
+    let read = Ebs::new(&engine)
         .get_snapshot_block(GetSnapshotBlockRequest {
             snapshot_id: id,
             block_index: 9,
@@ -629,21 +684,21 @@ fn zero_blocks_are_written_listed_readable_and_stored_without_payload() {
 fn changed_blocks_count_mismatch_leaves_the_snapshot_pending() {
     let engine = engine();
     let id = start(&engine, 1);
-    engine
+    Ebs::new(&engine)
         .put_snapshot_block(put_request(&id, 0, block(1)))
         .expect("put");
-    engine
+    Ebs::new(&engine)
         .put_snapshot_block(put_request(&id, 1, block(2)))
         .expect("put");
     expect_ebs(
-        engine.complete_snapshot(complete_request(&id, 3)),
+        Ebs::new(&engine).complete_snapshot(complete_request(&id, 3)),
         VALIDATION,
         PARAMETER,
     );
-    engine
+    Ebs::new(&engine)
         .put_snapshot_block(put_request(&id, 2, block(3)))
         .expect("still pending: puts accepted");
-    let response = engine
+    let response = Ebs::new(&engine)
         .complete_snapshot(complete_request(&id, 3))
         .expect("repaired");
     assert_eq!(response.status, Status::Completed);
@@ -656,7 +711,7 @@ fn linear_aggregate_is_checked() {
     // Written out of order and overwritten: the aggregate is over final
     // contents in ascending index order.
     for (index, seed) in [(7, 1), (2, 2), (7, 3)] {
-        engine
+        Ebs::new(&engine)
             .put_snapshot_block(put_request(&id, index, block(seed)))
             .expect("put");
     }
@@ -667,10 +722,14 @@ fn linear_aggregate_is_checked() {
         ..complete_request(&id, 2)
     };
     let wrong = linear_checksum([block(3).as_slice(), block(2).as_slice()]);
-    expect_ebs(engine.complete_snapshot(with(wrong)), VALIDATION, PARAMETER);
+    expect_ebs(
+        Ebs::new(&engine).complete_snapshot(with(wrong)),
+        VALIDATION,
+        PARAMETER,
+    );
     let right = linear_checksum([block(2).as_slice(), block(3).as_slice()]);
     assert_eq!(
-        engine
+        Ebs::new(&engine)
             .complete_snapshot(with(right))
             .expect("aggregate matches")
             .status,
@@ -688,7 +747,11 @@ fn aggregate_requires_algorithm_and_linear_method() {
         checksum_algorithm: Some("SHA256".into()),
         ..complete_request(&id, 0)
     };
-    expect_ebs(engine.complete_snapshot(no_method), VALIDATION, PARAMETER);
+    expect_ebs(
+        Ebs::new(&engine).complete_snapshot(no_method),
+        VALIDATION,
+        PARAMETER,
+    );
     let wrong_method = CompleteSnapshotRequest {
         checksum: Some(sum),
         checksum_algorithm: Some("SHA256".into()),
@@ -696,12 +759,12 @@ fn aggregate_requires_algorithm_and_linear_method() {
         ..complete_request(&id, 0)
     };
     expect_ebs(
-        engine.complete_snapshot(wrong_method),
+        Ebs::new(&engine).complete_snapshot(wrong_method),
         VALIDATION,
         PARAMETER,
     );
     expect_ebs(
-        engine.complete_snapshot(complete_request(&id, -1)),
+        Ebs::new(&engine).complete_snapshot(complete_request(&id, -1)),
         VALIDATION,
         PARAMETER,
     );
@@ -712,7 +775,7 @@ fn completing_twice_is_rejected() {
     let engine = engine();
     let id = completed(&engine, &[1]);
     expect_ebs(
-        engine.complete_snapshot(complete_request(&id, 1)),
+        Ebs::new(&engine).complete_snapshot(complete_request(&id, 1)),
         VALIDATION,
         Some("INVALID_SNAPSHOT_ID"),
     );
@@ -729,7 +792,7 @@ fn reads_require_a_completed_snapshot() {
         ..Default::default()
     };
     expect_ebs(
-        engine.list_snapshot_blocks(list),
+        Ebs::new(&engine).list_snapshot_blocks(list),
         VALIDATION,
         Some("INVALID_SNAPSHOT_ID"),
     );
@@ -738,7 +801,7 @@ fn reads_require_a_completed_snapshot() {
         ..Default::default()
     };
     expect_ebs(
-        engine.list_changed_blocks(changed),
+        Ebs::new(&engine).list_changed_blocks(changed),
         VALIDATION,
         Some("INVALID_SNAPSHOT_ID"),
     );
@@ -748,7 +811,7 @@ fn reads_require_a_completed_snapshot() {
         block_token: "AAAA".into(),
     };
     expect_ebs(
-        engine.get_snapshot_block(get),
+        Ebs::new(&engine).get_snapshot_block(get),
         VALIDATION,
         Some("INVALID_SNAPSHOT_ID"),
     );
@@ -764,7 +827,11 @@ fn max_results_is_bounded() {
             max_results: Some(bad),
             ..Default::default()
         };
-        expect_ebs(engine.list_snapshot_blocks(request), VALIDATION, PARAMETER);
+        expect_ebs(
+            Ebs::new(&engine).list_snapshot_blocks(request),
+            VALIDATION,
+            PARAMETER,
+        );
     }
 }
 
@@ -774,11 +841,11 @@ fn listing_is_ascending_paged_and_honours_the_starting_index() {
     let id = start(&engine, 1);
     let indexes: Vec<i32> = (0..250).map(|i| (i * 7) % 2048).collect();
     for index in &indexes {
-        engine
+        Ebs::new(&engine)
             .put_snapshot_block(put_request(&id, *index, block(0)))
             .expect("put");
     }
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&id, indexes.len() as i32))
         .expect("complete");
     let mut expected = indexes.clone();
@@ -792,7 +859,9 @@ fn listing_is_ascending_paged_and_honours_the_starting_index() {
         ..Default::default()
     };
     loop {
-        let page = engine.list_snapshot_blocks(request.clone()).expect("page");
+        let page = Ebs::new(&engine)
+            .list_snapshot_blocks(request.clone())
+            .expect("page");
         assert!(page.blocks.len() <= 100);
         assert_eq!(page.volume_size, 1);
         assert_eq!(page.block_size, 524_288);
@@ -824,7 +893,9 @@ fn listing_is_ascending_paged_and_honours_the_starting_index() {
         max_results: Some(10_000),
         ..Default::default()
     };
-    let page = engine.list_snapshot_blocks(from).expect("from 701");
+    let page = Ebs::new(&engine)
+        .list_snapshot_blocks(from)
+        .expect("from 701");
     let tail: Vec<i32> = expected.iter().copied().filter(|i| *i >= 701).collect();
     assert_eq!(
         page.blocks
@@ -842,7 +913,7 @@ fn page_tokens_are_bound_authenticated_and_expire() {
     let seeds: Vec<u64> = vec![0; 150];
     let id = completed(&engine, &seeds);
     let other = completed(&engine, &seeds);
-    let first = engine
+    let first = Ebs::new(&engine)
         .list_snapshot_blocks(ListSnapshotBlocksRequest {
             snapshot_id: id.clone(),
             ..Default::default()
@@ -859,18 +930,18 @@ fn page_tokens_are_bound_authenticated_and_expire() {
     altered[3] = if altered[3] == b'A' { b'B' } else { b'A' };
     let altered = String::from_utf8(altered).expect("ascii");
     expect_ebs(
-        engine.list_snapshot_blocks(with_token(&id, altered)),
+        Ebs::new(&engine).list_snapshot_blocks(with_token(&id, altered)),
         VALIDATION,
         Some("INVALID_PAGE_TOKEN"),
     );
     expect_ebs(
-        engine.list_snapshot_blocks(with_token(&id, "garbage!".into())),
+        Ebs::new(&engine).list_snapshot_blocks(with_token(&id, "garbage!".into())),
         VALIDATION,
         Some("INVALID_PAGE_TOKEN"),
     );
     // Foreign: another snapshot's listing.
     expect_ebs(
-        engine.list_snapshot_blocks(with_token(&other, token.clone())),
+        Ebs::new(&engine).list_snapshot_blocks(with_token(&other, token.clone())),
         VALIDATION,
         Some("INVALID_PAGE_TOKEN"),
     );
@@ -881,17 +952,17 @@ fn page_tokens_are_bound_authenticated_and_expire() {
         ..Default::default()
     };
     expect_ebs(
-        engine.list_changed_blocks(changed),
+        Ebs::new(&engine).list_changed_blocks(changed),
         VALIDATION,
         Some("INVALID_PAGE_TOKEN"),
     );
-    let second = engine
+    let second = Ebs::new(&engine)
         .list_snapshot_blocks(with_token(&id, token.clone()))
         .expect("valid token");
     assert_eq!(second.blocks.first().map(|b| b.block_index), Some(100));
     clock.advance(Duration::from_secs(3600));
     expect_ebs(
-        engine.list_snapshot_blocks(with_token(&id, token)),
+        Ebs::new(&engine).list_snapshot_blocks(with_token(&id, token)),
         VALIDATION,
         Some("INVALID_PAGE_TOKEN"),
     );
@@ -916,27 +987,27 @@ fn block_tokens_are_bound_authenticated_and_expire() {
         block_token: token.into(),
     };
     expect_ebs(
-        engine.get_snapshot_block(get(&id, 1, &token)),
+        Ebs::new(&engine).get_snapshot_block(get(&id, 1, &token)),
         VALIDATION,
         Some("INVALID_BLOCK_TOKEN"),
     );
     expect_ebs(
-        engine.get_snapshot_block(get(&other, 0, &token)),
+        Ebs::new(&engine).get_snapshot_block(get(&other, 0, &token)),
         VALIDATION,
         Some("INVALID_BLOCK_TOKEN"),
     );
     expect_ebs(
-        engine.get_snapshot_block(get(&id, 0, "Zm9yZ2Vk")),
+        Ebs::new(&engine).get_snapshot_block(get(&id, 0, "Zm9yZ2Vk")),
         VALIDATION,
         Some("INVALID_BLOCK_TOKEN"),
     );
     expect_ebs(
-        engine.get_snapshot_block(get(&id, 0, &"A".repeat(257))),
+        Ebs::new(&engine).get_snapshot_block(get(&id, 0, &"A".repeat(257))),
         VALIDATION,
         Some("INVALID_BLOCK_TOKEN"),
     );
     assert_eq!(
-        engine
+        Ebs::new(&engine)
             .get_snapshot_block(get(&id, 0, &token))
             .expect("valid")
             .block_data,
@@ -944,7 +1015,7 @@ fn block_tokens_are_bound_authenticated_and_expire() {
     );
     clock.advance(Duration::from_secs(7 * 24 * 3600));
     expect_ebs(
-        engine.get_snapshot_block(get(&id, 0, &token)),
+        Ebs::new(&engine).get_snapshot_block(get(&id, 0, &token)),
         VALIDATION,
         Some("INVALID_BLOCK_TOKEN"),
     );
@@ -961,7 +1032,7 @@ fn unrelated_snapshots_cannot_be_diffed() {
         ..Default::default()
     };
     expect_ebs(
-        engine.list_changed_blocks(request),
+        Ebs::new(&engine).list_changed_blocks(request),
         VALIDATION,
         Some("UNRELATED_SNAPSHOTS"),
     );
@@ -971,28 +1042,28 @@ fn unrelated_snapshots_cannot_be_diffed() {
 fn changed_blocks_carry_the_tokens_of_each_side_in_either_order() {
     let engine = engine();
     let parent = completed(&engine, &[1, 2, 3]);
-    let child = engine
+    let child = Ebs::new(&engine)
         .start_snapshot(StartSnapshotRequest {
             parent_snapshot_id: Some(parent.clone()),
             ..start_request(2)
         })
         .expect("child")
         .snapshot_id;
-    engine
+    Ebs::new(&engine)
         .put_snapshot_block(put_request(&child, 1, block(4)))
         .expect("change 1");
-    engine
+    Ebs::new(&engine)
         .put_snapshot_block(put_request(&child, 2, block(3)))
         .expect("same content at 2");
-    engine
+    Ebs::new(&engine)
         .put_snapshot_block(put_request(&child, 3000, block(5)))
         .expect("new 3000");
-    engine
+    Ebs::new(&engine)
         .complete_snapshot(complete_request(&child, 3))
         .expect("complete child");
 
     let diff = |first: &str, second: &str| {
-        engine
+        Ebs::new(&engine)
             .list_changed_blocks(ListChangedBlocksRequest {
                 first_snapshot_id: Some(first.into()),
                 second_snapshot_id: second.into(),
@@ -1030,7 +1101,7 @@ fn changed_blocks_carry_the_tokens_of_each_side_in_either_order() {
     // Tokens read the right side's data.
     let entry = &forward.changed_blocks[0];
     let read = |snapshot: &str, token: &Option<String>| {
-        engine
+        Ebs::new(&engine)
             .get_snapshot_block(GetSnapshotBlockRequest {
                 snapshot_id: snapshot.into(),
                 block_index: 1,
@@ -1047,7 +1118,7 @@ fn changed_blocks_carry_the_tokens_of_each_side_in_either_order() {
 fn changed_blocks_without_a_first_snapshot_list_everything_written() {
     let engine = engine();
     let id = completed(&engine, &[1, 0, 2]);
-    let response = engine
+    let response = Ebs::new(&engine)
         .list_changed_blocks(ListChangedBlocksRequest {
             second_snapshot_id: id,
             ..Default::default()
@@ -1166,7 +1237,7 @@ fn every_error_variant_maps_to_its_ebs_class_and_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_methods_run_on_the_blocking_pool() {
     let engine = engine();
-    let id = engine
+    let id = Ebs::new(&engine)
         .start_snapshot_async(start_request(1))
         .await
         .expect("start")
@@ -1175,7 +1246,7 @@ async fn async_methods_run_on_the_blocking_pool() {
         let engine = engine.clone();
         let id = id.clone();
         tokio::spawn(async move {
-            engine
+            Ebs::new(&engine)
                 .put_snapshot_block_async(put_request(&id, index, block(index as u64 + 1)))
                 .await
         })
@@ -1183,11 +1254,11 @@ async fn async_methods_run_on_the_blocking_pool() {
     for put in puts {
         put.await.expect("join").expect("put");
     }
-    engine
+    Ebs::new(&engine)
         .complete_snapshot_async(complete_request(&id, 8))
         .await
         .expect("complete");
-    let listed = engine
+    let listed = Ebs::new(&engine)
         .list_snapshot_blocks_async(ListSnapshotBlocksRequest {
             snapshot_id: id.clone(),
             ..Default::default()
@@ -1195,7 +1266,7 @@ async fn async_methods_run_on_the_blocking_pool() {
         .await
         .expect("list");
     assert_eq!(listed.blocks.len(), 8);
-    let read = engine
+    let read = Ebs::new(&engine)
         .get_snapshot_block_async(GetSnapshotBlockRequest {
             snapshot_id: id.clone(),
             block_index: 5,
@@ -1204,7 +1275,7 @@ async fn async_methods_run_on_the_blocking_pool() {
         .await
         .expect("get");
     assert_eq!(read.block_data, block(6));
-    let changed = engine
+    let changed = Ebs::new(&engine)
         .list_changed_blocks_async(ListChangedBlocksRequest {
             second_snapshot_id: id,
             ..Default::default()
@@ -1227,7 +1298,7 @@ fn an_owner_sees_and_touches_only_its_own_snapshots() {
     let finished = completed(&alice, &[1, 2]);
     let pending = start(&alice, 1);
     assert_eq!(
-        alice
+        Ebs::new(&alice)
             .describe_snapshot(DescribeSnapshotRequest {
                 snapshot_id: finished.clone(),
             })
@@ -1239,28 +1310,28 @@ fn an_owner_sees_and_touches_only_its_own_snapshots() {
     let not_found = Some("SNAPSHOT_NOT_FOUND");
     let missing = "ResourceNotFoundException";
     expect_ebs(
-        bob.describe_snapshot(DescribeSnapshotRequest {
+        Ebs::new(&bob).describe_snapshot(DescribeSnapshotRequest {
             snapshot_id: finished.clone(),
         }),
         missing,
         not_found,
     );
     expect_ebs(
-        bob.list_snapshot_blocks(ListSnapshotBlocksRequest {
+        Ebs::new(&bob).list_snapshot_blocks(ListSnapshotBlocksRequest {
             snapshot_id: finished.clone(),
             ..Default::default()
         }),
         missing,
         not_found,
     );
-    let listed = alice
+    let listed = Ebs::new(&alice)
         .list_snapshot_blocks(ListSnapshotBlocksRequest {
             snapshot_id: finished.clone(),
             ..Default::default()
         })
         .expect("list");
     expect_ebs(
-        bob.get_snapshot_block(GetSnapshotBlockRequest {
+        Ebs::new(&bob).get_snapshot_block(GetSnapshotBlockRequest {
             snapshot_id: finished.clone(),
             block_index: 0,
             block_token: listed.blocks[0].block_token.clone(),
@@ -1269,17 +1340,17 @@ fn an_owner_sees_and_touches_only_its_own_snapshots() {
         not_found,
     );
     expect_ebs(
-        bob.put_snapshot_block(put_request(&pending, 0, block(3))),
+        Ebs::new(&bob).put_snapshot_block(put_request(&pending, 0, block(3))),
         missing,
         not_found,
     );
     expect_ebs(
-        bob.complete_snapshot(complete_request(&pending, 0)),
+        Ebs::new(&bob).complete_snapshot(complete_request(&pending, 0)),
         missing,
         not_found,
     );
     expect_ebs(
-        bob.start_snapshot(StartSnapshotRequest {
+        Ebs::new(&bob).start_snapshot(StartSnapshotRequest {
             parent_snapshot_id: Some(finished.clone()),
             ..start_request(1)
         }),
@@ -1287,29 +1358,29 @@ fn an_owner_sees_and_touches_only_its_own_snapshots() {
         not_found,
     );
     expect_ebs(
-        bob.delete_snapshot(DeleteSnapshotRequest {
+        Ebs::new(&bob).delete_snapshot(DeleteSnapshotRequest {
             snapshot_id: finished.clone(),
         }),
         missing,
         not_found,
     );
     expect_ebs(
-        bob.cancel_snapshot(CancelSnapshotRequest {
+        Ebs::new(&bob).cancel_snapshot(CancelSnapshotRequest {
             snapshot_id: pending.clone(),
         }),
         missing,
         not_found,
     );
-    assert!(bob.list_snapshots().expect("list").is_empty());
-    assert_eq!(alice.list_snapshots().expect("list").len(), 2);
+    assert!(Ebs::new(&bob).list_snapshots().expect("list").is_empty());
+    assert_eq!(Ebs::new(&alice).list_snapshots().expect("list").len(), 2);
     // Limits and client tokens are per owner.
     expect_ebs(
-        alice.start_snapshot(start_request(1)),
+        Ebs::new(&alice).start_snapshot(start_request(1)),
         "ConcurrentLimitExceededException",
         None,
     );
     let token = |engine: &Engine| {
-        engine
+        Ebs::new(engine)
             .start_snapshot(StartSnapshotRequest {
                 client_token: Some("same-token".into()),
                 ..start_request(1)
@@ -1318,7 +1389,7 @@ fn an_owner_sees_and_touches_only_its_own_snapshots() {
             .snapshot_id
     };
     let bobs = token(&bob);
-    alice
+    Ebs::new(&alice)
         .cancel_snapshot(CancelSnapshotRequest {
             snapshot_id: pending,
         })

@@ -3,6 +3,7 @@
 //! snapshots and blocks it affects; a later put of identical data heals a
 //! damaged block.
 
+use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::codec;
@@ -172,7 +173,7 @@ fn a_damaged_map_node_is_reported_with_the_range_it_covers() {
         vec![affected(&lineage[0].0, 64, 127)]
     );
     expect_ebs(
-        engine.list_snapshot_blocks(ListSnapshotBlocksRequest {
+        Ebs::new(&engine).list_snapshot_blocks(ListSnapshotBlocksRequest {
             snapshot_id: lineage[0].0.clone(),
             ..Default::default()
         }),

@@ -5,13 +5,13 @@ use super::types::{
     CancelSnapshotRequest, CancelSnapshotResponse, DeleteSnapshotRequest, DescribeSnapshotRequest,
     SnapshotDescription,
 };
+use super::Ebs;
 use super::{start_response, status_of, validate};
 use crate::catalog::SnapshotState;
 use crate::clock::millis_to_system_time;
-use crate::engine::Engine;
 use crate::error::Result;
 
-impl Engine {
+impl Ebs<'_> {
     /// Cancels a pending snapshot: it moves to `error` exactly as a timeout
     /// would, later puts and completes are refused, and the blocks only it
     /// wrote become garbage for the collector.
@@ -20,7 +20,7 @@ impl Engine {
         request: CancelSnapshotRequest,
     ) -> Result<CancelSnapshotResponse> {
         let snapshot = validate::snapshot_id("SnapshotId", &request.snapshot_id)?;
-        let record = self.cancel(self.owner(), snapshot)?;
+        let record = self.engine.cancel(snapshot)?;
         Ok(CancelSnapshotResponse {
             status: status_of(&record),
         })
@@ -33,7 +33,7 @@ impl Engine {
     /// parent of a pending one. Children of a deleted snapshot stay whole.
     pub fn delete_snapshot(&self, request: DeleteSnapshotRequest) -> Result<()> {
         let snapshot = validate::snapshot_id("SnapshotId", &request.snapshot_id)?;
-        self.delete(self.owner(), snapshot)
+        self.engine.delete(snapshot)
     }
 
     /// Describes one snapshot: its StartSnapshot parameters, status, and
@@ -44,7 +44,7 @@ impl Engine {
         request: DescribeSnapshotRequest,
     ) -> Result<SnapshotDescription> {
         let snapshot = validate::snapshot_id("SnapshotId", &request.snapshot_id)?;
-        let (record, deadline) = self.describe(self.owner(), snapshot)?;
+        let (record, deadline) = self.engine.describe(snapshot)?;
         let mut description = SnapshotDescription {
             snapshot: start_response(&record),
             timeout: record.started.timeout_minutes as i32,
@@ -75,7 +75,7 @@ impl Engine {
     /// Describes every snapshot of the caller's, oldest start first (ties by
     /// id): pending, completed and failed ones; deleted ones are gone.
     pub fn list_snapshots(&self) -> Result<Vec<SnapshotDescription>> {
-        let mut records = self.snapshot_records(self.owner());
+        let mut records = self.engine.snapshots();
         records.sort_by_key(|record| (record.started.start_millis, record.started.snapshot));
         let mut descriptions = Vec::with_capacity(records.len());
         for record in records {
@@ -92,27 +92,30 @@ impl Engine {
         Ok(descriptions)
     }
 
-    /// [`Engine::describe_snapshot`] on tokio's blocking pool.
+    /// [`Ebs::describe_snapshot`] on tokio's blocking pool.
     pub async fn describe_snapshot_async(
         &self,
         request: DescribeSnapshotRequest,
     ) -> Result<SnapshotDescription> {
-        self.run_blocking(move |engine| engine.describe_snapshot(request))
+        self.engine
+            .run_blocking(move |engine| Ebs::new(engine).describe_snapshot(request))
             .await
     }
 
-    /// [`Engine::cancel_snapshot`] on tokio's blocking pool.
+    /// [`Ebs::cancel_snapshot`] on tokio's blocking pool.
     pub async fn cancel_snapshot_async(
         &self,
         request: CancelSnapshotRequest,
     ) -> Result<CancelSnapshotResponse> {
-        self.run_blocking(move |engine| engine.cancel_snapshot(request))
+        self.engine
+            .run_blocking(move |engine| Ebs::new(engine).cancel_snapshot(request))
             .await
     }
 
-    /// [`Engine::delete_snapshot`] on tokio's blocking pool.
+    /// [`Ebs::delete_snapshot`] on tokio's blocking pool.
     pub async fn delete_snapshot_async(&self, request: DeleteSnapshotRequest) -> Result<()> {
-        self.run_blocking(move |engine| engine.delete_snapshot(request))
+        self.engine
+            .run_blocking(move |engine| Ebs::new(engine).delete_snapshot(request))
             .await
     }
 }

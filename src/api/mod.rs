@@ -1,6 +1,8 @@
-//! The EBS direct API façade: the six operations as methods on [`Engine`],
-//! with the model's shapes, every validation rule, tokens, and the one map
-//! from [`Error`] to EBS error classes ([`ebs_error`]).
+//! The EBS direct API façade over an [`Engine`]: [`Ebs`], with the model's
+//! request and response shapes, every validation rule, tokens, and the one
+//! map from [`Error`] to EBS error classes ([`ebs_error`]). Nothing else:
+//! each operation validates its request, calls the engine's typed
+//! operation, and shapes the answer.
 //!
 //! Each operation exists synchronously (for agents without a runtime) and as
 //! an `_async` method that runs on tokio's blocking pool.
@@ -14,11 +16,10 @@ pub mod validate;
 pub use errors::{ebs_error, EbsError};
 pub use tokens::{BLOCK_TOKEN_LIFETIME_SECS, MAX_TOKEN_LEN, PAGE_TOKEN_LIFETIME_SECS};
 pub use types::*;
-pub(crate) use validate::is_kms_key_arn;
 
 use crate::catalog::{SnapshotRecord, SnapshotState};
 use crate::clock::millis_to_system_time;
-use crate::engine::Engine;
+use crate::engine::{Engine, SnapshotReader};
 use crate::error::{Error, Result, ValidationReason};
 use crate::format::catalog::SseKind;
 use crate::format::token::TokenBody;
@@ -140,15 +141,28 @@ impl ListingClock {
     }
 }
 
-impl Engine {
-    pub(crate) fn owner(&self) -> &str {
-        self.owner_id()
+/// The EBS direct API over an engine, acting for the engine's owner
+/// ([`Engine::as_owner`]). Cheap to make: one per call is fine.
+#[derive(Clone, Copy, Debug)]
+pub struct Ebs<'e> {
+    engine: &'e Engine,
+}
+
+impl<'e> Ebs<'e> {
+    /// The EBS operations on `engine`'s store, as `engine`'s owner.
+    pub fn new(engine: &'e Engine) -> Ebs<'e> {
+        Ebs { engine }
+    }
+
+    /// The engine underneath.
+    pub fn engine(&self) -> &'e Engine {
+        self.engine
     }
 
     fn listing_clock(&self) -> ListingClock {
-        let now_secs = self.now_millis() / 1000;
+        let now_secs = self.engine.now_millis() / 1000;
         ListingClock {
-            signer: TokenSigner::new(self.token_secret()),
+            signer: TokenSigner::new(self.engine.token_secret()),
             now_secs,
             block_expiry_secs: now_secs + BLOCK_TOKEN_LIFETIME_SECS,
         }
@@ -158,7 +172,7 @@ impl Engine {
     /// identical request with the same ClientToken created).
     pub fn start_snapshot(&self, request: StartSnapshotRequest) -> Result<StartSnapshotResponse> {
         let parameters = validate::start_snapshot(&request)?;
-        let record = self.start(self.owner(), parameters)?;
+        let record = self.engine.start(parameters)?;
         Ok(start_response(&record))
     }
 
@@ -177,13 +191,8 @@ impl Engine {
             request.block_data.len(),
             request.progress,
         )?;
-        self.put_block(
-            self.owner(),
-            snapshot,
-            BlockIndex(index),
-            &request.block_data,
-            &expected,
-        )?;
+        self.engine
+            .put_block(snapshot, BlockIndex(index), &request.block_data, &expected)?;
         Ok(PutSnapshotBlockResponse {
             checksum: request.checksum,
             checksum_algorithm: request.checksum_algorithm,
@@ -228,7 +237,7 @@ impl Engine {
                 Some(validate::checksum("Checksum", checksum)?)
             }
         };
-        let record = self.complete(self.owner(), snapshot, changed_blocks, aggregate)?;
+        let record = self.engine.complete(snapshot, changed_blocks, aggregate)?;
         Ok(CompleteSnapshotResponse {
             status: status_of(&record),
         })
@@ -241,9 +250,7 @@ impl Engine {
     ) -> Result<GetSnapshotBlockResponse> {
         let snapshot = validate::snapshot_id("SnapshotId", &request.snapshot_id)?;
         let index = BlockIndex(validate::block_index(request.block_index)?);
-        // Until the data is read: the collector cannot remove it meanwhile.
-        let _guard = self.read_guard();
-        let root = self.completed(self.owner(), snapshot)?.root;
+        let reader = self.engine.reader(snapshot)?;
         let clock = self.listing_clock();
         let bound = matches!(
             clock.signer.check(&request.block_token, clock.now_secs, ValidationReason::InvalidBlockToken)?,
@@ -259,7 +266,7 @@ impl Engine {
         if !bound {
             return Err(mismatch());
         }
-        let (data, sha256) = self.read_block(root, index)?.ok_or_else(mismatch)?;
+        let (data, sha256) = reader.block(index)?.ok_or_else(mismatch)?;
         Ok(GetSnapshotBlockResponse {
             data_length: BLOCK_SIZE_BYTES,
             block_data: data,
@@ -276,9 +283,7 @@ impl Engine {
     ) -> Result<ListSnapshotBlocksResponse> {
         let snapshot = validate::snapshot_id("SnapshotId", &request.snapshot_id)?;
         let limit = validate::max_results(request.max_results)?;
-        // Until the data is read: the collector cannot remove it meanwhile.
-        let _guard = self.read_guard();
-        let listed = self.completed(self.owner(), snapshot)?;
+        let reader = self.engine.reader(snapshot)?;
         let clock = self.listing_clock();
         let start = listing_start(
             &clock.signer,
@@ -289,7 +294,7 @@ impl Engine {
             snapshot,
             None,
         )?;
-        let page = self.list_blocks(listed.root, start, limit)?;
+        let page = reader.blocks(start, limit)?;
         Ok(ListSnapshotBlocksResponse {
             blocks: page
                 .entries
@@ -300,7 +305,7 @@ impl Engine {
                 })
                 .collect(),
             expiry_time: clock.expiry_time(),
-            volume_size: listed.volume_size_gib as i64,
+            volume_size: reader.volume_size_gib() as i64,
             block_size: BLOCK_SIZE_BYTES,
             next_token: clock.page_token(PAGE_KIND_LIST, snapshot, None, page.next),
         })
@@ -320,22 +325,9 @@ impl Engine {
             .map(|id| validate::snapshot_id("FirstSnapshotId", id))
             .transpose()?;
         let limit = validate::max_results(request.max_results)?;
-        // Until the data is read: the collector cannot remove it meanwhile.
-        let _guard = self.read_guard();
-        let second_snapshot = self.completed(self.owner(), second)?;
-        let first_root = match first {
-            None => None,
-            Some(first) => {
-                let first_snapshot = self.completed(self.owner(), first)?;
-                if first_snapshot.lineage != second_snapshot.lineage {
-                    return Err(Error::invalid(
-                        ValidationReason::UnrelatedSnapshots,
-                        format!("{first} and {second} are not related"),
-                    ));
-                }
-                first_snapshot.root
-            }
-        };
+        let second_reader = self.engine.reader(second)?;
+        let first_reader: Option<SnapshotReader> =
+            first.map(|first| self.engine.reader(first)).transpose()?;
         let clock = self.listing_clock();
         let start = listing_start(
             &clock.signer,
@@ -346,7 +338,7 @@ impl Engine {
             second,
             first,
         )?;
-        let page = self.diff_blocks(first_root, second_snapshot.root, start, limit)?;
+        let page = second_reader.changes_since(first_reader.as_ref(), start, limit)?;
         let changed_blocks = page
             .entries
             .iter()
@@ -362,63 +354,69 @@ impl Engine {
         Ok(ListChangedBlocksResponse {
             changed_blocks,
             expiry_time: clock.expiry_time(),
-            volume_size: second_snapshot.volume_size_gib as i64,
+            volume_size: second_reader.volume_size_gib() as i64,
             block_size: BLOCK_SIZE_BYTES,
             next_token: clock.page_token(PAGE_KIND_CHANGED, second, first, page.next),
         })
     }
 
-    /// [`Engine::start_snapshot`] on tokio's blocking pool.
+    /// [`Ebs::start_snapshot`] on tokio's blocking pool.
     pub async fn start_snapshot_async(
         &self,
         request: StartSnapshotRequest,
     ) -> Result<StartSnapshotResponse> {
-        self.run_blocking(move |engine| engine.start_snapshot(request))
+        self.engine
+            .run_blocking(move |engine| Ebs::new(engine).start_snapshot(request))
             .await
     }
 
-    /// [`Engine::put_snapshot_block`] on tokio's blocking pool.
+    /// [`Ebs::put_snapshot_block`] on tokio's blocking pool.
     pub async fn put_snapshot_block_async(
         &self,
         request: PutSnapshotBlockRequest,
     ) -> Result<PutSnapshotBlockResponse> {
-        self.run_blocking(move |engine| engine.put_snapshot_block(request))
+        self.engine
+            .run_blocking(move |engine| Ebs::new(engine).put_snapshot_block(request))
             .await
     }
 
-    /// [`Engine::complete_snapshot`] on tokio's blocking pool.
+    /// [`Ebs::complete_snapshot`] on tokio's blocking pool.
     pub async fn complete_snapshot_async(
         &self,
         request: CompleteSnapshotRequest,
     ) -> Result<CompleteSnapshotResponse> {
-        self.run_blocking(move |engine| engine.complete_snapshot(request))
+        self.engine
+            .run_blocking(move |engine| Ebs::new(engine).complete_snapshot(request))
             .await
     }
 
-    /// [`Engine::get_snapshot_block`] on tokio's blocking pool.
+    /// [`Ebs::get_snapshot_block`] on tokio's blocking pool.
     pub async fn get_snapshot_block_async(
         &self,
         request: GetSnapshotBlockRequest,
     ) -> Result<GetSnapshotBlockResponse> {
-        self.run_blocking(move |engine| engine.get_snapshot_block(request))
+        self.engine
+            .run_blocking(move |engine| Ebs::new(engine).get_snapshot_block(request))
             .await
     }
 
-    /// [`Engine::list_snapshot_blocks`] on tokio's blocking pool.
+    /// [`Ebs::list_snapshot_blocks`] on tokio's blocking pool.
     pub async fn list_snapshot_blocks_async(
         &self,
         request: ListSnapshotBlocksRequest,
     ) -> Result<ListSnapshotBlocksResponse> {
-        self.run_blocking(move |engine| engine.list_snapshot_blocks(request))
+        self.engine
+            .run_blocking(move |engine| Ebs::new(engine).list_snapshot_blocks(request))
             .await
     }
 
-    /// [`Engine::list_changed_blocks`] on tokio's blocking pool.
+    /// [`Ebs::list_changed_blocks`] on tokio's blocking pool.
     pub async fn list_changed_blocks_async(
         &self,
         request: ListChangedBlocksRequest,
     ) -> Result<ListChangedBlocksResponse> {
-        self.run_blocking(move |engine| engine.list_changed_blocks(request))
+        self.engine
+            .run_blocking(move |engine| Ebs::new(engine).list_changed_blocks(request))
             .await
     }
 }

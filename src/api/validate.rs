@@ -22,8 +22,7 @@ pub const MAX_CLIENT_TOKEN_CHARS: usize = 255;
 pub const MAX_KMS_KEY_ARN_CHARS: usize = 2048;
 /// Timeout bounds, minutes.
 pub const TIMEOUT_MINUTES: std::ops::RangeInclusive<i32> = 10..=4320;
-/// Default timeout, minutes.
-pub const DEFAULT_TIMEOUT_MINUTES: u32 = 60;
+pub use crate::engine::DEFAULT_TIMEOUT_MINUTES;
 /// Page size bounds.
 pub const MAX_RESULTS: std::ops::RangeInclusive<i32> = 100..=10_000;
 /// Page size when none is given.
@@ -166,31 +165,6 @@ fn tags(tags: &[Tag]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-/// Whether `arn` matches `arn:aws[a-z-]*:kms:.*:[0-9]{12}:key/.*`.
-pub(crate) fn is_kms_key_arn(arn: &str) -> bool {
-    let Some(rest) = arn.strip_prefix("arn:aws") else {
-        return false;
-    };
-    let partition_end = rest.find(':').unwrap_or(rest.len());
-    let (partition, rest) = rest.split_at(partition_end);
-    if !partition
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b == b'-')
-    {
-        return false;
-    }
-    let Some(rest) = rest.strip_prefix(":kms:") else {
-        return false;
-    };
-    // ".*:[0-9]{12}:key/.*": some ':' followed by 12 digits then ":key/".
-    rest.match_indices(':').any(|(position, _)| {
-        let after = &rest[position + 1..];
-        after.len() >= 17
-            && after.as_bytes()[..12].iter().all(u8::is_ascii_digit)
-            && after[12..].starts_with(":key/")
-    })
-}
-
 /// StartSnapshot's rules, producing the engine's parameters.
 pub(crate) fn start_snapshot(request: &StartSnapshotRequest) -> Result<NewSnapshot> {
     if request.volume_size < 1 || request.volume_size as u64 > MAX_VOLUME_SIZE_GIB {
@@ -230,7 +204,7 @@ pub(crate) fn start_snapshot(request: &StartSnapshotRequest) -> Result<NewSnapsh
         }
     }
     if let Some(arn) = &request.kms_key_arn {
-        if chars(arn) > MAX_KMS_KEY_ARN_CHARS || !is_kms_key_arn(arn) {
+        if chars(arn) > MAX_KMS_KEY_ARN_CHARS || !crate::keys::is_kms_key_arn(arn) {
             return Err(invalid(
                 ValidationReason::InvalidCustomerKey,
                 format!("KmsKeyArn '{arn}' is not a KMS key ARN."),
@@ -266,21 +240,6 @@ pub(crate) fn start_snapshot(request: &StartSnapshotRequest) -> Result<NewSnapsh
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kms_arn_pattern() {
-        assert!(is_kms_key_arn(
-            "arn:aws:kms:us-east-1:123456789012:key/abcd"
-        ));
-        assert!(is_kms_key_arn(
-            "arn:aws-us-gov:kms:us-gov-west-1:123456789012:key/x"
-        ));
-        assert!(!is_kms_key_arn(
-            "arn:aws:kms:us-east-1:12345678901:key/abcd"
-        ));
-        assert!(!is_kms_key_arn("arn:aws:s3:::bucket"));
-        assert!(!is_kms_key_arn("arn:AWS:kms:r:123456789012:key/x"));
-    }
 
     #[test]
     fn snapshot_ids() {

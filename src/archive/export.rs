@@ -8,14 +8,13 @@ use super::manifest::{
     MANIFEST_ENTRY,
 };
 use super::{archive_key, rfc3339, validate_name, validate_prefix};
-use crate::api::validate;
 use crate::blockmap::Page;
 use crate::catalog::SnapshotState;
 use crate::codec;
-use crate::engine::Engine;
+use crate::engine::{Engine, SnapshotReader};
 use crate::error::{Error, Result, ValidationReason};
 use crate::format::catalog::SseKind;
-use crate::ids::{BlockIndex, ChunkId, Sha256Digest, BLOCKS_PER_GIB, BLOCK_SIZE};
+use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId, BLOCK_SIZE};
 use crate::volume::Progress;
 use parking_lot::{Condvar, Mutex};
 use sha2::Digest;
@@ -43,7 +42,7 @@ pub struct ExportOptions {
     pub name: Option<String>,
     /// Export only the blocks that differ from this snapshot (of the same
     /// lineage); importing the archive then needs a parent equal to it.
-    pub base: Option<String>,
+    pub base: Option<SnapshotId>,
     /// Allow exporting an encrypted snapshot: the archive holds plaintext.
     pub decrypt: bool,
     /// Workers; 0 = one per core.
@@ -76,50 +75,48 @@ pub enum ExportOutcome {
     Interrupted,
 }
 
-/// Exports completed snapshot `snapshot_id` as an archive into `bucket`
+/// Exports completed snapshot `snapshot` as an archive into `bucket`
 /// (see the module documentation). The archive is published only whole and
 /// only under a key nobody holds; on failure or cancellation nothing is
 /// left in the bucket.
 pub fn export(
     engine: &Engine,
-    snapshot_id: &str,
+    snapshot: SnapshotId,
     bucket: &Bucket,
     options: &ExportOptions,
     progress: Progress<'_>,
     cancel: &AtomicBool,
 ) -> Result<ExportOutcome> {
     let started_at = Instant::now();
-    let owner = engine.owner().to_string();
-    let snapshot = validate::snapshot_id("SnapshotId", snapshot_id)?;
     let prefix = options.prefix.as_deref().map(validate_prefix).transpose()?;
     let name = match &options.name {
         Some(name) => validate_name(name)?.to_string(),
         None => snapshot.to_string(),
     };
-    let completed = engine.completed(&owner, snapshot)?;
-    let record = engine.record(&owner, snapshot)?;
+    // Pinned until the export ends, as is the base.
+    let reader = engine.reader(snapshot)?;
+    let record = reader.record().clone();
     if record.started.sse != SseKind::None && !options.decrypt {
         return Err(Error::invalid(
             ValidationReason::InvalidParameterValue,
             format!("{snapshot} is encrypted and its archive would hold its plaintext; export it with decrypt (--decrypt) to accept that"),
         ));
     }
-    let base = match &options.base {
+    let base = match options.base {
         None => None,
-        Some(base_id) => {
-            let base_snapshot = validate::snapshot_id("BaseSnapshotId", base_id)?;
-            let base = engine.completed(&owner, base_snapshot)?;
-            if base.lineage != completed.lineage {
+        Some(base_snapshot) => {
+            let base = engine.reader(base_snapshot)?;
+            if !base.is_related(&reader) {
                 return Err(Error::invalid(
                     ValidationReason::UnrelatedSnapshots,
                     format!("{base_snapshot} and {snapshot} are not of the same lineage"),
                 ));
             }
-            let Some((root_hash, block_count)) = content_hash(engine, base.root, cancel)? else {
+            let Some((root_hash, block_count)) = content_hash(&base, cancel)? else {
                 return Ok(ExportOutcome::Interrupted);
             };
             Some((
-                base.root,
+                base,
                 ManifestBase {
                     snapshot_id: base_snapshot.to_string(),
                     root_hash,
@@ -132,7 +129,7 @@ pub fn export(
     let key = archive_key(prefix, &name, now)?;
     let created = rfc3339(now)?;
     bucket.check_free(&key)?;
-    let volume_blocks = completed.volume_size_gib * BLOCKS_PER_GIB;
+    let volume_blocks = reader.volume_blocks();
     let upload = bucket.upload(&key)?;
     let modified = zip_time(now)?;
     let mut writer = ArchiveWriter {
@@ -150,9 +147,8 @@ pub fn export(
         hasher: RootHasher::default(),
     };
     let blocks = Blocks {
-        engine,
-        root: completed.root,
-        base_root: base.as_ref().map(|(root, _)| *root),
+        reader: &reader,
+        base: base.as_ref().map(|(base, _)| base),
     };
     let finished = blocks.write_all(
         &mut writer,
@@ -174,7 +170,7 @@ pub fn export(
     let snapshot_meta = ManifestSnapshot {
         snapshot_id: snapshot.to_string(),
         parent_snapshot_id: started.parent.map(|parent| parent.to_string()),
-        volume_size: completed.volume_size_gib,
+        volume_size: reader.volume_size_gib(),
         block_size: BLOCK_SIZE as u32,
         description: started.description.clone(),
         tags: started
@@ -223,12 +219,11 @@ pub fn export(
     }))
 }
 
-/// The root hash and block count of everything the map at `root` holds
-/// (a delta's base), from the SHA-256s kept with each block. `None` if
+/// The root hash and block count of everything `snapshot` holds (a
+/// delta's base), from the SHA-256s kept with each block. `None` if
 /// `cancel` was set.
 pub(crate) fn content_hash(
-    engine: &Engine,
-    root: Option<ChunkId>,
+    snapshot: &SnapshotReader,
     cancel: &AtomicBool,
 ) -> Result<Option<(String, u64)>> {
     let mut hasher = RootHasher::default();
@@ -237,10 +232,9 @@ pub(crate) fn content_hash(
         if cancel.load(Ordering::Acquire) {
             return Ok(None);
         }
-        let _guard = engine.read_guard();
-        let page = engine.list_blocks(root, start, PAGE)?;
+        let page = snapshot.blocks(start, PAGE)?;
         for (index, chunk) in &page.entries {
-            hasher.add(index.0, &engine.block_sha256(*chunk)?);
+            hasher.add(index.0, &snapshot.block_sha256(*chunk)?);
         }
         match page.next {
             Some(next) => start = next,
@@ -356,23 +350,21 @@ impl ArchiveWriter {
     }
 }
 
-/// The blocks an export writes: every written block of `root`, or those
-/// that differ from `base_root`.
+/// The blocks an export writes: every written block of `reader`'s
+/// snapshot, or those that differ from `base`.
 struct Blocks<'a> {
-    engine: &'a Engine,
-    root: Option<ChunkId>,
-    base_root: Option<Option<ChunkId>>,
+    reader: &'a SnapshotReader,
+    base: Option<&'a SnapshotReader>,
 }
 
 impl Blocks<'_> {
     /// One page of (index, chunk) to export; a block a delta's base has and
     /// the snapshot lacks is exported as zeros (it reads as zeros).
     fn page(&self, start: BlockIndex) -> Result<Page<(BlockIndex, ChunkId)>> {
-        let _guard = self.engine.read_guard();
-        match self.base_root {
-            None => self.engine.list_blocks(self.root, start, PAGE),
-            Some(base_root) => {
-                let page = self.engine.diff_blocks(base_root, self.root, start, PAGE)?;
+        match self.base {
+            None => self.reader.blocks(start, PAGE),
+            Some(base) => {
+                let page = self.reader.changes_since(Some(base), start, PAGE)?;
                 let zero = codec::zero_block_id();
                 let entries = page
                     .entries
@@ -434,10 +426,7 @@ impl Blocks<'_> {
                 codec::zero_block_frame().to_vec(),
             ));
         }
-        let (data, sha256, frame) = {
-            let _guard = self.engine.read_guard();
-            self.engine.block_with_frame(chunk)?
-        };
+        let (data, sha256, frame) = self.reader.block_with_frame(chunk)?;
         let frame = match frame {
             Some(frame) => frame,
             None => codec::zstd_frame(&data, RAW_BLOCK_LEVEL)

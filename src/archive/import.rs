@@ -8,18 +8,17 @@ use super::manifest::{
     RootHasher, BLOCK_LIST_ENTRY, MANIFEST_ENTRY, MAX_BLOCK_ENTRY_BYTES, MAX_BLOCK_LIST_LINE,
     MAX_MANIFEST_BYTES,
 };
-use crate::api::{
-    validate, CancelSnapshotRequest, DeleteSnapshotRequest, StartSnapshotRequest, Tag,
-};
 use crate::codec;
-use crate::engine::{block_id, BlockHashes, CompletedSnapshot, Engine};
+use crate::engine::{
+    Abandon, BlockWrite, Engine, NewSnapshot, RequestedEncryption, SnapshotReader, SnapshotWriter,
+};
 use crate::error::{Error, Result, ValidationReason};
 use crate::format::pack::Codec;
 use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId, BLOCK_SIZE};
 use crate::volume::Progress;
 use sha2::Digest;
 use std::io::{BufRead, BufReader, Read};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +34,7 @@ const PAGE: usize = 4096;
 pub struct ImportOptions {
     /// A snapshot to build on: blocks equal to its own are not stored
     /// again. A delta archive needs one whose content equals its base.
-    pub parent: Option<String>,
+    pub parent: Option<SnapshotId>,
     /// Encrypt with the key provider's default key (a child inherits its
     /// parent's key instead).
     pub encrypted: bool,
@@ -49,7 +48,7 @@ pub struct ImportOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImportReport {
     /// The new snapshot.
-    pub snapshot_id: String,
+    pub snapshot_id: SnapshotId,
     /// Blocks in the archive.
     pub blocks: u64,
     /// Blocks written to the snapshot.
@@ -196,55 +195,38 @@ pub fn import(
 ) -> Result<ImportOutcome> {
     let started_at = Instant::now();
     let name = bucket.describe(key);
-    let owner = engine.owner().to_string();
     let (mut archive, archive_bytes) = open_archive(bucket, key, &name)?;
     let manifest = read_manifest(&mut archive, &name)?;
     let parent = options
         .parent
-        .as_deref()
-        .map(|id| {
-            let parsed = validate::snapshot_id("ParentSnapshotId", id)?;
-            Ok::<_, Error>((parsed, engine.completed(&owner, parsed)?))
-        })
+        .map(|parent| engine.reader(parent))
         .transpose()?;
-    let checked = check_base(
-        engine,
-        &manifest,
-        parent.as_ref().map(|(_, parent)| parent),
-        &name,
-        cancel,
-    )?;
-    if !checked {
+    if !check_base(&manifest, parent.as_ref(), &name, cancel)? {
         return Ok(ImportOutcome::Interrupted);
     }
-    let started = engine.start_snapshot(StartSnapshotRequest {
-        volume_size: manifest.snapshot.volume_size as i64,
-        parent_snapshot_id: options.parent.clone(),
+    drop(parent);
+    let encryption = match (&options.kms_key_arn, options.encrypted) {
+        (Some(arn), _) => RequestedEncryption::Key(arn.clone()),
+        // A child inherits its parent's key.
+        (None, true) if options.parent.is_none() => RequestedEncryption::DefaultKey,
+        (None, _) => RequestedEncryption::None,
+    };
+    let mut writer = engine.writer(NewSnapshot {
+        parent: options.parent,
         tags: manifest
             .snapshot
             .tags
             .iter()
-            .map(|tag| Tag {
-                key: tag.key.clone(),
-                value: tag.value.clone(),
-            })
+            .map(|tag| (tag.key.clone(), tag.value.clone()))
             .collect(),
         description: manifest.snapshot.description.clone(),
-        encrypted: (options.encrypted && options.parent.is_none()).then_some(true),
-        kms_key_arn: options.kms_key_arn.clone(),
-        ..StartSnapshotRequest::default()
+        encryption,
+        ..NewSnapshot::new(manifest.snapshot.volume_size)
     })?;
-    let snapshot_id = started.snapshot_id;
-    let snapshot = SnapshotId::parse(&snapshot_id)
-        .ok_or_else(|| Error::corrupted("catalog", "a started snapshot has a malformed id"))?;
-    let session = Session {
-        engine,
-        owner: &owner,
-        snapshot,
-        parent_root: parent.and_then(|(_, parent)| parent.root),
-        written: AtomicU64::new(0),
-        unchanged: AtomicU64::new(0),
-    };
+    // Whatever ends the import early leaves nothing behind.
+    writer.abandon_with(Abandon::Discard);
+    let snapshot_id = writer.snapshot_id();
+    let session = Session { writer: &writer };
     let ran = session.fill(
         &mut archive,
         &manifest,
@@ -253,52 +235,24 @@ pub fn import(
         progress,
         cancel,
     );
-    // Cancels and deletes the pending snapshot; `Err` says what is left.
-    let discard = || -> Result<()> {
-        engine
-            .cancel_snapshot(CancelSnapshotRequest {
-                snapshot_id: snapshot_id.clone(),
-            })
-            .map_err(|error| {
-                error.with_note(&format!(
-                    "snapshot {snapshot_id} is left pending; cancel it with `blocksnap cancel {snapshot_id}` or let it time out"
-                ))
-            })?;
-        engine
-            .delete_snapshot(DeleteSnapshotRequest {
-                snapshot_id: snapshot_id.clone(),
-            })
-            .map_err(|error| {
-                error.with_note(&format!(
-                    "snapshot {snapshot_id} was cancelled but not deleted; `blocksnap rm {snapshot_id}` removes it"
-                ))
-            })
-    };
-    let abandon = |error: Error| match discard() {
-        Ok(()) => error.with_note(&format!("snapshot {snapshot_id} was cancelled and deleted")),
-        Err(left) => error.with_note(&left.to_string()),
-    };
     match ran {
-        Err(error) => return Err(abandon(error)),
+        Err(error) => return Err(writer.abandon_noting(error)),
         // Cancelled while filling, or after the last block but before the
         // commit point: either way nothing is completed.
         Ok(filled) if !filled || cancel.load(Ordering::Acquire) => {
-            discard()?;
+            writer.abandon_now()?;
             return Ok(ImportOutcome::Interrupted);
         }
         Ok(_) => {}
     }
-    let written = session.written.load(Ordering::Acquire);
-    let changed = u32::try_from(written)
-        .map_err(|_| Error::invalid(ValidationReason::InvalidParameterValue, "too many blocks"))?;
-    if let Err(error) = engine.complete(&owner, snapshot, changed, None) {
-        return Err(abandon(error));
-    }
+    let blocks_written = writer.blocks_written();
+    let blocks_unchanged = writer.blocks_unchanged();
+    writer.complete()?;
     Ok(ImportOutcome::Completed(ImportReport {
         snapshot_id,
         blocks: manifest.block_count,
-        blocks_written: written,
-        blocks_unchanged: session.unchanged.load(Ordering::Acquire),
+        blocks_written,
+        blocks_unchanged,
         archive_bytes,
         elapsed: started_at.elapsed(),
     }))
@@ -308,9 +262,8 @@ pub fn import(
 /// base's; a full one takes any parent (or none). `false` if `cancel` was
 /// set while the parent was hashed.
 fn check_base(
-    engine: &Engine,
     manifest: &Manifest,
-    parent: Option<&CompletedSnapshot>,
+    parent: Option<&SnapshotReader>,
     name: &str,
     cancel: &AtomicBool,
 ) -> Result<bool> {
@@ -326,7 +279,7 @@ fn check_base(
             ),
         ));
     };
-    let Some((root_hash, count)) = content_hash(engine, parent.root, cancel)? else {
+    let Some((root_hash, count)) = content_hash(parent, cancel)? else {
         return Ok(false);
     };
     if root_hash != base.root_hash || count != base.block_count {
@@ -350,12 +303,7 @@ struct ArchivedBlock {
 
 /// The pending snapshot an import fills.
 struct Session<'a> {
-    engine: &'a Engine,
-    owner: &'a str,
-    snapshot: SnapshotId,
-    parent_root: Option<ChunkId>,
-    written: AtomicU64,
-    unchanged: AtomicU64,
+    writer: &'a SnapshotWriter,
 }
 
 impl Session<'_> {
@@ -385,7 +333,6 @@ impl Session<'_> {
             name,
         };
         let workers = crate::volume::worker_count(threads, 1);
-        let domain = self.engine.snapshot_domain(self.owner, self.snapshot)?;
         let (sender, receiver) = sync_channel::<ArchivedBlock>(QUEUE);
         // Shared by the workers only: when the last one ends, the queue
         // closes and the reader's next send fails instead of blocking.
@@ -396,8 +343,8 @@ impl Session<'_> {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
                     let receiver = Arc::clone(&receiver);
-                    let (domain, stop) = (domain.as_deref(), &stop);
-                    scope.spawn(move || self.store_from(receiver, domain, name, stop))
+                    let stop = &stop;
+                    scope.spawn(move || self.store_from(receiver, name, stop))
                 })
                 .collect();
             drop(receiver);
@@ -481,7 +428,6 @@ impl Session<'_> {
     fn store_from(
         &self,
         receiver: Arc<parking_lot::Mutex<Receiver<ArchivedBlock>>>,
-        domain: Option<&crate::crypto::DomainKeys>,
         name: &str,
         stop: &AtomicBool,
     ) -> Result<()> {
@@ -525,22 +471,8 @@ impl Session<'_> {
                     ),
                 ));
             }
-            let (chunk, is_zero) = block_id(domain, data);
-            let index = BlockIndex(block.index);
-            if self.parent_root.is_some()
-                && self.engine.lookup_chunk(self.parent_root, index)? == Some(chunk)
-            {
-                self.unchanged.fetch_add(1, Ordering::AcqRel);
-                continue;
-            }
-            let hashes = BlockHashes {
-                chunk,
-                sha256: block.sha256,
-                is_zero,
-            };
-            self.engine
-                .put_hashed_block(self.owner, self.snapshot, index, data, &hashes)?;
-            self.written.fetch_add(1, Ordering::AcqRel);
+            self.writer
+                .put_block_with_sha256(BlockIndex(block.index), data, block.sha256)?;
         })();
         if result.is_err() {
             stop.store(true, Ordering::Release);
@@ -548,18 +480,10 @@ impl Session<'_> {
         result
     }
 
-    /// Writes a zero block at `index` (a parent's block a full archive lacks).
-    fn write_zero(&self, index: BlockIndex) -> Result<()> {
-        let zeros = vec![0u8; BLOCK_SIZE];
-        let hashes = BlockHashes {
-            chunk: codec::zero_block_id(),
-            sha256: codec::zero_block_sha256(),
-            is_zero: true,
-        };
-        self.engine
-            .put_hashed_block(self.owner, self.snapshot, index, &zeros, &hashes)?;
-        self.written.fetch_add(1, Ordering::AcqRel);
-        Ok(())
+    /// Writes a zero block at `index` (a parent's block a full archive
+    /// lacks; one the parent holds as zeros already is left as it is).
+    fn write_zero(&self, index: BlockIndex) -> Result<BlockWrite> {
+        self.writer.put_block(index, &[0u8; BLOCK_SIZE])
     }
 }
 
@@ -577,7 +501,7 @@ struct ParentZeroing<'a, 'b> {
 
 impl<'a, 'b> ParentZeroing<'a, 'b> {
     fn new(session: &'a Session<'b>, full_archive: bool) -> Self {
-        let active = full_archive && session.parent_root.is_some();
+        let active = full_archive && session.writer.parent().is_some();
         ParentZeroing {
             session,
             active,
@@ -599,9 +523,10 @@ impl<'a, 'b> ParentZeroing<'a, 'b> {
             let Some(start) = self.next_page.take() else {
                 return Ok(None);
             };
-            let engine = self.session.engine;
-            let _guard = engine.read_guard();
-            let page = engine.list_blocks(self.session.parent_root, start, PAGE)?;
+            let Some(parent) = self.session.writer.parent() else {
+                return Ok(None);
+            };
+            let page = parent.blocks(start, PAGE)?;
             self.page = page.entries.into_iter();
             self.next_page = page.next;
         }

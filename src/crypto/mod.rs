@@ -1,5 +1,7 @@
-//! Encryption at rest: the hooks an agent plugs its key management into,
-//! the record cipher, and the keys derived for one dedup domain.
+//! Encryption at rest, the pure part: the hook an agent plugs its key
+//! management into ([`KeyProvider`]), the record cipher, and the keys
+//! derived for one dedup domain. No I/O: the keyring's persistence and the
+//! shipped key provider are in `keys`.
 //!
 //! Envelope encryption, as AWS KMS does it. A [`KeyProvider`] owns
 //! key-encryption keys (KEKs) named by `KmsKeyArn`; it generates data keys
@@ -11,26 +13,17 @@
 //! content, and data under different keys never shares storage), the
 //! record cipher's key, and the key that masks journal checksums.
 //!
-//! The shipped provider is [`LocalKeyProvider`] (named KEKs in a key file
-//! sealed under a passphrase); the shipped cipher is AES-256-GCM
-//! ([`Aes256Gcm`]).
-
-mod keyring;
-mod local;
-
-pub use local::{KdfParams, LocalKeyInfo, LocalKeyProvider, Passphrase, DEFAULT_LOCAL_KEY_ARN};
-
-pub(crate) use keyring::{Keyring, KEYRING_NAME};
+//! The shipped provider is `keys::LocalKeyProvider` (named KEKs in a key
+//! file sealed under a passphrase); the shipped cipher is AES-256-GCM
+//! ([`Aes256Gcm`]). The lengths of nonces, tags and wrapped keys are the
+//! formats' (`format::pack`, `format::keyring`).
 
 use crate::error::{Error, ValidationReason};
+use crate::format::pack::{NONCE_LEN, TAG_LEN};
 use crate::ids::{BlockIndex, ChunkId, SnapshotId};
 use std::fmt;
 use zeroize::Zeroizing;
 
-/// Bytes of a record cipher's nonce.
-pub const NONCE_LEN: usize = 12;
-/// Bytes of a record cipher's authentication tag.
-pub const TAG_LEN: usize = 16;
 /// Bytes of a data key.
 pub const DATA_KEY_LEN: usize = 32;
 
@@ -72,13 +65,9 @@ pub struct GeneratedDataKey {
     /// The key itself.
     pub plaintext: DataKey,
     /// The key encrypted under the KEK; opaque to the store (at most
-    /// [`MAX_WRAPPED_KEY_LEN`] bytes).
+    /// `format::keyring::MAX_WRAPPED_LEN` bytes).
     pub wrapped: Vec<u8>,
 }
-
-/// Largest wrapped data key the store accepts (KMS ciphertext blobs of a
-/// 32-byte key are under 200 bytes).
-pub const MAX_WRAPPED_KEY_LEN: usize = 4096;
 
 /// What went wrong in a key provider.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -64,24 +64,23 @@ impl Engine {
     }
 
     /// Cancels a pending snapshot (an extension beyond the EBS API): the
-    /// same path as a timeout, with its own reason.
-    pub(crate) fn cancel(&self, owner: &str, snapshot: SnapshotId) -> Result<SnapshotRecord> {
+    /// same path as a timeout, with its own reason. The blocks only it
+    /// wrote become garbage for the collector. Needs no free space (a
+    /// backup that filled the disk can cancel its snapshot).
+    pub fn cancel(&self, snapshot: SnapshotId) -> Result<SnapshotRecord> {
         self.check_transitions_writable()?;
-        let session = self.session(owner, snapshot)?;
+        let session = self.session(snapshot)?;
         let guard = self.inner.reference_guard.read();
         let state = self.lock_live(&guard, &session)?;
         self.fail_pending(&session, state, CANCEL_REASON.to_string())?;
-        self.record(owner, snapshot)
+        self.snapshot(snapshot)
     }
 
-    /// A snapshot's record after applying its deadline, and the deadline
-    /// still ahead if it is pending.
-    pub(crate) fn describe(
-        &self,
-        owner: &str,
-        snapshot: SnapshotId,
-    ) -> Result<(SnapshotRecord, Option<u64>)> {
-        let record = self.record(owner, snapshot)?;
+    /// A snapshot's record after applying its deadline (a pending snapshot
+    /// whose timeout passed is cancelled first), and the deadline still
+    /// ahead, epoch milliseconds, if it is pending.
+    pub fn describe(&self, snapshot: SnapshotId) -> Result<(SnapshotRecord, Option<u64>)> {
+        let record = self.snapshot(snapshot)?;
         let session = self.inner.sessions.read().get(&snapshot).cloned();
         let Some(session) = session else {
             return Ok((record, None));
@@ -93,20 +92,23 @@ impl Engine {
             // Timed out just now, or completed meanwhile.
             Err(_) => None,
         };
-        Ok((self.record(owner, snapshot)?, deadline))
+        Ok((self.snapshot(snapshot)?, deadline))
     }
 
     /// Deletes a completed or failed snapshot: it leaves the catalog at once
     /// (the catalog record is the commit point) and its references are
     /// dropped, so the chunks only it held die and the collector can
     /// reclaim them. Work is proportional to what dies, not to the volume.
-    pub(crate) fn delete(&self, owner: &str, snapshot: SnapshotId) -> Result<()> {
+    /// A pending snapshot must be cancelled first, and the parent of a
+    /// pending one cannot be deleted; children stay whole, and an open
+    /// [`super::SnapshotReader`] keeps reading it until it is dropped.
+    pub fn delete(&self, snapshot: SnapshotId) -> Result<()> {
         self.check_transitions_writable()?;
         // Serialized with starts: no child can pick this snapshot as its
         // parent between the check and the release.
         let _serial = self.inner.start_lock.lock();
         // Only the owner's snapshots; the catalog checks the state.
-        self.record(owner, snapshot)?;
+        self.snapshot(snapshot)?;
         let now = self.now_millis();
         let _guard = self.inner.reference_guard.read();
         // The state as deleted, not as read before: a pending snapshot

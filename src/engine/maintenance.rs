@@ -7,7 +7,7 @@ use crate::blockmap::BlockMaps;
 use crate::catalog::SnapshotState;
 use crate::error::Result;
 use crate::format::node::LEVELS;
-use crate::ids::{ChunkId, BLOCK_SIZE};
+use crate::ids::{ChunkId, SnapshotId, BLOCK_SIZE};
 use std::collections::HashMap;
 
 /// Sizes of one snapshot.
@@ -66,7 +66,8 @@ pub struct ReferenceAudit {
 
 impl Engine {
     /// Recounts every reference from scratch (every completed root, every
-    /// pending snapshot's parent and writes) and compares the result with
+    /// pending snapshot's parent and writes, every open reader's root) and
+    /// compares the result with
     /// the counts kept incrementally. Writers wait while it runs; the
     /// collector's safety rests on these counts, and this is its check.
     pub fn audit_references(&self) -> Result<ReferenceAudit> {
@@ -82,6 +83,11 @@ impl Engine {
             marked.acquire_tree(&maps, session.parent_root);
             for (_, chunk) in session.written_blocks() {
                 marked.acquire_block(&maps, chunk);
+            }
+        }
+        for (root, readers) in self.inner.reader_pins.lock().iter() {
+            for _ in 0..*readers {
+                marked.acquire_tree(&maps, Some(*root));
             }
         }
         let counted = self.inner.references.counts();
@@ -108,9 +114,8 @@ impl Engine {
     /// Sizes of one of the caller's snapshots. Unique bytes are what
     /// deleting it would free; computing them visits only the chunks it
     /// alone holds.
-    pub fn snapshot_stats(&self, snapshot_id: &str) -> Result<SnapshotStats> {
-        let snapshot = crate::api::validate::snapshot_id("SnapshotId", snapshot_id)?;
-        let record = self.record(self.owner(), snapshot)?;
+    pub fn snapshot_stats(&self, snapshot: SnapshotId) -> Result<SnapshotStats> {
+        let record = self.snapshot(snapshot)?;
         let SnapshotState::Completed {
             root,
             changed_blocks,
@@ -171,48 +176,45 @@ impl Engine {
     }
 }
 
-impl Engine {
-    /// See [`crate::testing::block_dependencies`].
-    #[cfg(feature = "testing")]
-    pub(crate) fn block_dependencies(
-        &self,
-        snapshot: crate::ids::SnapshotId,
-    ) -> Result<std::collections::BTreeMap<u32, Vec<ChunkId>>> {
-        fn walk(
-            maps: &BlockMaps<'_>,
-            id: ChunkId,
-            level: u8,
-            base: u64,
-            path: &mut Vec<ChunkId>,
-            out: &mut std::collections::BTreeMap<u32, Vec<ChunkId>>,
-        ) -> Result<()> {
-            path.push(id);
-            let node = maps.load_at(&id, level)?;
-            let child_span = crate::format::node::slot_span(level);
-            for (slot, child) in node.slots.iter().enumerate() {
-                let Some(child) = child else { continue };
-                let child_base = base + slot as u64 * child_span;
-                if level == 0 {
-                    let mut needs = path.clone();
-                    if *child != crate::codec::zero_block_id() {
-                        needs.push(*child);
-                    }
-                    out.insert(child_base as u32, needs);
-                } else {
-                    walk(maps, *child, level - 1, child_base, path, out)?;
+/// See [`crate::testing::block_dependencies`]: every block index of the map
+/// at `root` and the chunks reading it needs, root first.
+#[cfg(feature = "testing")]
+pub(super) fn block_dependencies(
+    maps: &BlockMaps<'_>,
+    root: Option<ChunkId>,
+) -> Result<std::collections::BTreeMap<u32, Vec<ChunkId>>> {
+    fn walk(
+        maps: &BlockMaps<'_>,
+        id: ChunkId,
+        level: u8,
+        base: u64,
+        path: &mut Vec<ChunkId>,
+        out: &mut std::collections::BTreeMap<u32, Vec<ChunkId>>,
+    ) -> Result<()> {
+        path.push(id);
+        let node = maps.load_at(&id, level)?;
+        let child_span = crate::format::node::slot_span(level);
+        for (slot, child) in node.slots.iter().enumerate() {
+            let Some(child) = child else { continue };
+            let child_base = base + slot as u64 * child_span;
+            if level == 0 {
+                let mut needs = path.clone();
+                if *child != crate::codec::zero_block_id() {
+                    needs.push(*child);
                 }
+                out.insert(child_base as u32, needs);
+            } else {
+                walk(maps, *child, level - 1, child_base, path, out)?;
             }
-            path.pop();
-            Ok(())
         }
-        let completed = self.completed(self.owner(), snapshot)?;
-        let _guard = self.read_guard();
-        let mut out = std::collections::BTreeMap::new();
-        if let Some(root) = completed.root {
-            walk(&self.maps(), root, LEVELS - 1, 0, &mut Vec::new(), &mut out)?;
-        }
-        Ok(out)
+        path.pop();
+        Ok(())
     }
+    let mut out = std::collections::BTreeMap::new();
+    if let Some(root) = root {
+        walk(maps, root, LEVELS - 1, 0, &mut Vec::new(), &mut out)?;
+    }
+    Ok(out)
 }
 
 /// Written entries under `root`, memoized by node id, so shared subtrees of

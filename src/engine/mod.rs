@@ -1,33 +1,38 @@
 //! The engine: pending-snapshot sessions, the commit protocol, recovery on
 //! open, fail-stop after I/O errors, and the async boundary.
 //!
-//! The EBS operations themselves (validation, tokens, response shapes) are
-//! in `api`, as methods on [`Engine`]; this layer offers them the typed
-//! operations underneath.
+//! The engine speaks in typed values only ([`SnapshotId`], [`BlockIndex`],
+//! [`NewSnapshot`], byte and block counts) and acts for one owner. Its
+//! snapshot operations are `start`, `put_block`, `complete`, `cancel`,
+//! `delete`, `describe`, `snapshot` and `snapshots`; bulk loads go through
+//! a [`SnapshotWriter`] and every read through a [`SnapshotReader`]. The
+//! EBS shapes, validation and tokens are `api`'s, over these.
 
 mod commit;
 mod encryption;
 mod gc;
 mod lifecycle;
 mod maintenance;
+mod reader;
 mod refs;
 mod repair;
 mod session;
 mod verify;
+mod writer;
 
-use crate::blockmap::{BlockMaps, ChangedEntry, NodeCache, Page};
+use crate::blockmap::{BlockMaps, NodeCache};
 use crate::catalog::{Catalog, SnapshotRecord, SnapshotState};
-use crate::chunkstore::{ChunkStore, ChunkStoreConfig, ChunkStoreStats, ContentCheck};
+use crate::chunkstore::{ChunkStore, ChunkStoreConfig, ChunkStoreStats};
 use crate::clock::{Clock, SystemClock};
 use crate::codec;
-use crate::crypto::{Aes256Gcm, CipherSuite, DomainKeys, KeyProvider, Keyring};
+use crate::crypto::{Aes256Gcm, CipherSuite, DomainKeys, KeyProvider};
 use crate::error::{Damage, Error, Result, ValidationReason};
 use crate::format::catalog::{SseKind, StartedRecord};
 use crate::format::pack::RecordKind;
 use crate::format::store::StoreHeader;
 use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId};
+use crate::keys::Keyring;
 use crate::storage::{mirror_name, read_mirrored, write_mirrored, LocalStorage, Storage};
-use bytes::Bytes;
 use commit::GroupCommit;
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use refs::References;
@@ -39,11 +44,17 @@ use std::sync::Arc;
 
 pub use gc::{GcOptions, GcReport};
 pub use maintenance::{ReferenceAudit, SnapshotStats, StoreStats};
+pub use reader::SnapshotReader;
 pub use repair::{RepairOptions, RepairReport};
 pub use session::JournalRepair;
 pub use verify::{AffectedBlocks, DamagedChunk, VerifyOptions, VerifyReport};
+pub use writer::{Abandon, BlockWrite, SnapshotWriter};
 
 const STORE_HEADER_NAME: &str = "blocksnap.store";
+
+/// A pending snapshot's timeout when its start names none, minutes (the
+/// EBS default).
+pub const DEFAULT_TIMEOUT_MINUTES: u32 = 60;
 
 /// When an acknowledged PutSnapshotBlock becomes durable.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -153,6 +164,9 @@ struct EngineInner {
     catalog_poisoned: AtomicBool,
     /// Reference counts of live chunks.
     references: References,
+    /// Roots held by open [`SnapshotReader`]s, with how many hold each
+    /// (each holds one reference; the audit counts them).
+    reader_pins: Mutex<HashMap<ChunkId, u32>>,
     /// Held shared from the moment a chunk is stored or looked up until the
     /// reference that keeps it alive is counted (puts, completes, reads);
     /// held exclusively by the collector while it switches packs, so it
@@ -227,21 +241,49 @@ pub(crate) fn block_id(domain: Option<&DomainKeys>, data: &[u8]) -> (ChunkId, bo
     )
 }
 
-/// The parameters of a new snapshot, validated by the API layer.
-#[derive(Clone, Debug)]
-pub(crate) struct NewSnapshot {
-    pub(crate) parent: Option<SnapshotId>,
-    pub(crate) volume_size_gib: u64,
-    pub(crate) timeout_minutes: u32,
-    pub(crate) client_token: Option<String>,
-    pub(crate) description: Option<String>,
-    pub(crate) tags: Vec<(String, String)>,
-    pub(crate) encryption: RequestedEncryption,
+/// What a new snapshot is: [`Engine::start`]'s and [`Engine::writer`]'s
+/// parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewSnapshot {
+    /// The completed snapshot this one changes (of the same owner); the
+    /// new one starts with its blocks.
+    pub parent: Option<SnapshotId>,
+    /// The volume's size in GiB, 1..=[`crate::ids::MAX_VOLUME_SIZE_GIB`];
+    /// at least the parent's.
+    pub volume_size_gib: u64,
+    /// Minutes after which a snapshot still pending is cancelled.
+    pub timeout_minutes: u32,
+    /// Makes the start idempotent: a start with the same token and the
+    /// same parameters returns the snapshot the first one started.
+    pub client_token: Option<String>,
+    /// A description kept with the snapshot.
+    pub description: Option<String>,
+    /// Tags kept with the snapshot, in order.
+    pub tags: Vec<(String, String)>,
+    /// Whether and under which key the snapshot is encrypted.
+    pub encryption: RequestedEncryption,
 }
 
-/// What StartSnapshot asked for by `Encrypted` and `KmsKeyArn`.
+impl NewSnapshot {
+    /// A full snapshot of a `volume_size_gib` GiB volume with the default
+    /// timeout, no description, tags or token, and the parent's (else no)
+    /// encryption.
+    pub fn new(volume_size_gib: u64) -> NewSnapshot {
+        NewSnapshot {
+            parent: None,
+            volume_size_gib,
+            timeout_minutes: DEFAULT_TIMEOUT_MINUTES,
+            client_token: None,
+            description: None,
+            tags: Vec::new(),
+            encryption: RequestedEncryption::None,
+        }
+    }
+}
+
+/// How a new snapshot is encrypted (EBS: `Encrypted` and `KmsKeyArn`).
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub(crate) enum RequestedEncryption {
+pub enum RequestedEncryption {
     /// Neither: plain, or the parent's encryption for a child.
     None,
     /// `Encrypted` alone: the provider's default key (`sse-ebs`).
@@ -260,6 +302,34 @@ impl RequestedEncryption {
             RequestedEncryption::Key(arn) => started.kms_key_arn.as_ref() == Some(arn),
         }
     }
+}
+
+/// The invariants of a new snapshot's parameters that the engine relies
+/// on (the EBS façade checks the service's stricter rules first).
+fn check_new_snapshot(request: &NewSnapshot) -> Result<()> {
+    if !(1..=crate::ids::MAX_VOLUME_SIZE_GIB).contains(&request.volume_size_gib) {
+        return Err(Error::invalid(
+            ValidationReason::InvalidVolumeSize,
+            format!(
+                "VolumeSize {} is outside 1..={} GiB.",
+                request.volume_size_gib,
+                crate::ids::MAX_VOLUME_SIZE_GIB
+            ),
+        ));
+    }
+    if request.timeout_minutes == 0 {
+        return Err(Error::invalid(
+            ValidationReason::InvalidParameterValue,
+            "A snapshot's timeout must be at least a minute.",
+        ));
+    }
+    if request.parent.is_some() && request.encryption == RequestedEncryption::DefaultKey {
+        return Err(Error::invalid(
+            ValidationReason::InvalidParameterValue,
+            "Encrypted cannot be specified together with ParentSnapshotId.",
+        ));
+    }
+    Ok(())
 }
 
 fn not_found(snapshot: SnapshotId) -> Error {
@@ -393,6 +463,7 @@ impl Engine {
                 poison_cause: Mutex::new(String::new()),
                 catalog_poisoned: AtomicBool::new(false),
                 references,
+                reader_pins: Mutex::new(HashMap::new()),
                 reference_guard: RwLock::new(()),
                 reaper: Mutex::new(None),
                 reaper_wake: Arc::new(tokio::sync::Notify::new()),
@@ -578,23 +649,28 @@ impl Engine {
         self.poison_on_io(result)
     }
 
-    /// The catalog record of a snapshot owned by `owner`.
-    pub(crate) fn record(&self, owner: &str, snapshot: SnapshotId) -> Result<SnapshotRecord> {
+    /// The catalog record of snapshot `snapshot`, as it stands: pending,
+    /// completed or failed. Another owner's snapshot, and one deleted, is
+    /// [`Error::NotFound`]. A pending snapshot's deadline is not applied
+    /// (see [`Engine::describe`]).
+    pub fn snapshot(&self, snapshot: SnapshotId) -> Result<SnapshotRecord> {
         match self.inner.catalog.get(snapshot) {
-            Some(record) if record.started.owner == owner => Ok(record),
+            Some(record) if *record.started.owner == *self.owner => Ok(record),
             _ => Err(not_found(snapshot)),
         }
     }
 
-    /// Every catalog record of `owner`'s snapshots, in no order.
-    pub(crate) fn snapshot_records(&self, owner: &str) -> Vec<SnapshotRecord> {
+    /// Every snapshot of this engine's owner (pending, completed, failed),
+    /// in no order.
+    pub fn snapshots(&self) -> Vec<SnapshotRecord> {
         self.inner
             .catalog
-            .select(|record| record.started.owner == owner)
+            .select(|record| *record.started.owner == *self.owner)
     }
 
-    /// The record and map root of a completed snapshot.
-    pub(crate) fn completed(&self, owner: &str, snapshot: SnapshotId) -> Result<CompletedSnapshot> {
+    /// The map root, size and lineage of a completed snapshot.
+    fn completed(&self, snapshot: SnapshotId) -> Result<CompletedSnapshot> {
+        let owner = &*self.owner;
         let inspected = self.inner.catalog.inspect(snapshot, |record| {
             if record.started.owner != owner {
                 return Err(not_found(snapshot));
@@ -618,9 +694,12 @@ impl Engine {
     }
 
     /// Starts a snapshot, or returns the one an identical earlier request
-    /// with the same client token started.
-    pub(crate) fn start(&self, owner: &str, request: NewSnapshot) -> Result<SnapshotRecord> {
+    /// with the same client token started. Its journal is durable before
+    /// it is recorded: a pending snapshot without one is damage.
+    pub fn start(&self, request: NewSnapshot) -> Result<SnapshotRecord> {
         self.check_writable()?;
+        check_new_snapshot(&request)?;
+        let owner = &*self.owner.clone();
         // Timed-out snapshots neither count against the limit nor answer
         // an idempotent retry as pending.
         self.expire_due()?;
@@ -628,7 +707,7 @@ impl Engine {
         let catalog = &self.inner.catalog;
         if let Some(token) = &request.client_token {
             if let Some(existing) = catalog.find_token(owner, token) {
-                let record = self.record(owner, existing)?;
+                let record = self.snapshot(existing)?;
                 let started = &record.started;
                 let same = started.parent == request.parent
                     && started.volume_size_gib == request.volume_size_gib
@@ -649,14 +728,13 @@ impl Engine {
         let (lineage, parent_root, inherited) = match request.parent {
             None => (None, None, None),
             Some(parent) => {
-                let parent_snapshot =
-                    self.completed(owner, parent).map_err(|error| match error {
-                        Error::InvalidState { message, .. } => Error::invalid(
-                            ValidationReason::InvalidParameterValue,
-                            format!("ParentSnapshotId: {message}"),
-                        ),
-                        other => other,
-                    })?;
+                let parent_snapshot = self.completed(parent).map_err(|error| match error {
+                    Error::InvalidState { message, .. } => Error::invalid(
+                        ValidationReason::InvalidParameterValue,
+                        format!("ParentSnapshotId: {message}"),
+                    ),
+                    other => other,
+                })?;
                 if request.volume_size_gib < parent_snapshot.volume_size_gib {
                     return Err(Error::invalid(
                         ValidationReason::InvalidVolumeSize,
@@ -732,19 +810,19 @@ impl Engine {
         self.inner.sessions.write().insert(snapshot, session);
         drop(guard);
         self.inner.reaper_wake.notify_one();
-        self.record(owner, snapshot)
+        self.snapshot(snapshot)
     }
 
-    /// The session of a pending snapshot owned by `owner`.
-    fn session(&self, owner: &str, snapshot: SnapshotId) -> Result<Arc<Session>> {
+    /// The session of a pending snapshot of this engine's owner.
+    fn session(&self, snapshot: SnapshotId) -> Result<Arc<Session>> {
         if let Some(session) = self.inner.sessions.read().get(&snapshot) {
-            if session.owner == owner {
+            if *session.owner == *self.owner {
                 return Ok(session.clone());
             }
         }
         // Not pending for this owner: the record says why (unknown, foreign,
         // or in another state).
-        let record = self.record(owner, snapshot)?;
+        let record = self.snapshot(snapshot)?;
         match self.inner.sessions.read().get(&snapshot) {
             Some(session) => Ok(session.clone()),
             None => Err(not_pending(&record)),
@@ -806,19 +884,31 @@ impl Engine {
         Ok(())
     }
 
-    /// Stores one block of a pending snapshot after checking its SHA-256.
-    /// Zero blocks are recorded without payload. Hashing and compression run
-    /// before any lock is taken.
-    pub(crate) fn put_block(
+    /// Stores one block (exactly 512 KiB) of a pending snapshot after
+    /// checking it against `expected`, its SHA-256; a mismatch is
+    /// [`ValidationReason::InvalidBlock`]. A second put at an index
+    /// replaces the first. Zero blocks are recorded without payload.
+    /// Hashing and compression run before any lock is taken. Durable on
+    /// return under [`PutDurability::Immediate`].
+    pub fn put_block(
         &self,
-        owner: &str,
         snapshot: SnapshotId,
         index: BlockIndex,
         data: &[u8],
         expected: &Sha256Digest,
     ) -> Result<()> {
         self.check_writable()?;
-        let session = self.session(owner, snapshot)?;
+        if data.len() != crate::ids::BLOCK_SIZE {
+            return Err(Error::invalid(
+                ValidationReason::InvalidBlock,
+                format!(
+                    "A block is {} bytes, not {}.",
+                    crate::ids::BLOCK_SIZE,
+                    data.len()
+                ),
+            ));
+        }
+        let session = self.session(snapshot)?;
         let hashes = BlockHashes::of(session.domain.as_deref(), data);
         if hashes.sha256 != *expected {
             return Err(Error::invalid(
@@ -827,31 +917,6 @@ impl Engine {
             ));
         }
         self.store_block(&session, index, data, &hashes)
-    }
-
-    /// [`Engine::put_block`] for a caller that hashed the block itself with
-    /// [`BlockHashes::of`] in the snapshot's domain ([`Engine::domain_of`]):
-    /// the volume pipeline, which needs the id before it decides to write.
-    pub(crate) fn put_hashed_block(
-        &self,
-        owner: &str,
-        snapshot: SnapshotId,
-        index: BlockIndex,
-        data: &[u8],
-        hashes: &BlockHashes,
-    ) -> Result<()> {
-        self.check_writable()?;
-        let session = self.session(owner, snapshot)?;
-        self.store_block(&session, index, data, hashes)
-    }
-
-    /// The encryption domain a pending snapshot's blocks are keyed in.
-    pub(crate) fn snapshot_domain(
-        &self,
-        owner: &str,
-        snapshot: SnapshotId,
-    ) -> Result<Option<Arc<DomainKeys>>> {
-        Ok(self.session(owner, snapshot)?.domain.clone())
     }
 
     fn store_block(
@@ -910,19 +975,19 @@ impl Engine {
         Ok(())
     }
 
-    /// Seals a pending snapshot: checks the count and optional LINEAR
-    /// aggregate (a mismatch leaves it pending), then commits in order:
-    /// block data durable, map nodes written and durable, catalog record
-    /// durable (the commit point).
-    pub(crate) fn complete(
+    /// Seals a pending snapshot: checks that `changed_blocks` distinct
+    /// blocks were written and, if given, their LINEAR aggregate SHA-256 (a
+    /// mismatch is [`ValidationReason::InvalidParameterValue`] and leaves
+    /// it pending), then commits in order: block data durable, map nodes
+    /// written and durable, catalog record durable (the commit point).
+    pub fn complete(
         &self,
-        owner: &str,
         snapshot: SnapshotId,
         changed_blocks: u32,
         aggregate: Option<Sha256Digest>,
     ) -> Result<SnapshotRecord> {
         self.check_writable()?;
-        let session = self.session(owner, snapshot)?;
+        let session = self.session(snapshot)?;
         session.check_provable()?;
         let guard = self.inner.reference_guard.read();
         let mut state = self.lock_live(&guard, &session)?;
@@ -972,105 +1037,11 @@ impl Engine {
         drop(guard);
         // The journal is garbage now; recovery removes it if this fails.
         let _ = self.inner.storage.remove(&journal_name(snapshot));
-        self.record(owner, snapshot)
+        self.snapshot(snapshot)
     }
 
     fn maps(&self) -> BlockMaps<'_> {
         BlockMaps::new(&self.inner.chunks, &self.inner.nodes)
-    }
-
-    /// Held by a read from the moment it resolves a snapshot's root until it
-    /// has read what it needs: the collector cannot remove a deleted
-    /// snapshot's chunks under it.
-    pub(crate) fn read_guard(&self) -> RwLockReadGuard<'_, ()> {
-        self.inner.reference_guard.read()
-    }
-
-    /// The data and SHA-256 of the block at `index` in the map at `root`.
-    pub(crate) fn read_block(
-        &self,
-        root: Option<ChunkId>,
-        index: BlockIndex,
-    ) -> Result<Option<(Bytes, Sha256Digest)>> {
-        let Some(chunk) = self.maps().lookup(root, index)? else {
-            return Ok(None);
-        };
-        if chunk == codec::zero_block_id() {
-            return Ok(Some((
-                Bytes::from(vec![0u8; crate::ids::BLOCK_SIZE]),
-                codec::zero_block_sha256(),
-            )));
-        }
-        let stored = self
-            .inner
-            .chunks
-            .get(RecordKind::Block, &chunk)?
-            .ok_or_else(|| {
-                Error::corrupted(
-                    format!("block {} (chunk {chunk})", index.0),
-                    "chunk is missing from the store",
-                )
-            })?;
-        Ok(Some((Bytes::from(stored.data), stored.sha256)))
-    }
-
-    /// Block chunk `chunk` for an export: its data checked against its
-    /// stored SHA-256, the SHA-256, and its stored zstd frame when it has
-    /// one (an incompressible block is stored raw and has none).
-    pub(crate) fn block_with_frame(
-        &self,
-        chunk: ChunkId,
-    ) -> Result<(Vec<u8>, Sha256Digest, Option<Vec<u8>>)> {
-        let (stored, frame) = self
-            .inner
-            .chunks
-            .get_with_frame(RecordKind::Block, &chunk, ContentCheck::Sha256, true)?
-            .ok_or_else(|| missing_chunk(chunk))?;
-        Ok((stored.data, stored.sha256, frame))
-    }
-
-    /// The SHA-256 kept with block chunk `chunk` (the zero block's for the
-    /// zero chunk), without reading a plain record's payload.
-    pub(crate) fn block_sha256(&self, chunk: ChunkId) -> Result<Sha256Digest> {
-        if chunk == codec::zero_block_id() {
-            return Ok(codec::zero_block_sha256());
-        }
-        self.inner
-            .chunks
-            .block_sha256(&chunk)?
-            .ok_or_else(|| missing_chunk(chunk))
-    }
-
-    /// The chunk the map at `root` holds at `index`, if any (under the read
-    /// guard, so the collector cannot remove a node meanwhile).
-    pub(crate) fn lookup_chunk(
-        &self,
-        root: Option<ChunkId>,
-        index: BlockIndex,
-    ) -> Result<Option<ChunkId>> {
-        let _guard = self.read_guard();
-        self.maps().lookup(root, index)
-    }
-
-    /// A page of the written indexes of the map at `root`.
-    pub(crate) fn list_blocks(
-        &self,
-        root: Option<ChunkId>,
-        start: BlockIndex,
-        limit: usize,
-    ) -> Result<Page<(BlockIndex, ChunkId)>> {
-        self.maps().list(root, start, limit)
-    }
-
-    /// A page of the indexes whose chunks differ between two maps.
-    pub(crate) fn diff_blocks(
-        &self,
-        first: Option<ChunkId>,
-        second: Option<ChunkId>,
-        start: BlockIndex,
-        limit: usize,
-    ) -> Result<Page<ChangedEntry>> {
-        self.maps().diff(first, second, start, limit)
     }
 
     /// Runs a blocking engine call on tokio's blocking pool when called from

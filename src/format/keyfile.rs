@@ -109,7 +109,7 @@ impl KeyFileHeader {
         let nonce = reader.array::<12>("key file nonce")?;
         let sealed_len = reader.u32("key file sealed length")?;
         if sealed_len as usize > MAX_SEALED_LEN
-            || reader.remaining() != sealed_len as usize + crate::crypto::TAG_LEN
+            || reader.remaining() != sealed_len as usize + super::pack::TAG_LEN
         {
             return Err(DecodeError::corrupt(
                 KEYFILE_SEALED_LEN_OFFSET,

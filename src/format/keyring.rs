@@ -16,8 +16,9 @@ pub const KEYRING_ENTRIES_OFFSET: usize = FILE_HEADER_SIZE;
 pub const MAX_DOMAINS: usize = u16::MAX as usize;
 /// Longest key name (the KmsKeyArn limit).
 pub const MAX_KEY_ARN_LEN: usize = 2048;
-/// Longest wrapped data key.
-pub const MAX_WRAPPED_LEN: usize = crate::crypto::MAX_WRAPPED_KEY_LEN;
+/// Longest wrapped data key the store accepts (KMS ciphertext blobs of a
+/// 32-byte key are under 200 bytes).
+pub const MAX_WRAPPED_LEN: usize = 4096;
 
 /// The suite of a dedup-only domain: no cipher; the entry's `wrapped`
 /// field holds the domain's id key itself.

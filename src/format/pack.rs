@@ -6,8 +6,13 @@
 
 use super::wire::{Reader, Writer};
 use super::{crc32, DecodeError};
-use crate::crypto::{NONCE_LEN, TAG_LEN};
 use crate::ids::{ChunkId, Sha256Digest, BLOCK_SIZE};
+
+/// Bytes of a sealed record's nonce (AES-256-GCM's 96 bits).
+pub const NONCE_LEN: usize = 12;
+/// Bytes of a sealed record's authentication tag (and of every AEAD tag
+/// in the store's formats).
+pub const TAG_LEN: usize = 16;
 
 /// Offset of the crc.
 pub const RECORD_CRC_OFFSET: usize = 0;

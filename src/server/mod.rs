@@ -19,7 +19,7 @@ pub use listen::{serve, ServeReport};
 pub use quota::RateLimits;
 
 use crate::api::{
-    CompleteSnapshotRequest, GetSnapshotBlockRequest, ListChangedBlocksRequest,
+    CompleteSnapshotRequest, Ebs, GetSnapshotBlockRequest, ListChangedBlocksRequest,
     ListSnapshotBlocksRequest, PutSnapshotBlockRequest,
 };
 use crate::engine::Engine;
@@ -484,7 +484,7 @@ async fn start_snapshot(State(state): State<Arc<ServerState>>, request: Request)
                 .await?;
             let engine = state.admit(presented, &incoming, Payload::Bytes(&body))?;
             let request = wire::start_snapshot_request(&body)?;
-            let response = engine.start_snapshot_async(request).await?;
+            let response = Ebs::new(&engine).start_snapshot_async(request).await?;
             Ok(json_response(
                 StatusCode::CREATED,
                 &wire::start_snapshot_response(&response),
@@ -556,7 +556,7 @@ async fn put_snapshot_block(
                     .unwrap_or_default(),
                 block_data,
             };
-            let response = engine.put_snapshot_block_async(request).await?;
+            let response = Ebs::new(&engine).put_snapshot_block_async(request).await?;
             Ok(with_checksum(
                 json_response(StatusCode::CREATED, &json!({})),
                 &response.checksum,
@@ -602,7 +602,7 @@ async fn complete_snapshot(
                     "x-amz-Checksum-Aggregation-Method",
                 )?,
             };
-            let response = engine.complete_snapshot_async(request).await?;
+            let response = Ebs::new(&engine).complete_snapshot_async(request).await?;
             Ok(json_response(
                 StatusCode::ACCEPTED,
                 &json!({"Status": response.status.as_str()}),
@@ -632,7 +632,7 @@ async fn get_snapshot_block(
                 block_index: block_index(&index)?,
                 block_token: param(&params, "blockToken").unwrap_or_default().to_string(),
             };
-            let response = engine.get_snapshot_block_async(request).await?;
+            let response = Ebs::new(&engine).get_snapshot_block_async(request).await?;
             let mut reply = Response::new(Body::from(response.block_data));
             let headers = reply.headers_mut();
             headers.insert(
@@ -676,7 +676,9 @@ async fn list_snapshot_blocks(
                 max_results,
                 starting_block_index,
             };
-            let response = engine.list_snapshot_blocks_async(request).await?;
+            let response = Ebs::new(&engine)
+                .list_snapshot_blocks_async(request)
+                .await?;
             Ok(json_response(
                 StatusCode::OK,
                 &wire::list_snapshot_blocks_response(&response),
@@ -713,7 +715,7 @@ async fn list_changed_blocks(
                 max_results,
                 starting_block_index,
             };
-            let response = engine.list_changed_blocks_async(request).await?;
+            let response = Ebs::new(&engine).list_changed_blocks_async(request).await?;
             Ok(json_response(
                 StatusCode::OK,
                 &wire::list_changed_blocks_response(&response),

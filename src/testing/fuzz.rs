@@ -191,11 +191,11 @@ pub fn archive(data: &[u8]) {
         &|_| {},
         &std::sync::atomic::AtomicBool::new(false),
     );
-    let snapshots = engine.list_snapshots().expect("list");
+    let snapshots = engine.snapshots();
     match imported {
         Ok(ImportOutcome::Completed(report)) => {
             assert_eq!(snapshots.len(), 1);
-            assert_eq!(snapshots[0].snapshot.snapshot_id, report.snapshot_id);
+            assert_eq!(snapshots[0].started.snapshot, report.snapshot_id);
         }
         Ok(ImportOutcome::Interrupted) => panic!("interrupted without a cancel"),
         Err(error) => {
@@ -237,8 +237,8 @@ pub fn credentials(data: &[u8]) {
 /// small enough to run (the decoder bounds them either way), else only its
 /// header decoded; the outcome is a provider or a typed refusal.
 pub fn key_file(data: &[u8]) {
-    use crate::crypto::{LocalKeyProvider, Passphrase};
     use crate::format::keyfile::KeyFileHeader;
+    use crate::keys::{LocalKeyProvider, Passphrase};
     let Ok(header) = KeyFileHeader::decode(data) else {
         return;
     };

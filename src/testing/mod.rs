@@ -10,6 +10,7 @@ pub use conformance::check_storage_contract;
 
 pub use model::{Model, ModelError, ModelStatus, Op};
 
+use crate::api::Ebs;
 use crate::api::{CompleteSnapshotRequest, PutSnapshotBlockRequest};
 use crate::ids::BLOCK_SIZE;
 use base64::engine::general_purpose::STANDARD;
@@ -136,17 +137,20 @@ pub fn write_lineage(
             parent_snapshot_id: parent.map(|(id, _)| id.clone()),
             ..template.clone()
         };
-        let id = engine.start_snapshot(request).expect("start").snapshot_id;
+        let id = Ebs::new(engine)
+            .start_snapshot(request)
+            .expect("start")
+            .snapshot_id;
         let mut content = parent
             .map(|(_, content)| content.clone())
             .unwrap_or_default();
         for (index, seed) in writes.iter() {
-            engine
+            Ebs::new(engine)
                 .put_snapshot_block(put_request(&id, *index as i32, block(*seed)))
                 .expect("put");
             content.insert(*index, *seed);
         }
-        engine
+        Ebs::new(engine)
             .complete_snapshot(complete_request(&id, writes.len() as i32))
             .expect("complete");
         lineage.push((id, content));
@@ -167,7 +171,7 @@ pub fn list_all_blocks(
     };
     let mut blocks = Vec::new();
     loop {
-        let page = engine.list_snapshot_blocks(request.clone())?;
+        let page = Ebs::new(engine).list_snapshot_blocks(request.clone())?;
         blocks.extend(page.blocks);
         match page.next_token {
             Some(token) => request.next_token = Some(token),
@@ -187,7 +191,7 @@ pub fn get_listed(
         block_index: listed.block_index,
         block_token: listed.block_token.clone(),
     };
-    Ok(engine.get_snapshot_block(request)?.block_data)
+    Ok(Ebs::new(engine).get_snapshot_block(request)?.block_data)
 }
 
 /// Copies a store directory recursively, leaving out its `LOCK` file.
@@ -236,7 +240,7 @@ pub fn block_dependencies(
     snapshot_id: &str,
 ) -> crate::Result<std::collections::BTreeMap<u32, Vec<crate::ids::ChunkId>>> {
     let snapshot = crate::api::validate::snapshot_id("SnapshotId", snapshot_id)?;
-    engine.block_dependencies(snapshot)
+    engine.reader(snapshot)?.block_dependencies()
 }
 
 /// Asserts that `result` failed with the EBS error `code` and `reason`.
@@ -398,4 +402,10 @@ pub fn sign_request(
         lines.push_str(&format!("\r\n{name}: {value}"));
     }
     lines
+}
+
+/// The id in `text` (as the EBS responses carry it); panics if malformed.
+#[track_caller]
+pub fn snapshot_id(text: &str) -> crate::ids::SnapshotId {
+    crate::ids::SnapshotId::parse(text).expect("a well-formed snapshot id")
 }

@@ -2,13 +2,12 @@
 //! changed since its parent.
 
 use super::{image_len, in_parallel, invalid, read_block_at, worker_count, Progress};
-use crate::api::{CancelSnapshotRequest, StartSnapshotRequest, Tag};
-use crate::engine::{block_id, BlockHashes, Engine};
+use crate::engine::{Engine, NewSnapshot, RequestedEncryption, SnapshotWriter};
 use crate::error::{Error, Result};
 use crate::ids::{BlockIndex, SnapshotId, BLOCKS_PER_GIB, BLOCK_SIZE};
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The tag a backup records the image's exact length in, so a restore
@@ -19,14 +18,14 @@ pub const IMAGE_BYTES_TAG: &str = "blocksnap:image-bytes";
 #[derive(Clone, Debug, Default)]
 pub struct BackupOptions {
     /// The snapshot this one changes: unchanged blocks are not written.
-    pub parent: Option<String>,
+    pub parent: Option<SnapshotId>,
     /// Block indexes that may have changed since the parent (from an
     /// agent's change tracking); only these are read. Needs `parent`.
     pub changed_blocks: Option<Vec<u32>>,
     /// Description of the snapshot.
     pub description: Option<String>,
-    /// Tags of the snapshot (the image length tag is added).
-    pub tags: Vec<Tag>,
+    /// Tags of the snapshot, key and value (the image length tag is added).
+    pub tags: Vec<(String, String)>,
     /// Encrypt with the key provider's default key (a child inherits its
     /// parent's key instead).
     pub encrypted: bool,
@@ -41,7 +40,7 @@ pub struct BackupOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupReport {
     /// The new snapshot.
-    pub snapshot_id: String,
+    pub snapshot_id: SnapshotId,
     /// Length of the image.
     pub image_bytes: u64,
     /// Blocks read from the image.
@@ -65,7 +64,7 @@ pub enum BackupOutcome {
     /// `error`), so no half-written snapshot remains.
     Interrupted {
         /// The cancelled snapshot.
-        snapshot_id: String,
+        snapshot_id: SnapshotId,
     },
 }
 
@@ -91,14 +90,6 @@ impl Work {
     }
 }
 
-#[derive(Default)]
-struct Counters {
-    read: AtomicU64,
-    written: AtomicU64,
-    unchanged: AtomicU64,
-    zero_skipped: AtomicU64,
-}
-
 /// Backs up the image at `path` into a new snapshot (see the module
 /// documentation). Any failure or interruption cancels the pending
 /// snapshot before returning.
@@ -115,14 +106,9 @@ pub fn backup(
     let image_bytes = image_len(&file, path)?;
     let image_blocks = u32::try_from(image_bytes.div_ceil(BLOCK_SIZE as u64))
         .map_err(|_| invalid(format!("{} is larger than 64 TiB", path.display())))?;
-    let owner = engine.owner().to_string();
     let parent = options
         .parent
-        .as_deref()
-        .map(|id| {
-            let parsed = crate::api::validate::snapshot_id("ParentSnapshotId", id)?;
-            engine.completed(&owner, parsed)
-        })
+        .map(|parent| engine.snapshot(parent))
         .transpose()?;
     let work = match (&options.changed_blocks, &parent) {
         (Some(_), None) => return Err(invalid("a changed-block list needs a parent snapshot")),
@@ -142,94 +128,68 @@ pub fn backup(
     let image_gib = image_bytes
         .div_ceil(BLOCKS_PER_GIB * BLOCK_SIZE as u64)
         .max(1);
-    let volume_gib = parent.map_or(image_gib, |parent| parent.volume_size_gib.max(image_gib));
-    let mut tags = options.tags.clone();
-    tags.push(Tag {
-        key: IMAGE_BYTES_TAG.to_string(),
-        value: image_bytes.to_string(),
+    let volume_gib = parent.map_or(image_gib, |parent| {
+        parent.started.volume_size_gib.max(image_gib)
     });
-    let started = engine.start_snapshot(StartSnapshotRequest {
-        volume_size: volume_gib as i64,
-        parent_snapshot_id: options.parent.clone(),
+    let mut tags = options.tags.clone();
+    tags.push((IMAGE_BYTES_TAG.to_string(), image_bytes.to_string()));
+    let encryption = match (&options.kms_key_arn, options.encrypted) {
+        (Some(arn), _) => RequestedEncryption::Key(arn.clone()),
+        // A child inherits its parent's key.
+        (None, true) if options.parent.is_none() => RequestedEncryption::DefaultKey,
+        (None, _) => RequestedEncryption::None,
+    };
+    let mut writer = engine.writer(NewSnapshot {
+        parent: options.parent,
         tags,
         description: options.description.clone(),
-        encrypted: (options.encrypted && options.parent.is_none()).then_some(true),
-        kms_key_arn: options.kms_key_arn.clone(),
-        ..StartSnapshotRequest::default()
+        encryption,
+        ..NewSnapshot::new(volume_gib)
     })?;
-    let snapshot_id = started.snapshot_id;
-    let snapshot = SnapshotId::parse(&snapshot_id)
-        .ok_or_else(|| Error::corrupted("catalog", "a started snapshot has a malformed id"))?;
-    let counters = Counters::default();
+    let snapshot_id = writer.snapshot_id();
     let ran = run_workers(
-        engine,
-        &owner,
-        snapshot,
-        parent.and_then(|parent| parent.root),
+        &writer,
         (&file, path, image_bytes),
         &work,
         worker_count(options.threads, 2),
-        &counters,
         progress,
         cancel,
     );
-    // Cancels the pending snapshot; the error says whether that worked.
-    let abandon = |error: Error| {
-        match engine.cancel_snapshot(CancelSnapshotRequest {
-        snapshot_id: snapshot_id.clone(),
-    }) {
-        Ok(_) => error.with_note(&format!("snapshot {snapshot_id} was cancelled")),
-        Err(cancelling) => error.with_note(&format!(
-            "snapshot {snapshot_id} is left pending, as cancelling it failed ({cancelling}); cancel it with `blocksnap cancel {snapshot_id}` or let it time out"
-        )),
-    }
-    };
     if let Err(error) = ran {
-        return Err(abandon(error));
+        return Err(writer.abandon_noting(error));
     }
     if cancel.load(Ordering::Acquire) {
-        engine
-            .cancel_snapshot(CancelSnapshotRequest {
-                snapshot_id: snapshot_id.clone(),
-            })
-            .map_err(|error| {
-                error.with_note(&format!(
-                    "the backup was interrupted, but snapshot {snapshot_id} is left pending"
-                ))
-            })?;
+        writer.abandon_now().map_err(|error| {
+            error.with_note(&format!(
+                "the backup was interrupted, but snapshot {snapshot_id} is left pending"
+            ))
+        })?;
         return Ok(BackupOutcome::Interrupted { snapshot_id });
     }
-    let written = counters.written.load(Ordering::Acquire);
-    let changed = u32::try_from(written).map_err(|_| invalid("too many blocks"))?;
-    if let Err(error) = engine.complete(&owner, snapshot, changed, None) {
-        return Err(abandon(error));
-    }
+    let blocks_written = writer.blocks_written();
+    let blocks_unchanged = writer.blocks_unchanged();
+    let zero_blocks_skipped = writer.zero_blocks_skipped();
+    writer.complete()?;
     Ok(BackupOutcome::Completed(BackupReport {
         snapshot_id,
         image_bytes,
-        blocks_read: counters.read.load(Ordering::Acquire),
-        blocks_written: written,
-        blocks_unchanged: counters.unchanged.load(Ordering::Acquire),
-        zero_blocks_skipped: counters.zero_skipped.load(Ordering::Acquire),
+        blocks_read: blocks_written + blocks_unchanged + zero_blocks_skipped,
+        blocks_written,
+        blocks_unchanged,
+        zero_blocks_skipped,
         elapsed: started_at.elapsed(),
     }))
 }
 
 /// Runs the workers to the end of `work`, the first error, or `cancel`.
-#[allow(clippy::too_many_arguments)]
 fn run_workers(
-    engine: &Engine,
-    owner: &str,
-    snapshot: SnapshotId,
-    parent_root: Option<crate::ids::ChunkId>,
+    writer: &SnapshotWriter,
     image: (&File, &Path, u64),
     work: &Work,
     workers: usize,
-    counters: &Counters,
     progress: Progress<'_>,
     cancel: &AtomicBool,
 ) -> Result<()> {
-    let domain = engine.snapshot_domain(owner, snapshot)?;
     let cursor = AtomicUsize::new(0);
     let (file, path, image_bytes) = image;
     in_parallel(workers.min(work.len().max(1)), |stop| {
@@ -239,21 +199,7 @@ fn run_workers(
                 break;
             };
             read_block_at(file, path, image_bytes, index, &mut buffer)?;
-            counters.read.fetch_add(1, Ordering::AcqRel);
-            let (chunk, is_zero) = block_id(domain.as_deref(), &buffer);
-            let previous = match parent_root {
-                Some(_) => engine.lookup_chunk(parent_root, BlockIndex(index))?,
-                None => None,
-            };
-            if previous == Some(chunk) {
-                counters.unchanged.fetch_add(1, Ordering::AcqRel);
-            } else if is_zero && previous.is_none() {
-                counters.zero_skipped.fetch_add(1, Ordering::AcqRel);
-            } else {
-                let hashes = BlockHashes::with_id(chunk, is_zero, &buffer);
-                engine.put_hashed_block(owner, snapshot, BlockIndex(index), &buffer, &hashes)?;
-                counters.written.fetch_add(1, Ordering::AcqRel);
-            }
+            writer.put_block_sparse(BlockIndex(index), &buffer)?;
             progress(
                 image_bytes
                     .saturating_sub(u64::from(index) * BLOCK_SIZE as u64)

@@ -2,9 +2,9 @@
 
 use super::{in_parallel, worker_count, Progress, IMAGE_BYTES_TAG};
 use crate::codec;
-use crate::engine::Engine;
+use crate::engine::{Engine, SnapshotReader};
 use crate::error::{Error, Result};
-use crate::ids::{BlockIndex, ChunkId, BLOCKS_PER_GIB, BLOCK_SIZE};
+use crate::ids::{BlockIndex, ChunkId, SnapshotId, BLOCK_SIZE};
 use crate::storage::{open_direct, AlignedBuffer};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt};
@@ -56,26 +56,26 @@ pub enum RestoreOutcome {
     Interrupted,
 }
 
-/// Restores completed snapshot `snapshot_id` into `output`: a new file
+/// Restores completed snapshot `snapshot` into `output`: a new file
 /// (holes where the volume was never written or is zero), an existing one
 /// with `overwrite`, or a block device. Every block is checked against
 /// its content hash (the chunk id the map records) before it is written.
 /// The length is the image's as recorded at backup, else the volume's.
 pub fn restore(
     engine: &Engine,
-    snapshot_id: &str,
+    snapshot: SnapshotId,
     output: &Path,
     options: RestoreOptions,
     progress: Progress<'_>,
     cancel: &AtomicBool,
 ) -> Result<RestoreOutcome> {
     let started_at = Instant::now();
-    let owner = engine.owner().to_string();
-    let snapshot = crate::api::validate::snapshot_id("SnapshotId", snapshot_id)?;
-    let completed = engine.completed(&owner, snapshot)?;
-    let record = engine.record(&owner, snapshot)?;
-    let volume_bytes = completed.volume_size_gib * BLOCKS_PER_GIB * BLOCK_SIZE as u64;
-    let length = record
+    // Pinned until the restore ends: deleting the snapshot and collecting
+    // garbage meanwhile cannot take its blocks away.
+    let reader = engine.reader(snapshot)?;
+    let volume_bytes = reader.volume_blocks() * BLOCK_SIZE as u64;
+    let length = reader
+        .record()
         .started
         .tags
         .iter()
@@ -109,22 +109,11 @@ pub fn restore(
         if cancel.load(Ordering::Acquire) {
             break Ok(false);
         }
-        let page = {
-            let _guard = engine.read_guard();
-            match engine.list_blocks(completed.root, start, PAGE) {
-                Ok(page) => page,
-                Err(error) => break Err(error),
-            }
+        let page = match reader.blocks(start, PAGE) {
+            Ok(page) => page,
+            Err(error) => break Err(error),
         };
-        let round = restore_page(
-            engine,
-            completed.root,
-            &page.entries,
-            &sink,
-            workers,
-            &written,
-            cancel,
-        );
+        let round = restore_page(&reader, &page.entries, &sink, workers, &written, cancel);
         if let Err(error) = round {
             break Err(error);
         }
@@ -282,8 +271,7 @@ fn preallocate(_sink: &Sink<'_>, _entries: &[(BlockIndex, ChunkId)], _zero: Chun
 
 /// Restores one listed page on `workers` threads.
 fn restore_page(
-    engine: &Engine,
-    root: Option<ChunkId>,
+    reader: &SnapshotReader,
     entries: &[(BlockIndex, ChunkId)],
     sink: &Sink<'_>,
     workers: usize,
@@ -308,7 +296,7 @@ fn restore_page(
                 continue;
             }
             let take = (sink.length - offset).min(BLOCK_SIZE as u64) as usize;
-            write_block(engine, root, index, sink, offset, take, &mut staging)?;
+            write_block(reader, index, sink, offset, take, &mut staging)?;
             written.fetch_add(1, Ordering::AcqRel);
         }
         Ok(())
@@ -317,8 +305,7 @@ fn restore_page(
 
 /// Reads one block, checks it against its chunk id, writes it.
 fn write_block(
-    engine: &Engine,
-    root: Option<ChunkId>,
+    reader: &SnapshotReader,
     index: BlockIndex,
     sink: &Sink<'_>,
     offset: u64,
@@ -326,11 +313,7 @@ fn write_block(
     staging: &mut AlignedBuffer,
 ) -> Result<()> {
     // The store rehashes the block against its id (or checks its tag).
-    let read = {
-        let _guard = engine.read_guard();
-        engine.read_block(root, index)?
-    };
-    let (data, _) = read.ok_or_else(|| {
+    let (data, _) = reader.block(index)?.ok_or_else(|| {
         Error::corrupted(
             format!("block {}", index.0),
             "listed but not readable from the map",

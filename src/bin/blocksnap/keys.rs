@@ -3,7 +3,7 @@
 
 use crate::args::Cli;
 use crate::Failure;
-use blocksnap::crypto::{KdfParams, LocalKeyProvider, Passphrase};
+use blocksnap::keys::{KdfParams, LocalKeyProvider, Passphrase};
 use blocksnap::Error;
 use std::io::IsTerminal;
 use std::path::Path;

@@ -15,8 +15,8 @@ mod signals;
 
 use args::{Cli, Command};
 use blocksnap::api::{
-    CancelSnapshotRequest, DeleteSnapshotRequest, DescribeSnapshotRequest,
-    ListChangedBlocksRequest, Tag,
+    validate, CancelSnapshotRequest, DeleteSnapshotRequest, DescribeSnapshotRequest, Ebs,
+    ListChangedBlocksRequest,
 };
 use blocksnap::archive::{
     self, Bucket, ExportOptions, ExportOutcome, ImportOptions, ImportOutcome,
@@ -25,6 +25,7 @@ use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::crypto::KeyProvider;
 use blocksnap::engine::{GcOptions, RepairOptions, VerifyOptions};
 use blocksnap::error::Damage;
+use blocksnap::ids::SnapshotId;
 use blocksnap::volume::{self, BackupOptions, BackupOutcome, RestoreOptions, RestoreOutcome};
 use blocksnap::{Engine, EngineConfig, Error, PutDurability};
 use clap::Parser;
@@ -199,10 +200,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                     let (key, value) = tag
                         .split_once('=')
                         .ok_or_else(|| Failure::Usage(format!("--tag '{tag}' is not KEY=VALUE")))?;
-                    Ok(Tag {
-                        key: key.to_string(),
-                        value: value.to_string(),
-                    })
+                    Ok((key.to_string(), value.to_string()))
                 })
                 .collect::<Result<Vec<_>, Failure>>()?;
             let image_bytes = std::fs::File::open(&backup.image)
@@ -221,7 +219,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             let engine = open_engine(cli, out, wants_keys)?;
             let bar = out.progress("backup", image_bytes);
             let options = BackupOptions {
-                parent: backup.parent.clone(),
+                parent: snapshot_arg("ParentSnapshotId", backup.parent.as_deref())?,
                 changed_blocks,
                 description: backup.description.clone(),
                 tags,
@@ -247,14 +245,14 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
         }
         Command::Restore(restore) => {
             let engine = open_engine_read_only(cli, out)?;
-            let description = engine.describe_snapshot(DescribeSnapshotRequest {
+            let description = Ebs::new(&engine).describe_snapshot(DescribeSnapshotRequest {
                 snapshot_id: restore.snapshot.clone(),
             })?;
             let total = description.snapshot.volume_size as u64 * (1 << 30);
             let bar = out.progress("restore", total);
             let outcome = volume::restore(
                 &engine,
-                &restore.snapshot,
+                validate::snapshot_id("SnapshotId", &restore.snapshot)?,
                 &restore.output,
                 RestoreOptions {
                     overwrite: restore.force,
@@ -275,16 +273,18 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
         }
         Command::Ls => {
             let engine = open_engine_read_only(cli, out)?;
-            out.snapshots(&engine.list_snapshots()?);
+            out.snapshots(&Ebs::new(&engine).list_snapshots()?);
             Ok(())
         }
         Command::Show { snapshot } => {
             let engine = open_engine_read_only(cli, out)?;
-            let description = engine.describe_snapshot(DescribeSnapshotRequest {
+            let description = Ebs::new(&engine).describe_snapshot(DescribeSnapshotRequest {
                 snapshot_id: snapshot.clone(),
             })?;
             let stats = match description.snapshot.status {
-                blocksnap::api::Status::Completed => Some(engine.snapshot_stats(snapshot)?),
+                blocksnap::api::Status::Completed => {
+                    Some(engine.snapshot_stats(validate::snapshot_id("SnapshotId", snapshot)?)?)
+                }
                 _ => None,
             };
             out.show(&description, stats.as_ref());
@@ -301,7 +301,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             let mut indexes = Vec::new();
             loop {
                 interrupted()?;
-                let page = engine.list_changed_blocks(request.clone())?;
+                let page = Ebs::new(&engine).list_changed_blocks(request.clone())?;
                 indexes.extend(page.changed_blocks.iter().map(|entry| entry.block_index));
                 match page.next_token {
                     Some(token) => request.next_token = Some(token),
@@ -313,7 +313,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
         }
         Command::Rm { snapshot } => {
             let engine = open_engine(cli, out, false)?;
-            engine.delete_snapshot(DeleteSnapshotRequest {
+            Ebs::new(&engine).delete_snapshot(DeleteSnapshotRequest {
                 snapshot_id: snapshot.clone(),
             })?;
             out.done(
@@ -324,7 +324,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
         }
         Command::Cancel { snapshot } => {
             let engine = open_engine(cli, out, false)?;
-            let response = engine.cancel_snapshot(CancelSnapshotRequest {
+            let response = Ebs::new(&engine).cancel_snapshot(CancelSnapshotRequest {
                 snapshot_id: snapshot.clone(),
             })?;
             out.done(
@@ -398,7 +398,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
         Command::Export(export) => {
             let engine = open_engine_read_only(cli, out)?;
             let bucket = bucket_of(&export.bucket, export.endpoint.as_deref())?;
-            let description = engine.describe_snapshot(DescribeSnapshotRequest {
+            let description = Ebs::new(&engine).describe_snapshot(DescribeSnapshotRequest {
                 snapshot_id: export.snapshot.clone(),
             })?;
             let bar = out.progress(
@@ -407,12 +407,12 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             );
             let outcome = archive::export(
                 &engine,
-                &export.snapshot,
+                validate::snapshot_id("SnapshotId", &export.snapshot)?,
                 &bucket,
                 &ExportOptions {
                     prefix: export.prefix.clone(),
                     name: export.name.clone(),
-                    base: export.base.clone(),
+                    base: snapshot_arg("BaseSnapshotId", export.base.as_deref())?,
                     decrypt: export.decrypt,
                     threads: export.threads,
                 },
@@ -439,7 +439,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                 &bucket,
                 &key,
                 &ImportOptions {
-                    parent: import.parent.clone(),
+                    parent: snapshot_arg("ParentSnapshotId", import.parent.as_deref())?,
                     encrypted: import.encrypted,
                     kms_key_arn: import.kms_key_arn.clone(),
                     threads: import.threads,
@@ -532,4 +532,10 @@ fn source_of(spec: &str, endpoint: Option<&str>) -> Result<(Bucket, String), Fai
 fn s3_bucket(name: &str, endpoint: Option<&str>) -> Result<Bucket, Failure> {
     let settings = archive::S3Settings::from_env(endpoint.map(str::to_string))?;
     Ok(Bucket::S3(archive::S3Bucket::new(name, &settings)?))
+}
+
+/// An optional snapshot id argument, checked as the EBS API checks `field`.
+fn snapshot_arg(field: &str, text: Option<&str>) -> Result<Option<SnapshotId>, Error> {
+    text.map(|text| validate::snapshot_id(field, text))
+        .transpose()
 }

@@ -4,12 +4,13 @@
 //! then rewrapped under it ([`crate::Engine::rewrap_data_keys`]) and the old
 //! version can be retired. No data is re-encrypted.
 
-use super::{
+use crate::crypto::{
     Aes256Gcm, CipherSuite, DataKey, GeneratedDataKey, KeyError, KeyProvider, RecordCipher,
-    DATA_KEY_LEN, NONCE_LEN, TAG_LEN,
+    DATA_KEY_LEN,
 };
 use crate::error::{Damage, Error, Result, ValidationReason};
 use crate::format::keyfile::{KekVersions, KeyFileHeader, KeyTable, KEYFILE_SEALED_OFFSET};
+use crate::format::pack::{NONCE_LEN, TAG_LEN};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -180,7 +181,7 @@ fn stretch(
 }
 
 fn is_key_arn(arn: &str) -> bool {
-    crate::api::is_kms_key_arn(arn)
+    super::is_kms_key_arn(arn)
 }
 
 impl LocalKeyProvider {
@@ -660,7 +661,7 @@ mod tests {
         assert!(matches!(
             provider.generate_data_key("arn:aws:kms:local:000000000000:key/none"),
             Err(KeyError {
-                kind: super::super::KeyErrorKind::UnknownKey,
+                kind: crate::crypto::KeyErrorKind::UnknownKey,
                 ..
             })
         ));

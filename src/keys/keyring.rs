@@ -2,10 +2,11 @@
 //! key provider (persisted in the `keyring` file, DESIGN.md §4.10) and the
 //! keys derived from it once unwrapped.
 
-use super::{
+use crate::crypto::{
     Aes256Gcm, CipherSuite, DataKey, DomainKeys, KeyProvider, AES_256_GCM_SUITE, DATA_KEY_LEN,
 };
 use crate::error::{Damage, Error, Result, ValidationReason};
+use crate::format::keyring::MAX_WRAPPED_LEN;
 use crate::format::keyring::{decode_keyring, encode_keyring, KeyringEntry, DEDUP_ONLY_SUITE};
 use crate::format::pack::FIRST_DEDUP_DOMAIN;
 use crate::storage::{mirror_name, read_mirrored, write_mirrored, Storage};
@@ -171,12 +172,12 @@ impl Keyring {
         let mut entries = self.entries.lock();
         let domain = next_domain(&entries, 1, FIRST_DEDUP_DOMAIN - 1)?;
         let generated = provider.generate_data_key(key_arn)?;
-        if generated.wrapped.len() > super::MAX_WRAPPED_KEY_LEN {
+        if generated.wrapped.len() > MAX_WRAPPED_LEN {
             return Err(Error::KeyUnavailable {
                 message: format!(
                     "the key provider wrapped a data key of {key_arn} into {} bytes, more than {}",
                     generated.wrapped.len(),
-                    super::MAX_WRAPPED_KEY_LEN
+                    MAX_WRAPPED_LEN
                 ),
             });
         }
