@@ -220,7 +220,8 @@ fn pack_record_table() {
         &ID,
         &SHA,
         payload,
-    );
+    )
+    .expect("encodes");
     let fields = [
         field(
             "crc32",
@@ -268,7 +269,7 @@ fn pack_index_tables() {
         offset: 0x1000,
         record_len: 0x2000,
     };
-    let encoded = index_format::encode_index(5, &[entry]);
+    let encoded = index_format::encode_index(5, &[entry]).expect("encodes");
     let fields = [
         field(
             "count",
@@ -354,7 +355,7 @@ fn catalog_frame_table() {
         at_millis: 10,
         reason: "r".into(),
     };
-    let encoded = record.encode_frame();
+    let encoded = record.encode_frame().expect("encodes");
     let body_len = encoded.len() - catalog_format::FRAME_BODY_OFFSET;
     let fields = [
         field(
@@ -481,7 +482,7 @@ fn token_tables() {
 fn compaction_marker_table() {
     use blocksnap::format::compaction as marker_format;
     let sections = design_tables();
-    let encoded = marker_format::encode_marker(0x0B, &[]);
+    let encoded = marker_format::encode_marker(0x0B, &[]).expect("encodes");
     let fields = [
         field(
             "header",
@@ -504,11 +505,13 @@ fn compaction_marker_table() {
         encoded.len(),
     );
     assert_eq!(
-        marker_format::decode_marker(&marker_format::encode_marker(3, &[1, 2])),
+        marker_format::decode_marker(&marker_format::encode_marker(3, &[1, 2]).expect("encodes")),
         Ok((3, vec![1, 2]))
     );
     assert_eq!(
-        marker_format::encode_marker(3, &[1, 2]).len(),
+        marker_format::encode_marker(3, &[1, 2])
+            .expect("encodes")
+            .len(),
         encoded.len() + 8,
         "4 bytes per source"
     );
@@ -520,8 +523,9 @@ fn sealed_record_table() {
     let payload = b"ciphertext bytes";
     let nonce = [0xC3; 12];
     let tag = [0xD4; 16];
-    let aad = pack_format::encode_aad(RecordKind::Block, Codec::Zstd, 7, 4096, &ID, payload.len());
-    let encoded = pack_format::encode_sealed_header(aad, &nonce, &tag, payload);
+    let aad = pack_format::encode_aad(RecordKind::Block, Codec::Zstd, 7, 4096, &ID, payload.len())
+        .expect("encodes");
+    let encoded = pack_format::encode_sealed_header(&aad, &nonce, &tag, payload);
     let fields = [
         field("nonce", Some(pack_format::RECORD_NONCE_OFFSET), nonce),
         field("tag", Some(pack_format::RECORD_TAG_OFFSET), tag),
@@ -548,7 +552,7 @@ fn keyring_tables() {
     use blocksnap::format::keyring::{self as keyring_format, KeyringEntry};
     let sections = design_tables();
     let tables = tables_of(&sections, "Keyring");
-    let empty = keyring_format::encode_keyring(&[]);
+    let empty = keyring_format::encode_keyring(&[]).expect("encodes");
     let file_fields = [
         field(
             "header",
@@ -565,7 +569,7 @@ fn keyring_tables() {
         key_arn: String::new(),
         wrapped: Vec::new(),
     };
-    let one = keyring_format::encode_keyring(std::slice::from_ref(&entry));
+    let one = keyring_format::encode_keyring(std::slice::from_ref(&entry)).expect("encodes");
     let entry_bytes = &one[FILE_HEADER_SIZE..one.len() - 4];
     let entry_fields = [
         field("domain", None, 0x0102u16.to_le_bytes()),

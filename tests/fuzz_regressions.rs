@@ -227,12 +227,16 @@ fn write_format_seeds(write: &dyn Fn(&str, &str, &[u8]), key_file: &[u8]) {
             },
         ),
     ] {
-        write("catalog_record", name, &record.encode_frame());
+        write(
+            "catalog_record",
+            name,
+            &record.encode_frame().expect("encodes"),
+        );
     }
     write(
         "compaction_marker",
         "three-sources",
-        &blocksnap::format::compaction::encode_marker(9, &[1, 2, 5]),
+        &blocksnap::format::compaction::encode_marker(9, &[1, 2, 5]).expect("encodes"),
     );
     let record = JournalRecord {
         index: BlockIndex(5),
@@ -264,7 +268,8 @@ fn write_format_seeds(write: &dyn Fn(&str, &str, &[u8]), key_file: &[u8]) {
                 key_arn: "dedup/111111111111".into(),
                 wrapped: vec![8; 32],
             },
-        ]),
+        ])
+        .expect("encodes"),
     );
     write("keyring", "key-file", key_file);
     let mut node = blocksnap::format::node::Node::empty(0);
@@ -288,7 +293,8 @@ fn write_format_seeds(write: &dyn Fn(&str, &str, &[u8]), key_file: &[u8]) {
                     record_len: 90,
                 },
             ],
-        ),
+        )
+        .expect("encodes"),
     );
     let payload = b"raw payload bytes";
     let id = ChunkId(*blake3::hash(payload).as_bytes());
@@ -296,7 +302,8 @@ fn write_format_seeds(write: &dyn Fn(&str, &str, &[u8]), key_file: &[u8]) {
     for (name, header) in [
         (
             "plain",
-            encode_record_header(RecordKind::Block, Codec::Raw, 17, &id, &sha, payload),
+            encode_record_header(RecordKind::Block, Codec::Raw, 17, &id, &sha, payload)
+                .expect("encodes"),
         ),
         (
             "dedup-domain",
@@ -308,7 +315,8 @@ fn write_format_seeds(write: &dyn Fn(&str, &str, &[u8]), key_file: &[u8]) {
                 &id,
                 &sha,
                 payload,
-            ),
+            )
+            .expect("encodes"),
         ),
     ] {
         write("pack_record", name, &[&header[..], payload].concat());

@@ -7,6 +7,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok((output, sources)) = decode_marker(data) {
-        assert_eq!(encode_marker(output, &sources), data);
+        assert_eq!(encode_marker(output, &sources).expect("encodes"), data);
     }
 });

@@ -8,12 +8,12 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(entries) = decode_keyring(data) {
-        assert_eq!(encode_keyring(&entries), data);
+        assert_eq!(encode_keyring(&entries).expect("encodes"), data);
     }
     if let Ok(header) = KeyFileHeader::decode(data) {
         assert_eq!(header.encode()[..], data[..header.encode().len()]);
     }
     if let Ok(table) = KeyTable::decode(data) {
-        assert_eq!(&table.encode()[..], data);
+        assert_eq!(&table.encode().expect("a decoded table encodes")[..], data);
     }
 });

@@ -279,7 +279,7 @@ impl Catalog {
         record: CatalogRecord,
         precondition: impl FnOnce(&Self) -> Result<T>,
     ) -> Result<T> {
-        let frame = record.encode_frame();
+        let frame = record.encode_frame()?;
         let mut log = self.log.lock();
         let log = log.as_mut().ok_or_else(read_only)?;
         let checked = precondition(self)?;
@@ -456,7 +456,7 @@ impl Catalog {
             let state = self.state.read();
             let mut records: Vec<&SnapshotRecord> = state.snapshots.values().collect();
             records.sort_by_key(|record| record.started.snapshot);
-            checkpoint_bytes(seq, records)
+            checkpoint_bytes(seq, records)?
         };
         let mut old_bytes = 0u64;
         for old in &segments {
@@ -546,7 +546,7 @@ pub fn rewrite(storage: &dyn Storage, records: &[SnapshotRecord]) -> Result<()> 
         .chain(&mirrors)
         .max()
         .map_or(0, |last| last + 1);
-    let bytes = checkpoint_bytes(seq, records.iter().collect());
+    let bytes = checkpoint_bytes(seq, records.iter().collect())?;
     drop(write_checkpoint(storage, seq, &bytes)?);
     remove_segments(storage, &segments)?;
     remove_files(
@@ -560,14 +560,14 @@ pub fn rewrite(storage: &dyn Storage, records: &[SnapshotRecord]) -> Result<()> 
 }
 
 /// The bytes of checkpoint segment `seq` holding `records`.
-fn checkpoint_bytes(seq: u32, records: Vec<&SnapshotRecord>) -> Vec<u8> {
+fn checkpoint_bytes(seq: u32, records: Vec<&SnapshotRecord>) -> Result<Vec<u8>> {
     let mut bytes = segment_header(seq, true);
     for record in records {
         for frame in record.checkpoint_frames() {
-            bytes.extend(frame.encode_frame());
+            bytes.extend(frame.encode_frame()?);
         }
     }
-    bytes
+    Ok(bytes)
 }
 
 /// Writes checkpoint segment `seq`: the mirror, then the primary (the

@@ -196,7 +196,7 @@ impl ChunkStore {
         let output = self.next_seq.fetch_add(1, Ordering::AcqRel);
         let marker = marker_name(output);
         self.storage
-            .write_atomic(&marker, &encode_marker(output, sources))
+            .write_atomic(&marker, &encode_marker(output, sources)?)
             .map_err(io_error(format!("writing {marker}")))?;
         let output = match OpenPack::create(self.storage.as_ref(), output) {
             Ok(pack) => pack,
@@ -303,7 +303,7 @@ impl ChunkStore {
             self.storage
                 .write_atomic(
                     &index_name(output),
-                    &encode_index(u64::from(output), &entries),
+                    &encode_index(u64::from(output), &entries)?,
                 )
                 .map_err(io_error(format!("writing {}", index_name(output))))
         })();

@@ -26,8 +26,8 @@ use crate::error::{Damage, Error, Result};
 use crate::format::index::{decode_index, encode_index, IndexEntry};
 use crate::format::pack::{
     decode_record, decode_record_header, encode_aad, encode_sealed_header, encode_unsealed_header,
-    is_sealed_domain, verify_record, Codec, RecordHeader, RecordKind, RECORD_AAD,
-    RECORD_HEADER_SIZE, SEALED_PREFIX_LEN,
+    is_sealed_domain, verify_record, Codec, RecordHeader, RecordKind, RECORD_HEADER_SIZE,
+    SEALED_PREFIX_LEN,
 };
 use crate::ids::{ChunkId, PackLocation, Sha256Digest};
 use crate::storage::{ReadFile, Storage};
@@ -299,7 +299,7 @@ impl ChunkStore {
     pub fn write_missing_indexes(&self) -> Result<()> {
         let mut unindexed = self.unindexed.lock();
         while let Some((&seq, entries)) = unindexed.first_key_value() {
-            let bytes = encode_index(u64::from(seq), entries);
+            let bytes = encode_index(u64::from(seq), entries)?;
             self.storage
                 .write_atomic(&index_name(seq), &bytes)
                 .map_err(|error| {
@@ -473,7 +473,7 @@ impl ChunkStore {
                         id,
                         sha256,
                         payload,
-                    );
+                    )?;
                     return self.append_new(id, &header, payload);
                 }
             };
@@ -482,10 +482,9 @@ impl ChunkStore {
                 sealed.clear();
                 sealed.extend_from_slice(&sha256.0);
                 sealed.extend_from_slice(payload);
-                let aad = encode_aad(kind, record_codec, keys.domain, raw_len, id, sealed.len());
-                let (nonce, tag) =
-                    keys.seal(aad.get(RECORD_AAD).unwrap_or_default(), &mut sealed)?;
-                let header = encode_sealed_header(aad, &nonce, &tag, &sealed);
+                let aad = encode_aad(kind, record_codec, keys.domain, raw_len, id, sealed.len())?;
+                let (nonce, tag) = keys.seal(aad.as_bytes(), &mut sealed)?;
+                let header = encode_sealed_header(&aad, &nonce, &tag, &sealed);
                 self.append_new(id, &header, &sealed)
             })
         })
@@ -589,9 +588,13 @@ impl ChunkStore {
         pack.dirty = false;
         let mut entries = std::mem::take(&mut pack.entries);
         entries.sort_unstable();
-        let indexed = self
-            .storage
-            .write_atomic(&index_name(seq), &encode_index(u64::from(seq), &entries));
+        let indexed = encode_index(u64::from(seq), &entries)
+            .map_err(Error::from)
+            .and_then(|bytes| {
+                self.storage
+                    .write_atomic(&index_name(seq), &bytes)
+                    .map_err(|error| Error::io(format!("writing {}", index_name(seq)), error))
+            });
         if let Err(error) = &indexed {
             tracing::warn!(pack = %name, %error, "could not write a sealed pack's index");
             self.unindexed.lock().insert(seq, entries.clone());
@@ -734,19 +737,14 @@ impl ChunkStore {
                 }
                 let mut opened = payload.to_vec();
                 let (nonce, tag) = header.seal();
-                let aad = header.aad_bytes();
-                keys.open(
-                    &nonce,
-                    aad.get(RECORD_AAD).unwrap_or_default(),
-                    &mut opened,
-                    &tag,
-                )
-                .map_err(|_| {
-                    Error::corrupted(
-                        place(),
-                        "authentication tag does not match (tampered or misplaced record)",
-                    )
-                })?;
+                let aad = header.aad();
+                keys.open(&nonce, aad.as_bytes(), &mut opened, &tag)
+                    .map_err(|_| {
+                        Error::corrupted(
+                            place(),
+                            "authentication tag does not match (tampered or misplaced record)",
+                        )
+                    })?;
                 let mut sha256 = Sha256Digest([0; 32]);
                 sha256.0.copy_from_slice(
                     opened
@@ -888,9 +886,14 @@ fn load_pack(
     if scanned.valid_len > 0 {
         // Sealing is best effort: without an index (a full disk, say) the
         // pack is written an index later, or scanned again at the next open.
-        if let Err(error) =
-            storage.write_atomic(&index_name(seq), &encode_index(u64::from(seq), &entries))
-        {
+        let indexed = encode_index(u64::from(seq), &entries)
+            .map_err(Error::from)
+            .and_then(|bytes| {
+                storage
+                    .write_atomic(&index_name(seq), &bytes)
+                    .map_err(|error| Error::io(format!("writing {}", index_name(seq)), error))
+            });
+        if let Err(error) = indexed {
             tracing::warn!(pack = %name, %error, "could not write the index of a recovered pack");
             return Ok(LoadedPack::Unindexed(entries));
         }

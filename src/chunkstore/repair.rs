@@ -99,7 +99,7 @@ pub fn repair_packs(storage: &dyn Storage, dry_run: bool) -> Result<Vec<PackRepa
                     .map_err(|e| Error::io(format!("removing {name}"), e))?;
             } else if !unchanged {
                 storage
-                    .write_atomic(&index_name(seq), &encode_index(u64::from(seq), &entries))
+                    .write_atomic(&index_name(seq), &encode_index(u64::from(seq), &entries)?)
                     .map_err(|e| Error::io(format!("writing {}", index_name(seq)), e))?;
             }
         }

@@ -27,7 +27,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::codec;
 use crate::crypto::{Aes256Gcm, CipherSuite, DomainKeys, KeyProvider};
 use crate::error::{Damage, Error, Result, ValidationReason};
-use crate::format::catalog::{SseKind, StartedRecord};
+use crate::format::catalog::{CatalogRecord, SseKind, StartedRecord};
 use crate::format::pack::RecordKind;
 use crate::format::store::StoreHeader;
 use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId};
@@ -791,6 +791,9 @@ impl Engine {
             kms_key_arn,
             tags: request.tags,
         };
+        // A start the catalog cannot encode (a string or tag list over its
+        // format's limit) is refused before anything is written.
+        CatalogRecord::Started(started.clone()).encode_frame()?;
         let durable_on_ack = self.inner.config.put_durability == PutDurability::Immediate;
         // The journal first: a pending snapshot without one is damage.
         let session = Arc::new(Session::create(

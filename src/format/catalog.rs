@@ -5,7 +5,7 @@
 //! the specification against these constants and the encoders.
 
 use super::wire::{seal_leading_crc, Reader, Writer};
-use super::{crc32, DecodeError};
+use super::{crc32, DecodeError, EncodeError};
 use crate::ids::{ChunkId, SnapshotId};
 
 /// Offset of a frame's crc.
@@ -110,8 +110,9 @@ fn some_if_nonempty(value: String) -> Option<String> {
 }
 
 impl CatalogRecord {
-    /// Encodes the record as a complete frame.
-    pub fn encode_frame(&self) -> Vec<u8> {
+    /// Encodes the record as a complete frame; a string or tag list longer
+    /// than its length field can say is an error.
+    pub fn encode_frame(&self) -> Result<Vec<u8>, EncodeError> {
         let mut body = Vec::with_capacity(128);
         match self {
             CatalogRecord::Started(started) => {
@@ -123,14 +124,14 @@ impl CatalogRecord {
                 body.put_u32(started.timeout_minutes);
                 body.put_u64(started.start_millis);
                 body.put_u8(started.sse as u8);
-                body.put_string(&started.owner);
-                body.put_string(opt(&started.client_token));
-                body.put_string(opt(&started.description));
-                body.put_string(opt(&started.kms_key_arn));
-                body.put_u16(u16::try_from(started.tags.len()).unwrap_or(u16::MAX));
+                body.put_string(&started.owner, "an owner id")?;
+                body.put_string(opt(&started.client_token), "a client token")?;
+                body.put_string(opt(&started.description), "a description")?;
+                body.put_string(opt(&started.kms_key_arn), "a key name")?;
+                body.put_len_u16(started.tags.len(), "a snapshot's tag count")?;
                 for (key, value) in &started.tags {
-                    body.put_string(key);
-                    body.put_string(value);
+                    body.put_string(key, "a tag key")?;
+                    body.put_string(value, "a tag value")?;
                 }
             }
             CatalogRecord::Completed {
@@ -154,7 +155,7 @@ impl CatalogRecord {
                 body.put_u8(3);
                 body.put_u64(snapshot.0);
                 body.put_u64(*at_millis);
-                body.put_string(reason);
+                body.put_string(reason, "a failure reason")?;
             }
             CatalogRecord::Deleted {
                 snapshot,
@@ -167,10 +168,18 @@ impl CatalogRecord {
         }
         let mut frame = Vec::with_capacity(FRAME_BODY_OFFSET + body.len());
         frame.put_u32(0);
-        frame.put_u32(u32::try_from(body.len()).unwrap_or(u32::MAX));
+        // The decoder refuses longer bodies: never write one.
+        if body.len() > MAX_BODY_LEN {
+            return Err(EncodeError {
+                what: "a catalog record",
+                len: body.len(),
+                limit: MAX_BODY_LEN,
+            });
+        }
+        frame.put_len_u32(body.len(), "a catalog record")?;
         frame.extend_from_slice(&body);
         seal_leading_crc(&mut frame, FRAME_LEN_OFFSET);
-        frame
+        Ok(frame)
     }
 
     /// Decodes the frame at the start of `bytes`, returning the record and
@@ -322,7 +331,7 @@ mod tests {
             },
         ];
         for record in records {
-            let frame = record.encode_frame();
+            let frame = record.encode_frame().expect("encodes");
             assert_eq!(
                 CatalogRecord::decode_frame(&frame),
                 Ok((record.clone(), frame.len()))
@@ -352,7 +361,7 @@ mod tests {
             root: None,
             changed_blocks: 0,
         };
-        let mut frame = record.encode_frame();
+        let mut frame = record.encode_frame().expect("encodes");
         frame[FRAME_BODY_OFFSET + 18] = 3;
         seal_leading_crc(&mut frame, FRAME_LEN_OFFSET);
         assert!(CatalogRecord::decode_frame(&frame).is_err());

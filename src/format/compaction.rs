@@ -7,7 +7,7 @@
 
 use super::header::{self, COMPACTION_MAGIC, FILE_HEADER_SIZE};
 use super::wire::{body_before_crc, Reader, Writer};
-use super::{crc32, DecodeError};
+use super::{crc32, DecodeError, EncodeError};
 
 /// Offset of the source count.
 pub const MARKER_COUNT_OFFSET: usize = FILE_HEADER_SIZE;
@@ -16,17 +16,25 @@ pub const MARKER_SOURCES_OFFSET: usize = MARKER_COUNT_OFFSET + 4;
 /// Most source packs one compaction may name.
 pub const MAX_MARKER_SOURCES: usize = 4096;
 
-/// Encodes the marker of a compaction writing pack `output` from `sources`.
-pub fn encode_marker(output: u32, sources: &[u32]) -> Vec<u8> {
+/// Encodes the marker of a compaction writing pack `output` from `sources`
+/// (at most [`MAX_MARKER_SOURCES`]).
+pub fn encode_marker(output: u32, sources: &[u32]) -> Result<Vec<u8>, EncodeError> {
+    if sources.len() > MAX_MARKER_SOURCES {
+        return Err(EncodeError {
+            what: "a compaction's source pack count",
+            len: sources.len(),
+            limit: MAX_MARKER_SOURCES,
+        });
+    }
     let mut bytes = Vec::with_capacity(MARKER_SOURCES_OFFSET + 4 * sources.len() + 4);
     bytes.extend_from_slice(&header::encode(COMPACTION_MAGIC, u64::from(output)));
-    bytes.put_u32(u32::try_from(sources.len()).unwrap_or(u32::MAX));
+    bytes.put_len_u32(sources.len(), "a compaction's source pack count")?;
     for source in sources {
         bytes.put_u32(*source);
     }
     let crc = crc32(&[&bytes]);
     bytes.put_u32(crc);
-    bytes
+    Ok(bytes)
 }
 
 /// Decodes a marker: the output pack and the source packs.
@@ -58,7 +66,7 @@ mod tests {
 
     #[test]
     fn marker_round_trip_and_damage() {
-        let bytes = encode_marker(9, &[2, 5, 7]);
+        let bytes = encode_marker(9, &[2, 5, 7]).expect("encodes");
         assert_eq!(decode_marker(&bytes), Ok((9, vec![2, 5, 7])));
         for position in 0..bytes.len() {
             let mut flipped = bytes.clone();

@@ -6,7 +6,7 @@
 
 use super::header::{self, FILE_HEADER_SIZE, INDEX_MAGIC};
 use super::wire::{Reader, Writer};
-use super::{crc32, DecodeError};
+use super::{crc32, DecodeError, EncodeError};
 
 /// Offset of the entry count.
 pub const INDEX_COUNT_OFFSET: usize = FILE_HEADER_SIZE;
@@ -32,12 +32,12 @@ pub struct IndexEntry {
 }
 
 /// Encodes an index; `entries` must already be sorted.
-pub fn encode_index(pack: u64, entries: &[IndexEntry]) -> Vec<u8> {
+pub fn encode_index(pack: u64, entries: &[IndexEntry]) -> Result<Vec<u8>, EncodeError> {
     let mut bytes = Vec::with_capacity(
         INDEX_ENTRIES_OFFSET + entries.len() * INDEX_ENTRY_SIZE + INDEX_TRAILER_SIZE,
     );
     bytes.extend_from_slice(&header::encode(INDEX_MAGIC, pack));
-    bytes.put_u32(u32::try_from(entries.len()).unwrap_or(u32::MAX));
+    bytes.put_len_u32(entries.len(), "a pack index's entry count")?;
     bytes.put_u32(0);
     for entry in entries {
         bytes.put_u64(entry.id_prefix);
@@ -46,7 +46,7 @@ pub fn encode_index(pack: u64, entries: &[IndexEntry]) -> Vec<u8> {
     }
     let crc = crc32(&[&bytes]);
     bytes.put_u32(crc);
-    bytes
+    Ok(bytes)
 }
 
 /// Decodes an index, returning its pack sequence and entries (checked sorted).
@@ -109,7 +109,7 @@ mod tests {
                 record_len: 90,
             },
         ];
-        let bytes = encode_index(3, &entries);
+        let bytes = encode_index(3, &entries).expect("encodes");
         assert_eq!(decode_index(&bytes), Ok((3, entries)));
         for position in 0..bytes.len() {
             let mut flipped = bytes.clone();

@@ -8,7 +8,7 @@
 //! `crypto::local`; this module only lays out bytes.
 
 use super::wire::{Reader, Writer};
-use super::DecodeError;
+use super::{DecodeError, EncodeError};
 use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
@@ -147,20 +147,20 @@ pub struct KeyTable {
 
 impl KeyTable {
     /// Encodes the table (the caller seals and then wipes the bytes).
-    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+    pub fn encode(&self) -> Result<Zeroizing<Vec<u8>>, EncodeError> {
         let mut bytes = Zeroizing::new(Vec::new());
-        bytes.put_string(&self.default_key_arn);
-        bytes.put_u32(self.keys.len() as u32);
+        bytes.put_string(&self.default_key_arn, "the default key name")?;
+        bytes.put_len_u32(self.keys.len(), "a key file's key count")?;
         for (arn, kek) in &self.keys {
-            bytes.put_string(arn);
+            bytes.put_string(arn, "a key name")?;
             bytes.put_u32(kek.current);
-            bytes.put_u32(kek.versions.len() as u32);
+            bytes.put_len_u32(kek.versions.len(), "a key's version count")?;
             for (version, key) in &kek.versions {
                 bytes.put_u32(*version);
                 bytes.extend_from_slice(key.as_ref());
             }
         }
-        bytes
+        Ok(bytes)
     }
 
     /// Decodes an opened table, checking that keys (by name) and versions
@@ -248,8 +248,11 @@ mod tests {
                 versions,
             },
         );
-        assert_eq!(KeyTable::decode(&table.encode()), Ok(table.clone()));
+        assert_eq!(
+            KeyTable::decode(&table.encode().expect("encodes")),
+            Ok(table.clone())
+        );
         table.keys.get_mut("a").expect("key").current = 3;
-        assert!(KeyTable::decode(&table.encode()).is_err());
+        assert!(KeyTable::decode(&table.encode().expect("encodes")).is_err());
     }
 }

@@ -7,7 +7,7 @@
 
 use super::header::{self, FILE_HEADER_SIZE, KEYRING_MAGIC};
 use super::wire::{body_before_crc, Reader, Writer};
-use super::{crc32, DecodeError};
+use super::{crc32, DecodeError, EncodeError};
 
 /// Offset of the first entry (the header's subject is the entry count).
 pub const KEYRING_ENTRIES_OFFSET: usize = FILE_HEADER_SIZE;
@@ -42,21 +42,40 @@ pub struct KeyringEntry {
     pub wrapped: Vec<u8>,
 }
 
-/// Encodes the keyring.
-pub fn encode_keyring(entries: &[KeyringEntry]) -> Vec<u8> {
+/// Encodes the keyring; more than [`MAX_DOMAINS`] entries, or a key name
+/// or wrapped key over its limit, is an error (the decoder refuses them).
+pub fn encode_keyring(entries: &[KeyringEntry]) -> Result<Vec<u8>, EncodeError> {
+    let over = |what, len, limit| EncodeError { what, len, limit };
+    if entries.len() > MAX_DOMAINS {
+        return Err(over(
+            "the keyring's domain count",
+            entries.len(),
+            MAX_DOMAINS,
+        ));
+    }
     let mut bytes = header::encode(KEYRING_MAGIC, entries.len() as u64).to_vec();
     for entry in entries {
+        if entry.key_arn.len() > MAX_KEY_ARN_LEN {
+            return Err(over("a key name", entry.key_arn.len(), MAX_KEY_ARN_LEN));
+        }
+        if entry.wrapped.len() > MAX_WRAPPED_LEN {
+            return Err(over(
+                "a wrapped data key",
+                entry.wrapped.len(),
+                MAX_WRAPPED_LEN,
+            ));
+        }
         bytes.put_u16(entry.domain);
         bytes.put_u8(entry.suite);
         bytes.put_u8(0);
         bytes.put_u64(entry.created_millis);
-        bytes.put_string(&entry.key_arn);
-        bytes.put_u16(u16::try_from(entry.wrapped.len()).unwrap_or(u16::MAX));
+        bytes.put_string(&entry.key_arn, "a key name")?;
+        bytes.put_len_u16(entry.wrapped.len(), "a wrapped data key")?;
         bytes.extend_from_slice(&entry.wrapped);
     }
     let crc = crc32(&[&bytes]);
     bytes.put_u32(crc);
-    bytes
+    Ok(bytes)
 }
 
 /// Decodes the keyring, checking its crc, bounds, and that domains are
@@ -130,7 +149,7 @@ mod tests {
                 wrapped: vec![3; 10],
             },
         ];
-        let bytes = encode_keyring(&entries);
+        let bytes = encode_keyring(&entries).expect("encodes");
         assert_eq!(decode_keyring(&bytes), Ok(entries.clone()));
         for position in 0..bytes.len() {
             let mut flipped = bytes.clone();
@@ -142,9 +161,9 @@ mod tests {
         }
         let mut same_domain = entries.clone();
         same_domain[1].domain = 1;
-        assert!(decode_keyring(&encode_keyring(&same_domain)).is_err());
+        assert!(decode_keyring(&encode_keyring(&same_domain).expect("encodes")).is_err());
         let mut same_name = entries;
         same_name[1].key_arn = same_name[0].key_arn.clone();
-        assert!(decode_keyring(&encode_keyring(&same_name)).is_err());
+        assert!(decode_keyring(&encode_keyring(&same_name).expect("encodes")).is_err());
     }
 }

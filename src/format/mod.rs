@@ -57,6 +57,48 @@ impl DecodeError {
     }
 }
 
+/// Why a value could not be encoded: a field longer than its length or
+/// count field can say. Encoders never truncate, saturate or zero-fill;
+/// callers check limits first, so this is an impossible input reaching
+/// an encoder, reported instead of written as wrong bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct EncodeError {
+    /// The field.
+    pub what: &'static str,
+    /// Its length or count.
+    pub len: usize,
+    /// The most its format allows.
+    pub limit: usize,
+}
+
+impl EncodeError {
+    /// Converts to the public error: an input the format cannot hold.
+    pub fn into_error(self) -> Error {
+        Error::invalid(
+            crate::error::ValidationReason::InvalidParameterValue,
+            self.to_string(),
+        )
+    }
+}
+
+impl std::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} is {}, more than the format's limit of {}",
+            self.what, self.len, self.limit
+        )
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+impl From<EncodeError> for Error {
+    fn from(error: EncodeError) -> Error {
+        error.into_error()
+    }
+}
+
 /// crc32 (IEEE) of the concatenation of `parts`.
 pub fn crc32(parts: &[&[u8]]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();

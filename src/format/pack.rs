@@ -4,8 +4,8 @@
 //! offset constants below follow it, and `tests/design_tables.rs` checks
 //! the specification against these constants and the encoders.
 
-use super::wire::{Reader, Writer};
-use super::{crc32, DecodeError};
+use super::wire::Reader;
+use super::{crc32, DecodeError, EncodeError};
 use crate::ids::{ChunkId, Sha256Digest, BLOCK_SIZE};
 
 /// Bytes of a sealed record's nonce (AES-256-GCM's 96 bits).
@@ -43,6 +43,9 @@ const _: () = assert!(RECORD_SEAL_RESERVED_OFFSET + 4 == RECORD_HEADER_SIZE);
 /// The associated data of an encrypted record: header bytes 4..48
 /// (payload length, kind, codec, domain, raw length, chunk id).
 pub const RECORD_AAD: std::ops::Range<usize> = RECORD_PAYLOAD_LEN_OFFSET..RECORD_SHA256_OFFSET;
+/// Bytes of that associated data.
+pub const RECORD_AAD_LEN: usize = RECORD_SHA256_OFFSET - RECORD_PAYLOAD_LEN_OFFSET;
+const _: () = assert!(RECORD_AAD_LEN == 4 + 1 + 1 + 2 + 4 + 32);
 /// An encrypted payload starts with the block's SHA-256 (zero for nodes).
 pub const SEALED_PREFIX_LEN: usize = 32;
 
@@ -111,17 +114,16 @@ impl RecordHeader {
         RECORD_HEADER_SIZE + self.payload_len as usize
     }
 
-    /// The first 48 bytes of this header as [`encode_aad`] makes them, for
-    /// a payload of the recorded length (bytes 4..48 are an encrypted
-    /// record's associated data).
-    pub fn aad_bytes(&self) -> Vec<u8> {
-        encode_aad(
+    /// Bytes 4..48 of this header, as [`encode_aad`] makes them: an
+    /// encrypted record's associated data.
+    pub fn aad(&self) -> RecordAad {
+        RecordAad::from_fields(
             self.kind,
             self.codec,
             self.domain,
             self.raw_len,
             &self.chunk_id,
-            self.payload_len as usize,
+            self.payload_len,
         )
     }
 
@@ -151,6 +153,45 @@ pub fn seal_field(nonce: &[u8; NONCE_LEN], tag: &[u8; TAG_LEN]) -> Sha256Digest 
     Sha256Digest(out)
 }
 
+/// Header bytes 4..48 of a record (payload length, kind, codec, domain,
+/// raw length, chunk id): what an encrypted record's tag authenticates.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RecordAad([u8; RECORD_AAD_LEN]);
+
+impl RecordAad {
+    fn from_fields(
+        kind: RecordKind,
+        codec: Codec,
+        domain: u16,
+        raw_len: u32,
+        chunk_id: &ChunkId,
+        payload_len: u32,
+    ) -> RecordAad {
+        let mut bytes = [0u8; RECORD_AAD_LEN];
+        let fields: [&[u8]; 6] = [
+            &payload_len.to_le_bytes(),
+            &[kind as u8],
+            &[codec as u8],
+            &domain.to_le_bytes(),
+            &raw_len.to_le_bytes(),
+            &chunk_id.0,
+        ];
+        // The fields fill the array exactly (asserted with RECORD_AAD_LEN).
+        let mut rest = bytes.as_mut_slice();
+        for field in fields {
+            let (slot, after) = std::mem::take(&mut rest).split_at_mut(field.len());
+            slot.copy_from_slice(field);
+            rest = after;
+        }
+        RecordAad(bytes)
+    }
+
+    /// The bytes, as they stand at header offset 4.
+    pub fn as_bytes(&self) -> &[u8; RECORD_AAD_LEN] {
+        &self.0
+    }
+}
+
 /// Encodes a plain record header for `payload`; the crc covers header and
 /// payload.
 pub fn encode_record_header(
@@ -160,7 +201,7 @@ pub fn encode_record_header(
     chunk_id: &ChunkId,
     sha256: &Sha256Digest,
     payload: &[u8],
-) -> [u8; RECORD_HEADER_SIZE] {
+) -> Result<[u8; RECORD_HEADER_SIZE], EncodeError> {
     encode_unsealed_header(kind, codec, 0, raw_len, chunk_id, sha256, payload)
 }
 
@@ -175,23 +216,23 @@ pub fn encode_unsealed_header(
     chunk_id: &ChunkId,
     sha256: &Sha256Digest,
     payload: &[u8],
-) -> [u8; RECORD_HEADER_SIZE] {
+) -> Result<[u8; RECORD_HEADER_SIZE], EncodeError> {
     debug_assert!(!is_sealed_domain(domain));
-    let mut bytes = encode_aad(kind, codec, domain, raw_len, chunk_id, payload.len());
-    bytes.extend_from_slice(&sha256.0);
-    finish_header(bytes, payload)
+    let aad = encode_aad(kind, codec, domain, raw_len, chunk_id, payload.len())?;
+    Ok(finish_header(&aad, sha256, payload))
 }
 
 /// Encodes `header` again over `payload`: a verbatim copy of a record, as
 /// compaction makes one, domain and seal included.
 pub fn encode_copy_header(header: &RecordHeader, payload: &[u8]) -> [u8; RECORD_HEADER_SIZE] {
-    let mut bytes = header.aad_bytes();
-    bytes.extend_from_slice(&header.sha256.0);
-    finish_header(bytes, payload)
+    debug_assert_eq!(payload.len(), header.payload_len as usize);
+    finish_header(&header.aad(), &header.sha256, payload)
 }
 
-/// The first 48 bytes of a record header, crc zeroed: bytes 4..48 are the
-/// associated data of an encrypted record.
+/// Header bytes 4..48 of a record, the associated data of an encrypted
+/// one. A raw length or payload length beyond what a record may hold
+/// ([`MAX_RAW_LEN`], [`MAX_PAYLOAD_LEN`]) is an error: the decoder would
+/// refuse the record.
 pub fn encode_aad(
     kind: RecordKind,
     codec: Codec,
@@ -199,41 +240,52 @@ pub fn encode_aad(
     raw_len: u32,
     chunk_id: &ChunkId,
     payload_len: usize,
-) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(RECORD_HEADER_SIZE);
-    bytes.put_u32(0);
-    bytes.put_u32(u32::try_from(payload_len).unwrap_or(u32::MAX));
-    bytes.put_u8(kind as u8);
-    bytes.put_u8(codec as u8);
-    bytes.put_u16(domain);
-    bytes.put_u32(raw_len);
-    bytes.extend_from_slice(&chunk_id.0);
-    bytes
+) -> Result<RecordAad, EncodeError> {
+    if raw_len as usize > MAX_RAW_LEN {
+        return Err(EncodeError {
+            what: "a record's raw length",
+            len: raw_len as usize,
+            limit: MAX_RAW_LEN,
+        });
+    }
+    let payload = u32::try_from(payload_len)
+        .ok()
+        .filter(|len| *len as usize <= MAX_PAYLOAD_LEN)
+        .ok_or(EncodeError {
+            what: "a record's payload",
+            len: payload_len,
+            limit: MAX_PAYLOAD_LEN,
+        })?;
+    Ok(RecordAad::from_fields(
+        kind, codec, domain, raw_len, chunk_id, payload,
+    ))
 }
 
-/// Completes an encrypted record's header: `aad_bytes` from [`encode_aad`],
-/// then the seal; the crc covers header and (encrypted) payload.
+/// Completes an encrypted record's header: `aad` from [`encode_aad`] for
+/// the sealed payload's length, then the seal; the crc covers header and
+/// (encrypted) payload.
 pub fn encode_sealed_header(
-    aad_bytes: Vec<u8>,
+    aad: &RecordAad,
     nonce: &[u8; NONCE_LEN],
     tag: &[u8; TAG_LEN],
     payload: &[u8],
 ) -> [u8; RECORD_HEADER_SIZE] {
-    let mut bytes = aad_bytes;
-    bytes.extend_from_slice(&seal_field(nonce, tag).0);
-    finish_header(bytes, payload)
+    finish_header(aad, &seal_field(nonce, tag), payload)
 }
 
-fn finish_header(mut bytes: Vec<u8>, payload: &[u8]) -> [u8; RECORD_HEADER_SIZE] {
-    let crc = crc32(&[
-        bytes.get(RECORD_PAYLOAD_LEN_OFFSET..).unwrap_or_default(),
-        payload,
-    ]);
-    if let Some(slot) = bytes.get_mut(RECORD_CRC_OFFSET..RECORD_PAYLOAD_LEN_OFFSET) {
-        slot.copy_from_slice(&crc.to_le_bytes());
-    }
+/// The header: crc, `aad`, then the 32-byte field (a SHA-256, or a seal).
+fn finish_header(
+    aad: &RecordAad,
+    field: &Sha256Digest,
+    payload: &[u8],
+) -> [u8; RECORD_HEADER_SIZE] {
     let mut out = [0u8; RECORD_HEADER_SIZE];
-    out.copy_from_slice(&bytes);
+    let (crc_slot, covered) = out.split_at_mut(RECORD_PAYLOAD_LEN_OFFSET);
+    let (aad_slot, field_slot) = covered.split_at_mut(RECORD_AAD_LEN);
+    aad_slot.copy_from_slice(aad.as_bytes());
+    field_slot.copy_from_slice(&field.0);
+    let crc = crc32(&[covered, payload]);
+    crc_slot.copy_from_slice(&crc.to_le_bytes());
     out
 }
 
@@ -349,7 +401,8 @@ mod tests {
         let payload = b"hello world".to_vec();
         let id = ChunkId([7; 32]);
         let sha = Sha256Digest([9; 32]);
-        let header = encode_record_header(RecordKind::Block, Codec::Raw, 11, &id, &sha, &payload);
+        let header = encode_record_header(RecordKind::Block, Codec::Raw, 11, &id, &sha, &payload)
+            .expect("encodes");
         let mut record = header.to_vec();
         record.extend_from_slice(&payload);
         let (decoded, body) = decode_record(&record).expect("valid record");

@@ -1,6 +1,6 @@
 //! Cursor helpers for little-endian encoding and panic-free decoding.
 
-use super::DecodeError;
+use super::{DecodeError, EncodeError};
 
 /// Reads fixed-width little-endian fields from a byte slice, reporting the
 /// offset of the first field that does not fit.
@@ -89,9 +89,29 @@ pub(crate) trait Writer {
     fn put_u16(&mut self, value: u16);
     fn put_u32(&mut self, value: u32);
     fn put_u64(&mut self, value: u64);
-    /// Writes a string with a u16 length prefix; callers bound strings to
-    /// 64 KiB - 1 bytes before encoding (the API limits are far lower).
-    fn put_string(&mut self, value: &str);
+    /// Writes a string with a u16 length prefix; a longer one (over 64 KiB
+    /// - 1 bytes) is an error, never cut.
+    fn put_string(&mut self, value: &str, what: &'static str) -> Result<(), EncodeError>;
+    /// Writes a count or length as a u16, refusing one that does not fit.
+    fn put_len_u16(&mut self, len: usize, what: &'static str) -> Result<(), EncodeError> {
+        let value = u16::try_from(len).map_err(|_| EncodeError {
+            what,
+            len,
+            limit: usize::from(u16::MAX),
+        })?;
+        self.put_u16(value);
+        Ok(())
+    }
+    /// Writes a count or length as a u32, refusing one that does not fit.
+    fn put_len_u32(&mut self, len: usize, what: &'static str) -> Result<(), EncodeError> {
+        let value = u32::try_from(len).map_err(|_| EncodeError {
+            what,
+            len,
+            limit: u32::MAX as usize,
+        })?;
+        self.put_u32(value);
+        Ok(())
+    }
 }
 
 impl Writer for Vec<u8> {
@@ -107,11 +127,10 @@ impl Writer for Vec<u8> {
     fn put_u64(&mut self, value: u64) {
         self.extend_from_slice(&value.to_le_bytes());
     }
-    fn put_string(&mut self, value: &str) {
-        let bytes = value.as_bytes();
-        let length = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
-        self.put_u16(length);
-        self.extend_from_slice(bytes.get(..usize::from(length)).unwrap_or_default());
+    fn put_string(&mut self, value: &str, what: &'static str) -> Result<(), EncodeError> {
+        self.put_len_u16(value.len(), what)?;
+        self.extend_from_slice(value.as_bytes());
+        Ok(())
     }
 }
 

@@ -62,7 +62,7 @@ impl Keyring {
             Some(read) => {
                 if read.mirror_missing && !storage.is_read_only() {
                     storage
-                        .write_atomic(&mirror_name(KEYRING_NAME), &encode_keyring(&read.value))
+                        .write_atomic(&mirror_name(KEYRING_NAME), &encode_keyring(&read.value)?)
                         .map_err(|e| Error::io("writing the keyring's mirror", e))?;
                 }
                 (read.value, read.damage)
@@ -147,7 +147,7 @@ impl Keyring {
         let keys = Arc::new(dedup_keys(&entry)?);
         let mut updated = entries.clone();
         updated.push(entry);
-        write_mirrored(storage, KEYRING_NAME, &encode_keyring(&updated))
+        write_mirrored(storage, KEYRING_NAME, &encode_keyring(&updated)?)
             .map_err(|e| Error::io("writing the keyring", e))?;
         *entries = updated;
         self.by_arn.lock().insert(name.to_string(), keys.clone());
@@ -196,7 +196,7 @@ impl Keyring {
         )?);
         let mut updated = entries.clone();
         updated.push(entry);
-        write_mirrored(storage, KEYRING_NAME, &encode_keyring(&updated))
+        write_mirrored(storage, KEYRING_NAME, &encode_keyring(&updated)?)
             .map_err(|e| Error::io("writing the keyring", e))?;
         *entries = updated;
         self.by_arn.lock().insert(key_arn.to_string(), keys.clone());
@@ -230,7 +230,7 @@ impl Keyring {
             }
             entry.wrapped = rewrapped;
         }
-        write_mirrored(storage, KEYRING_NAME, &encode_keyring(&updated))
+        write_mirrored(storage, KEYRING_NAME, &encode_keyring(&updated)?)
             .map_err(|e| Error::io("writing the keyring", e))?;
         let count = updated
             .iter()

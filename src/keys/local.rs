@@ -548,21 +548,22 @@ impl KeyProvider for LocalKeyProvider {
 
 /// The whole key file for `state`: header, sealed table, tag.
 fn seal_file(state: &Unlocked) -> Result<Vec<u8>> {
-    let mut table = state.table.encode();
-    let header = KeyFileHeader {
-        memory_kib: state.params.memory_kib,
-        iterations: state.params.iterations,
-        parallelism: state.params.parallelism,
-        salt: state.salt,
-        nonce: random::<NONCE_LEN>()?,
-        sealed_len: u32::try_from(table.len()).unwrap_or(u32::MAX),
-    };
+    let mut table = state.table.encode()?;
     if table.len() > crate::format::keyfile::MAX_SEALED_LEN {
         return Err(Error::invalid(
             ValidationReason::InvalidParameterValue,
             "the key file would exceed 1 MiB",
         ));
     }
+    let header = KeyFileHeader {
+        memory_kib: state.params.memory_kib,
+        iterations: state.params.iterations,
+        parallelism: state.params.parallelism,
+        salt: state.salt,
+        nonce: random::<NONCE_LEN>()?,
+        // At most MAX_SEALED_LEN (1 MiB), checked above.
+        sealed_len: table.len() as u32,
+    };
     let mut bytes = header.encode();
     let tag = state
         .file_cipher
