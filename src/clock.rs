@@ -80,3 +80,45 @@ impl Clock for TokioClock {
         self.base_millis.saturating_add(elapsed)
     }
 }
+
+/// Serializes a duration as seconds, a float (how reports give wall
+/// times: `"Seconds": 1.25`).
+pub fn serialize_seconds<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64())
+}
+
+/// `time` as `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds), as the CLI and
+/// the EC2-style listings show instants.
+pub fn utc_seconds(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    i64::try_from(secs)
+        .ok()
+        .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
+        .and_then(|instant| instant.format(&format).ok())
+        .unwrap_or_else(|| format!("@{secs}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_seconds_dates() {
+        assert_eq!(utc_seconds(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            utc_seconds(UNIX_EPOCH + Duration::from_secs(1_795_392_000)),
+            "2026-11-23T00:00:00Z"
+        );
+        assert_eq!(
+            utc_seconds(UNIX_EPOCH + Duration::from_millis(951_782_400_000 + 3_723_900)),
+            "2000-02-29T01:02:03Z"
+        );
+    }
+}

@@ -298,7 +298,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Damage found in a store's files: by opening it (a pack scanned past
 /// unreadable bytes, an index or catalog copy that does not verify), by
 /// `verify`, or by `repair`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct Damage {
     /// The file, relative to the store (`packs/00000003.pack`).
     pub file: String,

@@ -53,6 +53,13 @@ impl ChunkId {
     }
 }
 
+/// As its text, 64 hex digits (reports and the CLI's JSON).
+impl serde::Serialize for ChunkId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl fmt::Debug for ChunkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ChunkId({self})")
@@ -77,7 +84,8 @@ pub struct BlockIndex(pub u32);
 pub struct Sha256Digest(pub [u8; 32]);
 
 /// Position of a stored record: which pack, and the byte offset of its header.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct PackLocation {
     /// Pack sequence number.
     pub pack: u32,

@@ -613,3 +613,79 @@ fn export_and_import_round_trip_a_backup_through_a_directory() {
     let stderr = other.fails(&["import", damaged.to_str().expect("path")], 1);
     assert!(stderr.contains("invalid archive"), "{stderr}");
 }
+
+/// Reports are data: the `--json` objects are the library's report types
+/// serialized (plus the verdicts `Clean`, `LostAnything`, `FoundAnything`),
+/// so a field the library reports is a field scripts get, under the same
+/// name.
+#[test]
+fn json_reports_are_the_library_report_types() {
+    let store = Store::new();
+    let image = store.path("disk.img");
+    write_image(&image, 12, 0);
+    let image_arg = image.to_str().expect("path");
+    let backup = store.json(&["backup", image_arg]);
+    let snapshot = backup["SnapshotId"].as_str().expect("id").to_string();
+    let stats = store.json(&["stats"]);
+    let verify = store.json(&["verify"]);
+    let gc = store.json(&["gc"]);
+    let output = store.path("restored.img");
+    let restore = store.json(&["restore", &snapshot, output.to_str().expect("path")]);
+
+    let engine = blocksnap::Engine::open_read_only(store.path("store")).expect("open");
+    let in_process = serde_json::to_value(engine.store_stats().expect("stats")).expect("json");
+    assert_eq!(stats, in_process, "stats --json is StoreStats");
+    let keys = |value: &Value| -> Vec<String> {
+        let mut keys: Vec<String> = value.as_object().expect("object").keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let report = engine
+        .verify(blocksnap::engine::VerifyOptions::default())
+        .expect("verify");
+    let mut expected = keys(&serde_json::to_value(&report).expect("json"));
+    expected.push("Clean".into());
+    expected.sort();
+    assert_eq!(
+        keys(&verify),
+        expected,
+        "verify --json is VerifyReport and Clean"
+    );
+    assert_eq!(verify["Clean"], true);
+    assert_eq!(
+        keys(&gc),
+        keys(&serde_json::to_value(blocksnap::engine::GcReport::default()).expect("json"))
+    );
+    for (object, fields) in [
+        (
+            &backup,
+            &[
+                "SnapshotId",
+                "ImageBytes",
+                "BlocksRead",
+                "BlocksWritten",
+                "BlocksUnchanged",
+                "ZeroBlocksSkipped",
+                "Seconds",
+            ][..],
+        ),
+        (
+            &restore,
+            &[
+                "SnapshotId",
+                "Bytes",
+                "BlocksWritten",
+                "Holes",
+                "DirectIo",
+                "SecondsBeforeSync",
+                "Seconds",
+            ][..],
+        ),
+    ] {
+        let mut fields: Vec<String> = fields.iter().map(|field| field.to_string()).collect();
+        fields.sort();
+        assert_eq!(keys(object), fields);
+    }
+    assert_eq!(restore["SnapshotId"], snapshot.as_str());
+    assert_eq!(backup["ImageBytes"], 12 * BLOCK as u64);
+}

@@ -49,8 +49,9 @@ pub struct ExportOptions {
     pub threads: usize,
 }
 
-/// What an export wrote.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What an export wrote (the CLI's `export --json` object).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct ExportReport {
     /// The object key, `PREFIX/snapshot/NAME-YYMMdd-HHmm-ss.zip`.
     pub key: String,
@@ -63,6 +64,7 @@ pub struct ExportReport {
     /// The manifest's root hash.
     pub root_hash: String,
     /// Wall time.
+    #[serde(rename = "Seconds", serialize_with = "crate::clock::serialize_seconds")]
     pub elapsed: Duration,
 }
 

@@ -44,8 +44,9 @@ pub struct ImportOptions {
     pub threads: usize,
 }
 
-/// What an import did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What an import did (the CLI's `import --json` object).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct ImportReport {
     /// The new snapshot.
     pub snapshot_id: SnapshotId,
@@ -58,6 +59,7 @@ pub struct ImportReport {
     /// Bytes of the archive.
     pub archive_bytes: u64,
     /// Wall time.
+    #[serde(rename = "Seconds", serialize_with = "crate::clock::serialize_seconds")]
     pub elapsed: Duration,
 }
 

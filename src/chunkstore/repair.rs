@@ -12,7 +12,8 @@ use std::collections::BTreeSet;
 use std::ops::Range;
 
 /// What repair found in, and did to, one pack.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct PackRepair {
     /// The pack.
     pub pack: u32,
@@ -27,6 +28,7 @@ pub struct PackRepair {
     pub dropped: usize,
     /// Byte ranges that hold no valid record while valid records follow:
     /// whatever records were there are lost.
+    #[serde(serialize_with = "serialize_ranges")]
     pub unreadable: Vec<Range<u64>>,
     /// Whether the index was (or, in a dry run, would be) rewritten.
     pub index_rewritten: bool,
@@ -115,4 +117,12 @@ pub fn repair_packs(storage: &dyn Storage, dry_run: bool) -> Result<Vec<PackRepa
         });
     }
     Ok(repairs)
+}
+
+/// Byte ranges as `[start, end]` pairs.
+fn serialize_ranges<S: serde::Serializer>(
+    ranges: &[Range<u64>],
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serializer.collect_seq(ranges.iter().map(|range| [range.start, range.end]))
 }

@@ -46,8 +46,9 @@ impl Default for GcOptions {
     }
 }
 
-/// What a collection did.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// What a collection did (the CLI's `gc --json` object).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct GcReport {
     /// Packs examined.
     pub packs_examined: usize,
@@ -64,11 +65,13 @@ pub struct GcReport {
     /// Catalog log bytes freed by rewriting it without dead records.
     pub catalog_bytes_freed: u64,
     /// Packs skipped because a record could not be read (run verify).
+    #[serde(rename = "DamagedPacks")]
     pub packs_damaged: Vec<u32>,
     /// The run was cancelled: the compaction under way was undone and the
     /// remaining candidates left for a later run.
     pub interrupted: bool,
     /// Wall time taken.
+    #[serde(rename = "Seconds", serialize_with = "crate::clock::serialize_seconds")]
     pub elapsed: Duration,
 }
 

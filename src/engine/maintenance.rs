@@ -11,7 +11,8 @@ use crate::ids::{ChunkId, SnapshotId, BLOCK_SIZE};
 use std::collections::HashMap;
 
 /// Sizes of one snapshot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct SnapshotStats {
     /// Bytes of every written block of its volume image, inherited ones
     /// included (written blocks x 512 KiB).
@@ -25,8 +26,9 @@ pub struct SnapshotStats {
     pub unique_bytes: u64,
 }
 
-/// Sizes and counts of a whole store.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Sizes and counts of a whole store (the CLI's `stats --json` object).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct StoreStats {
     /// Snapshots pending.
     pub pending_snapshots: u64,

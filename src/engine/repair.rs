@@ -43,13 +43,16 @@ pub struct RepairOptions {
     pub dry_run: bool,
 }
 
-/// What [`Engine::repair`] found and did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What [`Engine::repair`] found and did (the CLI's `repair --json`
+/// object, with `LostAnything` and `FoundAnything`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct RepairReport {
     /// Nothing was written.
     pub dry_run: bool,
     /// Copies of the store header and keyring that did not verify (each
     /// rewritten from the other).
+    #[serde(rename = "DamagedCopies")]
     pub small_files: Vec<Damage>,
     /// Packs whose index was (or would be) rebuilt, or that hold
     /// unreadable bytes.
@@ -62,16 +65,19 @@ pub struct RepairReport {
     /// records).
     pub journals: Vec<JournalRepair>,
     /// Pending snapshots resolved to `error`, with why.
+    #[serde(serialize_with = "super::verify::serialize_snapshot_reasons")]
     pub resolved: Vec<(String, String)>,
     /// Completed snapshots every block of which reads back exactly.
     pub intact: Vec<String>,
     /// Damaged or missing chunks, with the snapshots and blocks each
     /// breaks: what is lost.
+    #[serde(rename = "Damaged")]
     pub damaged_chunks: Vec<DamagedChunk>,
     /// Why the store could not be opened to verify it (a dry run over a
     /// catalog damaged in both copies, say).
     pub not_verified: Option<String>,
     /// Wall time.
+    #[serde(rename = "Seconds", serialize_with = "crate::clock::serialize_seconds")]
     pub elapsed: Duration,
 }
 

@@ -425,7 +425,8 @@ impl Session {
 }
 
 /// What repair found in, and did to, one pending snapshot's journal.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct JournalRepair {
     /// The pending snapshot.
     pub snapshot_id: String,

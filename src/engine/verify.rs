@@ -31,7 +31,8 @@ impl Default for VerifyOptions {
 }
 
 /// Blocks of one snapshot that a damaged chunk makes unreadable.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct AffectedBlocks {
     /// The snapshot.
     pub snapshot_id: String,
@@ -43,7 +44,8 @@ pub struct AffectedBlocks {
 }
 
 /// One damaged or missing chunk.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct DamagedChunk {
     /// The chunk, when known (a record whose header is unreadable is known
     /// by its id prefix only; referenced chunks with that prefix are then
@@ -57,8 +59,10 @@ pub struct DamagedChunk {
     pub affected: Vec<AffectedBlocks>,
 }
 
-/// What [`Engine::verify`] found.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What [`Engine::verify`] found (the CLI's `verify --json` object, with
+/// `Clean`: [`VerifyReport::is_clean`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct VerifyReport {
     /// Chunk records read and checked.
     pub records_checked: u64,
@@ -78,12 +82,31 @@ pub struct VerifyReport {
     /// snapshot whose journal is missing may have been completed (its
     /// record lost) or have received blocks. `gc` does not run while any
     /// exists; `repair` resolves them.
+    #[serde(serialize_with = "serialize_snapshot_reasons")]
     pub unprovable: Vec<(String, String)>,
     /// The run was cancelled before it checked everything: it proves
     /// nothing about what it did not reach.
     pub interrupted: bool,
     /// Wall time taken.
+    #[serde(rename = "Seconds", serialize_with = "crate::clock::serialize_seconds")]
     pub elapsed: Duration,
+}
+
+/// Serializes (snapshot, reason) pairs as `[{"SnapshotId", "Reason"}]`.
+pub(crate) fn serialize_snapshot_reasons<S: serde::Serializer>(
+    pairs: &[(String, String)],
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct SnapshotReason<'a> {
+        snapshot_id: &'a str,
+        reason: &'a str,
+    }
+    serializer.collect_seq(pairs.iter().map(|(snapshot_id, reason)| SnapshotReason {
+        snapshot_id,
+        reason,
+    }))
 }
 
 impl VerifyReport {

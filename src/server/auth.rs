@@ -13,7 +13,7 @@ use aws_sigv4::http_request::{
 use axum::http::{HeaderMap, Method, Uri};
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// The signing name of the EBS service.
 const SERVICE: &str = "ebs";
@@ -165,44 +165,16 @@ fn parse_authorization(value: &str) -> Result<Authorization<'_>> {
     })
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_index = (month + 9) % 12;
-    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// Parses an `X-Amz-Date` value, `YYYYMMDDTHHMMSSZ`.
+/// Parses an `X-Amz-Date` value, `YYYYMMDDTHHMMSSZ` (UTC), strictly:
+/// exactly those 16 characters, a real calendar date and time.
 fn parse_amz_date(text: &str) -> Option<SystemTime> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 16 || bytes[8] != b'T' || bytes[15] != b'Z' {
+    let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    // `time` accepts a sign and more year digits; the header has neither.
+    if text.len() != 16 || !text.bytes().take(8).all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let number = |range: std::ops::Range<usize>| -> Option<i64> {
-        let digits = text.get(range)?;
-        digits
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| digits.parse().ok())
-            .flatten()
-    };
-    let (year, month, day) = (number(0..4)?, number(4..6)?, number(6..8)?);
-    let (hour, minute, second) = (number(9..11)?, number(11..13)?, number(13..15)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
-    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).ok()?))
+    let instant = time::PrimitiveDateTime::parse(text, &format).ok()?;
+    Some(instant.assume_utc().into())
 }
 
 /// A request whose `Authorization` header passed every check that needs
@@ -403,6 +375,7 @@ pub fn verify_signature(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn amz_dates_parse() {

@@ -36,8 +36,9 @@ pub struct BackupOptions {
     pub threads: usize,
 }
 
-/// What a completed backup did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a completed backup did (the CLI's `backup --json` object).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct BackupReport {
     /// The new snapshot.
     pub snapshot_id: SnapshotId,
@@ -52,6 +53,7 @@ pub struct BackupReport {
     /// All-zero blocks never written (they read back as zeros).
     pub zero_blocks_skipped: u64,
     /// Wall time.
+    #[serde(rename = "Seconds", serialize_with = "crate::clock::serialize_seconds")]
     pub elapsed: Duration,
 }
 

@@ -30,9 +30,12 @@ pub struct RestoreOptions {
     pub threads: usize,
 }
 
-/// What a restore did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a restore did (the CLI's `restore --json` object).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct RestoreReport {
+    /// The snapshot restored.
+    pub snapshot_id: SnapshotId,
     /// Length of the restored image.
     pub bytes: u64,
     /// Blocks written with data.
@@ -42,8 +45,13 @@ pub struct RestoreReport {
     /// Whether whole blocks were written with direct I/O.
     pub direct_io: bool,
     /// Time until the last block was written, before the final fsync.
+    #[serde(
+        rename = "SecondsBeforeSync",
+        serialize_with = "crate::clock::serialize_seconds"
+    )]
     pub written_after: Duration,
     /// Wall time including the final fsync.
+    #[serde(rename = "Seconds", serialize_with = "crate::clock::serialize_seconds")]
     pub elapsed: Duration,
 }
 
@@ -154,6 +162,7 @@ pub fn restore(
         .sync_all()
         .map_err(|error| Error::io(format!("syncing {}", output.display()), error))?;
     Ok(RestoreOutcome::Completed(RestoreReport {
+        snapshot_id: snapshot,
         bytes: length,
         blocks_written: written.load(Ordering::Acquire),
         holes: length.div_ceil(BLOCK_SIZE as u64) - written.load(Ordering::Acquire),

@@ -266,7 +266,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             match outcome {
                 RestoreOutcome::Interrupted => Err(Failure::Interrupted),
                 RestoreOutcome::Completed(report) => {
-                    out.restore(&restore.snapshot, &report);
+                    out.restore(&report);
                     Ok(())
                 }
             }
@@ -491,7 +491,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
         Command::Stats => {
             let engine = open_engine_read_only(cli, out)?;
             let stats = engine.store_stats()?;
-            out.stats(&stats, engine.chunk_stats().chunks);
+            out.stats(&stats);
             Ok(())
         }
     }

@@ -10,8 +10,9 @@ use blocksnap::engine::{
 use blocksnap::error::Damage;
 use blocksnap::volume::{BackupReport, RestoreReport};
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
 use serde_json::{json, Value};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// How the command reports.
 pub struct Output {
@@ -38,33 +39,9 @@ impl Bar {
     }
 }
 
-/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+/// An instant as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
 fn utc(time: SystemTime) -> String {
-    let secs = time
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    blocksnap::clock::utc_seconds(time)
 }
 
 /// One damaged or lost chunk, `verb` first, then each range of blocks it
@@ -82,24 +59,27 @@ fn print_damaged_chunk(verb: &str, damaged: &DamagedChunk) {
     }
 }
 
-/// One damaged or lost chunk and the blocks it breaks, for `--json`.
-fn damaged_chunk_json(damaged: &DamagedChunk) -> Value {
-    json!({
-        "Chunk": damaged.chunk.map(|chunk| chunk.to_string()),
-        "Detail": damaged.detail,
-        "Affected": damaged.affected.iter().map(|affected| json!({
-            "SnapshotId": affected.snapshot_id,
-            "FirstBlock": affected.first_block,
-            "LastBlock": affected.last_block,
-        })).collect::<Vec<_>>(),
-    })
-}
-
-fn print_json(value: &Value) {
+fn print_json(value: &impl Serialize) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
+}
+
+/// A report with the verdict computed from it, for `--json`: the report's
+/// fields as the library serializes them, and `Clean` (verify) or
+/// `LostAnything` and `FoundAnything` (repair) beside them.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Verdict<'a, T: Serialize> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clean: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost_anything: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    found_anything: Option<bool>,
+    #[serde(flatten)]
+    report: &'a T,
 }
 
 fn description_json(description: &SnapshotDescription) -> Value {
@@ -174,15 +154,7 @@ impl Output {
     pub fn backup(&self, report: &BackupReport) {
         let seconds = report.elapsed.as_secs_f64();
         if self.json {
-            print_json(&json!({
-                "SnapshotId": report.snapshot_id,
-                "ImageBytes": report.image_bytes,
-                "BlocksRead": report.blocks_read,
-                "BlocksWritten": report.blocks_written,
-                "BlocksUnchanged": report.blocks_unchanged,
-                "ZeroBlocksSkipped": report.zero_blocks_skipped,
-                "Seconds": seconds,
-            }));
+            print_json(report);
             return;
         }
         println!("{}", report.snapshot_id);
@@ -200,14 +172,7 @@ impl Output {
     pub fn export(&self, report: &ExportReport) {
         let seconds = report.elapsed.as_secs_f64();
         if self.json {
-            print_json(&json!({
-                "Key": report.key,
-                "Location": report.location,
-                "Blocks": report.blocks,
-                "ArchiveBytes": report.archive_bytes,
-                "RootHash": report.root_hash,
-                "Seconds": seconds,
-            }));
+            print_json(report);
             return;
         }
         println!("{}", report.location);
@@ -222,14 +187,7 @@ impl Output {
     pub fn import(&self, report: &ImportReport) {
         let seconds = report.elapsed.as_secs_f64();
         if self.json {
-            print_json(&json!({
-                "SnapshotId": report.snapshot_id,
-                "Blocks": report.blocks,
-                "BlocksWritten": report.blocks_written,
-                "BlocksUnchanged": report.blocks_unchanged,
-                "ArchiveBytes": report.archive_bytes,
-                "Seconds": seconds,
-            }));
+            print_json(report);
             return;
         }
         println!("{}", report.snapshot_id);
@@ -243,17 +201,9 @@ impl Output {
         ));
     }
 
-    pub fn restore(&self, snapshot: &str, report: &RestoreReport) {
+    pub fn restore(&self, report: &RestoreReport) {
         if self.json {
-            print_json(&json!({
-                "SnapshotId": snapshot,
-                "Bytes": report.bytes,
-                "BlocksWritten": report.blocks_written,
-                "Holes": report.holes,
-                "DirectIo": report.direct_io,
-                "SecondsBeforeSync": report.written_after.as_secs_f64(),
-                "Seconds": report.elapsed.as_secs_f64(),
-            }));
+            print_json(report);
             return;
         }
         self.note(&format!(
@@ -299,10 +249,9 @@ impl Output {
     /// One snapshot in detail.
     pub fn show(&self, description: &SnapshotDescription, stats: Option<&SnapshotStats>) {
         let mut value = description_json(description);
-        if let (Some(stats), Some(object)) = (stats, value.as_object_mut()) {
-            object.insert("LogicalBytes".into(), json!(stats.logical_bytes));
-            object.insert("WrittenBytes".into(), json!(stats.written_bytes));
-            object.insert("UniqueBytes".into(), json!(stats.unique_bytes));
+        let stats_json = stats.and_then(|stats| serde_json::to_value(stats).ok());
+        if let (Some(Value::Object(stats)), Some(object)) = (stats_json, value.as_object_mut()) {
+            object.extend(stats);
         }
         if self.json {
             print_json(&value);
@@ -373,16 +322,7 @@ impl Output {
     /// A collection.
     pub fn gc(&self, report: &GcReport) {
         if self.json {
-            print_json(&json!({
-                "PacksExamined": report.packs_examined,
-                "Compactions": report.compactions,
-                "PacksRemoved": report.packs_removed,
-                "BytesCopied": report.bytes_copied,
-                "BytesFreed": report.bytes_freed,
-                "CatalogBytesFreed": report.catalog_bytes_freed,
-                "DamagedPacks": report.packs_damaged,
-                "Seconds": report.elapsed.as_secs_f64(),
-            }));
+            print_json(report);
             return;
         }
         println!(
@@ -398,24 +338,12 @@ impl Output {
     /// A verification.
     pub fn verify(&self, report: &VerifyReport) {
         if self.json {
-            print_json(&json!({
-                "Clean": report.is_clean(),
-                "RecordsChecked": report.records_checked,
-                "BytesChecked": report.bytes_checked,
-                "CatalogRecords": report.catalog_records,
-                "CatalogError": report.catalog_error,
-                "Damaged": report.damaged.iter().map(damaged_chunk_json).collect::<Vec<_>>(),
-                "DamagedFiles": report.damaged_files.iter().map(|damage| json!({
-                    "File": damage.file,
-                    "Detail": damage.detail,
-                    "DataLost": damage.data_lost,
-                })).collect::<Vec<_>>(),
-                "Unprovable": report.unprovable.iter().map(|(snapshot, why)| json!({
-                    "SnapshotId": snapshot,
-                    "Reason": why,
-                })).collect::<Vec<_>>(),
-                "Seconds": report.elapsed.as_secs_f64(),
-            }));
+            print_json(&Verdict {
+                clean: Some(report.is_clean()),
+                lost_anything: None,
+                found_anything: None,
+                report,
+            });
             return;
         }
         println!(
@@ -449,39 +377,17 @@ impl Output {
 
     /// A repair.
     pub fn repair(&self, report: &RepairReport, key_file_damage: &[Damage]) {
-        let damage_json = |damage: &Damage| json!({"File": damage.file, "Detail": damage.detail, "DataLost": damage.data_lost});
         if self.json {
-            print_json(&json!({
-                "DryRun": report.dry_run,
-                "LostAnything": report.lost_anything(),
-                "FoundAnything": report.found_anything() || !key_file_damage.is_empty(),
-                "DamagedCopies": report.small_files.iter().chain(key_file_damage).map(damage_json).collect::<Vec<_>>(),
-                "Packs": report.packs.iter().map(|pack| json!({
-                    "Pack": pack.pack,
-                    "Records": pack.records,
-                    "Recovered": pack.recovered,
-                    "Dropped": pack.dropped,
-                    "Unreadable": pack.unreadable.iter().map(|range| [range.start, range.end]).collect::<Vec<_>>(),
-                    "IndexRewritten": pack.index_rewritten,
-                    "HeaderDamaged": pack.header_damaged,
-                    "Removed": pack.removed,
-                })).collect::<Vec<_>>(),
-                "CatalogDamage": report.catalog_damage.iter().map(damage_json).collect::<Vec<_>>(),
-                "CatalogRewritten": report.catalog_rewritten,
-                "Journals": report.journals.iter().map(|journal| json!({
-                    "SnapshotId": journal.snapshot_id,
-                    "Records": journal.records,
-                    "Lost": journal.lost,
-                    "HeaderDamaged": journal.header_damaged,
-                })).collect::<Vec<_>>(),
-                "Resolved": report.resolved.iter().map(|(snapshot, why)| json!({
-                    "SnapshotId": snapshot, "Reason": why,
-                })).collect::<Vec<_>>(),
-                "Intact": report.intact,
-                "Damaged": report.damaged_chunks.iter().map(damaged_chunk_json).collect::<Vec<_>>(),
-                "NotVerified": report.not_verified,
-                "Seconds": report.elapsed.as_secs_f64(),
-            }));
+            // The key file lives outside the store; its damaged copies are
+            // reported with the store's.
+            let mut report = report.clone();
+            report.small_files.extend(key_file_damage.iter().cloned());
+            print_json(&Verdict {
+                clean: None,
+                lost_anything: Some(report.lost_anything()),
+                found_anything: Some(report.found_anything()),
+                report: &report,
+            });
             return;
         }
         let would = if report.dry_run { "would be " } else { "" };
@@ -574,20 +480,9 @@ impl Output {
     }
 
     /// Store statistics.
-    pub fn stats(&self, stats: &StoreStats, chunks: u64) {
+    pub fn stats(&self, stats: &StoreStats) {
         if self.json {
-            print_json(&json!({
-                "PendingSnapshots": stats.pending_snapshots,
-                "CompletedSnapshots": stats.completed_snapshots,
-                "FailedSnapshots": stats.failed_snapshots,
-                "LogicalBytes": stats.logical_bytes,
-                "WrittenBytes": stats.written_bytes,
-                "LiveChunks": stats.live_chunks,
-                "LiveBytes": stats.live_bytes,
-                "StoredChunks": chunks,
-                "StoredBytes": stats.stored_bytes,
-                "GarbageBytes": stats.garbage_bytes,
-            }));
+            print_json(stats);
             return;
         }
         println!(
@@ -600,8 +495,9 @@ impl Output {
             HumanBytes(stats.written_bytes)
         );
         println!(
-            "stored       {} in {chunks} chunks",
-            HumanBytes(stats.stored_bytes)
+            "stored       {} in {} chunks",
+            HumanBytes(stats.stored_bytes),
+            stats.stored_chunks
         );
         println!(
             "live         {} in {} chunks",
@@ -611,25 +507,6 @@ impl Output {
         println!(
             "garbage      {} (reclaim with gc)",
             HumanBytes(stats.garbage_bytes)
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::utc;
-    use std::time::{Duration, UNIX_EPOCH};
-
-    #[test]
-    fn utc_dates() {
-        assert_eq!(utc(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            utc(UNIX_EPOCH + Duration::from_secs(1_795_392_000)),
-            "2026-11-23T00:00:00Z"
-        );
-        assert_eq!(
-            utc(UNIX_EPOCH + Duration::from_secs(951_782_400 + 3_723)),
-            "2000-02-29T01:02:03Z"
         );
     }
 }
