@@ -121,10 +121,18 @@ pub(crate) fn scan(file: &dyn ReadFile, seq: u32) -> Result<Scan> {
     let mut payload = Vec::new();
     let mut offset = FILE_HEADER_SIZE as u64;
     while offset < file_len {
+        // Index entries hold u32 offsets, and the store never writes a pack
+        // that long (pack_target_size is at most 1 GiB): bytes beyond are
+        // not records of this store, and are reported, never indexed at a
+        // wrong offset.
+        let Ok(record_offset) = u32::try_from(offset) else {
+            scan.damaged.push(offset..file_len);
+            break;
+        };
         if let Some(header) = record_at(file, offset, file_len, &mut payload) {
             let end = offset + header.record_len() as u64;
             scan.records.push(ScannedRecord {
-                offset: u32::try_from(offset).unwrap_or(u32::MAX),
+                offset: record_offset,
                 header,
             });
             scan.valid_len = end;
@@ -284,7 +292,9 @@ pub(crate) fn entries_of(records: &[ScannedRecord]) -> Vec<(ChunkId, IndexEntry)
                 IndexEntry {
                     id_prefix: record.header.chunk_id.prefix(),
                     offset: record.offset,
-                    record_len: u32::try_from(record.header.record_len()).unwrap_or(u32::MAX),
+                    // At most RECORD_HEADER_SIZE + MAX_PAYLOAD_LEN: the
+                    // header decoded, and the decoder bounds the payload.
+                    record_len: record.header.record_len() as u32,
                 },
             )
         })
