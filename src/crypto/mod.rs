@@ -130,7 +130,7 @@ impl From<KeyError> for Error {
 /// The hook to an agent's key management: KEKs named by `KmsKeyArn`, and
 /// envelope encryption of data keys under them. Implementations talk to a
 /// key service (AWS KMS's GenerateDataKey and Decrypt map one to one) or,
-/// like [`LocalKeyProvider`], keep KEKs themselves.
+/// like `keys::LocalKeyProvider`, keep KEKs themselves.
 ///
 /// The store calls `generate_data_key` once per key name (when the first
 /// snapshot under it starts), `unwrap_data_key` once per key name each time
