@@ -17,7 +17,6 @@
 // criterion_group! generates undocumented functions.
 #![allow(missing_docs)]
 
-use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::crypto::KeyProvider;
 use blocksnap::keys::{KdfParams, LocalKeyProvider, Passphrase};

@@ -9,7 +9,6 @@
 // criterion_group! generates undocumented functions.
 #![allow(missing_docs)]
 
-use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::engine::{GcOptions, VerifyOptions};

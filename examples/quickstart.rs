@@ -6,7 +6,6 @@
 //! (default store directory: `./blocksnap-store`).
 
 use base64::Engine as _;
-use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::{Engine, Result};
 use sha2::Digest;

@@ -1,7 +1,6 @@
 //! Many threads putting into one snapshot and into several at once, with
 //! readers running alongside; every block reads back exactly.
 
-use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::testing::{block, complete_request, get_listed, list_all_blocks, put_request};

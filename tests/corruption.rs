@@ -17,7 +17,6 @@
 //!
 //! The key file (outside the store) is covered by `keys::local`'s tests.
 
-use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::crypto::KeyProvider;

@@ -7,7 +7,6 @@
 //! kept (a torn tail), or kept per file in a scattered pattern (write-back
 //! in any order across files).
 
-use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::crypto::KeyProvider;

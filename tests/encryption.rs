@@ -3,7 +3,6 @@
 //! verify; keys are dedup domains; KEK rotation only rewraps; StartSnapshot's
 //! `Encrypted`/`KmsKeyArn` rules; restart of encrypted pending snapshots.
 
-use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::codec;

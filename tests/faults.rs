@@ -4,7 +4,6 @@
 //! logged at ERROR with its cause, and still lets the snapshot that hit it
 //! be cancelled; anything else fails its request only, retryably.
 
-use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::storage::{Fault, FaultPoint, MemoryStorage};

@@ -5,7 +5,6 @@
 //! Regenerate a fixture only when adding a new format version:
 //! `cargo test --test format_fixtures -- --ignored write_v1_fixture`.
 
-use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::engine::VerifyOptions;

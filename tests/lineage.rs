@@ -2,7 +2,6 @@
 //! parent and its child and across unrelated snapshots, and bytes on disk
 //! growing only by the changed data.
 
-use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::testing::{block, complete_request, put_request};
 use blocksnap::Engine;

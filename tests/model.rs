@@ -2,7 +2,6 @@
 //! get) run against the engine and a deliberately naive in-memory model;
 //! every observable result must agree.
 
-use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::engine::GcOptions;
 use blocksnap::storage::MemoryStorage;

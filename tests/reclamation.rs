@@ -2,7 +2,6 @@
 //! what nothing else needs, in every deletion order, across crashes at
 //! every sync point, and while writers and readers run.
 
-use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::engine::GcOptions;

@@ -1,7 +1,6 @@
 //! The storage contract on every backend, and an engine round trip in both
 //! read modes (mmap and pread) on the local backend.
 
-use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::storage::{LocalStorage, MemoryStorage};

@@ -4,7 +4,6 @@
 //! another holds), while an owner still deduplicates against itself; the
 //! operator can ask for one shared domain instead.
 
-use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::engine::VerifyOptions;
 use blocksnap::storage::MemoryStorage;

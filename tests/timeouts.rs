@@ -4,7 +4,6 @@
 //! The reaper is tested on a paused tokio clock (the test takes
 //! milliseconds); the lazy path and restarts on a manual clock.
 
-use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::clock::{ManualClock, TokioClock};
 use blocksnap::storage::{MemoryStorage, Storage};

@@ -1,7 +1,6 @@
 //! Every EBS rule of the reference, one test each, asserting the error class
 //! and `Reason` through the single wire mapping (`api::ebs_error`).
 
-use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::testing::{
     block, checksum, complete_request, expect_ebs, linear_checksum, memory_engine, put_request,

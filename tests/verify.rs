@@ -3,7 +3,6 @@
 //! snapshots and blocks it affects; a later put of identical data heals a
 //! damaged block.
 
-use blocksnap::api::Ebs;
 use blocksnap::api::*;
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::codec;
