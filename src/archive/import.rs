@@ -207,12 +207,11 @@ pub fn import(
         return Ok(ImportOutcome::Interrupted);
     }
     drop(parent);
-    let encryption = match (&options.kms_key_arn, options.encrypted) {
-        (Some(arn), _) => RequestedEncryption::Key(arn.clone()),
-        // A child inherits its parent's key.
-        (None, true) if options.parent.is_none() => RequestedEncryption::DefaultKey,
-        (None, _) => RequestedEncryption::None,
-    };
+    let encryption = RequestedEncryption::of_bulk_load(
+        options.kms_key_arn.as_deref(),
+        options.encrypted,
+        options.parent.is_some(),
+    );
     let mut writer = engine.writer(NewSnapshot {
         parent: options.parent,
         tags: manifest

@@ -293,6 +293,17 @@ pub enum RequestedEncryption {
 }
 
 impl RequestedEncryption {
+    /// What a bulk load (backup, import) asks for: `kms_key_arn`'s key, or
+    /// the default key when `encrypted`; a child asking only `encrypted`
+    /// inherits its parent's key instead.
+    pub fn of_bulk_load(kms_key_arn: Option<&str>, encrypted: bool, has_parent: bool) -> Self {
+        match kms_key_arn {
+            Some(arn) => RequestedEncryption::Key(arn.to_string()),
+            None if encrypted && !has_parent => RequestedEncryption::DefaultKey,
+            None => RequestedEncryption::None,
+        }
+    }
+
     /// Whether a snapshot started as `started` answers this request (for
     /// idempotent retries).
     fn matches(&self, started: &StartedRecord) -> bool {
