@@ -150,7 +150,11 @@ fn store_header_table() {
             Some(8),
             store_format::STORE_VERSION.to_le_bytes(),
         ),
-        field("flags", Some(12), 0u32.to_le_bytes()),
+        field(
+            "flags",
+            Some(store_format::STORE_FLAGS_OFFSET),
+            0u32.to_le_bytes(),
+        ),
         field("store_id", Some(store_format::STORE_ID_OFFSET), [0x11; 16]),
         field(
             "token_secret",

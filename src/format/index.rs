@@ -63,7 +63,13 @@ pub fn decode_index(bytes: &[u8]) -> Result<(u64, Vec<IndexEntry>), DecodeError>
     );
     reader.take(FILE_HEADER_SIZE, "index header")?;
     let count = reader.u32("index count")? as usize;
-    reader.u32("index reserved")?;
+    if reader.u32("index reserved")? != 0 {
+        // The encoder writes zero: anything else would re-encode to other bytes.
+        return Err(DecodeError::corrupt(
+            INDEX_RESERVED_OFFSET,
+            "index reserved word",
+        ));
+    }
     if reader.remaining() != count.saturating_mul(INDEX_ENTRY_SIZE) {
         return Err(DecodeError::corrupt(INDEX_COUNT_OFFSET, "index count"));
     }
@@ -119,5 +125,24 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(decode_index(&bytes[..cut]).is_err());
         }
+    }
+
+    /// Found by CI's fuzz pass (the pack_index target): an index whose
+    /// reserved word was nonzero under a valid crc decoded, and re-encoded
+    /// with zero.
+    #[test]
+    fn the_reserved_word_is_zero() {
+        let mut bytes = encode_index(3, &[]).expect("encodes");
+        bytes[INDEX_RESERVED_OFFSET] = 1;
+        let body_end = bytes.len() - INDEX_TRAILER_SIZE;
+        let crc = crc32(&[&bytes[..body_end]]);
+        bytes[body_end..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode_index(&bytes),
+            Err(DecodeError::corrupt(
+                INDEX_RESERVED_OFFSET,
+                "index reserved word"
+            ))
+        );
     }
 }

@@ -11,8 +11,10 @@ use super::{crc32, DecodeError};
 pub const STORE_MAGIC: [u8; 8] = *b"BSNPSTOR";
 /// The store format version this build writes and reads.
 pub const STORE_VERSION: u32 = 1;
+/// Offset of the flags word (no flags are defined; it is zero).
+pub const STORE_FLAGS_OFFSET: usize = 12;
 /// Offset of the store id.
-pub const STORE_ID_OFFSET: usize = 16;
+pub const STORE_ID_OFFSET: usize = STORE_FLAGS_OFFSET + 4;
 /// Offset of the token secret.
 pub const STORE_SECRET_OFFSET: usize = STORE_ID_OFFSET + 16;
 /// Offset of the creation time.
@@ -56,7 +58,7 @@ impl StoreHeader {
             return Err(DecodeError::corrupt(0, "store magic"));
         }
         let version = reader.u32("store version")?;
-        reader.u32("store flags")?;
+        let flags = reader.u32("store flags")?;
         let store_id = reader.array::<16>("store id")?;
         let token_secret = reader.array::<32>("token secret")?;
         let created_millis = reader.u64("creation time")?;
@@ -68,10 +70,55 @@ impl StoreHeader {
         if version != STORE_VERSION {
             return Err(DecodeError::UnsupportedVersion(version));
         }
+        // No flags are defined: the encoder writes zero, so a header with a
+        // flag set (and a valid crc) would re-encode to other bytes.
+        if flags != 0 {
+            return Err(DecodeError::corrupt(STORE_FLAGS_OFFSET, "store flags"));
+        }
         Ok(StoreHeader {
             store_id,
             token_secret,
             created_millis,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn header() -> StoreHeader {
+        StoreHeader {
+            store_id: [7; 16],
+            token_secret: [9; 32],
+            created_millis: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_every_flipped_byte_is_detected() {
+        let bytes = header().encode();
+        assert_eq!(bytes.len(), STORE_HEADER_SIZE);
+        assert_eq!(StoreHeader::decode(&bytes), Ok(header()));
+        for position in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[position] ^= 0x10;
+            assert!(StoreHeader::decode(&flipped).is_err(), "flip at {position}");
+        }
+    }
+
+    /// Found by CI's fuzz pass (the store_header target): a header with a
+    /// flag set and a valid crc decoded, and re-encoded without the flag.
+    #[test]
+    fn flags_are_damage() {
+        let mut bytes = header().encode();
+        bytes[STORE_FLAGS_OFFSET] = 1;
+        let crc = crc32(&[&bytes[..STORE_CRC_OFFSET]]);
+        bytes[STORE_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            StoreHeader::decode(&bytes),
+            Err(DecodeError::corrupt(STORE_FLAGS_OFFSET, "store flags"))
+        );
     }
 }
