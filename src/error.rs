@@ -170,6 +170,14 @@ pub enum Error {
         /// What was refused.
         message: String,
     },
+    /// The medium lacks a guarantee the store relies on (an object store
+    /// that ignores conditional writes): nothing was written, and nothing
+    /// will be until the medium changes.
+    #[error("{message}")]
+    Unsupported {
+        /// What is missing, and where.
+        message: String,
+    },
     /// An earlier I/O or sync failure left the durable state unknown; the
     /// engine refuses writes until the store is reopened.
     #[error("the store refused the write: an earlier failure ({cause}) left its durable state unknown; reopen the store")]
@@ -285,6 +293,9 @@ impl Error {
                 detail: add(detail),
             },
             Error::ReadOnly { message } => Error::ReadOnly {
+                message: add(message),
+            },
+            Error::Unsupported { message } => Error::Unsupported {
                 message: add(message),
             },
             Error::Poisoned { cause } => Error::Poisoned { cause: add(cause) },

@@ -876,10 +876,9 @@ impl S3Server {
         let settings = S3Settings {
             endpoint: Some(self.endpoint.clone()),
             region: Some("us-east-1".into()),
-            access_key_id: ACCESS_KEY.into(),
-            secret_access_key: secret.into(),
-            session_token: None,
-        };
+            ..S3Settings::default()
+        }
+        .with_keys(ACCESS_KEY, secret);
         Bucket::S3(S3Bucket::new(name, &settings).expect("bucket"))
     }
 

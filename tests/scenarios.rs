@@ -4,6 +4,7 @@
 //! errors included (class and `Reason`).
 
 use aws_sdk_ebs::error::ProvideErrorMetadata;
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use blocksnap::api::*;
 use blocksnap::server::{Authentication, Credentials, ServerConfig};
 use blocksnap::testing::{block, checksum, linear_checksum, LoopbackServer};
@@ -78,6 +79,11 @@ impl Sdk {
                 "test",
             ))
             .retry_config(aws_sdk_ebs::config::retry::RetryConfig::disabled())
+            .http_client(
+                aws_smithy_http_client::Builder::new()
+                    .tls_provider(Provider::Rustls(CryptoMode::Ring))
+                    .build_https(),
+            )
             .build();
         Sdk {
             server,

@@ -52,6 +52,7 @@ pub fn ebs_error(error: &Error) -> EbsError {
         Error::Corrupted { .. }
         | Error::UnsupportedVersion { .. }
         | Error::Io { .. }
+        | Error::Unsupported { .. }
         | Error::Poisoned { .. } => ("InternalServerException", 500, None),
     };
     EbsError {

@@ -24,11 +24,13 @@ pub mod manifest;
 #[cfg(feature = "s3")]
 mod s3;
 
+#[cfg(feature = "s3")]
+pub use crate::storage::object::S3Settings;
 pub use export::{export, ExportOptions, ExportOutcome, ExportReport};
 pub use import::{import, inspect, ImportOptions, ImportOutcome, ImportReport};
 pub use location::{ArchiveReader, Bucket, ObjectUpload};
 #[cfg(feature = "s3")]
-pub use s3::{S3Bucket, S3ObjectReader, S3Settings};
+pub use s3::{S3Bucket, S3ObjectReader};
 
 use crate::error::{Error, Result, ValidationReason};
 

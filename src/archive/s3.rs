@@ -9,7 +9,7 @@
 
 use super::location::resolve_seek;
 use crate::error::{Error, Result};
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use crate::storage::object::{s3_client, s3_runtime, S3Settings};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -36,6 +36,8 @@ const PARTS_IN_FLIGHT: usize = 2;
 /// requests, and each request costs a round trip (4 MiB windows made a
 /// loopback import 30% slower).
 const READ_WINDOW: u64 = 8 << 20;
+/// Retries the SDK makes of a failed archive request.
+const ARCHIVE_SDK_RETRIES: u32 = 2;
 
 /// An S3-compatible bucket: a client, the bucket's name and the runtime
 /// the client runs on.
@@ -54,80 +56,17 @@ impl std::fmt::Debug for S3Bucket {
     }
 }
 
-/// How to reach an S3-compatible service.
-#[derive(Clone, Debug, Default)]
-pub struct S3Settings {
-    /// Service URL (for S3-compatible servers); `None` for AWS S3. Path-style
-    /// addressing is used when one is given.
-    pub endpoint: Option<String>,
-    /// Region; `us-east-1` when `None`.
-    pub region: Option<String>,
-    /// Access key id.
-    pub access_key_id: String,
-    /// Secret access key.
-    pub secret_access_key: String,
-    /// Session token of temporary credentials.
-    pub session_token: Option<String>,
-}
-
-impl S3Settings {
-    /// Settings from the usual AWS environment variables:
-    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
-    /// `AWS_REGION` (else `AWS_DEFAULT_REGION`), and `AWS_ENDPOINT_URL_S3`
-    /// (else `AWS_ENDPOINT_URL`) unless `endpoint` is given.
-    pub fn from_env(endpoint: Option<String>) -> Result<S3Settings> {
-        let variable = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
-        let credential = |name: &str| {
-            variable(name).ok_or_else(|| Error::AccessDenied {
-                message: format!("no S3 credentials: set {name} (and its pair)"),
-            })
-        };
-        Ok(S3Settings {
-            endpoint: endpoint
-                .or_else(|| variable("AWS_ENDPOINT_URL_S3"))
-                .or_else(|| variable("AWS_ENDPOINT_URL")),
-            region: variable("AWS_REGION").or_else(|| variable("AWS_DEFAULT_REGION")),
-            access_key_id: credential("AWS_ACCESS_KEY_ID")?,
-            secret_access_key: credential("AWS_SECRET_ACCESS_KEY")?,
-            session_token: variable("AWS_SESSION_TOKEN"),
-        })
-    }
-}
-
 impl S3Bucket {
     /// A bucket named `bucket` on the service `settings` describe. The name
     /// is checked against S3's bucket naming rules; nothing is contacted yet.
     pub fn new(bucket: &str, settings: &S3Settings) -> Result<S3Bucket> {
         super::validate_bucket_name(bucket)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("blocksnap-s3")
-            .enable_all()
-            .build()
-            .map_err(|error| Error::io("starting the S3 client's runtime", error))?;
-        let credentials = Credentials::new(
-            settings.access_key_id.clone(),
-            settings.secret_access_key.clone(),
-            settings.session_token.clone(),
-            None,
-            "blocksnap",
-        );
-        let mut config = aws_sdk_s3::config::Builder::new()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(
-                settings
-                    .region
-                    .clone()
-                    .unwrap_or_else(|| "us-east-1".to_string()),
-            ))
-            .credentials_provider(credentials);
-        if let Some(endpoint) = &settings.endpoint {
-            config = config.endpoint_url(endpoint).force_path_style(true);
-        }
+        let runtime = s3_runtime()?;
+        let client = s3_client(settings, &runtime, ARCHIVE_SDK_RETRIES)?;
         Ok(S3Bucket {
-            client: Client::from_conf(config.build()),
+            client,
             bucket: bucket.to_string(),
-            runtime: Arc::new(runtime),
+            runtime,
         })
     }
 

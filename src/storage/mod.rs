@@ -2,7 +2,8 @@
 //!
 //! Backends: [`LocalStorage`] (a directory; sealed files can be memory
 //! mapped) and [`MemoryStorage`] (in memory; keeps the image a power loss
-//! would leave, for crash tests). An object-store backend comes later.
+//! would leave, for crash tests). [`object`] holds the S3-compatible
+//! bucket layer the bucket store is built on.
 //!
 //! # Contract
 //!
@@ -26,6 +27,7 @@
 
 mod local;
 mod memory;
+pub mod object;
 mod uncached;
 
 pub use local::LocalStorage;

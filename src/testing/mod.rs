@@ -5,8 +5,10 @@
 mod conformance;
 pub mod fuzz;
 mod model;
+mod object_conformance;
 
 pub use conformance::check_storage_contract;
+pub use object_conformance::{check_conditional_races, check_object_store_contract, test_client};
 
 pub use model::{Model, ModelError, ModelStatus, Op};
 

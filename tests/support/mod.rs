@@ -1,0 +1,4 @@
+//! Helpers shared by integration tests (each test file that needs them
+//! declares `mod support;`).
+
+pub mod s3_servers;
