@@ -191,6 +191,20 @@ impl ChunkStore {
         }
     }
 
+    /// Seals the open pack and every pack still being sealed, so that
+    /// every chunk put so far is in a sealed pack: on storage whose unsealed
+    /// files stay local ([`Storage::is_tiered`]), a commit that
+    /// references them does this first. A seal under way in another thread
+    /// is waited for; one that failed is retried here.
+    pub fn seal_all(&self) -> Result<()> {
+        self.seal_open_pack()?;
+        let retiring: Vec<_> = self.retiring.lock().clone();
+        for pack in retiring {
+            self.seal(&pack)?;
+        }
+        Ok(())
+    }
+
     /// Steps 1 and 2 begin: the marker, then the empty output pack.
     pub(crate) fn begin_compaction(&self, sources: &[u32]) -> Result<Compaction> {
         let output = self.next_seq.fetch_add(1, Ordering::AcqRel);
@@ -298,6 +312,9 @@ impl ChunkStore {
                 .file
                 .sync()
                 .map_err(io_error(format!("syncing {output_name}")))?;
+            self.storage
+                .seal(&output_name)
+                .map_err(io_error(format!("sealing {output_name}")))?;
             entries = std::mem::take(&mut compaction.copied);
             entries.sort_unstable();
             self.storage

@@ -580,12 +580,19 @@ impl ChunkStore {
     /// (a full disk) is sealed all the same, and scanned at the next open.
     fn seal(&self, retired: &Arc<Mutex<OpenPack>>) -> Result<()> {
         let mut pack = retired.lock();
+        if pack.sealed {
+            return Ok(());
+        }
         let seq = pack.seq;
         let name = pack_name(seq);
         pack.file
             .sync()
             .map_err(unsynced_error(format!("syncing {name}")))?;
         pack.dirty = false;
+        // Before its index: a pack whose index exists is sealed everywhere.
+        self.storage
+            .seal(&name)
+            .map_err(unsynced_error(format!("sealing {name}")))?;
         let mut entries = std::mem::take(&mut pack.entries);
         entries.sort_unstable();
         let indexed = encode_index(u64::from(seq), &entries)
@@ -609,6 +616,7 @@ impl ChunkStore {
             }
         }
         self.index.write().add_sealed(seq, &entries);
+        pack.sealed = true;
         drop(pack);
         self.retiring
             .lock()
@@ -879,6 +887,7 @@ fn load_pack(
             file,
             entries,
             dirty: false,
+            sealed: false,
         };
         return Ok(LoadedPack::Open(pack, with_ids));
     }
@@ -886,8 +895,10 @@ fn load_pack(
     if scanned.valid_len > 0 {
         // Sealing is best effort: without an index (a full disk, say) the
         // pack is written an index later, or scanned again at the next open.
-        let indexed = encode_index(u64::from(seq), &entries)
-            .map_err(Error::from)
+        let indexed = storage
+            .seal(&name)
+            .map_err(|error| Error::io(format!("sealing {name}"), error))
+            .and_then(|()| encode_index(u64::from(seq), &entries).map_err(Error::from))
             .and_then(|bytes| {
                 storage
                     .write_atomic(&index_name(seq), &bytes)

@@ -39,6 +39,9 @@ pub(crate) struct OpenPack {
     pub(crate) entries: Vec<IndexEntry>,
     /// Whether bytes were appended since the last sync.
     pub(crate) dirty: bool,
+    /// Whether [`super::ChunkStore`] sealed it (a seal that failed before
+    /// its index can be retried).
+    pub(crate) sealed: bool,
 }
 
 impl OpenPack {
@@ -55,6 +58,7 @@ impl OpenPack {
             file,
             entries: Vec::new(),
             dirty: false,
+            sealed: false,
         })
     }
 

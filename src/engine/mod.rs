@@ -430,7 +430,9 @@ impl Engine {
                 parent_root,
                 domain,
                 durable_on_ack,
-                catalog.journaled_at_start(record.started.snapshot),
+                // On tiered storage a journal not here is another
+                // machine's, not lost: nothing is unprovable about it.
+                catalog.journaled_at_start(record.started.snapshot) && !storage.is_tiered(),
                 now,
             )?;
             for found in &found {
@@ -485,6 +487,9 @@ impl Engine {
             }),
         };
         if !read_only {
+            if engine.inner.storage.is_tiered() {
+                engine.fail_snapshots_of_lost_writers()?;
+            }
             // Deadlines that passed while the store was closed.
             engine.expire_due()?;
             engine.start_reaper();
@@ -870,6 +875,35 @@ impl Engine {
         Err(not_pending(&record))
     }
 
+    /// Fails every pending snapshot whose journal is not in this writer's
+    /// local directory (tiered storage): the writer that started it is
+    /// fenced by this one, so it can never complete.
+    fn fail_snapshots_of_lost_writers(&self) -> Result<()> {
+        let sessions: Vec<Arc<Session>> = self.inner.sessions.read().values().cloned().collect();
+        for session in sessions {
+            let name = journal_name(session.snapshot);
+            let here = self
+                .inner
+                .storage
+                .exists(&name)
+                .map_err(|error| Error::io(format!("checking {name}"), error))?;
+            if here {
+                continue;
+            }
+            let guard = self.inner.reference_guard.read();
+            let state = session.lock_open()?;
+            self.fail_pending(
+                &session,
+                state,
+                "Its writer is gone: a pending snapshot of a bucket store lives in the local \
+                 directory of the process that started it, and another writer took the store over."
+                    .to_string(),
+            )?;
+            drop(guard);
+        }
+        Ok(())
+    }
+
     /// Moves a pending snapshot to `error` (the catalog record is the
     /// commit point), closes its session, and drops its references: the
     /// blocks only it wrote die. The caller holds the reference guard and
@@ -1029,6 +1063,11 @@ impl Engine {
         let maps = self.maps().sealed_in(session.domain.as_deref());
         let root = self.poison_on_io(maps.apply(session.parent_root, &writes))?;
         self.poison_on_io(self.inner.chunks.sync())?;
+        if self.inner.storage.is_tiered() {
+            // Every chunk and node the snapshot references reaches the
+            // shared medium before its catalog record does.
+            self.poison_on_io(self.inner.chunks.seal_all())?;
+        }
         let now = self.now_millis();
         self.poison_catalog_on_io(self.inner.catalog.complete(
             snapshot,

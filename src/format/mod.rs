@@ -11,6 +11,7 @@
 
 pub mod catalog;
 pub mod compaction;
+pub mod head;
 pub mod header;
 pub mod index;
 pub mod journal;

@@ -25,11 +25,13 @@
 //! - A failed `sync` leaves durability unknown; callers must stop writing
 //!   (the engine poisons itself).
 
+mod bucket;
 mod local;
 mod memory;
 pub mod object;
 mod uncached;
 
+pub use bucket::{BucketStorage, HEAD_OBJECT};
 pub use local::LocalStorage;
 pub use memory::{Fault, FaultPoint, MemoryStorage, TornWrites};
 pub(crate) use uncached::{open_direct, AlignedBuffer};
@@ -108,6 +110,24 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// bound known).
     fn available_bytes(&self) -> io::Result<Option<u64>> {
         Ok(None)
+    }
+    /// Declares `name` final: it is never appended to again. A backend
+    /// whose unsealed files are durable only on local disk
+    /// ([`Storage::is_tiered`]) publishes it here: when this
+    /// returns `Ok`, the file is durable in the shared medium. Others do
+    /// nothing (the last `sync` made it durable).
+    fn seal(&self, name: &str) -> io::Result<()> {
+        let _ = name;
+        Ok(())
+    }
+    /// Whether the medium is tiered (the bucket store): appended files
+    /// reach the shared medium only when sealed, so a commit that
+    /// references bytes of an unsealed file must seal it first; and
+    /// `pending/` journals live only on the writer's local disk, so a
+    /// pending snapshot whose journal is not here belongs to a writer that
+    /// is gone (or, for a reader, to another machine).
+    fn is_tiered(&self) -> bool {
+        false
     }
     /// Whether every mutating method fails (a read-only open): nothing is
     /// ever written through it.

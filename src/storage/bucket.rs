@@ -1,0 +1,890 @@
+//! A store in an S3-compatible bucket, with a local directory for what is
+//! not committed yet and for a cache.
+//!
+//! Names fall in three classes (DESIGN.md §3.1):
+//!
+//! - `pending/…` (journals of pending snapshots) live only in the local
+//!   directory: an acknowledged put is durable on the writer's disk.
+//! - `packs/…` are immutable objects. A pack is appended to a local staging
+//!   file (`packs/` of the local directory, durable on `sync`) and uploaded
+//!   create-only when it is sealed ([`Storage::seal`]); indexes and markers
+//!   written whole are uploaded at once. The bucket's listing names them.
+//!   Sealed packs move to `cache/packs/` locally; reads of a pack that is
+//!   not local are ranged GETs.
+//! - Every other name (the catalog, the store header, the keyring and
+//!   their copies) is kept as extents: immutable objects under `log/`, named
+//!   by the writer's epoch and a counter, listed in order by the `head`
+//!   object. A `sync` of such a file publishes the bytes appended to every
+//!   such file since the last publication and replaces the head with
+//!   `If-Match` on its ETag: that replacement is the commit.
+//!
+//! The head's writer epoch fences stale writers: opening for writing takes
+//! the next epoch; a writer whose epoch is no longer the head's fails its
+//! next commit, and writes nothing more.
+
+use super::object::{Body, Created, Deleted, ObjectClient, Swapped};
+use super::{parent_dir, AppendFile, LocalStorage, ReadFile, Storage};
+use crate::format::head::{Extent, Head, HeadCommit, HeadFile, MAX_RECENT_COMMITS};
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::sync::Arc;
+
+/// The name of the head object.
+pub const HEAD_OBJECT: &str = "head";
+/// Where extents live in the bucket.
+const EXTENT_PREFIX: &str = "log/";
+/// Where the probe writes its scratch object.
+const PROBE_PREFIX: &str = "probe/";
+/// The directory of immutable objects (packs, indexes, markers).
+const OBJECT_DIR: &str = "packs";
+/// The directory of pending snapshots' journals (local only).
+const LOCAL_DIR: &str = "pending";
+/// Where sealed packs and downloaded indexes are kept locally.
+const CACHE_DIR: &str = "cache";
+/// A file with more extents than this is rewritten as one at its next
+/// publication, so the head stays small.
+const MAX_EXTENTS: usize = 32;
+/// Bytes fetched per ranged read of a pack that is not local.
+const READ_WINDOW: u64 = 2 << 20;
+/// Windows kept in memory across all remote packs.
+const CACHED_WINDOWS: usize = 32;
+
+/// Where a name lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    /// Only in the local directory.
+    Local,
+    /// An immutable object (staged locally until sealed).
+    Object,
+    /// Extents listed by the head.
+    Tracked,
+}
+
+fn class(name: &str) -> Class {
+    match name.split_once('/').map(|(dir, _)| dir) {
+        Some(LOCAL_DIR) => Class::Local,
+        Some(OBJECT_DIR) => Class::Object,
+        _ if name == LOCAL_DIR => Class::Local,
+        _ if name == OBJECT_DIR => Class::Object,
+        _ => Class::Tracked,
+    }
+}
+
+fn cache_name(name: &str) -> String {
+    format!("{CACHE_DIR}/{name}")
+}
+
+fn fenced(detail: String) -> io::Error {
+    io::Error::other(format!(
+        "this writer was fenced: {detail}; reopen the store to write again"
+    ))
+}
+
+fn to_io(error: crate::error::Error) -> io::Error {
+    match error {
+        crate::error::Error::Io {
+            source, context, ..
+        } => io::Error::new(source.kind(), format!("{context}: {source}")),
+        crate::error::Error::NotFound { message } => {
+            io::Error::new(io::ErrorKind::NotFound, message)
+        }
+        crate::error::Error::AccessDenied { message } => {
+            io::Error::new(io::ErrorKind::PermissionDenied, message)
+        }
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// A tracked file's content, shared by its append handles and readers.
+type Content = Arc<RwLock<Vec<u8>>>;
+
+struct TrackedFile {
+    content: Content,
+    /// The extents published so far (their bytes are a prefix of content).
+    extents: Vec<Extent>,
+}
+
+impl TrackedFile {
+    fn published_len(&self) -> u64 {
+        self.extents.iter().map(|extent| extent.len).sum()
+    }
+}
+
+struct State {
+    head: Head,
+    etag: String,
+    files: BTreeMap<String, TrackedFile>,
+    /// Whether a file was created, rewritten or removed since the last
+    /// publication (appends are seen by length).
+    changed: bool,
+    /// Files rewritten whole since the last publication.
+    rewritten: BTreeSet<String>,
+    /// Extents no file will list after the next publication: deleted once
+    /// it commits.
+    orphaned: Vec<Extent>,
+    /// Objects sealed since the last publication.
+    added: Vec<String>,
+    /// Extents written by this writer so far.
+    extents_written: u64,
+    /// Set once a commit found another writer's epoch.
+    fenced: Option<String>,
+    /// Lengths of objects from the last listing.
+    listed_lengths: BTreeMap<String, u64>,
+}
+
+struct Inner {
+    client: ObjectClient,
+    local: LocalStorage,
+    read_only: bool,
+    /// The epoch this writer holds (0 for a reader).
+    epoch: u64,
+    state: Mutex<State>,
+    /// Recently read windows of remote objects: (name, start, bytes),
+    /// least recently used first.
+    windows: Mutex<Vec<(String, u64, Bytes)>>,
+    /// The scratch directory of a read-only open without a local one.
+    _scratch: Option<tempfile::TempDir>,
+}
+
+/// A store in a bucket, with its local directory. See the module docs.
+#[derive(Clone)]
+pub struct BucketStorage {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for BucketStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "BucketStorage({}, local {})",
+            self.inner.client.store().location(),
+            self.inner.local.root().display()
+        )
+    }
+}
+
+impl BucketStorage {
+    /// Opens the store in `client`'s bucket for writing, with `local_dir`
+    /// as its local directory (created if needed, locked against other
+    /// processes): checks that the service enforces conditional writes,
+    /// creates the head of a new store, takes the next writer epoch (which
+    /// fences any earlier writer), and loads the tracked files.
+    pub fn open(
+        client: ObjectClient,
+        local_dir: &std::path::Path,
+    ) -> crate::error::Result<BucketStorage> {
+        client.probe(PROBE_PREFIX)?;
+        let local = LocalStorage::open(local_dir).map_err(|error| {
+            crate::error::Error::io(format!("opening {}", local_dir.display()), error)
+        })?;
+        let mut writer_id = [0u8; 16];
+        getrandom::fill(&mut writer_id).expect("the operating system's random source");
+        let (head, etag) = loop {
+            let (current, etag) = match read_head(&client)? {
+                Some(found) => found,
+                None => {
+                    let initial = Head::default();
+                    let bytes = encode_head(&initial)?;
+                    match client.create(HEAD_OBJECT, &Body::Bytes(bytes.into()))? {
+                        Created::Written(etag) => (initial, etag),
+                        Created::Exists => continue,
+                    }
+                }
+            };
+            let claimed = Head {
+                generation: current.generation + 1,
+                writer_epoch: current.writer_epoch + 1,
+                writer_id,
+                ..current
+            };
+            let bytes = encode_head(&claimed)?;
+            match client.replace(HEAD_OBJECT, &Body::Bytes(bytes.into()), &etag)? {
+                Swapped::Replaced(etag) => break (claimed, etag),
+                Swapped::Lost => continue,
+            }
+        };
+        let storage = BucketStorage::assemble(client, local, None, head, etag)?;
+        storage.drop_stale_staging()?;
+        Ok(storage)
+    }
+
+    /// Opens the store in `client`'s bucket for reading only: nothing is
+    /// written to the bucket or to `local_dir` (which need not exist; a
+    /// private temporary directory stands in for it).
+    pub fn open_read_only(
+        client: ObjectClient,
+        local_dir: &std::path::Path,
+    ) -> crate::error::Result<BucketStorage> {
+        let (head, etag) = read_head(&client)?.ok_or_else(|| crate::error::Error::NotFound {
+            message: format!("no store at {} (no head object)", client.store().location()),
+        })?;
+        let (local, scratch) = match LocalStorage::open_read_only(local_dir) {
+            Ok(local) => (local, None),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                let scratch = tempfile::tempdir().map_err(|error| {
+                    crate::error::Error::io("making a scratch directory", error)
+                })?;
+                let local = LocalStorage::open_read_only(scratch.path()).map_err(|error| {
+                    crate::error::Error::io("opening a scratch directory", error)
+                })?;
+                (local, Some(scratch))
+            }
+            Err(error) => {
+                return Err(crate::error::Error::io(
+                    format!("opening {}", local_dir.display()),
+                    error,
+                ))
+            }
+        };
+        BucketStorage::assemble(client, local, scratch, head, etag)
+    }
+
+    /// A storage over `head`; read-only when opened with a `scratch`
+    /// directory standing in for a missing local one, or read-only local.
+    fn assemble(
+        client: ObjectClient,
+        local: LocalStorage,
+        scratch: Option<tempfile::TempDir>,
+        head: Head,
+        etag: String,
+    ) -> crate::error::Result<BucketStorage> {
+        let mut files = BTreeMap::new();
+        for file in &head.files {
+            let mut content = Vec::with_capacity(file.len() as usize);
+            for extent in &file.extents {
+                let bytes = client.read_range(&extent.object, 0..extent.len)?;
+                if crate::format::crc32(&[&bytes]) != extent.crc32 {
+                    return Err(crate::error::Error::corrupted(
+                        &extent.object,
+                        format!("an extent of {} does not match its crc", file.name),
+                    ));
+                }
+                content.extend_from_slice(&bytes);
+            }
+            files.insert(
+                file.name.clone(),
+                TrackedFile {
+                    content: Arc::new(RwLock::new(content)),
+                    extents: file.extents.clone(),
+                },
+            );
+        }
+        let read_only = local.is_read_only();
+        let epoch = if read_only { 0 } else { head.writer_epoch };
+        Ok(BucketStorage {
+            inner: Arc::new(Inner {
+                client,
+                local,
+                read_only,
+                epoch,
+                state: Mutex::new(State {
+                    head,
+                    etag,
+                    files,
+                    changed: false,
+                    rewritten: BTreeSet::new(),
+                    orphaned: Vec::new(),
+                    added: Vec::new(),
+                    extents_written: 0,
+                    fenced: None,
+                    listed_lengths: BTreeMap::new(),
+                }),
+                windows: Mutex::new(Vec::new()),
+                _scratch: scratch,
+            }),
+        })
+    }
+
+    /// The bucket's client.
+    pub fn client(&self) -> &ObjectClient {
+        &self.inner.client
+    }
+
+    /// The head this writer last committed or read.
+    pub fn head(&self) -> Head {
+        self.inner.state.lock().head.clone()
+    }
+
+    /// Removes staged packs that the bucket already holds (a crash after
+    /// their upload, or a writer that came back after another took over).
+    fn drop_stale_staging(&self) -> crate::error::Result<()> {
+        let staged = self
+            .inner
+            .local
+            .list(OBJECT_DIR)
+            .map_err(|error| crate::error::Error::io("listing staged packs", error))?;
+        for name in staged {
+            let full = format!("{OBJECT_DIR}/{name}");
+            if self.inner.client.head(&full)?.is_some() {
+                self.inner
+                    .local
+                    .remove(&full)
+                    .map_err(|error| crate::error::Error::io(format!("removing {full}"), error))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn writable(&self) -> io::Result<()> {
+        if self.inner.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::ReadOnlyFilesystem,
+                format!("{} is open read-only", self.inner.client.store().location()),
+            ));
+        }
+        if let Some(reason) = &self.inner.state.lock().fenced {
+            return Err(fenced(reason.clone()));
+        }
+        Ok(())
+    }
+
+    /// Publishes every tracked file's new bytes as extents and commits them
+    /// with the objects sealed since the last commit, by replacing the head
+    /// with `If-Match`.
+    fn publish(&self) -> io::Result<()> {
+        self.writable()?;
+        let inner = &self.inner;
+        let mut state = inner.state.lock();
+        let appended = state
+            .files
+            .values()
+            .any(|file| file.published_len() != file.content.read().len() as u64);
+        if !appended && !state.changed && state.added.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = state.files.keys().cloned().collect();
+        for name in names {
+            let (content, published, pieces) = {
+                let file = &state.files[&name];
+                (
+                    file.content.clone(),
+                    file.published_len(),
+                    file.extents.len(),
+                )
+            };
+            let bytes = Bytes::from(content.read().clone());
+            let len = bytes.len() as u64;
+            // A rewritten or shortened file, or one in too many pieces, is
+            // published whole.
+            let whole = state.rewritten.contains(&name) || len < published || pieces >= MAX_EXTENTS;
+            if !whole && len == published {
+                continue;
+            }
+            if whole {
+                let file = state.files.get_mut(&name).expect("listed");
+                let old = std::mem::take(&mut file.extents);
+                state.orphaned.extend(old);
+            }
+            let from = if whole { 0 } else { published };
+            if from == len {
+                continue;
+            }
+            let piece = bytes.slice(from as usize..);
+            state.extents_written += 1;
+            let object = format!(
+                "{EXTENT_PREFIX}{:016x}-{:016x}",
+                inner.epoch, state.extents_written
+            );
+            let crc32 = crate::format::crc32(&[&piece]);
+            match inner
+                .client
+                .create(&object, &Body::Bytes(piece.clone()))
+                .map_err(to_io)?
+            {
+                Created::Written(_) => {}
+                Created::Exists => {
+                    let reason = format!("extent {object} was written by another process");
+                    state.fenced = Some(reason.clone());
+                    return Err(fenced(reason));
+                }
+            }
+            let file = state.files.get_mut(&name).expect("listed");
+            file.extents.push(Extent {
+                object,
+                len: piece.len() as u64,
+                crc32,
+            });
+        }
+        let mut next = Head {
+            generation: state.head.generation + 1,
+            writer_epoch: inner.epoch,
+            writer_id: state.head.writer_id,
+            files: state
+                .files
+                .iter()
+                .map(|(name, file)| HeadFile {
+                    name: name.clone(),
+                    extents: file.extents.clone(),
+                })
+                .collect(),
+            commits: state.head.commits.clone(),
+        };
+        next.commits.push(HeadCommit {
+            generation: next.generation,
+            writer_epoch: inner.epoch,
+            added: state.added.clone(),
+        });
+        let excess = next.commits.len().saturating_sub(MAX_RECENT_COMMITS);
+        next.commits.drain(..excess);
+        let bytes = next
+            .encode()
+            .map_err(|error| io::Error::other(error.to_string()))?;
+        let outcome = inner
+            .client
+            .replace(HEAD_OBJECT, &Body::Bytes(bytes.into()), &state.etag)
+            .map_err(to_io)?;
+        match outcome {
+            Swapped::Replaced(etag) => {
+                state.head = next;
+                state.etag = etag;
+                state.added.clear();
+                state.changed = false;
+                state.rewritten.clear();
+            }
+            Swapped::Lost => {
+                let reason = match read_head(&inner.client) {
+                    Ok(Some((head, _))) if head.writer_epoch != inner.epoch => format!(
+                        "writer epoch {} took the store over from epoch {}",
+                        head.writer_epoch, inner.epoch
+                    ),
+                    Ok(_) => "the head changed under this writer".to_string(),
+                    Err(error) => format!("the head changed and cannot be read: {error}"),
+                };
+                state.fenced = Some(reason.clone());
+                return Err(fenced(reason));
+            }
+        }
+        let orphaned = std::mem::take(&mut state.orphaned);
+        drop(state);
+        // Extents no file lists any more: garbage now; a failure to delete
+        // them leaves garbage, never damage.
+        for extent in orphaned {
+            let _ = inner.client.delete(&extent.object, None);
+        }
+        Ok(())
+    }
+
+    /// Uploads `name`'s bytes create-only (replacing an object of the same
+    /// name that differs, as a rewrite of an index does).
+    fn upload(&self, name: &str, body: &Body) -> io::Result<()> {
+        match self.inner.client.create(name, body).map_err(to_io)? {
+            Created::Written(_) => Ok(()),
+            Created::Exists => {
+                let head = self
+                    .inner
+                    .client
+                    .head(name)
+                    .map_err(to_io)?
+                    .ok_or_else(|| io::Error::other(format!("{name} vanished while replaced")))?;
+                match self
+                    .inner
+                    .client
+                    .replace(name, body, &head.etag)
+                    .map_err(to_io)?
+                {
+                    Swapped::Replaced(_) => Ok(()),
+                    Swapped::Lost => Err(io::Error::other(format!(
+                        "{name} was replaced by another writer"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Reads `len` bytes at `offset` of remote object `name` through the
+    /// window cache.
+    fn read_remote(
+        &self,
+        name: &str,
+        offset: u64,
+        buf: &mut [u8],
+        object_len: u64,
+    ) -> io::Result<()> {
+        let mut position = offset;
+        let mut filled = 0;
+        while filled < buf.len() {
+            let window_start = position - position % READ_WINDOW;
+            let window = self.window(name, window_start, object_len)?;
+            let from = (position - window_start) as usize;
+            let available = window.len().saturating_sub(from);
+            if available == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            let taken = available.min(buf.len() - filled);
+            buf[filled..filled + taken].copy_from_slice(&window[from..from + taken]);
+            filled += taken;
+            position += taken as u64;
+        }
+        Ok(())
+    }
+
+    fn window(&self, name: &str, start: u64, object_len: u64) -> io::Result<Bytes> {
+        {
+            let mut windows = self.inner.windows.lock();
+            if let Some(position) = windows
+                .iter()
+                .position(|(cached, at, _)| cached == name && *at == start)
+            {
+                let entry = windows.remove(position);
+                let bytes = entry.2.clone();
+                windows.push(entry);
+                return Ok(bytes);
+            }
+        }
+        let end = (start + READ_WINDOW).min(object_len);
+        if start >= end {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        let bytes = self
+            .inner
+            .client
+            .read_range(name, start..end)
+            .map_err(to_io)?;
+        let mut windows = self.inner.windows.lock();
+        windows.push((name.to_string(), start, bytes.clone()));
+        if windows.len() > CACHED_WINDOWS {
+            windows.remove(0);
+        }
+        Ok(bytes)
+    }
+
+    /// The length of remote object `name`, from the last listing or a HEAD.
+    fn remote_len(&self, name: &str) -> io::Result<Option<u64>> {
+        if let Some(len) = self.inner.state.lock().listed_lengths.get(name) {
+            return Ok(Some(*len));
+        }
+        Ok(self
+            .inner
+            .client
+            .head(name)
+            .map_err(to_io)?
+            .map(|head| head.len))
+    }
+
+    fn tracked_content(&self, name: &str) -> Option<Content> {
+        self.inner
+            .state
+            .lock()
+            .files
+            .get(name)
+            .map(|file| file.content.clone())
+    }
+
+    fn local_copy(&self, name: &str) -> io::Result<Option<String>> {
+        for candidate in [name.to_string(), cache_name(name)] {
+            if self.inner.local.exists(&candidate)? {
+                return Ok(Some(candidate));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn encode_head(head: &Head) -> crate::error::Result<Vec<u8>> {
+    head.encode().map_err(crate::error::Error::from)
+}
+
+/// The head and its ETag; `None` for a bucket without a store.
+fn read_head(client: &ObjectClient) -> crate::error::Result<Option<(Head, String)>> {
+    loop {
+        let Some(meta) = client.head(HEAD_OBJECT)? else {
+            return Ok(None);
+        };
+        let Some(bytes) = client.read_all(HEAD_OBJECT)? else {
+            continue;
+        };
+        // The head may have been replaced between the two requests: take
+        // the bytes only if the ETag still matches.
+        match client.head(HEAD_OBJECT)? {
+            Some(again) if again.etag == meta.etag => {
+                let head = Head::decode(&bytes).map_err(|error| error.into_error(HEAD_OBJECT))?;
+                return Ok(Some((head, meta.etag)));
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// An append handle on a tracked file: appends go to memory, `sync`
+/// publishes.
+struct TrackedAppend {
+    storage: BucketStorage,
+    content: Content,
+}
+
+impl AppendFile for TrackedAppend {
+    fn append(&mut self, parts: &[&[u8]]) -> io::Result<u64> {
+        self.storage.writable()?;
+        let mut content = self.content.write();
+        let offset = content.len() as u64;
+        for part in parts {
+            content.extend_from_slice(part);
+        }
+        Ok(offset)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.storage.publish()
+    }
+
+    fn len(&self) -> u64 {
+        self.content.read().len() as u64
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.storage.writable()?;
+        self.content.write().truncate(len as usize);
+        Ok(())
+    }
+}
+
+struct TrackedRead {
+    content: Content,
+}
+
+impl ReadFile for TrackedRead {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.content.read().len() as u64)
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let content = self.content.read();
+        let start =
+            usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        let source = start
+            .checked_add(buf.len())
+            .and_then(|end| content.get(start..end))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(source);
+        Ok(())
+    }
+}
+
+struct RemoteRead {
+    storage: BucketStorage,
+    name: String,
+    len: u64,
+}
+
+impl ReadFile for RemoteRead {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.len)
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if offset + buf.len() as u64 > self.len {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        self.storage.read_remote(&self.name, offset, buf, self.len)
+    }
+}
+
+impl Storage for BucketStorage {
+    fn open_append(&self, name: &str) -> io::Result<Box<dyn AppendFile>> {
+        self.writable()?;
+        match class(name) {
+            Class::Local | Class::Object => self.inner.local.open_append(name),
+            Class::Tracked => {
+                let mut state = self.inner.state.lock();
+                if !state.files.contains_key(name) {
+                    state.changed = true;
+                }
+                let file = state
+                    .files
+                    .entry(name.to_string())
+                    .or_insert_with(|| TrackedFile {
+                        content: Content::default(),
+                        extents: Vec::new(),
+                    });
+                Ok(Box::new(TrackedAppend {
+                    storage: self.clone(),
+                    content: file.content.clone(),
+                }))
+            }
+        }
+    }
+
+    fn open_append_uncached(&self, name: &str) -> io::Result<Box<dyn AppendFile>> {
+        match class(name) {
+            Class::Local | Class::Object => {
+                self.writable()?;
+                self.inner.local.open_append_uncached(name)
+            }
+            Class::Tracked => self.open_append(name),
+        }
+    }
+
+    fn open_read(&self, name: &str) -> io::Result<Arc<dyn ReadFile>> {
+        match class(name) {
+            Class::Local => self.inner.local.open_read(name),
+            Class::Tracked => self
+                .tracked_content(name)
+                .map(|content| Arc::new(TrackedRead { content }) as Arc<dyn ReadFile>)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string())),
+            Class::Object => {
+                if let Some(local) = self.local_copy(name)? {
+                    return self.inner.local.open_read(&local);
+                }
+                let len = self
+                    .remote_len(name)?
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))?;
+                Ok(Arc::new(RemoteRead {
+                    storage: self.clone(),
+                    name: name.to_string(),
+                    len,
+                }))
+            }
+        }
+    }
+
+    fn map(&self, _name: &str) -> io::Result<Option<Arc<dyn ReadFile>>> {
+        Ok(None)
+    }
+
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.writable()?;
+        match class(name) {
+            Class::Local => self.inner.local.write_atomic(name, bytes),
+            Class::Object => {
+                self.upload(name, &Body::Bytes(Bytes::copy_from_slice(bytes)))?;
+                self.inner.state.lock().added.push(name.to_string());
+                self.inner.local.write_atomic(&cache_name(name), bytes)
+            }
+            Class::Tracked => {
+                {
+                    let mut state = self.inner.state.lock();
+                    let file = state
+                        .files
+                        .entry(name.to_string())
+                        .or_insert_with(|| TrackedFile {
+                            content: Content::default(),
+                            extents: Vec::new(),
+                        });
+                    *file.content.write() = bytes.to_vec();
+                    state.changed = true;
+                    state.rewritten.insert(name.to_string());
+                }
+                self.publish()
+            }
+        }
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.writable()?;
+        match class(name) {
+            Class::Local => self.inner.local.remove(name),
+            Class::Object => {
+                self.inner.local.remove(name)?;
+                self.inner.local.remove(&cache_name(name))?;
+                self.inner.state.lock().listed_lengths.remove(name);
+                if let Some(head) = self.inner.client.head(name).map_err(to_io)? {
+                    if self
+                        .inner
+                        .client
+                        .delete(name, Some(&head.etag))
+                        .map_err(to_io)?
+                        == Deleted::Changed
+                    {
+                        return Err(io::Error::other(format!(
+                            "{name} changed while being removed"
+                        )));
+                    }
+                }
+                Ok(())
+            }
+            Class::Tracked => {
+                let mut state = self.inner.state.lock();
+                if let Some(file) = state.files.remove(name) {
+                    state.orphaned.extend(file.extents);
+                    state.rewritten.remove(name);
+                    state.changed = true;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn list(&self, dir: &str) -> io::Result<Vec<String>> {
+        let mut names = BTreeSet::new();
+        match class(dir) {
+            Class::Local => return self.inner.local.list(dir),
+            Class::Object => {
+                names.extend(self.inner.local.list(dir)?);
+                let prefix = format!("{dir}/");
+                let listed = self.inner.client.list(&prefix).map_err(to_io)?;
+                let mut state = self.inner.state.lock();
+                for object in listed {
+                    if let Some(file) = object.name.strip_prefix(&prefix) {
+                        if !file.contains('/') {
+                            names.insert(file.to_string());
+                            state.listed_lengths.insert(object.name.clone(), object.len);
+                        }
+                    }
+                }
+            }
+            Class::Tracked => {
+                let state = self.inner.state.lock();
+                for name in state.files.keys() {
+                    if parent_dir(name) == dir {
+                        names.insert(name.rsplit('/').next().unwrap_or(name).to_string());
+                    }
+                }
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    fn exists(&self, name: &str) -> io::Result<bool> {
+        match class(name) {
+            Class::Local => self.inner.local.exists(name),
+            Class::Tracked => Ok(self.inner.state.lock().files.contains_key(name)),
+            Class::Object => Ok(self.local_copy(name)?.is_some()
+                || self.inner.client.head(name).map_err(to_io)?.is_some()),
+        }
+    }
+
+    fn sync_dir(&self, dir: &str) -> io::Result<()> {
+        self.writable()?;
+        match class(dir) {
+            Class::Local | Class::Object => {
+                if self.inner.local.exists(dir)? {
+                    self.inner.local.sync_dir(dir)
+                } else {
+                    Ok(())
+                }
+            }
+            // Creations and removals of tracked files are published with
+            // the next commit.
+            Class::Tracked => self.publish(),
+        }
+    }
+
+    fn seal(&self, name: &str) -> io::Result<()> {
+        if class(name) != Class::Object {
+            return Ok(());
+        }
+        self.writable()?;
+        let file = self.inner.local.open_read(name)?;
+        let len = file.len()?;
+        self.upload(name, &Body::File { file, len })?;
+        self.inner.state.lock().added.push(name.to_string());
+        // The staged copy becomes a cached copy: the bucket has it now.
+        let cached = cache_name(name);
+        let from = self.inner.local.root().join(name);
+        let to = self.inner.local.root().join(&cached);
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::rename(from, to)
+    }
+
+    fn is_tiered(&self) -> bool {
+        true
+    }
+
+    fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+}
