@@ -593,6 +593,15 @@ impl ChunkStore {
         self.storage
             .seal(&name)
             .map_err(unsynced_error(format!("sealing {name}")))?;
+        if self.storage.is_tiered() {
+            // Sealing published it and dropped the local copy: read it
+            // where it is now.
+            let reader = self
+                .storage
+                .open_read(&name)
+                .map_err(io_error(format!("opening {name}")))?;
+            self.readers.write().insert(seq, reader);
+        }
         let mut entries = std::mem::take(&mut pack.entries);
         entries.sort_unstable();
         let indexed = encode_index(u64::from(seq), &entries)

@@ -48,8 +48,10 @@ const CACHE_DIR: &str = "cache";
 const MAX_EXTENTS: usize = 32;
 /// Bytes fetched per ranged read of a pack that is not local.
 const READ_WINDOW: u64 = 2 << 20;
-/// Windows kept in memory across all remote packs.
-const CACHED_WINDOWS: usize = 32;
+/// Windows kept in memory across all remote packs (32 MiB).
+const CACHED_WINDOWS: usize = 16;
+/// The disk cache's default bound.
+pub const DEFAULT_CACHE_BYTES: u64 = 2 << 30;
 
 /// Where a name lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,10 +72,6 @@ fn class(name: &str) -> Class {
         _ if name == OBJECT_DIR => Class::Object,
         _ => Class::Tracked,
     }
-}
-
-fn cache_name(name: &str) -> String {
-    format!("{CACHE_DIR}/{name}")
 }
 
 fn fenced(detail: String) -> io::Error {
@@ -144,6 +142,8 @@ struct Inner {
     /// Recently read windows of remote objects: (name, start, bytes),
     /// least recently used first.
     windows: Mutex<Vec<(String, u64, Bytes)>>,
+    /// Windows kept on local disk, bounded.
+    disk_cache: DiskCache,
     /// The scratch directory of a read-only open without a local one.
     _scratch: Option<tempfile::TempDir>,
 }
@@ -168,12 +168,14 @@ impl std::fmt::Debug for BucketStorage {
 impl BucketStorage {
     /// Opens the store in `client`'s bucket for writing, with `local_dir`
     /// as its local directory (created if needed, locked against other
-    /// processes): checks that the service enforces conditional writes,
+    /// processes), whose `cache/` keeps up to `cache_bytes` of recently
+    /// read ranges: checks that the service enforces conditional writes,
     /// creates the head of a new store, takes the next writer epoch (which
     /// fences any earlier writer), and loads the tracked files.
     pub fn open(
         client: ObjectClient,
         local_dir: &std::path::Path,
+        cache_bytes: u64,
     ) -> crate::error::Result<BucketStorage> {
         client.probe(PROBE_PREFIX)?;
         let local = LocalStorage::open(local_dir).map_err(|error| {
@@ -205,17 +207,18 @@ impl BucketStorage {
                 Swapped::Lost => continue,
             }
         };
-        let storage = BucketStorage::assemble(client, local, None, head, etag)?;
+        let storage = BucketStorage::assemble(client, local, None, cache_bytes, head, etag)?;
         storage.drop_stale_staging()?;
         Ok(storage)
     }
 
     /// Opens the store in `client`'s bucket for reading only: nothing is
-    /// written to the bucket or to `local_dir` (which need not exist; a
-    /// private temporary directory stands in for it).
+    /// written to the bucket, nor to `local_dir` but its range cache
+    /// (`local_dir` need not exist: then nothing is cached).
     pub fn open_read_only(
         client: ObjectClient,
         local_dir: &std::path::Path,
+        cache_bytes: u64,
     ) -> crate::error::Result<BucketStorage> {
         let (head, etag) = read_head(&client)?.ok_or_else(|| crate::error::Error::NotFound {
             message: format!("no store at {} (no head object)", client.store().location()),
@@ -238,7 +241,7 @@ impl BucketStorage {
                 ))
             }
         };
-        BucketStorage::assemble(client, local, scratch, head, etag)
+        BucketStorage::assemble(client, local, scratch, cache_bytes, head, etag)
     }
 
     /// A storage over `head`; read-only when opened with a `scratch`
@@ -247,9 +250,11 @@ impl BucketStorage {
         client: ObjectClient,
         local: LocalStorage,
         scratch: Option<tempfile::TempDir>,
+        cache_bytes: u64,
         head: Head,
         etag: String,
     ) -> crate::error::Result<BucketStorage> {
+        let cache_dir = scratch.is_none().then(|| local.root().join(CACHE_DIR));
         let mut files = BTreeMap::new();
         for file in &head.files {
             let mut content = Vec::with_capacity(file.len() as usize);
@@ -292,6 +297,7 @@ impl BucketStorage {
                     listed_lengths: BTreeMap::new(),
                 }),
                 windows: Mutex::new(Vec::new()),
+                disk_cache: DiskCache::new(cache_dir, cache_bytes),
                 _scratch: scratch,
             }),
         })
@@ -520,6 +526,8 @@ impl BucketStorage {
         Ok(())
     }
 
+    /// The window of `name` starting at `start`: from memory, else from
+    /// the disk cache, else from the bucket (then kept in both).
     fn window(&self, name: &str, start: u64, object_len: u64) -> io::Result<Bytes> {
         {
             let mut windows = self.inner.windows.lock();
@@ -537,17 +545,33 @@ impl BucketStorage {
         if start >= end {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
         }
-        let bytes = self
-            .inner
-            .client
-            .read_range(name, start..end)
-            .map_err(to_io)?;
+        let bytes = match self.inner.disk_cache.get(name, start, end - start) {
+            Some(bytes) => bytes,
+            None => {
+                let bytes = self
+                    .inner
+                    .client
+                    .read_range(name, start..end)
+                    .map_err(to_io)?;
+                self.inner.disk_cache.put(name, start, &bytes);
+                bytes
+            }
+        };
         let mut windows = self.inner.windows.lock();
         windows.push((name.to_string(), start, bytes.clone()));
         if windows.len() > CACHED_WINDOWS {
             windows.remove(0);
         }
         Ok(bytes)
+    }
+
+    /// Drops every cached window of `name` (rewritten or removed).
+    fn forget_cached(&self, name: &str) {
+        self.inner
+            .windows
+            .lock()
+            .retain(|(cached, _, _)| cached != name);
+        self.inner.disk_cache.forget(name);
     }
 
     /// The length of remote object `name`, from the last listing or a HEAD.
@@ -572,13 +596,9 @@ impl BucketStorage {
             .map(|file| file.content.clone())
     }
 
+    /// The staged (unsealed) local file of `name`, if there is one.
     fn local_copy(&self, name: &str) -> io::Result<Option<String>> {
-        for candidate in [name.to_string(), cache_name(name)] {
-            if self.inner.local.exists(&candidate)? {
-                return Ok(Some(candidate));
-            }
-        }
-        Ok(None)
+        Ok(self.inner.local.exists(name)?.then(|| name.to_string()))
     }
 }
 
@@ -749,8 +769,9 @@ impl Storage for BucketStorage {
             Class::Local => self.inner.local.write_atomic(name, bytes),
             Class::Object => {
                 self.upload(name, &Body::Bytes(Bytes::copy_from_slice(bytes)))?;
+                self.forget_cached(name);
                 self.inner.state.lock().added.push(name.to_string());
-                self.inner.local.write_atomic(&cache_name(name), bytes)
+                Ok(())
             }
             Class::Tracked => {
                 {
@@ -777,7 +798,7 @@ impl Storage for BucketStorage {
             Class::Local => self.inner.local.remove(name),
             Class::Object => {
                 self.inner.local.remove(name)?;
-                self.inner.local.remove(&cache_name(name))?;
+                self.forget_cached(name);
                 self.inner.state.lock().listed_lengths.remove(name);
                 if let Some(head) = self.inner.client.head(name).map_err(to_io)? {
                     if self
@@ -870,14 +891,10 @@ impl Storage for BucketStorage {
         let len = file.len()?;
         self.upload(name, &Body::File { file, len })?;
         self.inner.state.lock().added.push(name.to_string());
-        // The staged copy becomes a cached copy: the bucket has it now.
-        let cached = cache_name(name);
-        let from = self.inner.local.root().join(name);
-        let to = self.inner.local.root().join(&cached);
-        if let Some(dir) = to.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::rename(from, to)
+        // The bucket has it now: the staged copy goes (readers reopen the
+        // name and read ranges through the cache).
+        self.inner.local.remove(name)?;
+        self.inner.local.sync_dir(OBJECT_DIR)
     }
 
     fn is_tiered(&self) -> bool {
@@ -886,5 +903,143 @@ impl Storage for BucketStorage {
 
     fn is_read_only(&self) -> bool {
         self.inner.read_only
+    }
+}
+
+/// Windows of remote objects kept as files in the local directory's
+/// `cache/`, each with a crc32 trailer (a damaged one is a miss, and is
+/// removed), bounded by a byte limit: the least recently used go first.
+/// Each is written under a unique temporary name and renamed, so readers
+/// sharing the directory never see half a file. Everything here can be
+/// fetched again; deleting the directory loses nothing.
+struct DiskCache {
+    dir: Option<std::path::PathBuf>,
+    limit: u64,
+    /// Bytes cached, once counted (`None`: not yet).
+    total: Mutex<Option<u64>>,
+}
+
+impl DiskCache {
+    fn new(dir: Option<std::path::PathBuf>, limit: u64) -> DiskCache {
+        DiskCache {
+            dir: dir.filter(|_| limit > 0),
+            limit,
+            total: Mutex::new(None),
+        }
+    }
+
+    fn stem(name: &str) -> String {
+        name.replace('/', "%")
+    }
+
+    fn path(&self, name: &str, start: u64) -> Option<std::path::PathBuf> {
+        Some(
+            self.dir
+                .as_ref()?
+                .join(format!("{}@{start:016x}", DiskCache::stem(name))),
+        )
+    }
+
+    fn get(&self, name: &str, start: u64, len: u64) -> Option<Bytes> {
+        let path = self.path(name, start)?;
+        let mut bytes = std::fs::read(&path).ok()?;
+        let valid = bytes.len() as u64 == len + 4 && {
+            let (body, trailer) = bytes.split_at(len as usize);
+            crate::format::crc32(&[body]).to_le_bytes() == trailer
+        };
+        if !valid {
+            let _ = std::fs::remove_file(&path);
+            return None;
+        }
+        // Recently used: eviction goes by modification time.
+        if let Ok(file) = std::fs::File::options().write(true).open(&path) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+        bytes.truncate(len as usize);
+        Some(Bytes::from(bytes))
+    }
+
+    fn put(&self, name: &str, start: u64, bytes: &[u8]) {
+        let Some(path) = self.path(name, start) else {
+            return;
+        };
+        let Some(dir) = path.parent() else {
+            return;
+        };
+        let mut suffix = [0u8; 8];
+        getrandom::fill(&mut suffix).expect("the operating system's random source");
+        let temporary = dir.join(format!(".tmp-{:016x}", u64::from_le_bytes(suffix)));
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|()| {
+                let crc = crate::format::crc32(&[bytes]).to_le_bytes();
+                std::fs::write(&temporary, [bytes, &crc[..]].concat())
+            })
+            .and_then(|()| std::fs::rename(&temporary, &path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temporary);
+            return;
+        }
+        let mut total = self.total.lock();
+        let now = match *total {
+            Some(counted) => counted + bytes.len() as u64 + 4,
+            None => self.count(),
+        };
+        *total = Some(if now > self.limit { self.evict() } else { now });
+    }
+
+    fn entries(&self) -> Vec<(std::time::SystemTime, u64, std::path::PathBuf)> {
+        let Some(dir) = &self.dir else {
+            return Vec::new();
+        };
+        let Ok(listing) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        listing
+            .flatten()
+            .filter_map(|entry| {
+                let metadata = entry.metadata().ok()?;
+                let modified = metadata.modified().ok()?;
+                metadata
+                    .is_file()
+                    .then(|| (modified, metadata.len(), entry.path()))
+            })
+            .collect()
+    }
+
+    fn count(&self) -> u64 {
+        self.entries().iter().map(|(_, len, _)| len).sum()
+    }
+
+    /// Removes the least recently used files until nine tenths of the
+    /// limit remain; returns the bytes left.
+    fn evict(&self) -> u64 {
+        let mut entries = self.entries();
+        entries.sort();
+        let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
+        let target = self.limit - self.limit / 10;
+        for (_, len, path) in entries {
+            if total <= target {
+                break;
+            }
+            if std::fs::remove_file(path).is_ok() {
+                total -= len;
+            }
+        }
+        total
+    }
+
+    fn forget(&self, name: &str) {
+        let prefix = format!("{}@", DiskCache::stem(name));
+        for (_, len, path) in self.entries() {
+            let matches = path
+                .file_name()
+                .and_then(|file| file.to_str())
+                .is_some_and(|file| file.starts_with(&prefix));
+            if matches && std::fs::remove_file(&path).is_ok() {
+                if let Some(total) = self.total.lock().as_mut() {
+                    *total = total.saturating_sub(len);
+                }
+            }
+        }
     }
 }

@@ -31,7 +31,7 @@ mod memory;
 pub mod object;
 mod uncached;
 
-pub use bucket::{BucketStorage, HEAD_OBJECT};
+pub use bucket::{BucketStorage, DEFAULT_CACHE_BYTES, HEAD_OBJECT};
 pub use local::LocalStorage;
 pub use memory::{Fault, FaultPoint, MemoryStorage, TornWrites};
 pub(crate) use uncached::{open_direct, AlignedBuffer};

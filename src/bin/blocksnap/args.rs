@@ -11,10 +11,29 @@ use std::path::{Path, PathBuf};
     after_help = "Exit codes: 0 success, 1 failure, 2 bad usage, 3 not found, 130 interrupted."
 )]
 pub struct Cli {
-    /// The store directory [default: $XDG_DATA_HOME/blocksnap, else
+    /// The store: a directory, or s3://BUCKET/PREFIX for a store in an
+    /// S3-compatible bucket [default: $XDG_DATA_HOME/blocksnap, else
     /// ~/.local/share/blocksnap]
-    #[arg(long, global = true, env = "BLOCKSNAP_STORE", value_name = "DIR")]
+    #[arg(long, global = true, env = "BLOCKSNAP_STORE", value_name = "DIR|S3URL")]
     pub store: Option<PathBuf>,
+
+    /// The S3-compatible service's URL, for an s3:// store and for export
+    /// and import [default: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else
+    /// AWS S3]. Region and credentials come from the standard AWS chain
+    /// (environment, shared config and credentials files, AWS_PROFILE).
+    #[arg(long, global = true, value_name = "URL")]
+    pub endpoint: Option<String>,
+
+    /// A bucket store's local directory: pending snapshots' journals,
+    /// packs not yet uploaded, and a cache of what was read [default:
+    /// $XDG_CACHE_HOME/blocksnap/s3/BUCKET/PREFIX, else ~/.cache/...]
+    #[arg(long, global = true, env = "BLOCKSNAP_CACHE", value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+
+    /// The most bytes the cache of a bucket store keeps (K, M, G, T
+    /// suffixes: powers of 1024) [default: 2G]
+    #[arg(long, global = true, value_name = "BYTES", value_parser = parse_bytes)]
+    pub cache_size: Option<u64>,
 
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
@@ -37,9 +56,93 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where a store lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A local directory.
+    Directory(PathBuf),
+    /// A bucket and a key prefix in it (empty, or without slashes at
+    /// either end).
+    Bucket {
+        /// The bucket.
+        bucket: String,
+        /// The key prefix.
+        prefix: String,
+    },
+}
+
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Directory(dir) => write!(f, "{}", dir.display()),
+            StoreLocation::Bucket { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// Parses a byte count with an optional K, M, G or T suffix (powers of 1024).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((at, 'K' | 'k')) => (&text[..at], 10),
+        Some((at, 'M' | 'm')) => (&text[..at], 20),
+        Some((at, 'G' | 'g')) => (&text[..at], 30),
+        Some((at, 'T' | 't')) => (&text[..at], 40),
+        _ => (text, 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|count| count.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("'{text}' is not a byte count (like 512M or 2G)"))
+}
+
 impl Cli {
+    /// Where the store is: `--store`, `$BLOCKSNAP_STORE`, or the default
+    /// directory.
+    pub fn store_location(&self) -> Result<StoreLocation, String> {
+        let Some(url) = self
+            .store
+            .as_ref()
+            .and_then(|store| store.to_str())
+            .and_then(|store| store.strip_prefix("s3://"))
+        else {
+            return Ok(StoreLocation::Directory(self.store_dir()));
+        };
+        let (bucket, prefix) = url.split_once('/').unwrap_or((url, ""));
+        if bucket.is_empty() {
+            return Err(format!("'s3://{url}' names no bucket (s3://BUCKET/PREFIX)"));
+        }
+        Ok(StoreLocation::Bucket {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        })
+    }
+
+    /// The directory of the store's local files: the store directory, or a
+    /// bucket store's local directory (`--cache`, else under the user's
+    /// cache directory).
+    pub fn local_dir(&self) -> Result<PathBuf, String> {
+        match self.store_location()? {
+            StoreLocation::Directory(dir) => Ok(dir),
+            StoreLocation::Bucket { bucket, prefix } => {
+                if let Some(cache) = &self.cache {
+                    return Ok(cache.clone());
+                }
+                let cache_home = std::env::var_os("XDG_CACHE_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| {
+                        std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache"))
+                    })
+                    .unwrap_or_else(|| PathBuf::from("."));
+                let prefix = if prefix.is_empty() { "_" } else { &prefix };
+                Ok(cache_home.join("blocksnap/s3").join(bucket).join(prefix))
+            }
+        }
+    }
+
     /// The store directory: `--store`, `$BLOCKSNAP_STORE`, or the default.
-    pub fn store_dir(&self) -> PathBuf {
+    fn store_dir(&self) -> PathBuf {
         if let Some(store) = &self.store {
             return store.clone();
         }
@@ -235,9 +338,8 @@ pub struct ExportArgs {
     /// The completed snapshot.
     pub snapshot: String,
     /// The destination: a directory, or an S3 bucket as s3://NAME or as
-    /// NAME with --endpoint. S3 credentials and region come from
-    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and
-    /// AWS_REGION (or AWS_DEFAULT_REGION).
+    /// NAME with --endpoint. S3 credentials and region come from the
+    /// standard AWS chain (environment, shared files, AWS_PROFILE).
     #[arg(long, value_name = "B")]
     pub bucket: String,
     /// Object key prefix, usually a folder name.
@@ -250,10 +352,6 @@ pub struct ExportArgs {
     /// import the archive with --parent holding that snapshot's content.
     #[arg(long, value_name = "SNAP")]
     pub base: Option<String>,
-    /// The S3-compatible service's URL [default: $AWS_ENDPOINT_URL_S3,
-    /// $AWS_ENDPOINT_URL, else AWS S3]
-    #[arg(long, value_name = "URL")]
-    pub endpoint: Option<String>,
     /// Allow exporting an encrypted snapshot: the archive holds plaintext.
     #[arg(long)]
     pub decrypt: bool,
@@ -272,10 +370,6 @@ pub struct ImportArgs {
     /// content.
     #[arg(long, value_name = "SNAP")]
     pub parent: Option<String>,
-    /// The S3-compatible service's URL [default: $AWS_ENDPOINT_URL_S3,
-    /// $AWS_ENDPOINT_URL, else AWS S3]
-    #[arg(long, value_name = "URL")]
-    pub endpoint: Option<String>,
     /// Encrypt with the default key of the key file (a child inherits its
     /// parent's encryption instead).
     #[arg(long)]

@@ -13,21 +13,29 @@ use std::sync::Arc;
 pub const DEFAULT_KEY_FILE: &str = "keys";
 
 /// The key provider the store needs: none for a store without encrypted
-/// snapshots (unless `want_encryption`); the key file otherwise, created
-/// on first use by a backup that asks for encryption.
+/// snapshots (no keyring) unless `want_encryption`; the key file
+/// otherwise (`--key-file`, else `keys` in `key_dir`), created on first
+/// use by a backup that asks for encryption.
 pub fn provider(
     cli: &Cli,
-    store: &Path,
+    key_dir: Option<&Path>,
+    has_keyring: bool,
     want_encryption: bool,
 ) -> Result<Option<Arc<LocalKeyProvider>>, Failure> {
-    let has_keyring = store.join("keyring").exists();
     if !want_encryption && !has_keyring {
         return Ok(None);
     }
-    let key_file = cli
-        .key_file
-        .clone()
-        .unwrap_or_else(|| store.join(DEFAULT_KEY_FILE));
+    let key_file = match (&cli.key_file, key_dir) {
+        (Some(file), _) => file.clone(),
+        (None, Some(dir)) => dir.join(DEFAULT_KEY_FILE),
+        (None, None) => {
+            return Err(Failure::Usage(
+                "a bucket store keeps no key file: name one with --key-file (keep it apart \
+                 from the bucket, and safe)"
+                    .into(),
+            ))
+        }
+    };
     let exists = LocalKeyProvider::exists(&key_file);
     if !exists && !want_encryption {
         return Err(Failure::Engine(Error::KeyUnavailable {

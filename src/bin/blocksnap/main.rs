@@ -13,7 +13,7 @@ mod output;
 mod serve;
 mod signals;
 
-use args::{Cli, Command};
+use args::{Cli, Command, StoreLocation};
 use blocksnap::api::{
     validate, CancelSnapshotRequest, DeleteSnapshotRequest, DescribeSnapshotRequest, Ebs,
     ListChangedBlocksRequest,
@@ -26,6 +26,8 @@ use blocksnap::crypto::KeyProvider;
 use blocksnap::engine::{GcOptions, RepairOptions, VerifyOptions};
 use blocksnap::error::Damage;
 use blocksnap::ids::SnapshotId;
+use blocksnap::storage::object::{ObjectClient, RetryPolicy, S3ObjectStore, S3Settings};
+use blocksnap::storage::{BucketStorage, Storage, DEFAULT_CACHE_BYTES};
 use blocksnap::volume::{self, BackupOptions, BackupOutcome, RestoreOptions, RestoreOutcome};
 use blocksnap::{Engine, EngineConfig, Error, PutDurability};
 use clap::Parser;
@@ -112,11 +114,9 @@ fn open_engine(cli: &Cli, out: &Output, want_encryption: bool) -> Result<Engine,
 }
 
 fn open_for_writing(cli: &Cli, out: &Output, want_encryption: bool) -> Result<Opened, Failure> {
-    let store = cli.store_dir();
-    std::fs::create_dir_all(&store)
-        .map_err(|error| Error::io(format!("creating store {}", store.display()), error))?;
-    let (config, key_file_damage) = engine_config(cli, want_encryption)?;
-    let engine = Engine::open_with(Engine::local_storage(&store)?, config)?;
+    let storage = writable_storage(cli)?;
+    let (config, key_file_damage) = engine_config(cli, storage.as_ref(), want_encryption)?;
+    let engine = Engine::open_with(storage, config)?;
     report_open_damage(&engine, &key_file_damage, out);
     Ok(Opened {
         engine,
@@ -132,12 +132,81 @@ fn open_engine_read_only(cli: &Cli, out: &Output) -> Result<Engine, Failure> {
 }
 
 fn open_for_reading(cli: &Cli, out: &Output) -> Result<Opened, Failure> {
-    let (config, key_file_damage) = engine_config(cli, false)?;
-    let engine = Engine::open_read_only_with(cli.store_dir(), config)?;
-    report_open_damage(&engine, &key_file_damage, out);
+    let engine = match store_location(cli)? {
+        StoreLocation::Directory(dir) => {
+            let storage = Engine::local_storage_read_only(&dir)?;
+            let (config, key_file_damage) = engine_config(cli, storage.as_ref(), false)?;
+            let engine = Engine::open_read_only_with(&dir, config)?;
+            report_open_damage(&engine, &key_file_damage, out);
+            return Ok(Opened {
+                engine,
+                key_file_damage,
+            });
+        }
+        StoreLocation::Bucket { bucket, prefix } => {
+            let local = cli.local_dir().map_err(Failure::Usage)?;
+            let storage: Arc<dyn Storage> = Arc::new(BucketStorage::open_read_only(
+                object_client(cli, &bucket, &prefix)?,
+                &local,
+                cache_bytes(cli),
+            )?);
+            let (config, key_file_damage) = engine_config(cli, storage.as_ref(), false)?;
+            (Engine::open_with(storage, config)?, key_file_damage)
+        }
+    };
+    report_open_damage(&engine.0, &engine.1, out);
     Ok(Opened {
-        engine,
-        key_file_damage,
+        engine: engine.0,
+        key_file_damage: engine.1,
+    })
+}
+
+/// Where `--store` says the store is.
+fn store_location(cli: &Cli) -> Result<StoreLocation, Failure> {
+    cli.store_location().map_err(Failure::Usage)
+}
+
+/// The bytes a bucket store's cache may keep.
+fn cache_bytes(cli: &Cli) -> u64 {
+    cli.cache_size.unwrap_or(DEFAULT_CACHE_BYTES)
+}
+
+/// The client of the bucket store `s3://bucket/prefix`, on `--endpoint`
+/// with the standard AWS chain's region and credentials.
+fn object_client(cli: &Cli, bucket: &str, prefix: &str) -> Result<ObjectClient, Failure> {
+    let settings = S3Settings::from_env(cli.endpoint.clone());
+    let store = S3ObjectStore::new(bucket, prefix, &settings)?;
+    Ok(ObjectClient::new(Arc::new(store), RetryPolicy::default()))
+}
+
+/// The storage of the store, for a command that writes: a directory
+/// (created if needed), or a bucket store (its local directory created,
+/// the service probed, the next writer epoch taken).
+fn writable_storage(cli: &Cli) -> Result<Arc<dyn Storage>, Failure> {
+    match store_location(cli)? {
+        StoreLocation::Directory(store) => {
+            std::fs::create_dir_all(&store)
+                .map_err(|error| Error::io(format!("creating store {}", store.display()), error))?;
+            Ok(Engine::local_storage(&store)?)
+        }
+        StoreLocation::Bucket { bucket, prefix } => {
+            let local = cli.local_dir().map_err(Failure::Usage)?;
+            Ok(Arc::new(BucketStorage::open(
+                object_client(cli, &bucket, &prefix)?,
+                &local,
+                cache_bytes(cli),
+            )?))
+        }
+    }
+}
+
+/// The directory the default key file lives in: a directory store's own;
+/// none for a bucket store (its key file must be named with --key-file, so
+/// that losing the local directory never loses a key).
+fn key_dir(cli: &Cli) -> Result<Option<std::path::PathBuf>, Failure> {
+    Ok(match store_location(cli)? {
+        StoreLocation::Directory(dir) => Some(dir),
+        StoreLocation::Bucket { .. } => None,
     })
 }
 
@@ -153,8 +222,15 @@ fn report_open_damage(engine: &Engine, key_file_damage: &[Damage], out: &Output)
 
 /// The configuration the commands open the store with, and the damage
 /// found in the key file.
-fn engine_config(cli: &Cli, want_encryption: bool) -> Result<(EngineConfig, Vec<Damage>), Failure> {
-    let provider = keys::provider(cli, &cli.store_dir(), want_encryption)?;
+fn engine_config(
+    cli: &Cli,
+    storage: &dyn Storage,
+    want_encryption: bool,
+) -> Result<(EngineConfig, Vec<Damage>), Failure> {
+    let has_keyring = storage
+        .exists("keyring")
+        .map_err(|error| Error::io("looking for the keyring", error))?;
+    let provider = keys::provider(cli, key_dir(cli)?.as_deref(), has_keyring, want_encryption)?;
     let key_file_damage = provider
         .as_ref()
         .map(|provider| provider.damage().to_vec())
@@ -383,9 +459,10 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             // clients retry only what was not acknowledged.
             // Encryption over HTTP needs the key file: load it when it
             // exists or is named.
-            let keys_available =
-                cli.key_file.is_some() || cli.store_dir().join(keys::DEFAULT_KEY_FILE).exists();
-            let (config, key_file_damage) = engine_config(cli, keys_available)?;
+            let keys_available = cli.key_file.is_some()
+                || key_dir(cli)?.is_some_and(|dir| dir.join(keys::DEFAULT_KEY_FILE).exists());
+            let storage = writable_storage(cli)?;
+            let (config, key_file_damage) = engine_config(cli, storage.as_ref(), keys_available)?;
             for damage in &key_file_damage {
                 out.error(&format!("warning: damage in the key file: {damage}"));
             }
@@ -393,11 +470,11 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                 put_durability: PutDurability::Immediate,
                 ..config
             };
-            serve::run(cli, args, config)
+            serve::run(cli, args, config, storage)
         }
         Command::Export(export) => {
             let engine = open_engine_read_only(cli, out)?;
-            let bucket = bucket_of(&export.bucket, export.endpoint.as_deref())?;
+            let bucket = bucket_of(&export.bucket, cli.endpoint.as_deref())?;
             let description = Ebs::new(&engine).describe_snapshot(DescribeSnapshotRequest {
                 snapshot_id: export.snapshot.clone(),
             })?;
@@ -429,7 +506,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             }
         }
         Command::Import(import) => {
-            let (bucket, key) = source_of(&import.source, import.endpoint.as_deref())?;
+            let (bucket, key) = source_of(&import.source, cli.endpoint.as_deref())?;
             let manifest = archive::inspect(&bucket, &key)?;
             let wants_keys = import.encrypted || import.kms_key_arn.is_some();
             let engine = open_engine(cli, out, wants_keys)?;
@@ -457,7 +534,12 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             }
         }
         Command::Repair { dry_run } => {
-            let store = cli.store_dir();
+            let StoreLocation::Directory(store) = store_location(cli)? else {
+                return Err(Failure::Usage(
+                    "repair works on directory stores; a bucket store's damage is reported by verify"
+                        .into(),
+                ));
+            };
             let storage = if *dry_run {
                 Engine::local_storage_read_only(&store)?
             } else {
@@ -470,14 +552,14 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                 }
                 Engine::local_storage(&store)?
             };
-            let (config, key_file_damage) = engine_config(cli, false)?;
+            let (config, key_file_damage) = engine_config(cli, storage.as_ref(), false)?;
             let spinner = out.spinner("repairing");
             let report =
                 Engine::repair(storage, config.clone(), RepairOptions { dry_run: *dry_run });
             spinner.finish();
             let report = report?;
             if !*dry_run && !key_file_damage.is_empty() {
-                if let Some(provider) = keys::provider(cli, &store, false)? {
+                if let Some(provider) = keys::provider(cli, Some(&store), true, false)? {
                     provider.restore_copies()?;
                 }
             }

@@ -6,6 +6,7 @@ use blocksnap::server::{
     router_with_metrics, serve, tls_config, Authentication, Credentials, RateLimits, ServerConfig,
     ServerLimits,
 };
+use blocksnap::storage::Storage;
 use blocksnap::{Engine, EngineConfig, Error};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -88,7 +89,7 @@ fn authentication(cli: &Cli, args: &ServeArgs) -> Result<Authentication, Failure
                     credentials.add(&access, &secret, &owner)?;
                     credentials
                 }
-                _ => store_credentials(&cli.store_dir())?,
+                _ => store_credentials(&cli.local_dir().map_err(Failure::Usage)?)?,
             }
         }
     };
@@ -170,7 +171,12 @@ fn open_descriptors() -> u64 {
 
 /// Runs the server until SIGINT, SIGTERM or SIGHUP; in-flight requests finish and
 /// every acknowledged put is durable before it returns.
-pub fn run(cli: &Cli, args: &ServeArgs, engine_config: EngineConfig) -> Result<(), Failure> {
+pub fn run(
+    cli: &Cli,
+    args: &ServeArgs,
+    engine_config: EngineConfig,
+    storage: Arc<dyn Storage>,
+) -> Result<(), Failure> {
     let authentication = authentication(cli, args)?;
     let mut config = ServerConfig {
         authentication,
@@ -208,11 +214,8 @@ pub fn run(cli: &Cli, args: &ServeArgs, engine_config: EngineConfig) -> Result<(
     runtime.block_on(async {
         let shutdown = shutdown_signal()
             .map_err(|error| Error::io("installing the signal handlers", error))?;
-        let store = cli.store_dir();
-        std::fs::create_dir_all(&store)
-            .map_err(|error| Error::io(format!("creating store {}", store.display()), error))?;
         // Opened inside the runtime, so the reaper runs.
-        let engine = Engine::open_with(Engine::local_storage(&store)?, engine_config)?;
+        let engine = Engine::open_with(storage, engine_config)?;
         for damage in engine.open_damage() {
             tracing::warn!(%damage, "damage in the store; run `blocksnap verify`");
         }
@@ -261,7 +264,8 @@ pub fn run(cli: &Cli, args: &ServeArgs, engine_config: EngineConfig) -> Result<(
             });
         }
         println!("listening on {address}");
-        tracing::info!(%address, scheme, store = %store.display(), "serving the EBS direct API");
+        let store = cli.store_location().map_err(Failure::Usage)?;
+        tracing::info!(%address, scheme, %store, "serving the EBS direct API");
         let served = serve(listener, app, tls, &limits, shutdown)
             .await
             .map_err(|error| Error::io("serving", error))?;

@@ -102,6 +102,29 @@ impl S3Settings {
     }
 }
 
+/// Runs `future` on `runtime` and waits for it, from any thread: a plain
+/// thread blocks on the runtime; a thread of another runtime (a server's
+/// handler) hands the future over and waits on a channel, since it must
+/// not enter a second runtime.
+pub(crate) fn block_on<F>(runtime: &Runtime, future: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    if tokio::runtime::Handle::try_current().is_err() {
+        return runtime.block_on(future);
+    }
+    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = sender.send(future.await);
+    });
+    // The runtime lives as long as the caller's reference to it, so the
+    // task runs to its end and sends.
+    receiver
+        .recv()
+        .expect("the S3 client's runtime finishes every task it is given")
+}
+
 /// Starts the small runtime an S3 client runs on.
 pub(crate) fn s3_runtime() -> Result<Arc<Runtime>> {
     tokio::runtime::Builder::new_multi_thread()
@@ -153,7 +176,7 @@ pub(crate) fn s3_client(
             "blocksnap",
         ));
     }
-    let shared = runtime.block_on(loader.load());
+    let shared = block_on(runtime, loader.load());
     let mut config = aws_sdk_s3::config::Builder::from(&shared)
         .http_client(http_client)
         .timeout_config(timeouts)
@@ -244,7 +267,7 @@ impl S3ObjectStore {
     pub fn create_bucket(bucket: &str, settings: &S3Settings) -> Result<()> {
         let runtime = s3_runtime()?;
         let client = s3_client(settings, &runtime, 0)?;
-        match runtime.block_on(client.create_bucket().bucket(bucket).send()) {
+        match block_on(&runtime, client.create_bucket().bucket(bucket).send()) {
             Ok(_) => Ok(()),
             Err(error)
                 if matches!(
@@ -272,17 +295,16 @@ impl S3ObjectStore {
         precondition: &Precondition,
         put_id: &str,
     ) -> Result<String, ObjectError> {
-        let created = self
-            .runtime
-            .block_on(
-                self.client
-                    .create_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .metadata(PUT_ID_METADATA, put_id)
-                    .send(),
-            )
-            .map_err(classify)?;
+        let created = block_on(
+            &self.runtime,
+            self.client
+                .create_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .metadata(PUT_ID_METADATA, put_id)
+                .send(),
+        )
+        .map_err(classify)?;
         let upload_id = created
             .upload_id()
             .ok_or_else(|| ObjectError::Refused("no upload id returned".into()))?
@@ -292,7 +314,8 @@ impl S3ObjectStore {
             // Parts of an upload that never completes are deleted; a
             // completion that landed without its reply makes this fail
             // harmlessly.
-            let _ = self.runtime.block_on(
+            let _ = block_on(
+                &self.runtime,
                 self.client
                     .abort_multipart_upload()
                     .bucket(&self.bucket)
@@ -345,9 +368,7 @@ impl S3ObjectStore {
                 continue;
             }
             if let Some(handle) = in_flight.pop_front() {
-                let part = self
-                    .runtime
-                    .block_on(handle)
+                let part = block_on(&self.runtime, handle)
                     .map_err(|error| ObjectError::Ambiguous(error.to_string()))??;
                 parts.push(part);
             }
@@ -367,7 +388,7 @@ impl S3ObjectStore {
             Precondition::Absent => request.if_none_match("*"),
             Precondition::Matches(etag) => request.if_match(etag),
         };
-        let completed = self.runtime.block_on(request.send()).map_err(classify)?;
+        let completed = block_on(&self.runtime, request.send()).map_err(classify)?;
         completed
             .e_tag()
             .map(str::to_string)
@@ -388,7 +409,7 @@ impl ObjectStore for S3ObjectStore {
             }
             request = request.range(format!("bytes={}-{}", range.start, range.end - 1));
         }
-        self.runtime.block_on(async {
+        block_on(&self.runtime, async move {
             let response = request.send().await.map_err(classify)?;
             response
                 .body
@@ -400,16 +421,15 @@ impl ObjectStore for S3ObjectStore {
     }
 
     fn head(&self, name: &str) -> Result<ObjectHead, ObjectError> {
-        let head = self
-            .runtime
-            .block_on(
-                self.client
-                    .head_object()
-                    .bucket(&self.bucket)
-                    .key(self.key(name))
-                    .send(),
-            )
-            .map_err(classify)?;
+        let head = block_on(
+            &self.runtime,
+            self.client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(self.key(name))
+                .send(),
+        )
+        .map_err(classify)?;
         Ok(ObjectHead {
             len: head
                 .content_length()
@@ -448,7 +468,7 @@ impl ObjectStore for S3ObjectStore {
             Precondition::Absent => request.if_none_match("*"),
             Precondition::Matches(etag) => request.if_match(etag),
         };
-        let put = self.runtime.block_on(request.send()).map_err(classify)?;
+        let put = block_on(&self.runtime, request.send()).map_err(classify)?;
         put.e_tag()
             .map(str::to_string)
             .ok_or_else(|| ObjectError::Refused("no ETag returned".into()))
@@ -463,8 +483,7 @@ impl ObjectStore for S3ObjectStore {
         if let Some(etag) = etag {
             request = request.if_match(etag);
         }
-        self.runtime
-            .block_on(request.send())
+        block_on(&self.runtime, request.send())
             .map(drop)
             .map_err(classify)
     }
@@ -473,17 +492,16 @@ impl ObjectStore for S3ObjectStore {
         let mut listed = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let page = self
-                .runtime
-                .block_on(
-                    self.client
-                        .list_objects_v2()
-                        .bucket(&self.bucket)
-                        .prefix(self.key(prefix))
-                        .set_continuation_token(token.take())
-                        .send(),
-                )
-                .map_err(classify)?;
+            let page = block_on(
+                &self.runtime,
+                self.client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .prefix(self.key(prefix))
+                    .set_continuation_token(token.take())
+                    .send(),
+            )
+            .map_err(classify)?;
             for object in page.contents() {
                 let Some(name) = object
                     .key()
