@@ -3,14 +3,19 @@
 //! Rust (`aws-sdk-ebs`, SigV4-signed). Both must give the same results,
 //! errors included (class and `Reason`).
 
+mod support;
+
 use aws_sdk_ebs::error::ProvideErrorMetadata;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use blocksnap::api::*;
 use blocksnap::server::{Authentication, Credentials, ServerConfig};
-use blocksnap::testing::{block, checksum, linear_checksum, LoopbackServer};
+use blocksnap::storage::object::MemoryObjectStore;
+use blocksnap::storage::{BucketStorage, Storage};
+use blocksnap::testing::{block, checksum, linear_checksum, test_client, LoopbackServer};
 use blocksnap::{Engine, EngineConfig};
 use bytes::Bytes;
 use std::sync::Arc;
+use support::s3_servers::S3Server;
 
 /// An EBS error as a client sees it: class and `Reason`.
 type Failure = (String, Option<String>);
@@ -62,11 +67,19 @@ struct Sdk {
 
 impl Sdk {
     fn new() -> Sdk {
+        Sdk::over(None)
+    }
+
+    /// A client of a server over `storage` (a directory store if `None`).
+    fn over(storage: Option<(Arc<dyn Storage>, tempfile::TempDir)>) -> Sdk {
         let credentials = Credentials::parse("AKIDSDK sdk-secret 000000000000").expect("keys");
-        let server = LoopbackServer::start(
-            ServerConfig::new(Authentication::SigV4(Arc::new(credentials))),
-            EngineConfig::default(),
-        );
+        let config = ServerConfig::new(Authentication::SigV4(Arc::new(credentials)));
+        let server = match storage {
+            Some((storage, local)) => {
+                LoopbackServer::start_on(config, EngineConfig::default(), storage, local)
+            }
+            None => LoopbackServer::start(config, EngineConfig::default()),
+        };
         let config = aws_sdk_ebs::Config::builder()
             .behavior_version(aws_sdk_ebs::config::BehaviorVersion::latest())
             .endpoint_url(format!("http://{}", server.address))
@@ -563,4 +576,23 @@ fn scenarios_in_process() {
 #[test]
 fn scenarios_over_http_with_the_aws_sdk_for_rust() {
     scenarios(&Sdk::new());
+}
+
+#[test]
+fn scenarios_in_process_on_a_bucket_store() {
+    let local = tempfile::tempdir().expect("tempdir");
+    let bucket = test_client(Arc::new(MemoryObjectStore::new()));
+    let storage = BucketStorage::open(bucket, local.path(), 1 << 20).expect("bucket store");
+    let engine = Engine::open_with(Arc::new(storage), EngineConfig::default()).expect("open");
+    scenarios(&engine);
+}
+
+/// `serve` on a store in SeaweedFS, driven by the AWS SDK for Rust.
+#[test]
+fn scenarios_over_http_on_a_bucket_store_in_seaweedfs() {
+    let seaweedfs = S3Server::seaweedfs();
+    let local = tempfile::tempdir().expect("tempdir");
+    let bucket = test_client(Arc::new(seaweedfs.store("served")));
+    let storage = BucketStorage::open(bucket, local.path(), 64 << 20).expect("bucket store");
+    scenarios(&Sdk::over(Some((Arc::new(storage), local))));
 }

@@ -317,21 +317,31 @@ pub struct LoopbackServer {
 
 #[cfg(feature = "server")]
 impl LoopbackServer {
-    /// Starts a server with `config` over an engine with `engine_config`.
+    /// Starts a server with `config` over an engine with `engine_config`
+    /// on a directory store in a temporary directory.
     pub fn start(config: crate::server::ServerConfig, engine_config: crate::EngineConfig) -> Self {
         let store = tempfile::tempdir().expect("tempdir");
+        let storage = crate::Engine::local_storage(store.path()).expect("storage");
+        LoopbackServer::start_on(config, engine_config, storage, store)
+    }
+
+    /// Starts a server with `config` over an engine with `engine_config`
+    /// on `storage` (a bucket store, say); `keep` lives as long as the
+    /// server.
+    pub fn start_on(
+        config: crate::server::ServerConfig,
+        engine_config: crate::EngineConfig,
+        storage: std::sync::Arc<dyn crate::storage::Storage>,
+        keep: tempfile::TempDir,
+    ) -> Self {
+        let store = keep;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
-        let engine = runtime.block_on(async {
-            crate::Engine::open_with(
-                crate::Engine::local_storage(store.path()).expect("storage"),
-                engine_config,
-            )
-            .expect("open")
-        });
+        let engine = runtime
+            .block_on(async { crate::Engine::open_with(storage, engine_config).expect("open") });
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind");

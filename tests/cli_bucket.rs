@@ -1,0 +1,196 @@
+//! The `blocksnap` binary on a store in a bucket (`--store s3://…`) of a
+//! real S3-compatible server on loopback: backups, restores from a fresh
+//! local directory (the bucket is all that survives), diff, rm, gc,
+//! verify, stats, encryption and export/import; and a server that ignores
+//! conditional writes refused with a clear error.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use support::s3_servers::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
+
+const BLOCK: usize = 524_288;
+
+struct BucketStore {
+    endpoint: String,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl BucketStore {
+    fn new(server: &S3Server, prefix: &str) -> BucketStore {
+        BucketStore {
+            endpoint: server.endpoint.clone(),
+            url: format!("s3://{BUCKET}/{prefix}"),
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs `blocksnap` with `cache` as the bucket store's local directory.
+    fn run_with_cache(&self, cache: &str, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_blocksnap"))
+            .args(args)
+            .env("BLOCKSNAP_STORE", &self.url)
+            .env("BLOCKSNAP_CACHE", self.path(cache))
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env_remove("BLOCKSNAP_KEY_FILE")
+            .env_remove("BLOCKSNAP_PASSPHRASE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run blocksnap")
+    }
+
+    fn ok_with_cache(&self, cache: &str, args: &[&str]) -> String {
+        let output = self.run_with_cache(cache, args);
+        assert!(
+            output.status.success(),
+            "blocksnap {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        self.ok_with_cache("cache", args)
+    }
+}
+
+/// An image of `blocks` blocks: text, random and zero blocks by seed.
+fn write_image(path: &Path, blocks: usize, seed: u64) {
+    let mut image = vec![0u8; blocks * BLOCK];
+    let mut state = seed | 1;
+    for (index, block) in image.chunks_mut(BLOCK).enumerate() {
+        match index % 3 {
+            0 => block.fill(0),
+            1 => block
+                .iter_mut()
+                .enumerate()
+                .for_each(|(at, byte)| *byte = b"blocksnap text "[(at + index) % 15]),
+            _ => block.iter_mut().for_each(|byte| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *byte = state as u8;
+            }),
+        }
+    }
+    std::fs::write(path, image).expect("image");
+}
+
+#[test]
+fn every_command_works_on_a_bucket_store_and_the_bucket_alone_restores() {
+    let server = S3Server::seaweedfs();
+    let store = BucketStore::new(&server, "cli/store");
+    let image = store.path("disk.raw");
+    write_image(&image, 24, 7);
+    let image = image.to_str().expect("utf-8");
+    let first = store.ok(&["backup", image]).trim().to_string();
+    let mut bytes = std::fs::read(image).expect("read");
+    bytes[5 * BLOCK..6 * BLOCK].fill(0x5a);
+    std::fs::write(image, &bytes).expect("write");
+    let second = store
+        .ok(&["backup", image, "--parent", &first])
+        .trim()
+        .to_string();
+    assert_eq!(store.ok(&["diff", &first, &second]).trim(), "5");
+    // Fresh local directories: everything comes from the bucket.
+    for (cache, snapshot) in [("fresh-1", &first), ("fresh-2", &second)] {
+        let output = store.path(&format!("{snapshot}.raw"));
+        let output = output.to_str().expect("utf-8");
+        store.ok_with_cache(cache, &["restore", snapshot, output]);
+        if snapshot == &second {
+            assert!(std::fs::read(output).expect("read") == bytes, "{snapshot}");
+        }
+    }
+    assert!(store.ok_with_cache("fresh-3", &["ls"]).contains(&second));
+    assert!(store.ok(&["verify"]).contains("clean"));
+    store.ok(&["rm", &first]);
+    store.ok(&["gc"]);
+    let again = store.path("again.raw");
+    store.ok_with_cache(
+        "fresh-4",
+        &["restore", &second, again.to_str().expect("utf-8")],
+    );
+    assert!(std::fs::read(&again).expect("read") == bytes);
+    assert!(store.ok(&["stats"]).contains("1 completed"));
+    assert!(store
+        .ok_with_cache("fresh-5", &["verify"])
+        .contains("clean"));
+
+    // Encryption: the key file lives apart from the bucket.
+    let key_file = store.path("keys");
+    let key_file = key_file.to_str().expect("utf-8");
+    let passphrase = store.path("passphrase");
+    std::fs::write(&passphrase, "correct horse battery staple\n").expect("passphrase");
+    let passphrase = passphrase.to_str().expect("utf-8");
+    let refused = store.run_with_cache("cache", &["backup", image, "--encrypted"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "no --key-file for a bucket store"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--key-file"));
+    let keyed = ["--key-file", key_file, "--passphrase-file", passphrase];
+    let encrypted = store
+        .ok(&[&["backup", image, "--encrypted"][..], &keyed[..]].concat())
+        .trim()
+        .to_string();
+    let output = store.path("encrypted.raw");
+    let output = output.to_str().expect("utf-8");
+    store.ok_with_cache(
+        "fresh-6",
+        &[&["restore", &encrypted, output][..], &keyed[..]].concat(),
+    );
+    assert!(std::fs::read(output).expect("read") == bytes);
+
+    // Export to a directory, import back into the bucket store (which
+    // holds encrypted snapshots now: every command names the key file).
+    let archives = store.path("archives");
+    std::fs::create_dir(&archives).expect("dir");
+    let archives = archives.to_str().expect("utf-8");
+    store.ok(&[&["export", &second, "--bucket", archives][..], &keyed[..]].concat());
+    let archive = std::fs::read_dir(store.path("archives/snapshot"))
+        .expect("archives")
+        .next()
+        .expect("an archive")
+        .expect("entry")
+        .path();
+    let imported = store
+        .ok(&[
+            &["import", archive.to_str().expect("utf-8")][..],
+            &keyed[..],
+        ]
+        .concat())
+        .trim()
+        .to_string();
+    let output = store.path("imported.raw");
+    let output = output.to_str().expect("utf-8");
+    store.ok_with_cache(
+        "fresh-7",
+        &[&["restore", &imported, output][..], &keyed[..]].concat(),
+    );
+    assert!(std::fs::read(output).expect("read") == bytes);
+}
+
+#[test]
+fn a_server_that_ignores_conditional_writes_is_refused() {
+    let rclone = S3Server::rclone();
+    let store = BucketStore::new(&rclone, "refused");
+    let image = store.path("disk.raw");
+    write_image(&image, 2, 1);
+    let output = store.run_with_cache("cache", &["backup", image.to_str().expect("utf-8")]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ignores If-None-Match"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}
