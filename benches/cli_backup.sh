@@ -7,7 +7,10 @@
 # directory and imported into a new store, the 5% delta likewise, and the
 # same through s3s-fs on loopback when it is installed
 # ($BLOCKSNAP_S3S_FS, else target/s3s-fs/bin/s3s-fs, as the test command
-# installs it).
+# installs it). Then the object-store issue's steps: full and incremental
+# backups into a store in SeaweedFS on loopback and a restore from a cold
+# cache, with the requests each sent and the objects stored, and restic's
+# S3 backend into the same server.
 # Reports time, MiB/s of image and peak memory (RSS) per step, and stored
 # bytes against compressing each distinct non-zero block on its own.
 #
@@ -100,11 +103,76 @@ if [ -x "$S3S_FS" ]; then
     until grep -q "server is running at" s3s.log; do sleep 0.1; done
     ENDPOINT=$(sed -n 's/.*server is running at \(http[^ ]*\).*/\1/p' s3s.log | head -1)
     export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1
-    run "blocksnap export (full, to s3s-fs)" "$BIN" --quiet export "$FULL" --bucket s3://bench --endpoint "$ENDPOINT"
+    run "blocksnap export (full, to s3s-fs)" "$BIN" --quiet --endpoint "$ENDPOINT" export "$FULL" --bucket s3://bench
     S3_KEY=$(cat out.txt)
-    run "blocksnap import (full, from s3s-fs)" env BLOCKSNAP_STORE="$WORK/imported" "$BIN" --quiet import "$S3_KEY" --endpoint "$ENDPOINT"
+    run "blocksnap import (full, from s3s-fs)" env BLOCKSNAP_STORE="$WORK/imported" "$BIN" --quiet --endpoint "$ENDPOINT" import "$S3_KEY"
     rm -rf "$WORK/imported" s3root
     kill $S3S_PID
+fi
+
+# The store in a bucket: SeaweedFS on loopback ($BLOCKSNAP_WEED, else
+# target/boto3-venv/bin/weed, as the test command installs it), against
+# the directory store's steps above and restic's S3 backend below.
+WEED=${BLOCKSNAP_WEED:-$ROOT/target/boto3-venv/bin/weed}
+AWS_CLI=${BLOCKSNAP_AWS_CLI:-$ROOT/target/boto3-venv/bin/aws}
+WEED_PID=
+if [ -x "$WEED" ] && [ -x "$AWS_CLI" ]; then
+    mkdir -p weed
+    echo '{"identities":[{"name":"bench","credentials":[{"accessKey":"bench","secretKey":"bench-secret"}],"actions":["Admin","Read","Write","List","Tagging"]}]}' > weed.json
+    PORTS=$(python3 -c 'import socket
+s=[socket.socket() for _ in range(14)]
+[x.bind(("127.0.0.1",0)) for x in s]
+print(" ".join(str(x.getsockname()[1]) for x in s))')
+    set -- $PORTS
+    "$WEED" mini -dir=weed -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.config=weed.json -admin.ui=false \
+        -webdav=false -master.telemetry=false -s3.port="$1" -s3.port.grpc="$2" -master.port="$3" \
+        -master.port.grpc="$4" -volume.port="$5" -volume.port.grpc="$6" -filer.port="$7" \
+        -filer.port.grpc="$8" -admin.port="$9" -admin.port.grpc="${10}" -s3.port.iceberg="${11}" \
+        -s3.port.lance="${12}" -metricsPort="${13}" -s3.metricsPort="${14}" > weed.log 2>&1 &
+    WEED_PID=$!
+    trap '[ -z "$WEED_PID" ] || kill "$WEED_PID" 2> /dev/null || true; cleanup' EXIT
+    export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1
+    export AWS_ENDPOINT_URL=http://127.0.0.1:$1
+    until "$AWS_CLI" s3 mb s3://bench > /dev/null 2>&1; do sleep 0.3; done
+    # run_bucket LABEL COMMAND...: as run, and the requests the step sent.
+    run_bucket() {
+        run "$@" 2> err.txt
+        sed -n 's/^bucket requests: /  requests: /p' err.txt
+    }
+    export BLOCKSNAP_STORE=s3://bench/store BLOCKSNAP_CACHE=$WORK/cache
+    ln -sf disk-v1.img disk.img
+    run_bucket "blocksnap backup (full, into SeaweedFS)" "$BIN" backup disk.img
+    BFULL=$(cat out.txt)
+    OBJECTS=$("$AWS_CLI" s3 ls --recursive s3://bench/store/ | wc -l)
+    BSTORED=$("$AWS_CLI" s3 ls --recursive --summarize s3://bench/store/ | sed -n 's/.*Total Size: //p')
+    awk -v o="$OBJECTS" -v b="$BSTORED" \
+        'BEGIN { printf "  bucket: %d objects, %.1f MiB (%.1f objects per GiB stored)\n", o, b/1048576, o/(b/1073741824) }'
+    ln -sf disk-v2.img disk.img
+    run_bucket "blocksnap backup --parent (SeaweedFS, hash)" "$BIN" backup disk.img --parent "$BFULL"
+    BSECOND=$(cat out.txt)
+    rm -rf "$WORK/cache"
+    run_bucket "blocksnap restore (SeaweedFS, cold cache)" "$BIN" restore "$BSECOND" restored.img
+    cmp disk-v2.img restored.img && echo "  restore from the bucket is byte-identical"
+    rm -f restored.img
+    export BLOCKSNAP_STORE=$WORK/store
+    unset BLOCKSNAP_CACHE
+    if command -v restic > /dev/null; then
+        mkdir -p peer
+        cp disk-v1.img peer/disk.img
+        RESTIC_REPOSITORY=s3:$AWS_ENDPOINT_URL/bench/restic RESTIC_PASSWORD=bench restic init > /dev/null 2>&1
+        run "restic backup (full, into SeaweedFS)" env RESTIC_REPOSITORY=s3:$AWS_ENDPOINT_URL/bench/restic \
+            RESTIC_PASSWORD=bench restic backup --quiet peer/disk.img
+        cp disk-v2.img peer/disk.img
+        run "restic backup (incremental, SeaweedFS)" env RESTIC_REPOSITORY=s3:$AWS_ENDPOINT_URL/bench/restic \
+            RESTIC_PASSWORD=bench restic backup --quiet peer/disk.img
+        rm -rf restored-peer
+        run "restic restore (SeaweedFS)" env RESTIC_REPOSITORY=s3:$AWS_ENDPOINT_URL/bench/restic \
+            RESTIC_PASSWORD=bench restic restore latest --quiet --target restored-peer
+        rm -rf restored-peer peer/disk.img
+    fi
+    kill "$WEED_PID"
+    WEED_PID=
+    unset AWS_ENDPOINT_URL
 fi
 
 # Peers back up one path, peer/disk.img, holding v1 then v2 (copied in

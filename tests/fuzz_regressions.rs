@@ -331,6 +331,25 @@ fn write_format_seeds(write: &dyn Fn(&str, &str, &[u8]), key_file: &[u8]) {
         }
         .encode(),
     );
+    let head = blocksnap::format::head::Head {
+        generation: 4,
+        writer_epoch: 2,
+        writer_id: [7; 16],
+        files: vec![blocksnap::format::head::HeadFile {
+            name: "catalog/00000001.log".into(),
+            extents: vec![blocksnap::format::head::Extent {
+                object: "log/0000000000000002-0000000000000001".into(),
+                len: 40,
+                crc32: 9,
+            }],
+        }],
+        commits: vec![blocksnap::format::head::HeadCommit {
+            generation: 4,
+            writer_epoch: 2,
+            added: vec!["packs/00000001.pack".into()],
+        }],
+    };
+    write("bucket_head", "head", &head.encode().expect("encodes"));
     let token = blocksnap::format::token::TokenBody::Page {
         kind: 3,
         snapshot: 9,

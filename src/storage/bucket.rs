@@ -50,6 +50,10 @@ const MAX_EXTENTS: usize = 32;
 const READ_WINDOW: u64 = 2 << 20;
 /// Windows kept in memory across all remote packs (32 MiB).
 const CACHED_WINDOWS: usize = 16;
+/// Windows fetched ahead of a sequential reader.
+const READ_AHEAD_WINDOWS: u64 = 3;
+/// Background fetches at once, across all objects.
+const MAX_PREFETCHES: usize = 4;
 /// The disk cache's default bound.
 pub const DEFAULT_CACHE_BYTES: u64 = 2 << 30;
 
@@ -93,6 +97,13 @@ fn to_io(error: crate::error::Error) -> io::Error {
         }
         other => io::Error::other(other.to_string()),
     }
+}
+
+/// A window fetch under way, and its outcome once done.
+#[derive(Default)]
+struct Fetch {
+    outcome: Mutex<Option<io::Result<Bytes>>>,
+    done: parking_lot::Condvar,
 }
 
 /// A tracked file's content, shared by its append handles and readers.
@@ -144,6 +155,10 @@ struct Inner {
     windows: Mutex<Vec<(String, u64, Bytes)>>,
     /// Windows kept on local disk, bounded.
     disk_cache: DiskCache,
+    /// Windows being fetched, by (name, start): later askers wait.
+    fetching: Mutex<std::collections::HashMap<(String, u64), Arc<Fetch>>>,
+    /// Background fetches running.
+    prefetches: std::sync::atomic::AtomicUsize,
     /// The scratch directory of a read-only open without a local one.
     _scratch: Option<tempfile::TempDir>,
 }
@@ -298,6 +313,8 @@ impl BucketStorage {
                 }),
                 windows: Mutex::new(Vec::new()),
                 disk_cache: DiskCache::new(cache_dir, cache_bytes),
+                fetching: Mutex::default(),
+                prefetches: std::sync::atomic::AtomicUsize::new(0),
                 _scratch: scratch,
             }),
         })
@@ -527,42 +544,131 @@ impl BucketStorage {
     }
 
     /// The window of `name` starting at `start`: from memory, else from
-    /// the disk cache, else from the bucket (then kept in both).
+    /// the disk cache, else from the bucket (then kept in both). A window
+    /// read right after the one before it starts fetching the next ones in
+    /// the background (a sequential reader, a restore, finds them ready).
     fn window(&self, name: &str, start: u64, object_len: u64) -> io::Result<Bytes> {
-        {
-            let mut windows = self.inner.windows.lock();
-            if let Some(position) = windows
+        if let Some(bytes) = self.cached_window(name, start) {
+            return Ok(bytes);
+        }
+        let sequential = start >= READ_WINDOW
+            && self
+                .inner
+                .windows
+                .lock()
                 .iter()
-                .position(|(cached, at, _)| cached == name && *at == start)
-            {
-                let entry = windows.remove(position);
-                let bytes = entry.2.clone();
-                windows.push(entry);
-                return Ok(bytes);
+                .any(|(cached, at, _)| cached == name && *at == start - READ_WINDOW);
+        if sequential {
+            for ahead in 1..=READ_AHEAD_WINDOWS {
+                let next = start + ahead * READ_WINDOW;
+                if next < object_len {
+                    self.prefetch(name, next, object_len);
+                }
             }
         }
+        self.fetch_window(name, start, object_len)
+    }
+
+    fn cached_window(&self, name: &str, start: u64) -> Option<Bytes> {
+        let mut windows = self.inner.windows.lock();
+        let position = windows
+            .iter()
+            .position(|(cached, at, _)| cached == name && *at == start)?;
+        let entry = windows.remove(position);
+        let bytes = entry.2.clone();
+        windows.push(entry);
+        Some(bytes)
+    }
+
+    /// Fetches a window once however many threads ask at the same time:
+    /// the first fetches, the others wait for its result.
+    fn fetch_window(&self, name: &str, start: u64, object_len: u64) -> io::Result<Bytes> {
+        let key = (name.to_string(), start);
+        let (fetch, first) = {
+            let mut fetching = self.inner.fetching.lock();
+            match fetching.get(&key) {
+                Some(fetch) => (fetch.clone(), false),
+                None => {
+                    let fetch = Arc::new(Fetch::default());
+                    fetching.insert(key.clone(), fetch.clone());
+                    (fetch, true)
+                }
+            }
+        };
+        if !first {
+            let mut outcome = fetch.outcome.lock();
+            loop {
+                match outcome.as_ref() {
+                    Some(Ok(bytes)) => return Ok(bytes.clone()),
+                    Some(Err(error)) => {
+                        return Err(io::Error::new(error.kind(), error.to_string()))
+                    }
+                    None => fetch.done.wait(&mut outcome),
+                }
+            }
+        }
+        let result = self.load_window(name, start, object_len);
+        if let Ok(bytes) = &result {
+            let mut windows = self.inner.windows.lock();
+            windows.push((name.to_string(), start, bytes.clone()));
+            if windows.len() > CACHED_WINDOWS {
+                windows.remove(0);
+            }
+        }
+        *fetch.outcome.lock() = Some(match &result {
+            Ok(bytes) => Ok(bytes.clone()),
+            Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
+        });
+        fetch.done.notify_all();
+        self.inner.fetching.lock().remove(&key);
+        result
+    }
+
+    /// Reads a window from the disk cache, else the bucket.
+    fn load_window(&self, name: &str, start: u64, object_len: u64) -> io::Result<Bytes> {
         let end = (start + READ_WINDOW).min(object_len);
         if start >= end {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
         }
-        let bytes = match self.inner.disk_cache.get(name, start, end - start) {
-            Some(bytes) => bytes,
-            None => {
-                let bytes = self
-                    .inner
-                    .client
-                    .read_range(name, start..end)
-                    .map_err(to_io)?;
-                self.inner.disk_cache.put(name, start, &bytes);
-                bytes
-            }
-        };
-        let mut windows = self.inner.windows.lock();
-        windows.push((name.to_string(), start, bytes.clone()));
-        if windows.len() > CACHED_WINDOWS {
-            windows.remove(0);
+        if let Some(bytes) = self.inner.disk_cache.get(name, start, end - start) {
+            return Ok(bytes);
         }
+        let bytes = self
+            .inner
+            .client
+            .read_range(name, start..end)
+            .map_err(to_io)?;
+        self.inner.disk_cache.put(name, start, &bytes);
         Ok(bytes)
+    }
+
+    /// Fetches a window in the background unless it is cached, already
+    /// being fetched, or too many fetches run.
+    fn prefetch(&self, name: &str, start: u64, object_len: u64) {
+        if self.cached_window(name, start).is_some()
+            || self
+                .inner
+                .fetching
+                .lock()
+                .contains_key(&(name.to_string(), start))
+        {
+            return;
+        }
+        let running = &self.inner.prefetches;
+        if running.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= MAX_PREFETCHES {
+            running.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            return;
+        }
+        let storage = self.clone();
+        let name = name.to_string();
+        std::thread::spawn(move || {
+            // A failed prefetch costs nothing: the reader fetches again.
+            let _ = storage.fetch_window(&name, start, object_len);
+            storage
+                .inner
+                .prefetches
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        });
     }
 
     /// Drops every cached window of `name` (rewritten or removed).

@@ -69,7 +69,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match run(&cli, &out) {
+    let outcome = run(&cli, &out);
+    if let Some(client) = BUCKET_CLIENT.get() {
+        out.bucket_requests(&client.requests());
+    }
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Interrupted) => {
             out.error(&format!(
@@ -176,8 +180,14 @@ fn cache_bytes(cli: &Cli) -> u64 {
 fn object_client(cli: &Cli, bucket: &str, prefix: &str) -> Result<ObjectClient, Failure> {
     let settings = S3Settings::from_env(cli.endpoint.clone());
     let store = S3ObjectStore::new(bucket, prefix, &settings)?;
-    Ok(ObjectClient::new(Arc::new(store), RetryPolicy::default()))
+    let client = ObjectClient::new(Arc::new(store), RetryPolicy::default());
+    // A command opens its store once: its requests are reported at exit.
+    let _ = BUCKET_CLIENT.set(client.clone());
+    Ok(client)
 }
+
+/// The client of the command's bucket store, once opened.
+static BUCKET_CLIENT: std::sync::OnceLock<ObjectClient> = std::sync::OnceLock::new();
 
 /// The storage of the store, for a command that writes: a directory
 /// (created if needed), or a bucket store (its local directory created,

@@ -112,6 +112,15 @@ impl Output {
         eprintln!("blocksnap: error: {message}");
     }
 
+    /// The requests a command sent to a bucket store's service, on stderr
+    /// unless quiet (requests are what object storage bills).
+    pub fn bucket_requests(&self, requests: &blocksnap::storage::object::RequestCounts) {
+        self.note(&format!(
+            "bucket requests: {} GET, {} PUT, {} HEAD, {} LIST, {} DELETE",
+            requests.get, requests.put, requests.head, requests.list, requests.delete
+        ));
+    }
+
     /// A line on stderr unless quiet.
     fn note(&self, message: &str) {
         if !self.quiet {

@@ -14,6 +14,7 @@ use super::{Body, ListedObject, ObjectError, ObjectHead, ObjectStore, Preconditi
 use crate::error::{Error, Result};
 use bytes::Bytes;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,17 +82,64 @@ fn new_put_id() -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// Requests sent to the store, by kind (retries included; a multipart
+/// upload counts as one PUT although it sends two requests more than it
+/// has parts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RequestCounts {
+    /// GETs (whole and ranged).
+    pub get: u64,
+    /// HEADs.
+    pub head: u64,
+    /// PUTs.
+    pub put: u64,
+    /// DELETEs.
+    pub delete: u64,
+    /// LISTs (pages count once per call).
+    pub list: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    get: AtomicU64,
+    head: AtomicU64,
+    put: AtomicU64,
+    delete: AtomicU64,
+    list: AtomicU64,
+}
+
 /// The retrying, ambiguity-resolving client of one bucket (or prefix).
 #[derive(Clone, Debug)]
 pub struct ObjectClient {
     store: Arc<dyn ObjectStore>,
     policy: RetryPolicy,
+    counters: Arc<Counters>,
 }
 
 impl ObjectClient {
     /// A client of `store` that retries as `policy` says.
     pub fn new(store: Arc<dyn ObjectStore>, policy: RetryPolicy) -> ObjectClient {
-        ObjectClient { store, policy }
+        ObjectClient {
+            store,
+            policy,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Requests this client (and its clones) sent so far.
+    pub fn requests(&self) -> RequestCounts {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        RequestCounts {
+            get: load(&self.counters.get),
+            head: load(&self.counters.head),
+            put: load(&self.counters.put),
+            delete: load(&self.counters.delete),
+            list: load(&self.counters.list),
+        }
+    }
+
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The store under the client.
@@ -139,7 +187,10 @@ impl ObjectClient {
 
     /// The object's head; `None` if it does not exist.
     pub fn head(&self, name: &str) -> Result<Option<ObjectHead>> {
-        match self.with_retries(|| self.store.head(name)) {
+        match self.with_retries(|| {
+            Self::count(&self.counters.head);
+            self.store.head(name)
+        }) {
             Ok(head) => Ok(Some(head)),
             Err(ObjectError::NotFound) => Ok(None),
             Err(error) => Err(self.error("head of", name, error)),
@@ -150,7 +201,10 @@ impl ObjectClient {
     /// the service sent: callers check content (every object the store
     /// writes carries its own crc).
     pub fn read_all(&self, name: &str) -> Result<Option<Bytes>> {
-        match self.with_retries(|| self.store.get(name, None)) {
+        match self.with_retries(|| {
+            Self::count(&self.counters.get);
+            self.store.get(name, None)
+        }) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(ObjectError::NotFound) => Ok(None),
             Err(error) => Err(self.error("read of", name, error)),
@@ -162,6 +216,7 @@ impl ObjectClient {
     pub fn read_range(&self, name: &str, range: Range<u64>) -> Result<Bytes> {
         let wanted = range.end.saturating_sub(range.start);
         self.with_retries(|| {
+            Self::count(&self.counters.get);
             let bytes = self.store.get(name, Some(range.clone()))?;
             if bytes.len() as u64 == wanted {
                 Ok(bytes)
@@ -177,8 +232,11 @@ impl ObjectClient {
 
     /// Every object under `prefix`, sorted by name.
     pub fn list(&self, prefix: &str) -> Result<Vec<ListedObject>> {
-        self.with_retries(|| self.store.list(prefix))
-            .map_err(|error| self.error("listing of", prefix, error))
+        self.with_retries(|| {
+            Self::count(&self.counters.list);
+            self.store.list(prefix)
+        })
+        .map_err(|error| self.error("listing of", prefix, error))
     }
 
     /// Writes `body` under `name` unless an object has the name.
@@ -211,6 +269,7 @@ impl ObjectClient {
         let mut attempt = 0;
         loop {
             let last_attempt = attempt + 1 >= self.policy.attempts;
+            Self::count(&self.counters.put);
             match self.store.put(name, body, precondition, &put_id) {
                 Ok(etag) => return Ok(Some(etag)),
                 Err(ObjectError::PreconditionFailed | ObjectError::NotFound) => {
@@ -250,7 +309,10 @@ impl ObjectClient {
 
     /// Deletes `name` if its ETag is `etag` (any version when `None`).
     pub fn delete(&self, name: &str, etag: Option<&str>) -> Result<Deleted> {
-        match self.with_retries(|| self.store.delete(name, etag)) {
+        match self.with_retries(|| {
+            Self::count(&self.counters.delete);
+            self.store.delete(name, etag)
+        }) {
             Ok(()) | Err(ObjectError::NotFound) => Ok(Deleted::Gone),
             Err(ObjectError::PreconditionFailed) => match self.head(name)? {
                 // A retry after a delete that landed finds the name free.

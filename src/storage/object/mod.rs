@@ -37,7 +37,7 @@ mod memory;
 #[cfg(feature = "s3")]
 mod s3;
 
-pub use client::{Created, Deleted, ObjectClient, RetryPolicy, Swapped};
+pub use client::{Created, Deleted, ObjectClient, RequestCounts, RetryPolicy, Swapped};
 pub use memory::{MemoryObjectStore, ObjectFault, ObjectOperation};
 #[cfg(feature = "s3")]
 pub(crate) use s3::{s3_client, s3_runtime};
