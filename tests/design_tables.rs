@@ -661,3 +661,48 @@ fn key_file_table() {
         encoded.len(),
     );
 }
+
+#[test]
+fn bucket_head_table() {
+    use blocksnap::format::head::{self as head_format, Head};
+    let sections = design_tables();
+    let empty = Head {
+        generation: 0x0C,
+        writer_epoch: 0x0102_0304,
+        writer_id: [0x5A; 16],
+        files: Vec::new(),
+        commits: Vec::new(),
+    };
+    let encoded = empty.encode().expect("encodes");
+    let fields = [
+        field(
+            "writer_epoch",
+            Some(head_format::HEAD_EPOCH_OFFSET),
+            0x0102_0304u64.to_le_bytes(),
+        ),
+        field(
+            "writer_id",
+            Some(head_format::HEAD_WRITER_OFFSET),
+            [0x5A; 16],
+        ),
+        field(
+            "file_count",
+            Some(head_format::HEAD_FILE_COUNT_OFFSET),
+            0u32.to_le_bytes(),
+        ),
+        field("files", Some(head_format::HEAD_FILES_OFFSET), []),
+    ];
+    check_table(
+        "bucket head",
+        &tables_of(&sections, "Bucket head")[0],
+        &encoded,
+        0,
+        &fields,
+        encoded.len(),
+    );
+    assert_eq!(
+        &encoded[..32],
+        &header::encode(head_format::HEAD_MAGIC, 0x0C)[..],
+        "a file header opens the head"
+    );
+}

@@ -92,3 +92,15 @@ fn engine_round_trip_reading_sealed_packs_through_mmap() {
 fn engine_round_trip_reading_sealed_packs_with_pread_only() {
     round_trip(false);
 }
+
+/// The same contract on a bucket store (an in-memory bucket and a local
+/// directory): its tracked files (every name used here is one) keep it.
+#[test]
+fn bucket_storage_keeps_the_contract() {
+    use blocksnap::storage::object::MemoryObjectStore;
+    use blocksnap::storage::BucketStorage;
+    let local = tempfile::tempdir().expect("tempdir");
+    let client = blocksnap::testing::test_client(std::sync::Arc::new(MemoryObjectStore::new()));
+    let storage = BucketStorage::open(client, local.path(), 1 << 20).expect("bucket store");
+    check_storage_contract(&storage);
+}

@@ -54,6 +54,8 @@ const CACHED_WINDOWS: usize = 16;
 const READ_AHEAD_WINDOWS: u64 = 3;
 /// Background fetches at once, across all objects.
 const MAX_PREFETCHES: usize = 4;
+/// Sealed packs uploading at once.
+const MAX_UPLOADS: usize = 2;
 /// The disk cache's default bound.
 pub const DEFAULT_CACHE_BYTES: u64 = 2 << 30;
 
@@ -159,6 +161,9 @@ struct Inner {
     fetching: Mutex<std::collections::HashMap<(String, u64), Arc<Fetch>>>,
     /// Background fetches running.
     prefetches: std::sync::atomic::AtomicUsize,
+    /// Sealed packs uploading, and the signal that one finished.
+    uploads: Mutex<usize>,
+    upload_done: parking_lot::Condvar,
     /// The scratch directory of a read-only open without a local one.
     _scratch: Option<tempfile::TempDir>,
 }
@@ -315,6 +320,8 @@ impl BucketStorage {
                 disk_cache: DiskCache::new(cache_dir, cache_bytes),
                 fetching: Mutex::default(),
                 prefetches: std::sync::atomic::AtomicUsize::new(0),
+                uploads: Mutex::new(0),
+                upload_done: parking_lot::Condvar::new(),
                 _scratch: scratch,
             }),
         })
@@ -995,7 +1002,18 @@ impl Storage for BucketStorage {
         self.writable()?;
         let file = self.inner.local.open_read(name)?;
         let len = file.len()?;
-        self.upload(name, &Body::File { file, len })?;
+        {
+            // Uploads at once are bounded: memory holds a few parts of each.
+            let mut running = self.inner.uploads.lock();
+            while *running >= MAX_UPLOADS {
+                self.inner.upload_done.wait(&mut running);
+            }
+            *running += 1;
+        }
+        let uploaded = self.upload(name, &Body::File { file, len });
+        *self.inner.uploads.lock() -= 1;
+        self.inner.upload_done.notify_one();
+        uploaded?;
         self.inner.state.lock().added.push(name.to_string());
         // The bucket has it now: the staged copy goes (readers reopen the
         // name and read ranges through the cache).

@@ -28,17 +28,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::Runtime;
 
-/// Bodies above this size go up as multipart uploads.
-const MULTIPART_THRESHOLD: u64 = 32 << 20;
+/// Bodies above this size go up as multipart uploads (a body is held in
+/// memory whole only up to here).
+const MULTIPART_THRESHOLD: u64 = 16 << 20;
 /// The size of each part of a multipart upload (the last may be smaller).
-const PART_BYTES: u64 = 16 << 20;
+const PART_BYTES: u64 = 8 << 20;
 /// Parts uploading at once; memory is about this many parts.
 const PARTS_IN_FLIGHT: usize = 2;
 /// How long establishing a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the service may stay silent while answering.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long one request may take in all (a 16 MiB part at 1 MiB/s).
+/// How long one request may take in all (a 16 MiB body at 64 KiB/s).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Static credentials: an access key pair and an optional session token.
