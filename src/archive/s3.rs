@@ -9,7 +9,9 @@
 
 use super::location::resolve_seek;
 use crate::error::{Error, Result};
-use crate::storage::object::{s3_client, s3_runtime, S3Settings};
+use crate::storage::object::{
+    block_on, new_put_id, s3_client, s3_runtime, S3Settings, PUT_ID_METADATA,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -38,6 +40,8 @@ const PARTS_IN_FLIGHT: usize = 2;
 const READ_WINDOW: u64 = 8 << 20;
 /// Retries the SDK makes of a failed archive request.
 const ARCHIVE_SDK_RETRIES: u32 = 2;
+/// Retries of a create-only request answered 409 ConditionalRequestConflict.
+const CONFLICT_RETRIES: u32 = 4;
 
 /// An S3-compatible bucket: a client, the bucket's name and the runtime
 /// the client runs on.
@@ -115,6 +119,7 @@ impl S3Bucket {
             in_flight: VecDeque::new(),
             parts: Vec::new(),
             finished: false,
+            put_id: new_put_id(),
         }
     }
 
@@ -193,6 +198,10 @@ pub(crate) struct S3Upload {
     in_flight: VecDeque<JoinHandle<Result<CompletedPart>>>,
     parts: Vec<CompletedPart>,
     finished: bool,
+    /// Recorded in the object's metadata: a create-only write refused
+    /// because the key exists is ours if the object carries it (a retry
+    /// after a reply that was lost), and a success.
+    put_id: String,
 }
 
 impl S3Upload {
@@ -212,6 +221,7 @@ impl S3Upload {
                             .bucket(&bucket.bucket)
                             .key(&self.key)
                             .content_type("application/zip")
+                            .metadata(PUT_ID_METADATA, &self.put_id)
                             .send(),
                     )
                     .map_err(|error| classify(&url, error))?;
@@ -271,22 +281,19 @@ impl S3Upload {
         let url = self.bucket.url(&self.key);
         let bucket = self.bucket.clone();
         let Some(upload_id) = self.upload_id.clone() else {
-            let body = ByteStream::from(std::mem::take(&mut self.buffer));
-            bucket
-                .runtime
-                .block_on(
-                    bucket
-                        .client
-                        .put_object()
-                        .bucket(&bucket.bucket)
-                        .key(&self.key)
-                        .content_type("application/zip")
-                        .if_none_match("*")
-                        .body(body)
-                        .send(),
-                )
-                .map_err(|error| classify(&url, error))?;
-            return Ok(());
+            let body = Bytes::from(std::mem::take(&mut self.buffer));
+            return self.create_only(&url, || {
+                bucket
+                    .client
+                    .put_object()
+                    .bucket(&bucket.bucket)
+                    .key(&self.key)
+                    .content_type("application/zip")
+                    .metadata(PUT_ID_METADATA, &self.put_id)
+                    .if_none_match("*")
+                    .body(ByteStream::from(body.clone()))
+                    .send()
+            });
         };
         if !self.buffer.is_empty() {
             self.send_part()?;
@@ -297,22 +304,68 @@ impl S3Upload {
         let parts = CompletedMultipartUpload::builder()
             .set_parts(Some(std::mem::take(&mut self.parts)))
             .build();
-        bucket
-            .runtime
-            .block_on(
-                bucket
-                    .client
-                    .complete_multipart_upload()
-                    .bucket(&bucket.bucket)
-                    .key(&self.key)
-                    .upload_id(upload_id)
-                    .multipart_upload(parts)
-                    .if_none_match("*")
-                    .send(),
-            )
-            .map_err(|error| classify(&url, error))?;
+        self.create_only(&url, || {
+            bucket
+                .client
+                .complete_multipart_upload()
+                .bucket(&bucket.bucket)
+                .key(&self.key)
+                .upload_id(&upload_id)
+                .multipart_upload(parts.clone())
+                .if_none_match("*")
+                .send()
+        })?;
         self.upload_id = None;
         Ok(())
+    }
+
+    /// Sends a create-only request: 409 ConditionalRequestConflict is
+    /// retried; 412 (the key exists) is a success when the object carries
+    /// this upload's put id (an earlier attempt landed and its reply was
+    /// lost), else the conflict it is.
+    fn create_only<T, E, F>(&self, url: &str, mut send: impl FnMut() -> F) -> Result<()>
+    where
+        F: std::future::Future<Output = std::result::Result<T, SdkError<E>>> + Send + 'static,
+        T: Send + 'static,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let bucket = &self.bucket;
+        let mut attempt = 0u32;
+        loop {
+            let error = match block_on(&bucket.runtime, send()) {
+                Ok(_) => return Ok(()),
+                Err(error) => error,
+            };
+            let status = error
+                .raw_response()
+                .map(|response| response.status().as_u16());
+            if status == Some(409) && attempt < CONFLICT_RETRIES {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50 << attempt));
+                continue;
+            }
+            let error = classify(url, error);
+            if matches!(error, Error::Conflict { .. }) {
+                let head = block_on(
+                    &bucket.runtime,
+                    bucket
+                        .client
+                        .head_object()
+                        .bucket(&bucket.bucket)
+                        .key(&self.key)
+                        .send(),
+                );
+                let ours = head.ok().is_some_and(|head| {
+                    head.metadata()
+                        .and_then(|metadata| metadata.get(PUT_ID_METADATA))
+                        == Some(&self.put_id)
+                });
+                if ours {
+                    return Ok(());
+                }
+            }
+            return Err(error);
+        }
     }
 
     /// Abandons the upload: waits out parts in flight, then aborts the

@@ -76,7 +76,7 @@ pub enum Deleted {
 }
 
 /// Makes a put id: 128 random bits in hex.
-fn new_put_id() -> String {
+pub(crate) fn new_put_id() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the operating system's random source");
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()

@@ -37,10 +37,12 @@ mod memory;
 #[cfg(feature = "s3")]
 mod s3;
 
+#[cfg(feature = "s3")]
+pub(crate) use client::new_put_id;
 pub use client::{Created, Deleted, ObjectClient, RequestCounts, RetryPolicy, Swapped};
 pub use memory::{MemoryObjectStore, ObjectFault, ObjectOperation};
 #[cfg(feature = "s3")]
-pub(crate) use s3::{s3_client, s3_runtime};
+pub(crate) use s3::{block_on, s3_client, s3_runtime};
 #[cfg(feature = "s3")]
 pub use s3::{S3ObjectStore, S3Settings, StaticCredentials};
 
