@@ -148,6 +148,12 @@ fn completed_snapshots_come_back_from_seaweedfs_alone() {
 }
 
 #[test]
+fn completed_snapshots_come_back_from_moto_alone() {
+    let server = S3Server::moto();
+    round_trip(Arc::new(server.store("round-trip")));
+}
+
+#[test]
 fn a_stale_writer_is_fenced_and_writes_nothing_more() {
     let bucket: Arc<dyn ObjectStore> = Arc::new(MemoryObjectStore::new());
     let (first_dir, second_dir) = (

@@ -1,6 +1,7 @@
 //! The object-store contract on every backend: the in-memory bucket, and
-//! real servers started on loopback (SeaweedFS, the main test server). The
-//! probe refuses rclone's `serve s3`, which ignores conditional writes.
+//! real servers started on loopback (SeaweedFS, the main test server, and
+//! moto's server mode, a second implementation). The probe refuses
+//! rclone's `serve s3`, which ignores conditional writes.
 
 mod support;
 
@@ -36,6 +37,16 @@ fn seaweedfs_conditional_writes_are_atomic_under_races() {
     for round in 0..3 {
         check_conditional_races(store.clone(), &format!("round-{round}/"), 16);
     }
+}
+
+#[test]
+fn moto_keeps_the_contract_and_passes_the_probe() {
+    let moto = S3Server::moto();
+    let store: Arc<dyn ObjectStore> = Arc::new(moto.store("contract"));
+    check_object_store_contract(store.clone(), "");
+    test_client(store)
+        .probe("probe/")
+        .expect("moto enforces conditional writes");
 }
 
 #[test]

