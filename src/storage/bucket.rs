@@ -111,6 +111,7 @@ struct Fetch {
 /// A tracked file's content, shared by its append handles and readers.
 type Content = Arc<RwLock<Vec<u8>>>;
 
+#[derive(Default)]
 struct TrackedFile {
     content: Content,
     /// The extents published so far (their bytes are a prefix of content).
@@ -824,13 +825,7 @@ impl Storage for BucketStorage {
                 if !state.files.contains_key(name) {
                     state.changed = true;
                 }
-                let file = state
-                    .files
-                    .entry(name.to_string())
-                    .or_insert_with(|| TrackedFile {
-                        content: Content::default(),
-                        extents: Vec::new(),
-                    });
+                let file = state.files.entry(name.to_string()).or_default();
                 Ok(Box::new(TrackedAppend {
                     storage: self.clone(),
                     content: file.content.clone(),
@@ -889,13 +884,7 @@ impl Storage for BucketStorage {
             Class::Tracked => {
                 {
                     let mut state = self.inner.state.lock();
-                    let file = state
-                        .files
-                        .entry(name.to_string())
-                        .or_insert_with(|| TrackedFile {
-                            content: Content::default(),
-                            extents: Vec::new(),
-                        });
+                    let file = state.files.entry(name.to_string()).or_default();
                     *file.content.write() = bytes.to_vec();
                     state.changed = true;
                     state.rewritten.insert(name.to_string());
