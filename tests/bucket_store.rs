@@ -8,11 +8,11 @@
 mod support;
 
 use blocksnap::chunkstore::ChunkStoreConfig;
-use blocksnap::engine::NewSnapshot;
+use blocksnap::engine::{GcReport, NewSnapshot};
 use blocksnap::ids::BlockIndex;
 use blocksnap::ids::SnapshotId;
 use blocksnap::storage::object::{MemoryObjectStore, ObjectFault, ObjectStore};
-use blocksnap::storage::{BucketStorage, Storage};
+use blocksnap::storage::{BucketOptions, BucketStorage, Storage};
 use blocksnap::testing::{block, test_client};
 use blocksnap::{Engine, EngineConfig, Error};
 use std::collections::BTreeMap;
@@ -30,8 +30,16 @@ fn config() -> EngineConfig {
     }
 }
 
+/// No grace period: what gc removes is deleted at its next commit.
+fn options() -> BucketOptions {
+    BucketOptions {
+        cache_bytes: 64 << 20,
+        deletion_grace: std::time::Duration::ZERO,
+    }
+}
+
 fn open(bucket: &Arc<dyn ObjectStore>, local: &std::path::Path) -> Result<Engine, Error> {
-    let storage = BucketStorage::open(test_client(bucket.clone()), local, 64 << 20)?;
+    let storage = BucketStorage::open(test_client(bucket.clone()), local, options())?;
     Engine::open_with(Arc::new(storage), config())
 }
 
@@ -90,7 +98,7 @@ fn check_reads(engine: &Engine, (id, content): &Written, failures_allowed: bool)
     }
 }
 
-fn workload(engine: &Engine, written: &mut Vec<Written>) -> Result<(), Error> {
+fn workload(engine: &Engine, written: &mut Vec<Written>) -> Result<GcReport, Error> {
     let first = write(engine, None, &[(0, 1), (1, 2), (2, 3), (3, 0), (4, 5)])?;
     written.push(first.clone());
     let second = write(engine, Some(&first), &[(1, 7), (5, 8), (6, 2)])?;
@@ -99,7 +107,11 @@ fn workload(engine: &Engine, written: &mut Vec<Written>) -> Result<(), Error> {
     written.push(third);
     engine.delete(first.0)?;
     written.remove(0);
-    Ok(())
+    let doomed = write(engine, None, &[(0, 40), (1, 41), (2, 42)])?;
+    engine.delete(doomed.0)?;
+    // With no grace, the packs gc condemns are deleted at once: the crash
+    // test crashes between those requests too.
+    engine.collect_garbage(blocksnap::engine::GcOptions::default())
 }
 
 fn round_trip(bucket: Arc<dyn ObjectStore>) {
@@ -107,7 +119,8 @@ fn round_trip(bucket: Arc<dyn ObjectStore>) {
     let mut written = Vec::new();
     {
         let engine = open(&bucket, local.path()).expect("open");
-        workload(&engine, &mut written).expect("workload");
+        let report = workload(&engine, &mut written).expect("workload");
+        assert!(report.packs_removed > 0, "{report:?}");
         for snapshot in &written {
             check(&engine, snapshot);
         }
@@ -128,7 +141,7 @@ fn round_trip(bucket: Arc<dyn ObjectStore>) {
     let read_only = BucketStorage::open_read_only(
         test_client(bucket.clone()),
         &fresh.path().join("never-made"),
-        64 << 20,
+        options(),
     )
     .expect("read-only");
     assert!(read_only.is_read_only());
@@ -163,14 +176,121 @@ fn a_stale_writer_is_fenced_and_writes_nothing_more() {
     let stale = open(&bucket, first_dir.path()).expect("first writer");
     let kept = write(&stale, None, &[(0, 1)]).expect("before the takeover");
     let current = open(&bucket, second_dir.path()).expect("second writer takes over");
-    let error = write(&stale, None, &[(1, 2)]).expect_err("fenced");
-    assert!(error.to_string().contains("fenced"), "{error}");
+    // The new writer's packs take the names the stale writer would use
+    // next: the stale writer's uploads must not replace them.
     let after = write(&current, Some(&kept), &[(2, 3)]).expect("the new writer writes");
+    let error = write(&stale, None, &[(1, 2), (3, 4)]).expect_err("fenced");
+    assert!(error.to_string().contains("fenced"), "{error}");
     drop((stale, current));
     let engine = open(&bucket, tempfile::tempdir().expect("dir").path()).expect("reopen");
     assert_eq!(engine.snapshots().len(), 2);
     check(&engine, &kept);
     check(&engine, &after);
+}
+
+/// The objects in the bucket under `prefix`.
+fn objects(bucket: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = bucket
+        .list(prefix)
+        .expect("list")
+        .into_iter()
+        .map(|object| object.name)
+        .collect();
+    names.sort();
+    names
+}
+
+/// What gc removes stays in the bucket for its grace period: a reader that
+/// opened the store before reads a deleted snapshot to its end meanwhile,
+/// and a later writer's pack never takes a condemned pack's name. A
+/// writer opened after the grace deletes the condemned objects, and the
+/// old reader then reads right bytes or gets an error, never a wrong byte.
+#[test]
+fn removed_objects_stay_for_readers_until_their_grace_is_over() {
+    let bucket: Arc<dyn ObjectStore> = Arc::new(MemoryObjectStore::new());
+    let with_grace = |grace: std::time::Duration| BucketOptions {
+        cache_bytes: 0,
+        deletion_grace: grace,
+    };
+    let hour = std::time::Duration::from_secs(3600);
+    let local = tempfile::tempdir().expect("dir");
+    let writer = Engine::open_with(
+        Arc::new(
+            BucketStorage::open(test_client(bucket.clone()), local.path(), with_grace(hour))
+                .expect("open"),
+        ),
+        config(),
+    )
+    .expect("engine");
+    let doomed = write(&writer, None, &[(0, 21), (1, 22), (2, 23), (3, 24)]).expect("doomed");
+    let reader = Engine::open_with(
+        Arc::new(
+            BucketStorage::open_read_only(
+                test_client(bucket.clone()),
+                &local.path().join("absent"),
+                with_grace(hour),
+            )
+            .expect("reader"),
+        ),
+        config(),
+    )
+    .expect("reader engine");
+    let packs_before = objects(&bucket, "packs/");
+    writer.delete(doomed.0).expect("delete");
+    let report = writer
+        .collect_garbage(blocksnap::engine::GcOptions::default())
+        .expect("gc");
+    assert!(report.packs_removed > 0, "{report:?}");
+    assert_eq!(
+        objects(&bucket, "packs/"),
+        packs_before,
+        "nothing deleted yet"
+    );
+    let client = test_client(bucket.clone());
+    let head = match client.read_all("head").expect("head") {
+        Some(body) => blocksnap::format::head::Head::decode(&body).expect("decodes"),
+        None => panic!("no head"),
+    };
+    assert!(!head.condemned.is_empty(), "{head:?}");
+    // The writer no longer sees them; the old reader still reads them.
+    assert!(writer.reader(doomed.0).is_err());
+    check(&reader, &doomed);
+    drop(writer);
+    // A writer opened within the grace names its packs past the condemned
+    // ones (an upload over one would fail create-only).
+    let writer = Engine::open_with(
+        Arc::new(
+            BucketStorage::open(test_client(bucket.clone()), local.path(), with_grace(hour))
+                .expect("reopen"),
+        ),
+        config(),
+    )
+    .expect("engine");
+    let kept = write(&writer, None, &[(0, 31), (5, 32)]).expect("a later snapshot");
+    assert!(writer
+        .verify(Default::default())
+        .expect("verify")
+        .is_clean());
+    for condemned in &head.condemned {
+        assert!(client.head(&condemned.object).expect("head").is_some());
+    }
+    drop(writer);
+    // A new reader sees the store without them.
+    let fresh = open(&bucket, tempfile::tempdir().expect("dir").path()).expect("reopen");
+    assert!(fresh.reader(doomed.0).is_err());
+    check(&fresh, &kept);
+    assert!(fresh.verify(Default::default()).expect("verify").is_clean());
+    // `open` uses no grace: the condemned objects are deleted.
+    for condemned in &head.condemned {
+        assert!(
+            client.head(&condemned.object).expect("head").is_none(),
+            "{} is still there",
+            condemned.object
+        );
+    }
+    // The old reader may still hold some windows in memory: what it reads
+    // is right or an error.
+    check_reads(&reader, &doomed, true);
 }
 
 /// A crash between every two bucket requests of the workload (the bucket

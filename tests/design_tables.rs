@@ -672,6 +672,7 @@ fn bucket_head_table() {
         writer_id: [0x5A; 16],
         files: Vec::new(),
         commits: Vec::new(),
+        condemned: Vec::new(),
     };
     let encoded = empty.encode().expect("encodes");
     let fields = [

@@ -348,6 +348,11 @@ fn write_format_seeds(write: &dyn Fn(&str, &str, &[u8]), key_file: &[u8]) {
             writer_epoch: 2,
             added: vec!["packs/00000001.pack".into()],
         }],
+        condemned: vec![blocksnap::format::head::Condemned {
+            object: "packs/00000000.pack".into(),
+            etag: "\"0a1b\"".into(),
+            condemned_millis: 1_796_169_600_000,
+        }],
     };
     write("bucket_head", "head", &head.encode().expect("encodes"));
     let token = blocksnap::format::token::TokenBody::Page {

@@ -10,7 +10,7 @@ use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use blocksnap::api::*;
 use blocksnap::server::{Authentication, Credentials, ServerConfig};
 use blocksnap::storage::object::MemoryObjectStore;
-use blocksnap::storage::{BucketStorage, Storage};
+use blocksnap::storage::{BucketOptions, BucketStorage, Storage};
 use blocksnap::testing::{block, checksum, linear_checksum, test_client, LoopbackServer};
 use blocksnap::{Engine, EngineConfig};
 use bytes::Bytes;
@@ -582,7 +582,8 @@ fn scenarios_over_http_with_the_aws_sdk_for_rust() {
 fn scenarios_in_process_on_a_bucket_store() {
     let local = tempfile::tempdir().expect("tempdir");
     let bucket = test_client(Arc::new(MemoryObjectStore::new()));
-    let storage = BucketStorage::open(bucket, local.path(), 1 << 20).expect("bucket store");
+    let storage =
+        BucketStorage::open(bucket, local.path(), BucketOptions::default()).expect("bucket store");
     let engine = Engine::open_with(Arc::new(storage), EngineConfig::default()).expect("open");
     scenarios(&engine);
 }
@@ -593,6 +594,7 @@ fn scenarios_over_http_on_a_bucket_store_in_seaweedfs() {
     let seaweedfs = S3Server::seaweedfs();
     let local = tempfile::tempdir().expect("tempdir");
     let bucket = test_client(Arc::new(seaweedfs.store("served")));
-    let storage = BucketStorage::open(bucket, local.path(), 64 << 20).expect("bucket store");
+    let storage =
+        BucketStorage::open(bucket, local.path(), BucketOptions::default()).expect("bucket store");
     scenarios(&Sdk::over(Some((Arc::new(storage), local))));
 }

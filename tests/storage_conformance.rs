@@ -101,6 +101,11 @@ fn bucket_storage_keeps_the_contract() {
     use blocksnap::storage::BucketStorage;
     let local = tempfile::tempdir().expect("tempdir");
     let client = blocksnap::testing::test_client(std::sync::Arc::new(MemoryObjectStore::new()));
-    let storage = BucketStorage::open(client, local.path(), 1 << 20).expect("bucket store");
+    let storage = BucketStorage::open(
+        client,
+        local.path(),
+        blocksnap::storage::BucketOptions::default(),
+    )
+    .expect("bucket store");
     check_storage_contract(&storage);
 }

@@ -202,6 +202,15 @@ impl ChunkStore {
                 _ => {}
             }
         }
+        // A retired pack's name is still taken: sequences continue past it.
+        for name in storage
+            .retired(PACK_DIR)
+            .map_err(io_error("listing retired packs".into()))?
+        {
+            if let Some((seq, _)) = parse_name(&name) {
+                highest_seq = highest_seq.max(Some(seq));
+            }
+        }
         let last_pack = files
             .iter()
             .rev()

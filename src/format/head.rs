@@ -68,6 +68,21 @@ pub struct HeadCommit {
     pub added: Vec<String>,
 }
 
+/// An object removed from the store but not yet deleted from the bucket:
+/// readers of an older head may still read it until the grace period since
+/// `condemned_millis` has passed; then a writer deletes it with `If-Match`
+/// on `etag`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Condemned {
+    /// The object's name in the bucket.
+    pub object: String,
+    /// Its ETag when it was condemned (the delete's precondition).
+    pub etag: String,
+    /// When it was condemned, by the condemning writer's clock (epoch
+    /// milliseconds).
+    pub condemned_millis: u64,
+}
+
 /// A decoded head.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Head {
@@ -82,6 +97,9 @@ pub struct Head {
     pub files: Vec<HeadFile>,
     /// The latest commits, oldest first (at most [`MAX_RECENT_COMMITS`]).
     pub commits: Vec<HeadCommit>,
+    /// Objects removed and waiting out their grace period, sorted by name
+    /// (distinct).
+    pub condemned: Vec<Condemned>,
 }
 
 impl Head {
@@ -109,6 +127,12 @@ impl Head {
             for object in &commit.added {
                 bytes.put_string(object, "a commit's object name")?;
             }
+        }
+        bytes.put_len_u32(self.condemned.len(), "a head's condemned count")?;
+        for condemned in &self.condemned {
+            bytes.put_string(&condemned.object, "a condemned object's name")?;
+            bytes.put_string(&condemned.etag, "a condemned object's etag")?;
+            bytes.put_u64(condemned.condemned_millis);
         }
         let crc = crc32(&[&bytes]);
         bytes.put_u32(crc);
@@ -179,6 +203,29 @@ impl Head {
                 added,
             });
         }
+        let condemned_count = reader.u32("head condemned count")?;
+        // Each entry takes at least 13 bytes (two names and the time).
+        if condemned_count as usize > reader.remaining() / 13 {
+            return Err(DecodeError::corrupt(
+                reader.position(),
+                "head condemned count",
+            ));
+        }
+        let mut condemned: Vec<Condemned> = Vec::with_capacity(condemned_count as usize);
+        for _ in 0..condemned_count {
+            let at = reader.position();
+            let object = reader.string("condemned object name")?;
+            let etag = reader.string("condemned object etag")?;
+            let condemned_millis = reader.u64("condemned time")?;
+            if object.is_empty() || condemned.last().is_some_and(|last| last.object >= object) {
+                return Err(DecodeError::corrupt(at, "head condemned order"));
+            }
+            condemned.push(Condemned {
+                object,
+                etag,
+                condemned_millis,
+            });
+        }
         reader.finish("head length")?;
         Ok(Head {
             generation,
@@ -186,6 +233,7 @@ impl Head {
             writer_id,
             files,
             commits,
+            condemned,
         })
     }
 }
@@ -226,6 +274,18 @@ mod tests {
                 writer_epoch: 3,
                 added: vec!["packs/00000002.pack".into(), "packs/00000002.idx".into()],
             }],
+            condemned: vec![
+                Condemned {
+                    object: "packs/00000000.idx".into(),
+                    etag: "\"e1\"".into(),
+                    condemned_millis: 1_700_000_000_000,
+                },
+                Condemned {
+                    object: "packs/00000000.pack".into(),
+                    etag: "\"e2\"".into(),
+                    condemned_millis: 1_700_000_000_001,
+                },
+            ],
         }
     }
 
@@ -251,6 +311,12 @@ mod tests {
         assert!(Head::decode(&head.encode().expect("encodes")).is_err());
         let mut head = sample();
         head.commits[0].generation = 10;
+        assert!(Head::decode(&head.encode().expect("encodes")).is_err());
+        let mut head = sample();
+        head.condemned.swap(0, 1);
+        assert!(Head::decode(&head.encode().expect("encodes")).is_err());
+        let mut head = sample();
+        head.condemned[1].object = head.condemned[0].object.clone();
         assert!(Head::decode(&head.encode().expect("encodes")).is_err());
     }
 }

@@ -21,10 +21,15 @@
 //! The head's writer epoch fences stale writers: opening for writing takes
 //! the next epoch; a writer whose epoch is no longer the head's fails its
 //! next commit, and writes nothing more.
+//!
+//! Removing an object condemns it: the head lists it, every state from
+//! then on treats it as gone, and a writer deletes it (with `If-Match`)
+//! only once [`BucketOptions::deletion_grace`] has passed, so readers still
+//! working from an older head keep reading it meanwhile.
 
-use super::object::{Body, Created, Deleted, ObjectClient, Swapped};
+use super::object::{Body, Created, ObjectClient, Swapped};
 use super::{parent_dir, AppendFile, LocalStorage, ReadFile, Storage};
-use crate::format::head::{Extent, Head, HeadCommit, HeadFile, MAX_RECENT_COMMITS};
+use crate::format::head::{Condemned, Extent, Head, HeadCommit, HeadFile, MAX_RECENT_COMMITS};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,6 +63,30 @@ const MAX_PREFETCHES: usize = 4;
 const MAX_UPLOADS: usize = 2;
 /// The disk cache's default bound.
 pub const DEFAULT_CACHE_BYTES: u64 = 2 << 30;
+/// How long a removed object stays in the bucket by default: longer than a
+/// multi-hour restore, shorter than a day so a nightly `gc` frees what the
+/// one before it condemned.
+pub const DEFAULT_DELETION_GRACE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// How a bucket store is opened.
+#[derive(Clone, Debug)]
+pub struct BucketOptions {
+    /// The bound of the local range cache (`cache/`), in bytes; zero keeps
+    /// nothing on disk.
+    pub cache_bytes: u64,
+    /// How long a removed object stays readable in the bucket for readers
+    /// of an older head before a writer deletes it.
+    pub deletion_grace: std::time::Duration,
+}
+
+impl Default for BucketOptions {
+    fn default() -> BucketOptions {
+        BucketOptions {
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            deletion_grace: DEFAULT_DELETION_GRACE,
+        }
+    }
+}
 
 /// Where a name lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,6 +173,11 @@ struct State {
     fenced: Option<String>,
     /// Lengths of objects from the last listing.
     listed_lengths: BTreeMap<String, u64>,
+    /// Whether objects were condemned since the last publication.
+    newly_condemned: bool,
+    /// Objects removed and not yet deleted, by name: the head's, and those
+    /// removed since the last publication (which adds them to the head).
+    condemned: BTreeMap<String, Condemned>,
 }
 
 struct Inner {
@@ -152,6 +186,8 @@ struct Inner {
     read_only: bool,
     /// The epoch this writer holds (0 for a reader).
     epoch: u64,
+    /// How long condemned objects are kept.
+    deletion_grace: std::time::Duration,
     state: Mutex<State>,
     /// Recently read windows of remote objects: (name, start, bytes),
     /// least recently used first.
@@ -189,14 +225,14 @@ impl std::fmt::Debug for BucketStorage {
 impl BucketStorage {
     /// Opens the store in `client`'s bucket for writing, with `local_dir`
     /// as its local directory (created if needed, locked against other
-    /// processes), whose `cache/` keeps up to `cache_bytes` of recently
-    /// read ranges: checks that the service enforces conditional writes,
-    /// creates the head of a new store, takes the next writer epoch (which
-    /// fences any earlier writer), and loads the tracked files.
+    /// processes), whose `cache/` keeps up to `options.cache_bytes` of
+    /// recently read ranges: checks that the service enforces conditional
+    /// writes, creates the head of a new store, takes the next writer epoch
+    /// (which fences any earlier writer), and loads the tracked files.
     pub fn open(
         client: ObjectClient,
         local_dir: &std::path::Path,
-        cache_bytes: u64,
+        options: BucketOptions,
     ) -> crate::error::Result<BucketStorage> {
         client.probe(PROBE_PREFIX)?;
         let local = LocalStorage::open(local_dir).map_err(|error| {
@@ -228,8 +264,14 @@ impl BucketStorage {
                 Swapped::Lost => continue,
             }
         };
-        let storage = BucketStorage::assemble(client, local, None, cache_bytes, head, etag)?;
+        let files = load_tracked(&client, &head)?;
+        let storage = BucketStorage::assemble(client, local, None, options, (head, etag, files));
         storage.drop_stale_staging()?;
+        // Objects condemned long enough ago are deleted now: a store whose
+        // writers only open, back up and exit still sheds them.
+        storage
+            .publish()
+            .map_err(|error| crate::error::Error::io("deleting condemned objects", error))?;
         Ok(storage)
     }
 
@@ -239,11 +281,9 @@ impl BucketStorage {
     pub fn open_read_only(
         client: ObjectClient,
         local_dir: &std::path::Path,
-        cache_bytes: u64,
+        options: BucketOptions,
     ) -> crate::error::Result<BucketStorage> {
-        let (head, etag) = read_head(&client)?.ok_or_else(|| crate::error::Error::NotFound {
-            message: format!("no store at {} (no head object)", client.store().location()),
-        })?;
+        let state = read_consistent_state(&client)?;
         let (local, scratch) = match LocalStorage::open_read_only(local_dir) {
             Ok(local) => (local, None),
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
@@ -262,49 +302,36 @@ impl BucketStorage {
                 ))
             }
         };
-        BucketStorage::assemble(client, local, scratch, cache_bytes, head, etag)
+        Ok(BucketStorage::assemble(
+            client, local, scratch, options, state,
+        ))
     }
 
-    /// A storage over `head`; read-only when opened with a `scratch`
-    /// directory standing in for a missing local one, or read-only local.
+    /// A storage over a head and its tracked files; read-only when opened
+    /// with a `scratch` directory standing in for a missing local one, or
+    /// read-only local.
     fn assemble(
         client: ObjectClient,
         local: LocalStorage,
         scratch: Option<tempfile::TempDir>,
-        cache_bytes: u64,
-        head: Head,
-        etag: String,
-    ) -> crate::error::Result<BucketStorage> {
+        options: BucketOptions,
+        (head, etag, files): (Head, String, BTreeMap<String, TrackedFile>),
+    ) -> BucketStorage {
         let cache_dir = scratch.is_none().then(|| local.root().join(CACHE_DIR));
-        let mut files = BTreeMap::new();
-        for file in &head.files {
-            let mut content = Vec::with_capacity(file.len() as usize);
-            for extent in &file.extents {
-                let bytes = client.read_range(&extent.object, 0..extent.len)?;
-                if crate::format::crc32(&[&bytes]) != extent.crc32 {
-                    return Err(crate::error::Error::corrupted(
-                        &extent.object,
-                        format!("an extent of {} does not match its crc", file.name),
-                    ));
-                }
-                content.extend_from_slice(&bytes);
-            }
-            files.insert(
-                file.name.clone(),
-                TrackedFile {
-                    content: Arc::new(RwLock::new(content)),
-                    extents: file.extents.clone(),
-                },
-            );
-        }
         let read_only = local.is_read_only();
         let epoch = if read_only { 0 } else { head.writer_epoch };
-        Ok(BucketStorage {
+        let condemned = head
+            .condemned
+            .iter()
+            .map(|condemned| (condemned.object.clone(), condemned.clone()))
+            .collect();
+        BucketStorage {
             inner: Arc::new(Inner {
                 client,
                 local,
                 read_only,
                 epoch,
+                deletion_grace: options.deletion_grace,
                 state: Mutex::new(State {
                     head,
                     etag,
@@ -316,16 +343,18 @@ impl BucketStorage {
                     extents_written: 0,
                     fenced: None,
                     listed_lengths: BTreeMap::new(),
+                    newly_condemned: false,
+                    condemned,
                 }),
                 windows: Mutex::new(Vec::new()),
-                disk_cache: DiskCache::new(cache_dir, cache_bytes),
+                disk_cache: DiskCache::new(cache_dir, options.cache_bytes),
                 fetching: Mutex::default(),
                 prefetches: std::sync::atomic::AtomicUsize::new(0),
                 uploads: Mutex::new(0),
                 upload_done: parking_lot::Condvar::new(),
                 _scratch: scratch,
             }),
-        })
+        }
     }
 
     /// The bucket's client.
@@ -372,9 +401,32 @@ impl BucketStorage {
     }
 
     /// Publishes every tracked file's new bytes as extents and commits them
-    /// with the objects sealed since the last commit, by replacing the head
-    /// with `If-Match`.
+    /// with the objects sealed and condemned since the last commit, by
+    /// replacing the head with `If-Match`; deletes the condemned objects
+    /// whose grace period is over. When that commit condemned objects whose
+    /// grace is already over (a zero grace), a second commit deletes them.
     fn publish(&self) -> io::Result<()> {
+        self.publish_once()?;
+        if !self.expired_condemned(&self.inner.state.lock()).is_empty() {
+            self.publish_once()?;
+        }
+        Ok(())
+    }
+
+    /// The committed condemned objects whose grace period is over.
+    fn expired_condemned(&self, state: &State) -> Vec<Condemned> {
+        let grace = u64::try_from(self.inner.deletion_grace.as_millis()).unwrap_or(u64::MAX);
+        let now = now_millis();
+        state
+            .head
+            .condemned
+            .iter()
+            .filter(|condemned| condemned.condemned_millis.saturating_add(grace) <= now)
+            .cloned()
+            .collect()
+    }
+
+    fn publish_once(&self) -> io::Result<()> {
         self.writable()?;
         let inner = &self.inner;
         let mut state = inner.state.lock();
@@ -382,8 +434,35 @@ impl BucketStorage {
             .files
             .values()
             .any(|file| file.published_len() != file.content.read().len() as u64);
-        if !appended && !state.changed && state.added.is_empty() {
+        let expired = self.expired_condemned(&state);
+        if !appended
+            && !state.changed
+            && !state.newly_condemned
+            && state.added.is_empty()
+            && expired.is_empty()
+        {
             return Ok(());
+        }
+        // Condemned objects past their grace are deleted before the head
+        // stops naming them: a crash in between leaves them named, and the
+        // next writer's delete finds them gone. A delete that fails keeps
+        // the object named (garbage, retried at the next commit).
+        let mut purged = Vec::new();
+        for condemned in expired {
+            match inner
+                .client
+                .delete(&condemned.object, Some(&condemned.etag))
+            {
+                // Gone, or replaced by an object that is not the condemned
+                // one: either way nothing of it is left to delete.
+                Ok(_) => purged.push(condemned.object),
+                Err(error) => {
+                    tracing::warn!(object = %condemned.object, %error, "deleting a condemned object failed; the next commit tries again")
+                }
+            }
+        }
+        for object in &purged {
+            state.condemned.remove(object);
         }
         let names: Vec<String> = state.files.keys().cloned().collect();
         for name in names {
@@ -451,6 +530,7 @@ impl BucketStorage {
                 })
                 .collect(),
             commits: state.head.commits.clone(),
+            condemned: state.condemned.values().cloned().collect(),
         };
         next.commits.push(HeadCommit {
             generation: next.generation,
@@ -472,17 +552,11 @@ impl BucketStorage {
                 state.etag = etag;
                 state.added.clear();
                 state.changed = false;
+                state.newly_condemned = false;
                 state.rewritten.clear();
             }
             Swapped::Lost => {
-                let reason = match read_head(&inner.client) {
-                    Ok(Some((head, _))) if head.writer_epoch != inner.epoch => format!(
-                        "writer epoch {} took the store over from epoch {}",
-                        head.writer_epoch, inner.epoch
-                    ),
-                    Ok(_) => "the head changed under this writer".to_string(),
-                    Err(error) => format!("the head changed and cannot be read: {error}"),
-                };
+                let reason = self.takeover_reason();
                 state.fenced = Some(reason.clone());
                 return Err(fenced(reason));
             }
@@ -497,12 +571,71 @@ impl BucketStorage {
         Ok(())
     }
 
-    /// Uploads `name`'s bytes create-only (replacing an object of the same
-    /// name that differs, as a rewrite of an index does).
-    fn upload(&self, name: &str, body: &Body) -> io::Result<()> {
+    /// Uploads `name`'s bytes create-only; an object of that name already
+    /// there was written by another writer (pack names are sequence
+    /// numbers), so this writer is fenced and nothing is overwritten.
+    fn upload_new(&self, name: &str, body: &Body) -> io::Result<()> {
+        self.confirm_holder()?;
         match self.inner.client.create(name, body).map_err(to_io)? {
             Created::Written(_) => Ok(()),
             Created::Exists => {
+                let reason = format!("{name} was written to the bucket by another writer");
+                self.inner.state.lock().fenced = Some(reason.clone());
+                Err(fenced(reason))
+            }
+        }
+    }
+
+    /// Fails (and fences this writer) unless the head is still the one
+    /// this writer last committed: a writer that was taken over uploads
+    /// nothing more. (Create-only uploads and the head's `If-Match` are
+    /// what guarantee it; this check keeps a stale writer from racing the
+    /// new one for pack names.)
+    fn confirm_holder(&self) -> io::Result<()> {
+        let state = self.inner.state.lock();
+        if let Some(reason) = &state.fenced {
+            return Err(fenced(reason.clone()));
+        }
+        let current = self.inner.client.head(HEAD_OBJECT).map_err(to_io)?;
+        if current.is_some_and(|meta| meta.etag == state.etag) {
+            return Ok(());
+        }
+        drop(state);
+        let reason = self.takeover_reason();
+        self.inner.state.lock().fenced = Some(reason.clone());
+        Err(fenced(reason))
+    }
+
+    /// Why the head is no longer the one this writer committed.
+    fn takeover_reason(&self) -> String {
+        match read_head(&self.inner.client) {
+            Ok(Some((head, _))) if head.writer_epoch != self.inner.epoch => format!(
+                "writer epoch {} took the store over from epoch {}",
+                head.writer_epoch, self.inner.epoch
+            ),
+            Ok(_) => "the head changed under this writer".to_string(),
+            Err(error) => format!("the head changed and cannot be read: {error}"),
+        }
+    }
+
+    /// Whether `name` was removed (condemned) in this writer's view.
+    fn is_condemned(&self, name: &str) -> bool {
+        self.inner.state.lock().condemned.contains_key(name)
+    }
+
+    /// Uploads `name`'s bytes create-only, replacing an object of the same
+    /// name that differs (a rewrite of a damaged index) once this writer
+    /// has confirmed it still holds the store.
+    fn upload(&self, name: &str, body: &Body) -> io::Result<()> {
+        if self.inner.state.lock().condemned.contains_key(name) {
+            return Err(io::Error::other(format!(
+                "{name} is condemned and must not be written again"
+            )));
+        }
+        match self.inner.client.create(name, body).map_err(to_io)? {
+            Created::Written(_) => Ok(()),
+            Created::Exists => {
+                self.confirm_holder()?;
                 let head = self
                     .inner
                     .client
@@ -716,8 +849,75 @@ impl BucketStorage {
     }
 }
 
+/// The time of day by this machine's clock, in epoch milliseconds (only
+/// grace periods depend on it).
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
 fn encode_head(head: &Head) -> crate::error::Result<Vec<u8>> {
     head.encode().map_err(crate::error::Error::from)
+}
+
+/// The content of every tracked file `head` names, each extent checked
+/// against its crc.
+fn load_tracked(
+    client: &ObjectClient,
+    head: &Head,
+) -> crate::error::Result<BTreeMap<String, TrackedFile>> {
+    let mut files = BTreeMap::new();
+    for file in &head.files {
+        let mut content = Vec::with_capacity(file.len() as usize);
+        for extent in &file.extents {
+            let bytes = client.read_range(&extent.object, 0..extent.len)?;
+            if crate::format::crc32(&[&bytes]) != extent.crc32 {
+                return Err(crate::error::Error::corrupted(
+                    &extent.object,
+                    format!("an extent of {} does not match its crc", file.name),
+                ));
+            }
+            content.extend_from_slice(&bytes);
+        }
+        files.insert(
+            file.name.clone(),
+            TrackedFile {
+                content: Arc::new(RwLock::new(content)),
+                extents: file.extents.clone(),
+            },
+        );
+    }
+    Ok(files)
+}
+
+/// A head, its ETag and its tracked files, for a reader. A writer deletes
+/// the extents a commit stopped naming right after it: a reader that
+/// fails to load them while the head moved on reads the new head instead.
+fn read_consistent_state(
+    client: &ObjectClient,
+) -> crate::error::Result<(Head, String, BTreeMap<String, TrackedFile>)> {
+    const ATTEMPTS: usize = 8;
+    let mut attempt = 0;
+    loop {
+        let (head, etag) = read_head(client)?.ok_or_else(|| crate::error::Error::NotFound {
+            message: format!("no store at {} (no head object)", client.store().location()),
+        })?;
+        match load_tracked(client, &head) {
+            Ok(files) => return Ok((head, etag, files)),
+            Err(error) => {
+                attempt += 1;
+                let moved_on = client
+                    .head(HEAD_OBJECT)?
+                    .is_some_and(|meta| meta.etag != etag);
+                if !moved_on || attempt == ATTEMPTS {
+                    return Err(error);
+                }
+            }
+        }
+    }
 }
 
 /// The head and its ETag; `None` for a bucket without a store.
@@ -855,6 +1055,9 @@ impl Storage for BucketStorage {
                 if let Some(local) = self.local_copy(name)? {
                     return self.inner.local.open_read(&local);
                 }
+                if self.is_condemned(name) {
+                    return Err(io::Error::new(io::ErrorKind::NotFound, name.to_string()));
+                }
                 let len = self
                     .remote_len(name)?
                     .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))?;
@@ -902,18 +1105,22 @@ impl Storage for BucketStorage {
                 self.inner.local.remove(name)?;
                 self.forget_cached(name);
                 self.inner.state.lock().listed_lengths.remove(name);
+                if self.is_condemned(name) {
+                    return Ok(());
+                }
+                // Condemned, not deleted: readers of older heads may still
+                // read it until its grace period is over (see `publish`).
                 if let Some(head) = self.inner.client.head(name).map_err(to_io)? {
-                    if self
-                        .inner
-                        .client
-                        .delete(name, Some(&head.etag))
-                        .map_err(to_io)?
-                        == Deleted::Changed
-                    {
-                        return Err(io::Error::other(format!(
-                            "{name} changed while being removed"
-                        )));
-                    }
+                    let mut state = self.inner.state.lock();
+                    state.condemned.insert(
+                        name.to_string(),
+                        Condemned {
+                            object: name.to_string(),
+                            etag: head.etag,
+                            condemned_millis: now_millis(),
+                        },
+                    );
+                    state.newly_condemned = true;
                 }
                 Ok(())
             }
@@ -939,6 +1146,9 @@ impl Storage for BucketStorage {
                 let listed = self.inner.client.list(&prefix).map_err(to_io)?;
                 let mut state = self.inner.state.lock();
                 for object in listed {
+                    if state.condemned.contains_key(&object.name) {
+                        continue;
+                    }
                     if let Some(file) = object.name.strip_prefix(&prefix) {
                         if !file.contains('/') {
                             names.insert(file.to_string());
@@ -964,19 +1174,30 @@ impl Storage for BucketStorage {
             Class::Local => self.inner.local.exists(name),
             Class::Tracked => Ok(self.inner.state.lock().files.contains_key(name)),
             Class::Object => Ok(self.local_copy(name)?.is_some()
-                || self.inner.client.head(name).map_err(to_io)?.is_some()),
+                || (!self.is_condemned(name)
+                    && self.inner.client.head(name).map_err(to_io)?.is_some())),
         }
     }
 
     fn sync_dir(&self, dir: &str) -> io::Result<()> {
         self.writable()?;
         match class(dir) {
-            Class::Local | Class::Object => {
+            Class::Local => {
                 if self.inner.local.exists(dir)? {
                     self.inner.local.sync_dir(dir)
                 } else {
                     Ok(())
                 }
+            }
+            // Removals (condemnations) are committed with the head.
+            Class::Object => {
+                if self.inner.local.exists(dir)? {
+                    self.inner.local.sync_dir(dir)?;
+                }
+                if self.inner.state.lock().newly_condemned {
+                    self.publish()?;
+                }
+                Ok(())
             }
             // Creations and removals of tracked files are published with
             // the next commit.
@@ -999,7 +1220,7 @@ impl Storage for BucketStorage {
             }
             *running += 1;
         }
-        let uploaded = self.upload(name, &Body::File { file, len });
+        let uploaded = self.upload_new(name, &Body::File { file, len });
         *self.inner.uploads.lock() -= 1;
         self.inner.upload_done.notify_one();
         uploaded?;
@@ -1012,6 +1233,20 @@ impl Storage for BucketStorage {
 
     fn is_tiered(&self) -> bool {
         true
+    }
+
+    fn retired(&self, dir: &str) -> io::Result<Vec<String>> {
+        let prefix = format!("{dir}/");
+        Ok(self
+            .inner
+            .state
+            .lock()
+            .condemned
+            .keys()
+            .filter_map(|name| name.strip_prefix(&prefix))
+            .filter(|file| !file.contains('/'))
+            .map(str::to_string)
+            .collect())
     }
 
     fn is_read_only(&self) -> bool {

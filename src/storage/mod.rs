@@ -31,7 +31,9 @@ mod memory;
 pub mod object;
 mod uncached;
 
-pub use bucket::{BucketStorage, DEFAULT_CACHE_BYTES, HEAD_OBJECT};
+pub use bucket::{
+    BucketOptions, BucketStorage, DEFAULT_CACHE_BYTES, DEFAULT_DELETION_GRACE, HEAD_OBJECT,
+};
 pub use local::LocalStorage;
 pub use memory::{Fault, FaultPoint, MemoryStorage, TornWrites};
 pub(crate) use uncached::{open_direct, AlignedBuffer};
@@ -128,6 +130,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// is gone (or, for a reader, to another machine).
     fn is_tiered(&self) -> bool {
         false
+    }
+    /// Names removed from `dir` whose bytes stay readable a while for
+    /// readers of an older state (a bucket store's deletion grace period):
+    /// they are absent from [`Storage::list`], and must not be created
+    /// again while they are listed here. Most media have none.
+    fn retired(&self, _dir: &str) -> io::Result<Vec<String>> {
+        Ok(Vec::new())
     }
     /// Whether every mutating method fails (a read-only open): nothing is
     /// ever written through it.

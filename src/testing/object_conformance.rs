@@ -21,8 +21,8 @@ pub fn test_client(store: Arc<dyn ObjectStore>) -> ObjectClient {
         store,
         RetryPolicy {
             attempts: 8,
-            first_delay: Duration::from_millis(5),
-            max_delay: Duration::from_millis(200),
+            first_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(25),
         },
     )
 }

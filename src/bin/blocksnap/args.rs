@@ -35,6 +35,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "BYTES", value_parser = parse_bytes)]
     pub cache_size: Option<u64>,
 
+    /// How long objects a bucket store's gc removes stay in the bucket, for
+    /// readers that opened the store before (s, m, h, d suffixes; a bare
+    /// number is seconds) [default: 6h]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub deletion_grace: Option<std::time::Duration>,
+
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -95,6 +101,24 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok()
         .and_then(|count| count.checked_mul(1u64 << shift))
         .ok_or_else(|| format!("'{text}' is not a byte count (like 512M or 2G)"))
+}
+
+/// Parses a duration: a count with an optional s, m, h or d suffix.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().last() {
+        Some((at, 's')) => (&text[..at], 1),
+        Some((at, 'm')) => (&text[..at], 60),
+        Some((at, 'h')) => (&text[..at], 3600),
+        Some((at, 'd')) => (&text[..at], 86_400),
+        _ => (text, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|count| count.checked_mul(unit))
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("'{text}' is not a duration (like 90s, 30m, 6h or 2d)"))
 }
 
 impl Cli {

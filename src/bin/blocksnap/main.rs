@@ -27,7 +27,7 @@ use blocksnap::engine::{GcOptions, RepairOptions, VerifyOptions};
 use blocksnap::error::Damage;
 use blocksnap::ids::SnapshotId;
 use blocksnap::storage::object::{ObjectClient, RetryPolicy, S3ObjectStore, S3Settings};
-use blocksnap::storage::{BucketStorage, Storage, DEFAULT_CACHE_BYTES};
+use blocksnap::storage::{BucketOptions, BucketStorage, Storage};
 use blocksnap::volume::{self, BackupOptions, BackupOutcome, RestoreOptions, RestoreOutcome};
 use blocksnap::{Engine, EngineConfig, Error, PutDurability};
 use clap::Parser;
@@ -152,7 +152,7 @@ fn open_for_reading(cli: &Cli, out: &Output) -> Result<Opened, Failure> {
             let storage: Arc<dyn Storage> = Arc::new(BucketStorage::open_read_only(
                 object_client(cli, &bucket, &prefix)?,
                 &local,
-                cache_bytes(cli),
+                bucket_options(cli),
             )?);
             let (config, key_file_damage) = engine_config(cli, storage.as_ref(), false)?;
             (Engine::open_with(storage, config)?, key_file_damage)
@@ -170,9 +170,13 @@ fn store_location(cli: &Cli) -> Result<StoreLocation, Failure> {
     cli.store_location().map_err(Failure::Usage)
 }
 
-/// The bytes a bucket store's cache may keep.
-fn cache_bytes(cli: &Cli) -> u64 {
-    cli.cache_size.unwrap_or(DEFAULT_CACHE_BYTES)
+/// How a bucket store is opened: `--cache-size`, `--deletion-grace`.
+fn bucket_options(cli: &Cli) -> BucketOptions {
+    let defaults = BucketOptions::default();
+    BucketOptions {
+        cache_bytes: cli.cache_size.unwrap_or(defaults.cache_bytes),
+        deletion_grace: cli.deletion_grace.unwrap_or(defaults.deletion_grace),
+    }
 }
 
 /// The client of the bucket store `s3://bucket/prefix`, on `--endpoint`
@@ -204,7 +208,7 @@ fn writable_storage(cli: &Cli) -> Result<Arc<dyn Storage>, Failure> {
             Ok(Arc::new(BucketStorage::open(
                 object_client(cli, &bucket, &prefix)?,
                 &local,
-                cache_bytes(cli),
+                bucket_options(cli),
             )?))
         }
     }
