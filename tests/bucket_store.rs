@@ -11,7 +11,7 @@ use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::engine::{GcReport, NewSnapshot};
 use blocksnap::ids::BlockIndex;
 use blocksnap::ids::SnapshotId;
-use blocksnap::storage::object::{MemoryObjectStore, ObjectFault, ObjectStore};
+use blocksnap::storage::object::{MemoryObjectStore, ObjectFault, ObjectOperation, ObjectStore};
 use blocksnap::storage::{BucketOptions, BucketStorage, Storage};
 use blocksnap::testing::{block, test_client};
 use blocksnap::{Engine, EngineConfig, Error};
@@ -291,6 +291,81 @@ fn removed_objects_stay_for_readers_until_their_grace_is_over() {
     // The old reader may still hold some windows in memory: what it reads
     // is right or an error.
     check_reads(&reader, &doomed, true);
+}
+
+/// Bit rot at rest in every object of a bucket store (a byte flipped at
+/// its start, middle and end, or the object cut in half), then a
+/// read-only open from a fresh local directory: only damage to the head
+/// fails the open (it names the head); otherwise nothing but a damaged
+/// pack costs a read, no read returns a wrong byte, `verify` reports
+/// the damage, and nothing is written to the bucket.
+#[test]
+fn damage_to_any_object_is_found_and_costs_only_what_it_touches() {
+    let memory = Arc::new(MemoryObjectStore::new());
+    let bucket: Arc<dyn ObjectStore> = memory.clone();
+    let mut written = Vec::new();
+    {
+        let engine = open(&bucket, tempfile::tempdir().expect("dir").path()).expect("open");
+        workload(&engine, &mut written).expect("workload");
+    }
+    let names = memory.names();
+    assert!(
+        names.iter().any(|name| name.starts_with("log/")),
+        "{names:?}"
+    );
+    assert!(names.iter().any(|name| name.ends_with(".idx")), "{names:?}");
+    let scratch = tempfile::tempdir().expect("dir");
+    let writes =
+        || memory.requests(ObjectOperation::Put) + memory.requests(ObjectOperation::Delete);
+    let writes_before = writes();
+    for name in names {
+        let original = bucket.get(&name, None).expect("get");
+        let len = original.len();
+        // (offset, flipped: else cut there)
+        let damages = [
+            (0, true),
+            (len / 2, true),
+            (len - 1, true),
+            (len / 2, false),
+        ];
+        for (offset, flipped) in damages {
+            let context = format!(
+                "{name}, {} at {offset}",
+                if flipped { "flip" } else { "cut" }
+            );
+            assert!(memory.corrupt(&name, |bytes| if flipped {
+                bytes[offset] ^= 0x40;
+            } else {
+                bytes.truncate(offset);
+            }));
+            let opened = BucketStorage::open_read_only(
+                test_client(bucket.clone()),
+                &scratch.path().join("absent"),
+                options(),
+            )
+            .and_then(|storage| Engine::open_with(Arc::new(storage), config()));
+            match opened {
+                Err(error) => {
+                    assert_eq!(name, "head", "{context}: {error}");
+                    assert!(error.to_string().contains("head"), "{context}: {error}");
+                }
+                Ok(engine) => {
+                    let in_pack = name.ends_with(".pack");
+                    for snapshot in &written {
+                        check_reads(&engine, snapshot, in_pack);
+                    }
+                    let report = engine.verify(Default::default()).expect("verify");
+                    assert!(!report.is_clean(), "{context}: damage unreported");
+                }
+            }
+            assert!(memory.corrupt(&name, |bytes| *bytes = original.to_vec()));
+        }
+    }
+    assert_eq!(
+        writes(),
+        writes_before,
+        "a read-only open wrote to the bucket"
+    );
 }
 
 /// A crash between every two bucket requests of the workload (the bucket

@@ -1,10 +1,12 @@
 //! Random operation sequences (start, put, complete, reopen, list, diff,
 //! get) run against the engine and a deliberately naive in-memory model;
-//! every observable result must agree.
+//! every observable result must agree. The same runs on a bucket store
+//! (an in-memory bucket and a local directory kept across reopens).
 
 use blocksnap::api::*;
 use blocksnap::engine::GcOptions;
-use blocksnap::storage::MemoryStorage;
+use blocksnap::storage::object::MemoryObjectStore;
+use blocksnap::storage::{BucketOptions, BucketStorage, MemoryStorage, Storage};
 use blocksnap::testing::{block, complete_request, Model, ModelError, ModelStatus, Op};
 use blocksnap::{chunkstore::ChunkStoreConfig, Engine, EngineConfig, Error};
 use proptest::prelude::*;
@@ -30,8 +32,42 @@ fn config() -> EngineConfig {
     }
 }
 
+/// What the engine runs on; reopening keeps everything durable.
+enum Backend {
+    Memory(MemoryStorage),
+    /// A bucket and the writer's local directory.
+    Bucket(Arc<MemoryObjectStore>, tempfile::TempDir),
+}
+
+impl Backend {
+    fn bucket() -> Backend {
+        Backend::Bucket(
+            Arc::new(MemoryObjectStore::new()),
+            tempfile::tempdir().expect("tempdir"),
+        )
+    }
+
+    fn open(&self) -> Engine {
+        let storage: Arc<dyn Storage> = match self {
+            Backend::Memory(storage) => Arc::new(storage.clone()),
+            Backend::Bucket(bucket, local) => Arc::new(
+                BucketStorage::open(
+                    blocksnap::testing::test_client(bucket.clone()),
+                    local.path(),
+                    BucketOptions {
+                        cache_bytes: 4 << 20,
+                        deletion_grace: std::time::Duration::ZERO,
+                    },
+                )
+                .expect("bucket store"),
+            ),
+        };
+        Engine::open_with(storage, config()).expect("open")
+    }
+}
+
 struct Harness {
-    storage: MemoryStorage,
+    storage: Backend,
     engine: Option<Engine>,
     model: Model,
     ids: Vec<String>,
@@ -131,9 +167,7 @@ impl Harness {
             }
             Op::Reopen => {
                 drop(self.engine.take());
-                self.engine = Some(
-                    Engine::open_with(Arc::new(self.storage.clone()), config()).expect("reopen"),
-                );
+                self.engine = Some(self.storage.open());
             }
             Op::List {
                 any,
@@ -274,11 +308,28 @@ proptest! {
 
     #[test]
     fn engine_agrees_with_the_model(ops in Op::sequence(100)) {
-        let storage = MemoryStorage::new();
-        let engine = Engine::open_with(Arc::new(storage.clone()), config()).expect("open");
-        let mut harness = Harness { storage, engine: Some(engine), model: Model::default(), ids: Vec::new() };
-        for op in &ops {
-            harness.apply(op);
-        }
+        run(Backend::Memory(MemoryStorage::new()), &ops);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_on_a_bucket_store_agrees_with_the_model(ops in Op::sequence(100)) {
+        run(Backend::bucket(), &ops);
+    }
+}
+
+fn run(storage: Backend, ops: &[Op]) {
+    let engine = storage.open();
+    let mut harness = Harness {
+        storage,
+        engine: Some(engine),
+        model: Model::default(),
+        ids: Vec::new(),
+    };
+    for op in ops {
+        harness.apply(op);
     }
 }

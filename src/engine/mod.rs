@@ -403,6 +403,7 @@ impl Engine {
         let read_only = storage.is_read_only();
         let (header, mut damage) =
             load_or_create_header(storage.as_ref(), config.clock.now_millis())?;
+        damage.extend(storage.damage());
         let keyring = Keyring::open(
             storage.as_ref(),
             config.key_provider.as_ref(),

@@ -188,6 +188,8 @@ struct Inner {
     epoch: u64,
     /// How long condemned objects are kept.
     deletion_grace: std::time::Duration,
+    /// Extents found damaged when the store was opened.
+    damage: Vec<crate::error::Damage>,
     state: Mutex<State>,
     /// Recently read windows of remote objects: (name, start, bytes),
     /// least recently used first.
@@ -264,8 +266,8 @@ impl BucketStorage {
                 Swapped::Lost => continue,
             }
         };
-        let files = load_tracked(&client, &head)?;
-        let storage = BucketStorage::assemble(client, local, None, options, (head, etag, files));
+        let tracked = load_tracked(&client, &head)?;
+        let storage = BucketStorage::assemble(client, local, None, options, (head, etag, tracked));
         storage.drop_stale_staging()?;
         // Objects condemned long enough ago are deleted now: a store whose
         // writers only open, back up and exit still sheds them.
@@ -315,7 +317,7 @@ impl BucketStorage {
         local: LocalStorage,
         scratch: Option<tempfile::TempDir>,
         options: BucketOptions,
-        (head, etag, files): (Head, String, BTreeMap<String, TrackedFile>),
+        (head, etag, (files, damage)): (Head, String, Tracked),
     ) -> BucketStorage {
         let cache_dir = scratch.is_none().then(|| local.root().join(CACHE_DIR));
         let read_only = local.is_read_only();
@@ -332,6 +334,7 @@ impl BucketStorage {
                 read_only,
                 epoch,
                 deletion_grace: options.deletion_grace,
+                damage,
                 state: Mutex::new(State {
                     head,
                     etag,
@@ -863,24 +866,51 @@ fn encode_head(head: &Head) -> crate::error::Result<Vec<u8>> {
     head.encode().map_err(crate::error::Error::from)
 }
 
-/// The content of every tracked file `head` names, each extent checked
-/// against its crc.
-fn load_tracked(
-    client: &ObjectClient,
-    head: &Head,
-) -> crate::error::Result<BTreeMap<String, TrackedFile>> {
+/// The tracked files a head names, and the extents that were missing or
+/// did not match their crc.
+type Tracked = (BTreeMap<String, TrackedFile>, Vec<crate::error::Damage>);
+
+/// The content of every tracked file `head` names. A damaged extent (its
+/// crc does not match, it is shorter or longer than the head says, or it
+/// is missing) is not fatal: its bytes are kept as read, cut or padded
+/// with zeros to its length so the offsets after it hold, and it is
+/// returned. Every tracked file's format has its own crcs and a second
+/// copy (DESIGN.md §3), so the engine finds the damage and reads the copy
+/// that verifies, as on a directory store.
+fn load_tracked(client: &ObjectClient, head: &Head) -> crate::error::Result<Tracked> {
     let mut files = BTreeMap::new();
+    let mut damaged = Vec::new();
     for file in &head.files {
         let mut content = Vec::with_capacity(file.len() as usize);
         for extent in &file.extents {
-            let bytes = client.read_range(&extent.object, 0..extent.len)?;
-            if crate::format::crc32(&[&bytes]) != extent.crc32 {
-                return Err(crate::error::Error::corrupted(
-                    &extent.object,
-                    format!("an extent of {} does not match its crc", file.name),
-                ));
+            let bytes = client.read_all(&extent.object)?.unwrap_or_default();
+            let mut piece = bytes.to_vec();
+            let intact =
+                piece.len() as u64 == extent.len && crate::format::crc32(&[&piece]) == extent.crc32;
+            if !intact {
+                let detail = if bytes.is_empty() {
+                    format!("an extent of {} is missing", file.name)
+                } else if piece.len() as u64 != extent.len {
+                    format!(
+                        "an extent of {} holds {} bytes, not {}",
+                        file.name,
+                        piece.len(),
+                        extent.len
+                    )
+                } else {
+                    format!("an extent of {} does not match its crc", file.name)
+                };
+                tracing::warn!(object = %extent.object, %detail, "damage in a bucket store");
+                damaged.push(crate::error::Damage {
+                    file: extent.object.clone(),
+                    detail,
+                    // The file's own format and second copy decide what
+                    // was lost; the engine reports that.
+                    data_lost: false,
+                });
+                piece.resize(extent.len as usize, 0);
             }
-            content.extend_from_slice(&bytes);
+            content.extend_from_slice(&piece);
         }
         files.insert(
             file.name.clone(),
@@ -890,32 +920,30 @@ fn load_tracked(
             },
         );
     }
-    Ok(files)
+    Ok((files, damaged))
 }
 
 /// A head, its ETag and its tracked files, for a reader. A writer deletes
 /// the extents a commit stopped naming right after it: a reader that
-/// fails to load them while the head moved on reads the new head instead.
-fn read_consistent_state(
-    client: &ObjectClient,
-) -> crate::error::Result<(Head, String, BTreeMap<String, TrackedFile>)> {
+/// finds extents missing or damaged while the head moved on reads the
+/// new head instead; otherwise the damage is real and the engine meets it.
+fn read_consistent_state(client: &ObjectClient) -> crate::error::Result<(Head, String, Tracked)> {
     const ATTEMPTS: usize = 8;
     let mut attempt = 0;
     loop {
         let (head, etag) = read_head(client)?.ok_or_else(|| crate::error::Error::NotFound {
             message: format!("no store at {} (no head object)", client.store().location()),
         })?;
-        match load_tracked(client, &head) {
-            Ok(files) => return Ok((head, etag, files)),
-            Err(error) => {
-                attempt += 1;
-                let moved_on = client
-                    .head(HEAD_OBJECT)?
-                    .is_some_and(|meta| meta.etag != etag);
-                if !moved_on || attempt == ATTEMPTS {
-                    return Err(error);
-                }
-            }
+        let tracked = load_tracked(client, &head)?;
+        attempt += 1;
+        if tracked.1.is_empty() || attempt == ATTEMPTS {
+            return Ok((head, etag, tracked));
+        }
+        let moved_on = client
+            .head(HEAD_OBJECT)?
+            .is_some_and(|meta| meta.etag != etag);
+        if !moved_on {
+            return Ok((head, etag, tracked));
         }
     }
 }
@@ -1233,6 +1261,10 @@ impl Storage for BucketStorage {
 
     fn is_tiered(&self) -> bool {
         true
+    }
+
+    fn damage(&self) -> Vec<crate::error::Damage> {
+        self.inner.damage.clone()
     }
 
     fn retired(&self, dir: &str) -> io::Result<Vec<String>> {

@@ -138,6 +138,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn retired(&self, _dir: &str) -> io::Result<Vec<String>> {
         Ok(Vec::new())
     }
+    /// Damage the medium itself found when it was opened, below the files'
+    /// own formats (a bucket store's extent that does not match the crc
+    /// its head records). The engine reports it with its own findings.
+    fn damage(&self) -> Vec<crate::error::Damage> {
+        Vec::new()
+    }
     /// Whether every mutating method fails (a read-only open): nothing is
     /// ever written through it.
     fn is_read_only(&self) -> bool {
