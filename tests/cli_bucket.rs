@@ -1,13 +1,15 @@
 //! The `blocksnap` binary on a store in a bucket (`--store s3://…`) of a
 //! real S3-compatible server on loopback: backups, restores from a fresh
 //! local directory (the bucket is all that survives), diff, rm, gc,
-//! verify, stats, encryption and export/import; and a server that ignores
-//! conditional writes refused with a clear error.
+//! verify, stats, encryption and export/import; backups and restores
+//! interrupted by SIGINT and SIGTERM stop cleanly; and a server that
+//! ignores conditional writes refused with a clear error.
 
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 use support::s3_servers::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
 
 const BLOCK: usize = 524_288;
@@ -33,7 +35,13 @@ impl BucketStore {
 
     /// Runs `blocksnap` with `cache` as the bucket store's local directory.
     fn run_with_cache(&self, cache: &str, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_blocksnap"))
+        self.command(cache, args).output().expect("run blocksnap")
+    }
+
+    /// `blocksnap args` with `cache` as the local directory, output piped.
+    fn command(&self, cache: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_blocksnap"));
+        command
             .args(args)
             .env("BLOCKSNAP_STORE", &self.url)
             .env("BLOCKSNAP_CACHE", self.path(cache))
@@ -46,8 +54,9 @@ impl BucketStore {
             .env_remove("BLOCKSNAP_KEY_FILE")
             .env_remove("BLOCKSNAP_PASSPHRASE")
             .stdin(Stdio::null())
-            .output()
-            .expect("run blocksnap")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
     }
 
     fn ok_with_cache(&self, cache: &str, args: &[&str]) -> String {
@@ -193,4 +202,106 @@ fn a_server_that_ignores_conditional_writes_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("ignores If-None-Match"), "{stderr}");
     assert!(output.stdout.is_empty());
+}
+
+/// Waits until `started`, then `delay`, then sends `signal` to `child`.
+fn interrupt(
+    child: &std::process::Child,
+    started: impl Fn() -> bool,
+    delay: Duration,
+    signal: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started() {
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(delay);
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+}
+
+/// Whether a run finished (exit 0) or stopped cleanly: exit 128 + the
+/// signal, nothing on stdout, no success message.
+fn finished(output: &Output, number: i32, context: &str) -> bool {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    match output.status.code() {
+        Some(0) => true,
+        Some(code) => {
+            assert_eq!(code, 128 + number, "{context}: {stderr}");
+            assert!(output.stdout.is_empty(), "{context}: printed a result");
+            assert!(stderr.contains("interrupted by SIG"), "{context}: {stderr}");
+            false
+        }
+        None => panic!("{context}: killed by the signal: {stderr}"),
+    }
+}
+
+/// SIGINT and SIGTERM at several instants of a backup into a bucket store
+/// and of a restore from one: every run finished whole or stopped
+/// cleanly, no snapshot is left pending, the store verifies clean from a
+/// fresh local directory, and a stopped restore leaves no output.
+#[test]
+fn interrupted_backups_and_restores_on_a_bucket_store_stop_cleanly() {
+    let server = S3Server::seaweedfs();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let image = scratch.path().join("disk.raw");
+    write_image(&image, 96, 11);
+    let image = image.to_str().expect("utf-8");
+    let mut stopped = (0, 0);
+    for (signal, number) in [("INT", 2), ("TERM", 15)] {
+        for delay in [0, 25, 120, 400] {
+            let context = format!("SIG{signal} after {delay} ms");
+            let store = BucketStore::new(&server, &format!("signals/{signal}-{delay}"));
+            let child = store
+                .command("cache", &["backup", image, "--threads", "1"])
+                .spawn()
+                .expect("spawn");
+            let journals = store.path("cache/pending");
+            let started = || std::fs::read_dir(&journals).is_ok_and(|mut dir| dir.next().is_some());
+            interrupt(&child, started, Duration::from_millis(delay), signal);
+            let output = child.wait_with_output().expect("wait");
+            let backup_finished = finished(&output, number, &format!("backup, {context}"));
+            let listed = store.ok_with_cache("fresh", &["ls", "--json"]);
+            assert!(
+                !listed.contains("\"pending\""),
+                "backup, {context}: {listed}"
+            );
+            assert!(store.ok_with_cache("fresh", &["verify"]).contains("clean"));
+            if !backup_finished {
+                stopped.0 += 1;
+                continue;
+            }
+            let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
+            let restored = store.path("restored.raw");
+            let child = store
+                .command("cold", &["restore", &id, restored.to_str().expect("utf-8")])
+                .spawn()
+                .expect("spawn");
+            interrupt(
+                &child,
+                || restored.exists() || store.path("cold").exists(),
+                // A restore of this image takes a few tenths of a second.
+                Duration::from_millis(delay / 20),
+                signal,
+            );
+            let output = child.wait_with_output().expect("wait");
+            if finished(&output, number, &format!("restore, {context}")) {
+                assert!(
+                    std::fs::read(&restored).expect("read") == std::fs::read(image).expect("read"),
+                    "restore, {context}"
+                );
+            } else {
+                stopped.1 += 1;
+                assert!(!restored.exists(), "restore, {context}: left its output");
+            }
+        }
+    }
+    assert!(
+        stopped.0 >= 2 && stopped.1 >= 1,
+        "too few runs interrupted: {stopped:?}"
+    );
 }
