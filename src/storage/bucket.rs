@@ -1351,8 +1351,11 @@ impl DiskCache {
         let temporary = dir.join(format!(".tmp-{:016x}", u64::from_le_bytes(suffix)));
         let written = std::fs::create_dir_all(dir)
             .and_then(|()| {
+                use std::io::Write;
                 let crc = crate::format::crc32(&[bytes]).to_le_bytes();
-                std::fs::write(&temporary, [bytes, &crc[..]].concat())
+                let mut file = std::fs::File::create(&temporary)?;
+                file.write_all(bytes)?;
+                file.write_all(&crc)
             })
             .and_then(|()| std::fs::rename(&temporary, &path));
         if written.is_err() {
