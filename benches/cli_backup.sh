@@ -45,17 +45,18 @@ cp disk.img disk-v1.img
 mv disk.img disk-v2.img
 BYTES=$(stat -c %s disk-v1.img)
 
-# run LABEL COMMAND...: time and peak RSS of one step (page cache warm).
+# run LABEL COMMAND...: time, CPU time (user + system) and peak RSS of one
+# step (page cache warm).
 run() {
     local label=$1
     shift
     cat disk-v1.img disk-v2.img > /dev/null
     # No write-back of an earlier step may run during this one.
     sync
-    /usr/bin/time -f "%e %M" -o time.txt "$@" > out.txt
-    read -r seconds kib < time.txt
-    awk -v l="$label" -v s="$seconds" -v k="$kib" -v b="$BYTES" \
-        'BEGIN { printf "%-44s %7.2f s %9.0f MiB/s %7.1f MiB peak\n", l, s, b / 1048576 / s, k / 1024 }'
+    /usr/bin/time -f "%e %M %U %S" -o time.txt "$@" > out.txt
+    read -r seconds kib user system < time.txt
+    awk -v l="$label" -v s="$seconds" -v k="$kib" -v b="$BYTES" -v c="$user" -v y="$system" \
+        'BEGIN { printf "%-44s %7.2f s %9.0f MiB/s %7.1f MiB peak %6.2f s CPU\n", l, s, b / 1048576 / s, k / 1024, c + y }'
 }
 
 echo "image: $MIB MiB, $(wc -l < changed.txt) blocks rewritten; $(nproc) cores"
@@ -134,10 +135,18 @@ print(" ".join(str(x.getsockname()[1]) for x in s))')
     export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1
     export AWS_ENDPOINT_URL=http://127.0.0.1:$1
     until "$AWS_CLI" s3 mb s3://bench > /dev/null 2>&1; do sleep 0.3; done
-    # run_bucket LABEL COMMAND...: as run, and the requests the step sent.
+    # The CPU seconds SeaweedFS has used so far (it shares the machine).
+    server_cpu() {
+        awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$WEED_PID/stat"
+    }
+    # run_bucket LABEL COMMAND...: as run, the requests the step sent and
+    # the CPU time SeaweedFS spent serving them.
     run_bucket() {
+        local before
+        before=$(server_cpu)
         run "$@" 2> err.txt
         sed -n 's/^bucket requests: /  requests: /p' err.txt
+        awk -v a="$before" -v b="$(server_cpu)" 'BEGIN { printf "  SeaweedFS CPU: %.2f s\n", b - a }'
     }
     export BLOCKSNAP_STORE=s3://bench/store BLOCKSNAP_CACHE=$WORK/cache
     ln -sf disk-v1.img disk.img
@@ -160,13 +169,13 @@ print(" ".join(str(x.getsockname()[1]) for x in s))')
         mkdir -p peer
         cp disk-v1.img peer/disk.img
         RESTIC_REPOSITORY=s3:$AWS_ENDPOINT_URL/bench/restic RESTIC_PASSWORD=bench restic init > /dev/null 2>&1
-        run "restic backup (full, into SeaweedFS)" env RESTIC_REPOSITORY=s3:$AWS_ENDPOINT_URL/bench/restic \
+        run_bucket "restic backup (full, into SeaweedFS)" env RESTIC_REPOSITORY=s3:$AWS_ENDPOINT_URL/bench/restic \
             RESTIC_PASSWORD=bench restic backup --quiet peer/disk.img
         cp disk-v2.img peer/disk.img
-        run "restic backup (incremental, SeaweedFS)" env RESTIC_REPOSITORY=s3:$AWS_ENDPOINT_URL/bench/restic \
+        run_bucket "restic backup (incremental, SeaweedFS)" env RESTIC_REPOSITORY=s3:$AWS_ENDPOINT_URL/bench/restic \
             RESTIC_PASSWORD=bench restic backup --quiet peer/disk.img
         rm -rf restored-peer
-        run "restic restore (SeaweedFS)" env RESTIC_REPOSITORY=s3:$AWS_ENDPOINT_URL/bench/restic \
+        run_bucket "restic restore (SeaweedFS)" env RESTIC_REPOSITORY=s3:$AWS_ENDPOINT_URL/bench/restic \
             RESTIC_PASSWORD=bench restic restore latest --quiet --target restored-peer
         rm -rf restored-peer peer/disk.img
     fi

@@ -52,15 +52,15 @@ const CACHE_DIR: &str = "cache";
 /// publication, so the head stays small.
 const MAX_EXTENTS: usize = 32;
 /// Bytes fetched per ranged read of a pack that is not local.
-const READ_WINDOW: u64 = 2 << 20;
+const READ_WINDOW: u64 = 4 << 20;
 /// Windows kept in memory across all remote packs (32 MiB).
-const CACHED_WINDOWS: usize = 16;
+const CACHED_WINDOWS: usize = 8;
 /// Windows fetched ahead of a sequential reader.
 const READ_AHEAD_WINDOWS: u64 = 3;
 /// Background fetches at once, across all objects.
 const MAX_PREFETCHES: usize = 4;
 /// Sealed packs uploading at once.
-const MAX_UPLOADS: usize = 2;
+const MAX_UPLOADS: usize = 1;
 /// The disk cache's default bound.
 pub const DEFAULT_CACHE_BYTES: u64 = 2 << 30;
 /// How long a removed object stays in the bucket by default: longer than a

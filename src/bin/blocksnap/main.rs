@@ -60,6 +60,7 @@ impl From<Error> for Failure {
 }
 
 fn main() -> ExitCode {
+    cap_malloc_arenas();
     let cli = Cli::parse();
     let out = Output::new(cli.json, cli.quiet);
     // The server handles its own signals (graceful shutdown).
@@ -164,6 +165,27 @@ fn open_for_reading(cli: &Cli, out: &Output) -> Result<Opened, Failure> {
         key_file_damage: engine.1,
     })
 }
+
+/// Caps glibc's malloc arenas at the number of cores (2 to 8), before any
+/// thread starts. By default glibc gives threads up to eight arenas per
+/// core, and each keeps the multi-MiB buffers freed into it (parts of
+/// uploads, windows of reads from a bucket): a backup into a bucket peaked
+/// at 120–150 MiB that way, 65–95 MiB with the cap, in the same time.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn cap_malloc_arenas() {
+    let cores = std::thread::available_parallelism().map_or(2, |cores| cores.get());
+    let arenas = libc::c_int::try_from(cores.clamp(2, 8)).unwrap_or(2);
+    // SAFETY: mallopt only sets a tunable of glibc's allocator; it is called
+    // first thing in main, before this process starts any thread, and a
+    // refusal (return value 0) leaves the default in place.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, arenas);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn cap_malloc_arenas() {}
 
 /// Where `--store` says the store is.
 fn store_location(cli: &Cli) -> Result<StoreLocation, Failure> {

@@ -35,6 +35,9 @@ const MULTIPART_THRESHOLD: u64 = 16 << 20;
 const PART_BYTES: u64 = 8 << 20;
 /// Parts uploading at once; memory is about this many parts.
 const PARTS_IN_FLIGHT: usize = 2;
+/// The most a whole-object read allocates before its bytes arrive (a
+/// reply announcing more grows the buffer as the bytes come).
+const MAX_PREALLOCATED_BODY: u64 = 16 << 20;
 /// How long establishing a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the service may stay silent while answering.
@@ -353,7 +356,9 @@ impl S3ObjectStore {
                     .key(key)
                     .upload_id(upload_id)
                     .part_number(part_number)
-                    .body(ByteStream::from(bytes));
+                    .body(ByteStream::from(bytes))
+                    .customize()
+                    .disable_payload_signing();
                 let number = part_number;
                 in_flight.push_back(self.runtime.spawn(async move {
                     let sent = request.send().await.map_err(classify)?;
@@ -399,6 +404,7 @@ impl S3ObjectStore {
 
 impl ObjectStore for S3ObjectStore {
     fn get(&self, name: &str, range: Option<Range<u64>>) -> Result<Bytes, ObjectError> {
+        let expected = range.as_ref().map(|range| range.end - range.start);
         let mut request = self
             .client
             .get_object()
@@ -411,13 +417,25 @@ impl ObjectStore for S3ObjectStore {
             request = request.range(format!("bytes={}-{}", range.start, range.end - 1));
         }
         block_on(&self.runtime, async move {
-            let response = request.send().await.map_err(classify)?;
-            response
+            let mut response = request.send().await.map_err(classify)?;
+            // Read into one buffer sized from the reply (at most the range
+            // asked for): collecting the body's pieces and joining them
+            // would hold every byte twice.
+            let announced = response
+                .content_length()
+                .and_then(|len| u64::try_from(len).ok())
+                .unwrap_or(0);
+            let capacity = announced.min(expected.unwrap_or(MAX_PREALLOCATED_BODY));
+            let mut bytes = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+            while let Some(piece) = response
                 .body
-                .collect()
+                .try_next()
                 .await
-                .map(|data| data.into_bytes())
-                .map_err(|error| ObjectError::Ambiguous(format!("reading the body: {error}")))
+                .map_err(|error| ObjectError::Ambiguous(format!("reading the body: {error}")))?
+            {
+                bytes.extend_from_slice(&piece);
+            }
+            Ok(Bytes::from(bytes))
         })
     }
 
@@ -469,7 +487,11 @@ impl ObjectStore for S3ObjectStore {
             Precondition::Absent => request.if_none_match("*"),
             Precondition::Matches(etag) => request.if_match(etag),
         };
-        let put = block_on(&self.runtime, request.send()).map_err(classify)?;
+        let put = block_on(
+            &self.runtime,
+            request.customize().disable_payload_signing().send(),
+        )
+        .map_err(classify)?;
         put.e_tag()
             .map(str::to_string)
             .ok_or_else(|| ObjectError::Refused("no ETag returned".into()))
