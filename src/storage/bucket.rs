@@ -59,7 +59,8 @@ const CACHED_WINDOWS: usize = 8;
 const READ_AHEAD_WINDOWS: u64 = 3;
 /// Background fetches at once, across all objects.
 const MAX_PREFETCHES: usize = 4;
-/// Sealed packs uploading at once.
+/// Sealed packs uploading at once, each with two parts in flight (more
+/// raised memory, not speed: the server's ingest bounds the rate).
 const MAX_UPLOADS: usize = 1;
 /// The disk cache's default bound.
 pub const DEFAULT_CACHE_BYTES: u64 = 2 << 30;
