@@ -214,14 +214,14 @@ fn removed_objects_stay_for_readers_until_their_grace_is_over() {
     };
     let hour = std::time::Duration::from_secs(3600);
     let local = tempfile::tempdir().expect("dir");
-    let writer = Engine::open_with(
-        Arc::new(
+    // A writer that keeps what gc removes for an hour.
+    let open_writer = || {
+        let storage =
             BucketStorage::open(test_client(bucket.clone()), local.path(), with_grace(hour))
-                .expect("open"),
-        ),
-        config(),
-    )
-    .expect("engine");
+                .expect("open");
+        Engine::open_with(Arc::new(storage), config()).expect("engine")
+    };
+    let writer = open_writer();
     let doomed = write(&writer, None, &[(0, 21), (1, 22), (2, 23), (3, 24)]).expect("doomed");
     let reader = Engine::open_with(
         Arc::new(
@@ -258,14 +258,7 @@ fn removed_objects_stay_for_readers_until_their_grace_is_over() {
     drop(writer);
     // A writer opened within the grace names its packs past the condemned
     // ones (an upload over one would fail create-only).
-    let writer = Engine::open_with(
-        Arc::new(
-            BucketStorage::open(test_client(bucket.clone()), local.path(), with_grace(hour))
-                .expect("reopen"),
-        ),
-        config(),
-    )
-    .expect("engine");
+    let writer = open_writer();
     let kept = write(&writer, None, &[(0, 31), (5, 32)]).expect("a later snapshot");
     assert!(writer
         .verify(Default::default())

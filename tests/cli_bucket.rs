@@ -9,7 +9,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::interrupt::{finished, interrupt};
 use support::s3_servers::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
 
 const BLOCK: usize = 524_288;
@@ -202,42 +203,6 @@ fn a_server_that_ignores_conditional_writes_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("ignores If-None-Match"), "{stderr}");
     assert!(output.stdout.is_empty());
-}
-
-/// Waits until `started`, then `delay`, then sends `signal` to `child`.
-fn interrupt(
-    child: &std::process::Child,
-    started: impl Fn() -> bool,
-    delay: Duration,
-    signal: &str,
-) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !started() {
-        assert!(Instant::now() < deadline, "the command never started");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    std::thread::sleep(delay);
-    let sent = Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
-}
-
-/// Whether a run finished (exit 0) or stopped cleanly: exit 128 + the
-/// signal, nothing on stdout, no success message.
-fn finished(output: &Output, number: i32, context: &str) -> bool {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    match output.status.code() {
-        Some(0) => true,
-        Some(code) => {
-            assert_eq!(code, 128 + number, "{context}: {stderr}");
-            assert!(output.stdout.is_empty(), "{context}: printed a result");
-            assert!(stderr.contains("interrupted by SIG"), "{context}: {stderr}");
-            false
-        }
-        None => panic!("{context}: killed by the signal: {stderr}"),
-    }
 }
 
 /// SIGINT and SIGTERM at several instants of a backup into a bucket store

@@ -6,10 +6,13 @@
 //! stops gracefully (exit 0) on each of them, even one sent the instant
 //! it prints its address.
 
+mod support;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::interrupt::{finished, interrupt};
 
 const BLOCK: usize = 524_288;
 /// Blocks of the image: large enough that each command takes a few tenths
@@ -92,22 +95,6 @@ fn setup() -> Fixture {
     }
 }
 
-/// Waits until `started` says the child is working (so its handlers are
-/// installed), then `delay`, then sends `signal`.
-fn interrupt(child: &Child, started: impl Fn() -> bool, delay: Duration, signal: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !started() {
-        assert!(Instant::now() < deadline, "the command never started");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    std::thread::sleep(delay);
-    let sent = Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
-}
-
 /// Whether a file in `dir` (not recursive) satisfies `test`.
 fn any_file(dir: &Path, test: impl Fn(&std::fs::Metadata, &str) -> bool) -> bool {
     std::fs::read_dir(dir).is_ok_and(|entries| {
@@ -133,21 +120,6 @@ fn snapshots(store: &Path) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-/// The outcome of one interrupted run: `true` if it finished.
-fn outcome(output: &Output, signal: i32, context: &str) -> bool {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    match output.status.code() {
-        Some(0) => true,
-        Some(code) => {
-            assert_eq!(code, 128 + signal, "{context}: {stderr}");
-            assert!(output.stdout.is_empty(), "{context}: printed a result");
-            assert!(stderr.contains("interrupted by SIG"), "{context}: {stderr}");
-            false
-        }
-        None => panic!("{context}: killed by the signal: {stderr}"),
-    }
 }
 
 /// The store verifies clean and holds no pending snapshot.
@@ -195,7 +167,7 @@ fn interrupt_snapshot_writer(
         let journals = store.join("pending");
         interrupt(&child, || any_file(&journals, |_, _| true), delay, signal);
         let output = child.wait_with_output().expect("wait");
-        let finished = outcome(&output, number, &context);
+        let finished = finished(&output, number, &context);
         consistent(&store, &context);
         let listed = snapshots(&store);
         if finished {
@@ -262,7 +234,7 @@ fn interrupted_restores_leave_no_output() {
         .expect("spawn");
         interrupt(&child, || output_path.exists(), delay, signal);
         let output = child.wait_with_output().expect("wait");
-        if outcome(&output, number, &context) {
+        if finished(&output, number, &context) {
             assert!(
                 std::fs::read(&output_path).expect("read")
                     == std::fs::read(&fixture.image).expect("read"),
@@ -306,7 +278,7 @@ fn interrupted_exports_publish_nothing() {
         let archives = bucket.join("snapshot");
         interrupt(&child, || any_file(&archives, |_, _| true), delay, signal);
         let output = child.wait_with_output().expect("wait");
-        let finished = outcome(&output, number, &context);
+        let finished = finished(&output, number, &context);
         let files: Vec<String> = std::fs::read_dir(&archives)
             .map(|entries| {
                 entries

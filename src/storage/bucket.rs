@@ -704,14 +704,45 @@ impl BucketStorage {
                 .iter()
                 .any(|(cached, at, _)| cached == name && *at == start - READ_WINDOW);
         if sequential {
+            let mut following = None;
             for ahead in 1..=READ_AHEAD_WINDOWS {
                 let next = start + ahead * READ_WINDOW;
                 if next < object_len {
                     self.prefetch(name, next, object_len);
+                    continue;
+                }
+                // Past the end: a sequential reader (a restore) goes on
+                // with the next object of the same kind in name order (the
+                // next pack), whose first window is fetched ahead too.
+                let (next_name, next_len) = match &following {
+                    Some(found) => found,
+                    None => match self.next_listed(name) {
+                        Some(found) => following.insert(found),
+                        None => break,
+                    },
+                };
+                let at = next - object_len.div_ceil(READ_WINDOW) * READ_WINDOW;
+                if at < *next_len {
+                    self.prefetch(next_name, at, *next_len);
                 }
             }
         }
         self.fetch_window(name, start, object_len)
+    }
+
+    /// The listed object after `name` in name order with the same
+    /// extension, and its length.
+    fn next_listed(&self, name: &str) -> Option<(String, u64)> {
+        let extension = name.rsplit_once('.').map(|(_, extension)| extension)?;
+        let state = self.inner.state.lock();
+        state
+            .listed_lengths
+            .range::<str, _>((std::ops::Bound::Excluded(name), std::ops::Bound::Unbounded))
+            .find(|(next, _)| {
+                next.rsplit_once('.')
+                    .is_some_and(|(_, other)| other == extension)
+            })
+            .map(|(next, len)| (next.clone(), *len))
     }
 
     fn cached_window(&self, name: &str, start: u64) -> Option<Bytes> {

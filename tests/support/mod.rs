@@ -1,4 +1,5 @@
 //! Helpers shared by integration tests (each test file that needs them
 //! declares `mod support;`).
 
+pub mod interrupt;
 pub mod s3_servers;
