@@ -693,9 +693,10 @@ impl BucketStorage {
     /// read right after the one before it starts fetching the next ones in
     /// the background (a sequential reader, a restore, finds them ready).
     fn window(&self, name: &str, start: u64, object_len: u64) -> io::Result<Bytes> {
-        if let Some(bytes) = self.cached_window(name, start) {
-            return Ok(bytes);
-        }
+        let cached = self.cached_window(name, start);
+        // Read-ahead is topped up on every sequential read, found in the
+        // cache or not: were it only on a miss, every fourth window would
+        // be a miss, and the reader would wait for it.
         let sequential = start >= READ_WINDOW
             && self
                 .inner
@@ -727,7 +728,10 @@ impl BucketStorage {
                 }
             }
         }
-        self.fetch_window(name, start, object_len)
+        match cached {
+            Some(bytes) => Ok(bytes),
+            None => self.fetch_window(name, start, object_len),
+        }
     }
 
     /// The listed object after `name` in name order with the same
