@@ -17,6 +17,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 static NEVER: AtomicBool = AtomicBool::new(false);
 
@@ -1005,4 +1006,139 @@ fn a_snapshot_round_trips_through_an_s3_compatible_server() {
         matches!(denied, Err(Error::AccessDenied { .. })),
         "{denied:?}"
     );
+}
+
+/// A TCP proxy in front of a server that, for each request whose start
+/// line begins with one of its patterns (each once), lets the request reach
+/// the server, then closes the client's connection instead of passing the
+/// reply on: a write that landed and whose reply was lost.
+struct LossyProxy {
+    endpoint: String,
+    dropped: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl LossyProxy {
+    fn start(upstream: &str, patterns: Vec<String>) -> LossyProxy {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+        let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let pending = Arc::new(parking_lot::Mutex::new(patterns));
+        let counter = dropped.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (pending, counter) = (pending.clone(), counter.clone());
+                // Set once this connection carried a request to lose.
+                let doomed = Arc::new(AtomicBool::new(false));
+                let (mut from_client, mut to_server) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let flag = doomed.clone();
+                std::thread::spawn(move || {
+                    let mut buffer = vec![0u8; 64 << 10];
+                    while let Ok(read) = from_client.read(&mut buffer) {
+                        if read == 0 {
+                            break;
+                        }
+                        let text = String::from_utf8_lossy(&buffer[..read]);
+                        let mut pending = pending.lock();
+                        if let Some(at) = pending
+                            .iter()
+                            .position(|pattern| text.starts_with(pattern.as_str()))
+                        {
+                            pending.remove(at);
+                            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        drop(pending);
+                        if to_server.write_all(&buffer[..read]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_server.shutdown(Shutdown::Write);
+                });
+                let (mut from_server, mut to_client) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buffer = vec![0u8; 64 << 10];
+                    while let Ok(read) = from_server.read(&mut buffer) {
+                        if read == 0 {
+                            break;
+                        }
+                        if doomed.load(std::sync::atomic::Ordering::SeqCst) {
+                            // The server answered: the write landed. The
+                            // client never hears of it.
+                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            break;
+                        }
+                        if to_client.write_all(&buffer[..read]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_client.shutdown(Shutdown::Both);
+                    let _ = from_server.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        LossyProxy { endpoint, dropped }
+    }
+
+    fn dropped(&self) -> usize {
+        self.dropped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A create-only upload whose reply is lost after it landed (a single put,
+/// and a multipart upload's completion): the SDK's retry is refused with
+/// 412, the put id read back from the object proves the earlier attempt
+/// was this upload's, and the commit succeeds with the bytes written once.
+/// A different upload of the same key is still a conflict.
+#[test]
+fn an_upload_whose_reply_was_lost_commits_once() {
+    let server = S3Server::start();
+    let small = "lost/small.zip";
+    let large = "lost/large.zip";
+    let proxy = LossyProxy::start(
+        &server.endpoint,
+        vec![
+            format!("PUT /{BUCKET}/{small}"),
+            format!("POST /{BUCKET}/{large}?uploadId"),
+        ],
+    );
+    let settings = S3Settings {
+        endpoint: Some(proxy.endpoint.clone()),
+        region: Some("us-east-1".into()),
+        ..S3Settings::default()
+    }
+    .with_keys(ACCESS_KEY, SECRET_KEY);
+    let lossy = Bucket::S3(S3Bucket::new(BUCKET, &settings).expect("bucket"));
+    let direct = server.bucket(BUCKET, SECRET_KEY);
+    for (key, size, lost) in [(small, 1usize << 10, 1), (large, 20 << 20, 2)] {
+        let bytes: Vec<u8> = (0..size).map(|at| (at % 251) as u8).collect();
+        let mut upload = lossy.upload(key).expect("upload");
+        upload.write_all(&bytes).expect("write");
+        upload
+            .commit()
+            .expect("the commit whose reply was lost succeeds");
+        assert_eq!(proxy.dropped(), lost, "{key}: no reply was lost");
+        let mut stored = Vec::new();
+        direct
+            .open(key)
+            .expect("open")
+            .read_to_end(&mut stored)
+            .expect("read");
+        assert!(stored == bytes, "{key}: stored bytes differ");
+        let mut other = lossy.upload(key).expect("upload");
+        other.write_all(&bytes).expect("write");
+        assert!(
+            matches!(other.commit(), Err(Error::Conflict { .. })),
+            "{key}: a second upload is a conflict"
+        );
+    }
 }

@@ -320,9 +320,10 @@ impl S3Upload {
     }
 
     /// Sends a create-only request: 409 ConditionalRequestConflict is
-    /// retried; 412 (the key exists) is a success when the object carries
+    /// retried; any other failure is a success when the object carries
     /// this upload's put id (an earlier attempt landed and its reply was
-    /// lost), else the conflict it is.
+    /// lost: the retry then meets 412, or NoSuchUpload for a multipart
+    /// completion), else the error it is.
     fn create_only<T, E, F>(&self, url: &str, mut send: impl FnMut() -> F) -> Result<()>
     where
         F: std::future::Future<Output = std::result::Result<T, SdkError<E>>> + Send + 'static,
@@ -344,27 +345,25 @@ impl S3Upload {
                 std::thread::sleep(std::time::Duration::from_millis(50 << attempt));
                 continue;
             }
-            let error = classify(url, error);
-            if matches!(error, Error::Conflict { .. }) {
-                let head = block_on(
-                    &bucket.runtime,
-                    bucket
-                        .client
-                        .head_object()
-                        .bucket(&bucket.bucket)
-                        .key(&self.key)
-                        .send(),
-                );
-                let ours = head.ok().is_some_and(|head| {
-                    head.metadata()
-                        .and_then(|metadata| metadata.get(PUT_ID_METADATA))
-                        == Some(&self.put_id)
-                });
-                if ours {
-                    return Ok(());
-                }
-            }
-            return Err(error);
+            let head = block_on(
+                &bucket.runtime,
+                bucket
+                    .client
+                    .head_object()
+                    .bucket(&bucket.bucket)
+                    .key(&self.key)
+                    .send(),
+            );
+            let ours = head.ok().is_some_and(|head| {
+                head.metadata()
+                    .and_then(|metadata| metadata.get(PUT_ID_METADATA))
+                    == Some(&self.put_id)
+            });
+            return if ours {
+                Ok(())
+            } else {
+                Err(classify(url, error))
+            };
         }
     }
 
