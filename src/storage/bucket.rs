@@ -631,7 +631,7 @@ impl BucketStorage {
     /// name that differs (a rewrite of a damaged index) once this writer
     /// has confirmed it still holds the store.
     fn upload(&self, name: &str, body: &Body) -> io::Result<()> {
-        if self.inner.state.lock().condemned.contains_key(name) {
+        if self.is_condemned(name) {
             return Err(io::Error::other(format!(
                 "{name} is condemned and must not be written again"
             )));
@@ -920,33 +920,36 @@ fn load_tracked(client: &ObjectClient, head: &Head) -> crate::error::Result<Trac
         let mut content = Vec::with_capacity(file.len() as usize);
         for extent in &file.extents {
             let bytes = client.read_all(&extent.object)?.unwrap_or_default();
-            let mut piece = bytes.to_vec();
             let intact =
-                piece.len() as u64 == extent.len && crate::format::crc32(&[&piece]) == extent.crc32;
-            if !intact {
-                let detail = if bytes.is_empty() {
-                    format!("an extent of {} is missing", file.name)
-                } else if piece.len() as u64 != extent.len {
-                    format!(
-                        "an extent of {} holds {} bytes, not {}",
-                        file.name,
-                        piece.len(),
-                        extent.len
-                    )
-                } else {
-                    format!("an extent of {} does not match its crc", file.name)
-                };
-                tracing::warn!(object = %extent.object, %detail, "damage in a bucket store");
-                damaged.push(crate::error::Damage {
-                    file: extent.object.clone(),
-                    detail,
-                    // The file's own format and second copy decide what
-                    // was lost; the engine reports that.
-                    data_lost: false,
-                });
-                piece.resize(extent.len as usize, 0);
+                bytes.len() as u64 == extent.len && crate::format::crc32(&[&bytes]) == extent.crc32;
+            if intact {
+                content.extend_from_slice(&bytes);
+                continue;
             }
-            content.extend_from_slice(&piece);
+            let detail = if bytes.is_empty() {
+                format!("an extent of {} is missing", file.name)
+            } else if bytes.len() as u64 != extent.len {
+                format!(
+                    "an extent of {} holds {} bytes, not {}",
+                    file.name,
+                    bytes.len(),
+                    extent.len
+                )
+            } else {
+                format!("an extent of {} does not match its crc", file.name)
+            };
+            tracing::warn!(object = %extent.object, %detail, "damage in a bucket store");
+            damaged.push(crate::error::Damage {
+                file: extent.object.clone(),
+                detail,
+                // The file's own format and second copy decide what
+                // was lost; the engine reports that.
+                data_lost: false,
+            });
+            let end = content.len() + extent.len as usize;
+            let kept = bytes.len().min(extent.len as usize);
+            content.extend_from_slice(&bytes.slice(..kept));
+            content.resize(end, 0);
         }
         files.insert(
             file.name.clone(),
