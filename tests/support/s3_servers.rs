@@ -152,6 +152,12 @@ impl S3Server {
             "-admin.ui=false".into(),
             "-webdav=false".into(),
             "-master.telemetry=false".into(),
+            // Volumes of a fixed count and size: by default `mini` allows
+            // as many 128 MB volumes as the disk's free space holds, so on
+            // a disk with under 128 MB free it has no writable volume and
+            // every put waits for one, never answering.
+            "-master.volumeSizeLimitMB=16".into(),
+            "-volume.max=64".into(),
         ];
         args.extend(
             port_flags
