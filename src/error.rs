@@ -224,6 +224,12 @@ impl Error {
         }
     }
 
+    /// Whether another writer of a shared medium committed first (a
+    /// [`crate::storage::HeadMoved`]): the change is redone on top of it.
+    pub fn is_head_moved(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if crate::storage::is_head_moved(source))
+    }
+
     /// Whether this error left the durable state unknown, so the engine
     /// must stop accepting writes.
     pub fn is_fatal_io(&self) -> bool {

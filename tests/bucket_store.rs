@@ -166,26 +166,191 @@ fn completed_snapshots_come_back_from_moto_alone() {
     round_trip(Arc::new(server.store("round-trip")));
 }
 
+/// Opens a writer and keeps its storage, for the registration calls.
+fn open_keeping(
+    bucket: &Arc<dyn ObjectStore>,
+    local: &std::path::Path,
+) -> Result<(Engine, BucketStorage), Error> {
+    let storage = BucketStorage::open(test_client(bucket.clone()), local, options())?;
+    let engine = Engine::open_with(Arc::new(storage.clone()), config())?;
+    Ok((engine, storage))
+}
+
 #[test]
-fn a_stale_writer_is_fenced_and_writes_nothing_more() {
+fn a_writer_declared_gone_is_fenced_and_writes_nothing_more() {
     let bucket: Arc<dyn ObjectStore> = Arc::new(MemoryObjectStore::new());
     let (first_dir, second_dir) = (
         tempfile::tempdir().expect("dir"),
         tempfile::tempdir().expect("dir"),
     );
-    let stale = open(&bucket, first_dir.path()).expect("first writer");
-    let kept = write(&stale, None, &[(0, 1)]).expect("before the takeover");
-    let current = open(&bucket, second_dir.path()).expect("second writer takes over");
-    // The new writer's packs take the names the stale writer would use
-    // next: the stale writer's uploads must not replace them.
-    let after = write(&current, Some(&kept), &[(2, 3)]).expect("the new writer writes");
+    let (stale, stale_storage) = open_keeping(&bucket, first_dir.path()).expect("first writer");
+    let kept = write(&stale, None, &[(0, 1)]).expect("before it is declared gone");
+    let (current, current_storage) =
+        open_keeping(&bucket, second_dir.path()).expect("second writer");
+    assert_eq!(current_storage.writers().len(), 2, "both are registered");
+    assert!(current_storage
+        .fence_writer(stale_storage.writer_id())
+        .expect("fence"));
+    let after = write(&current, Some(&kept), &[(2, 3)]).expect("the other writer writes");
     let error = write(&stale, None, &[(1, 2), (3, 4)]).expect_err("fenced");
     assert!(error.to_string().contains("fenced"), "{error}");
-    drop((stale, current));
-    let engine = open(&bucket, tempfile::tempdir().expect("dir").path()).expect("reopen");
+    drop((stale, current, stale_storage, current_storage));
+    let (engine, storage) =
+        open_keeping(&bucket, tempfile::tempdir().expect("dir").path()).expect("reopen");
     assert_eq!(engine.snapshots().len(), 2);
     check(&engine, &kept);
     check(&engine, &after);
+    // Writers that closed took their registrations out.
+    assert_eq!(storage.writers().len(), 1, "{:?}", storage.writers());
+}
+
+/// A writer that crashed (its registration left in the head) and comes
+/// back from the same local directory replaces its registration: crashed
+/// writers do not pile up, and do not keep gc from running.
+#[test]
+fn a_crashed_writer_coming_back_replaces_its_registration() {
+    let memory = Arc::new(MemoryObjectStore::new());
+    let bucket: Arc<dyn ObjectStore> = memory.clone();
+    let local = tempfile::tempdir().expect("dir");
+    let (engine, storage) = open_keeping(&bucket, local.path()).expect("open");
+    let kept = write(&engine, None, &[(0, 1)]).expect("write");
+    // The crash: nothing more reaches the bucket, not even the
+    // deregistration a closing writer sends.
+    memory.halt_after(Some(0));
+    drop((engine, storage));
+    memory.halt_after(None);
+    let (engine, storage) = open_keeping(&bucket, local.path()).expect("back");
+    assert_eq!(storage.writers().len(), 1, "{:?}", storage.writers());
+    check(&engine, &kept);
+    engine
+        .collect_garbage(Default::default())
+        .expect("alone again");
+}
+
+/// Two writers open one store at once: each commits whatever the other
+/// committed in between (a lost head race is redone on top), sees the
+/// other's snapshots, and does not store again what the other stored.
+#[test]
+fn two_writers_commit_at_once_and_see_each_others_snapshots() {
+    let bucket: Arc<dyn ObjectStore> = Arc::new(MemoryObjectStore::new());
+    let (first_dir, second_dir) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (first, first_storage) = open_keeping(&bucket, first_dir.path()).expect("first");
+    let (second, second_storage) = open_keeping(&bucket, second_dir.path()).expect("second");
+    // Interleaved: both start, both put, then both complete; each commit
+    // finds the head moved by the other's.
+    let first_writer = first.writer(NewSnapshot::new(1)).expect("start");
+    let second_writer = second.writer(NewSnapshot::new(1)).expect("start");
+    for (index, seed) in [(0u32, 1u64), (1, 2)] {
+        first_writer
+            .put_block(BlockIndex(index), &block(seed))
+            .expect("put");
+        second_writer
+            .put_block(BlockIndex(index + 5), &block(seed + 10))
+            .expect("put");
+    }
+    let (first_id, second_id) = (first_writer.snapshot_id(), second_writer.snapshot_id());
+    // The other writer's pending snapshot takes no puts here.
+    let refused = second
+        .put_block(
+            first_id,
+            BlockIndex(3),
+            &block(3),
+            &blocksnap::codec::sha256(&block(3)),
+        )
+        .expect_err("another writer's pending snapshot");
+    assert!(refused.to_string().contains("another writer"), "{refused}");
+    first_writer.complete().expect("first completes");
+    second_writer
+        .complete()
+        .expect("second completes on top of it");
+    let first_written: Written = (first_id, BTreeMap::from([(0, 1), (1, 2)]));
+    let second_written: Written = (second_id, BTreeMap::from([(5, 11), (6, 12)]));
+    // Each reads the other's snapshot (an unknown id reads the head).
+    check(&first, &second_written);
+    check(&second, &first_written);
+    assert_eq!(first.snapshots().len(), 2);
+    assert_eq!(second.snapshots().len(), 2);
+    // Data the first stored is not stored again by the second.
+    let packed = |bucket: &Arc<dyn ObjectStore>| -> u64 {
+        bucket
+            .list("packs/")
+            .expect("list")
+            .iter()
+            .map(|object| object.len)
+            .sum()
+    };
+    let before = packed(&bucket);
+    let again = write(&second, None, &[(0, 1), (1, 2)]).expect("same data");
+    let grown = packed(&bucket) - before;
+    assert!(
+        grown < blocksnap::ids::BLOCK_SIZE as u64,
+        "{grown} bytes more for blocks the other writer stored"
+    );
+    check(&first, &again);
+    // Nothing is removed while another writer is registered: it may have
+    // referenced what looks like garbage here.
+    second.delete(again.0).expect("delete");
+    let refused = first
+        .collect_garbage(Default::default())
+        .expect_err("another writer is registered");
+    assert!(refused.to_string().contains("other writers"), "{refused}");
+    drop((second, second_storage));
+    first
+        .collect_garbage(Default::default())
+        .expect("alone now");
+    drop((first, first_storage));
+    let engine = open(&bucket, tempfile::tempdir().expect("dir").path()).expect("reopen");
+    assert_eq!(engine.snapshots().len(), 2);
+    for snapshot in [&first_written, &second_written] {
+        check(&engine, snapshot);
+    }
+    let report = engine.verify(Default::default()).expect("verify");
+    assert!(report.is_clean(), "{report:?}");
+}
+
+/// Writers on several threads, each with its own local directory, commit
+/// snapshots into one store at once: nothing is lost, and a fresh writer
+/// reads every one back.
+#[test]
+fn concurrent_writers_lose_no_snapshot() {
+    const WRITERS: u64 = 4;
+    const SNAPSHOTS: u64 = 6;
+    let bucket: Arc<dyn ObjectStore> = Arc::new(MemoryObjectStore::new());
+    let written: Vec<Written> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let bucket = bucket.clone();
+                scope.spawn(move || {
+                    let local = tempfile::tempdir().expect("dir");
+                    let engine = open(&bucket, local.path()).expect("open");
+                    let mut mine = Vec::new();
+                    let mut parent: Option<Written> = None;
+                    for round in 0..SNAPSHOTS {
+                        // Half the blocks are the same in every writer.
+                        let blocks = [(0, round), (1, 100 + writer * 1000 + round)];
+                        let snapshot = write(&engine, parent.as_ref(), &blocks).expect("write");
+                        parent = Some(snapshot.clone());
+                        mine.push(snapshot);
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| handle.join().expect("writer"))
+            .collect()
+    });
+    let engine = open(&bucket, tempfile::tempdir().expect("dir").path()).expect("reopen");
+    assert_eq!(engine.snapshots().len(), written.len());
+    for snapshot in &written {
+        check(&engine, snapshot);
+    }
+    let report = engine.verify(Default::default()).expect("verify");
+    assert!(report.is_clean(), "{report:?}");
 }
 
 /// The objects in the bucket under `prefix`.

@@ -270,3 +270,119 @@ fn interrupted_backups_and_restores_on_a_bucket_store_stop_cleanly() {
         "too few runs interrupted: {stopped:?}"
     );
 }
+
+/// Several `blocksnap backup` processes, each with its own local
+/// directory, write into one bucket store at once, each a chain of
+/// incremental snapshots of an image half of whose blocks every process
+/// shares: every snapshot is there afterwards and restores exactly from a
+/// fresh directory, `verify` is clean, the writers that closed are no
+/// longer registered, `fence` takes out one that never closed, and `gc`
+/// then runs.
+#[test]
+fn backup_processes_write_one_bucket_store_at_once() {
+    const WRITERS: usize = 4;
+    const ROUNDS: usize = 4;
+    const BLOCKS: usize = 12;
+    let server = S3Server::seaweedfs();
+    let store = BucketStore::new(&server, "cli/many");
+    let snapshots: Vec<Vec<(String, Vec<u8>)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let store = &store;
+                scope.spawn(move || {
+                    let cache = format!("writer-{writer}");
+                    let image = store.path(&format!("writer-{writer}.raw"));
+                    let mut chain: Vec<(String, Vec<u8>)> = Vec::new();
+                    for round in 0..ROUNDS {
+                        // The first half is the same in every process; the
+                        // second is this process's own, and changes.
+                        write_image(&image, BLOCKS, 7);
+                        let mut bytes = std::fs::read(&image).expect("read");
+                        let own_seed = (writer * 100 + round) as u8;
+                        for block in BLOCKS / 2..BLOCKS {
+                            bytes[block * BLOCK..(block + 1) * BLOCK]
+                                .iter_mut()
+                                .enumerate()
+                                .for_each(|(at, byte)| {
+                                    *byte = own_seed ^ (at as u8) ^ (block as u8)
+                                });
+                        }
+                        std::fs::write(&image, &bytes).expect("write");
+                        let image_arg = image.to_str().expect("utf-8");
+                        let mut args = vec!["backup", image_arg];
+                        let parent = chain.last().map(|(id, _)| id.clone());
+                        if let Some(parent) = &parent {
+                            args.extend(["--parent", parent]);
+                        }
+                        let id = store.ok_with_cache(&cache, &args).trim().to_string();
+                        chain.push((id, bytes));
+                    }
+                    chain
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("writer"))
+            .collect()
+    });
+    let listed = store.ok_with_cache("fresh", &["ls"]);
+    for (id, bytes) in snapshots.iter().flatten() {
+        assert!(listed.contains(id.as_str()), "{id} missing from {listed}");
+        let output = store.path(&format!("{id}.raw"));
+        let output_arg = output.to_str().expect("utf-8");
+        store.ok_with_cache("fresh", &["restore", id, output_arg]);
+        assert!(
+            std::fs::read(&output).expect("restored") == *bytes,
+            "{id} restores exactly"
+        );
+    }
+    store.ok_with_cache("fresh", &["verify"]);
+    // Every backup closed: only what is open now is registered.
+    let writers = store.ok_with_cache("fresh", &["writers"]);
+    assert_eq!(writers.trim(), "", "{writers}");
+    // A writer that registered and never closed (a lost machine): gc
+    // waits for it until it is fenced.
+    let mut lost = store
+        .command(
+            "lost",
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--insecure-no-authentication",
+            ],
+        )
+        .spawn()
+        .expect("spawn serve");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(lost.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    assert!(line.starts_with("listening on "), "{line:?}");
+    lost.kill().expect("SIGKILL");
+    lost.wait().expect("wait");
+    let writers = store.ok_with_cache("fresh", &["writers"]);
+    let lost_id = writers
+        .split_whitespace()
+        .next()
+        .expect("one writer")
+        .to_string();
+    assert_eq!(writers.lines().count(), 1, "{writers}");
+    let refused = store.run_with_cache("fresh", &["gc"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "gc ran beside a writer: {stderr}"
+    );
+    assert!(stderr.contains("other writers"), "{stderr}");
+    store.ok_with_cache("fresh", &["fence", &lost_id]);
+    assert_eq!(store.ok_with_cache("fresh", &["writers"]).trim(), "");
+    store.ok_with_cache("fresh", &["gc"]);
+    store.ok_with_cache("fresh", &["verify"]);
+    // The lost directory, back after all, registers again and writes.
+    store.ok_with_cache("lost", &["gc"]);
+    assert_eq!(store.ok_with_cache("fresh", &["writers"]).trim(), "");
+}

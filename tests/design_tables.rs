@@ -673,6 +673,8 @@ fn bucket_head_table() {
         files: Vec::new(),
         commits: Vec::new(),
         condemned: Vec::new(),
+        writers: Vec::new(),
+        next_pack: 0,
     };
     let encoded = empty.encode().expect("encodes");
     let fields = [

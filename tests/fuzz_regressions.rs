@@ -353,6 +353,11 @@ fn write_format_seeds(write: &dyn Fn(&str, &str, &[u8]), key_file: &[u8]) {
             etag: "\"0a1b\"".into(),
             condemned_millis: 1_796_169_600_000,
         }],
+        writers: vec![blocksnap::format::head::RegisteredWriter {
+            id: [7; 16],
+            epoch: 2,
+        }],
+        next_pack: 64,
     };
     write("bucket_head", "head", &head.encode().expect("encodes"));
     let token = blocksnap::format::token::TokenBody::Page {

@@ -164,7 +164,7 @@ impl Log {
     /// Appends `frame` to both copies and makes it durable. A failure
     /// leaves the log's durable content unknown.
     fn append(&mut self, frame: &[u8]) -> Result<()> {
-        let unknown = |e| Error::io_durability_unknown("appending to the catalog", e);
+        let unknown = |e| durability_error("appending to the catalog", e);
         self.primary.append(&[frame]).map_err(unknown)?;
         self.mirror.append(&[frame]).map_err(unknown)?;
         self.sync_both()?;
@@ -175,7 +175,7 @@ impl Log {
     }
 
     fn sync_both(&mut self) -> Result<()> {
-        let unknown = |e| Error::io_durability_unknown("syncing the catalog", e);
+        let unknown = |e| durability_error("syncing the catalog", e);
         self.primary.sync().map_err(unknown)?;
         self.mirror.sync().map_err(unknown)
     }
@@ -191,6 +191,17 @@ impl Log {
             Ok(()) => self.reserved_until = until,
             Err(error) => tracing::warn!(%error, "could not reserve space for the catalog"),
         }
+    }
+}
+
+/// A failed append or sync: the log's durable content is unknown, unless
+/// another writer of a shared medium committed first (then nothing of
+/// this writer's change was committed, and it is redone on top).
+fn durability_error(context: &str, error: std::io::Error) -> Error {
+    if crate::storage::is_head_moved(&error) {
+        Error::io(context, error)
+    } else {
+        Error::io_durability_unknown(context, error)
     }
 }
 
@@ -263,6 +274,46 @@ impl Catalog {
             state: RwLock::new(state),
             damage,
         })
+    }
+
+    /// Replays the log again after another writer of a shared medium
+    /// committed (the storage holds its commit now), and reopens it for
+    /// appending: to its last segment if that ends cleanly, else to a new
+    /// one. Returns every snapshot whose record changed, as it was and as
+    /// it is (`None`: absent), so the engine can follow. Nothing is
+    /// removed: superseded segments are the compacting writer's to remove.
+    pub fn reload(&self) -> Result<Vec<(Option<SnapshotRecord>, Option<SnapshotRecord>)>> {
+        let mut log = self.log.lock();
+        let Replayed {
+            state,
+            segments,
+            appendable,
+            ..
+        } = replay(self.storage.as_ref(), Strictness::Refuse)?;
+        if log.is_some() {
+            *log = Some(match appendable {
+                Some(last) => Log::open(self.storage.as_ref(), last.seq, last.catch_up)?,
+                None => {
+                    let seq = segments.last().map_or(0, |last| last + 1);
+                    Log::create(self.storage.as_ref(), seq, &segment_header(seq, false))?
+                }
+            });
+        }
+        let mut current = self.state.write();
+        let mut changed = Vec::new();
+        for (id, record) in &state.snapshots {
+            let before = current.snapshots.get(id);
+            if before != Some(record) {
+                changed.push((before.cloned(), Some(record.clone())));
+            }
+        }
+        for (id, record) in &current.snapshots {
+            if !state.snapshots.contains_key(id) {
+                changed.push((Some(record.clone()), None));
+            }
+        }
+        *current = state;
+        Ok(changed)
     }
 
     /// Damage found while opening (in one copy only: nothing was lost).

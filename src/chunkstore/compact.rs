@@ -207,7 +207,7 @@ impl ChunkStore {
 
     /// Steps 1 and 2 begin: the marker, then the empty output pack.
     pub(crate) fn begin_compaction(&self, sources: &[u32]) -> Result<Compaction> {
-        let output = self.next_seq.fetch_add(1, Ordering::AcqRel);
+        let output = self.next_pack_sequence()?;
         let marker = marker_name(output);
         self.storage
             .write_atomic(&marker, &encode_marker(output, sources)?)

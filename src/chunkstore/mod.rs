@@ -120,6 +120,8 @@ pub struct ChunkStore {
     stored_bytes: AtomicU64,
     /// The next pack sequence to create (rotation and compaction share it).
     next_seq: AtomicU32,
+    /// Held by [`ChunkStore::refresh`].
+    refresh_lock: Mutex<()>,
     /// Chunks found corrupt: a put of the same data stores a fresh copy.
     suspects: Mutex<HashSet<ChunkId>>,
     /// The keys of every unlocked domain, by the number records carry.
@@ -287,6 +289,7 @@ impl ChunkStore {
             readers: RwLock::new(readers),
             stored_bytes: AtomicU64::new(stored_bytes),
             next_seq: AtomicU32::new(highest_seq.map_or(0, |seq| seq + 1)),
+            refresh_lock: Mutex::new(()),
             suspects: Mutex::new(HashSet::new()),
             domains: RwLock::new(HashMap::new()),
             damage,
@@ -294,6 +297,58 @@ impl ChunkStore {
         };
         store.drop_duplicate_copies();
         Ok(store)
+    }
+
+    /// Loads the packs other writers of a shared medium sealed and indexed
+    /// since this store last looked (their chunks become readable and
+    /// deduplicate new writes). A pack whose index is not there yet is
+    /// left for a later refresh: its writer uploads the index right after
+    /// it, and a commit that references it waits for both. Returns how
+    /// many packs were added.
+    pub fn refresh(&self) -> Result<usize> {
+        // One refresh at a time: a pack is added once.
+        let _one = self.refresh_lock.lock();
+        let mut indexed = BTreeMap::new();
+        for name in self
+            .storage
+            .list(PACK_DIR)
+            .map_err(io_error("listing packs".into()))?
+        {
+            if let Some((seq, extension)) = parse_name(&name) {
+                let entry = indexed.entry(seq).or_insert((false, false));
+                match extension {
+                    "pack" => entry.0 = true,
+                    "idx" => entry.1 = true,
+                    _ => {}
+                }
+            }
+        }
+        let mut added = 0;
+        for (seq, (has_pack, has_index)) in indexed {
+            if !has_pack || !has_index || self.readers.read().contains_key(&seq) {
+                continue;
+            }
+            let name = pack_name(seq);
+            let reader = self
+                .storage
+                .open_read(&name)
+                .map_err(io_error(format!("opening {name}")))?;
+            let pack_len = reader.len().map_err(io_error(format!("reading {name}")))?;
+            let Some(entries) = load_index(self.storage.as_ref(), seq, pack_len) else {
+                continue;
+            };
+            self.stored_bytes.fetch_add(
+                entries
+                    .iter()
+                    .map(|entry| u64::from(entry.record_len))
+                    .sum::<u64>(),
+                Ordering::AcqRel,
+            );
+            self.index.write().add_sealed(seq, &entries);
+            self.readers.write().insert(seq, reader);
+            added += 1;
+        }
+        Ok(added)
     }
 
     /// Damage found while opening (see [`ChunkStore::open`]).
@@ -562,7 +617,7 @@ impl ChunkStore {
     /// A failure leaves nothing the store depends on: at worst an empty or
     /// torn pack file, which the next open skips.
     fn create_pack(&self) -> Result<OpenPack> {
-        let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
+        let seq = self.next_pack_sequence()?;
         let pack = OpenPack::create(self.storage.as_ref(), seq)?;
         let name = pack_name(seq);
         let reader = self
@@ -571,6 +626,19 @@ impl ChunkStore {
             .map_err(io_error(format!("opening {name}")))?;
         self.readers.write().insert(seq, reader);
         Ok(pack)
+    }
+
+    /// The sequence of a new pack: one the shared medium reserved for this
+    /// writer, else the next after every pack this store has seen.
+    fn next_pack_sequence(&self) -> Result<u32> {
+        match self
+            .storage
+            .reserve_sequence(PACK_DIR)
+            .map_err(io_error("reserving a pack sequence".into()))?
+        {
+            Some(seq) => Ok(seq),
+            None => Ok(self.next_seq.fetch_add(1, Ordering::AcqRel)),
+        }
     }
 
     /// Takes the open pack out of the writer (the next append creates a
@@ -886,7 +954,9 @@ fn load_pack(
             data_lost: false,
         });
     }
-    if storage.is_read_only() {
+    // A reader writes nothing; another writer's pack (uploaded, its index
+    // not yet) is that writer's to index.
+    if storage.is_read_only() || !storage.owns(&name) {
         return Ok(LoadedPack::Sealed(
             with_ids.into_iter().map(|(_, entry)| entry).collect(),
         ));

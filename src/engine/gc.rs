@@ -213,6 +213,13 @@ impl Engine {
                 format!("the state of snapshot {snapshot} cannot be proven ({why}), so its blocks may look dead; the collector will not run until `blocksnap repair` resolves it"),
             ));
         }
+        self.inner
+            .storage
+            .check_removals_allowed()
+            .map_err(|error| Error::InvalidState {
+                reason: crate::error::ValidationReason::InvalidParameterValue,
+                message: error.to_string(),
+            })?;
         let chunks = &self.inner.chunks;
         chunks.write_missing_indexes()?;
         let references = &self.inner.references;
@@ -324,7 +331,8 @@ impl Engine {
             && catalog.dead_records() >= catalog.live_records()
             && self.journals_ready_for_checkpoint()
         {
-            report.catalog_bytes_freed = self.poison_catalog_on_io(catalog.compact())?;
+            report.catalog_bytes_freed =
+                self.poison_catalog_on_io(self.rebasing(|| catalog.compact()))?;
         }
         report.elapsed = started.elapsed();
         Ok(report)

@@ -31,7 +31,7 @@ impl Engine {
         for session in sessions {
             // Whether it ever completed is unknown: only repair or an
             // explicit cancel may decide it.
-            if session.unprovable.is_some() {
+            if session.unprovable.is_some() || session.elsewhere {
                 continue;
             }
             if session.deadline_millis() <= now {
@@ -70,6 +70,7 @@ impl Engine {
     pub fn cancel(&self, snapshot: SnapshotId) -> Result<SnapshotRecord> {
         self.check_transitions_writable()?;
         let session = self.session(snapshot)?;
+        session.check_here()?;
         let guard = self.inner.reference_guard.read();
         let state = self.lock_live(&guard, &session)?;
         self.fail_pending(&session, state, CANCEL_REASON.to_string())?;
@@ -113,7 +114,8 @@ impl Engine {
         let _guard = self.inner.reference_guard.read();
         // The state as deleted, not as read before: a pending snapshot
         // completed meanwhile must have its root released.
-        let deleted = self.poison_catalog_on_io(self.inner.catalog.delete(snapshot, now))?;
+        let deleted =
+            self.poison_catalog_on_io(self.rebasing(|| self.inner.catalog.delete(snapshot, now)))?;
         if let SnapshotState::Completed { root, .. } = deleted.state {
             self.inner.references.release_tree(&self.maps(), root);
         }

@@ -399,7 +399,21 @@ impl Engine {
     /// [`Engine::open_read_only`]) nothing is written: recovery happens in
     /// memory, timeouts are not applied, no reaper runs, and every write
     /// is refused with [`Error::ReadOnly`].
+    ///
+    /// On a shared medium (a bucket store) another writer may commit while
+    /// this one opens: an open whose own commit (a catalog segment, the
+    /// store header, an index) lost that race starts again from the other
+    /// commit.
     pub fn open_with(storage: Arc<dyn Storage>, config: EngineConfig) -> Result<Engine> {
+        loop {
+            match Engine::open_once(storage.clone(), config.clone()) {
+                Err(error) if error.is_head_moved() => continue,
+                opened => return opened,
+            }
+        }
+    }
+
+    fn open_once(storage: Arc<dyn Storage>, config: EngineConfig) -> Result<Engine> {
         let read_only = storage.is_read_only();
         let (header, mut damage) =
             load_or_create_header(storage.as_ref(), config.clock.now_millis())?;
@@ -488,9 +502,6 @@ impl Engine {
             }),
         };
         if !read_only {
-            if engine.inner.storage.is_tiered() {
-                engine.fail_snapshots_of_lost_writers()?;
-            }
             // Deadlines that passed while the store was closed.
             engine.expire_due()?;
             engine.start_reaper();
@@ -671,10 +682,35 @@ impl Engine {
     /// [`Error::NotFound`]. A pending snapshot's deadline is not applied
     /// (see [`Engine::describe`]).
     pub fn snapshot(&self, snapshot: SnapshotId) -> Result<SnapshotRecord> {
-        match self.inner.catalog.get(snapshot) {
-            Some(record) if *record.started.owner == *self.owner => Ok(record),
-            _ => Err(not_found(snapshot)),
+        let found = self.owned_record(snapshot);
+        // Unknown here, or pending in another writer's process: another
+        // writer of a shared medium may have made or completed it since.
+        let stale = match &found {
+            None => true,
+            Some(record) => {
+                record.state == SnapshotState::Pending
+                    && self
+                        .inner
+                        .sessions
+                        .read()
+                        .get(&snapshot)
+                        .is_some_and(|session| session.elsewhere)
+            }
+        };
+        if stale && self.inner.storage.is_tiered() && self.refresh()? {
+            return self
+                .owned_record(snapshot)
+                .ok_or_else(|| not_found(snapshot));
         }
+        found.ok_or_else(|| not_found(snapshot))
+    }
+
+    /// The record of `snapshot` if this engine's owner has it.
+    fn owned_record(&self, snapshot: SnapshotId) -> Option<SnapshotRecord> {
+        self.inner
+            .catalog
+            .get(snapshot)
+            .filter(|record| *record.started.owner == *self.owner)
     }
 
     /// Every snapshot of this engine's owner (pending, completed, failed),
@@ -821,7 +857,19 @@ impl Engine {
             durable_on_ack,
         )?);
         let guard = self.inner.reference_guard.read();
-        self.poison_catalog_on_io(catalog.start(started))?;
+        self.poison_catalog_on_io(self.rebasing(|| {
+            // Redone on top of another writer's commit: its parent must
+            // still be there.
+            if let Some(parent) = started.parent {
+                if !catalog
+                    .get(parent)
+                    .is_some_and(|record| matches!(record.state, SnapshotState::Completed { .. }))
+                {
+                    return Err(not_found(parent));
+                }
+            }
+            catalog.start(started.clone())
+        }))?;
         // The parent is completed and cannot be deleted while the start lock
         // is held, so its root is live: this only adds one count.
         self.inner
@@ -861,7 +909,7 @@ impl Engine {
         let state = session.lock_open()?;
         // A read-only store records no transition; an unprovable snapshot
         // is never expired (whether it completed is unknown).
-        if self.inner.read_only || session.unprovable.is_some() {
+        if self.inner.read_only || session.unprovable.is_some() || session.elsewhere {
             return Ok(state);
         }
         let Some(reason) = session.expired(&state, self.now_millis()) else {
@@ -876,35 +924,6 @@ impl Engine {
         Err(not_pending(&record))
     }
 
-    /// Fails every pending snapshot whose journal is not in this writer's
-    /// local directory (tiered storage): the writer that started it is
-    /// fenced by this one, so it can never complete.
-    fn fail_snapshots_of_lost_writers(&self) -> Result<()> {
-        let sessions: Vec<Arc<Session>> = self.inner.sessions.read().values().cloned().collect();
-        for session in sessions {
-            let name = journal_name(session.snapshot);
-            let here = self
-                .inner
-                .storage
-                .exists(&name)
-                .map_err(|error| Error::io(format!("checking {name}"), error))?;
-            if here {
-                continue;
-            }
-            let guard = self.inner.reference_guard.read();
-            let state = session.lock_open()?;
-            self.fail_pending(
-                &session,
-                state,
-                "Its writer is gone: a pending snapshot of a bucket store lives in the local \
-                 directory of the process that started it, and another writer took the store over."
-                    .to_string(),
-            )?;
-            drop(guard);
-        }
-        Ok(())
-    }
-
     /// Moves a pending snapshot to `error` (the catalog record is the
     /// commit point), closes its session, and drops its references: the
     /// blocks only it wrote die. The caller holds the reference guard and
@@ -916,7 +935,11 @@ impl Engine {
         reason: String,
     ) -> Result<()> {
         let now = self.now_millis();
-        self.poison_catalog_on_io(self.inner.catalog.fail(session.snapshot, now, reason))?;
+        self.poison_catalog_on_io(self.rebasing(|| {
+            self.inner
+                .catalog
+                .fail(session.snapshot, now, reason.clone())
+        }))?;
         state.closed = true;
         let writes = std::mem::take(&mut state.writes);
         drop(state);
@@ -1070,12 +1093,11 @@ impl Engine {
             self.poison_on_io(self.inner.chunks.seal_all())?;
         }
         let now = self.now_millis();
-        self.poison_catalog_on_io(self.inner.catalog.complete(
-            snapshot,
-            now,
-            root,
-            changed_blocks,
-        ))?;
+        self.poison_catalog_on_io(self.rebasing(|| {
+            self.inner
+                .catalog
+                .complete(snapshot, now, root, changed_blocks)
+        }))?;
         // The new root's references first, then the session's: chunks both
         // hold never pass through zero.
         self.inner.references.acquire_tree(&maps, root);
@@ -1096,6 +1118,127 @@ impl Engine {
 
     fn maps(&self) -> BlockMaps<'_> {
         BlockMaps::new(&self.inner.chunks, &self.inner.nodes)
+    }
+
+    /// Runs a catalog transition, redoing it on top of another writer's
+    /// commit each time one came first (a shared medium's head race):
+    /// the engine takes that commit in, and `transition` checks its
+    /// precondition again against it.
+    fn rebasing<T>(&self, mut transition: impl FnMut() -> Result<T>) -> Result<T> {
+        loop {
+            match transition() {
+                Err(error) if error.is_head_moved() => self.take_in_commits()?,
+                done => return done,
+            }
+        }
+    }
+
+    /// Brings this engine up to what other writers of a shared medium (a
+    /// bucket store) committed: their sealed packs are loaded (their
+    /// chunks read and deduplicate), and their snapshots appear, complete,
+    /// fail and vanish here as they did there. Returns whether anything
+    /// changed. Cheap when nothing did (one HEAD request on a bucket
+    /// store); does nothing on a store with one writer.
+    pub fn refresh(&self) -> Result<bool> {
+        let moved = self
+            .inner
+            .storage
+            .refresh()
+            .map_err(|error| Error::io("reading the store's head", error))?;
+        if moved {
+            self.take_in_commits()?;
+        }
+        Ok(moved)
+    }
+
+    /// Follows the commits the storage has taken in: see
+    /// [`Engine::refresh`].
+    fn take_in_commits(&self) -> Result<()> {
+        loop {
+            match self.take_in_commits_once() {
+                Err(error) if error.is_head_moved() => continue,
+                done => return done,
+            }
+        }
+    }
+
+    fn take_in_commits_once(&self) -> Result<()> {
+        self.inner.chunks.refresh()?;
+        let changes = self.inner.catalog.reload()?;
+        let maps = self.maps();
+        let root_of = |record: &Option<SnapshotRecord>| match record {
+            Some(SnapshotRecord {
+                state: SnapshotState::Completed { root, .. },
+                ..
+            }) => Some(*root),
+            _ => None,
+        };
+        let pending = |record: &Option<SnapshotRecord>| {
+            record
+                .as_ref()
+                .is_some_and(|record| record.state == SnapshotState::Pending)
+        };
+        for (before, after) in changes {
+            let (old_root, new_root) = (root_of(&before), root_of(&after));
+            if old_root != new_root {
+                if let Some(root) = new_root {
+                    self.inner.references.acquire_tree(&maps, root);
+                }
+                if let Some(root) = old_root {
+                    self.inner.references.release_tree(&maps, root);
+                }
+            }
+            match (pending(&before), &after) {
+                // Started by another writer: pending here too, its puts
+                // and completion that writer's.
+                (false, Some(record)) if record.state == SnapshotState::Pending => {
+                    if self
+                        .inner
+                        .sessions
+                        .read()
+                        .contains_key(&record.started.snapshot)
+                    {
+                        continue;
+                    }
+                    let parent_root = parent_root_of(&self.inner.catalog, record)?;
+                    let domain = domain_of(&self.inner.keyring, &record.started)?;
+                    let (session, _) = Session::recover(
+                        self.inner.storage.as_ref(),
+                        &self.inner.chunks,
+                        &record.started,
+                        parent_root,
+                        domain,
+                        self.inner.config.put_durability == PutDurability::Immediate,
+                        false,
+                        self.now_millis(),
+                    )?;
+                    self.inner
+                        .references
+                        .acquire_tree(&maps, session.parent_root);
+                    self.inner
+                        .sessions
+                        .write()
+                        .insert(record.started.snapshot, Arc::new(session));
+                }
+                // Completed or failed by the writer that started it.
+                (true, _) if !pending(&after) => {
+                    let Some(id) = before.as_ref().map(|record| record.started.snapshot) else {
+                        continue;
+                    };
+                    let mut sessions = self.inner.sessions.write();
+                    if sessions.get(&id).is_some_and(|session| session.elsewhere) {
+                        if let Some(session) = sessions.remove(&id) {
+                            drop(sessions);
+                            self.inner
+                                .references
+                                .release_tree(&maps, session.parent_root);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Runs a blocking engine call on tokio's blocking pool when called from

@@ -61,6 +61,10 @@ pub(crate) struct Session {
     /// made before its Started record, is missing. It then takes no writes
     /// and never times out; `repair` or an explicit cancel resolves it.
     pub(crate) unprovable: Option<String>,
+    /// Whether another writer of a shared medium started it (its journal
+    /// is on that writer's disk): this process takes none of its puts,
+    /// completion or cancellation, and leaves its timeout to that writer.
+    pub(crate) elsewhere: bool,
     /// When the snapshot started, epoch milliseconds.
     start_millis: u64,
     /// The inactivity timeout, milliseconds.
@@ -124,6 +128,7 @@ impl Session {
             domain,
             journal_flags,
             unprovable: None,
+            elsewhere: false,
             start_millis: started.start_millis,
             timeout_millis,
             deadline_millis: AtomicU64::new(deadline),
@@ -144,8 +149,24 @@ impl Session {
         Ok(state)
     }
 
+    /// Refuses every transition of a snapshot another writer started.
+    pub(crate) fn check_here(&self) -> Result<()> {
+        if !self.elsewhere {
+            return Ok(());
+        }
+        Err(Error::InvalidState {
+            reason: ValidationReason::InvalidSnapshotId,
+            message: format!(
+                "The snapshot '{}' is pending in another writer's process (its journal is on \
+                 that machine): send its puts, completion and cancellation there.",
+                self.snapshot
+            ),
+        })
+    }
+
     /// Refuses writes to a snapshot whose state cannot be proven.
     pub(crate) fn check_provable(&self) -> Result<()> {
+        self.check_here()?;
         match &self.unprovable {
             None => Ok(()),
             Some(why) => Err(Error::InvalidState {
@@ -333,6 +354,9 @@ impl Session {
                     None,
                     None,
                 );
+                // On tiered storage a journal not here is on the disk of
+                // the writer that started the snapshot.
+                session.elsewhere = !exists && storage.is_tiered();
                 if !exists && journaled_at_start {
                     session.unprovable = Some(format!(
                         "its journal {name}, made before it started, is missing: it may have been completed (its catalog record lost) or have received blocks"

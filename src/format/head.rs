@@ -24,6 +24,8 @@ pub const HEAD_FILES_OFFSET: usize = HEAD_FILE_COUNT_OFFSET + 4;
 const _: () = assert!(HEAD_FILES_OFFSET == 60);
 /// The most recent commits a head remembers.
 pub const MAX_RECENT_COMMITS: usize = 64;
+/// The most writers a head registers at once.
+pub const MAX_WRITERS: usize = 256;
 
 /// One piece of a file: an immutable object holding `len` bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,15 +85,26 @@ pub struct Condemned {
     pub condemned_millis: u64,
 }
 
+/// A writer registered in the head: it may commit while its entry is
+/// there, and is fenced once the entry is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegisteredWriter {
+    /// The writer's random id.
+    pub id: [u8; 16],
+    /// The epoch it was given when it registered (never zero, at most the
+    /// head's `writer_epoch`).
+    pub epoch: u64,
+}
+
 /// A decoded head.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Head {
     /// Advances by one with every replacement of the head.
     pub generation: u64,
-    /// Advances by one whenever a writer takes the store over; a writer
-    /// whose epoch is no longer the head's is fenced.
+    /// The last epoch given to a registering writer (each open for
+    /// writing takes the next).
     pub writer_epoch: u64,
-    /// Random id of the writer holding `writer_epoch`.
+    /// Random id of the writer that committed this head.
     pub writer_id: [u8; 16],
     /// Files kept as extents, sorted by name (distinct).
     pub files: Vec<HeadFile>,
@@ -100,6 +113,12 @@ pub struct Head {
     /// Objects removed and waiting out their grace period, sorted by name
     /// (distinct).
     pub condemned: Vec<Condemned>,
+    /// The writers that may commit, sorted by id (distinct, at most
+    /// [`MAX_WRITERS`]).
+    pub writers: Vec<RegisteredWriter>,
+    /// The first pack sequence no writer has reserved: a writer reserves
+    /// a range from here by committing a head that advances it.
+    pub next_pack: u32,
 }
 
 impl Head {
@@ -134,6 +153,12 @@ impl Head {
             bytes.put_string(&condemned.etag, "a condemned object's etag")?;
             bytes.put_u64(condemned.condemned_millis);
         }
+        bytes.put_len_u16(self.writers.len(), "a head's writer count")?;
+        for writer in &self.writers {
+            bytes.extend_from_slice(&writer.id);
+            bytes.put_u64(writer.epoch);
+        }
+        bytes.put_u32(self.next_pack);
         let crc = crc32(&[&bytes]);
         bytes.put_u32(crc);
         Ok(bytes)
@@ -226,6 +251,24 @@ impl Head {
                 condemned_millis,
             });
         }
+        let writer_count = usize::from(reader.u16("head writer count")?);
+        if writer_count > MAX_WRITERS {
+            return Err(DecodeError::corrupt(reader.position(), "head writer count"));
+        }
+        let mut writers: Vec<RegisteredWriter> = Vec::with_capacity(writer_count);
+        for _ in 0..writer_count {
+            let at = reader.position();
+            let id = reader.array::<16>("registered writer id")?;
+            let epoch = reader.u64("registered writer epoch")?;
+            if epoch == 0
+                || epoch > writer_epoch
+                || writers.last().is_some_and(|last| last.id >= id)
+            {
+                return Err(DecodeError::corrupt(at, "head writer order"));
+            }
+            writers.push(RegisteredWriter { id, epoch });
+        }
+        let next_pack = reader.u32("head next pack")?;
         reader.finish("head length")?;
         Ok(Head {
             generation,
@@ -234,7 +277,16 @@ impl Head {
             files,
             commits,
             condemned,
+            writers,
+            next_pack,
         })
+    }
+
+    /// Whether the writer `id` holding `epoch` is registered.
+    pub fn is_registered(&self, id: &[u8; 16], epoch: u64) -> bool {
+        self.writers
+            .iter()
+            .any(|writer| writer.id == *id && writer.epoch == epoch)
     }
 }
 
@@ -286,6 +338,17 @@ mod tests {
                     condemned_millis: 1_700_000_000_001,
                 },
             ],
+            writers: vec![
+                RegisteredWriter {
+                    id: [1; 16],
+                    epoch: 2,
+                },
+                RegisteredWriter {
+                    id: [5; 16],
+                    epoch: 3,
+                },
+            ],
+            next_pack: 40,
         }
     }
 
@@ -318,5 +381,17 @@ mod tests {
         let mut head = sample();
         head.condemned[1].object = head.condemned[0].object.clone();
         assert!(Head::decode(&head.encode().expect("encodes")).is_err());
+        let mut head = sample();
+        head.writers.swap(0, 1);
+        assert!(Head::decode(&head.encode().expect("encodes")).is_err());
+        let mut head = sample();
+        head.writers[0].epoch = 4;
+        assert!(Head::decode(&head.encode().expect("encodes")).is_err());
+        let mut head = sample();
+        head.writers[0].epoch = 0;
+        assert!(Head::decode(&head.encode().expect("encodes")).is_err());
+        assert!(sample().is_registered(&[5; 16], 3));
+        assert!(!sample().is_registered(&[5; 16], 2));
+        assert!(!sample().is_registered(&[6; 16], 3));
     }
 }

@@ -18,9 +18,12 @@
 //!   such file since the last publication and replaces the head with
 //!   `If-Match` on its ETag: that replacement is the commit.
 //!
-//! The head's writer epoch fences stale writers: opening for writing takes
-//! the next epoch; a writer whose epoch is no longer the head's fails its
-//! next commit, and writes nothing more.
+//! Many writers may hold the store at once. Each registers in the head
+//! (its id, kept in the local directory, and the next epoch) and reserves
+//! pack sequences there; a commit that loses the head race takes the
+//! other commit in and reports [`HeadMoved`], so the engine redoes its
+//! change on top. A writer whose registration is gone is fenced: it fails
+//! its next commit, and writes nothing more.
 //!
 //! Removing an object condemns it: the head lists it, every state from
 //! then on treats it as gone, and a writer deletes it (with `If-Match`)
@@ -28,8 +31,11 @@
 //! working from an older head keep reading it meanwhile.
 
 use super::object::{Body, Created, ObjectClient, Swapped};
-use super::{parent_dir, AppendFile, LocalStorage, ReadFile, Storage};
-use crate::format::head::{Condemned, Extent, Head, HeadCommit, HeadFile, MAX_RECENT_COMMITS};
+use super::{parent_dir, AppendFile, HeadMoved, LocalStorage, ReadFile, Storage};
+use crate::format::head::{
+    Condemned, Extent, Head, HeadCommit, HeadFile, RegisteredWriter, MAX_RECENT_COMMITS,
+    MAX_WRITERS,
+};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, BTreeSet};
@@ -62,6 +68,8 @@ const MAX_PREFETCHES: usize = 4;
 /// Sealed packs uploading at once, each with two parts in flight (more
 /// raised memory, not speed: the server's ingest bounds the rate).
 const MAX_UPLOADS: usize = 1;
+/// Pack sequences a writer reserves at a time (one head commit each).
+const PACK_RESERVATION: u32 = 64;
 /// The disk cache's default bound.
 pub const DEFAULT_CACHE_BYTES: u64 = 2 << 30;
 /// How long a removed object stays in the bucket by default: longer than a
@@ -146,6 +154,10 @@ struct TrackedFile {
     content: Content,
     /// The extents published so far (their bytes are a prefix of content).
     extents: Vec<Extent>,
+    /// Counts the times another writer's commit replaced this file's
+    /// unpublished change: a handle that changed the file before sees it
+    /// moved and reports [`HeadMoved`] instead of publishing nothing.
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TrackedFile {
@@ -179,14 +191,20 @@ struct State {
     /// Objects removed and not yet deleted, by name: the head's, and those
     /// removed since the last publication (which adds them to the head).
     condemned: BTreeMap<String, Condemned>,
+    /// Pack sequences this writer reserved and has not used yet.
+    reserved: std::ops::Range<u32>,
+    /// Whether the next publication reserves more pack sequences.
+    reserving: bool,
 }
 
 struct Inner {
     client: ObjectClient,
     local: LocalStorage,
     read_only: bool,
-    /// The epoch this writer holds (0 for a reader).
+    /// The epoch this writer registered with (0 for a reader).
     epoch: u64,
+    /// This writer's random id, registered in the head with `epoch`.
+    writer_id: [u8; 16],
     /// How long condemned objects are kept.
     deletion_grace: std::time::Duration,
     /// Extents found damaged when the store was opened.
@@ -206,6 +224,46 @@ struct Inner {
     upload_done: parking_lot::Condvar,
     /// The scratch directory of a read-only open without a local one.
     _scratch: Option<tempfile::TempDir>,
+}
+
+impl Drop for Inner {
+    /// Takes this writer's registration out of the head (best effort: a
+    /// writer that crashed stays registered until another fences it, or
+    /// until [`MAX_WRITERS`] later registrations push it out).
+    fn drop(&mut self) {
+        if self.read_only || self.state.get_mut().fenced.is_some() {
+            return;
+        }
+        for _ in 0..8 {
+            let Ok(Some((head, etag))) = read_head(&self.client) else {
+                return;
+            };
+            if !head.is_registered(&self.writer_id, self.epoch) {
+                return;
+            }
+            let next = Head {
+                generation: head.generation + 1,
+                writer_id: self.writer_id,
+                writers: head
+                    .writers
+                    .iter()
+                    .filter(|writer| writer.id != self.writer_id)
+                    .copied()
+                    .collect(),
+                ..head
+            };
+            let Ok(bytes) = next.encode() else {
+                return;
+            };
+            match self
+                .client
+                .replace(HEAD_OBJECT, &Body::Bytes(bytes.into()), &etag)
+            {
+                Ok(Swapped::Replaced(_)) | Err(_) => return,
+                Ok(Swapped::Lost) => continue,
+            }
+        }
+    }
 }
 
 /// A store in a bucket, with its local directory. See the module docs.
@@ -241,8 +299,10 @@ impl BucketStorage {
         let local = LocalStorage::open(local_dir).map_err(|error| {
             crate::error::Error::io(format!("opening {}", local_dir.display()), error)
         })?;
-        let mut writer_id = [0u8; 16];
-        getrandom::fill(&mut writer_id).expect("the operating system's random source");
+        let writer_id = local_writer_id(&local).map_err(|error| {
+            crate::error::Error::io(format!("reading {LOCAL_WRITER_ID}"), error)
+        })?;
+        let mut highest_listed = None;
         let (head, etag) = loop {
             let (current, etag) = match read_head(&client)? {
                 Some(found) => found,
@@ -255,10 +315,23 @@ impl BucketStorage {
                     }
                 }
             };
+            // A store older than reservations names packs it never
+            // reserved: reservations start past every pack there is.
+            let mut next_pack = current.next_pack;
+            if next_pack == 0 {
+                let highest = match highest_listed {
+                    Some(highest) => highest,
+                    None => *highest_listed.insert(highest_pack_sequence(&client, &current)?),
+                };
+                next_pack = highest.map_or(0, |seq: u32| seq.saturating_add(1));
+            }
+            let epoch = current.writer_epoch + 1;
             let claimed = Head {
                 generation: current.generation + 1,
-                writer_epoch: current.writer_epoch + 1,
+                writer_epoch: epoch,
                 writer_id,
+                writers: registered(&current.writers, writer_id, epoch),
+                next_pack: reserve_after(next_pack)?,
                 ..current
             };
             let bytes = encode_head(&claimed)?;
@@ -322,7 +395,17 @@ impl BucketStorage {
     ) -> BucketStorage {
         let cache_dir = scratch.is_none().then(|| local.root().join(CACHE_DIR));
         let read_only = local.is_read_only();
-        let epoch = if read_only { 0 } else { head.writer_epoch };
+        let (epoch, writer_id, reserved) = if read_only {
+            (0, [0; 16], 0..0)
+        } else {
+            // Opening for writing registered this writer last and reserved
+            // the range below the head's next_pack.
+            (
+                head.writer_epoch,
+                head.writer_id,
+                head.next_pack.saturating_sub(PACK_RESERVATION)..head.next_pack,
+            )
+        };
         let condemned = head
             .condemned
             .iter()
@@ -334,6 +417,7 @@ impl BucketStorage {
                 local,
                 read_only,
                 epoch,
+                writer_id,
                 deletion_grace: options.deletion_grace,
                 damage,
                 state: Mutex::new(State {
@@ -349,6 +433,8 @@ impl BucketStorage {
                     listed_lengths: BTreeMap::new(),
                     newly_condemned: false,
                     condemned,
+                    reserved,
+                    reserving: false,
                 }),
                 windows: Mutex::new(Vec::new()),
                 disk_cache: DiskCache::new(cache_dir, options.cache_bytes),
@@ -417,6 +503,28 @@ impl BucketStorage {
         Ok(())
     }
 
+    /// Whether this writer may remove objects on top of `head`: only while
+    /// no other writer is registered. A writer registered meanwhile may
+    /// have found a chunk in a pack this writer judged garbage and
+    /// referenced it; the head's `If-Match` makes the check and the commit
+    /// one step (DESIGN.md §18, "Many writers").
+    fn condemnable(&self, head: &Head) -> io::Result<()> {
+        let others: Vec<String> = head
+            .writers
+            .iter()
+            .filter(|writer| writer.id != self.inner.writer_id)
+            .map(|writer| format!("{} (epoch {})", hex_id(&writer.id), writer.epoch))
+            .collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        Err(io::Error::other(format!(
+            "nothing is removed from a bucket store while other writers are registered ({}): \
+             run gc when they have closed, or fence those that are gone",
+            others.join(", ")
+        )))
+    }
+
     /// The committed condemned objects whose grace period is over.
     fn expired_condemned(&self, state: &State) -> Vec<Condemned> {
         let grace = u64::try_from(self.inner.deletion_grace.as_millis()).unwrap_or(u64::MAX);
@@ -438,10 +546,21 @@ impl BucketStorage {
             .files
             .values()
             .any(|file| file.published_len() != file.content.read().len() as u64);
+        if state.newly_condemned {
+            if let Err(refusal) = self.condemnable(&state.head) {
+                let head_condemned = state.head.condemned.clone();
+                state
+                    .condemned
+                    .retain(|name, _| head_condemned.iter().any(|kept| &kept.object == name));
+                state.newly_condemned = false;
+                return Err(refusal);
+            }
+        }
         let expired = self.expired_condemned(&state);
         if !appended
             && !state.changed
             && !state.newly_condemned
+            && !state.reserving
             && state.added.is_empty()
             && expired.is_empty()
         {
@@ -521,10 +640,18 @@ impl BucketStorage {
                 crc32,
             });
         }
+        let next_pack = if state.reserving {
+            reserve_after(state.head.next_pack)
+                .map_err(|error| io::Error::other(error.to_string()))?
+        } else {
+            state.head.next_pack
+        };
         let mut next = Head {
             generation: state.head.generation + 1,
-            writer_epoch: inner.epoch,
-            writer_id: state.head.writer_id,
+            writer_epoch: state.head.writer_epoch,
+            writer_id: inner.writer_id,
+            writers: state.head.writers.clone(),
+            next_pack,
             files: state
                 .files
                 .iter()
@@ -552,6 +679,10 @@ impl BucketStorage {
             .map_err(to_io)?;
         match outcome {
             Swapped::Replaced(etag) => {
+                if state.reserving {
+                    state.reserved = state.head.next_pack..next.next_pack;
+                    state.reserving = false;
+                }
                 state.head = next;
                 state.etag = etag;
                 state.added.clear();
@@ -560,9 +691,8 @@ impl BucketStorage {
                 state.rewritten.clear();
             }
             Swapped::Lost => {
-                let reason = self.takeover_reason();
-                state.fenced = Some(reason.clone());
-                return Err(fenced(reason));
+                drop(state);
+                return Err(self.take_in_other_commit());
             }
         }
         let orphaned = std::mem::take(&mut state.orphaned);
@@ -573,6 +703,146 @@ impl BucketStorage {
             let _ = inner.client.delete(&extent.object, None);
         }
         Ok(())
+    }
+
+    /// After a lost head race: reads the head another writer committed.
+    /// Without this writer's registration in it, this writer is fenced.
+    /// Otherwise the other commit is taken in: every tracked file becomes
+    /// what that head names (an unpublished change of one is dropped, and
+    /// its handles report it), so are this writer's unpublished removals;
+    /// its sealed objects and reservation stay for its next commit, and
+    /// the extents this attempt wrote are deleted. Returns the error to report:
+    /// [`HeadMoved`] or fenced.
+    fn take_in_other_commit(&self) -> io::Error {
+        let inner = &self.inner;
+        let (head, etag) = match read_head(&inner.client) {
+            Ok(Some(found)) => found,
+            Ok(None) => return io::Error::other("the store's head vanished"),
+            Err(error) => return to_io(error),
+        };
+        if !head.is_registered(&inner.writer_id, inner.epoch) {
+            let reason = format!(
+                "writer epoch {} is no longer registered in the store's head (another process declared it gone)",
+                inner.epoch
+            );
+            inner.state.lock().fenced = Some(reason.clone());
+            return fenced(reason);
+        }
+        if let Err(error) = self.adopt(head, etag) {
+            return error;
+        }
+        io::Error::other(HeadMoved)
+    }
+
+    /// Makes `head` (with `etag`) this writer's view; see
+    /// [`BucketStorage::take_in_other_commit`].
+    fn adopt(&self, head: Head, etag: String) -> io::Result<()> {
+        let inner = &self.inner;
+        let (mut files, damage) = load_tracked(&inner.client, &head).map_err(to_io)?;
+        for found in damage {
+            tracing::warn!(file = %found.file, detail = %found.detail, "damage in another writer's commit");
+        }
+        let mut state = inner.state.lock();
+        let mut orphaned = std::mem::take(&mut state.orphaned);
+        let old = std::mem::take(&mut state.files);
+        for (name, mut file) in old {
+            let unpublished = file.published_len() != file.content.read().len() as u64
+                || state.rewritten.contains(&name);
+            if unpublished {
+                file.dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
+            // Extents this writer wrote in the lost attempt are named by
+            // no head: garbage now.
+            let named: BTreeSet<&str> = head
+                .files
+                .iter()
+                .flat_map(|other| other.extents.iter().map(|extent| extent.object.as_str()))
+                .collect();
+            orphaned.extend(
+                file.extents
+                    .drain(..)
+                    .filter(|extent| !named.contains(extent.object.as_str())),
+            );
+            match files.remove(&name) {
+                // Handles opened before see the other writer's content.
+                Some(theirs) => {
+                    *file.content.write() = std::mem::take(&mut *theirs.content.write());
+                    file.extents = theirs.extents;
+                    state.files.insert(name, file);
+                }
+                None => {
+                    file.content.write().clear();
+                }
+            }
+        }
+        state.files.extend(files);
+        state.rewritten.clear();
+        state.changed = false;
+        // Unpublished removals are dropped, not redone: they were judged
+        // garbage against the state before the other commit (see
+        // `condemnable`).
+        state.condemned = head
+            .condemned
+            .iter()
+            .map(|condemned| (condemned.object.clone(), condemned.clone()))
+            .collect();
+        state.newly_condemned = false;
+        state.head = head;
+        state.etag = etag;
+        drop(state);
+        for extent in orphaned {
+            let _ = inner.client.delete(&extent.object, None);
+        }
+        Ok(())
+    }
+
+    /// Removes writer `id` from the head's registrations: it is fenced at
+    /// its next commit or upload and writes nothing more. For a writer
+    /// known to be gone (its machine lost), so that another may clean up
+    /// after it. Returns whether it was registered.
+    pub fn fence_writer(&self, id: [u8; 16]) -> io::Result<bool> {
+        loop {
+            self.writable()?;
+            let mut state = self.inner.state.lock();
+            let Some(at) = state.head.writers.iter().position(|writer| writer.id == id) else {
+                return Ok(false);
+            };
+            state.head.writers.remove(at);
+            state.changed = true;
+            drop(state);
+            match self.publish() {
+                Ok(()) => return Ok(true),
+                Err(error) if super::is_head_moved(&error) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// The writers registered in the head this writer last read: their
+    /// ids and epochs.
+    pub fn writers(&self) -> Vec<RegisteredWriter> {
+        self.inner.state.lock().head.writers.clone()
+    }
+
+    /// The writers registered now (the head read again), and the id of
+    /// this one.
+    pub fn current_writers(&self) -> crate::error::Result<Vec<RegisteredWriter>> {
+        Ok(read_head(&self.inner.client)?
+            .map(|(head, _)| head.writers)
+            .unwrap_or_default())
+    }
+
+    /// The writer id kept in local directory `local_dir`, if it has one
+    /// (it is made when the directory first opens a store for writing).
+    pub fn writer_id_of(local_dir: &std::path::Path) -> Option<[u8; 16]> {
+        let bytes = std::fs::read(local_dir.join(LOCAL_WRITER_ID)).ok()?;
+        <[u8; 16]>::try_from(bytes.as_slice()).ok()
+    }
+
+    /// This writer's id in the head's registrations (zero for a reader).
+    pub fn writer_id(&self) -> [u8; 16] {
+        self.inner.writer_id
     }
 
     /// Uploads `name`'s bytes create-only; an object of that name already
@@ -605,21 +875,20 @@ impl BucketStorage {
             return Ok(());
         }
         drop(state);
-        let reason = self.takeover_reason();
+        // Other writers commit too: what matters is whether this one is
+        // still registered.
+        let (head, _) = read_head(&self.inner.client)
+            .map_err(to_io)?
+            .ok_or_else(|| io::Error::other("the store's head vanished"))?;
+        if head.is_registered(&self.inner.writer_id, self.inner.epoch) {
+            return Ok(());
+        }
+        let reason = format!(
+            "writer epoch {} is no longer registered in the store's head",
+            self.inner.epoch
+        );
         self.inner.state.lock().fenced = Some(reason.clone());
         Err(fenced(reason))
-    }
-
-    /// Why the head is no longer the one this writer committed.
-    fn takeover_reason(&self) -> String {
-        match read_head(&self.inner.client) {
-            Ok(Some((head, _))) if head.writer_epoch != self.inner.epoch => format!(
-                "writer epoch {} took the store over from epoch {}",
-                head.writer_epoch, self.inner.epoch
-            ),
-            Ok(_) => "the head changed under this writer".to_string(),
-            Err(error) => format!("the head changed and cannot be read: {error}"),
-        }
     }
 
     /// Whether `name` was removed (condemned) in this writer's view.
@@ -898,6 +1167,85 @@ fn now_millis() -> u64 {
         })
 }
 
+/// The file in a writer's local directory that holds its writer id.
+const LOCAL_WRITER_ID: &str = "writer-id";
+
+/// The writer id of the local directory `local`, made on its first open:
+/// a writer that comes back after a crash replaces its own registration
+/// (and fences the process it was, should that still run somewhere), so
+/// a crashed writer does not stay registered.
+fn local_writer_id(local: &LocalStorage) -> io::Result<[u8; 16]> {
+    if local.exists(LOCAL_WRITER_ID)? {
+        if let Ok(id) = <[u8; 16]>::try_from(local.read_all(LOCAL_WRITER_ID)?.as_slice()) {
+            return Ok(id);
+        }
+    }
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).expect("the operating system's random source");
+    local.write_atomic(LOCAL_WRITER_ID, &id)?;
+    Ok(id)
+}
+
+/// A writer id in hex, as `blocksnap writers` shows it.
+pub fn hex_id(id: &[u8; 16]) -> String {
+    id.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// `writers` with `id` registered at `epoch` (replacing an entry of the
+/// same id). Beyond [`MAX_WRITERS`], the writer registered longest ago is
+/// dropped: fenced, if it still runs.
+fn registered(writers: &[RegisteredWriter], id: [u8; 16], epoch: u64) -> Vec<RegisteredWriter> {
+    let mut writers: Vec<RegisteredWriter> = writers
+        .iter()
+        .filter(|writer| writer.id != id)
+        .copied()
+        .collect();
+    if writers.len() >= MAX_WRITERS {
+        if let Some(oldest) = writers
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, writer)| writer.epoch)
+            .map(|(at, _)| at)
+        {
+            writers.remove(oldest);
+        }
+    }
+    let at = writers.partition_point(|writer| writer.id < id);
+    writers.insert(at, RegisteredWriter { id, epoch });
+    writers
+}
+
+/// The head's `next_pack` after reserving [`PACK_RESERVATION`] sequences
+/// from `next`.
+fn reserve_after(next: u32) -> crate::error::Result<u32> {
+    next.checked_add(PACK_RESERVATION)
+        .ok_or_else(|| crate::error::Error::Unsupported {
+            message: "the store has used every pack sequence number".into(),
+        })
+}
+
+/// The highest pack sequence in the bucket or condemned in `head` (packs
+/// are `packs/NNNNNNNN.EXT`, N in hex).
+fn highest_pack_sequence(client: &ObjectClient, head: &Head) -> crate::error::Result<Option<u32>> {
+    let prefix = format!("{OBJECT_DIR}/");
+    let listed = client.list(&prefix)?;
+    let sequence = |name: &str| {
+        let file = name.strip_prefix(&prefix)?;
+        let (stem, _) = file.split_once('.')?;
+        u32::from_str_radix(stem, 16).ok()
+    };
+    Ok(listed
+        .iter()
+        .map(|object| object.name.as_str())
+        .chain(
+            head.condemned
+                .iter()
+                .map(|condemned| condemned.object.as_str()),
+        )
+        .filter_map(sequence)
+        .max())
+}
+
 fn encode_head(head: &Head) -> crate::error::Result<Vec<u8>> {
     head.encode().map_err(crate::error::Error::from)
 }
@@ -956,6 +1304,7 @@ fn load_tracked(client: &ObjectClient, head: &Head) -> crate::error::Result<Trac
             TrackedFile {
                 content: Arc::new(RwLock::new(content)),
                 extents: file.extents.clone(),
+                dropped: Arc::default(),
             },
         );
     }
@@ -1013,6 +1362,11 @@ fn read_head(client: &ObjectClient) -> crate::error::Result<Option<(Head, String
 struct TrackedAppend {
     storage: BucketStorage,
     content: Content,
+    /// The file's drop count (see [`TrackedFile::dropped`]).
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// The drop count when this handle first appended since its last
+    /// sync: if it moved, those appends were dropped.
+    appended_at: Option<u64>,
 }
 
 impl AppendFile for TrackedAppend {
@@ -1023,11 +1377,24 @@ impl AppendFile for TrackedAppend {
         for part in parts {
             content.extend_from_slice(part);
         }
+        self.appended_at
+            .get_or_insert(self.dropped.load(std::sync::atomic::Ordering::Acquire));
         Ok(offset)
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.storage.publish()
+        let appended_at = self.appended_at.take();
+        let moved = |now: u64| appended_at.is_some_and(|then| then != now);
+        if moved(self.dropped.load(std::sync::atomic::Ordering::Acquire)) {
+            return Err(io::Error::other(HeadMoved));
+        }
+        self.storage.publish()?;
+        // Another thread's lost race may have dropped the appends before
+        // this publication could carry them.
+        if moved(self.dropped.load(std::sync::atomic::Ordering::Acquire)) {
+            return Err(io::Error::other(HeadMoved));
+        }
+        Ok(())
     }
 
     fn len(&self) -> u64 {
@@ -1096,6 +1463,8 @@ impl Storage for BucketStorage {
                 Ok(Box::new(TrackedAppend {
                     storage: self.clone(),
                     content: file.content.clone(),
+                    dropped: file.dropped.clone(),
+                    appended_at: None,
                 }))
             }
         }
@@ -1152,14 +1521,21 @@ impl Storage for BucketStorage {
                 Ok(())
             }
             Class::Tracked => {
-                {
+                let (dropped, before) = {
                     let mut state = self.inner.state.lock();
                     let file = state.files.entry(name.to_string()).or_default();
                     *file.content.write() = bytes.to_vec();
+                    let dropped = file.dropped.clone();
                     state.changed = true;
                     state.rewritten.insert(name.to_string());
+                    let before = dropped.load(std::sync::atomic::Ordering::Acquire);
+                    (dropped, before)
+                };
+                self.publish()?;
+                if dropped.load(std::sync::atomic::Ordering::Acquire) != before {
+                    return Err(io::Error::other(HeadMoved));
                 }
-                self.publish()
+                Ok(())
             }
         }
     }
@@ -1322,6 +1698,62 @@ impl Storage for BucketStorage {
 
     fn is_read_only(&self) -> bool {
         self.inner.read_only
+    }
+
+    fn reserve_sequence(&self, dir: &str) -> io::Result<Option<u32>> {
+        if dir != OBJECT_DIR {
+            return Ok(None);
+        }
+        loop {
+            self.writable()?;
+            {
+                let mut state = self.inner.state.lock();
+                if let Some(seq) = state.reserved.next() {
+                    return Ok(Some(seq));
+                }
+                state.reserving = true;
+            }
+            match self.publish() {
+                Ok(()) => {}
+                Err(error) if super::is_head_moved(&error) => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn check_removals_allowed(&self) -> io::Result<()> {
+        if self.inner.read_only {
+            return Ok(());
+        }
+        let (head, _) = read_head(&self.inner.client)
+            .map_err(to_io)?
+            .ok_or_else(|| io::Error::other("the store's head vanished"))?;
+        self.condemnable(&head)
+    }
+
+    fn owns(&self, name: &str) -> bool {
+        class(name) != Class::Object || self.inner.local.exists(name).unwrap_or(false)
+    }
+
+    fn refresh(&self) -> io::Result<bool> {
+        let etag = self.inner.state.lock().etag.clone();
+        let current = self.inner.client.head(HEAD_OBJECT).map_err(to_io)?;
+        if current.is_none_or(|meta| meta.etag == etag) {
+            return Ok(false);
+        }
+        let (head, etag) = read_head(&self.inner.client)
+            .map_err(to_io)?
+            .ok_or_else(|| io::Error::other("the store's head vanished"))?;
+        if !self.inner.read_only && !head.is_registered(&self.inner.writer_id, self.inner.epoch) {
+            let reason = format!(
+                "writer epoch {} is no longer registered in the store's head",
+                self.inner.epoch
+            );
+            self.inner.state.lock().fenced = Some(reason.clone());
+            return Err(fenced(reason));
+        }
+        self.adopt(head, etag)?;
+        Ok(true)
     }
 }
 

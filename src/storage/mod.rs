@@ -32,7 +32,7 @@ pub mod object;
 mod uncached;
 
 pub use bucket::{
-    BucketOptions, BucketStorage, DEFAULT_CACHE_BYTES, DEFAULT_DELETION_GRACE, HEAD_OBJECT,
+    hex_id, BucketOptions, BucketStorage, DEFAULT_CACHE_BYTES, DEFAULT_DELETION_GRACE, HEAD_OBJECT,
 };
 pub use local::LocalStorage;
 pub use memory::{Fault, FaultPoint, MemoryStorage, TornWrites};
@@ -149,6 +149,36 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn is_read_only(&self) -> bool {
         false
     }
+    /// A sequence number for a new file in `dir` that no other writer of
+    /// a shared medium will use (a bucket store's writers reserve ranges
+    /// in its head); `None` where this writer is the only one, and picks
+    /// the next number itself.
+    fn reserve_sequence(&self, dir: &str) -> io::Result<Option<u32>> {
+        let _ = dir;
+        Ok(None)
+    }
+    /// Whether this writer may append to, seal or index `name`: false for
+    /// a file another writer of a shared medium is still writing (a pack
+    /// it has uploaded and not yet indexed). True on a medium with one
+    /// writer.
+    fn owns(&self, name: &str) -> bool {
+        let _ = name;
+        true
+    }
+    /// Fails if this writer may not remove files now: a shared medium's
+    /// other writers may reference what looks like garbage here (a bucket
+    /// store removes nothing while another writer is registered). Always
+    /// allowed where there is one writer.
+    fn check_removals_allowed(&self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Brings this view of a shared medium up to what other writers have
+    /// committed since (a bucket store reads its head again). Returns
+    /// whether anything changed; always false where there is one writer.
+    /// Handles of tracked files opened before see the new content.
+    fn refresh(&self) -> io::Result<bool> {
+        Ok(false)
+    }
 
     /// Reads a whole file.
     fn read_all(&self, name: &str) -> io::Result<Vec<u8>> {
@@ -159,6 +189,28 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         file.read_exact_at(0, &mut buffer)?;
         Ok(buffer)
     }
+}
+
+/// The error payload of a commit that another writer of a shared medium
+/// beat: the storage has taken the other commit in, and what this writer
+/// had not published yet is gone. The caller reads the state again and
+/// redoes its change on top (DESIGN.md §18, "Many writers").
+#[derive(Debug)]
+pub struct HeadMoved;
+
+impl std::fmt::Display for HeadMoved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("another writer committed first; the commit is redone on top of it")
+    }
+}
+
+impl std::error::Error for HeadMoved {}
+
+/// Whether `error` is a [`HeadMoved`].
+pub fn is_head_moved(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<HeadMoved>().is_some())
 }
 
 /// Creates `name` (emptying it if it exists) holding `initial`, and makes

@@ -227,6 +227,16 @@ pub enum Command {
     },
     /// Sizes and counts of the store.
     Stats,
+    /// List the writers registered in a bucket store (processes that have
+    /// it open for writing, or crashed while they had).
+    Writers,
+    /// Fence a writer of a bucket store that is gone for good (its machine
+    /// lost): it writes nothing more, and gc, which waits for other
+    /// writers to close, can run again.
+    Fence {
+        /// Its id, as `writers` lists it (32 hex digits).
+        writer: String,
+    },
     /// Export a completed snapshot as one zip archive into a directory or an
     /// S3 bucket, at PREFIX/snapshot/NAME-YYMMdd-HHmm-ss.zip (UTC); prints
     /// where. Never overwrites.

@@ -187,6 +187,41 @@ fn cap_malloc_arenas() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn cap_malloc_arenas() {}
 
+/// The bucket store `--store` names, opened read-only (writes nothing).
+fn bucket_storage_read_only(cli: &Cli) -> Result<BucketStorage, Failure> {
+    let StoreLocation::Bucket { bucket, prefix } = store_location(cli)? else {
+        return Err(Failure::Usage(
+            "only a bucket store (--store s3://...) has registered writers".into(),
+        ));
+    };
+    let local = cli.local_dir().map_err(Failure::Usage)?;
+    Ok(BucketStorage::open_read_only(
+        object_client(cli, &bucket, &prefix)?,
+        &local,
+        bucket_options(cli),
+    )?)
+}
+
+/// The writer id kept in the local directory (zero if it has none yet).
+fn own_writer_id(cli: &Cli) -> Result<[u8; 16], Failure> {
+    let local = cli.local_dir().map_err(Failure::Usage)?;
+    Ok(BucketStorage::writer_id_of(&local).unwrap_or([0; 16]))
+}
+
+/// A writer id given as 32 hex digits.
+fn parse_writer_id(text: &str) -> Result<[u8; 16], Failure> {
+    let invalid = || Failure::Usage(format!("{text} is not a writer id (32 hex digits)"));
+    if text.len() != 32 || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return Err(invalid());
+    }
+    let mut id = [0u8; 16];
+    for (byte, pair) in id.iter_mut().zip(text.as_bytes().chunks(2)) {
+        let pair = std::str::from_utf8(pair).map_err(|_| invalid())?;
+        *byte = u8::from_str_radix(pair, 16).map_err(|_| invalid())?;
+    }
+    Ok(id)
+}
+
 /// Where `--store` says the store is.
 fn store_location(cli: &Cli) -> Result<StoreLocation, Failure> {
     cli.store_location().map_err(Failure::Usage)
@@ -605,6 +640,43 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             } else {
                 Ok(())
             }
+        }
+        Command::Writers => {
+            let storage = bucket_storage_read_only(cli)?;
+            out.writers(&storage.current_writers()?, own_writer_id(cli)?);
+            Ok(())
+        }
+        Command::Fence { writer } => {
+            let id = parse_writer_id(writer)?;
+            let StoreLocation::Bucket { bucket, prefix } = store_location(cli)? else {
+                return Err(Failure::Usage(
+                    "only a bucket store (--store s3://...) has writers to fence".into(),
+                ));
+            };
+            let local = cli.local_dir().map_err(Failure::Usage)?;
+            let storage = BucketStorage::open(
+                object_client(cli, &bucket, &prefix)?,
+                &local,
+                bucket_options(cli),
+            )?;
+            if id == storage.writer_id() {
+                return Err(Failure::Usage(
+                    "that is this directory's own writer id: it is replaced whenever this directory opens the store".into(),
+                ));
+            }
+            let fenced = storage
+                .fence_writer(id)
+                .map_err(|error| Error::io("fencing a writer", error))?;
+            if !fenced {
+                return Err(Failure::Engine(Error::NotFound {
+                    message: format!("no writer {writer} is registered"),
+                }));
+            }
+            out.done(
+                json!({"WriterId": writer, "Fenced": true}),
+                &format!("fenced writer {writer}"),
+            );
+            Ok(())
         }
         Command::Stats => {
             let engine = open_engine_read_only(cli, out)?;

@@ -319,6 +319,30 @@ impl Output {
         print!("{text}");
     }
 
+    /// The writers registered in a bucket store's head, one per line: id
+    /// in hex, epoch, and whether it is this process's local directory.
+    pub fn writers(&self, writers: &[blocksnap::format::head::RegisteredWriter], own: [u8; 16]) {
+        let hex = |id: &[u8; 16]| blocksnap::storage::hex_id(id);
+        if self.json {
+            let listed: Vec<Value> = writers
+                .iter()
+                .map(|writer| {
+                    json!({"WriterId": hex(&writer.id), "Epoch": writer.epoch, "ThisDirectory": writer.id == own})
+                })
+                .collect();
+            print_json(&json!({ "Writers": listed }));
+            return;
+        }
+        for writer in writers {
+            let mark = if writer.id == own {
+                "  (this directory)"
+            } else {
+                ""
+            };
+            println!("{}  epoch {}{mark}", hex(&writer.id), writer.epoch);
+        }
+    }
+
     /// A command that only changes state.
     pub fn done(&self, value: Value, text: &str) {
         if self.json {
