@@ -311,6 +311,34 @@ fn two_writers_commit_at_once_and_see_each_others_snapshots() {
     assert!(report.is_clean(), "{report:?}");
 }
 
+/// Both writers delete one snapshot: the second's delete is redone on
+/// top of the first's and answers not found, even when its storage took
+/// the first's commit in before its catalog did (a lookup on another
+/// thread): a transition never appends on a stale view of the catalog.
+#[test]
+fn a_transition_redone_on_top_of_another_writers_sees_its_effect() {
+    let bucket: Arc<dyn ObjectStore> = Arc::new(MemoryObjectStore::new());
+    let (first_dir, second_dir) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (first, first_storage) = open_keeping(&bucket, first_dir.path()).expect("first");
+    let shared = write(&first, None, &[(0, 1)]).expect("write");
+    let (second, _second_storage) = open_keeping(&bucket, second_dir.path()).expect("second");
+    second.delete(shared.0).expect("the second deletes it");
+    // The first's storage takes that commit in; its catalog has not yet.
+    assert!(Storage::refresh(&first_storage).expect("refresh"));
+    let again = first.delete(shared.0).expect_err("already deleted");
+    assert!(matches!(again, Error::NotFound { .. }), "{again}");
+    let kept = write(&first, None, &[(1, 2)]).expect("the first still writes");
+    drop((first, first_storage, second));
+    let engine = open(&bucket, tempfile::tempdir().expect("dir").path()).expect("reopen");
+    assert_eq!(engine.snapshots().len(), 1);
+    check(&engine, &kept);
+    let report = engine.verify(Default::default()).expect("verify");
+    assert!(report.is_clean(), "{report:?}");
+}
+
 /// Writers on several threads, each with its own local directory, commit
 /// snapshots into one store at once: nothing is lost, and a fresh writer
 /// reads every one back.

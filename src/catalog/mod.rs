@@ -284,6 +284,7 @@ impl Catalog {
     /// removed: superseded segments are the compacting writer's to remove.
     pub fn reload(&self) -> Result<Vec<(Option<SnapshotRecord>, Option<SnapshotRecord>)>> {
         let mut log = self.log.lock();
+        let generation = self.storage.generation();
         let Replayed {
             state,
             segments,
@@ -298,6 +299,13 @@ impl Catalog {
                     Log::create(self.storage.as_ref(), seq, &segment_header(seq, false))?
                 }
             });
+        }
+        // Another commit taken in while this one was read: read again.
+        if self.storage.generation() != generation {
+            return Err(Error::io(
+                "reading the catalog",
+                std::io::Error::other(crate::storage::HeadMoved),
+            ));
         }
         let mut current = self.state.write();
         let mut changed = Vec::new();

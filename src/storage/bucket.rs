@@ -205,6 +205,8 @@ struct Inner {
     epoch: u64,
     /// This writer's random id, registered in the head with `epoch`.
     writer_id: [u8; 16],
+    /// Counts the other writers' commits taken in ([`Storage::generation`]).
+    taken_in: std::sync::atomic::AtomicU64,
     /// How long condemned objects are kept.
     deletion_grace: std::time::Duration,
     /// Extents found damaged when the store was opened.
@@ -418,6 +420,7 @@ impl BucketStorage {
                 read_only,
                 epoch,
                 writer_id,
+                taken_in: std::sync::atomic::AtomicU64::new(0),
                 deletion_grace: options.deletion_grace,
                 damage,
                 state: Mutex::new(State {
@@ -503,12 +506,14 @@ impl BucketStorage {
         Ok(())
     }
 
-    /// Whether this writer may remove objects on top of `head`: only while
-    /// no other writer is registered. A writer registered meanwhile may
-    /// have found a chunk in a pack this writer judged garbage and
-    /// referenced it; the head's `If-Match` makes the check and the commit
-    /// one step (DESIGN.md §18, "Many writers").
-    fn condemnable(&self, head: &Head) -> io::Result<()> {
+    /// Whether this writer may remove objects, or rewrite a tracked file
+    /// (`what`), on top of `head`: only while no other writer is
+    /// registered. A writer registered meanwhile may have found a chunk in
+    /// a pack this writer judged garbage and referenced it, or committed
+    /// what a rewrite computed earlier would lose; the head's `If-Match`
+    /// makes the check and the commit one step (DESIGN.md §18, "Many
+    /// writers").
+    fn alone(&self, head: &Head, what: &str) -> io::Result<()> {
         let others: Vec<String> = head
             .writers
             .iter()
@@ -519,8 +524,8 @@ impl BucketStorage {
             return Ok(());
         }
         Err(io::Error::other(format!(
-            "nothing is removed from a bucket store while other writers are registered ({}): \
-             run gc when they have closed, or fence those that are gone",
+            "a bucket store refuses this while other writers are registered ({}): {what} only \
+             by a writer alone; run it when they have closed, or fence those that are gone",
             others.join(", ")
         )))
     }
@@ -546,8 +551,30 @@ impl BucketStorage {
             .files
             .values()
             .any(|file| file.published_len() != file.content.read().len() as u64);
+        if !state.rewritten.is_empty() {
+            // Rewriting a whole tracked file (the keyring, a catalog
+            // checkpoint) computes it from this process's view, and a
+            // commit another thread took in meanwhile could be lost in it.
+            // Alone, there is no other commit.
+            let what = format!(
+                "{} is rewritten",
+                state
+                    .rewritten
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if let Err(refusal) = self.alone(&state.head, &what) {
+                let (head, etag) = (state.head.clone(), state.etag.clone());
+                drop(state);
+                // Back to the committed content: the rewrite is dropped.
+                self.adopt(head, etag)?;
+                return Err(refusal);
+            }
+        }
         if state.newly_condemned {
-            if let Err(refusal) = self.condemnable(&state.head) {
+            if let Err(refusal) = self.alone(&state.head, "anything is removed") {
                 let head_condemned = state.head.condemned.clone();
                 state
                     .condemned
@@ -790,6 +817,9 @@ impl BucketStorage {
         state.newly_condemned = false;
         state.head = head;
         state.etag = etag;
+        inner
+            .taken_in
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         drop(state);
         for extent in orphaned {
             let _ = inner.client.delete(&extent.object, None);
@@ -1367,11 +1397,26 @@ struct TrackedAppend {
     /// The drop count when this handle first appended since its last
     /// sync: if it moved, those appends were dropped.
     appended_at: Option<u64>,
+    /// The storage's generation when the handle was opened: once another
+    /// writer's commit has been taken in, what the handle's owner derived
+    /// from the file may be stale, so it appends nothing more (it reports
+    /// [`HeadMoved`] and reopens the file after reading it again).
+    opened_at: u64,
+}
+
+impl TrackedAppend {
+    fn check_view(&self) -> io::Result<()> {
+        if self.storage.generation() != self.opened_at {
+            return Err(io::Error::other(HeadMoved));
+        }
+        Ok(())
+    }
 }
 
 impl AppendFile for TrackedAppend {
     fn append(&mut self, parts: &[&[u8]]) -> io::Result<u64> {
         self.storage.writable()?;
+        self.check_view()?;
         let mut content = self.content.write();
         let offset = content.len() as u64;
         for part in parts {
@@ -1465,6 +1510,7 @@ impl Storage for BucketStorage {
                     content: file.content.clone(),
                     dropped: file.dropped.clone(),
                     appended_at: None,
+                    opened_at: self.generation(),
                 }))
             }
         }
@@ -1728,11 +1774,17 @@ impl Storage for BucketStorage {
         let (head, _) = read_head(&self.inner.client)
             .map_err(to_io)?
             .ok_or_else(|| io::Error::other("the store's head vanished"))?;
-        self.condemnable(&head)
+        self.alone(&head, "anything is removed")
     }
 
     fn owns(&self, name: &str) -> bool {
         class(name) != Class::Object || self.inner.local.exists(name).unwrap_or(false)
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner
+            .taken_in
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn refresh(&self) -> io::Result<bool> {

@@ -172,6 +172,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn check_removals_allowed(&self) -> io::Result<()> {
         Ok(())
     }
+    /// Counts the other writers' commits this view of a shared medium has
+    /// taken in: state derived from files read at one generation is stale
+    /// once it moves. Always zero where there is one writer.
+    fn generation(&self) -> u64 {
+        0
+    }
     /// Brings this view of a shared medium up to what other writers have
     /// committed since (a bucket store reads its head again). Returns
     /// whether anything changed; always false where there is one writer.
