@@ -339,6 +339,60 @@ fn a_transition_redone_on_top_of_another_writers_sees_its_effect() {
     assert!(report.is_clean(), "{report:?}");
 }
 
+/// A writer that only stores blocks still looks for the other writers'
+/// packs every few seconds (by the engine's clock): data another writer
+/// stored meanwhile is found and not stored again.
+#[test]
+fn a_writer_storing_blocks_finds_what_another_stored_meanwhile() {
+    let bucket: Arc<dyn ObjectStore> = Arc::new(MemoryObjectStore::new());
+    let clock = Arc::new(blocksnap::clock::ManualClock::new(1_800_000_000_000));
+    let open_clocked = |local: &std::path::Path| {
+        let storage =
+            BucketStorage::open(test_client(bucket.clone()), local, options()).expect("storage");
+        Engine::open_with(
+            Arc::new(storage),
+            EngineConfig {
+                clock: clock.clone(),
+                ..config()
+            },
+        )
+        .expect("engine")
+    };
+    let (first_dir, second_dir) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let first = open_clocked(first_dir.path());
+    let second = open_clocked(second_dir.path());
+    let writer = second.writer(NewSnapshot::new(1)).expect("start");
+    writer.put_block(BlockIndex(0), &block(8)).expect("put");
+    // The first stores blocks the second is about to store too (random
+    // ones: zstd cannot shrink them).
+    write(&first, None, &[(1, 2), (2, 5)]).expect("first");
+    let packed = || -> u64 {
+        bucket
+            .list("packs/")
+            .expect("list")
+            .iter()
+            .map(|object| object.len)
+            .sum()
+    };
+    clock.advance(std::time::Duration::from_secs(6));
+    let before = packed();
+    writer.put_block(BlockIndex(1), &block(2)).expect("put");
+    writer.put_block(BlockIndex(2), &block(5)).expect("put");
+    let id = writer.snapshot_id();
+    writer.complete().expect("complete");
+    let grown = packed() - before;
+    // Its own first block and the map, not the two the first writer
+    // stored (three random blocks if it had stored them again).
+    assert!(
+        grown < 2 * blocksnap::ids::BLOCK_SIZE as u64,
+        "{grown} bytes more: the other writer's blocks were stored again"
+    );
+    check(&first, &(id, BTreeMap::from([(0, 8), (1, 2), (2, 5)])));
+}
+
 /// Writers on several threads, each with its own local directory, commit
 /// snapshots into one store at once: nothing is lost, and a fresh writer
 /// reads every one back.

@@ -56,6 +56,11 @@ const STORE_HEADER_NAME: &str = "blocksnap.store";
 /// EBS default).
 pub const DEFAULT_TIMEOUT_MINUTES: u32 = 60;
 
+/// How often a writer of a shared medium (a bucket store) takes in the
+/// other writers' commits while it stores blocks, so that data they
+/// stored meanwhile is found and not stored again.
+const SHARED_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// When an acknowledged PutSnapshotBlock becomes durable.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum PutDurability {
@@ -185,6 +190,9 @@ struct EngineInner {
     read_only: bool,
     /// Damage found while opening.
     open_damage: Vec<Damage>,
+    /// When other writers' commits were last looked for while storing
+    /// blocks, by the engine's clock (epoch milliseconds).
+    refreshed_at_millis: std::sync::atomic::AtomicU64,
 }
 
 /// What reads need of a completed snapshot.
@@ -499,6 +507,7 @@ impl Engine {
                 keyring,
                 read_only,
                 open_damage: damage,
+                refreshed_at_millis: std::sync::atomic::AtomicU64::new(now),
             }),
         };
         if !read_only {
@@ -1008,6 +1017,7 @@ impl Engine {
             ));
         }
         session.check_provable()?;
+        self.refresh_when_due();
         let BlockHashes {
             chunk,
             sha256,
@@ -1149,6 +1159,31 @@ impl Engine {
             self.take_in_commits()?;
         }
         Ok(moved)
+    }
+
+    /// Takes in other writers' commits if [`SHARED_REFRESH_INTERVAL`] has
+    /// passed since this was last done (one thread does it; the others go
+    /// on). A failure costs nothing but dedup: the put goes on, and a
+    /// commit meets the other writers' work anyway.
+    fn refresh_when_due(&self) {
+        if !self.inner.storage.is_tiered() || self.inner.read_only {
+            return;
+        }
+        let now = self.now_millis();
+        let last = self.inner.refreshed_at_millis.load(Ordering::Acquire);
+        let interval = SHARED_REFRESH_INTERVAL.as_millis() as u64;
+        if now < last.saturating_add(interval)
+            || self
+                .inner
+                .refreshed_at_millis
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        if let Err(error) = self.refresh() {
+            tracing::debug!(%error, "looking for other writers' commits failed; the put goes on");
+        }
     }
 
     /// Follows the commits the storage has taken in: see
