@@ -185,19 +185,35 @@ fn a_writer_declared_gone_is_fenced_and_writes_nothing_more() {
     );
     let (stale, stale_storage) = open_keeping(&bucket, first_dir.path()).expect("first writer");
     let kept = write(&stale, None, &[(0, 1)]).expect("before it is declared gone");
+    // A snapshot the stale writer leaves pending.
+    let abandoned = stale.writer(NewSnapshot::new(1)).expect("start");
+    abandoned.put_block(BlockIndex(5), &block(5)).expect("put");
+    let abandoned_id = abandoned.snapshot_id();
+    std::mem::forget(abandoned);
     let (current, current_storage) =
         open_keeping(&bucket, second_dir.path()).expect("second writer");
     assert_eq!(current_storage.writers().len(), 2, "both are registered");
+    assert_eq!(
+        current.snapshot(abandoned_id).expect("known").status_name(),
+        "pending"
+    );
     assert!(current_storage
         .fence_writer(stale_storage.writer_id())
         .expect("fence"));
+    // Its pending snapshot can never complete: the next look at the
+    // store fails it.
+    current.refresh().expect("refresh");
+    assert_eq!(
+        current.snapshot(abandoned_id).expect("known").status_name(),
+        "error"
+    );
     let after = write(&current, Some(&kept), &[(2, 3)]).expect("the other writer writes");
     let error = write(&stale, None, &[(1, 2), (3, 4)]).expect_err("fenced");
     assert!(error.to_string().contains("fenced"), "{error}");
     drop((stale, current, stale_storage, current_storage));
     let (engine, storage) =
         open_keeping(&bucket, tempfile::tempdir().expect("dir").path()).expect("reopen");
-    assert_eq!(engine.snapshots().len(), 2);
+    assert_eq!(engine.snapshots().len(), 3);
     check(&engine, &kept);
     check(&engine, &after);
     // Writers that closed took their registrations out.
@@ -261,7 +277,11 @@ fn two_writers_commit_at_once_and_see_each_others_snapshots() {
             &blocksnap::codec::sha256(&block(3)),
         )
         .expect_err("another writer's pending snapshot");
-    assert!(refused.to_string().contains("another writer"), "{refused}");
+    let owner = blocksnap::storage::hex_id(&first_storage.writer_id());
+    assert!(
+        refused.to_string().contains(&format!("writer {owner}")),
+        "the error names the writer that started it: {refused}"
+    );
     first_writer.complete().expect("first completes");
     second_writer
         .complete()

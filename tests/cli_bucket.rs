@@ -386,3 +386,63 @@ fn backup_processes_write_one_bucket_store_at_once() {
     store.ok_with_cache("lost", &["gc"]);
     assert_eq!(store.ok_with_cache("fresh", &["writers"]).trim(), "");
 }
+
+/// Two `serve` instances on one bucket store, each with its own local
+/// directory, driven by boto3 (`tests/boto3/two_instances.py`): what one
+/// writes the other lists, reads and diffs at once; a put or completion
+/// sent to the instance that did not start the snapshot is refused with
+/// the documented error.
+#[test]
+fn two_serve_instances_share_one_bucket_store() {
+    let server = S3Server::seaweedfs();
+    let store = BucketStore::new(&server, "cli/serve-pair");
+    let credentials = store.path("credentials");
+    std::fs::write(&credentials, "AKIDALICE alice-secret 111111111111\n").expect("credentials");
+    let credentials = credentials.to_str().expect("utf-8");
+    let start = |cache: &str| {
+        let mut child = store
+            .command(
+                cache,
+                &[
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--credentials",
+                    credentials,
+                ],
+            )
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("read");
+        let address = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_string();
+        (child, format!("http://{address}"))
+    };
+    let (mut first, first_endpoint) = start("first");
+    let (mut second, second_endpoint) = start("second");
+    let python = std::env::var("BLOCKSNAP_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = format!(
+        "{}/tests/boto3/two_instances.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let output = Command::new(&python)
+        .args([&script, &first_endpoint, &second_endpoint])
+        .output()
+        .unwrap_or_else(|error| panic!("running {python}: {error}"));
+    for child in [&mut first, &mut second] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let report = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{script} failed:\n{report}");
+    assert!(report.contains("OK"), "{report}");
+}

@@ -29,6 +29,7 @@ fn started(description: String, tags: Vec<(String, String)>) -> StartedRecord {
         description: Some(description),
         kms_key_arn: None,
         tags,
+        writer: None,
     }
 }
 

@@ -198,6 +198,7 @@ fn write_format_seeds(write: &dyn Fn(&str, &str, &[u8]), key_file: &[u8]) {
         description: Some("nightly".into()),
         kms_key_arn: Some("dedup/111111111111".into()),
         tags: vec![("host".into(), "vm1".into())],
+        writer: Some([0x5a; 16]),
     };
     let snapshot = started.snapshot;
     for (name, record) in [

@@ -695,6 +695,7 @@ mod tests {
             description: None,
             kms_key_arn: None,
             tags: Vec::new(),
+            writer: None,
         }
     }
 

@@ -511,6 +511,7 @@ impl Engine {
             }),
         };
         if !read_only {
+            engine.fail_snapshots_of_fenced_writers()?;
             // Deadlines that passed while the store was closed.
             engine.expire_due()?;
             engine.start_reaper();
@@ -706,7 +707,7 @@ impl Engine {
                         .is_some_and(|session| session.elsewhere)
             }
         };
-        if stale && self.inner.storage.is_tiered() && self.refresh()? {
+        if stale && self.inner.storage.is_tiered() && self.refresh_view()? {
             return self
                 .owned_record(snapshot)
                 .ok_or_else(|| not_found(snapshot));
@@ -852,6 +853,7 @@ impl Engine {
             description: request.description,
             kms_key_arn,
             tags: request.tags,
+            writer: self.inner.storage.writer_id(),
         };
         // A start the catalog cannot encode (a string or tag list over its
         // format's limit) is refused before anything is written.
@@ -931,6 +933,50 @@ impl Engine {
             .get(session.snapshot)
             .ok_or_else(|| not_found(session.snapshot))?;
         Err(not_pending(&record))
+    }
+
+    /// Fails every pending snapshot another writer of a shared medium
+    /// started if that writer is no longer registered (fenced): it can
+    /// never complete them. (A writer that comes back from its directory
+    /// is registered again, and recovers its own.)
+    fn fail_snapshots_of_fenced_writers(&self) -> Result<()> {
+        let storage = &self.inner.storage;
+        let orphaned: Vec<Arc<Session>> = self
+            .inner
+            .sessions
+            .read()
+            .values()
+            .filter(|session| {
+                session.elsewhere
+                    && session
+                        .writer
+                        .is_some_and(|writer| !storage.is_registered(&writer))
+            })
+            .cloned()
+            .collect();
+        for session in orphaned {
+            let guard = self.inner.reference_guard.read();
+            let Ok(state) = session.lock_open() else {
+                continue;
+            };
+            let writer = session.writer.map(|id| crate::storage::hex_id(&id));
+            let failed = self.fail_pending(
+                &session,
+                state,
+                format!(
+                    "Its writer {} was fenced: a pending snapshot of a bucket store lives in the \
+                     local directory of the process that started it, which can no longer commit.",
+                    writer.unwrap_or_default()
+                ),
+            );
+            drop(guard);
+            match failed {
+                // Another writer failed it first.
+                Err(Error::InvalidState { .. } | Error::NotFound { .. }) => {}
+                other => other?,
+            }
+        }
+        Ok(())
     }
 
     /// Moves a pending snapshot to `error` (the catalog record is the
@@ -1149,7 +1195,20 @@ impl Engine {
     /// fail and vanish here as they did there. Returns whether anything
     /// changed. Cheap when nothing did (one HEAD request on a bucket
     /// store); does nothing on a store with one writer.
+    ///
+    /// Pending snapshots of a writer that was fenced are failed here (it
+    /// can never complete them).
     pub fn refresh(&self) -> Result<bool> {
+        let moved = self.refresh_view()?;
+        if !self.inner.read_only {
+            self.fail_snapshots_of_fenced_writers()?;
+        }
+        Ok(moved)
+    }
+
+    /// [`Engine::refresh`] without the cleanup, for lookups that may hold
+    /// the reference guard (the cleanup takes it).
+    fn refresh_view(&self) -> Result<bool> {
         let moved = self
             .inner
             .storage
@@ -1198,6 +1257,13 @@ impl Engine {
     }
 
     fn take_in_commits_once(&self) -> Result<()> {
+        // Domains first: other writers' snapshots are keyed in them (all
+        // of them: a domain taken in while this writer made its own is
+        // registered here too).
+        self.inner.keyring.take_in(self.inner.storage.as_ref())?;
+        for domain in self.inner.keyring.domains() {
+            self.inner.chunks.register_domain(domain);
+        }
         self.inner.chunks.refresh()?;
         let changes = self.inner.catalog.reload()?;
         let maps = self.maps();

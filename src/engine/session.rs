@@ -65,6 +65,8 @@ pub(crate) struct Session {
     /// is on that writer's disk): this process takes none of its puts,
     /// completion or cancellation, and leaves its timeout to that writer.
     pub(crate) elsewhere: bool,
+    /// The writer that started it, when the store has several.
+    pub(crate) writer: Option<[u8; 16]>,
     /// When the snapshot started, epoch milliseconds.
     start_millis: u64,
     /// The inactivity timeout, milliseconds.
@@ -129,6 +131,7 @@ impl Session {
             journal_flags,
             unprovable: None,
             elsewhere: false,
+            writer: started.writer,
             start_millis: started.start_millis,
             timeout_millis,
             deadline_millis: AtomicU64::new(deadline),
@@ -154,11 +157,16 @@ impl Session {
         if !self.elsewhere {
             return Ok(());
         }
+        let writer = self.writer.map_or_else(
+            || "another writer".to_string(),
+            |id| format!("writer {}", crate::storage::hex_id(&id)),
+        );
         Err(Error::InvalidState {
             reason: ValidationReason::InvalidSnapshotId,
             message: format!(
-                "The snapshot '{}' is pending in another writer's process (its journal is on \
-                 that machine): send its puts, completion and cancellation there.",
+                "The snapshot '{}' is pending in the process of {writer} (its journal is on \
+                 that machine; `blocksnap writers` lists them): send its puts, completion and \
+                 cancellation there.",
                 self.snapshot
             ),
         })

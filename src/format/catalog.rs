@@ -64,6 +64,10 @@ pub struct StartedRecord {
     pub kms_key_arn: Option<String>,
     /// Tags, in request order.
     pub tags: Vec<(String, String)>,
+    /// The writer that started it, when the store has several (a bucket
+    /// store's registered writer id): only that writer's process takes
+    /// its puts and completion. Never all zeros.
+    pub writer: Option<[u8; 16]>,
 }
 
 /// One catalog record.
@@ -132,6 +136,9 @@ impl CatalogRecord {
                 for (key, value) in &started.tags {
                     body.put_string(key, "a tag key")?;
                     body.put_string(value, "a tag value")?;
+                }
+                if let Some(writer) = started.writer {
+                    body.extend_from_slice(&writer);
                 }
             }
             CatalogRecord::Completed {
@@ -238,6 +245,17 @@ impl CatalogRecord {
                 for _ in 0..tag_count {
                     tags.push((reader.string("tag key")?, reader.string("tag value")?));
                 }
+                let writer = match reader.remaining() {
+                    0 => None,
+                    _ => {
+                        let at = reader.position();
+                        let id = reader.array::<16>("writer id")?;
+                        if id == [0; 16] {
+                            return Err(DecodeError::corrupt(at, "writer id"));
+                        }
+                        Some(id)
+                    }
+                };
                 CatalogRecord::Started(StartedRecord {
                     snapshot,
                     parent,
@@ -251,6 +269,7 @@ impl CatalogRecord {
                     description,
                     kms_key_arn,
                     tags,
+                    writer,
                 })
             }
             2 => {
@@ -307,13 +326,19 @@ mod tests {
             description: None,
             kms_key_arn: None,
             tags: vec![("k".into(), "".into())],
+            writer: None,
         })
     }
 
     #[test]
     fn frames_round_trip_and_detect_damage() {
+        let CatalogRecord::Started(mut by_writer) = started() else {
+            unreachable!("started() is a Started record")
+        };
+        by_writer.writer = Some([9; 16]);
         let records = [
             started(),
+            CatalogRecord::Started(by_writer.clone()),
             CatalogRecord::Completed {
                 snapshot: SnapshotId(1),
                 completed_millis: 5,
@@ -348,6 +373,20 @@ mod tests {
                 assert!(CatalogRecord::decode_frame(&frame[..cut]).is_err());
             }
         }
+    }
+
+    /// A Started record's writer id is absent or sixteen bytes that are
+    /// not all zero (zero would decode as an id and re-encode as none).
+    #[test]
+    fn a_writer_id_is_never_zero() {
+        let CatalogRecord::Started(mut record) = started() else {
+            unreachable!("started() is a Started record")
+        };
+        record.writer = Some([0; 16]);
+        let frame = CatalogRecord::Started(record)
+            .encode_frame()
+            .expect("encodes");
+        assert!(CatalogRecord::decode_frame(&frame).is_err());
     }
 
     /// Found by fuzzing: a Completed record without a root must hold zero

@@ -9,7 +9,7 @@ use crate::error::{Damage, Error, Result, ValidationReason};
 use crate::format::keyring::MAX_WRAPPED_LEN;
 use crate::format::keyring::{decode_keyring, encode_keyring, KeyringEntry, DEDUP_ONLY_SUITE};
 use crate::format::pack::FIRST_DEDUP_DOMAIN;
-use crate::storage::{mirror_name, read_mirrored, write_mirrored, Storage};
+use crate::storage::{mirror_name, read_mirrored, write_mirrored_unless_moved, Storage};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +23,10 @@ pub(crate) struct Keyring {
     by_arn: Mutex<HashMap<String, Arc<DomainKeys>>>,
     /// A copy of the keyring that did not verify when it was opened.
     damage: Vec<Damage>,
+    /// What unwraps the domains other writers of a shared medium add.
+    provider: Option<Arc<dyn KeyProvider>>,
+    /// The cipher suite the engine was given.
+    suite: Arc<dyn CipherSuite>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -89,7 +93,59 @@ impl Keyring {
             entries: Mutex::new(entries),
             by_arn: Mutex::new(by_arn),
             damage,
+            provider: provider.cloned(),
+            suite: suite.clone(),
         })
+    }
+
+    /// Takes in the domains other writers of a shared medium added to the
+    /// stored keyring (a domain is never changed once made, only added):
+    /// dedup domains at once, encrypted ones when the provider unwraps
+    /// them (else their snapshots stay unreadable here, as they would in a
+    /// store opened without the key). Returns the domains added.
+    pub(crate) fn take_in(&self, storage: &dyn Storage) -> Result<Vec<Arc<DomainKeys>>> {
+        let decode =
+            |bytes: &[u8]| decode_keyring(bytes).map_err(|error| error.into_error(KEYRING_NAME));
+        let Some(stored) = read_mirrored(storage, KEYRING_NAME, decode)? else {
+            return Ok(Vec::new());
+        };
+        let mut entries = self.entries.lock();
+        let mut added = Vec::new();
+        for entry in stored.value {
+            if entries.iter().any(|known| known.domain == entry.domain) {
+                continue;
+            }
+            let keys = if entry.suite == DEDUP_ONLY_SUITE {
+                Some(dedup_keys(&entry)?)
+            } else {
+                match &self.provider {
+                    Some(provider) => match Self::unwrap(&entry, provider.as_ref(), &self.suite) {
+                        Ok(keys) => Some(keys),
+                        Err(error) => {
+                            tracing::warn!(key = %entry.key_arn, %error, "a domain another writer added cannot be unwrapped here");
+                            None
+                        }
+                    },
+                    None => None,
+                }
+            };
+            if let Some(keys) = keys {
+                let keys = Arc::new(keys);
+                self.by_arn
+                    .lock()
+                    .insert(entry.key_arn.clone(), keys.clone());
+                added.push(keys);
+            }
+            entries.push(entry);
+        }
+        Ok(added)
+    }
+
+    /// Writes `updated` as the keyring if no other writer's commit was
+    /// taken in since `generation` (else [`crate::storage::HeadMoved`]).
+    fn write(storage: &dyn Storage, updated: &[KeyringEntry], generation: u64) -> Result<()> {
+        write_mirrored_unless_moved(storage, KEYRING_NAME, &encode_keyring(updated)?, generation)
+            .map_err(|e| Error::io("writing the keyring", e))
     }
 
     /// Damage found when the keyring was opened (one copy; nothing lost).
@@ -131,27 +187,37 @@ impl Keyring {
         storage: &dyn Storage,
         now_millis: u64,
     ) -> Result<(Arc<DomainKeys>, bool)> {
-        if let Some(keys) = self.domain(name) {
-            return Ok((keys, false));
+        loop {
+            if let Some(keys) = self.domain(name) {
+                return Ok((keys, false));
+            }
+            // Another writer may have added domains (this one, even).
+            let generation = storage.generation();
+            self.take_in(storage)?;
+            if let Some(keys) = self.domain(name) {
+                return Ok((keys, false));
+            }
+            let mut entries = self.entries.lock();
+            let domain = next_domain(&entries, FIRST_DEDUP_DOMAIN, u16::MAX)?;
+            let id_key = DataKey::random().map_err(Error::from)?;
+            let entry = KeyringEntry {
+                domain,
+                suite: DEDUP_ONLY_SUITE,
+                created_millis: now_millis,
+                key_arn: name.to_string(),
+                wrapped: id_key.expose().to_vec(),
+            };
+            let keys = Arc::new(dedup_keys(&entry)?);
+            let mut updated = entries.clone();
+            updated.push(entry);
+            match Self::write(storage, &updated, generation) {
+                Err(error) if error.is_head_moved() => continue,
+                written => written?,
+            }
+            *entries = updated;
+            self.by_arn.lock().insert(name.to_string(), keys.clone());
+            return Ok((keys, true));
         }
-        let mut entries = self.entries.lock();
-        let domain = next_domain(&entries, FIRST_DEDUP_DOMAIN, u16::MAX)?;
-        let id_key = DataKey::random().map_err(Error::from)?;
-        let entry = KeyringEntry {
-            domain,
-            suite: DEDUP_ONLY_SUITE,
-            created_millis: now_millis,
-            key_arn: name.to_string(),
-            wrapped: id_key.expose().to_vec(),
-        };
-        let keys = Arc::new(dedup_keys(&entry)?);
-        let mut updated = entries.clone();
-        updated.push(entry);
-        write_mirrored(storage, KEYRING_NAME, &encode_keyring(&updated)?)
-            .map_err(|e| Error::io("writing the keyring", e))?;
-        *entries = updated;
-        self.by_arn.lock().insert(name.to_string(), keys.clone());
-        Ok((keys, true))
     }
 
     /// The domain of `key_arn`, creating it when this is the key's first
@@ -166,9 +232,33 @@ impl Keyring {
         suite: &Arc<dyn CipherSuite>,
         now_millis: u64,
     ) -> Result<(Arc<DomainKeys>, bool)> {
-        if let Some(keys) = self.domain(key_arn) {
-            return Ok((keys, false));
+        loop {
+            if let Some(keys) = self.domain(key_arn) {
+                return Ok((keys, false));
+            }
+            let generation = storage.generation();
+            self.take_in(storage)?;
+            if let Some(keys) = self.domain(key_arn) {
+                return Ok((keys, false));
+            }
+            match self.create_domain(key_arn, storage, provider, suite, now_millis, generation) {
+                Err(error) if error.is_head_moved() => continue,
+                created => return created.map(|keys| (keys, true)),
+            }
         }
+    }
+
+    /// Makes the domain of `key_arn` and writes the keyring naming it,
+    /// unless another writer's commit was taken in since `generation`.
+    fn create_domain(
+        &self,
+        key_arn: &str,
+        storage: &dyn Storage,
+        provider: &dyn KeyProvider,
+        suite: &Arc<dyn CipherSuite>,
+        now_millis: u64,
+        generation: u64,
+    ) -> Result<Arc<DomainKeys>> {
         let mut entries = self.entries.lock();
         let domain = next_domain(&entries, 1, FIRST_DEDUP_DOMAIN - 1)?;
         let generated = provider.generate_data_key(key_arn)?;
@@ -196,11 +286,10 @@ impl Keyring {
         )?);
         let mut updated = entries.clone();
         updated.push(entry);
-        write_mirrored(storage, KEYRING_NAME, &encode_keyring(&updated)?)
-            .map_err(|e| Error::io("writing the keyring", e))?;
+        Self::write(storage, &updated, generation)?;
         *entries = updated;
         self.by_arn.lock().insert(key_arn.to_string(), keys.clone());
-        Ok((keys, true))
+        Ok(keys)
     }
 
     /// Rewraps every domain's data key under its key's current KEK, and
@@ -211,6 +300,8 @@ impl Keyring {
         storage: &dyn Storage,
         provider: &dyn KeyProvider,
     ) -> Result<usize> {
+        let generation = storage.generation();
+        self.take_in(storage)?;
         let mut entries = self.entries.lock();
         let mut updated = entries.clone();
         for entry in updated
@@ -230,8 +321,8 @@ impl Keyring {
             }
             entry.wrapped = rewrapped;
         }
-        write_mirrored(storage, KEYRING_NAME, &encode_keyring(&updated)?)
-            .map_err(|e| Error::io("writing the keyring", e))?;
+        // A rewrap that lost a race is not redone: the caller runs it again.
+        Self::write(storage, &updated, generation)?;
         let count = updated
             .iter()
             .filter(|entry| entry.suite != DEDUP_ONLY_SUITE)

@@ -175,6 +175,10 @@ struct State {
     changed: bool,
     /// Files rewritten whole since the last publication.
     rewritten: BTreeSet<String>,
+    /// Those of them rewritten by [`Storage::write_atomic_unless_moved`]:
+    /// computed from the view they will be committed on, so allowed beside
+    /// other writers.
+    rewritten_checked: BTreeSet<String>,
     /// Extents no file will list after the next publication: deleted once
     /// it commits.
     orphaned: Vec<Extent>,
@@ -429,6 +433,7 @@ impl BucketStorage {
                     files,
                     changed: false,
                     rewritten: BTreeSet::new(),
+                    rewritten_checked: BTreeSet::new(),
                     orphaned: Vec::new(),
                     added: Vec::new(),
                     extents_written: 0,
@@ -551,20 +556,17 @@ impl BucketStorage {
             .files
             .values()
             .any(|file| file.published_len() != file.content.read().len() as u64);
-        if !state.rewritten.is_empty() {
-            // Rewriting a whole tracked file (the keyring, a catalog
-            // checkpoint) computes it from this process's view, and a
-            // commit another thread took in meanwhile could be lost in it.
-            // Alone, there is no other commit.
-            let what = format!(
-                "{} is rewritten",
-                state
-                    .rewritten
-                    .iter()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+        let unchecked: Vec<String> = state
+            .rewritten
+            .difference(&state.rewritten_checked)
+            .cloned()
+            .collect();
+        if !unchecked.is_empty() {
+            // Rewriting a whole tracked file (a catalog checkpoint) computes
+            // it from this process's view, and a commit another thread took
+            // in meanwhile could be lost in it. Alone, there is no other
+            // commit.
+            let what = format!("{} is rewritten", unchecked.join(", "));
             if let Err(refusal) = self.alone(&state.head, &what) {
                 let (head, etag) = (state.head.clone(), state.etag.clone());
                 drop(state);
@@ -716,6 +718,7 @@ impl BucketStorage {
                 state.changed = false;
                 state.newly_condemned = false;
                 state.rewritten.clear();
+                state.rewritten_checked.clear();
             }
             Swapped::Lost => {
                 drop(state);
@@ -805,6 +808,7 @@ impl BucketStorage {
         }
         state.files.extend(files);
         state.rewritten.clear();
+        state.rewritten_checked.clear();
         state.changed = false;
         // Unpublished removals are dropped, not redone: they were judged
         // garbage against the state before the other commit (see
@@ -1779,6 +1783,53 @@ impl Storage for BucketStorage {
 
     fn owns(&self, name: &str) -> bool {
         class(name) != Class::Object || self.inner.local.exists(name).unwrap_or(false)
+    }
+
+    fn writer_id(&self) -> Option<[u8; 16]> {
+        (!self.inner.read_only).then_some(self.inner.writer_id)
+    }
+
+    fn write_atomic_unless_moved(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        generation: u64,
+    ) -> io::Result<()> {
+        if class(name) != Class::Tracked {
+            return self.write_atomic(name, bytes);
+        }
+        self.writable()?;
+        let (dropped, before) = {
+            let mut state = self.inner.state.lock();
+            // Under the state lock: a take-in (which holds it) is either
+            // before this check or drops this rewrite and says so.
+            if self.generation() != generation {
+                return Err(io::Error::other(HeadMoved));
+            }
+            let file = state.files.entry(name.to_string()).or_default();
+            *file.content.write() = bytes.to_vec();
+            let dropped = file.dropped.clone();
+            state.changed = true;
+            state.rewritten.insert(name.to_string());
+            state.rewritten_checked.insert(name.to_string());
+            let before = dropped.load(std::sync::atomic::Ordering::Acquire);
+            (dropped, before)
+        };
+        self.publish()?;
+        if dropped.load(std::sync::atomic::Ordering::Acquire) != before {
+            return Err(io::Error::other(HeadMoved));
+        }
+        Ok(())
+    }
+
+    fn is_registered(&self, id: &[u8; 16]) -> bool {
+        self.inner
+            .state
+            .lock()
+            .head
+            .writers
+            .iter()
+            .any(|writer| writer.id == *id)
     }
 
     fn generation(&self) -> u64 {

@@ -172,6 +172,32 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn check_removals_allowed(&self) -> io::Result<()> {
         Ok(())
     }
+    /// This writer's id among the writers of a shared medium (recorded in
+    /// the snapshots it starts); `None` where there is one writer.
+    fn writer_id(&self) -> Option<[u8; 16]> {
+        None
+    }
+    /// Whether writer `id` of a shared medium is still registered (by
+    /// this view's last reading): a pending snapshot of a writer that is
+    /// not can never complete. True where there is one writer.
+    fn is_registered(&self, id: &[u8; 16]) -> bool {
+        let _ = id;
+        true
+    }
+    /// [`Storage::write_atomic`], unless another writer's commit was taken
+    /// in since [`Storage::generation`] was `generation`: then nothing is
+    /// written and the error is [`HeadMoved`] (the caller read `name`
+    /// before, and computed `bytes` from a view that is stale now). Where
+    /// there is one writer, a plain `write_atomic`.
+    fn write_atomic_unless_moved(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        generation: u64,
+    ) -> io::Result<()> {
+        let _ = generation;
+        self.write_atomic(name, bytes)
+    }
     /// Counts the other writers' commits this view of a shared medium has
     /// taken in: state derived from files read at one generation is stale
     /// once it moves. Always zero where there is one writer.
@@ -283,6 +309,17 @@ pub fn mirror_name(name: &str) -> String {
 pub fn write_mirrored(storage: &dyn Storage, name: &str, bytes: &[u8]) -> io::Result<()> {
     storage.write_atomic(&mirror_name(name), bytes)?;
     storage.write_atomic(name, bytes)
+}
+
+/// [`write_mirrored`] through [`Storage::write_atomic_unless_moved`].
+pub fn write_mirrored_unless_moved(
+    storage: &dyn Storage,
+    name: &str,
+    bytes: &[u8],
+    generation: u64,
+) -> io::Result<()> {
+    storage.write_atomic_unless_moved(&mirror_name(name), bytes, generation)?;
+    storage.write_atomic_unless_moved(name, bytes, generation)
 }
 
 /// What [`read_mirrored`] found.
