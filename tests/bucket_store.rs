@@ -166,6 +166,11 @@ fn completed_snapshots_come_back_from_moto_alone() {
     round_trip(Arc::new(server.store("round-trip")));
 }
 
+/// Local directories for two writers.
+fn two_directories() -> [tempfile::TempDir; 2] {
+    [(); 2].map(|()| tempfile::tempdir().expect("dir"))
+}
+
 /// Opens a writer and keeps its storage, for the registration calls.
 fn open_keeping(
     bucket: &Arc<dyn ObjectStore>,
@@ -179,10 +184,7 @@ fn open_keeping(
 #[test]
 fn a_writer_declared_gone_is_fenced_and_writes_nothing_more() {
     let bucket: Arc<dyn ObjectStore> = Arc::new(MemoryObjectStore::new());
-    let (first_dir, second_dir) = (
-        tempfile::tempdir().expect("dir"),
-        tempfile::tempdir().expect("dir"),
-    );
+    let [first_dir, second_dir] = two_directories();
     let (stale, stale_storage) = open_keeping(&bucket, first_dir.path()).expect("first writer");
     let kept = write(&stale, None, &[(0, 1)]).expect("before it is declared gone");
     // A snapshot the stale writer leaves pending.
@@ -249,10 +251,7 @@ fn a_crashed_writer_coming_back_replaces_its_registration() {
 #[test]
 fn two_writers_commit_at_once_and_see_each_others_snapshots() {
     let bucket: Arc<dyn ObjectStore> = Arc::new(MemoryObjectStore::new());
-    let (first_dir, second_dir) = (
-        tempfile::tempdir().expect("dir"),
-        tempfile::tempdir().expect("dir"),
-    );
+    let [first_dir, second_dir] = two_directories();
     let (first, first_storage) = open_keeping(&bucket, first_dir.path()).expect("first");
     let (second, second_storage) = open_keeping(&bucket, second_dir.path()).expect("second");
     // Interleaved: both start, both put, then both complete; each commit
@@ -338,10 +337,7 @@ fn two_writers_commit_at_once_and_see_each_others_snapshots() {
 #[test]
 fn a_transition_redone_on_top_of_another_writers_sees_its_effect() {
     let bucket: Arc<dyn ObjectStore> = Arc::new(MemoryObjectStore::new());
-    let (first_dir, second_dir) = (
-        tempfile::tempdir().expect("dir"),
-        tempfile::tempdir().expect("dir"),
-    );
+    let [first_dir, second_dir] = two_directories();
     let (first, first_storage) = open_keeping(&bucket, first_dir.path()).expect("first");
     let shared = write(&first, None, &[(0, 1)]).expect("write");
     let (second, _second_storage) = open_keeping(&bucket, second_dir.path()).expect("second");
@@ -378,10 +374,7 @@ fn a_writer_storing_blocks_finds_what_another_stored_meanwhile() {
         )
         .expect("engine")
     };
-    let (first_dir, second_dir) = (
-        tempfile::tempdir().expect("dir"),
-        tempfile::tempdir().expect("dir"),
-    );
+    let [first_dir, second_dir] = two_directories();
     let first = open_clocked(first_dir.path());
     let second = open_clocked(second_dir.path());
     let writer = second.writer(NewSnapshot::new(1)).expect("start");

@@ -141,6 +141,23 @@ impl Keyring {
         Ok(added)
     }
 
+    /// The domain named `name`, taking in the stored keyring first if it
+    /// is not known here (another writer of a shared medium may have made
+    /// it); and the storage generation the keyring was read at, for a
+    /// write that adds the domain.
+    fn find_or_take_in(
+        &self,
+        name: &str,
+        storage: &dyn Storage,
+    ) -> Result<(Option<Arc<DomainKeys>>, u64)> {
+        let generation = storage.generation();
+        if let Some(keys) = self.domain(name) {
+            return Ok((Some(keys), generation));
+        }
+        self.take_in(storage)?;
+        Ok((self.domain(name), generation))
+    }
+
     /// Writes `updated` as the keyring if no other writer's commit was
     /// taken in since `generation` (else [`crate::storage::HeadMoved`]).
     fn write(storage: &dyn Storage, updated: &[KeyringEntry], generation: u64) -> Result<()> {
@@ -188,13 +205,8 @@ impl Keyring {
         now_millis: u64,
     ) -> Result<(Arc<DomainKeys>, bool)> {
         loop {
-            if let Some(keys) = self.domain(name) {
-                return Ok((keys, false));
-            }
-            // Another writer may have added domains (this one, even).
-            let generation = storage.generation();
-            self.take_in(storage)?;
-            if let Some(keys) = self.domain(name) {
+            let (found, generation) = self.find_or_take_in(name, storage)?;
+            if let Some(keys) = found {
                 return Ok((keys, false));
             }
             let mut entries = self.entries.lock();
@@ -233,12 +245,8 @@ impl Keyring {
         now_millis: u64,
     ) -> Result<(Arc<DomainKeys>, bool)> {
         loop {
-            if let Some(keys) = self.domain(key_arn) {
-                return Ok((keys, false));
-            }
-            let generation = storage.generation();
-            self.take_in(storage)?;
-            if let Some(keys) = self.domain(key_arn) {
+            let (found, generation) = self.find_or_take_in(key_arn, storage)?;
+            if let Some(keys) = found {
                 return Ok((keys, false));
             }
             match self.create_domain(key_arn, storage, provider, suite, now_millis, generation) {

@@ -879,6 +879,38 @@ impl BucketStorage {
         self.inner.writer_id
     }
 
+    /// Replaces tracked file `name`'s content with `bytes` and publishes
+    /// it. With `generation`, only if no other writer's commit was taken
+    /// in since ([`Storage::write_atomic_unless_moved`]; such a rewrite is
+    /// allowed beside other writers). A rewrite another thread's lost race
+    /// dropped before it was published is [`HeadMoved`].
+    fn rewrite_tracked(&self, name: &str, bytes: &[u8], generation: Option<u64>) -> io::Result<()> {
+        self.writable()?;
+        let (dropped, before) = {
+            let mut state = self.inner.state.lock();
+            // Under the state lock: a take-in (which holds it) is either
+            // before this check or drops this rewrite and says so.
+            if generation.is_some_and(|generation| generation != self.generation()) {
+                return Err(io::Error::other(HeadMoved));
+            }
+            let file = state.files.entry(name.to_string()).or_default();
+            *file.content.write() = bytes.to_vec();
+            let dropped = file.dropped.clone();
+            state.changed = true;
+            state.rewritten.insert(name.to_string());
+            if generation.is_some() {
+                state.rewritten_checked.insert(name.to_string());
+            }
+            let before = dropped.load(std::sync::atomic::Ordering::Acquire);
+            (dropped, before)
+        };
+        self.publish()?;
+        if dropped.load(std::sync::atomic::Ordering::Acquire) != before {
+            return Err(io::Error::other(HeadMoved));
+        }
+        Ok(())
+    }
+
     /// Uploads `name`'s bytes create-only; an object of that name already
     /// there was written by another writer (pack names are sequence
     /// numbers), so this writer is fenced and nothing is overwritten.
@@ -1570,23 +1602,7 @@ impl Storage for BucketStorage {
                 self.inner.state.lock().added.push(name.to_string());
                 Ok(())
             }
-            Class::Tracked => {
-                let (dropped, before) = {
-                    let mut state = self.inner.state.lock();
-                    let file = state.files.entry(name.to_string()).or_default();
-                    *file.content.write() = bytes.to_vec();
-                    let dropped = file.dropped.clone();
-                    state.changed = true;
-                    state.rewritten.insert(name.to_string());
-                    let before = dropped.load(std::sync::atomic::Ordering::Acquire);
-                    (dropped, before)
-                };
-                self.publish()?;
-                if dropped.load(std::sync::atomic::Ordering::Acquire) != before {
-                    return Err(io::Error::other(HeadMoved));
-                }
-                Ok(())
-            }
+            Class::Tracked => self.rewrite_tracked(name, bytes, None),
         }
     }
 
@@ -1798,28 +1814,7 @@ impl Storage for BucketStorage {
         if class(name) != Class::Tracked {
             return self.write_atomic(name, bytes);
         }
-        self.writable()?;
-        let (dropped, before) = {
-            let mut state = self.inner.state.lock();
-            // Under the state lock: a take-in (which holds it) is either
-            // before this check or drops this rewrite and says so.
-            if self.generation() != generation {
-                return Err(io::Error::other(HeadMoved));
-            }
-            let file = state.files.entry(name.to_string()).or_default();
-            *file.content.write() = bytes.to_vec();
-            let dropped = file.dropped.clone();
-            state.changed = true;
-            state.rewritten.insert(name.to_string());
-            state.rewritten_checked.insert(name.to_string());
-            let before = dropped.load(std::sync::atomic::Ordering::Acquire);
-            (dropped, before)
-        };
-        self.publish()?;
-        if dropped.load(std::sync::atomic::Ordering::Acquire) != before {
-            return Err(io::Error::other(HeadMoved));
-        }
-        Ok(())
+        self.rewrite_tracked(name, bytes, Some(generation))
     }
 
     fn is_registered(&self, id: &[u8; 16]) -> bool {

@@ -25,3 +25,15 @@ def ebs_client(endpoint, access="AKIDALICE", secret="alice-secret", attempts=1, 
 def checksum(data):
     """The EBS checksum of a block: Base64 SHA-256."""
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def put_block(client, snapshot, index, data):
+    """PutSnapshotBlock of one whole block, with its checksum."""
+    return client.put_snapshot_block(
+        SnapshotId=snapshot,
+        BlockIndex=index,
+        BlockData=data,
+        DataLength=BLOCK,
+        Checksum=checksum(data),
+        ChecksumAlgorithm="SHA256",
+    )

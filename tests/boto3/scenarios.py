@@ -11,7 +11,7 @@ import os
 import sys
 import unittest
 
-from common import BLOCK, checksum, ebs_client
+from common import BLOCK, checksum, ebs_client, put_block
 
 ENDPOINT = sys.argv.pop(1)
 KEYS = {
@@ -42,14 +42,7 @@ class EbsThroughBoto3(unittest.TestCase):
         self.ebs = client()
 
     def put(self, snapshot, index, data, ebs=None):
-        return (ebs or self.ebs).put_snapshot_block(
-            SnapshotId=snapshot,
-            BlockIndex=index,
-            BlockData=data,
-            DataLength=BLOCK,
-            Checksum=checksum(data),
-            ChecksumAlgorithm="SHA256",
-        )
+        return put_block(ebs or self.ebs, snapshot, index, data)
 
     def snapshot_of(self, writes, parent=None, volume_size=1):
         kwargs = {"VolumeSize": volume_size}

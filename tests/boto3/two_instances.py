@@ -7,21 +7,10 @@ the writer that did. argv[1] and argv[2] are the two endpoints."""
 import sys
 import unittest
 
-from common import BLOCK, checksum, ebs_client
+from common import BLOCK, ebs_client, put_block as put
 
 FIRST = sys.argv.pop(1)
 SECOND = sys.argv.pop(1)
-
-
-def put(client, snapshot, index, data):
-    client.put_snapshot_block(
-        SnapshotId=snapshot,
-        BlockIndex=index,
-        BlockData=data,
-        DataLength=BLOCK,
-        Checksum=checksum(data),
-        ChecksumAlgorithm="SHA256",
-    )
 
 
 class TwoInstances(unittest.TestCase):
