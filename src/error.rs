@@ -58,6 +58,28 @@ impl fmt::Display for ValidationReason {
     }
 }
 
+/// The error payload of a commit that another writer of a shared medium
+/// beat: the storage has taken the other commit in, and what this writer
+/// had not published yet is gone. The caller reads the state again and
+/// redoes its change on top (DESIGN.md §18, "Many writers").
+#[derive(Debug)]
+pub struct HeadMoved;
+
+impl std::fmt::Display for HeadMoved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("another writer committed first; the commit is redone on top of it")
+    }
+}
+
+impl std::error::Error for HeadMoved {}
+
+/// Whether `error` is a [`HeadMoved`].
+pub fn is_head_moved(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<HeadMoved>().is_some())
+}
+
 /// Everything that can go wrong, by what the caller can do about it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -225,9 +247,9 @@ impl Error {
     }
 
     /// Whether another writer of a shared medium committed first (a
-    /// [`crate::storage::HeadMoved`]): the change is redone on top of it.
+    /// [`HeadMoved`]): the change is redone on top of it.
     pub fn is_head_moved(&self) -> bool {
-        matches!(self, Error::Io { source, .. } if crate::storage::is_head_moved(source))
+        matches!(self, Error::Io { source, .. } if is_head_moved(source))
     }
 
     /// Whether this error left the durable state unknown, so the engine

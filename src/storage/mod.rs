@@ -38,6 +38,7 @@ pub use local::LocalStorage;
 pub use memory::{Fault, FaultPoint, MemoryStorage, TornWrites};
 pub(crate) use uncached::{open_direct, AlignedBuffer};
 
+pub use crate::error::{is_head_moved, HeadMoved};
 use crate::error::{Damage, Error};
 use std::io;
 use std::sync::Arc;
@@ -221,28 +222,6 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         file.read_exact_at(0, &mut buffer)?;
         Ok(buffer)
     }
-}
-
-/// The error payload of a commit that another writer of a shared medium
-/// beat: the storage has taken the other commit in, and what this writer
-/// had not published yet is gone. The caller reads the state again and
-/// redoes its change on top (DESIGN.md §18, "Many writers").
-#[derive(Debug)]
-pub struct HeadMoved;
-
-impl std::fmt::Display for HeadMoved {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("another writer committed first; the commit is redone on top of it")
-    }
-}
-
-impl std::error::Error for HeadMoved {}
-
-/// Whether `error` is a [`HeadMoved`].
-pub fn is_head_moved(error: &io::Error) -> bool {
-    error
-        .get_ref()
-        .is_some_and(|inner| inner.downcast_ref::<HeadMoved>().is_some())
 }
 
 /// Creates `name` (emptying it if it exists) holding `initial`, and makes
