@@ -32,7 +32,9 @@ use crate::format::pack::RecordKind;
 use crate::format::store::StoreHeader;
 use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId};
 use crate::keys::Keyring;
-use crate::storage::{mirror_name, read_mirrored, write_mirrored, LocalStorage, Storage};
+use crate::storage::{
+    mirror_name, read_mirrored, write_mirrored_unless_moved, LocalStorage, Storage,
+};
 use commit::GroupCommit;
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use refs::References;
@@ -1425,10 +1427,17 @@ fn load_or_create_header(storage: &dyn Storage, now: u64) -> Result<(StoreHeader
     let decode = |bytes: &[u8]| {
         StoreHeader::decode(bytes).map_err(|error| error.into_error(STORE_HEADER_NAME))
     };
+    // Written once; on a shared medium only if no other writer's commit
+    // (another first open of a new store, say) came in since it was read.
+    let generation = storage.generation();
     if let Some(read) = read_mirrored(storage, STORE_HEADER_NAME, decode)? {
         if read.mirror_missing && !storage.is_read_only() {
             storage
-                .write_atomic(&mirror_name(STORE_HEADER_NAME), &read.value.encode())
+                .write_atomic_unless_moved(
+                    &mirror_name(STORE_HEADER_NAME),
+                    &read.value.encode(),
+                    generation,
+                )
                 .map_err(|e| Error::io("writing the store header's mirror", e))?;
         }
         return Ok((read.value, read.damage));
@@ -1450,7 +1459,7 @@ fn load_or_create_header(storage: &dyn Storage, now: u64) -> Result<(StoreHeader
         token_secret,
         created_millis: now,
     };
-    write_mirrored(storage, STORE_HEADER_NAME, &header.encode())
+    write_mirrored_unless_moved(storage, STORE_HEADER_NAME, &header.encode(), generation)
         .map_err(|e| Error::io("writing the store header", e))?;
     Ok((header, Vec::new()))
 }

@@ -276,7 +276,7 @@ pub fn remove_durably(storage: &dyn Storage, dir: &str, names: &[String]) -> io:
 }
 
 /// The name of the second copy of a small file kept twice
-/// ([`write_mirrored`]).
+/// ([`write_mirrored_unless_moved`]).
 pub fn mirror_name(name: &str) -> String {
     format!("{name}.mirror")
 }
@@ -284,13 +284,9 @@ pub fn mirror_name(name: &str) -> String {
 /// Replaces a small file kept twice (the store header, the keyring): its
 /// mirror, then the file itself, each atomically. A crash leaves at least
 /// one whole copy, and a flipped byte in one copy loses nothing
-/// ([`read_mirrored`]).
-pub fn write_mirrored(storage: &dyn Storage, name: &str, bytes: &[u8]) -> io::Result<()> {
-    storage.write_atomic(&mirror_name(name), bytes)?;
-    storage.write_atomic(name, bytes)
-}
-
-/// [`write_mirrored`] through [`Storage::write_atomic_unless_moved`].
+/// ([`read_mirrored`]). Through [`Storage::write_atomic_unless_moved`]:
+/// on a shared medium, nothing is written once another writer's commit
+/// was taken in since `generation` (when the caller read the file).
 pub fn write_mirrored_unless_moved(
     storage: &dyn Storage,
     name: &str,
@@ -312,7 +308,7 @@ pub struct Mirrored<T> {
     pub mirror_missing: bool,
 }
 
-/// Reads a file kept twice ([`write_mirrored`]): the file if it decodes,
+/// Reads a file kept twice ([`write_mirrored_unless_moved`]): the file if it decodes,
 /// else its mirror. `Ok(None)` if neither exists; the file's decode error
 /// if no copy decodes.
 pub fn read_mirrored<T>(
