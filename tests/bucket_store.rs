@@ -166,6 +166,16 @@ fn completed_snapshots_come_back_from_moto_alone() {
     round_trip(Arc::new(server.store("round-trip")));
 }
 
+/// The bytes of every object under `packs/` of `bucket`.
+fn packed(bucket: &Arc<dyn ObjectStore>) -> u64 {
+    bucket
+        .list("packs/")
+        .expect("list")
+        .iter()
+        .map(|object| object.len)
+        .sum()
+}
+
 /// Local directories for two writers.
 fn two_directories() -> [tempfile::TempDir; 2] {
     [(); 2].map(|()| tempfile::tempdir().expect("dir"))
@@ -293,14 +303,6 @@ fn two_writers_commit_at_once_and_see_each_others_snapshots() {
     assert_eq!(first.snapshots().len(), 2);
     assert_eq!(second.snapshots().len(), 2);
     // Data the first stored is not stored again by the second.
-    let packed = |bucket: &Arc<dyn ObjectStore>| -> u64 {
-        bucket
-            .list("packs/")
-            .expect("list")
-            .iter()
-            .map(|object| object.len)
-            .sum()
-    };
     let before = packed(&bucket);
     let again = write(&second, None, &[(0, 1), (1, 2)]).expect("same data");
     let grown = packed(&bucket) - before;
@@ -382,21 +384,13 @@ fn a_writer_storing_blocks_finds_what_another_stored_meanwhile() {
     // The first stores blocks the second is about to store too (random
     // ones: zstd cannot shrink them).
     write(&first, None, &[(1, 2), (2, 5)]).expect("first");
-    let packed = || -> u64 {
-        bucket
-            .list("packs/")
-            .expect("list")
-            .iter()
-            .map(|object| object.len)
-            .sum()
-    };
     clock.advance(std::time::Duration::from_secs(6));
-    let before = packed();
+    let before = packed(&bucket);
     writer.put_block(BlockIndex(1), &block(2)).expect("put");
     writer.put_block(BlockIndex(2), &block(5)).expect("put");
     let id = writer.snapshot_id();
     writer.complete().expect("complete");
-    let grown = packed() - before;
+    let grown = packed(&bucket) - before;
     // Its own first block and the map, not the two the first writer
     // stored (three random blocks if it had stored them again).
     assert!(
