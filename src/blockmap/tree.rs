@@ -35,10 +35,21 @@ impl BlockMaps<'_> {
         root: Option<ChunkId>,
         writes: &[(BlockIndex, ChunkId)],
     ) -> Result<Option<ChunkId>> {
+        self.apply_noting(root, writes, &mut Vec::new())
+    }
+
+    /// [`BlockMaps::apply`], adding the id of every node of the new tree
+    /// that `root`'s tree does not have to `new_nodes`.
+    pub(crate) fn apply_noting(
+        &self,
+        root: Option<ChunkId>,
+        writes: &[(BlockIndex, ChunkId)],
+        new_nodes: &mut Vec<ChunkId>,
+    ) -> Result<Option<ChunkId>> {
         if writes.is_empty() {
             return Ok(root);
         }
-        self.apply_at(root, ROOT_LEVEL, writes).map(Some)
+        self.apply_at(root, ROOT_LEVEL, writes, new_nodes).map(Some)
     }
 
     fn apply_at(
@@ -46,6 +57,7 @@ impl BlockMaps<'_> {
         id: Option<ChunkId>,
         level: u8,
         writes: &[(BlockIndex, ChunkId)],
+        new_nodes: &mut Vec<ChunkId>,
     ) -> Result<ChunkId> {
         let mut node = match id {
             Some(id) => Node::clone(&*self.load_at(&id, level)?),
@@ -67,7 +79,7 @@ impl BlockMaps<'_> {
                     .count();
                 let (group, tail) = rest.split_at(group_len);
                 if let Some(entry) = node.slots.get_mut(slot) {
-                    *entry = Some(self.apply_at(*entry, level - 1, group)?);
+                    *entry = Some(self.apply_at(*entry, level - 1, group, new_nodes)?);
                 }
                 rest = tail;
             }
@@ -82,6 +94,7 @@ impl BlockMaps<'_> {
             self.domain,
         )?;
         self.cache.insert(id, Arc::new(node));
+        new_nodes.push(id);
         Ok(id)
     }
 

@@ -211,6 +211,10 @@ pub struct Catalog {
     /// `None` on a read-only storage.
     log: Mutex<Option<Log>>,
     state: RwLock<CatalogState>,
+    /// The storage generation `state` was read at (see
+    /// [`Storage::generation`]): a checkpoint computed from it is written
+    /// only if no other writer's commit was taken in since.
+    generation: std::sync::atomic::AtomicU64,
     /// Damage found while opening.
     damage: Vec<Damage>,
 }
@@ -238,6 +242,8 @@ impl Catalog {
     /// segments and mirrors of uncommitted ones are removed. On a
     /// read-only storage nothing is written and transitions are refused.
     pub fn open(storage: Arc<dyn Storage>) -> Result<Catalog> {
+        // Read first: older than the state read, never newer.
+        let generation = storage.generation();
         let Replayed {
             state,
             segments,
@@ -272,6 +278,7 @@ impl Catalog {
             storage,
             log: Mutex::new(log),
             state: RwLock::new(state),
+            generation: std::sync::atomic::AtomicU64::new(generation),
             damage,
         })
     }
@@ -321,6 +328,8 @@ impl Catalog {
             }
         }
         *current = state;
+        self.generation
+            .store(generation, std::sync::atomic::Ordering::Release);
         Ok(changed)
     }
 
@@ -525,7 +534,13 @@ impl Catalog {
                 .and_then(|file| file.len())
                 .unwrap_or(0);
         }
-        *log = Some(write_checkpoint(self.storage.as_ref(), seq, &bytes)?);
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        *log = Some(write_checkpoint(
+            self.storage.as_ref(),
+            seq,
+            &bytes,
+            Some(generation),
+        )?);
         {
             let mut state = self.state.write();
             state.frames = live_frames(&state);
@@ -606,7 +621,8 @@ pub fn rewrite(storage: &dyn Storage, records: &[SnapshotRecord]) -> Result<()> 
         .max()
         .map_or(0, |last| last + 1);
     let bytes = checkpoint_bytes(seq, records.iter().collect())?;
-    drop(write_checkpoint(storage, seq, &bytes)?);
+    // Unchecked: on a shared medium, only a writer alone rewrites it.
+    drop(write_checkpoint(storage, seq, &bytes, None)?);
     remove_segments(storage, &segments)?;
     remove_files(
         storage,
@@ -631,11 +647,24 @@ fn checkpoint_bytes(seq: u32, records: Vec<&SnapshotRecord>) -> Result<Vec<u8>> 
 
 /// Writes checkpoint segment `seq`: the mirror, then the primary (the
 /// commit point), each atomically; returns it open for appends.
-fn write_checkpoint(storage: &dyn Storage, seq: u32, bytes: &[u8]) -> Result<Log> {
+/// Writes checkpoint segment `seq` (mirror first: the primary's existence
+/// is the segment's). With `generation`, when the catalog was read, only
+/// if no other writer's commit was taken in since: else [`HeadMoved`],
+/// and the caller reads again.
+///
+/// [`HeadMoved`]: crate::storage::HeadMoved
+fn write_checkpoint(
+    storage: &dyn Storage,
+    seq: u32,
+    bytes: &[u8],
+    generation: Option<u64>,
+) -> Result<Log> {
     for name in [mirror_name(seq), segment_name(seq)] {
-        storage
-            .write_atomic(&name, bytes)
-            .map_err(|e| Error::io(format!("writing {name}"), e))?;
+        match generation {
+            Some(generation) => storage.write_atomic_unless_moved(&name, bytes, generation),
+            None => storage.write_atomic(&name, bytes),
+        }
+        .map_err(|e| Error::io(format!("writing {name}"), e))?;
     }
     Log::open(storage, seq, None)
 }

@@ -19,7 +19,7 @@
 use super::pack::{index_name, pack_name, OpenPack, PACK_DIR};
 use super::{io_error, load_index, ChunkStore};
 use crate::error::{Error, Result};
-use crate::format::compaction::{decode_marker, encode_marker};
+use crate::format::compaction::{decode_marker, encode_marker, MARKER_SUFFIX};
 use crate::format::index::{encode_index, IndexEntry};
 use crate::format::pack::encode_copy_header;
 use crate::ids::{ChunkId, PackLocation};
@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 
 /// Name of the marker of the compaction writing pack `output`.
 pub(crate) fn marker_name(output: u32) -> String {
-    format!("{PACK_DIR}/{output:08x}.compact")
+    format!("{PACK_DIR}/{output:08x}{MARKER_SUFFIX}")
 }
 
 /// How much of a pack is still needed.
@@ -121,7 +121,7 @@ impl ChunkStore {
             .read()
             .keys()
             .copied()
-            .filter(|seq| !open_or_retiring.contains(seq))
+            .filter(|seq| !open_or_retiring.contains(seq) && !self.is_condemned(*seq))
             .collect();
         packs.sort_unstable();
         let mut usage = Vec::with_capacity(packs.len());
@@ -368,8 +368,12 @@ impl ChunkStore {
             doomed.push(output_name);
             doomed.push(index_name(output));
         }
-        remove_all(self.storage.as_ref(), &doomed)?;
+        // A removal that lost a shared medium's head race is dropped (the
+        // sources stay, and come back at the next refresh); the marker
+        // goes either way.
+        let removed = remove_all(self.storage.as_ref(), &doomed);
         remove_all(self.storage.as_ref(), &[marker_name(output)])?;
+        removed?;
         Ok(CompactionOutcome {
             bytes_copied: compaction.copied_bytes,
             bytes_freed: compaction
@@ -446,7 +450,7 @@ pub(crate) fn recover_compactions(
     let names = storage
         .list(PACK_DIR)
         .map_err(io_error("listing packs".to_string()))?;
-    for name in names.iter().filter(|name| name.ends_with(".compact")) {
+    for name in names.iter().filter(|name| name.ends_with(MARKER_SUFFIX)) {
         let path = format!("{PACK_DIR}/{name}");
         let bytes = storage
             .read_all(&path)
@@ -459,7 +463,15 @@ pub(crate) fn recover_compactions(
             .ok()
             .and_then(|bytes| crate::format::index::decode_index(&bytes).ok())
             .is_some_and(|(seq, _)| seq == u64::from(output));
-        let doomed_packs = if committed { sources } else { vec![output] };
+        // On a shared medium, other writers may have referenced chunks of
+        // the sources since the crashed run judged them garbage, and only
+        // a run that checks liveness again may condemn them: the sources
+        // stay, and the output's copies are garbage for the next run.
+        let doomed_packs = match (committed, storage.writer_id().is_some()) {
+            (true, false) => sources,
+            (true, true) => Vec::new(),
+            (false, _) => vec![output],
+        };
         if read_only {
             ignored.extend(doomed_packs);
             continue;

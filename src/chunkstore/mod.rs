@@ -23,11 +23,12 @@ pub use verify::{DamagedRecord, RecordCheck};
 use crate::codec;
 use crate::crypto::{chunk_id_in, DomainKeys};
 use crate::error::{Damage, Error, Result};
+use crate::format::header::FILE_HEADER_SIZE;
 use crate::format::index::{decode_index, encode_index, IndexEntry};
 use crate::format::pack::{
-    decode_record, decode_record_header, encode_aad, encode_sealed_header, encode_unsealed_header,
-    is_sealed_domain, verify_record, Codec, RecordHeader, RecordKind, RECORD_HEADER_SIZE,
-    SEALED_PREFIX_LEN,
+    decode_record, decode_record_header, encode_aad, encode_copy_header, encode_sealed_header,
+    encode_unsealed_header, is_sealed_domain, verify_record, Codec, RecordHeader, RecordKind,
+    RECORD_HEADER_SIZE, SEALED_PREFIX_LEN,
 };
 use crate::ids::{ChunkId, PackLocation, Sha256Digest};
 use crate::storage::{ReadFile, Storage};
@@ -122,6 +123,12 @@ pub struct ChunkStore {
     next_seq: AtomicU32,
     /// Held by [`ChunkStore::refresh`].
     refresh_lock: Mutex<()>,
+    /// Sealed packs another writer of a shared medium removed (condemned:
+    /// deleted once the medium's grace period is over). Still readable and
+    /// indexed, so a chunk only they hold can be copied out by
+    /// [`ChunkStore::rescue_condemned`]; never chosen when another copy
+    /// exists, never deduplicated against, never compacted again.
+    condemned: RwLock<HashSet<u32>>,
     /// Chunks found corrupt: a put of the same data stores a fresh copy.
     suspects: Mutex<HashSet<ChunkId>>,
     /// The keys of every unlocked domain, by the number records carry.
@@ -290,6 +297,7 @@ impl ChunkStore {
             stored_bytes: AtomicU64::new(stored_bytes),
             next_seq: AtomicU32::new(highest_seq.map_or(0, |seq| seq + 1)),
             refresh_lock: Mutex::new(()),
+            condemned: RwLock::new(HashSet::new()),
             suspects: Mutex::new(HashSet::new()),
             domains: RwLock::new(HashMap::new()),
             damage,
@@ -324,7 +332,7 @@ impl ChunkStore {
             }
         }
         let mut added = 0;
-        for (seq, (has_pack, has_index)) in indexed {
+        for (&seq, &(has_pack, has_index)) in &indexed {
             if !has_pack || !has_index || self.readers.read().contains_key(&seq) {
                 continue;
             }
@@ -348,7 +356,154 @@ impl ChunkStore {
             self.readers.write().insert(seq, reader);
             added += 1;
         }
+        self.follow_removals(&indexed)?;
         Ok(added)
+    }
+
+    /// Follows other writers' removals of sealed packs this store holds
+    /// (`listed`: the packs the medium lists now, by sequence): a pack
+    /// the medium names as condemned stays readable but joins
+    /// [`ChunkStore::condemned`]; one it no longer names at all (its
+    /// grace period ended and it was deleted) leaves the index.
+    fn follow_removals(&self, listed: &BTreeMap<u32, (bool, bool)>) -> Result<()> {
+        let condemned_now = self.condemned_on_medium()?;
+        let unsealed: HashSet<u32> = self
+            .writer
+            .lock()
+            .as_ref()
+            .map(|pack| pack.seq)
+            .into_iter()
+            .chain(self.retiring.lock().iter().map(|pack| pack.lock().seq))
+            .collect();
+        let gone: Vec<u32> = self
+            .readers
+            .read()
+            .keys()
+            .copied()
+            .filter(|seq| !unsealed.contains(seq))
+            .filter(|seq| !listed.get(seq).is_some_and(|(has_pack, _)| *has_pack))
+            .collect();
+        let mut deleted = Vec::new();
+        {
+            let mut condemned = self.condemned.write();
+            for seq in gone {
+                if condemned_now.contains(&seq) {
+                    if condemned.insert(seq) {
+                        let pack_len = self
+                            .readers
+                            .read()
+                            .get(&seq)
+                            .and_then(|reader| reader.len().ok())
+                            .unwrap_or(0);
+                        // A sealed pack is its file header and its records.
+                        self.stored_bytes.fetch_sub(
+                            pack_len.saturating_sub(FILE_HEADER_SIZE as u64),
+                            Ordering::AcqRel,
+                        );
+                    }
+                } else {
+                    if !condemned.remove(&seq) {
+                        // Deleted without this store seeing it condemned.
+                        let pack_len = self
+                            .readers
+                            .read()
+                            .get(&seq)
+                            .and_then(|reader| reader.len().ok())
+                            .unwrap_or(0);
+                        self.stored_bytes.fetch_sub(
+                            pack_len.saturating_sub(FILE_HEADER_SIZE as u64),
+                            Ordering::AcqRel,
+                        );
+                    }
+                    deleted.push(seq);
+                }
+            }
+        }
+        if !deleted.is_empty() {
+            self.index.write().remove_packs(&deleted);
+            let mut readers = self.readers.write();
+            for seq in &deleted {
+                readers.remove(seq);
+            }
+        }
+        Ok(())
+    }
+
+    /// The packs the medium names as condemned now (in this view of a
+    /// shared medium; none elsewhere).
+    pub(crate) fn condemned_on_medium(&self) -> Result<HashSet<u32>> {
+        Ok(self
+            .storage
+            .retired(PACK_DIR)
+            .map_err(io_error("listing condemned packs".into()))?
+            .iter()
+            .filter_map(|name| parse_name(name))
+            .filter(|(_, extension)| *extension == "pack")
+            .map(|(seq, _)| seq)
+            .collect())
+    }
+
+    /// Whether pack `seq` was condemned by another writer (see
+    /// [`ChunkStore::condemned`]).
+    pub(crate) fn is_condemned(&self, seq: u32) -> bool {
+        self.condemned.read().contains(&seq)
+    }
+
+    /// Copies each chunk of `ids` whose only copies lie in packs the
+    /// medium names as condemned (another writer's collection judged them
+    /// garbage before this writer's commit referenced them) into the open
+    /// pack, which replaces the condemned copy in the index. Reads the
+    /// medium's condemned list afresh, so a commit that follows at the
+    /// same [`Storage::generation`] depends on no condemned pack. Returns
+    /// how many chunks were copied; the caller seals them before its
+    /// commit. A chunk whose condemned copy cannot be read (deleted after
+    /// its grace period, or damaged) is an error naming it.
+    pub(crate) fn rescue_condemned(&self, ids: &mut dyn Iterator<Item = ChunkId>) -> Result<usize> {
+        let condemned = self.condemned_on_medium()?;
+        if condemned.is_empty() {
+            return Ok(0);
+        }
+        let mut copied = 0;
+        for id in ids {
+            if id == codec::zero_block_id() {
+                continue;
+            }
+            let candidates = self.index.read().candidates(&id);
+            if !candidates
+                .iter()
+                .any(|location| condemned.contains(&location.pack))
+            {
+                continue;
+            }
+            let confirmed = |location: &PackLocation| {
+                self.header_at(*location)
+                    .is_some_and(|header| header.chunk_id == id)
+            };
+            if candidates
+                .iter()
+                .filter(|location| !condemned.contains(&location.pack))
+                .any(confirmed)
+            {
+                continue;
+            }
+            let Some(doomed) = candidates.iter().find(|location| confirmed(location)) else {
+                continue;
+            };
+            let copy = self.with_record(*doomed, |header, payload| {
+                Ok((encode_copy_header(header, payload), payload.to_vec()))
+            });
+            let (header, payload) = copy.map_err(|error| {
+                Error::corrupted(
+                    pack_name(doomed.pack),
+                    format!(
+                        "chunk {id} is referenced by this commit, and its only copy, in a pack another writer's collection removed, cannot be read ({error})"
+                    ),
+                )
+            })?;
+            self.append_record(&id, &header, &payload, Some(*doomed))?;
+            copied += 1;
+        }
+        Ok(copied)
     }
 
     /// Damage found while opening (see [`ChunkStore::open`]).
@@ -460,7 +615,19 @@ impl ChunkStore {
     /// Where `id` is stored and its record header, confirmed against the
     /// full id in the header.
     fn find(&self, id: &ChunkId) -> Option<(PackLocation, RecordHeader)> {
-        let candidates = self.index.read().candidates(id);
+        let mut candidates = self.index.read().candidates(id);
+        if candidates.len() > 1 {
+            // A copy in a condemned pack only when there is no other; else
+            // the newest copy (a compaction's output before its sources,
+            // if their removal was undone), so that the others are garbage.
+            let condemned = self.condemned.read();
+            candidates.sort_by_key(|location| {
+                (
+                    condemned.contains(&location.pack),
+                    std::cmp::Reverse(location.pack),
+                )
+            });
+        }
         candidates.into_iter().find_map(|location| {
             self.header_at(location)
                 .filter(|header| header.chunk_id == *id)
@@ -478,8 +645,17 @@ impl ChunkStore {
         self.find(id).map(|(_, header)| header.record_len() as u64)
     }
 
-    /// Whether a chunk with this id is stored.
+    /// Whether a chunk with this id is stored, in a pack no other writer
+    /// condemned (a put stores a fresh copy otherwise).
     pub fn contains(&self, id: &ChunkId) -> bool {
+        self.locate(id)
+            .is_some_and(|location| !self.is_condemned(location.pack))
+    }
+
+    /// Whether any copy of the chunk is indexed, one in a pack another
+    /// writer condemned included (still readable until its grace period
+    /// ends, and copied out by the commit that references it).
+    pub fn holds(&self, id: &ChunkId) -> bool {
         self.locate(id).is_some()
     }
 
@@ -561,9 +737,21 @@ impl ChunkStore {
         header: &[u8; RECORD_HEADER_SIZE],
         payload: &[u8],
     ) -> Result<bool> {
+        self.append_record(id, header, payload, None)
+    }
+
+    /// [`ChunkStore::append_new`], the new copy replacing the one at
+    /// `replacing` in the index (a copy in a condemned pack).
+    fn append_record(
+        &self,
+        id: &ChunkId,
+        header: &[u8; RECORD_HEADER_SIZE],
+        payload: &[u8],
+        replacing: Option<PackLocation>,
+    ) -> Result<bool> {
         let mut writer = self.writer.lock();
         let healing = self.suspects.lock().remove(id);
-        let damaged_copy = if healing { self.locate(id) } else { None };
+        let damaged_copy = if healing { self.locate(id) } else { replacing };
         if self.contains(id) && !healing {
             return Ok(false);
         }

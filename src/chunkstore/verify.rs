@@ -54,6 +54,8 @@ impl ChunkStore {
             .all_entries()
             .into_iter()
             .filter(|(prefix, _)| fraction >= 1.0 || *prefix <= bound)
+            // A condemned pack is another writer's garbage, going.
+            .filter(|(_, location)| !self.is_condemned(location.pack))
             .collect();
         let threads = threads.max(1);
         let per_thread = entries.len().div_ceil(threads).max(1);
@@ -153,6 +155,8 @@ impl ChunkStore {
             .readers
             .read()
             .iter()
+            // A condemned pack is another writer's garbage, going.
+            .filter(|(seq, _)| !self.is_condemned(**seq))
             .map(|(seq, reader)| (*seq, reader.clone()))
             .collect();
         packs.sort_unstable_by_key(|(seq, _)| *seq);

@@ -12,8 +12,13 @@ use super::Engine;
 use crate::chunkstore::PackUsage;
 use crate::error::{Error, Result};
 use crate::ids::ChunkId;
+use parking_lot::RwLockWriteGuard;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// Passes over the packs when removals lose a shared medium's head race
+/// to other writers' commits (each pass takes those commits in first).
+const MAX_ROUNDS: usize = 4;
 
 /// Dead catalog records below which the collector leaves the log alone.
 const CATALOG_COMPACTION_MIN_DEAD: u64 = 256;
@@ -62,6 +67,10 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Candidate packs left for a later run (`max_compactions`).
     pub packs_remaining: usize,
+    /// Compactions (and removals of dead packs) undone because another
+    /// writer of a shared medium committed first: their packs are judged
+    /// again by a later run.
+    pub compactions_raced: usize,
     /// Catalog log bytes freed by rewriting it without dead records.
     pub catalog_bytes_freed: u64,
     /// Packs skipped because a record could not be read (run verify).
@@ -213,13 +222,6 @@ impl Engine {
                 format!("the state of snapshot {snapshot} cannot be proven ({why}), so its blocks may look dead; the collector will not run until `blocksnap repair` resolves it"),
             ));
         }
-        self.inner
-            .storage
-            .check_removals_allowed()
-            .map_err(|error| Error::InvalidState {
-                reason: crate::error::ValidationReason::InvalidParameterValue,
-                message: error.to_string(),
-            })?;
         let chunks = &self.inner.chunks;
         chunks.write_missing_indexes()?;
         let references = &self.inner.references;
@@ -236,92 +238,108 @@ impl Engine {
         {
             self.poison_on_io(chunks.seal_open_pack())?;
         }
-        let usage = self.poison_on_io(chunks.pack_usage(&is_live))?;
-        let mut report = GcReport {
-            packs_examined: usage.len(),
-            packs_damaged: usage
-                .iter()
-                .filter(|usage| usage.damaged)
-                .map(|usage| usage.pack)
-                .collect(),
-            ..GcReport::default()
-        };
-        let candidates: Vec<PackUsage> = usage
-            .into_iter()
-            .filter(|usage| !usage.damaged && below(usage))
-            .collect();
-        let live_of: std::collections::HashMap<u32, u64> = candidates
-            .iter()
-            .map(|usage| (usage.pack, usage.live_bytes))
-            .collect();
-        let groups = plan(candidates, chunks.config().pack_target_size);
+        let mut report = GcReport::default();
         let limit = options.max_compactions.unwrap_or(usize::MAX);
         let mut pacer = Pacer::new(options.max_bytes_per_sec);
-        for (done, sources) in groups.iter().enumerate() {
-            if done >= limit || report.interrupted || cancel.load(Ordering::Acquire) {
-                report.interrupted |= cancel.load(Ordering::Acquire);
-                report.packs_remaining += sources.len();
-                continue;
-            }
-            let live: u64 = sources.iter().map(|pack| live_of[pack]).sum();
-            let revived;
-            let sources = if live == 0 {
-                revived = self.drop_dead_packs(sources, &is_live, &mut report)?;
-                if revived.is_empty() {
-                    continue;
+        let mut started_groups = 0;
+        for round in 1..=MAX_ROUNDS {
+            let raced_before = report.compactions_raced;
+            let usage = self.poison_on_io(chunks.pack_usage(&is_live))?;
+            report.packs_examined = report.packs_examined.max(usage.len());
+            report.packs_remaining = 0;
+            for damaged in usage.iter().filter(|usage| usage.damaged) {
+                if !report.packs_damaged.contains(&damaged.pack) {
+                    report.packs_damaged.push(damaged.pack);
                 }
-                &revived
-            } else {
-                sources
-            };
-            // The output is written before any source is removed: it needs
-            // its live bytes free on the medium first.
-            let needed = space_for_output(live);
-            let available = self
-                .inner
-                .storage
-                .available_bytes()
-                .map_err(|e| Error::io("reading the free space", e))?;
-            if available.is_some_and(|available| available < needed) {
-                return Err(no_room(needed, available.unwrap_or(0), &report));
             }
-            let mut compaction = self
-                .poison_on_io(chunks.begin_compaction(sources))
-                .map_err(|error| with_space_note(error, needed))?;
-            let copied = chunks.copy_live(&mut compaction, &is_live, &mut |bytes| {
-                pacer.pace(bytes);
-                !cancel.load(Ordering::Acquire)
-            });
-            match copied {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.poison_on_io(chunks.abandon_compaction(compaction))?;
-                    report.interrupted = true;
+            let candidates: Vec<PackUsage> = usage
+                .into_iter()
+                .filter(|usage| !usage.damaged && below(usage))
+                .collect();
+            let live_of: std::collections::HashMap<u32, u64> = candidates
+                .iter()
+                .map(|usage| (usage.pack, usage.live_bytes))
+                .collect();
+            let groups = plan(candidates, chunks.config().pack_target_size);
+            for sources in &groups {
+                if started_groups >= limit || report.interrupted || cancel.load(Ordering::Acquire) {
+                    report.interrupted |= cancel.load(Ordering::Acquire);
                     report.packs_remaining += sources.len();
                     continue;
                 }
-                Err(error) if error.is_fatal_io() => return self.poison_on_io(Err(error)),
-                Err(error @ Error::Io { .. }) => {
-                    self.poison_on_io(chunks.abandon_compaction(compaction))?;
-                    return Err(with_space_note(error, needed));
+                started_groups += 1;
+                let live: u64 = sources.iter().map(|pack| live_of[pack]).sum();
+                let revived;
+                let sources = if live == 0 {
+                    revived = self.drop_dead_packs(sources, &is_live, &mut report)?;
+                    if revived.is_empty() {
+                        continue;
+                    }
+                    &revived
+                } else {
+                    sources
+                };
+                // The output is written before any source is removed: it needs
+                // its live bytes free on the medium first.
+                let needed = space_for_output(live);
+                let available = self
+                    .inner
+                    .storage
+                    .available_bytes()
+                    .map_err(|e| Error::io("reading the free space", e))?;
+                if available.is_some_and(|available| available < needed) {
+                    return Err(no_room(needed, available.unwrap_or(0), &report));
                 }
-                Err(_) => {
-                    // A live record does not verify: leave these packs for
-                    // verify to report, and carry on with the others.
-                    self.poison_on_io(chunks.abandon_compaction(compaction))?;
-                    report.packs_damaged.extend(sources);
+                let mut compaction = self
+                    .poison_on_io(chunks.begin_compaction(sources))
+                    .map_err(|error| with_space_note(error, needed))?;
+                let copied = chunks.copy_live(&mut compaction, &is_live, &mut |bytes| {
+                    pacer.pace(bytes);
+                    !cancel.load(Ordering::Acquire)
+                });
+                match copied {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.poison_on_io(chunks.abandon_compaction(compaction))?;
+                        report.interrupted = true;
+                        report.packs_remaining += sources.len();
+                        continue;
+                    }
+                    Err(error) if error.is_fatal_io() => return self.poison_on_io(Err(error)),
+                    Err(error @ Error::Io { .. }) => {
+                        self.poison_on_io(chunks.abandon_compaction(compaction))?;
+                        return Err(with_space_note(error, needed));
+                    }
+                    Err(_) => {
+                        // A live record does not verify: leave these packs for
+                        // verify to report, and carry on with the others.
+                        self.poison_on_io(chunks.abandon_compaction(compaction))?;
+                        report.packs_damaged.extend(sources);
+                        continue;
+                    }
+                }
+                let (exclusive, generation) = self.exclusive_on_current_view()?;
+                let finished = self.poison_on_io(chunks.finish_compaction(compaction, &is_live));
+                drop(exclusive);
+                if self.lost_race(&finished, generation, sources)? {
+                    report.compactions_raced += 1;
                     continue;
                 }
+                let outcome = finished.map_err(|error| with_space_note(error, needed))?;
+                report.compactions += 1;
+                report.packs_removed += sources.len();
+                report.bytes_copied += outcome.bytes_copied;
+                report.bytes_freed += outcome.bytes_freed;
             }
-            let exclusive = self.inner.reference_guard.write();
-            let outcome = self
-                .poison_on_io(chunks.finish_compaction(compaction, &is_live))
-                .map_err(|error| with_space_note(error, needed))?;
-            drop(exclusive);
-            report.compactions += 1;
-            report.packs_removed += sources.len();
-            report.bytes_copied += outcome.bytes_copied;
-            report.bytes_freed += outcome.bytes_freed;
+            // Packs whose removal lost a shared medium's head race are judged
+            // again on the new view (a lost compaction's output holds their
+            // live chunks now, so they go without copying).
+            if report.compactions_raced == raced_before || report.interrupted {
+                break;
+            }
+            if round == MAX_ROUNDS {
+                tracing::info!(raced = report.compactions_raced, "other writers kept committing first; the packs left are judged by the next collection");
+            }
         }
         // The catalog keeps the records of deleted snapshots until it is
         // rewritten; rewrite it once they outnumber the live ones.
@@ -347,11 +365,16 @@ impl Engine {
         is_live: &dyn Fn(&ChunkId) -> bool,
         report: &mut GcReport,
     ) -> Result<Vec<u32>> {
-        let _exclusive = self.inner.reference_guard.write();
         let mut revived = Vec::new();
         for pack in packs {
-            let dropped = self.poison_on_io(self.inner.chunks.drop_dead_pack(*pack, is_live))?;
-            match dropped {
+            let (exclusive, generation) = self.exclusive_on_current_view()?;
+            let dropped = self.poison_on_io(self.inner.chunks.drop_dead_pack(*pack, is_live));
+            drop(exclusive);
+            if self.lost_race(&dropped, generation, &[*pack])? {
+                report.compactions_raced += 1;
+                continue;
+            }
+            match dropped? {
                 Some(freed) => {
                     report.packs_removed += 1;
                     report.bytes_freed += freed;
@@ -360,6 +383,49 @@ impl Engine {
             }
         }
         Ok(revived)
+    }
+
+    /// Holds puts, completes and reads off (the reference guard,
+    /// exclusively) on a view that is the storage's current generation,
+    /// which it returns: on a shared medium, other writers' commits are
+    /// taken in first, so that liveness counts their snapshots and the
+    /// removals that follow are committed on exactly that view (DESIGN
+    /// §18, "Collection among writers"). At once on a medium with one
+    /// writer.
+    fn exclusive_on_current_view(&self) -> Result<(RwLockWriteGuard<'_, ()>, u64)> {
+        // One look at the head first: a commit made since the last is
+        // taken in now, not met when the removal is published.
+        self.refresh_view()?;
+        loop {
+            let exclusive = self.inner.reference_guard.write();
+            let generation = self.inner.storage.generation();
+            if self.view_is_current() {
+                return Ok((exclusive, generation));
+            }
+            drop(exclusive);
+            self.take_in_commits()?;
+        }
+    }
+
+    /// Whether the removal of `packs`, begun on the view of `generation`,
+    /// lost a shared medium's head race: another writer's commit was taken
+    /// in before it was published, so it was dropped (the packs stay and
+    /// are loaded again here; a later run judges them on the new view).
+    fn lost_race<T>(&self, outcome: &Result<T>, generation: u64, packs: &[u32]) -> Result<bool> {
+        let moved = match outcome {
+            Err(error) => error.is_head_moved(),
+            Ok(_) => self.inner.storage.generation() != generation,
+        };
+        if !moved {
+            return Ok(false);
+        }
+        let condemned = self.inner.chunks.condemned_on_medium()?;
+        let published = outcome.is_ok() && packs.iter().all(|pack| condemned.contains(pack));
+        if published {
+            return Ok(false);
+        }
+        self.take_in_commits()?;
+        Ok(true)
     }
 
     /// Copies every indexed record of each of `packs` into a new pack and

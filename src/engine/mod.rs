@@ -195,6 +195,10 @@ struct EngineInner {
     /// When other writers' commits were last looked for while storing
     /// blocks, by the engine's clock (epoch milliseconds).
     refreshed_at_millis: std::sync::atomic::AtomicU64,
+    /// The [`Storage::generation`] this engine's catalog, reference counts
+    /// and sessions were last brought up to (at open, or by a whole
+    /// take-in): a collection condemns packs only on that view.
+    viewed_generation: std::sync::atomic::AtomicU64,
 }
 
 /// What reads need of a completed snapshot.
@@ -425,6 +429,9 @@ impl Engine {
 
     fn open_once(storage: Arc<dyn Storage>, config: EngineConfig) -> Result<Engine> {
         let read_only = storage.is_read_only();
+        // Read first: a commit taken in while opening leaves the view
+        // older than the storage's, never newer.
+        let viewed_generation = storage.generation();
         let (header, mut damage) =
             load_or_create_header(storage.as_ref(), config.clock.now_millis())?;
         damage.extend(storage.damage());
@@ -510,6 +517,7 @@ impl Engine {
                 read_only,
                 open_damage: damage,
                 refreshed_at_millis: std::sync::atomic::AtomicU64::new(now),
+                viewed_generation: std::sync::atomic::AtomicU64::new(viewed_generation),
             }),
         };
         if !read_only {
@@ -1143,15 +1151,25 @@ impl Engine {
             .map(|(index, (chunk, _))| (*index, *chunk))
             .collect();
         let maps = self.maps().sealed_in(session.domain.as_deref());
-        let root = self.poison_on_io(maps.apply(session.parent_root, &writes))?;
+        let mut new_nodes = Vec::new();
+        let root =
+            self.poison_on_io(maps.apply_noting(session.parent_root, &writes, &mut new_nodes))?;
         self.poison_on_io(self.inner.chunks.sync())?;
-        if self.inner.storage.is_tiered() {
-            // Every chunk and node the snapshot references reaches the
-            // shared medium before its catalog record does.
-            self.poison_on_io(self.inner.chunks.seal_all())?;
-        }
         let now = self.now_millis();
         self.poison_catalog_on_io(self.rebasing(|| {
+            if self.inner.storage.is_tiered() {
+                // What the snapshot adds must not lie only in packs another
+                // writer's collection condemned: copied out first, at the
+                // generation the commit below is made at (DESIGN §18).
+                let mut added = writes
+                    .iter()
+                    .map(|(_, chunk)| *chunk)
+                    .chain(new_nodes.iter().copied());
+                self.poison_on_io(self.inner.chunks.rescue_condemned(&mut added))?;
+                // Every chunk and node the snapshot references reaches the
+                // shared medium before its catalog record does.
+                self.poison_on_io(self.inner.chunks.seal_all())?;
+            }
             self.inner
                 .catalog
                 .complete(snapshot, now, root, changed_blocks)
@@ -1258,7 +1276,30 @@ impl Engine {
         }
     }
 
+    /// Whether this engine's view is the storage's current generation
+    /// (see `viewed_generation`).
+    pub(crate) fn view_is_current(&self) -> bool {
+        self.inner.viewed_generation.load(Ordering::Acquire) == self.inner.storage.generation()
+    }
+
     fn take_in_commits_once(&self) -> Result<()> {
+        let generation = self.inner.storage.generation();
+        self.take_in_commits_at()?;
+        if self.inner.storage.generation() != generation {
+            // Another commit was taken in meanwhile: part of the view may
+            // predate it. Go again.
+            return Err(Error::io(
+                "taking in other writers' commits",
+                std::io::Error::other(crate::error::HeadMoved),
+            ));
+        }
+        self.inner
+            .viewed_generation
+            .fetch_max(generation, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn take_in_commits_at(&self) -> Result<()> {
         // Domains first: other writers' snapshots are keyed in them (all
         // of them: a domain taken in while this writer made its own is
         // registered here too).

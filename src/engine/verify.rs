@@ -226,7 +226,7 @@ impl Engine {
             .collect();
         let mut missing: Vec<ChunkId> = live
             .keys()
-            .filter(|id| !reported.contains(id) && !self.inner.chunks.contains(id))
+            .filter(|id| !reported.contains(id) && !self.inner.chunks.holds(id))
             .copied()
             .collect();
         missing.sort_unstable();

@@ -13,6 +13,9 @@ use super::{crc32, DecodeError, EncodeError};
 pub const MARKER_COUNT_OFFSET: usize = FILE_HEADER_SIZE;
 /// Offset of the first source pack sequence.
 pub const MARKER_SOURCES_OFFSET: usize = MARKER_COUNT_OFFSET + 4;
+/// How a marker's name ends (`packs/OUTPUT.compact`, OUTPUT the output
+/// pack's sequence as 8 lowercase hex digits).
+pub const MARKER_SUFFIX: &str = ".compact";
 /// Most source packs one compaction may name.
 pub const MAX_MARKER_SOURCES: usize = 4096;
 

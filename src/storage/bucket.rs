@@ -32,6 +32,7 @@
 
 use super::object::{Body, Created, ObjectClient, Swapped};
 use super::{parent_dir, AppendFile, HeadMoved, LocalStorage, ReadFile, Storage};
+use crate::format::compaction::MARKER_SUFFIX;
 use crate::format::head::{
     Condemned, Extent, Head, HeadCommit, HeadFile, RegisteredWriter, MAX_RECENT_COMMITS,
     MAX_WRITERS,
@@ -111,6 +112,9 @@ enum Class {
 fn class(name: &str) -> Class {
     match name.split_once('/').map(|(dir, _)| dir) {
         Some(LOCAL_DIR) => Class::Local,
+        // A compaction marker is its writer's crash record, never shared
+        // (DESIGN §18): another writer must not finish or undo it.
+        Some(OBJECT_DIR) if name.ends_with(MARKER_SUFFIX) => Class::Local,
         Some(OBJECT_DIR) => Class::Object,
         _ if name == LOCAL_DIR => Class::Local,
         _ if name == OBJECT_DIR => Class::Object,
@@ -309,7 +313,8 @@ impl BucketStorage {
             crate::error::Error::io(format!("reading {LOCAL_WRITER_ID}"), error)
         })?;
         let mut highest_listed = None;
-        let (head, etag) = loop {
+        let mut claims = 0;
+        let (head, etag, tracked) = loop {
             let (current, etag) = match read_head(&client)? {
                 Some(found) => found,
                 None => {
@@ -341,12 +346,22 @@ impl BucketStorage {
                 ..current
             };
             let bytes = encode_head(&claimed)?;
-            match client.replace(HEAD_OBJECT, &Body::Bytes(bytes.into()), &etag)? {
-                Swapped::Replaced(etag) => break (claimed, etag),
+            let etag = match client.replace(HEAD_OBJECT, &Body::Bytes(bytes.into()), &etag)? {
+                Swapped::Replaced(etag) => etag,
                 Swapped::Lost => continue,
+            };
+            let tracked = load_tracked(&client, &claimed)?;
+            // An extent missing while the head moved on was deleted by the
+            // commit after the claim, which stopped naming it: claim again
+            // on top of that commit (the claim replaces this one).
+            claims += 1;
+            if tracked.1.is_empty()
+                || claims == MAX_LOAD_ATTEMPTS
+                || !head_moved_on(&client, &etag)?
+            {
+                break (claimed, etag, tracked);
             }
         };
-        let tracked = load_tracked(&client, &head)?;
         let storage = BucketStorage::assemble(client, local, None, options, (head, etag, tracked));
         storage.drop_stale_staging()?;
         // Objects condemned long enough ago are deleted now: a store whose
@@ -511,13 +526,19 @@ impl BucketStorage {
         Ok(())
     }
 
-    /// Whether this writer may remove objects, or rewrite a tracked file
-    /// (`what`), on top of `head`: only while no other writer is
-    /// registered. A writer registered meanwhile may have found a chunk in
-    /// a pack this writer judged garbage and referenced it, or committed
-    /// what a rewrite computed earlier would lose; the head's `If-Match`
-    /// makes the check and the commit one step (DESIGN.md §18, "Many
-    /// writers").
+    /// The other writers' commits taken in ([`Storage::generation`]), for
+    /// callers that hold the state lock.
+    fn taken_in(&self) -> u64 {
+        self.inner
+            .taken_in
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether this writer may rewrite a tracked file (`what`) computed
+    /// without a generation check on top of `head`: only while no other
+    /// writer is registered, whose commit the rewrite could lose; the
+    /// head's `If-Match` makes the check and the commit one step
+    /// (DESIGN.md §18, "Many writers").
     fn alone(&self, head: &Head, what: &str) -> io::Result<()> {
         let others: Vec<String> = head
             .writers
@@ -572,16 +593,6 @@ impl BucketStorage {
                 drop(state);
                 // Back to the committed content: the rewrite is dropped.
                 self.adopt(head, etag)?;
-                return Err(refusal);
-            }
-        }
-        if state.newly_condemned {
-            if let Err(refusal) = self.alone(&state.head, "anything is removed") {
-                let head_condemned = state.head.condemned.clone();
-                state
-                    .condemned
-                    .retain(|name, _| head_condemned.iter().any(|kept| &kept.object == name));
-                state.newly_condemned = false;
                 return Err(refusal);
             }
         }
@@ -768,12 +779,30 @@ impl BucketStorage {
     /// [`BucketStorage::take_in_other_commit`].
     fn adopt(&self, head: Head, etag: String) -> io::Result<()> {
         let inner = &self.inner;
-        let (mut files, damage) = load_tracked(&inner.client, &head).map_err(to_io)?;
+        let (head, etag, (mut files, damage)) =
+            load_newest(&inner.client, head, etag).map_err(to_io)?;
+        if !inner.read_only && !head.is_registered(&inner.writer_id, inner.epoch) {
+            let reason = format!(
+                "writer epoch {} is no longer registered in the store's head (another process declared it gone)",
+                inner.epoch
+            );
+            inner.state.lock().fenced = Some(reason.clone());
+            return Err(fenced(reason));
+        }
         for found in damage {
             tracing::warn!(file = %found.file, detail = %found.detail, "damage in another writer's commit");
         }
         let mut state = inner.state.lock();
+        // Extents the adopted head names are never garbage, whatever this
+        // writer's lost attempt made of them (a whole rewrite orphans the
+        // extents it replaces, and the other writer's commit may keep them).
+        let named: BTreeSet<String> = head
+            .files
+            .iter()
+            .flat_map(|other| other.extents.iter().map(|extent| extent.object.clone()))
+            .collect();
         let mut orphaned = std::mem::take(&mut state.orphaned);
+        orphaned.retain(|extent| !named.contains(&extent.object));
         let old = std::mem::take(&mut state.files);
         for (name, mut file) in old {
             let unpublished = file.published_len() != file.content.read().len() as u64
@@ -784,15 +813,10 @@ impl BucketStorage {
             }
             // Extents this writer wrote in the lost attempt are named by
             // no head: garbage now.
-            let named: BTreeSet<&str> = head
-                .files
-                .iter()
-                .flat_map(|other| other.extents.iter().map(|extent| extent.object.as_str()))
-                .collect();
             orphaned.extend(
                 file.extents
                     .drain(..)
-                    .filter(|extent| !named.contains(extent.object.as_str())),
+                    .filter(|extent| !named.contains(&extent.object)),
             );
             match files.remove(&name) {
                 // Handles opened before see the other writer's content.
@@ -890,7 +914,7 @@ impl BucketStorage {
             let mut state = self.inner.state.lock();
             // Under the state lock: a take-in (which holds it) is either
             // before this check or drops this rewrite and says so.
-            if generation.is_some_and(|generation| generation != self.generation()) {
+            if generation.is_some_and(|generation| generation != self.taken_in()) {
                 return Err(io::Error::other(HeadMoved));
             }
             let file = state.files.entry(name.to_string()).or_default();
@@ -1377,30 +1401,50 @@ fn load_tracked(client: &ObjectClient, head: &Head) -> crate::error::Result<Trac
     Ok((files, damaged))
 }
 
+/// Whether the head's ETag is no longer `etag`.
+fn head_moved_on(client: &ObjectClient, etag: &str) -> crate::error::Result<bool> {
+    Ok(client
+        .head(HEAD_OBJECT)?
+        .is_some_and(|meta| meta.etag != etag))
+}
+
+/// Loads `head`'s tracked files; when an extent is missing or damaged
+/// while the head has moved on, loads the newer head instead (see
+/// [`read_consistent_state`]). Returns the head loaded with its ETag.
+fn load_newest(
+    client: &ObjectClient,
+    head: Head,
+    etag: String,
+) -> crate::error::Result<(Head, String, Tracked)> {
+    let (mut head, mut etag) = (head, etag);
+    let mut attempt = 0;
+    loop {
+        let tracked = load_tracked(client, &head)?;
+        attempt += 1;
+        if tracked.1.is_empty() || attempt == MAX_LOAD_ATTEMPTS {
+            return Ok((head, etag, tracked));
+        }
+        match read_head(client)? {
+            Some((newer, newer_etag)) if newer_etag != etag => (head, etag) = (newer, newer_etag),
+            _ => return Ok((head, etag, tracked)),
+        }
+    }
+}
+
 /// A head, its ETag and its tracked files, for a reader. A writer deletes
 /// the extents a commit stopped naming right after it: a reader that
 /// finds extents missing or damaged while the head moved on reads the
 /// new head instead; otherwise the damage is real and the engine meets it.
 fn read_consistent_state(client: &ObjectClient) -> crate::error::Result<(Head, String, Tracked)> {
-    const ATTEMPTS: usize = 8;
-    let mut attempt = 0;
-    loop {
-        let (head, etag) = read_head(client)?.ok_or_else(|| crate::error::Error::NotFound {
-            message: format!("no store at {} (no head object)", client.store().location()),
-        })?;
-        let tracked = load_tracked(client, &head)?;
-        attempt += 1;
-        if tracked.1.is_empty() || attempt == ATTEMPTS {
-            return Ok((head, etag, tracked));
-        }
-        let moved_on = client
-            .head(HEAD_OBJECT)?
-            .is_some_and(|meta| meta.etag != etag);
-        if !moved_on {
-            return Ok((head, etag, tracked));
-        }
-    }
+    let (head, etag) = read_head(client)?.ok_or_else(|| crate::error::Error::NotFound {
+        message: format!("no store at {} (no head object)", client.store().location()),
+    })?;
+    load_newest(client, head, etag)
 }
+
+/// Reads of a head's tracked files before a missing extent is taken for
+/// damage rather than for a newer commit's cleanup.
+const MAX_LOAD_ATTEMPTS: usize = 8;
 
 /// The head and its ETag; `None` for a bucket without a store.
 fn read_head(client: &ObjectClient) -> crate::error::Result<Option<(Head, String)>> {
@@ -1440,19 +1484,17 @@ struct TrackedAppend {
     opened_at: u64,
 }
 
-impl TrackedAppend {
-    fn check_view(&self) -> io::Result<()> {
-        if self.storage.generation() != self.opened_at {
-            return Err(io::Error::other(HeadMoved));
-        }
-        Ok(())
-    }
-}
-
 impl AppendFile for TrackedAppend {
     fn append(&mut self, parts: &[&[u8]]) -> io::Result<u64> {
         self.storage.writable()?;
-        self.check_view()?;
+        // The check and the append under the state lock, which a take-in
+        // holds while it replaces the content: an append lands either
+        // before it (and is counted dropped) or not at all, never on the
+        // other writer's content.
+        let _state = self.storage.inner.state.lock();
+        if self.storage.taken_in() != self.opened_at {
+            return Err(io::Error::other(HeadMoved));
+        }
         let mut content = self.content.write();
         let offset = content.len() as u64;
         for part in parts {
@@ -1546,7 +1588,7 @@ impl Storage for BucketStorage {
                     content: file.content.clone(),
                     dropped: file.dropped.clone(),
                     appended_at: None,
-                    opened_at: self.generation(),
+                    opened_at: self.taken_in(),
                 }))
             }
         }
@@ -1655,7 +1697,11 @@ impl Storage for BucketStorage {
                 let listed = self.inner.client.list(&prefix).map_err(to_io)?;
                 let mut state = self.inner.state.lock();
                 for object in listed {
-                    if state.condemned.contains_key(&object.name) {
+                    // Markers in the bucket (made by an older build) are
+                    // nobody's to recover.
+                    if state.condemned.contains_key(&object.name)
+                        || object.name.ends_with(MARKER_SUFFIX)
+                    {
                         continue;
                     }
                     if let Some(file) = object.name.strip_prefix(&prefix) {
@@ -1787,16 +1833,6 @@ impl Storage for BucketStorage {
         }
     }
 
-    fn check_removals_allowed(&self) -> io::Result<()> {
-        if self.inner.read_only {
-            return Ok(());
-        }
-        let (head, _) = read_head(&self.inner.client)
-            .map_err(to_io)?
-            .ok_or_else(|| io::Error::other("the store's head vanished"))?;
-        self.alone(&head, "anything is removed")
-    }
-
     fn owns(&self, name: &str) -> bool {
         class(name) != Class::Object || self.inner.local.exists(name).unwrap_or(false)
     }
@@ -1828,9 +1864,11 @@ impl Storage for BucketStorage {
     }
 
     fn generation(&self) -> u64 {
-        self.inner
-            .taken_in
-            .load(std::sync::atomic::Ordering::Acquire)
+        // Under the state lock: never read while a take-in is replacing
+        // the tracked files' content, so content read between two equal
+        // readings is all of one generation.
+        let _state = self.inner.state.lock();
+        self.taken_in()
     }
 
     fn refresh(&self) -> io::Result<bool> {

@@ -166,13 +166,6 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         let _ = name;
         true
     }
-    /// Fails if this writer may not remove files now: a shared medium's
-    /// other writers may reference what looks like garbage here (a bucket
-    /// store removes nothing while another writer is registered). Always
-    /// allowed where there is one writer.
-    fn check_removals_allowed(&self) -> io::Result<()> {
-        Ok(())
-    }
     /// This writer's id among the writers of a shared medium (recorded in
     /// the snapshots it starts); `None` where there is one writer.
     fn writer_id(&self) -> Option<[u8; 16]> {
