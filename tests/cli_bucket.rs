@@ -335,6 +335,8 @@ fn backup_processes_and_a_collector_share_one_bucket_store() {
     let server = S3Server::seaweedfs();
     let store = BucketStore::new(&server, "cli/many");
     let writing = std::sync::atomic::AtomicUsize::new(WRITERS);
+    // Killed backups that printed no id: their snapshots never count.
+    let unacknowledged = std::sync::atomic::AtomicUsize::new(0);
     let (kept, collections) = std::thread::scope(|scope| {
         let collector = scope.spawn(|| {
             let mut runs = 0;
@@ -348,6 +350,7 @@ fn backup_processes_and_a_collector_share_one_bucket_store() {
             .map(|writer| {
                 let store = &store;
                 let writing = &writing;
+                let unacknowledged = &unacknowledged;
                 scope.spawn(move || {
                     // Counted out however the thread ends, so the
                     // collector stops.
@@ -357,6 +360,7 @@ fn backup_processes_and_a_collector_share_one_bucket_store() {
                     let image_arg = image.to_str().expect("utf-8");
                     // Acknowledged snapshots still kept: id and content.
                     let mut kept: Vec<(String, Vec<u8>)> = Vec::new();
+                    let mut parents_of_killed = Vec::new();
                     for round in 0..ROUNDS {
                         let bytes = shared_half_image(&image, writer, round);
                         let mut args = vec!["backup", image_arg];
@@ -377,6 +381,7 @@ fn backup_processes_and_a_collector_share_one_bucket_store() {
                             if printed.starts_with("snap-") {
                                 printed
                             } else {
+                                unacknowledged.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                                 continue;
                             }
                         } else {
@@ -384,10 +389,22 @@ fn backup_processes_and_a_collector_share_one_bucket_store() {
                         };
                         kept.push((id, bytes));
                         if kept.len() > 2 {
-                            let (old, _) = kept.remove(0);
-                            store.ok_with_cache(&cache, &["rm", &old]);
+                            let old = kept.remove(0);
+                            let removed = store.run_with_cache(&cache, &["rm", &old.0]);
+                            let stderr = String::from_utf8_lossy(&removed.stderr);
+                            if !removed.status.success() {
+                                // The parent of a killed backup's pending
+                                // snapshot stays until that is cleaned up.
+                                assert!(
+                                    stderr.contains("is the parent of pending snapshot"),
+                                    "rm {}: {stderr}",
+                                    old.0
+                                );
+                                parents_of_killed.push(old);
+                            }
                         }
                     }
+                    kept.extend(parents_of_killed);
                     kept
                 })
             })
@@ -399,6 +416,10 @@ fn backup_processes_and_a_collector_share_one_bucket_store() {
         (kept, collector.join().expect("collector"))
     });
     assert!(collections >= 2, "gc ran {collections} times alongside");
+    assert!(
+        unacknowledged.into_inner() >= 1,
+        "no backup was killed before it finished"
+    );
     let listed = store.ok_with_cache("fresh", &["ls"]);
     for (id, bytes) in &kept {
         assert!(listed.contains(id.as_str()), "{id} missing from {listed}");
@@ -414,9 +435,12 @@ fn backup_processes_and_a_collector_share_one_bucket_store() {
     // Every backup closed: only what is open now is registered.
     let writers = store.ok_with_cache("fresh", &["writers"]);
     assert_eq!(writers.trim(), "", "{writers}");
-    // Only what the kept snapshots reference stays, each chunk once.
+    // Only what the kept snapshots reference stays, each chunk once. The
+    // killed backups' pending snapshots were failed once their writer's
+    // directory closed (nothing can complete them).
     store.ok_with_cache("fresh", &["gc", "--live-threshold", "1"]);
     let stats = store.ok_with_cache("fresh", &["stats", "--json"]);
+    assert_eq!(stat(&stats, "PendingSnapshots"), 0, "{stats}");
     assert_eq!(
         stat(&stats, "StoredChunks"),
         stat(&stats, "LiveChunks"),
