@@ -95,14 +95,17 @@ impl ChunkStore {
         Ok(Some(records))
     }
 
-    /// Whether the record at `location` is the live copy of `id`.
+    /// Whether the sealed record at `location` is the live copy of `id`:
+    /// the one among sealed copies that reads would choose (a copy in the
+    /// open pack does not make a sealed one garbage: see
+    /// [`ChunkStore::locate_sealed`]).
     fn is_live_copy(
         &self,
         id: &ChunkId,
         location: PackLocation,
         is_live: &dyn Fn(&ChunkId) -> bool,
     ) -> bool {
-        is_live(id) && self.locate(id) == Some(location)
+        is_live(id) && self.locate_sealed(id) == Some(location)
     }
 
     /// Usage of every sealed pack. Costs one index read and one record

@@ -37,6 +37,12 @@ impl Index {
         self.candidates_sealed(id.prefix())
     }
 
+    /// Sealed locations that may hold `id` (every entry sharing its
+    /// prefix), whether or not the open pack holds it too.
+    pub(crate) fn sealed_candidates(&self, id: &ChunkId) -> Vec<PackLocation> {
+        self.candidates_sealed(id.prefix())
+    }
+
     /// Sealed entries with this id prefix.
     fn candidates_sealed(&self, prefix: u64) -> Vec<PackLocation> {
         let start = self.sealed.partition_point(|entry| entry.prefix < prefix);

@@ -615,7 +615,17 @@ impl ChunkStore {
     /// Where `id` is stored and its record header, confirmed against the
     /// full id in the header.
     fn find(&self, id: &ChunkId) -> Option<(PackLocation, RecordHeader)> {
-        let mut candidates = self.index.read().candidates(id);
+        let candidates = self.index.read().candidates(id);
+        self.first_copy(id, candidates)
+    }
+
+    /// The copy of `id` among `candidates` that reads and compaction
+    /// keep: see [`ChunkStore::find`].
+    fn first_copy(
+        &self,
+        id: &ChunkId,
+        mut candidates: Vec<PackLocation>,
+    ) -> Option<(PackLocation, RecordHeader)> {
         if candidates.len() > 1 {
             // A copy in a condemned pack only when there is no other; else
             // the newest copy (a compaction's output before its sources,
@@ -638,6 +648,17 @@ impl ChunkStore {
     /// Where `id` is stored.
     fn locate(&self, id: &ChunkId) -> Option<PackLocation> {
         self.find(id).map(|(location, _)| location)
+    }
+
+    /// Where `id` is stored in a sealed pack, the open pack aside: the
+    /// copy a compaction keeps. A copy in the open pack is not published
+    /// yet (on a shared medium, not before this writer's next commit), so
+    /// a sealed copy it shadows is still the one every other writer
+    /// depends on.
+    fn locate_sealed(&self, id: &ChunkId) -> Option<PackLocation> {
+        let candidates = self.index.read().sealed_candidates(id);
+        self.first_copy(id, candidates)
+            .map(|(location, _)| location)
     }
 
     /// Bytes the chunk's record occupies in its pack, if it is stored.
