@@ -116,8 +116,13 @@ impl Output {
     /// unless quiet (requests are what object storage bills).
     pub fn bucket_requests(&self, requests: &blocksnap::storage::object::RequestCounts) {
         self.note(&format!(
-            "bucket requests: {} GET, {} PUT, {} HEAD, {} LIST, {} DELETE",
-            requests.get, requests.put, requests.head, requests.list, requests.delete
+            "bucket requests: {} GET, {} PUT, {} HEAD, {} LIST, {} DELETE; {} commit races lost",
+            requests.get,
+            requests.put,
+            requests.head,
+            requests.list,
+            requests.delete,
+            requests.lost_races
         ));
     }
 

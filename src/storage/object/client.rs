@@ -97,6 +97,10 @@ pub struct RequestCounts {
     pub delete: u64,
     /// LISTs (pages count once per call).
     pub list: u64,
+    /// Conditional replacements refused because another writer replaced
+    /// the object first (for the head: commits that lost the race and
+    /// were redone).
+    pub lost_races: u64,
 }
 
 #[derive(Debug, Default)]
@@ -106,6 +110,7 @@ struct Counters {
     put: AtomicU64,
     delete: AtomicU64,
     list: AtomicU64,
+    lost_races: AtomicU64,
 }
 
 /// The retrying, ambiguity-resolving client of one bucket (or prefix).
@@ -135,6 +140,7 @@ impl ObjectClient {
             put: load(&self.counters.put),
             delete: load(&self.counters.delete),
             list: load(&self.counters.list),
+            lost_races: load(&self.counters.lost_races),
         }
     }
 
@@ -253,7 +259,10 @@ impl ObjectClient {
         let outcome = self.conditional_put(name, body, &Precondition::Matches(etag.to_string()))?;
         Ok(match outcome {
             Some(etag) => Swapped::Replaced(etag),
-            None => Swapped::Lost,
+            None => {
+                Self::count(&self.counters.lost_races);
+                Swapped::Lost
+            }
         })
     }
 
