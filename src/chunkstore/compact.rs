@@ -111,14 +111,7 @@ impl ChunkStore {
     /// Usage of every sealed pack. Costs one index read and one record
     /// header read per record; no payload is read.
     pub fn pack_usage(&self, is_live: &dyn Fn(&ChunkId) -> bool) -> Result<Vec<PackUsage>> {
-        let open_or_retiring: Vec<u32> = self
-            .writer
-            .lock()
-            .as_ref()
-            .map(|pack| pack.seq)
-            .into_iter()
-            .chain(self.retiring.lock().iter().map(|pack| pack.lock().seq))
-            .collect();
+        let open_or_retiring = self.unsealed_packs();
         let mut packs: Vec<u32> = self
             .readers
             .read()

@@ -367,14 +367,7 @@ impl ChunkStore {
     /// grace period ended and it was deleted) leaves the index.
     fn follow_removals(&self, listed: &BTreeMap<u32, (bool, bool)>) -> Result<()> {
         let condemned_now = self.condemned_on_medium()?;
-        let unsealed: HashSet<u32> = self
-            .writer
-            .lock()
-            .as_ref()
-            .map(|pack| pack.seq)
-            .into_iter()
-            .chain(self.retiring.lock().iter().map(|pack| pack.lock().seq))
-            .collect();
+        let unsealed = self.unsealed_packs();
         let gone: Vec<u32> = self
             .readers
             .read()
@@ -383,37 +376,32 @@ impl ChunkStore {
             .filter(|seq| !unsealed.contains(seq))
             .filter(|seq| !listed.get(seq).is_some_and(|(has_pack, _)| *has_pack))
             .collect();
+        // A pack's records stop counting as stored once it is condemned,
+        // or deleted without this store having seen it condemned.
+        let no_longer_stored = |seq: u32| {
+            let pack_len = self
+                .readers
+                .read()
+                .get(&seq)
+                .and_then(|reader| reader.len().ok())
+                .unwrap_or(0);
+            // A sealed pack is its file header and its records.
+            self.stored_bytes.fetch_sub(
+                pack_len.saturating_sub(FILE_HEADER_SIZE as u64),
+                Ordering::AcqRel,
+            );
+        };
         let mut deleted = Vec::new();
         {
             let mut condemned = self.condemned.write();
             for seq in gone {
                 if condemned_now.contains(&seq) {
                     if condemned.insert(seq) {
-                        let pack_len = self
-                            .readers
-                            .read()
-                            .get(&seq)
-                            .and_then(|reader| reader.len().ok())
-                            .unwrap_or(0);
-                        // A sealed pack is its file header and its records.
-                        self.stored_bytes.fetch_sub(
-                            pack_len.saturating_sub(FILE_HEADER_SIZE as u64),
-                            Ordering::AcqRel,
-                        );
+                        no_longer_stored(seq);
                     }
                 } else {
                     if !condemned.remove(&seq) {
-                        // Deleted without this store seeing it condemned.
-                        let pack_len = self
-                            .readers
-                            .read()
-                            .get(&seq)
-                            .and_then(|reader| reader.len().ok())
-                            .unwrap_or(0);
-                        self.stored_bytes.fetch_sub(
-                            pack_len.saturating_sub(FILE_HEADER_SIZE as u64),
-                            Ordering::AcqRel,
-                        );
+                        no_longer_stored(seq);
                     }
                     deleted.push(seq);
                 }
@@ -427,6 +415,17 @@ impl ChunkStore {
             }
         }
         Ok(())
+    }
+
+    /// The open pack and the packs whose seal is under way.
+    fn unsealed_packs(&self) -> HashSet<u32> {
+        self.writer
+            .lock()
+            .as_ref()
+            .map(|pack| pack.seq)
+            .into_iter()
+            .chain(self.retiring.lock().iter().map(|pack| pack.lock().seq))
+            .collect()
     }
 
     /// The packs the medium names as condemned now (in this view of a
