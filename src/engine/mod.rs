@@ -521,7 +521,7 @@ impl Engine {
             }),
         };
         if !read_only {
-            engine.fail_snapshots_of_fenced_writers()?;
+            engine.fail_snapshots_of_unregistered_writers()?;
             // Deadlines that passed while the store was closed.
             engine.expire_due()?;
             engine.start_reaper();
@@ -946,10 +946,11 @@ impl Engine {
     }
 
     /// Fails every pending snapshot another writer of a shared medium
-    /// started if that writer is no longer registered (fenced): it can
-    /// never complete them. (A writer that comes back from its directory
-    /// is registered again, and recovers its own.)
-    fn fail_snapshots_of_fenced_writers(&self) -> Result<()> {
+    /// started if that writer is no longer registered (it closed, or was
+    /// fenced): no process is there to complete them. (A writer that
+    /// crashed and comes back from its directory before that is
+    /// registered again, and recovers its own.)
+    fn fail_snapshots_of_unregistered_writers(&self) -> Result<()> {
         let storage = &self.inner.storage;
         let orphaned: Vec<Arc<Session>> = self
             .inner
@@ -974,8 +975,9 @@ impl Engine {
                 &session,
                 state,
                 format!(
-                    "Its writer {} was fenced: a pending snapshot of a bucket store lives in the \
-                     local directory of the process that started it, which can no longer commit.",
+                    "Its writer {} is no longer registered (it closed, or was fenced): a pending \
+                     snapshot of a bucket store lives in the local directory of the process that \
+                     started it, which is not there to complete it.",
                     writer.unwrap_or_default()
                 ),
             );
@@ -1221,7 +1223,7 @@ impl Engine {
     pub fn refresh(&self) -> Result<bool> {
         let moved = self.refresh_view()?;
         if !self.inner.read_only {
-            self.fail_snapshots_of_fenced_writers()?;
+            self.fail_snapshots_of_unregistered_writers()?;
         }
         Ok(moved)
     }
