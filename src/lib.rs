@@ -14,6 +14,8 @@ pub mod error;
 pub mod format;
 pub mod ids;
 pub mod keys;
+#[cfg(feature = "nbd")]
+pub mod nbd;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod storage;

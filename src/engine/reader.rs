@@ -119,13 +119,27 @@ impl SnapshotReader {
             .inner
             .chunks
             .get(RecordKind::Block, &chunk)?
-            .ok_or_else(|| {
-                Error::corrupted(
-                    format!("block {} (chunk {chunk})", index.0),
-                    "chunk is missing from the store",
-                )
-            })?;
+            .ok_or_else(|| missing_block(index, chunk))?;
         Ok(Some((Bytes::from(stored.data), stored.sha256)))
+    }
+
+    /// The data of block chunk `chunk`, which this snapshot holds at
+    /// `index` (as [`SnapshotReader::blocks`] or
+    /// [`SnapshotReader::chunk_at`] gave it), checked as
+    /// [`SnapshotReader::block`] checks it, without looking the index up
+    /// again.
+    pub(crate) fn block_data(&self, index: BlockIndex, chunk: ChunkId) -> Result<Bytes> {
+        if chunk == codec::zero_block_id() {
+            return Ok(Bytes::from(vec![0u8; BLOCK_SIZE]));
+        }
+        let _guard = self.engine.inner.reference_guard.read();
+        let stored = self
+            .engine
+            .inner
+            .chunks
+            .get(RecordKind::Block, &chunk)?
+            .ok_or_else(|| missing_block(index, chunk))?;
+        Ok(Bytes::from(stored.data))
     }
 
     /// The chunk the snapshot holds at `index`, if any.
@@ -212,6 +226,13 @@ impl SnapshotReader {
         let _guard = self.engine.inner.reference_guard.read();
         super::maintenance::block_dependencies(&self.engine.maps(), self.root)
     }
+}
+
+fn missing_block(index: BlockIndex, chunk: ChunkId) -> Error {
+    Error::corrupted(
+        format!("block {} (chunk {chunk})", index.0),
+        "chunk is missing from the store",
+    )
 }
 
 impl Drop for SnapshotReader {

@@ -17,6 +17,7 @@ pub mod index;
 pub mod journal;
 pub mod keyfile;
 pub mod keyring;
+pub mod nbd;
 pub mod node;
 pub mod pack;
 pub mod store;

@@ -1,6 +1,6 @@
 //! Restoring a snapshot into a file (sparse) or a block device.
 
-use super::{in_parallel, worker_count, Progress, IMAGE_BYTES_TAG};
+use super::{image_length, in_parallel, worker_count, Progress};
 use crate::codec;
 use crate::engine::{Engine, SnapshotReader};
 use crate::error::{Error, Result};
@@ -81,16 +81,7 @@ pub fn restore(
     // Pinned until the restore ends: deleting the snapshot and collecting
     // garbage meanwhile cannot take its blocks away.
     let reader = engine.reader(snapshot)?;
-    let volume_bytes = reader.volume_blocks() * BLOCK_SIZE as u64;
-    let length = reader
-        .record()
-        .started
-        .tags
-        .iter()
-        .find(|(key, _)| key == IMAGE_BYTES_TAG)
-        .and_then(|(_, value)| value.parse::<u64>().ok())
-        .filter(|bytes| *bytes <= volume_bytes)
-        .unwrap_or(volume_bytes);
+    let length = image_length(&reader);
     let is_device = std::fs::metadata(output)
         .map(|metadata| metadata.file_type().is_block_device())
         .unwrap_or(false);

@@ -247,11 +247,42 @@ pub enum Command {
     /// Serve the EBS direct API over HTTP for stock AWS clients (boto3, the
     /// AWS CLI, the AWS SDKs, coldsnap), authenticated with SigV4.
     Serve(ServeArgs),
+    /// Export completed snapshots as read-only NBD exports, each named by
+    /// its snapshot id, until SIGINT or SIGTERM; prints each export's URI.
+    /// QEMU, qemu-img, nbdcopy and nbdinfo read them directly.
+    Nbd(NbdArgs),
+}
+
+/// `nbd` arguments.
+#[derive(Args, Debug)]
+pub struct NbdArgs {
+    /// The snapshots to export (default: every completed snapshot, including
+    /// those completed while the server runs).
+    pub snapshots: Vec<String>,
+    /// The Unix socket to listen on (the default: blocksnap-nbd.sock in
+    /// $XDG_RUNTIME_DIR, else in the system's temporary directory). Made
+    /// readable and writable by this user only.
+    #[arg(long, value_name = "PATH", conflicts_with = "listen")]
+    pub socket: Option<PathBuf>,
+    /// Listen on TCP instead (port 0 picks a free port). NBD has no
+    /// authentication here: use an address only trusted clients reach.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// Most connections at once; more are closed on arrival.
+    #[arg(long, default_value_t = 64)]
+    pub max_connections: usize,
+    /// MiB of checked blocks kept in memory for repeated reads.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub cache_mib: usize,
 }
 
 /// `serve` arguments.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
+    /// Also export every completed snapshot of the default owner as a
+    /// read-only NBD export on this Unix socket (see `blocksnap nbd`).
+    #[arg(long, value_name = "PATH")]
+    pub nbd_socket: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free port; the address is
     /// printed on stdout).
     #[arg(long, default_value = "127.0.0.1:8642", value_name = "ADDR:PORT")]

@@ -9,6 +9,7 @@
 
 mod args;
 mod keys;
+mod nbd;
 mod output;
 mod serve;
 mod signals;
@@ -63,8 +64,8 @@ fn main() -> ExitCode {
     cap_malloc_arenas();
     let cli = Cli::parse();
     let out = Output::new(cli.json, cli.quiet);
-    // The server handles its own signals (graceful shutdown).
-    if !matches!(cli.command, Command::Serve(_)) {
+    // The servers handle their own signals (graceful shutdown).
+    if !matches!(cli.command, Command::Serve(_) | Command::Nbd(_)) {
         if let Err(error) = signals::install() {
             out.error(&format!("cannot install signal handlers: {error}"));
             return ExitCode::FAILURE;
@@ -543,6 +544,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             };
             serve::run(cli, args, config, storage)
         }
+        Command::Nbd(args) => nbd::run(cli, args, out),
         Command::Export(export) => {
             let engine = open_engine_read_only(cli, out)?;
             let bucket = bucket_of(&export.bucket, cli.endpoint.as_deref())?;

@@ -2,6 +2,7 @@
 
 use crate::args::{Cli, ServeArgs};
 use crate::Failure;
+use blocksnap::nbd::{NbdConfig, NbdListener, NbdServer};
 use blocksnap::server::{
     router_with_metrics, serve, tls_config, Authentication, Credentials, RateLimits, ServerConfig,
     ServerLimits,
@@ -125,7 +126,7 @@ fn rate_limits(args: &ServeArgs) -> Result<RateLimits, Failure> {
 /// handlers are installed by this call, not by the future's first poll,
 /// so a signal that arrives while the store opens, or just after the
 /// address is printed, stops the server gracefully instead of killing it.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -138,6 +139,15 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
         }
         tracing::info!("shutting down: no new connections; finishing requests in flight");
     })
+}
+
+/// Logs to stderr (colored on a terminal).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
 }
 
 /// Descriptors kept free beyond those open once the store is: new packs,
@@ -194,11 +204,7 @@ pub fn run(
         shared_dedup: args.shared_dedup,
         ..engine_config
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    init_logging();
     if matches!(
         config.authentication,
         Authentication::InsecureSingleOwner(_)
@@ -263,12 +269,47 @@ pub fn run(
                 .await;
             });
         }
+        // One signal stops both servers.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+        let stop_signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let nbd = match &args.nbd_socket {
+            Some(path) => {
+                let listener = NbdListener::bind_unix(path).map_err(|error| {
+                    Error::io(format!("listening on {}", path.display()), error)
+                })?;
+                crate::nbd::restrict_to_owner(path)?;
+                tracing::info!(socket = %path.display(), "serving completed snapshots over NBD");
+                let server = NbdServer::new(engine.clone(), NbdConfig::default());
+                let stopped = stop_signal(stopped.clone());
+                Some(tokio::spawn(async move {
+                    server.serve(listener, stopped).await
+                }))
+            }
+            None => None,
+        };
         println!("listening on {address}");
         let store = cli.store_location().map_err(Failure::Usage)?;
         tracing::info!(%address, scheme, %store, "serving the EBS direct API");
-        let served = serve(listener, app, tls, &limits, shutdown)
+        let served = serve(listener, app, tls, &limits, stop_signal(stopped))
             .await
             .map_err(|error| Error::io("serving", error))?;
+        if let Some(nbd) = nbd {
+            match nbd.await {
+                Ok(Ok(served)) => tracing::info!(
+                    connections = served.stats.connections,
+                    cut = served.cut_at_shutdown,
+                    "NBD stopped"
+                ),
+                Ok(Err(error)) => tracing::error!(%error, "the NBD server failed"),
+                Err(error) => tracing::error!(%error, "the NBD server failed"),
+            }
+        }
         tracing::info!(
             connections = served.connections,
             refused = served.refused,
