@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 type Check = fn(&[u8]);
 
 /// The targets whose entry points take raw bytes, by directory name.
-const TARGETS: [(&str, Check); 9] = [
+const TARGETS: [(&str, Check); 10] = [
     ("http_request", fuzz::http_request),
     ("authorization", fuzz::authorization),
     ("start_snapshot_body", fuzz::start_snapshot_body),
@@ -21,6 +21,7 @@ const TARGETS: [(&str, Check); 9] = [
     ("changed_blocks", fuzz::changed_blocks),
     ("credentials", fuzz::credentials),
     ("key_file", fuzz::key_file),
+    ("nbd_session", fuzz::nbd_session),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -107,6 +108,11 @@ fn write_seed_corpora() {
         ("wrong types", r#"{"VolumeSize": "1", "Tags": {}}"#),
     ] {
         write("start_snapshot_body", name, body.as_bytes());
+    }
+    // NBD sessions as clients open them (the default export is the
+    // target's only snapshot).
+    for (name, session) in nbd_sessions() {
+        write("nbd_session", name, &session);
     }
     write(
         "changed_blocks",
@@ -400,4 +406,85 @@ fn signed_headers(at: std::time::SystemTime) -> String {
         lines.push_str(&format!("{name}: {value}\n"));
     }
     lines
+}
+
+/// Client byte streams for the `nbd_session` seeds: libnbd's usual
+/// negotiation then reads, block status, a write and a disconnect; and the
+/// old `NBD_OPT_EXPORT_NAME` way with simple replies.
+fn nbd_sessions() -> Vec<(&'static str, Vec<u8>)> {
+    use blocksnap::format::nbd as wire;
+    let option = |out: &mut Vec<u8>, option: u32, data: &[u8]| {
+        let header = wire::OptionHeader {
+            option,
+            length: data.len() as u32,
+        };
+        out.extend_from_slice(&header.encode());
+        out.extend_from_slice(data);
+    };
+    let request = |out: &mut Vec<u8>, command: u16, flags: u16, offset: u64, length: u32| {
+        let request = wire::Request {
+            flags,
+            command,
+            cookie: out.len() as u64,
+            offset,
+            length,
+        };
+        out.extend_from_slice(&request.encode());
+    };
+    let mut modern =
+        wire::encode_client_flags(wire::FLAG_C_FIXED_NEWSTYLE | wire::FLAG_C_NO_ZEROES).to_vec();
+    option(&mut modern, wire::OPT_LIST, &[]);
+    option(&mut modern, wire::OPT_STRUCTURED_REPLY, &[]);
+    let contexts = wire::MetaContextRequest {
+        export: String::new(),
+        queries: vec![wire::CONTEXT_ALLOCATION.into()],
+    };
+    option(
+        &mut modern,
+        wire::OPT_LIST_META_CONTEXT,
+        &contexts.encode().expect("encode"),
+    );
+    option(
+        &mut modern,
+        wire::OPT_SET_META_CONTEXT,
+        &contexts.encode().expect("encode"),
+    );
+    let go = wire::ExportRequest {
+        name: String::new(),
+        info_requests: vec![
+            wire::INFO_BLOCK_SIZE,
+            wire::INFO_NAME,
+            wire::INFO_DESCRIPTION,
+        ],
+    };
+    option(&mut modern, wire::OPT_INFO, &go.encode().expect("encode"));
+    option(&mut modern, wire::OPT_GO, &go.encode().expect("encode"));
+    request(&mut modern, wire::CMD_READ, 0, 524_280, 4096);
+    request(
+        &mut modern,
+        wire::CMD_READ,
+        wire::CMD_FLAG_DF,
+        1_048_000,
+        2048,
+    );
+    request(&mut modern, wire::CMD_BLOCK_STATUS, 0, 0, 4 << 20);
+    request(
+        &mut modern,
+        wire::CMD_BLOCK_STATUS,
+        wire::CMD_FLAG_REQ_ONE,
+        100,
+        1 << 20,
+    );
+    request(&mut modern, wire::CMD_CACHE, 0, 0, 4096);
+    request(&mut modern, wire::CMD_WRITE, 0, 0, 16);
+    modern.extend_from_slice(&[0xab; 16]);
+    request(&mut modern, wire::CMD_FLUSH, 0, 0, 0);
+    request(&mut modern, wire::CMD_DISC, 0, 0, 0);
+    let mut old = wire::encode_client_flags(wire::FLAG_C_FIXED_NEWSTYLE).to_vec();
+    option(&mut old, 99, b"unknown");
+    option(&mut old, wire::OPT_EXPORT_NAME, b"");
+    request(&mut old, wire::CMD_READ, 0, 0, 8192);
+    request(&mut old, wire::CMD_TRIM, 0, 0, 8192);
+    request(&mut old, 42, 0, 0, 0);
+    vec![("negotiated", modern), ("export-name", old)]
 }

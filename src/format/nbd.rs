@@ -324,6 +324,11 @@ pub fn decode_client_flags(bytes: [u8; 4], offered: u16) -> Result<u32, DecodeEr
     Ok(flags)
 }
 
+/// The client's flags as sent (for clients and tests).
+pub fn encode_client_flags(flags: u32) -> [u8; 4] {
+    flags.to_be_bytes()
+}
+
 /// An option's header: which option, and how many data bytes follow.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct OptionHeader {

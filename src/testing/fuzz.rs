@@ -268,3 +268,72 @@ pub fn key_file(data: &[u8]) {
         );
     }
 }
+
+/// An NBD server over an in-memory store with one completed 1 GiB
+/// snapshot (blocks 0 and 2 written), shared by every run.
+#[cfg(feature = "nbd")]
+fn nbd_server() -> &'static (tokio::runtime::Runtime, crate::nbd::NbdServer) {
+    static SERVER: OnceLock<(tokio::runtime::Runtime, crate::nbd::NbdServer)> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let engine = Engine::open_with(Arc::new(MemoryStorage::new()), EngineConfig::default())
+            .expect("engine");
+        super::write_lineage(
+            &engine,
+            &crate::api::StartSnapshotRequest {
+                volume_size: 1,
+                ..Default::default()
+            },
+            &[&[(0, 1), (2, 2)]],
+        );
+        let server = crate::nbd::NbdServer::new(engine, crate::nbd::NbdConfig::default());
+        (runtime, server)
+    })
+}
+
+/// A whole NBD connection: `data` is everything the client sends (client
+/// flags, options, requests), then it stops sending and reads. The server
+/// greets, answers or hangs up, and always ends the connection: never a
+/// panic or a hang. Option data the server decodes re-encodes exactly.
+#[cfg(feature = "nbd")]
+pub fn nbd_session(data: &[u8]) {
+    use crate::format::nbd::{ExportRequest, MetaContextRequest, GREETING_LEN};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if let Ok(request) = ExportRequest::decode(data) {
+        assert_eq!(request.encode().expect("encodes"), data);
+    }
+    if let Ok(request) = MetaContextRequest::decode(data) {
+        assert_eq!(request.encode().expect("encodes"), data);
+    }
+    let (runtime, server) = nbd_server();
+    let input = data.to_vec();
+    runtime.block_on(async {
+        let (mut client, server_side) = tokio::io::duplex(1 << 20);
+        let session = tokio::spawn({
+            let server = server.clone();
+            async move { server.serve_connection(server_side).await }
+        });
+        let exchange = async {
+            let (mut reading, mut writing) = tokio::io::split(&mut client);
+            let send = async {
+                // The server may hang up before it has read everything.
+                let _ = writing.write_all(&input).await;
+                let _ = writing.shutdown().await;
+            };
+            let mut output = Vec::new();
+            let receive = reading.read_to_end(&mut output);
+            let ((), received) = tokio::join!(send, receive);
+            received.expect("read the server's replies");
+            output
+        };
+        let output = tokio::time::timeout(std::time::Duration::from_secs(20), exchange)
+            .await
+            .expect("the server ends every connection");
+        assert!(output.len() >= GREETING_LEN);
+        assert_eq!(output.get(..16), Some(&b"NBDMAGICIHAVEOPT"[..]));
+        session.await.expect("the session task does not panic");
+    });
+}
