@@ -930,3 +930,283 @@ fn block_status_reports_allocation_and_changes_through_the_raw_protocol() {
         }]
     );
 }
+
+// Backups from NBD sources.
+
+/// A running `qemu-storage-daemon` exporting a qcow2 image as `disk`.
+struct StorageDaemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl StorageDaemon {
+    fn start(image: &Path, socket: &Path, export_options: &str) -> StorageDaemon {
+        let _ = std::fs::remove_file(socket);
+        let mut child = Command::new("qemu-storage-daemon")
+            .args([
+                "--blockdev",
+                &format!("driver=file,node-name=file0,filename={}", image.display()),
+                "--blockdev",
+                "driver=qcow2,node-name=disk0,file=file0",
+                "--nbd-server",
+                &format!("addr.type=unix,addr.path={}", socket.display()),
+                "--export",
+                &format!("type=nbd,id=export0,node-name=disk0,name=disk,{export_options}"),
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("qemu-storage-daemon (installed by the test command)");
+        for _ in 0..200 {
+            if UnixStream::connect(socket).is_ok() {
+                return StorageDaemon {
+                    child,
+                    socket: socket.to_path_buf(),
+                };
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("qemu-storage-daemon did not start");
+    }
+
+    fn uri(&self) -> String {
+        format!("nbd+unix:///disk?socket={}", self.socket.display())
+    }
+
+    /// Stops it cleanly (SIGTERM), so the image's bitmaps are stored.
+    fn stop(mut self) {
+        ok("kill", &["-TERM", &self.child.id().to_string()]);
+        assert!(self.child.wait().expect("wait").success());
+    }
+}
+
+impl Drop for StorageDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn backup_json(store: &Store, args: &[&str]) -> Value {
+    let mut with_json = args.to_vec();
+    with_json.push("--json");
+    serde_json::from_str(&store.ok(&with_json)).expect("JSON report")
+}
+
+#[test]
+fn a_backup_from_a_vm_disk_with_a_dirty_bitmap_reads_only_the_dirty_blocks() {
+    let store = Store::new();
+    let disk = store.path("disk.qcow2");
+    let disk_path = disk.to_str().expect("path");
+    let socket = store.path("qsd.sock");
+    ok("qemu-img", &["create", "-f", "qcow2", disk_path, "64M"]);
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x11 0 3M",
+            "-c",
+            "write -P 0x22 20M 1M",
+            "-c",
+            "write -z 40M 2M",
+            disk_path,
+        ],
+    );
+    // The full backup reads only the allocated blocks: 3 MiB and 1 MiB.
+    let daemon = StorageDaemon::start(&disk, &socket, "writable=off");
+    let full = backup_json(&store, &["backup", &daemon.uri()]);
+    daemon.stop();
+    assert_eq!(full["BlocksRead"], 8, "{full}");
+    let parent = full["SnapshotId"].as_str().expect("id").to_string();
+
+    // A persistent dirty bitmap records what the VM writes next.
+    ok(
+        "qemu-img",
+        &[
+            "bitmap", "--add", "--enable", "-g", "65536", disk_path, "b0",
+        ],
+    );
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x33 1M 64k",
+            "-c",
+            "write -P 0x44 30M 4k",
+            "-c",
+            "write -z 20M 1M",
+            disk_path,
+        ],
+    );
+    let daemon = StorageDaemon::start(&disk, &socket, "writable=on,bitmaps.0=b0");
+    let map = store.path("dirty.json");
+    let dirty_map = ok(
+        "nbdinfo",
+        &["--json", "--map=qemu:dirty-bitmap:b0", &daemon.uri()],
+    );
+    std::fs::write(&map, dirty_map).expect("write map");
+    let child = backup_json(
+        &store,
+        &[
+            "backup",
+            &daemon.uri(),
+            "--parent",
+            &parent,
+            "--dirty-bitmap",
+            "b0",
+        ],
+    );
+    // Blocks 2 and 60 are read; 40 and 41 became zero: recorded unread.
+    assert_eq!(child["BlocksRead"], 2, "{child}");
+    assert_eq!(child["BlocksWritten"], 4, "{child}");
+    // The same change, from nbdinfo's map of the bitmap as a change list.
+    let listed = backup_json(
+        &store,
+        &[
+            "backup",
+            &daemon.uri(),
+            "--parent",
+            &parent,
+            "--changed-blocks",
+            map.to_str().expect("path"),
+        ],
+    );
+    daemon.stop();
+    assert_eq!(listed["BlocksRead"], 2, "{listed}");
+
+    let expected = store.path("disk.raw");
+    ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            disk_path,
+            expected.to_str().expect("path"),
+        ],
+    );
+    let expected = std::fs::read(&expected).expect("read");
+    for report in [&child, &listed] {
+        let id = report["SnapshotId"].as_str().expect("id");
+        let restored = store.restore(id, &format!("{id}.raw"));
+        assert!(std::fs::read(&restored).expect("read") == expected, "{id}");
+    }
+    // A bitmap needs a parent, and an NBD source.
+    let image = store.path("plain.img");
+    std::fs::write(&image, [1u8; 4096]).expect("write");
+    let refused = store
+        .command(&[
+            "backup",
+            image.to_str().expect("path"),
+            "--parent",
+            &parent,
+            "--dirty-bitmap",
+            "b0",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(refused.status.code(), Some(2));
+}
+
+#[test]
+fn a_snapshot_backs_up_into_another_store_through_its_own_export() {
+    let store = Store::new();
+    let image_path = store.path("disk.img");
+    let image = write_image(&image_path);
+    let snapshot = store.backup(&image_path, None);
+    let server = NbdProcess::start(&store, &[&snapshot]);
+    let other = Store::new();
+    let report = backup_json(&other, &["backup", &server.uri(&snapshot)]);
+    // Blocks 3-9 are holes in the export: never read.
+    assert_eq!(report["BlocksRead"], 14, "{report}");
+    assert_eq!(report["ImageBytes"], image.len());
+    let id = report["SnapshotId"].as_str().expect("id");
+    let restored = other.restore(id, "copy.raw");
+    assert!(std::fs::read(&restored).expect("read") == image);
+    // An export that does not exist is a clear error.
+    let missing = other
+        .command(&["backup", &server.uri("snap-00000000000000aa")])
+        .output()
+        .expect("run");
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("is not exported by this server"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+}
+
+#[test]
+fn thin_delta_output_drives_an_incremental_backup() {
+    let store = Store::new();
+    let image_path = store.path("disk.img");
+    let mut image = write_image(&image_path);
+    let parent = store.backup(&image_path, None);
+    // Thin devices of 64 KiB data blocks: device 2 (the new snapshot)
+    // differs in data block 9 (inside image block 1) and has block 100
+    // (image block 12) only on its side.
+    image[9 * 65536..9 * 65536 + 100].fill(0x5a);
+    image[100 * 65536] = 0xa5;
+    std::fs::write(&image_path, &image).expect("write");
+    let metadata_xml = store.path("thin.xml");
+    std::fs::write(
+        &metadata_xml,
+        r#"<superblock uuid="" time="1" transaction="2" flags="0" version="2" data_block_size="128" nr_data_blocks="1000">
+  <device dev_id="1" mapped_blocks="20" transaction="0" creation_time="0" snap_time="0">
+    <range_mapping origin_begin="0" data_begin="0" length="20" time="0"/>
+  </device>
+  <device dev_id="2" mapped_blocks="21" transaction="0" creation_time="0" snap_time="1">
+    <range_mapping origin_begin="0" data_begin="0" length="9" time="0"/>
+    <single_mapping origin_block="9" data_block="500" time="1"/>
+    <range_mapping origin_begin="10" data_begin="10" length="10" time="0"/>
+    <single_mapping origin_block="100" data_block="501" time="1"/>
+  </device>
+</superblock>
+"#,
+    )
+    .expect("write");
+    let metadata = store.path("thin.bin");
+    std::fs::write(&metadata, vec![0u8; 8 << 20]).expect("write");
+    ok(
+        "thin_restore",
+        &[
+            "-i",
+            metadata_xml.to_str().expect("path"),
+            "-o",
+            metadata.to_str().expect("path"),
+        ],
+    );
+    let delta = ok(
+        "thin_delta",
+        &[
+            "--snap1",
+            "1",
+            "--snap2",
+            "2",
+            metadata.to_str().expect("path"),
+        ],
+    );
+    let delta_path = store.path("delta.xml");
+    std::fs::write(&delta_path, delta).expect("write");
+    let report = backup_json(
+        &store,
+        &[
+            "backup",
+            image_path.to_str().expect("path"),
+            "--parent",
+            &parent,
+            "--changed-blocks",
+            delta_path.to_str().expect("path"),
+            "--changed-format",
+            "thin-delta",
+        ],
+    );
+    assert_eq!(report["BlocksRead"], 2, "{report}");
+    let id = report["SnapshotId"].as_str().expect("id");
+    assert!(std::fs::read(store.restore(id, "child.raw")).expect("read") == image);
+}

@@ -22,8 +22,11 @@
 //! in flight are bounded per connection and their reply bytes across the
 //! server, connections are capped.
 
+mod client;
 mod extents;
 mod session;
+
+pub use client::{NbdAddress, NbdClient, NbdSource};
 
 use crate::engine::SnapshotReader;
 use crate::ids::{ChunkId, SnapshotId};

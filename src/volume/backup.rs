@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::ids::{BlockIndex, SnapshotId, BLOCKS_PER_GIB, BLOCK_SIZE};
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The tag a backup records the image's exact length in, so a restore
@@ -34,6 +34,20 @@ pub struct BackupOptions {
     /// Workers; 0 = two per core (a worker sealing a pack waits for its
     /// fsync; the other keeps the core busy).
     pub threads: usize,
+    /// For an NBD source: read only the blocks QEMU's dirty bitmap of this
+    /// name (`qemu:dirty-bitmap:NAME`) marks. Needs `parent`.
+    pub dirty_bitmap: Option<String>,
+}
+
+/// Where a backup reads the volume from.
+#[derive(Clone, Copy, Debug)]
+pub enum BackupSource<'a> {
+    /// A raw image file or block device.
+    Image(&'a Path),
+    /// An NBD export (qemu-nbd, qemu-storage-daemon, nbdkit, blocksnap):
+    /// unallocated zero ranges are recorded without reading them.
+    #[cfg(feature = "nbd")]
+    Nbd(&'a crate::nbd::NbdSource),
 }
 
 /// What a completed backup did (the CLI's `backup --json` object).
@@ -44,7 +58,8 @@ pub struct BackupReport {
     pub snapshot_id: SnapshotId,
     /// Length of the image.
     pub image_bytes: u64,
-    /// Blocks read from the image.
+    /// Blocks read from the image (an NBD source's known-zero blocks and
+    /// blocks its dirty bitmap leaves clean are not read).
     pub blocks_read: u64,
     /// Blocks written to the snapshot (new data, or zeros over data).
     pub blocks_written: u64,
@@ -92,6 +107,38 @@ impl Work {
     }
 }
 
+/// Where the workers read blocks from.
+pub(super) trait Volume: Sync {
+    /// Bytes of the volume.
+    fn len(&self) -> u64;
+    /// Reads block `index` into `buffer` (zero padded past the end), on
+    /// behalf of worker `worker`.
+    fn read_block(&self, worker: usize, index: u32, buffer: &mut [u8]) -> Result<()>;
+    /// Whether block `index` is known to read as zeros without reading it.
+    fn known_zero(&self, index: u32) -> bool;
+}
+
+/// An image file or block device.
+struct ImageVolume<'a> {
+    file: File,
+    path: &'a Path,
+    len: u64,
+}
+
+impl Volume for ImageVolume<'_> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_block(&self, _worker: usize, index: u32, buffer: &mut [u8]) -> Result<()> {
+        read_block_at(&self.file, self.path, self.len, index, buffer)
+    }
+
+    fn known_zero(&self, _index: u32) -> bool {
+        false
+    }
+}
+
 /// Backs up the image at `path` into a new snapshot (see the module
 /// documentation). Any failure or interruption cancels the pending
 /// snapshot before returning.
@@ -102,20 +149,61 @@ pub fn backup(
     progress: Progress<'_>,
     cancel: &AtomicBool,
 ) -> Result<BackupOutcome> {
+    backup_from(engine, BackupSource::Image(path), options, progress, cancel)
+}
+
+/// Backs up `source` into a new snapshot, as [`backup`] does an image.
+pub fn backup_from(
+    engine: &Engine,
+    source: BackupSource<'_>,
+    options: &BackupOptions,
+    progress: Progress<'_>,
+    cancel: &AtomicBool,
+) -> Result<BackupOutcome> {
     let started_at = Instant::now();
-    let file = File::open(path)
-        .map_err(|error| Error::io(format!("opening {}", path.display()), error))?;
-    let image_bytes = image_len(&file, path)?;
+    if options.parent.is_none()
+        && (options.changed_blocks.is_some() || options.dirty_bitmap.is_some())
+    {
+        return Err(invalid(
+            "a changed-block list or dirty bitmap needs a parent snapshot",
+        ));
+    }
+    let workers = worker_count(options.threads, 2);
+    let (volume, dirty): (Box<dyn Volume + '_>, Option<Vec<u32>>) = match source {
+        BackupSource::Image(path) => {
+            if options.dirty_bitmap.is_some() {
+                return Err(invalid("a dirty bitmap needs an NBD source"));
+            }
+            let file = File::open(path)
+                .map_err(|error| Error::io(format!("opening {}", path.display()), error))?;
+            let len = image_len(&file, path)?;
+            (Box::new(ImageVolume { file, path, len }), None)
+        }
+        #[cfg(feature = "nbd")]
+        BackupSource::Nbd(source) => {
+            let (volume, dirty) =
+                super::nbd_source::open(source, options.dirty_bitmap.as_deref(), workers)?;
+            (Box::new(volume), dirty)
+        }
+    };
+    let image_bytes = volume.len();
     let image_blocks = u32::try_from(image_bytes.div_ceil(BLOCK_SIZE as u64))
-        .map_err(|_| invalid(format!("{} is larger than 64 TiB", path.display())))?;
+        .map_err(|_| invalid("the volume is larger than 64 TiB"))?;
     let parent = options
         .parent
         .map(|parent| engine.snapshot(parent))
         .transpose()?;
-    let work = match (&options.changed_blocks, &parent) {
-        (Some(_), None) => return Err(invalid("a changed-block list needs a parent snapshot")),
-        (Some(listed), Some(_)) => {
-            let mut indexes = listed.clone();
+    let listed = match (&options.changed_blocks, dirty) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "give a changed-block list or a dirty bitmap, not both",
+            ))
+        }
+        (Some(listed), None) => Some(listed.clone()),
+        (None, dirty) => dirty,
+    };
+    let work = match listed {
+        Some(mut indexes) => {
             indexes.sort_unstable();
             indexes.dedup();
             if let Some(beyond) = indexes.iter().find(|index| **index >= image_blocks) {
@@ -125,7 +213,7 @@ pub fn backup(
             }
             Work::Listed(indexes)
         }
-        (None, _) => Work::All(image_blocks),
+        None => Work::All(image_blocks),
     };
     let image_gib = image_bytes
         .div_ceil(BLOCKS_PER_GIB * BLOCK_SIZE as u64)
@@ -148,11 +236,12 @@ pub fn backup(
         ..NewSnapshot::new(volume_gib)
     })?;
     let snapshot_id = writer.snapshot_id();
+    let blocks_read = AtomicU64::new(0);
     let ran = run_workers(
         &writer,
-        (&file, path, image_bytes),
+        volume.as_ref(),
         &work,
-        worker_count(options.threads, 2),
+        (workers, &blocks_read),
         progress,
         cancel,
     );
@@ -174,7 +263,7 @@ pub fn backup(
     Ok(BackupOutcome::Completed(BackupReport {
         snapshot_id,
         image_bytes,
-        blocks_read: blocks_written + blocks_unchanged + zero_blocks_skipped,
+        blocks_read: blocks_read.load(Ordering::Acquire),
         blocks_written,
         blocks_unchanged,
         zero_blocks_skipped,
@@ -182,24 +271,32 @@ pub fn backup(
     }))
 }
 
-/// Runs the workers to the end of `work`, the first error, or `cancel`.
+/// Runs the workers to the end of `work`, the first error, or `cancel`;
+/// counts the blocks read.
 fn run_workers(
     writer: &SnapshotWriter,
-    image: (&File, &Path, u64),
+    volume: &dyn Volume,
     work: &Work,
-    workers: usize,
+    (workers, blocks_read): (usize, &AtomicU64),
     progress: Progress<'_>,
     cancel: &AtomicBool,
 ) -> Result<()> {
     let cursor = AtomicUsize::new(0);
-    let (file, path, image_bytes) = image;
+    let worker_ids = AtomicUsize::new(0);
+    let image_bytes = volume.len();
     in_parallel(workers.min(work.len().max(1)), |stop| {
+        let worker = worker_ids.fetch_add(1, Ordering::AcqRel);
         let mut buffer = vec![0u8; BLOCK_SIZE];
         while !cancel.load(Ordering::Acquire) && !stop.load(Ordering::Acquire) {
             let Some(index) = work.get(cursor.fetch_add(1, Ordering::AcqRel)) else {
                 break;
             };
-            read_block_at(file, path, image_bytes, index, &mut buffer)?;
+            if volume.known_zero(index) {
+                buffer.fill(0);
+            } else {
+                volume.read_block(worker, index, &mut buffer)?;
+                blocks_read.fetch_add(1, Ordering::Relaxed);
+            }
             writer.put_block_sparse(BlockIndex(index), &buffer)?;
             progress(
                 image_bytes

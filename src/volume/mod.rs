@@ -8,9 +8,14 @@
 //! for restore goes page by page.
 
 mod backup;
+pub mod changes;
+#[cfg(feature = "nbd")]
+mod nbd_source;
 mod restore;
 
-pub use backup::{backup, BackupOptions, BackupOutcome, BackupReport, IMAGE_BYTES_TAG};
+pub use backup::{
+    backup, backup_from, BackupOptions, BackupOutcome, BackupReport, BackupSource, IMAGE_BYTES_TAG,
+};
 
 /// The length of the image a snapshot holds: the image's own as recorded
 /// at backup (the [`IMAGE_BYTES_TAG`] tag), else the volume's. Restore

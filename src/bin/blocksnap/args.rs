@@ -350,16 +350,36 @@ pub struct ServeArgs {
 /// `backup` arguments.
 #[derive(Args, Debug)]
 pub struct BackupArgs {
-    /// The raw image file or block device.
-    pub image: PathBuf,
+    /// The raw image file or block device, or an NBD export
+    /// (nbd+unix:///EXPORT?socket=PATH or nbd://HOST:PORT/EXPORT, e.g.
+    /// qemu-nbd or qemu-storage-daemon serving a VM's disk): its
+    /// unallocated zero ranges are recorded without reading them.
+    #[arg(value_name = "IMAGE|NBD-URI")]
+    pub image: String,
     /// Back up incrementally against this snapshot: unchanged blocks are
     /// not written again.
     #[arg(long, value_name = "SNAP")]
     pub parent: Option<String>,
-    /// Only these blocks changed since the parent: a file with one block
-    /// index (of 512 KiB) or range A-B per line; '#' starts a comment.
-    #[arg(long, value_name = "FILE", requires = "parent")]
+    /// Only these blocks changed since the parent: a change list (see
+    /// --changed-format); byte ranges count every 512 KiB block they touch.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "parent",
+        conflicts_with = "dirty_bitmap"
+    )]
     pub changed_blocks: Option<PathBuf>,
+    /// The change list's format: lines (a block index or range A-B per
+    /// line, '#' comments), thin-delta (LVM thin_delta XML), rbd-diff
+    /// (rbd diff --format json), nbdinfo-map (nbdinfo --json
+    /// --map=qemu:dirty-bitmap:NAME) [default: detected]
+    #[arg(long, value_name = "FORMAT", requires = "changed_blocks")]
+    pub changed_format: Option<String>,
+    /// With an NBD source: read only the blocks QEMU's persistent dirty
+    /// bitmap NAME (the export's qemu:dirty-bitmap:NAME context) marks
+    /// dirty since the parent was taken.
+    #[arg(long, value_name = "NAME", requires = "parent")]
+    pub dirty_bitmap: Option<String>,
     /// Description of the snapshot.
     #[arg(long, value_name = "D")]
     pub description: Option<String>,
@@ -471,9 +491,23 @@ pub struct VerifyArgs {
 
 /// Reads the changed-block list at `path` for an image of `blocks`
 /// blocks (see `blocksnap::volume::parse_changed_blocks`).
-pub fn read_changed_blocks(path: &Path, blocks: u32) -> Result<Vec<u32>, String> {
+pub fn read_changed_blocks(
+    path: &Path,
+    format: Option<&str>,
+    image_bytes: u64,
+) -> Result<Vec<u32>, String> {
+    use blocksnap::volume::changes::{parse_change_list, ChangeFormat};
+    let format = format
+        .map(|name| {
+            ChangeFormat::parse(name).ok_or_else(|| {
+                format!(
+                    "--changed-format '{name}' is not lines, thin-delta, rbd-diff or nbdinfo-map"
+                )
+            })
+        })
+        .transpose()?;
     let text = std::fs::read_to_string(path)
         .map_err(|error| format!("reading {}: {error}", path.display()))?;
-    blocksnap::volume::parse_changed_blocks(&text, blocks)
-        .map_err(|(line, error)| format!("{}:{line}: {error}", path.display()))
+    parse_change_list(&text, format, image_bytes)
+        .map_err(|error| format!("{}: {error}", path.display()))
 }

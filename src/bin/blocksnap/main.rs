@@ -27,9 +27,12 @@ use blocksnap::crypto::KeyProvider;
 use blocksnap::engine::{GcOptions, RepairOptions, VerifyOptions};
 use blocksnap::error::Damage;
 use blocksnap::ids::SnapshotId;
+use blocksnap::nbd::{NbdClient, NbdSource};
 use blocksnap::storage::object::{ObjectClient, RetryPolicy, S3ObjectStore, S3Settings};
 use blocksnap::storage::{BucketOptions, BucketStorage, Storage};
-use blocksnap::volume::{self, BackupOptions, BackupOutcome, RestoreOptions, RestoreOutcome};
+use blocksnap::volume::{
+    self, BackupOptions, BackupOutcome, BackupSource, RestoreOptions, RestoreOutcome,
+};
 use blocksnap::{Engine, EngineConfig, Error, PutDurability};
 use clap::Parser;
 use output::Output;
@@ -351,21 +354,44 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                     Ok((key.to_string(), value.to_string()))
                 })
                 .collect::<Result<Vec<_>, Failure>>()?;
-            let image_bytes = std::fs::File::open(&backup.image)
-                .map_err(|error| Error::io(format!("opening {}", backup.image.display()), error))
-                .and_then(|file| volume::image_len(&file, &backup.image))?;
-            let image_blocks =
-                u32::try_from(image_bytes.div_ceil(blocksnap::ids::BLOCK_SIZE as u64))
-                    .unwrap_or(u32::MAX);
+            let nbd_source = NbdSource::is_uri(&backup.image)
+                .then(|| NbdSource::parse(&backup.image))
+                .transpose()?;
+            let image_path = std::path::Path::new(&backup.image);
+            if backup.dirty_bitmap.is_some() && nbd_source.is_none() {
+                return Err(Failure::Usage(
+                    "--dirty-bitmap needs an NBD source (nbd+unix:// or nbd://)".into(),
+                ));
+            }
+            // An NBD export's size is asked for only to map a change list
+            // (some servers take one connection at a time).
+            let image_bytes = match &nbd_source {
+                Some(source) if backup.changed_blocks.is_some() => NbdClient::connect(source, &[])
+                    .map(|client| {
+                        let size = client.size();
+                        client.disconnect();
+                        size
+                    })?,
+                Some(_) => 0,
+                None => std::fs::File::open(image_path)
+                    .map_err(|error| Error::io(format!("opening {}", backup.image), error))
+                    .and_then(|file| volume::image_len(&file, image_path))?,
+            };
             let changed_blocks = backup
                 .changed_blocks
                 .as_deref()
-                .map(|path| args::read_changed_blocks(path, image_blocks))
+                .map(|path| {
+                    args::read_changed_blocks(path, backup.changed_format.as_deref(), image_bytes)
+                })
                 .transpose()
                 .map_err(Failure::Usage)?;
             let wants_keys = backup.encrypted || backup.kms_key_arn.is_some();
             let engine = open_engine(cli, out, wants_keys)?;
-            let bar = out.progress("backup", image_bytes);
+            let bar = if image_bytes == 0 {
+                out.spinner("backup")
+            } else {
+                out.progress("backup", image_bytes)
+            };
             let options = BackupOptions {
                 parent: snapshot_arg("ParentSnapshotId", backup.parent.as_deref())?,
                 changed_blocks,
@@ -374,10 +400,15 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                 encrypted: backup.encrypted,
                 kms_key_arn: backup.kms_key_arn.clone(),
                 threads: backup.threads,
+                dirty_bitmap: backup.dirty_bitmap.clone(),
             };
-            let outcome = volume::backup(
+            let source = match &nbd_source {
+                Some(source) => BackupSource::Nbd(source),
+                None => BackupSource::Image(image_path),
+            };
+            let outcome = volume::backup_from(
                 &engine,
-                &backup.image,
+                source,
                 &options,
                 &|bytes| bar.advance(bytes),
                 signals::flag(),
