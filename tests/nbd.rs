@@ -378,6 +378,16 @@ fn real_clients_list_map_copy_and_read_exports_byte_identical_to_restore() {
     let hydrated = std::fs::read(&hydrated).expect("read");
     assert!(hydrated[..expected.len()] == expected[..]);
     assert!(hydrated[expected.len()..].iter().all(|byte| *byte == 0));
+    // Hydration: the overlay takes in every block and drops its backing.
+    ok("qemu-img", &["rebase", "-b", "", overlay_path]);
+    let info = ok("qemu-img", &["info", "--output=json", overlay_path]);
+    assert!(!info.contains("backing-filename"), "{info}");
+    let standalone = store.path("standalone.raw");
+    ok(
+        "qemu-img",
+        &["convert", "-O", "raw", overlay_path, standalone.to_str().expect("path")],
+    );
+    assert!(std::fs::read(&standalone).expect("read") == hydrated);
     let again = store.path("again.raw");
     ok("nbdcopy", &[&uri_first, again.to_str().expect("path")]);
     assert!(std::fs::read(&again).expect("read") == std::fs::read(&restored_first).expect("read"));

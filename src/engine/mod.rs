@@ -46,7 +46,7 @@ use std::sync::Arc;
 
 pub use gc::{GcOptions, GcReport};
 pub use maintenance::{ReferenceAudit, SnapshotStats, StoreStats};
-pub use reader::SnapshotReader;
+pub use reader::{SnapshotReader, IMAGE_BYTES_TAG};
 pub use repair::{RepairOptions, RepairReport};
 pub use session::JournalRepair;
 pub use verify::{AffectedBlocks, DamagedChunk, VerifyOptions, VerifyReport};

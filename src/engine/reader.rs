@@ -23,6 +23,10 @@ use crate::format::pack::RecordKind;
 use crate::ids::{BlockIndex, ChunkId, Sha256Digest, SnapshotId, BLOCK_SIZE};
 use bytes::Bytes;
 
+/// The tag a backup records the image's exact length in, so a restore
+/// reproduces a final partial block (EBS volumes are whole GiB).
+pub const IMAGE_BYTES_TAG: &str = "blocksnap:image-bytes";
+
 /// A completed snapshot, open for reading (see the module documentation).
 /// Dropping it releases its pin. `Send + Sync`: many threads may read
 /// through one reader.
@@ -91,6 +95,21 @@ impl SnapshotReader {
     /// The volume's size in blocks.
     pub fn volume_blocks(&self) -> u64 {
         self.volume_size_gib() * crate::ids::BLOCKS_PER_GIB
+    }
+
+    /// The length of the image the snapshot holds: the image's own as
+    /// recorded at backup ([`IMAGE_BYTES_TAG`]), else the volume's. Restore
+    /// writes this many bytes and an NBD export has this size.
+    pub fn image_length(&self) -> u64 {
+        let volume_bytes = self.volume_blocks() * BLOCK_SIZE as u64;
+        self.record
+            .started
+            .tags
+            .iter()
+            .find(|(key, _)| key == IMAGE_BYTES_TAG)
+            .and_then(|(_, value)| value.parse::<u64>().ok())
+            .filter(|bytes| *bytes <= volume_bytes)
+            .unwrap_or(volume_bytes)
     }
 
     /// Whether `other` is of the same lineage (descends from the same full

@@ -405,7 +405,7 @@ impl Shared {
             .engine
             .reader(id)
             .map_err(|error| format!("{id}: {error}"))?;
-        let size = crate::volume::image_length(&reader);
+        let size = reader.image_length();
         Ok(Export {
             reader: Arc::new(reader),
             size,

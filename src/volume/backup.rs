@@ -2,7 +2,7 @@
 //! changed since its parent.
 
 use super::{image_len, in_parallel, invalid, read_block_at, worker_count, Progress};
-use crate::engine::{Engine, NewSnapshot, RequestedEncryption, SnapshotWriter};
+use crate::engine::{Engine, NewSnapshot, RequestedEncryption, SnapshotWriter, IMAGE_BYTES_TAG};
 use crate::error::{Error, Result};
 use crate::ids::{BlockIndex, SnapshotId, BLOCKS_PER_GIB, BLOCK_SIZE};
 use std::fs::File;
@@ -10,9 +10,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// The tag a backup records the image's exact length in, so a restore
-/// reproduces a final partial block (EBS volumes are whole GiB).
-pub const IMAGE_BYTES_TAG: &str = "blocksnap:image-bytes";
 
 /// What to back up against, and how.
 #[derive(Clone, Debug, Default)]

@@ -13,25 +13,8 @@ pub mod changes;
 mod nbd_source;
 mod restore;
 
-pub use backup::{
-    backup, backup_from, BackupOptions, BackupOutcome, BackupReport, BackupSource, IMAGE_BYTES_TAG,
-};
-
-/// The length of the image a snapshot holds: the image's own as recorded
-/// at backup (the [`IMAGE_BYTES_TAG`] tag), else the volume's. Restore
-/// writes this many bytes and an NBD export has this size.
-pub fn image_length(reader: &crate::engine::SnapshotReader) -> u64 {
-    let volume_bytes = reader.volume_blocks() * crate::ids::BLOCK_SIZE as u64;
-    reader
-        .record()
-        .started
-        .tags
-        .iter()
-        .find(|(key, _)| key == IMAGE_BYTES_TAG)
-        .and_then(|(_, value)| value.parse::<u64>().ok())
-        .filter(|bytes| *bytes <= volume_bytes)
-        .unwrap_or(volume_bytes)
-}
+pub use backup::{backup, backup_from, BackupOptions, BackupOutcome, BackupReport, BackupSource};
+pub use crate::engine::IMAGE_BYTES_TAG;
 pub use restore::{restore, RestoreOptions, RestoreOutcome, RestoreReport};
 
 use crate::error::{Error, Result, ValidationReason};

@@ -1,6 +1,6 @@
 //! Restoring a snapshot into a file (sparse) or a block device.
 
-use super::{image_length, in_parallel, worker_count, Progress};
+use super::{in_parallel, worker_count, Progress};
 use crate::codec;
 use crate::engine::{Engine, SnapshotReader};
 use crate::error::{Error, Result};
@@ -81,7 +81,7 @@ pub fn restore(
     // Pinned until the restore ends: deleting the snapshot and collecting
     // garbage meanwhile cannot take its blocks away.
     let reader = engine.reader(snapshot)?;
-    let length = image_length(&reader);
+    let length = reader.image_length();
     let is_device = std::fs::metadata(output)
         .map(|metadata| metadata.file_type().is_block_device())
         .unwrap_or(false);
