@@ -385,7 +385,13 @@ fn real_clients_list_map_copy_and_read_exports_byte_identical_to_restore() {
     let standalone = store.path("standalone.raw");
     ok(
         "qemu-img",
-        &["convert", "-O", "raw", overlay_path, standalone.to_str().expect("path")],
+        &[
+            "convert",
+            "-O",
+            "raw",
+            overlay_path,
+            standalone.to_str().expect("path"),
+        ],
     );
     assert!(std::fs::read(&standalone).expect("read") == hydrated);
     let again = store.path("again.raw");
@@ -1219,4 +1225,37 @@ fn thin_delta_output_drives_an_incremental_backup() {
     assert_eq!(report["BlocksRead"], 2, "{report}");
     let id = report["SnapshotId"].as_str().expect("id");
     assert!(std::fs::read(store.restore(id, "child.raw")).expect("read") == image);
+}
+
+#[test]
+fn exports_and_backups_work_over_tcp_too() {
+    let store = Store::new();
+    let image_path = store.path("disk.img");
+    let image = write_image(&image_path);
+    let snapshot = store.backup(&image_path, None);
+    let mut child = store
+        .command(&["nbd", &snapshot, "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start blocksnap nbd");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    lines.read_line(&mut first).expect("read");
+    let address = first
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("the address")
+        .to_string();
+    let mut uri = String::new();
+    lines.read_line(&mut uri).expect("read");
+    assert_eq!(uri.trim(), format!("nbd://{address}/{snapshot}"));
+    let size = ok("nbdinfo", &["--size", uri.trim()]);
+    assert_eq!(size.trim(), image.len().to_string());
+    let other = Store::new();
+    let report = backup_json(&other, &["backup", uri.trim()]);
+    let id = report["SnapshotId"].as_str().expect("id");
+    assert!(std::fs::read(other.restore(id, "copy.raw")).expect("read") == image);
+    ok("kill", &["-TERM", &child.id().to_string()]);
+    assert!(child.wait().expect("wait").success());
 }

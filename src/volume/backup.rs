@@ -10,7 +10,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-
 /// What to back up against, and how.
 #[derive(Clone, Debug, Default)]
 pub struct BackupOptions {

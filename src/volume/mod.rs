@@ -13,8 +13,8 @@ pub mod changes;
 mod nbd_source;
 mod restore;
 
-pub use backup::{backup, backup_from, BackupOptions, BackupOutcome, BackupReport, BackupSource};
 pub use crate::engine::IMAGE_BYTES_TAG;
+pub use backup::{backup, backup_from, BackupOptions, BackupOutcome, BackupReport, BackupSource};
 pub use restore::{restore, RestoreOptions, RestoreOutcome, RestoreReport};
 
 use crate::error::{Error, Result, ValidationReason};
