@@ -709,3 +709,132 @@ fn bucket_head_table() {
         "a file header opens the head"
     );
 }
+
+#[test]
+fn nbd_message_tables() {
+    use blocksnap::format::nbd as wire;
+    // NBD is big-endian.
+    #[allow(clippy::big_endian_bytes)]
+    fn be<const N: usize>(value: u64) -> [u8; N] {
+        let bytes = value.to_be_bytes();
+        let mut out = [0u8; N];
+        out.copy_from_slice(&bytes[8 - N..]);
+        out
+    }
+    let sections = design_tables();
+    let tables = tables_of(&sections, "NBD message layouts");
+    assert_eq!(tables.len(), 6, "six message tables");
+    let greeting = wire::greeting(3);
+    check_table(
+        "NBD greeting",
+        &tables[0],
+        &greeting,
+        0,
+        &[
+            field("init_magic", None, *b"NBDMAGIC"),
+            field("option_magic", None, *b"IHAVEOPT"),
+            field("handshake_flags", None, be::<2>(3)),
+        ],
+        wire::GREETING_LEN,
+    );
+    let option = wire::OptionHeader {
+        option: 7,
+        length: 0x0102,
+    }
+    .encode();
+    check_table(
+        "NBD option",
+        &tables[1],
+        &option,
+        0,
+        &[
+            field("option_magic", None, *b"IHAVEOPT"),
+            field("option", None, be::<4>(7)),
+            field("length", None, be::<4>(0x0102)),
+        ],
+        wire::OPTION_HEADER_LEN,
+    );
+    let reply = wire::option_reply(7, wire::REP_ERR_UNKNOWN, b"why").expect("encodes");
+    check_table(
+        "NBD option reply",
+        &tables[2],
+        &reply,
+        0,
+        &[
+            field("reply_magic", None, be::<8>(wire::OPTION_REPLY_MAGIC)),
+            field("option", None, be::<4>(7)),
+            field("reply", None, be::<4>(u64::from(wire::REP_ERR_UNKNOWN))),
+            field("length", None, be::<4>(3)),
+        ],
+        wire::OPTION_REPLY_HEADER_LEN,
+    );
+    let request = wire::Request {
+        flags: 0x0008,
+        command: 7,
+        cookie: 0x1122_3344_5566_7788,
+        offset: 0x0000_0102_0304_0506,
+        length: 0x0A0B_0C0D,
+    }
+    .encode();
+    check_table(
+        "NBD request",
+        &tables[3],
+        &request,
+        0,
+        &[
+            field(
+                "request_magic",
+                None,
+                be::<4>(u64::from(wire::REQUEST_MAGIC)),
+            ),
+            field("flags", None, be::<2>(8)),
+            field("command", None, be::<2>(7)),
+            field("cookie", None, be::<8>(0x1122_3344_5566_7788)),
+            field("offset", None, be::<8>(0x0000_0102_0304_0506)),
+            field("length", None, be::<4>(0x0A0B_0C0D)),
+        ],
+        wire::REQUEST_LEN,
+    );
+    let simple = wire::simple_reply(wire::EPERM, 9);
+    check_table(
+        "NBD simple reply",
+        &tables[4],
+        &simple,
+        0,
+        &[
+            field(
+                "simple_magic",
+                None,
+                be::<4>(u64::from(wire::SIMPLE_REPLY_MAGIC)),
+            ),
+            field("error", None, be::<4>(1)),
+            field("cookie", None, be::<8>(9)),
+        ],
+        wire::SIMPLE_REPLY_LEN,
+    );
+    let chunk = wire::ChunkHeader {
+        flags: wire::REPLY_FLAG_DONE,
+        kind: wire::REPLY_TYPE_BLOCK_STATUS,
+        cookie: 9,
+        length: 12,
+    }
+    .encode();
+    check_table(
+        "NBD structured chunk",
+        &tables[5],
+        &chunk,
+        0,
+        &[
+            field(
+                "structured_magic",
+                None,
+                be::<4>(u64::from(wire::STRUCTURED_REPLY_MAGIC)),
+            ),
+            field("flags", None, be::<2>(1)),
+            field("type", None, be::<2>(5)),
+            field("cookie", None, be::<8>(9)),
+            field("length", None, be::<4>(12)),
+        ],
+        wire::CHUNK_HEADER_LEN,
+    );
+}

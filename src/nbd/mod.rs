@@ -123,6 +123,8 @@ struct Shared {
     cache: BlockCache,
     /// Reply bytes in flight, in units of [`BUDGET_UNIT`].
     reply_budget: Arc<Semaphore>,
+    /// The budget's size in units.
+    reply_budget_units: usize,
     connections: Arc<Semaphore>,
     counters: Counters,
 }
@@ -225,6 +227,7 @@ impl NbdServer {
                 engine,
                 cache: BlockCache::new(config.cache_bytes),
                 reply_budget: Arc::new(Semaphore::new(budget_units)),
+                reply_budget_units: budget_units,
                 connections: Arc::new(Semaphore::new(config.max_connections.max(1))),
                 config,
                 counters: Counters::default(),
@@ -264,6 +267,11 @@ impl NbdServer {
                     Ok(stream) => stream,
                     Err(error) if is_transient_accept_error(&error) => {
                         tracing::warn!(%error, "accepting an NBD connection failed");
+                        // Out of descriptors or memory: let connections
+                        // close before trying again, instead of spinning.
+                        if error.raw_os_error().is_some() {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
                         continue;
                     }
                     Err(error) => return Err(error),

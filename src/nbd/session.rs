@@ -823,7 +823,10 @@ impl Connection {
         } else {
             (request.length as usize).min(2 * BLOCK_SIZE)
         };
-        let units = held.div_ceil(BUDGET_UNIT) as u32;
+        // Never more than the whole budget, or the read would wait forever.
+        let units = held
+            .div_ceil(BUDGET_UNIT)
+            .min(self.shared.reply_budget_units) as u32;
         let Ok(_budget) = self.shared.reply_budget.acquire_many(units).await else {
             return self.fail(request, wire::ESHUTDOWN, "shutting down").await;
         };

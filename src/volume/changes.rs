@@ -59,27 +59,32 @@ impl ChangeFormat {
     }
 }
 
+/// Why a change list was refused: the line (from 1) when the format has
+/// lines that matter, and what is wrong.
+pub type ChangeListError = (Option<usize>, String);
+
 /// The block indexes a change list names for an image of `image_bytes`
-/// bytes, ascending and distinct; `format` `None` detects it. An error
-/// says what is wrong and where.
+/// bytes, ascending and distinct; `format` `None` detects it.
 pub fn parse_change_list(
     text: &str,
     format: Option<ChangeFormat>,
     image_bytes: u64,
-) -> Result<Vec<u32>, String> {
+) -> Result<Vec<u32>, ChangeListError> {
+    let whole = |message: String| (None, message);
     let blocks = u32::try_from(image_bytes.div_ceil(BLOCK_SIZE as u64))
-        .map_err(|_| "the image is larger than 64 TiB".to_string())?;
+        .map_err(|_| whole("the image is larger than 64 TiB".into()))?;
     let mut marked = Marked::new(blocks, image_bytes);
     match format.unwrap_or_else(|| ChangeFormat::detect(text)) {
         ChangeFormat::Lines => {
             return parse_changed_blocks(text, blocks)
-                .map_err(|(line, message)| format!("line {line}: {message}"))
+                .map_err(|(line, message)| (Some(line), message))
         }
-        ChangeFormat::ThinDelta => thin_delta(text, &mut marked)?,
-        ChangeFormat::RbdDiff => json_ranges(text, &mut marked, |_| true)?,
+        ChangeFormat::ThinDelta => thin_delta(text, &mut marked).map_err(whole)?,
+        ChangeFormat::RbdDiff => json_ranges(text, &mut marked, |_| true).map_err(whole)?,
         ChangeFormat::NbdinfoMap => json_ranges(text, &mut marked, |entry| {
             entry["type"].as_u64().is_some_and(|kind| kind & 1 != 0)
-        })?,
+        })
+        .map_err(whole)?,
     }
     Ok(marked.indexes())
 }

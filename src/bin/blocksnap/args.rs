@@ -256,8 +256,10 @@ pub enum Command {
 /// `nbd` arguments.
 #[derive(Args, Debug)]
 pub struct NbdArgs {
-    /// The snapshots to export (default: every completed snapshot, including
-    /// those completed while the server runs).
+    /// The snapshots to export (default: every completed snapshot). The
+    /// store is open for reading meanwhile: on a directory store, commands
+    /// that write to it wait their turn ("in use"); `serve --nbd-socket`
+    /// also exports the snapshots completed through its API.
     pub snapshots: Vec<String>,
     /// The Unix socket to listen on (the default: blocksnap-nbd.sock in
     /// $XDG_RUNTIME_DIR, else in the system's temporary directory). Made
@@ -508,6 +510,8 @@ pub fn read_changed_blocks(
         .transpose()?;
     let text = std::fs::read_to_string(path)
         .map_err(|error| format!("reading {}: {error}", path.display()))?;
-    parse_change_list(&text, format, image_bytes)
-        .map_err(|error| format!("{}: {error}", path.display()))
+    parse_change_list(&text, format, image_bytes).map_err(|(line, error)| match line {
+        Some(line) => format!("{}:{line}: {error}", path.display()),
+        None => format!("{}: {error}", path.display()),
+    })
 }
