@@ -16,7 +16,7 @@
 use super::{missing_chunk, Engine};
 use crate::blockmap::{ChangedEntry, Page};
 use crate::catalog::{SnapshotRecord, SnapshotState};
-use crate::chunkstore::ContentCheck;
+use crate::chunkstore::{ContentCheck, StoredChunk};
 use crate::codec;
 use crate::error::{Error, Result, ValidationReason};
 use crate::format::pack::RecordKind;
@@ -133,13 +133,18 @@ impl SnapshotReader {
                 codec::zero_block_sha256(),
             )));
         }
-        let stored = self
-            .engine
+        let stored = self.stored_block(index, chunk)?;
+        Ok(Some((Bytes::from(stored.data), stored.sha256)))
+    }
+
+    /// Block chunk `chunk` (not the zero chunk), which this snapshot holds
+    /// at `index`, read and checked; the caller holds the reference guard.
+    fn stored_block(&self, index: BlockIndex, chunk: ChunkId) -> Result<StoredChunk> {
+        self.engine
             .inner
             .chunks
             .get(RecordKind::Block, &chunk)?
-            .ok_or_else(|| missing_block(index, chunk))?;
-        Ok(Some((Bytes::from(stored.data), stored.sha256)))
+            .ok_or_else(|| missing_block(index, chunk))
     }
 
     /// The data of block chunk `chunk`, which this snapshot holds at
@@ -152,13 +157,7 @@ impl SnapshotReader {
             return Ok(Bytes::from(vec![0u8; BLOCK_SIZE]));
         }
         let _guard = self.engine.inner.reference_guard.read();
-        let stored = self
-            .engine
-            .inner
-            .chunks
-            .get(RecordKind::Block, &chunk)?
-            .ok_or_else(|| missing_block(index, chunk))?;
-        Ok(Bytes::from(stored.data))
+        Ok(Bytes::from(self.stored_block(index, chunk)?.data))
     }
 
     /// The chunk the snapshot holds at `index`, if any.

@@ -12,6 +12,7 @@
 // little-endian formats.
 #![allow(clippy::big_endian_bytes)]
 
+use super::wire::Reader;
 use super::{DecodeError, EncodeError};
 
 /// `NBDMAGIC`: the first 8 bytes the server sends.
@@ -200,74 +201,56 @@ pub const CHUNK_HEADER_LEN: usize = 20;
 /// negotiated `NBD_FLAG_C_NO_ZEROES`.
 pub const EXPORT_NAME_PADDING: usize = 124;
 
-/// Big-endian field reader over a byte slice; every failure names its
-/// offset.
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    position: usize,
-}
+/// Big-endian fields over the crate's slice reader (which reports the
+/// offset of the first field that does not fit).
+struct Cursor<'a>(Reader<'a>);
 
 impl<'a> Cursor<'a> {
     fn new(bytes: &'a [u8]) -> Self {
-        Cursor { bytes, position: 0 }
+        Cursor(Reader::new(bytes))
     }
 
     fn take(&mut self, length: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
-        let end = self
-            .position
-            .checked_add(length)
-            .ok_or(DecodeError::corrupt(self.position, what))?;
-        let slice = self
-            .bytes
-            .get(self.position..end)
-            .ok_or(DecodeError::corrupt(self.position, what))?;
-        self.position = end;
-        Ok(slice)
+        self.0.take(length, what)
     }
 
-    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N, what)?);
-        Ok(out)
+    fn position(&self) -> usize {
+        self.0.position()
     }
 
     fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
-        Ok(u16::from_be_bytes(self.array(what)?))
+        Ok(u16::from_be_bytes(self.0.array(what)?))
     }
 
     fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
-        Ok(u32::from_be_bytes(self.array(what)?))
+        Ok(u32::from_be_bytes(self.0.array(what)?))
     }
 
     fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
-        Ok(u64::from_be_bytes(self.array(what)?))
+        Ok(u64::from_be_bytes(self.0.array(what)?))
     }
 
     /// A string of `length` bytes, checked as the protocol's strings.
     fn string(&mut self, length: usize, what: &'static str) -> Result<String, DecodeError> {
-        let start = self.position;
+        let start = self.position();
         let bytes = self.take(length, what)?;
         protocol_string(bytes).ok_or(DecodeError::corrupt(start, what))
     }
 
     /// A string prefixed by its 32-bit length.
     fn string_u32(&mut self, what: &'static str) -> Result<String, DecodeError> {
-        let start = self.position;
+        let start = self.position();
         let length = self.u32(what)?;
         let length = usize::try_from(length).map_err(|_| DecodeError::corrupt(start, what))?;
         self.string(length, what)
     }
 
     fn remaining(&self) -> usize {
-        self.bytes.len().saturating_sub(self.position)
+        self.0.remaining()
     }
 
     fn finish(&self, what: &'static str) -> Result<(), DecodeError> {
-        if self.remaining() == 0 {
-            Ok(())
-        } else {
-            Err(DecodeError::corrupt(self.position, what))
-        }
+        self.0.finish(what)
     }
 }
 
@@ -762,7 +745,7 @@ pub fn decode_block_status(payload: &[u8]) -> Result<(u32, Vec<Extent>), DecodeE
     }
     let mut extents = Vec::with_capacity(cursor.remaining() / 8);
     while cursor.remaining() > 0 {
-        let at = cursor.position;
+        let at = cursor.position();
         let length = cursor.u32("extent length")?;
         if length == 0 {
             return Err(DecodeError::corrupt(at, "extent length"));

@@ -5,7 +5,7 @@
 //! Byte ranges round outward: a block is listed if any of its bytes is.
 //! Memory is one bit per block of the image, whatever the list holds.
 
-use super::parse_changed_blocks;
+use super::{parse_changed_blocks, BlockSet};
 use crate::ids::BLOCK_SIZE;
 
 /// A change list's format.
@@ -86,19 +86,19 @@ pub fn parse_change_list(
         })
         .map_err(whole)?,
     }
-    Ok(marked.indexes())
+    Ok(marked.blocks.indexes())
 }
 
-/// One bit per block.
+/// The blocks marked so far, and the image's length.
 struct Marked {
-    bits: Vec<u64>,
+    blocks: BlockSet,
     image_bytes: u64,
 }
 
 impl Marked {
     fn new(blocks: u32, image_bytes: u64) -> Marked {
         Marked {
-            bits: vec![0; (blocks as usize).div_ceil(64)],
+            blocks: BlockSet::new(blocks),
             image_bytes,
         }
     }
@@ -120,23 +120,9 @@ impl Marked {
         let first = offset / BLOCK_SIZE as u64;
         let last = (end - 1) / BLOCK_SIZE as u64;
         for index in first..=last {
-            if let Some(word) = self.bits.get_mut(index as usize / 64) {
-                *word |= 1 << (index % 64);
-            }
+            self.blocks.insert(index);
         }
         Ok(())
-    }
-
-    fn indexes(&self) -> Vec<u32> {
-        self.bits
-            .iter()
-            .enumerate()
-            .flat_map(|(word_index, word)| {
-                (0..64u32)
-                    .filter(move |bit| word & (1 << bit) != 0)
-                    .map(move |bit| word_index as u32 * 64 + bit)
-            })
-            .collect()
     }
 }
 

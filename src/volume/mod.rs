@@ -35,7 +35,7 @@ pub fn parse_changed_blocks(
     text: &str,
     blocks: u32,
 ) -> std::result::Result<Vec<u32>, (usize, String)> {
-    let mut listed = vec![0u64; (blocks as usize).div_ceil(64)];
+    let mut listed = BlockSet::new(blocks);
     for (number, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or_default().trim();
         if line.is_empty() {
@@ -61,20 +61,55 @@ pub fn parse_changed_blocks(
             return Err(bad(&format!("reaches beyond the image's {blocks} blocks")));
         }
         for index in first..=last {
-            if let Some(word) = listed.get_mut(index as usize / 64) {
-                *word |= 1 << (index % 64);
-            }
+            listed.insert(u64::from(index));
         }
     }
-    Ok(listed
-        .iter()
-        .enumerate()
-        .flat_map(|(word_index, word)| {
-            (0..64u32)
-                .filter(move |bit| word & (1 << bit) != 0)
-                .map(move |bit| word_index as u32 * 64 + bit)
-        })
-        .collect())
+    Ok(listed.indexes())
+}
+
+/// A set of block indexes of an image: one bit per block, whatever is
+/// put in it.
+pub(crate) struct BlockSet {
+    bits: Vec<u64>,
+}
+
+impl BlockSet {
+    /// An empty set for an image of `blocks` blocks.
+    pub(crate) fn new(blocks: u32) -> BlockSet {
+        BlockSet {
+            bits: vec![0; (blocks as usize).div_ceil(64)],
+        }
+    }
+
+    /// Adds block `index` (ignored beyond the image).
+    pub(crate) fn insert(&mut self, index: u64) {
+        if let Some(word) = usize::try_from(index / 64)
+            .ok()
+            .and_then(|word| self.bits.get_mut(word))
+        {
+            *word |= 1 << (index % 64);
+        }
+    }
+
+    /// Whether block `index` is in the set.
+    pub(crate) fn contains(&self, index: u32) -> bool {
+        self.bits
+            .get(index as usize / 64)
+            .is_some_and(|word| word & (1 << (index % 64)) != 0)
+    }
+
+    /// The indexes in the set, ascending.
+    pub(crate) fn indexes(&self) -> Vec<u32> {
+        self.bits
+            .iter()
+            .enumerate()
+            .flat_map(|(word_index, word)| {
+                (0..64u32)
+                    .filter(move |bit| word & (1 << bit) != 0)
+                    .map(move |bit| word_index as u32 * 64 + bit)
+            })
+            .collect()
+    }
 }
 
 /// Progress callbacks receive bytes of the volume done since the last call.

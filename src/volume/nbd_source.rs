@@ -4,6 +4,7 @@
 //! allows several (`NBD_FLAG_CAN_MULTI_CONN`), else share one.
 
 use super::backup::Volume;
+use super::BlockSet;
 use crate::error::Result;
 use crate::format::nbd::{CONTEXT_ALLOCATION, CONTEXT_DIRTY_BITMAP_PREFIX, STATE_ZERO};
 use crate::ids::BLOCK_SIZE;
@@ -16,8 +17,8 @@ const BLOCK: u64 = BLOCK_SIZE as u64;
 pub(super) struct NbdVolume {
     connections: Vec<Mutex<NbdClient>>,
     len: u64,
-    /// One bit per block: set when every byte of it reads as zero.
-    zero: Vec<u64>,
+    /// The blocks every byte of which reads as zero.
+    zero: BlockSet,
 }
 
 /// Connects to `source` and maps it: the volume, and the blocks the dirty
@@ -33,7 +34,7 @@ pub(super) fn open(
     let mut first = NbdClient::connect(source, &contexts)?;
     let len = first.size();
     let blocks = len.div_ceil(BLOCK);
-    let mut zero = vec![0u64; (blocks as usize).div_ceil(64)];
+    let mut zero = BlockSet::new(u32::try_from(blocks).unwrap_or(u32::MAX));
     // Runs of zero extents (hole+zero and zero alike) cover whole blocks.
     let mut run: Option<(u64, u64)> = None;
     let mut mark = |start: u64, end: u64| {
@@ -41,9 +42,7 @@ pub(super) fn open(
         // The image's last block is zero padded: covering to the end counts.
         let end_block = if end == len { blocks } else { end / BLOCK };
         for index in first_block..end_block {
-            if let Some(word) = zero.get_mut(index as usize / 64) {
-                *word |= 1 << (index % 64);
-            }
+            zero.insert(index);
         }
     };
     for (offset, length, flags) in first.extents(CONTEXT_ALLOCATION, 0, len)? {
@@ -112,9 +111,7 @@ impl Volume for NbdVolume {
     }
 
     fn known_zero(&self, index: u32) -> bool {
-        self.zero
-            .get(index as usize / 64)
-            .is_some_and(|word| word & (1 << (index % 64)) != 0)
+        self.zero.contains(index)
     }
 }
 
