@@ -692,14 +692,20 @@ pub fn hole_payload(offset: u64, length: u32) -> [u8; 12] {
     out
 }
 
-/// The payload of an `NBD_REPLY_TYPE_ERROR` chunk; the message is cut to
-/// [`MAX_STRING`] bytes at a character boundary (it is for humans).
-pub fn error_payload(error: u32, message: &str) -> Vec<u8> {
+/// `message` cut to [`MAX_STRING`] bytes at a character boundary: the
+/// text of an error reply or error chunk (it is for humans).
+pub fn message_text(message: &str) -> &str {
     let mut end = message.len().min(MAX_STRING);
     while !message.is_char_boundary(end) {
         end -= 1;
     }
-    let text = message.get(..end).unwrap_or_default();
+    message.get(..end).unwrap_or_default()
+}
+
+/// The payload of an `NBD_REPLY_TYPE_ERROR` chunk; the message is cut to
+/// [`MAX_STRING`] bytes at a character boundary (it is for humans).
+pub fn error_payload(error: u32, message: &str) -> Vec<u8> {
+    let text = message_text(message);
     let mut out = Vec::with_capacity(6 + text.len());
     out.extend_from_slice(&error.to_be_bytes());
     out.extend_from_slice(&(text.len() as u16).to_be_bytes());

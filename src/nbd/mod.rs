@@ -235,6 +235,16 @@ impl NbdServer {
         }
     }
 
+    /// The names of the snapshots a client may choose now (for
+    /// listings; `NBD_OPT_LIST` gives the same).
+    pub fn export_names(&self) -> Vec<String> {
+        self.shared
+            .export_ids()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> NbdStats {
         let counters = &self.shared.counters;

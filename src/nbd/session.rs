@@ -137,17 +137,7 @@ async fn reply_error(
     kind: u32,
     message: &str,
 ) -> Result<(), SessionEnd> {
-    let mut end = message.len().min(wire::MAX_STRING);
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    reply(
-        writer,
-        option,
-        kind,
-        message.get(..end).unwrap_or_default().as_bytes(),
-    )
-    .await
+    reply(writer, option, kind, wire::message_text(message).as_bytes()).await
 }
 
 /// The handshake: the greeting, then options until the client chooses an
@@ -462,25 +452,20 @@ fn resolve_contexts(
                 wire::CONTEXT_ALLOCATION.into(),
                 setting.then_some(ContextKind::Allocation),
             ));
-        } else if let Some(base) = query.strip_prefix(wire::CONTEXT_CHANGED_PREFIX) {
-            if base.is_empty() {
-                if !setting {
-                    for id in related_snapshots(shared, &export.reader) {
-                        found.push((format!("{}{id}", wire::CONTEXT_CHANGED_PREFIX), None));
-                    }
+        } else if query == "blocksnap:" || query == wire::CONTEXT_CHANGED_PREFIX {
+            // A listing's wildcard; selecting it selects nothing.
+            if !setting {
+                for id in related_snapshots(shared, &export.reader) {
+                    found.push((format!("{}{id}", wire::CONTEXT_CHANGED_PREFIX), None));
                 }
-                continue;
             }
+        } else if let Some(base) = query.strip_prefix(wire::CONTEXT_CHANGED_PREFIX) {
             let base_reader = changed_base(shared, &export.reader, base)
                 .map_err(|message| (wire::REP_ERR_INVALID, message))?;
             found.push((
                 query.clone(),
                 setting.then(|| ContextKind::Changed(Arc::new(base_reader))),
             ));
-        } else if query == "blocksnap:" && !setting {
-            for id in related_snapshots(shared, &export.reader) {
-                found.push((format!("{}{id}", wire::CONTEXT_CHANGED_PREFIX), None));
-            }
         }
         // Other namespaces are not this server's: ignored, as the
         // protocol requires.

@@ -61,21 +61,6 @@ pub fn run(cli: &Cli, args: &NbdArgs, out: &Output) -> Result<(), Failure> {
         // printed is for convenience, never a reason to stop.
         let mut stdout = std::io::stdout();
         let _ = writeln!(stdout, "listening on {address}");
-        let names: Vec<String> = match &exports {
-            Exports::Only(ids) => ids.iter().map(ToString::to_string).collect(),
-            Exports::AllCompleted => engine
-                .snapshots()
-                .iter()
-                .filter(|record| record.status_name() == "completed")
-                .map(|record| record.started.snapshot.to_string())
-                .collect(),
-        };
-        for name in names {
-            let uri = listener
-                .uri(&name)
-                .map_err(|error| Error::io("reading the listening address", error))?;
-            let _ = writeln!(stdout, "{uri}");
-        }
         let server = NbdServer::new(
             engine,
             NbdConfig {
@@ -85,6 +70,12 @@ pub fn run(cli: &Cli, args: &NbdArgs, out: &Output) -> Result<(), Failure> {
                 ..NbdConfig::default()
             },
         );
+        for name in server.export_names() {
+            let uri = listener
+                .uri(&name)
+                .map_err(|error| Error::io("reading the listening address", error))?;
+            let _ = writeln!(stdout, "{uri}");
+        }
         tracing::info!(%address, "serving snapshots over NBD");
         let served = server
             .serve(listener, shutdown)
