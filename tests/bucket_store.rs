@@ -389,6 +389,106 @@ fn a_chunk_collected_while_a_pending_snapshot_references_it_is_stored_again() {
     assert!(report.is_clean(), "{report:?}");
 }
 
+/// A writer that dies between uploading a pack and uploading its index
+/// (killed, or its index write failed and it exited) leaves a whole pack
+/// that no writer's directory stages. Whoever collects next writes that
+/// index (the bytes its writer would have written), so the pack's garbage
+/// goes and its live chunks stay: a writer that opens afterwards, and one
+/// that was open before the packs appeared (which also reads them).
+#[test]
+fn packs_whose_writer_died_before_indexing_them_are_indexed_and_collected() {
+    for open_before in [false, true] {
+        packs_left_unindexed_are_collected(open_before);
+    }
+}
+
+fn packs_left_unindexed_are_collected(open_before: bool) {
+    let bucket: Arc<dyn ObjectStore> = Arc::new(MemoryObjectStore::new());
+    let [collector_dir, dying_dir] = two_directories();
+    let early = open_before.then(|| open(&bucket, collector_dir.path()).expect("open before"));
+    let (kept, doomed) = {
+        let dying = open(&bucket, dying_dir.path()).expect("the writer that dies");
+        let kept = write(&dying, None, &[(0, 61), (1, 62)]).expect("kept");
+        let doomed = write(&dying, None, &[(2, 63), (3, 64), (4, 65)]).expect("doomed");
+        dying.delete(doomed.0).expect("delete");
+        (kept, doomed)
+    };
+    drop(dying_dir);
+    let indexes: BTreeMap<String, Vec<u8>> = objects(&bucket, "packs/")
+        .into_iter()
+        .filter(|name| name.ends_with(".idx"))
+        .map(|name| {
+            let bytes = bucket.get(&name, None).expect("index").to_vec();
+            (name, bytes)
+        })
+        .collect();
+    assert!(indexes.len() >= 2, "{indexes:?}");
+    for name in indexes.keys() {
+        bucket.delete(name, None).expect("the index never arrived");
+    }
+    let collector = match early {
+        Some(early) => early,
+        None => open(&bucket, collector_dir.path()).expect("open after"),
+    };
+    let report = collector
+        .collect_garbage(blocksnap::engine::GcOptions {
+            live_threshold: 1.0,
+            ..Default::default()
+        })
+        .expect("gc");
+    assert!(report.packs_damaged.is_empty(), "{report:?}");
+    assert!(report.packs_removed >= 1, "{report:?}");
+    let stats = collector.store_stats().expect("stats");
+    assert_eq!(stats.stored_bytes, stats.live_bytes, "{stats:?}");
+    check(&collector, &kept);
+    assert!(collector.reader(doomed.0).is_err());
+    assert!(collector
+        .verify(Default::default())
+        .expect("verify")
+        .is_clean());
+    drop(collector);
+    let listed = objects(&bucket, "packs/");
+    for pack in listed.iter().filter(|name| name.ends_with(".pack")) {
+        let index = pack.replace(".pack", ".idx");
+        assert!(listed.contains(&index), "{pack} has no index: {listed:?}");
+        if let Some(original) = indexes.get(&index) {
+            assert_eq!(
+                &bucket.get(&index, None).expect("index").to_vec(),
+                original,
+                "{index} is the bytes its writer wrote"
+            );
+        }
+    }
+    let engine = open(&bucket, tempfile::tempdir().expect("dir").path()).expect("reopen");
+    check(&engine, &kept);
+    assert!(engine
+        .verify(Default::default())
+        .expect("verify")
+        .is_clean());
+}
+
+/// A snapshot another writer completed reads at once even when the
+/// index of a pack it references never reached the bucket (that writer's
+/// index upload failed): the reader loads such packs on a miss.
+#[test]
+fn a_snapshot_whose_pack_lost_its_index_reads_through_a_writer_open_before() {
+    let bucket: Arc<dyn ObjectStore> = Arc::new(MemoryObjectStore::new());
+    let [reader_dir, writer_dir] = two_directories();
+    let reader = open(&bucket, reader_dir.path()).expect("open before");
+    let written = {
+        let writer = open(&bucket, writer_dir.path()).expect("writer");
+        write(&writer, None, &[(0, 71), (3, 72), (7, 73)]).expect("write")
+    };
+    for name in objects(&bucket, "packs/") {
+        if name.ends_with(".idx") {
+            bucket.delete(&name, None).expect("the index never arrived");
+        }
+    }
+    check(&reader, &written);
+    let report = reader.verify(Default::default()).expect("verify");
+    assert!(report.is_clean(), "{report:?}");
+}
+
 /// Both writers delete one snapshot: the second's delete is redone on
 /// top of the first's and answers not found, even when its storage took
 /// the first's commit in before its catalog did (a lookup on another

@@ -137,8 +137,13 @@ pub struct ChunkStore {
     /// did not verify.
     damage: Vec<Damage>,
     /// Sealed packs, sound, whose index could not be written yet (a full
-    /// disk), with their entries: [`ChunkStore::write_missing_indexes`].
+    /// disk), or that another writer of a shared medium left unindexed,
+    /// with their entries: [`ChunkStore::write_missing_indexes`].
     unindexed: Mutex<BTreeMap<u32, Vec<IndexEntry>>>,
+    /// The storage generation plus one at which a read last looked for
+    /// packs other writers left unindexed (zero: never):
+    /// [`ChunkStore::locate_looking_again`].
+    unindexed_looked_at: AtomicU64,
 }
 
 impl std::fmt::Debug for ChunkStore {
@@ -302,6 +307,7 @@ impl ChunkStore {
             domains: RwLock::new(HashMap::new()),
             damage,
             unindexed: Mutex::new(unindexed),
+            unindexed_looked_at: AtomicU64::new(0),
         };
         store.drop_duplicate_copies();
         Ok(store)
@@ -316,21 +322,7 @@ impl ChunkStore {
     pub fn refresh(&self) -> Result<usize> {
         // One refresh at a time: a pack is added once.
         let _one = self.refresh_lock.lock();
-        let mut indexed = BTreeMap::new();
-        for name in self
-            .storage
-            .list(PACK_DIR)
-            .map_err(io_error("listing packs".into()))?
-        {
-            if let Some((seq, extension)) = parse_name(&name) {
-                let entry = indexed.entry(seq).or_insert((false, false));
-                match extension {
-                    "pack" => entry.0 = true,
-                    "idx" => entry.1 = true,
-                    _ => {}
-                }
-            }
-        }
+        let indexed = self.listed_packs()?;
         let mut added = 0;
         for (&seq, &(has_pack, has_index)) in &indexed {
             if !has_pack || !has_index || self.readers.read().contains_key(&seq) {
@@ -358,6 +350,88 @@ impl ChunkStore {
         }
         self.follow_removals(&indexed)?;
         Ok(added)
+    }
+
+    /// The packs the medium lists, by sequence: whether each has its pack
+    /// file and its index.
+    fn listed_packs(&self) -> Result<BTreeMap<u32, (bool, bool)>> {
+        let mut listed: BTreeMap<u32, (bool, bool)> = BTreeMap::new();
+        for name in self
+            .storage
+            .list(PACK_DIR)
+            .map_err(io_error("listing packs".into()))?
+        {
+            if let Some((seq, extension)) = parse_name(&name) {
+                let entry = listed.entry(seq).or_default();
+                match extension {
+                    "pack" => entry.0 = true,
+                    "idx" => entry.1 = true,
+                    _ => {}
+                }
+            }
+        }
+        Ok(listed)
+    }
+
+    /// Loads the packs of the medium that have no index, are not loaded
+    /// here, and are not this writer's: whole packs another writer
+    /// uploaded and never indexed (see `load_pack`), or is indexing right
+    /// now (the index written here is then the same bytes). A pack whose
+    /// scan finds damage is skipped with a warning: the next open of the
+    /// store scans it again and reports the damage.
+    fn load_packs_left_unindexed(&self) -> Result<()> {
+        if !self.storage.is_tiered() {
+            // One writer: every pack is this store's.
+            return Ok(());
+        }
+        let _one = self.refresh_lock.lock();
+        let listed = self.listed_packs()?;
+        for (&seq, &(has_pack, has_index)) in &listed {
+            let name = pack_name(seq);
+            if !has_pack || has_index {
+                continue;
+            }
+            // This store's own packs are loaded from their creation, a
+            // compaction's output from its switch, and its marker stays
+            // until then: the marker is looked at first.
+            let own_compaction = self
+                .storage
+                .exists(&compact::marker_name(seq))
+                .map_err(io_error(format!("looking for {name}'s compaction marker")))?;
+            if own_compaction
+                || self.storage.owns(&name)
+                || self.readers.read().contains_key(&seq)
+                || self.is_condemned(seq)
+            {
+                continue;
+            }
+            let reader = self
+                .storage
+                .open_read(&name)
+                .map_err(io_error(format!("opening {name}")))?;
+            let scanned = scan(reader.as_ref(), seq)?;
+            if scanned.header_damaged || !scanned.damaged.is_empty() {
+                tracing::warn!(pack = %name, "a pack another writer uploaded without its index does not scan cleanly; left unindexed");
+                continue;
+            }
+            let entries: Vec<IndexEntry> = entries_of(&scanned.records)
+                .into_iter()
+                .map(|(_, entry)| entry)
+                .collect();
+            self.stored_bytes.fetch_add(
+                entries
+                    .iter()
+                    .map(|entry| u64::from(entry.record_len))
+                    .sum::<u64>(),
+                Ordering::AcqRel,
+            );
+            self.index.write().add_sealed(seq, &entries);
+            self.readers.write().insert(seq, reader);
+            if !self.storage.is_read_only() {
+                self.unindexed.lock().insert(seq, entries);
+            }
+        }
+        Ok(())
     }
 
     /// Follows other writers' removals of sealed packs this store holds
@@ -510,11 +584,14 @@ impl ChunkStore {
         &self.damage
     }
 
-    /// Writes the index of each sealed pack that has none yet because
-    /// there was no room when it was sealed (compaction reads packs by
-    /// their index). Fails, naming the bytes needed, while there still is
-    /// none.
+    /// Writes the index of each sealed pack that has none yet (compaction
+    /// reads packs by their index): one sealed when there was no room for
+    /// it, and, on a shared medium, another writer's pack uploaded without
+    /// its index (that writer died between the two uploads), including
+    /// those that appeared since this store opened. Fails, naming the
+    /// bytes needed, while there still is no room.
     pub fn write_missing_indexes(&self) -> Result<()> {
+        self.load_packs_left_unindexed()?;
         let mut unindexed = self.unindexed.lock();
         while let Some((&seq, entries)) = unindexed.first_key_value() {
             let bytes = encode_index(u64::from(seq), entries)?;
@@ -647,6 +724,28 @@ impl ChunkStore {
     /// Where `id` is stored.
     fn locate(&self, id: &ChunkId) -> Option<PackLocation> {
         self.find(id).map(|(location, _)| location)
+    }
+
+    /// [`ChunkStore::locate`] for a read: on a shared medium, a chunk not
+    /// found may be in a pack another writer uploaded and never indexed
+    /// (it died, or its index write failed, after a commit that references
+    /// the pack: the commit came after the upload). Such packs are loaded
+    /// once per commit taken in, on the first miss after it, and the
+    /// lookup is made again.
+    fn locate_looking_again(&self, id: &ChunkId) -> Result<Option<PackLocation>> {
+        if let Some(location) = self.locate(id) {
+            return Ok(Some(location));
+        }
+        if !self.storage.is_tiered() {
+            return Ok(None);
+        }
+        // Stored plus one: zero means never looked.
+        let generation = self.storage.generation() + 1;
+        if self.unindexed_looked_at.swap(generation, Ordering::AcqRel) == generation {
+            return Ok(None);
+        }
+        self.load_packs_left_unindexed()?;
+        Ok(self.locate(id))
     }
 
     /// Where `id` is stored in a sealed pack, the open pack aside: the
@@ -954,7 +1053,7 @@ impl ChunkStore {
         check: ContentCheck,
         keep_frame: bool,
     ) -> Result<Option<(StoredChunk, Option<Vec<u8>>)>> {
-        let Some(location) = self.locate(id) else {
+        let Some(location) = self.locate_looking_again(id)? else {
             return Ok(None);
         };
         let read = self.read_verified(location, kind, id, check, keep_frame);
@@ -1162,12 +1261,19 @@ fn load_pack(
             data_lost: false,
         });
     }
-    // A reader writes nothing; another writer's pack (uploaded, its index
-    // not yet) is that writer's to index.
-    if storage.is_read_only() || !storage.owns(&name) {
-        return Ok(LoadedPack::Sealed(
-            with_ids.into_iter().map(|(_, entry)| entry).collect(),
-        ));
+    let entries: Vec<IndexEntry> = with_ids.iter().map(|(_, entry)| *entry).collect();
+    // A reader writes nothing.
+    if storage.is_read_only() {
+        return Ok(LoadedPack::Sealed(entries));
+    }
+    // Another writer's pack on a shared medium: whole (a pack reaches the
+    // medium only once sealed) and never appended to again, so its index
+    // is a function of its bytes. Its writer uploads that index right
+    // after the pack; one that died in between (or could not write it)
+    // leaves it to anyone, and the next gc writes it
+    // (`write_missing_indexes`): the bytes its writer would have written.
+    if !storage.owns(&name) {
+        return Ok(LoadedPack::Unindexed(entries));
     }
     // Only a pack that was never sealed (no index at all) takes appends.
     if is_last && !has_index && !scanned.has_garbage_tail && scanned.valid_len > 0 {
@@ -1177,7 +1283,6 @@ fn load_pack(
         // Durability of the scanned bytes is unknown: make it certain
         // before anything new is appended after them.
         file.sync().map_err(io_error(format!("syncing {name}")))?;
-        let entries = with_ids.iter().map(|(_, entry)| *entry).collect();
         let pack = OpenPack {
             seq,
             file,
@@ -1187,7 +1292,6 @@ fn load_pack(
         };
         return Ok(LoadedPack::Open(pack, with_ids));
     }
-    let entries: Vec<IndexEntry> = with_ids.into_iter().map(|(_, entry)| entry).collect();
     if scanned.valid_len > 0 {
         // Sealing is best effort: without an index (a full disk, say) the
         // pack is written an index later, or scanned again at the next open.

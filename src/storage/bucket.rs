@@ -988,7 +988,10 @@ impl BucketStorage {
 
     /// Uploads `name`'s bytes create-only, replacing an object of the same
     /// name that differs (a rewrite of a damaged index) once this writer
-    /// has confirmed it still holds the store.
+    /// has confirmed it still holds the store. An object already there
+    /// with the same bytes is left alone: another writer wrote the index
+    /// of a pack whose writer died before writing it, and that writer's
+    /// index is those same bytes.
     fn upload(&self, name: &str, body: &Body) -> io::Result<()> {
         if self.is_condemned(name) {
             return Err(io::Error::other(format!(
@@ -998,6 +1001,12 @@ impl BucketStorage {
         match self.inner.client.create(name, body).map_err(to_io)? {
             Created::Written(_) => Ok(()),
             Created::Exists => {
+                if let Body::Bytes(bytes) = body {
+                    let existing = self.inner.client.read_all(name).map_err(to_io)?;
+                    if existing.as_ref() == Some(bytes) {
+                        return Ok(());
+                    }
+                }
                 self.confirm_holder()?;
                 let head = self
                     .inner

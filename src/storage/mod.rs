@@ -158,10 +158,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         let _ = dir;
         Ok(None)
     }
-    /// Whether this writer may append to, seal or index `name`: false for
-    /// a file another writer of a shared medium is still writing (a pack
-    /// it has uploaded and not yet indexed). True on a medium with one
-    /// writer.
+    /// Whether this writer may append to or seal `name`: false for a file
+    /// another writer of a shared medium wrote (staged in that writer's
+    /// directory, or uploaded whole). True on a medium with one writer.
     fn owns(&self, name: &str) -> bool {
         let _ = name;
         true
