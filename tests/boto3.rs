@@ -159,9 +159,9 @@ fn boto3_against_a_server_started_with_no_set_up() {
     run_script_with(&server, "default_keys.py", &[fields[0], fields[1]]);
 }
 
-#[test]
-fn the_aws_cli_round_trips_a_block() {
-    let server = serve(false, &[]);
+/// Runs a bash script of `tests/boto3/` with the AWS CLI against
+/// `server`; it must print `SUCCESS`.
+fn run_aws_cli_script(server: &Server, script: &str, success: &str) {
     // The test command installs the AWS CLI beside boto3.
     let aws = std::env::var("BLOCKSNAP_PYTHON")
         .ok()
@@ -172,17 +172,32 @@ fn the_aws_cli_round_trips_a_block() {
         })
         .filter(|aws| aws.exists())
         .unwrap_or_else(|| std::path::PathBuf::from("aws"));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/boto3/aws_cli.sh");
+    let script = format!("{}/tests/boto3/{script}", env!("CARGO_MANIFEST_DIR"));
     let output = Command::new("bash")
-        .arg(script)
+        .arg(&script)
         .arg(&server.endpoint)
         .arg(&aws)
         .output()
         .expect("run the AWS CLI script");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        output.status.success() && stdout.contains("aws cli: OK"),
+        output.status.success() && stdout.contains(success),
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[test]
+fn the_aws_cli_round_trips_a_block() {
+    run_aws_cli_script(&serve(false, &[]), "aws_cli.sh", "aws cli: OK");
+}
+
+#[test]
+fn the_aws_cli_manages_snapshots_through_ec2() {
+    run_aws_cli_script(&serve(false, &[]), "aws_ec2.sh", "aws cli ec2: OK");
+}
+
+#[test]
+fn boto3_ec2_snapshot_operations() {
+    run_script(&serve(false, &["--no-rate-limits"]), "ec2.py");
 }

@@ -7,6 +7,7 @@
 //! Each operation exists synchronously (for agents without a runtime) and as
 //! an `_async` method that runs on tokio's blocking pool.
 
+pub mod ec2;
 mod errors;
 mod extensions;
 mod tokens;

@@ -17,6 +17,10 @@ pub const PAGE_TOKEN_LIFETIME_SECS: u64 = 3600;
 pub const PAGE_KIND_LIST: u8 = 2;
 /// Page token kind for ListChangedBlocks.
 pub const PAGE_KIND_CHANGED: u8 = 3;
+/// Page token kind for EC2's DescribeSnapshots.
+pub const PAGE_KIND_DESCRIBE_SNAPSHOTS: u8 = 4;
+/// Page token kind for EC2's DescribeTags.
+pub const PAGE_KIND_DESCRIBE_TAGS: u8 = 5;
 
 const MAC_CONTEXT: &str = "blocksnap 2026-11 token mac v1";
 

@@ -140,7 +140,9 @@ fn chars(text: &str) -> usize {
     text.chars().count()
 }
 
-fn tags(tags: &[Tag]) -> Result<Vec<(String, String)>> {
+/// A snapshot's tags: at most 50, keys of 1..=127 and values of at most
+/// 255 characters.
+pub fn tags(tags: &[Tag]) -> Result<Vec<(String, String)>> {
     let bad = |message: String| invalid(ValidationReason::InvalidTag, message);
     if tags.len() > MAX_TAGS {
         return Err(bad(format!(
@@ -165,6 +167,16 @@ fn tags(tags: &[Tag]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// A snapshot's description: 1..=255 characters.
+pub fn description(text: &str) -> Result<()> {
+    if text.is_empty() || chars(text) > MAX_DESCRIPTION_CHARS {
+        return Err(parameter(format!(
+            "Description must be 1 to {MAX_DESCRIPTION_CHARS} characters."
+        )));
+    }
+    Ok(())
+}
+
 /// StartSnapshot's rules, producing the engine's parameters.
 pub(crate) fn start_snapshot(request: &StartSnapshotRequest) -> Result<NewSnapshot> {
     if request.volume_size < 1 || request.volume_size as u64 > MAX_VOLUME_SIZE_GIB {
@@ -187,11 +199,7 @@ pub(crate) fn start_snapshot(request: &StartSnapshotRequest) -> Result<NewSnapsh
     };
     let tags = tags(&request.tags)?;
     if let Some(description) = &request.description {
-        if description.is_empty() || chars(description) > MAX_DESCRIPTION_CHARS {
-            return Err(parameter(format!(
-                "Description must be 1 to {MAX_DESCRIPTION_CHARS} characters."
-            )));
-        }
+        self::description(description)?;
     }
     if let Some(token) = &request.client_token {
         if token.is_empty()

@@ -30,13 +30,17 @@ pub enum TokenBody {
     },
     /// A page token.
     Page {
-        /// 2 = ListSnapshotBlocks, 3 = ListChangedBlocks.
+        /// 2 = ListSnapshotBlocks, 3 = ListChangedBlocks, 4 = EC2's
+        /// DescribeSnapshots, 5 = EC2's DescribeTags.
         kind: u8,
-        /// The listed (second) snapshot.
+        /// The listed (second) snapshot; for EC2's listings, the snapshot
+        /// the next page starts at or after.
         snapshot: u64,
-        /// First snapshot of a diff, 0 = none.
+        /// First snapshot of a diff, 0 = none; for EC2's listings, a
+        /// 64-bit hash of the request's other parameters.
         other: u64,
-        /// Where the next page starts.
+        /// Where the next page starts: a block index, or for DescribeTags
+        /// the position of a tag within its snapshot.
         next_index: u32,
         /// Expiry, epoch seconds.
         expiry_secs: u64,
@@ -88,7 +92,7 @@ impl TokenBody {
                 index: reader.u32("token index")?,
                 expiry_secs: reader.u64("token expiry")?,
             },
-            kind @ (2 | 3) => TokenBody::Page {
+            kind @ 2..=5 => TokenBody::Page {
                 kind,
                 snapshot: reader.u64("token snapshot")?,
                 other: reader.u64("token other snapshot")?,

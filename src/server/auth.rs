@@ -16,7 +16,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 /// The signing name of the EBS service.
-const SERVICE: &str = "ebs";
+pub const EBS_SERVICE: &str = "ebs";
+/// The signing name of the EC2 service (its Query API on the same port).
+pub const EC2_SERVICE: &str = "ec2";
 /// Largest difference between a request's `X-Amz-Date` and the server's
 /// clock that is accepted (AWS allows 15 minutes).
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
@@ -195,6 +197,7 @@ pub struct Presented<'a> {
 pub fn check_headers<'a>(
     credentials: &'a Credentials,
     headers: &'a HeaderMap,
+    service: &str,
     now: SystemTime,
 ) -> Result<Presented<'a>> {
     let authorization = headers
@@ -212,9 +215,9 @@ pub fn check_headers<'a>(
                 authorization.access_key_id
             ))
         })?;
-    if authorization.service != SERVICE {
+    if authorization.service != service {
         return Err(denied(format!(
-            "The signature is for service '{}', not '{SERVICE}'.",
+            "The signature is for service '{}', not '{service}'.",
             authorization.service
         )));
     }
@@ -349,7 +352,7 @@ pub fn verify_signature(
     let params = aws_sigv4::sign::v4::SigningParams::builder()
         .identity(&identity)
         .region(authorization.region)
-        .name(SERVICE)
+        .name(authorization.service)
         .time(signed_at)
         .settings(settings)
         .build()

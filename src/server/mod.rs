@@ -9,6 +9,7 @@
 //! resolves.
 
 pub(crate) mod auth;
+mod ec2;
 mod listen;
 mod metrics;
 mod quota;
@@ -147,6 +148,7 @@ pub fn router_with_metrics(engine: Engine, config: ServerConfig) -> (Router, Rou
             "/snapshots/{snapshot}/changedblocks",
             get(list_changed_blocks),
         )
+        .route("/", post(ec2::query))
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
         .fallback(unknown_operation)
@@ -197,11 +199,21 @@ async fn observe(State(state): State<Arc<ServerState>>, request: Request, next: 
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let mut response = next.run(request).await;
-    let id = new_request_id();
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-amzn-RequestId", value);
+    // An EC2 response carries its id in its body too: the handler made it.
+    let id = match response.headers().get(REQUEST_ID_HEADER) {
+        Some(value) => value.to_str().unwrap_or_default().to_string(),
+        None => {
+            let id = new_request_id();
+            if let Ok(value) = HeaderValue::from_str(&id) {
+                response.headers_mut().insert(REQUEST_ID_HEADER, value);
+            }
+            id
+        }
+    };
+    let (mut operation, snapshot) = operation_of(&method, &path);
+    if let Some(ec2::Action(action)) = response.extensions().get::<ec2::Action>() {
+        operation = action;
     }
-    let (operation, snapshot) = operation_of(&method, &path);
     let seconds = started.elapsed().as_secs_f64();
     state
         .metrics
@@ -217,6 +229,9 @@ async fn observe(State(state): State<Arc<ServerState>>, request: Request, next: 
     response
 }
 
+/// The header every response's request id is in.
+pub(super) const REQUEST_ID_HEADER: &str = "x-amzn-RequestId";
+
 /// The operation a method and path name, and the snapshot in the path.
 fn operation_of<'a>(method: &Method, path: &'a str) -> (&'static str, &'a str) {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -227,6 +242,7 @@ fn operation_of<'a>(method: &Method, path: &'a str) -> (&'static str, &'a str) {
         ("GET", ["snapshots", snapshot, "blocks", _]) => ("GetSnapshotBlock", snapshot),
         ("GET", ["snapshots", snapshot, "blocks"]) => ("ListSnapshotBlocks", snapshot),
         ("GET", ["snapshots", snapshot, "changedblocks"]) => ("ListChangedBlocks", snapshot),
+        ("POST", [""]) => ("Ec2Query", ""),
         ("GET", ["health"]) => ("Health", ""),
         ("GET", ["metrics"]) => ("Metrics", ""),
         _ => ("Unknown", ""),
@@ -234,7 +250,7 @@ fn operation_of<'a>(method: &Method, path: &'a str) -> (&'static str, &'a str) {
 }
 
 /// A random request id in the UUID text form.
-fn new_request_id() -> String {
+pub(super) fn new_request_id() -> String {
     let mut bytes = [0u8; 16];
     // A request id is a label, not a secret: zeros if the generator fails.
     let _ = getrandom::fill(&mut bytes);
@@ -267,14 +283,16 @@ enum Presented<'a> {
 
 impl ServerState {
     /// Checks the request's `Authorization` header (a known access key,
-    /// scope, clock, signed headers) before a byte of its body is read: a
+    /// scope for `service`, clock, signed headers) before a byte of its
+    /// body is read: a
     /// request without a known key is refused at the cost of its headers.
-    fn present<'a>(&'a self, parts: &'a Parts) -> Result<Presented<'a>, Error> {
+    fn present<'a>(&'a self, parts: &'a Parts, service: &str) -> Result<Presented<'a>, Error> {
         match &self.config.authentication {
             Authentication::InsecureSingleOwner(owner) => Ok(Presented::Insecure(owner)),
             Authentication::SigV4(credentials) => Ok(Presented::SigV4(auth::check_headers(
                 credentials,
                 &parts.headers,
+                service,
                 std::time::SystemTime::now(),
             )?)),
         }
@@ -398,7 +416,7 @@ where
     };
     reply(
         async {
-            let presented = state.present(&parts)?;
+            let presented = state.present(&parts, auth::EBS_SERVICE)?;
             let body = state
                 .read_body(&parts, body, SMALL_BODY, "request body")
                 .await?;
@@ -478,7 +496,7 @@ async fn start_snapshot(State(state): State<Arc<ServerState>>, request: Request)
     };
     reply(
         async {
-            let presented = state.present(&parts)?;
+            let presented = state.present(&parts, auth::EBS_SERVICE)?;
             let body = state
                 .read_body(&parts, body, wire::MAX_JSON_BODY, "request body")
                 .await?;
@@ -515,7 +533,7 @@ async fn put_snapshot_block(
             // An unsigned body (as the SDKs send blocks) is authenticated
             // before a byte of it is read; a signed one once it is read,
             // after the checks that need no body.
-            let presented = state.present(&parts)?;
+            let presented = state.present(&parts, auth::EBS_SERVICE)?;
             let unsigned = header(headers, "x-amz-content-sha256")? == Some(auth::UNSIGNED_PAYLOAD);
             let (authenticated, presented) = if unsigned {
                 (

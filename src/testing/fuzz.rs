@@ -118,15 +118,16 @@ pub fn authorization(data: &[u8]) {
     }
     // The seeds are signed at this instant (2026-12-02T00:00:00Z).
     let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_169_600);
-    let outcome = check_headers(credentials, &headers, now).and_then(|presented| {
-        verify_signature(
-            presented,
-            &axum::http::Method::POST,
-            &axum::http::Uri::from_static("/snapshots"),
-            &headers,
-            Payload::Bytes(b"{}"),
-        )
-    });
+    let outcome = check_headers(credentials, &headers, crate::server::auth::EBS_SERVICE, now)
+        .and_then(|presented| {
+            verify_signature(
+                presented,
+                &axum::http::Method::POST,
+                &axum::http::Uri::from_static("/snapshots"),
+                &headers,
+                Payload::Bytes(b"{}"),
+            )
+        });
     if let Err(error) = outcome {
         assert!(matches!(error, Error::AccessDenied { .. }), "{error:?}");
     }
