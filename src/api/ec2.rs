@@ -1,6 +1,6 @@
 //! The EC2 snapshot operations over an [`Engine`]: what every EBS client
 //! script asks the EC2 API about its snapshots (DescribeSnapshots,
-//! DeleteSnapshot, CopySnapshot, DescribeTags), with EC2's filters,
+//! DeleteSnapshot, CopySnapshot, CreateTags, DeleteTags, DescribeTags), with EC2's filters,
 //! paging and error codes ([`ec2_error`]). Like [`crate::api::Ebs`], each
 //! operation validates its request, calls the engine, and shapes the
 //! answer; the Query protocol's form and XML are the server's.
@@ -180,6 +180,25 @@ pub struct DescribeTagsRequest {
     pub max_results: Option<i64>,
     /// `NextToken`: where the previous page ended.
     pub next_token: Option<String>,
+}
+
+/// CreateTags' request.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct CreateTagsRequest {
+    /// `ResourceId.N`: the caller's snapshots.
+    pub resource_ids: Vec<String>,
+    /// `Tag.N`: set on each (a key already there takes the new value).
+    pub tags: Vec<Tag>,
+}
+
+/// DeleteTags' request.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct DeleteTagsRequest {
+    /// `ResourceId.N`: the caller's snapshots.
+    pub resource_ids: Vec<String>,
+    /// `Tag.N`: keys to delete, each only where its value is the one given
+    /// (when one is); none at all deletes every tag.
+    pub tags: Vec<(String, Option<String>)>,
 }
 
 /// One tag of one snapshot, as DescribeTags lists it.
@@ -366,6 +385,95 @@ impl<'e> Ec2<'e> {
         Ok(id.to_string())
     }
 
+    /// CreateTags: sets each tag on each snapshot (its value replaced
+    /// where the key is there already, appended otherwise). Every
+    /// snapshot is checked before any is changed.
+    pub fn create_tags(&self, request: &CreateTagsRequest) -> Ec2Result<()> {
+        let snapshots = self.resources(&request.resource_ids)?;
+        if request.tags.is_empty() {
+            return Err(Ec2Error::client(
+                "MissingParameter",
+                "The request must contain the parameter Tag",
+            ));
+        }
+        for tag in &request.tags {
+            reserved_key(&tag.key)?;
+        }
+        validate::tags(&request.tags)?;
+        for snapshot in snapshots {
+            self.engine.retag(snapshot, |current| {
+                let mut tags = current.to_vec();
+                for tag in &request.tags {
+                    match tags.iter_mut().find(|(key, _)| *key == tag.key) {
+                        Some((_, value)) => value.clone_from(&tag.value),
+                        None => tags.push((tag.key.clone(), tag.value.clone())),
+                    }
+                }
+                if tags.len() > validate::MAX_TAGS {
+                    return Err(Error::invalid(
+                        ValidationReason::InvalidTag,
+                        format!(
+                            "The snapshot {snapshot} would have {} tags; at most {} are allowed.",
+                            tags.len(),
+                            validate::MAX_TAGS
+                        ),
+                    ));
+                }
+                Ok(tags)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// DeleteTags: removes the named tags (each only where its value is
+    /// the one given, when one is), or every tag when none is named.
+    /// Every snapshot is checked before any is changed.
+    pub fn delete_tags(&self, request: &DeleteTagsRequest) -> Ec2Result<()> {
+        let snapshots = self.resources(&request.resource_ids)?;
+        for (key, _) in &request.tags {
+            reserved_key(key)?;
+        }
+        for snapshot in snapshots {
+            self.engine.retag(snapshot, |current| {
+                Ok(current
+                    .iter()
+                    .filter(|(key, value)| {
+                        !request.tags.is_empty()
+                            && !request.tags.iter().any(|(doomed, only)| {
+                                doomed == key && only.as_ref().is_none_or(|only| only == value)
+                            })
+                    })
+                    .cloned()
+                    .collect())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The snapshots `ids` name, each checked to be the caller's.
+    fn resources(&self, ids: &[String]) -> Ec2Result<Vec<SnapshotId>> {
+        if ids.is_empty() {
+            return Err(Ec2Error::client(
+                "MissingParameter",
+                "The request must contain the parameter ResourceId",
+            ));
+        }
+        bounded("ResourceId", ids.len())?;
+        let mut snapshots = Vec::with_capacity(ids.len());
+        for id in ids {
+            if !id.starts_with("snap-") {
+                return Err(Ec2Error::client(
+                    "InvalidID",
+                    format!("The ID '{id}' is not valid: only snapshots are kept here"),
+                ));
+            }
+            let snapshot = validate::snapshot_id("ResourceId", id)?;
+            self.engine.snapshot(snapshot)?;
+            snapshots.push(snapshot);
+        }
+        Ok(snapshots)
+    }
+
     /// DescribeTags: the tags of the caller's snapshots that match, a page
     /// at a time when `MaxResults` is given.
     pub fn describe_tags(&self, request: &DescribeTagsRequest) -> Ec2Result<DescribeTagsResponse> {
@@ -487,6 +595,17 @@ const SNAPSHOT_FILTERS: &[&str] = &[
 
 /// The filters DescribeTags knows.
 const TAG_FILTERS: &[&str] = &["key", "resource-id", "resource-type", "value"];
+
+/// EC2 keeps keys starting `aws:` for itself.
+fn reserved_key(key: &str) -> Ec2Result<()> {
+    if key.to_ascii_lowercase().starts_with("aws:") {
+        return Err(Ec2Error::client(
+            "InvalidParameterValue",
+            format!("Tag key '{key}' is reserved: keys starting with 'aws:' are for AWS's use"),
+        ));
+    }
+    Ok(())
+}
 
 fn bounded(what: &str, count: usize) -> Ec2Result<()> {
     if count > MAX_LIST_ITEMS {

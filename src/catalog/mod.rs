@@ -406,6 +406,33 @@ impl Catalog {
         )
     }
 
+    /// Replaces a snapshot's tags with what `edit` makes of them, and
+    /// returns the new tags. `edit` sees the tags under the log lock, so
+    /// two edits of one snapshot never lose one another's changes.
+    pub fn retag(
+        &self,
+        snapshot: SnapshotId,
+        at_millis: u64,
+        edit: impl FnOnce(&[(String, String)]) -> Result<Vec<(String, String)>>,
+    ) -> Result<Vec<(String, String)>> {
+        let mut log = self.log.lock();
+        let log = log.as_mut().ok_or_else(read_only)?;
+        let current = self
+            .inspect(snapshot, |record| record.started.tags.clone())
+            .ok_or_else(|| Error::NotFound {
+                message: format!("The snapshot '{snapshot}' does not exist."),
+            })?;
+        let tags = edit(&current)?;
+        let record = CatalogRecord::Tagged {
+            snapshot,
+            at_millis,
+            tags: tags.clone(),
+        };
+        log.append(&record.encode_frame()?)?;
+        self.state.write().apply(record, true, "catalog")?;
+        Ok(tags)
+    }
+
     fn require_deletable(&self, snapshot: SnapshotId) -> Result<SnapshotRecord> {
         let state = self.state.read();
         let Some(record) = state.snapshots.get(&snapshot) else {

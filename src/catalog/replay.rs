@@ -105,6 +105,16 @@ impl CatalogState {
                 let record = self.pending_mut(snapshot, location)?;
                 record.state = SnapshotState::Error { at_millis, reason };
             }
+            CatalogRecord::Tagged { snapshot, tags, .. } => match self.snapshots.get_mut(&snapshot)
+            {
+                Some(record) => record.started.tags = tags,
+                None => {
+                    return Err(Error::corrupted(
+                        location,
+                        format!("new tags of {snapshot}, which is absent"),
+                    ))
+                }
+            },
             CatalogRecord::Deleted { snapshot, .. } => {
                 match self.snapshots.get(&snapshot) {
                     Some(record) if record.state != SnapshotState::Pending => {}

@@ -123,6 +123,27 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Replaces the tags of one of the owner's snapshots (in any state)
+    /// with what `edit` makes of them (EC2's CreateTags and DeleteTags;
+    /// `blocksnap tag`), and returns the new tags. `edit` sees the tags
+    /// as they are when the change is recorded, so concurrent edits of one
+    /// snapshot, in this process or another writer of a shared store,
+    /// never lose each other's changes. Tags change nothing else: the
+    /// snapshot's blocks, state and lineage are untouched.
+    pub fn retag(
+        &self,
+        snapshot: SnapshotId,
+        edit: impl Fn(&[(String, String)]) -> Result<Vec<(String, String)>>,
+    ) -> Result<Vec<(String, String)>> {
+        self.check_transitions_writable()?;
+        // Only the owner's snapshots.
+        self.snapshot(snapshot)?;
+        let now = self.now_millis();
+        self.poison_catalog_on_io(self.rebasing(|| self.inner.catalog.retag(snapshot, now, &edit)))
+    }
+}
+
 /// The reaper: cancels timed-out snapshots at their deadlines.
 async fn reap(engine: Weak<EngineInner>, wake: Arc<tokio::sync::Notify>) {
     loop {

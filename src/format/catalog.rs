@@ -103,6 +103,15 @@ pub enum CatalogRecord {
         /// When, epoch milliseconds.
         at_millis: u64,
     },
+    /// A snapshot's tags were replaced (EC2's CreateTags and DeleteTags).
+    Tagged {
+        /// The snapshot.
+        snapshot: SnapshotId,
+        /// When, epoch milliseconds.
+        at_millis: u64,
+        /// Its tags from now on, in order.
+        tags: Vec<(String, String)>,
+    },
 }
 
 fn opt(value: &Option<String>) -> &str {
@@ -111,6 +120,25 @@ fn opt(value: &Option<String>) -> &str {
 
 fn some_if_nonempty(value: String) -> Option<String> {
     (!value.is_empty()).then_some(value)
+}
+
+/// A tag list: its count (u16), then each key and value.
+fn put_tags(body: &mut Vec<u8>, tags: &[(String, String)]) -> Result<(), EncodeError> {
+    body.put_len_u16(tags.len(), "a snapshot's tag count")?;
+    for (key, value) in tags {
+        body.put_string(key, "a tag key")?;
+        body.put_string(value, "a tag value")?;
+    }
+    Ok(())
+}
+
+fn read_tags(reader: &mut Reader<'_>) -> Result<Vec<(String, String)>, DecodeError> {
+    let tag_count = reader.u16("tag count")?;
+    let mut tags = Vec::with_capacity(usize::from(tag_count).min(64));
+    for _ in 0..tag_count {
+        tags.push((reader.string("tag key")?, reader.string("tag value")?));
+    }
+    Ok(tags)
 }
 
 impl CatalogRecord {
@@ -132,11 +160,7 @@ impl CatalogRecord {
                 body.put_string(opt(&started.client_token), "a client token")?;
                 body.put_string(opt(&started.description), "a description")?;
                 body.put_string(opt(&started.kms_key_arn), "a key name")?;
-                body.put_len_u16(started.tags.len(), "a snapshot's tag count")?;
-                for (key, value) in &started.tags {
-                    body.put_string(key, "a tag key")?;
-                    body.put_string(value, "a tag value")?;
-                }
+                put_tags(&mut body, &started.tags)?;
                 if let Some(writer) = started.writer {
                     body.extend_from_slice(&writer);
                 }
@@ -171,6 +195,16 @@ impl CatalogRecord {
                 body.put_u8(4);
                 body.put_u64(snapshot.0);
                 body.put_u64(*at_millis);
+            }
+            CatalogRecord::Tagged {
+                snapshot,
+                at_millis,
+                tags,
+            } => {
+                body.put_u8(5);
+                body.put_u64(snapshot.0);
+                body.put_u64(*at_millis);
+                put_tags(&mut body, tags)?;
             }
         }
         let mut frame = Vec::with_capacity(FRAME_BODY_OFFSET + body.len());
@@ -240,11 +274,7 @@ impl CatalogRecord {
                 let client_token = some_if_nonempty(reader.string("client token")?);
                 let description = some_if_nonempty(reader.string("description")?);
                 let kms_key_arn = some_if_nonempty(reader.string("kms key arn")?);
-                let tag_count = reader.u16("tag count")?;
-                let mut tags = Vec::with_capacity(usize::from(tag_count).min(64));
-                for _ in 0..tag_count {
-                    tags.push((reader.string("tag key")?, reader.string("tag value")?));
-                }
+                let tags = read_tags(&mut reader)?;
                 let writer = match reader.remaining() {
                     0 => None,
                     _ => {
@@ -300,6 +330,11 @@ impl CatalogRecord {
                 snapshot: SnapshotId(reader.u64("snapshot id")?),
                 at_millis: reader.u64("deletion time")?,
             },
+            5 => CatalogRecord::Tagged {
+                snapshot: SnapshotId(reader.u64("snapshot id")?),
+                at_millis: reader.u64("tagging time")?,
+                tags: read_tags(&mut reader)?,
+            },
             _ => return Err(DecodeError::corrupt(0, "catalog record kind")),
         };
         reader.finish("catalog record length")?;
@@ -353,6 +388,16 @@ mod tests {
             CatalogRecord::Deleted {
                 snapshot: SnapshotId(1),
                 at_millis: 6,
+            },
+            CatalogRecord::Tagged {
+                snapshot: SnapshotId(1),
+                at_millis: 7,
+                tags: vec![("Name".into(), "web".into()), ("empty".into(), "".into())],
+            },
+            CatalogRecord::Tagged {
+                snapshot: SnapshotId(2),
+                at_millis: 8,
+                tags: Vec::new(),
             },
         ];
         for record in records {

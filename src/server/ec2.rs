@@ -11,8 +11,9 @@
 use super::auth::{Payload, EC2_SERVICE};
 use super::{new_request_id, Incoming, ServerState, REQUEST_ID_HEADER};
 use crate::api::ec2::{
-    ec2_error, timestamp, CopySnapshotRequest, DescribeSnapshotsRequest, DescribeSnapshotsResponse,
-    DescribeTagsRequest, DescribeTagsResponse, Ec2, Ec2Error, Ec2Result, Filter, NO_VOLUME_ID,
+    ec2_error, timestamp, CopySnapshotRequest, CreateTagsRequest, DeleteTagsRequest,
+    DescribeSnapshotsRequest, DescribeSnapshotsResponse, DescribeTagsRequest, DescribeTagsResponse,
+    Ec2, Ec2Error, Ec2Result, Filter, NO_VOLUME_ID,
 };
 use crate::api::{Status, Tag};
 use crate::engine::Engine;
@@ -34,10 +35,12 @@ const FORM_LIMIT: usize = 64 * 1024;
 pub(super) struct Action(pub(super) &'static str);
 
 /// The actions answered, by name (anything else is `InvalidAction`).
-const ACTIONS: [&str; 4] = [
+const ACTIONS: [&str; 6] = [
     "DescribeSnapshots",
     "DeleteSnapshot",
     "CopySnapshot",
+    "CreateTags",
+    "DeleteTags",
     "DescribeTags",
 ];
 
@@ -146,6 +149,31 @@ fn answer(engine: &Engine, action: &str, form: &Form, id: &str) -> Ec2Result<Str
             let copy = ec2.copy_snapshot(&request)?;
             xml.leaf("snapshotId", &copy);
             tags_xml(&mut xml, &request.tags);
+        }
+        "CreateTags" => {
+            let request = CreateTagsRequest {
+                resource_ids: form.list("ResourceId"),
+                tags: form
+                    .tags("Tag")?
+                    .into_iter()
+                    .map(|(key, value)| Tag {
+                        key,
+                        value: value.unwrap_or_default(),
+                    })
+                    .collect(),
+            };
+            dry_run_stops(dry_run)?;
+            ec2.create_tags(&request)?;
+            xml.leaf("return", "true");
+        }
+        "DeleteTags" => {
+            let request = DeleteTagsRequest {
+                resource_ids: form.list("ResourceId"),
+                tags: form.tags("Tag")?,
+            };
+            dry_run_stops(dry_run)?;
+            ec2.delete_tags(&request)?;
+            xml.leaf("return", "true");
         }
         "DescribeTags" => {
             let request = DescribeTagsRequest {
@@ -467,19 +495,26 @@ impl Form {
                     ),
                 ));
             }
-            let tag_prefix = format!("TagSpecification.{number}.Tag");
-            for tag in self.structures(&tag_prefix) {
-                let key = self.required(&format!("{tag_prefix}.{tag}.Key"), "MissingParameter")?;
-                let value = self
-                    .optional(&format!("{tag_prefix}.{tag}.Value"))
-                    .unwrap_or_default();
+            for (key, value) in self.tags(&format!("TagSpecification.{number}.Tag"))? {
                 tags.push(Tag {
-                    key: key.to_string(),
-                    value: value.to_string(),
+                    key,
+                    value: value.unwrap_or_default(),
                 });
             }
         }
         Ok(tags)
+    }
+
+    /// `PREFIX.N.Key` with its `PREFIX.N.Value`, which may be absent.
+    fn tags(&self, prefix: &str) -> Ec2Result<Vec<(String, Option<String>)>> {
+        self.structures(prefix)
+            .into_iter()
+            .map(|tag| {
+                let key = self.required(&format!("{prefix}.{tag}.Key"), "MissingParameter")?;
+                let value = self.optional(&format!("{prefix}.{tag}.Value"));
+                Ok((key.to_string(), value.map(str::to_string)))
+            })
+            .collect()
     }
 }
 

@@ -2,8 +2,8 @@
 # The AWS CLI's EC2 snapshot commands against `blocksnap serve`: $1 is the
 # endpoint URL, $2 the `aws` executable. Makes two snapshots through the
 # EBS commands, then describes (ids, owners, tag filters), waits for
-# completion, copies, lists tags and deletes through the EC2 commands on
-# the same port.
+# completion, copies, tags, lists tags and deletes through the EC2
+# commands on the same port.
 set -euo pipefail
 ENDPOINT=$1
 AWS=$2
@@ -27,6 +27,11 @@ wait
 COPY=$(ec2 copy-snapshot --source-snapshot-id "$WEB" --source-region us-east-1 --description copied --query SnapshotId)
 [ "$(ec2 describe-snapshots --snapshot-ids "$COPY" --query 'Snapshots[0].[State,Description]')" = "completed	copied" ]
 [ "$(ec2 describe-tags --filters Name=resource-id,Values="$DB" --query 'Tags[0].[Key,Value]')" = "Name	db-1" ]
+ec2 create-tags --resources "$DB" "$COPY" --tags Key=team,Value=storage Key=Name,Value=renamed
+[ "$(ec2 describe-snapshots --filters Name=tag:team,Values=storage --query 'length(Snapshots)')" = 2 ]
+ec2 delete-tags --resources "$COPY" --tags Key=team
+[ "$(ec2 describe-tags --filters Name=key,Values=team --query 'Tags[].ResourceId')" = "$DB" ]
+[ "$(ec2 describe-snapshots --snapshot-ids "$DB" --query 'Snapshots[0].Tags[?Key==`Name`].Value')" = renamed ]
 ec2 delete-snapshot --snapshot-id "$WEB"
 set +e
 ERROR=$(ec2 describe-snapshots --snapshot-ids "$WEB" 2>&1)

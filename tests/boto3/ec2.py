@@ -249,6 +249,41 @@ class Ec2ThroughBoto3(unittest.TestCase):
         self.assert_error(ec2().delete_snapshot, "DryRunOperation", SnapshotId=self.db, DryRun=True)
         self.assertIn(self.db, self.ids())
 
+    def test_8_tags_are_created_replaced_and_deleted(self):
+        alice = ebs()
+        first = snapshot(alice, Tags=tags([("Name", "t1"), ("keep", "yes")]))
+        second = snapshot(alice, complete=False)
+
+        def tags_of(snapshot_id):
+            described = ec2().describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
+            return [(tag["Key"], tag["Value"]) for tag in described.get("Tags", [])]
+
+        ec2().create_tags(Resources=[first, second], Tags=tags([("Name", "renamed"), ("team", "storage")]))
+        self.assertEqual(tags_of(first), [("Name", "renamed"), ("keep", "yes"), ("team", "storage")])
+        self.assertEqual(tags_of(second), [("Name", "renamed"), ("team", "storage")])
+        self.assertEqual(
+            self.ids(Filters=[{"Name": "tag:team", "Values": ["storage"]}]) & {first, second}, {first, second}
+        )
+        ec2().delete_tags(Resources=[first], Tags=[{"Key": "keep", "Value": "no"}, {"Key": "team"}])
+        self.assertEqual(tags_of(first), [("Name", "renamed"), ("keep", "yes")])
+        ec2().delete_tags(Resources=[first], Tags=[{"Key": "keep", "Value": "yes"}])
+        self.assertEqual(tags_of(first), [("Name", "renamed")])
+        ec2().delete_tags(Resources=[second])
+        self.assertEqual(tags_of(second), [])
+        # The pending snapshot still completes, its tags kept.
+        ec2().create_tags(Resources=[second], Tags=tags([("late", "1")]))
+        alice.complete_snapshot(SnapshotId=second, ChangedBlocksCount=0)
+        self.assertEqual(tags_of(second), [("late", "1")])
+        self.assert_error(ec2().create_tags, "InvalidParameterValue", Resources=[first], Tags=tags([("aws:x", "1")]))
+        self.assert_error(ec2().create_tags, "InvalidSnapshot.NotFound", Resources=[first, self.bobs], Tags=tags([("x", "1")]))
+        self.assertEqual(tags_of(first), [("Name", "renamed")], "nothing changed when one resource is missing")
+        self.assert_error(ec2().create_tags, "InvalidID", Resources=["vol-0123"], Tags=tags([("x", "1")]))
+        self.assert_error(
+            ec2().create_tags, "InvalidParameterValue", Resources=[first], Tags=tags([(f"k{i}", "v") for i in range(50)])
+        )
+        self.assertEqual(tags_of(first), [("Name", "renamed")])
+        self.assert_error(ec2("bob").delete_tags, "InvalidSnapshot.NotFound", Resources=[first])
+
     def test_7_other_actions_bad_signatures_and_forms_get_ec2_errors(self):
         status, body = raw("Action=RunInstances&Version=2016-11-15")
         self.assertEqual(status, 400)
