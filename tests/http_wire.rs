@@ -632,3 +632,87 @@ fn server_with_one_block() -> Server {
     assert_eq!(put(&server, &snapshot, 0, &block(3)).status, 201);
     server
 }
+
+/// Sends one EC2 Query request (`POST /`, a form body).
+fn ec2_query(server: &Server, form: &str) -> Reply {
+    send(
+        server,
+        &format!(
+            "POST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}",
+            form.len()
+        ),
+        form.as_bytes(),
+    )
+}
+
+#[test]
+fn ec2_queries_get_xml_errors_throttling_and_limits() {
+    let mut config = ServerConfig::new(Authentication::InsecureSingleOwner(OWNER.into()));
+    config
+        .rate_limits
+        .set("Ec2Describe", 1)
+        .expect("a known limit");
+    let server = LoopbackServer::start(config, EngineConfig::default());
+    let describe = "Action=DescribeSnapshots&Version=2016-11-15";
+    let replies: Vec<Reply> = (0..3).map(|_| ec2_query(&server, describe)).collect();
+    assert_eq!(replies[0].status, 200);
+    let body = String::from_utf8_lossy(&replies[0].body).to_string();
+    assert!(body.contains("<snapshotSet></snapshotSet>"), "{body}");
+    let id = replies[0].header("x-amzn-RequestId").expect("request id");
+    assert!(
+        body.contains(&format!("<requestId>{id}</requestId>")),
+        "{body}"
+    );
+    let throttled = replies
+        .iter()
+        .find(|reply| reply.status == 503)
+        .expect("a second describe within the second is throttled");
+    let body = String::from_utf8_lossy(&throttled.body);
+    assert!(body.contains("<Code>RequestLimitExceeded</Code>"), "{body}");
+    assert_eq!(
+        throttled.header("content-type"),
+        Some("text/xml;charset=UTF-8")
+    );
+    // Other actions on their own bucket; unknown ones named.
+    let unknown = ec2_query(&server, "Action=TerminateInstances&Version=2016-11-15");
+    assert_eq!(unknown.status, 400);
+    assert!(String::from_utf8_lossy(&unknown.body).contains("<Code>InvalidAction</Code>"));
+    // A form over 64 KiB is refused from its declared length.
+    let huge = format!(
+        "Action=DescribeTags&Filter.1.Name=key&Filter.1.Value.1={}",
+        "x".repeat(70_000)
+    );
+    let refused = ec2_query(&server, &huge);
+    assert_eq!(refused.status, 400);
+    assert!(String::from_utf8_lossy(&refused.body).contains("<Code>InvalidParameterValue</Code>"));
+    // A name given twice.
+    let repeated = ec2_query(&server, "Action=DescribeTags&Action=DescribeTags");
+    assert_eq!(repeated.status, 400);
+    // The metrics count errors by action and class, and name the build.
+    let metrics = send(&server, "GET /metrics HTTP/1.1", b"");
+    let text = String::from_utf8_lossy(&metrics.body);
+    for expected in [
+        "blocksnap_errors_total{operation=\"DescribeSnapshots\",class=\"RequestLimitExceeded\"}",
+        "blocksnap_errors_total{operation=\"Ec2Query\",class=\"InvalidAction\"} 1",
+        "blocksnap_requests_total{operation=\"DescribeSnapshots\",status=\"200\"}",
+        "blocksnap_build_info{version=\"",
+    ] {
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+}
+
+#[test]
+fn unsigned_ec2_queries_are_refused_before_their_body_is_read() {
+    let server = signed_server();
+    // No Authorization header: refused with the headers alone (the body
+    // announced is never sent).
+    let mut stream = TcpStream::connect(server.address).expect("connect");
+    stream
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 60000\r\nConnection: close\r\n\r\n",
+        )
+        .expect("write");
+    let reply = read_reply(stream);
+    assert_eq!(reply.status, 401);
+    assert!(String::from_utf8_lossy(&reply.body).contains("<Code>AuthFailure</Code>"));
+}

@@ -34,6 +34,10 @@ const FORM_LIMIT: usize = 64 * 1024;
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Action(pub(super) &'static str);
 
+/// The EC2 error code a response carries, for the metrics.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ErrorCode(pub(super) &'static str);
+
 /// The actions answered, by name (anything else is `InvalidAction`).
 const ACTIONS: [&str; 6] = [
     "DescribeSnapshots",
@@ -87,11 +91,12 @@ pub(super) async fn query(State(state): State<Arc<ServerState>>, request: Reques
             })?
     }
     .await;
-    let (status, xml) = match outcome {
-        Ok(xml) => (StatusCode::OK, xml),
+    let (status, xml, code) = match outcome {
+        Ok(xml) => (StatusCode::OK, xml, None),
         Err(error) => (
             StatusCode::from_u16(error.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             error_document(&error, &id),
+            Some(ErrorCode(error.code)),
         ),
     };
     let mut response = Response::new(Body::from(xml));
@@ -105,6 +110,9 @@ pub(super) async fn query(State(state): State<Arc<ServerState>>, request: Reques
         headers.insert(REQUEST_ID_HEADER, value);
     }
     response.extensions_mut().insert(action);
+    if let Some(code) = code {
+        response.extensions_mut().insert(code);
+    }
     response
 }
 

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the server (`GET /metrics`, OpenMetrics text):
-//! requests by operation and status and their latency for everyone; block
+//! the build, requests by operation and status, errors by operation and
+//! EBS or EC2 error class, and latency for everyone; block
 //! bytes in and out and the store's pending snapshots, chunks and stored
 //! bytes only on the operator's listener (see `router_with_metrics`).
 
@@ -10,6 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
@@ -26,6 +28,7 @@ pub(crate) struct Metrics {
     /// What tells about the store's content and traffic.
     store_registry: Registry,
     requests: Family<Labels, Counter>,
+    errors: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
     block_bytes: Family<Labels, Counter>,
     pending_snapshots: Gauge,
@@ -41,6 +44,17 @@ impl Metrics {
             "requests",
             "EBS API requests by operation and HTTP status",
             requests.clone(),
+        );
+        let errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "errors",
+            "Requests answered with an error, by operation and EBS or EC2 error class",
+            errors.clone(),
+        );
+        registry.register(
+            "build",
+            "The server's build",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]),
         );
         let latency =
             Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
@@ -74,6 +88,7 @@ impl Metrics {
             registry,
             store_registry,
             requests,
+            errors,
             latency,
             block_bytes,
             pending_snapshots,
@@ -82,14 +97,28 @@ impl Metrics {
         }
     }
 
-    /// Counts one finished request.
-    pub(crate) fn observe(&self, operation: &'static str, status: u16, seconds: f64) {
+    /// Counts one finished request, and its error class if it failed.
+    pub(crate) fn observe(
+        &self,
+        operation: &'static str,
+        status: u16,
+        error_class: Option<&str>,
+        seconds: f64,
+    ) {
         self.requests
             .get_or_create(&vec![
                 ("operation", operation.to_string()),
                 ("status", status.to_string()),
             ])
             .inc();
+        if let Some(class) = error_class {
+            self.errors
+                .get_or_create(&vec![
+                    ("operation", operation.to_string()),
+                    ("class", class.to_string()),
+                ])
+                .inc();
+        }
         self.latency
             .get_or_create(&vec![("operation", operation.to_string())])
             .observe(seconds);

@@ -214,10 +214,17 @@ async fn observe(State(state): State<Arc<ServerState>>, request: Request, next: 
     if let Some(ec2::Action(action)) = response.extensions().get::<ec2::Action>() {
         operation = action;
     }
+    let error_class = match response.extensions().get::<ec2::ErrorCode>() {
+        Some(ec2::ErrorCode(code)) => Some(*code),
+        None => response
+            .headers()
+            .get("x-amzn-ErrorType")
+            .and_then(|value| value.to_str().ok()),
+    };
     let seconds = started.elapsed().as_secs_f64();
     state
         .metrics
-        .observe(operation, response.status().as_u16(), seconds);
+        .observe(operation, response.status().as_u16(), error_class, seconds);
     tracing::info!(
         request_id = %id,
         operation,

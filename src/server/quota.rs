@@ -26,6 +26,13 @@ pub struct RateLimits {
     pub list_snapshot_blocks: u32,
     /// ListChangedBlocks per owner (AWS: 50).
     pub list_changed_blocks: u32,
+    /// Each of EC2's DescribeSnapshots and DescribeTags per owner (AWS
+    /// refills its non-mutating actions' bucket at 20 a second).
+    pub ec2_describe: u32,
+    /// Each of EC2's CopySnapshot, DeleteSnapshot, CreateTags and
+    /// DeleteTags per owner (AWS refills its mutating actions' bucket at 5
+    /// a second).
+    pub ec2_modify: u32,
 }
 
 impl Default for RateLimits {
@@ -40,6 +47,8 @@ impl Default for RateLimits {
             get_snapshot_block_per_snapshot: 1000,
             list_snapshot_blocks: 50,
             list_changed_blocks: 50,
+            ec2_describe: 20,
+            ec2_modify: 5,
         }
     }
 }
@@ -56,11 +65,14 @@ impl RateLimits {
             get_snapshot_block_per_snapshot: 0,
             list_snapshot_blocks: 0,
             list_changed_blocks: 0,
+            ec2_describe: 0,
+            ec2_modify: 0,
         }
     }
 
-    /// Sets one limit by its name: the operation (per owner) or the
-    /// operation followed by `PerSnapshot`.
+    /// Sets one limit by its name: the operation (per owner), the
+    /// operation followed by `PerSnapshot`, or `Ec2Describe` / `Ec2Modify`
+    /// for EC2's actions.
     pub fn set(&mut self, name: &str, per_second: u32) -> Result<(), String> {
         let slot = match name {
             "StartSnapshot" => &mut self.start_snapshot,
@@ -71,6 +83,8 @@ impl RateLimits {
             "GetSnapshotBlockPerSnapshot" => &mut self.get_snapshot_block_per_snapshot,
             "ListSnapshotBlocks" => &mut self.list_snapshot_blocks,
             "ListChangedBlocks" => &mut self.list_changed_blocks,
+            "Ec2Describe" => &mut self.ec2_describe,
+            "Ec2Modify" => &mut self.ec2_modify,
             other => return Err(format!("no rate limit is named '{other}'")),
         };
         *slot = per_second;
@@ -85,6 +99,8 @@ impl RateLimits {
             "GetSnapshotBlock" => self.get_snapshot_block,
             "ListSnapshotBlocks" => self.list_snapshot_blocks,
             "ListChangedBlocks" => self.list_changed_blocks,
+            "DescribeSnapshots" | "DescribeTags" => self.ec2_describe,
+            "CopySnapshot" | "DeleteSnapshot" | "CreateTags" | "DeleteTags" => self.ec2_modify,
             _ => 0,
         }
     }
@@ -98,13 +114,19 @@ impl RateLimits {
     }
 }
 
-const OPERATIONS: [&str; 6] = [
+const OPERATIONS: [&str; 12] = [
     "StartSnapshot",
     "CompleteSnapshot",
     "PutSnapshotBlock",
     "GetSnapshotBlock",
     "ListSnapshotBlocks",
     "ListChangedBlocks",
+    "DescribeSnapshots",
+    "DescribeTags",
+    "CopySnapshot",
+    "DeleteSnapshot",
+    "CreateTags",
+    "DeleteTags",
 ];
 
 /// Forget idle keys after this many checks, so the key maps stay small.

@@ -303,8 +303,10 @@ pub struct ServeArgs {
     /// Change a request-rate quota (per second, 0 = unlimited), e.g.
     /// `GetSnapshotBlock=5000`. Names: StartSnapshot, CompleteSnapshot,
     /// PutSnapshotBlock, PutSnapshotBlockPerSnapshot, GetSnapshotBlock,
-    /// GetSnapshotBlockPerSnapshot, ListSnapshotBlocks, ListChangedBlocks.
-    /// Defaults are AWS's: 10, 10, 1000, 1000, 1000, 1000, 50, 50.
+    /// GetSnapshotBlockPerSnapshot, ListSnapshotBlocks, ListChangedBlocks,
+    /// Ec2Describe (each of DescribeSnapshots, DescribeTags), Ec2Modify
+    /// (each of CopySnapshot, DeleteSnapshot, CreateTags, DeleteTags).
+    /// Defaults are AWS's: 10, 10, 1000, 1000, 1000, 1000, 50, 50, 20, 5.
     #[arg(long = "rate-limit", value_name = "NAME=N")]
     pub rate_limits: Vec<String>,
     /// Turn every request-rate quota off.
