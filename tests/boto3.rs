@@ -83,8 +83,9 @@ fn run_script(server: &Server, script: &str) {
     run_script_with(server, script, &[]);
 }
 
-/// [`run_script`] with more arguments after the endpoint.
-fn run_script_with(server: &Server, script: &str, arguments: &[&str]) {
+/// [`run_script`] with more arguments after the endpoint; returns what
+/// the script printed on stdout.
+fn run_script_with(server: &Server, script: &str, arguments: &[&str]) -> String {
     let python = std::env::var("BLOCKSNAP_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = format!("{}/tests/boto3/{script}", env!("CARGO_MANIFEST_DIR"));
     let output = Command::new(&python)
@@ -96,6 +97,7 @@ fn run_script_with(server: &Server, script: &str, arguments: &[&str]) {
     let report = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{script} failed:\n{report}");
     assert!(report.contains("OK"), "{report}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[test]
@@ -200,4 +202,97 @@ fn the_aws_cli_manages_snapshots_through_ec2() {
 #[test]
 fn boto3_ec2_snapshot_operations() {
     run_script(&serve(false, &["--no-rate-limits"]), "ec2.py");
+}
+
+/// Runs the binary on `store` with `args` (and `environment`); returns
+/// its status and stdout.
+fn blocksnap(
+    store: &std::path::Path,
+    args: &[&str],
+    environment: &[(&str, &str)],
+) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_blocksnap"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("BLOCKSNAP_OWNER_ID")
+        .envs(environment.iter().copied())
+        .output()
+        .expect("run blocksnap");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    (
+        output.status.success(),
+        format!(
+            "{stdout}{}",
+            if output.status.success() {
+                String::new()
+            } else {
+                format!("\nstderr: {stderr}")
+            }
+        ),
+    )
+}
+
+/// A snapshot uploaded through `serve` by an access key's owner is listed,
+/// restored and deleted by the CLI acting for that owner (`--owner`,
+/// `BLOCKSNAP_OWNER_ID`), and `ls --all-owners` shows every owner's.
+#[test]
+fn the_cli_acts_for_the_owner_of_a_served_snapshot() {
+    let mut server = serve(false, &[]);
+    let uploaded = run_script_with(&server, "upload_one.py", &[]);
+    let snapshot = uploaded.trim().to_string();
+    assert!(snapshot.starts_with("snap-"), "{uploaded}");
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let store = server._dir.path().join("store");
+    let image = server._dir.path().join("mine.img");
+    std::fs::write(&image, vec![7u8; 1 << 20]).expect("image");
+    let (ok, own) = blocksnap(&store, &["backup", image.to_str().expect("utf-8")], &[]);
+    assert!(ok, "{own}");
+    let (_, listed) = blocksnap(&store, &["ls"], &[]);
+    assert!(
+        !listed.contains(&snapshot),
+        "the default owner sees only its own: {listed}"
+    );
+    assert!(listed.contains(own.trim()), "{listed}");
+    let alice = "111111111111";
+    let (_, listed) = blocksnap(&store, &["--owner", alice, "ls"], &[]);
+    assert!(
+        listed.contains(&snapshot) && !listed.contains(own.trim()),
+        "{listed}"
+    );
+    let (_, listed) = blocksnap(&store, &["ls", "--all-owners"], &[]);
+    assert!(listed.starts_with("OWNER"), "{listed}");
+    assert!(
+        listed.contains(&format!("{alice:<13} {snapshot}")),
+        "{listed}"
+    );
+    assert!(
+        listed.contains(&format!("{:<13} {}", "000000000000", own.trim())),
+        "{listed}"
+    );
+    let restored = server._dir.path().join("restored.img");
+    let (ok, _) = blocksnap(
+        &store,
+        &["restore", &snapshot, restored.to_str().expect("utf-8")],
+        &[("BLOCKSNAP_OWNER_ID", alice)],
+    );
+    assert!(ok, "restore as the owner from the environment");
+    let bytes = std::fs::read(&restored).expect("restored");
+    let block = 524_288;
+    assert_eq!(&bytes[3 * block..4 * block], &bytes_0_to_255(block)[..]);
+    assert!(bytes[..3 * block].iter().all(|byte| *byte == 0));
+    let (ok, _) = blocksnap(&store, &["rm", &snapshot], &[]);
+    assert!(!ok, "another owner's snapshot is not found");
+    let (ok, _) = blocksnap(&store, &["--owner", alice, "rm", &snapshot], &[]);
+    assert!(ok);
+    let (_, listed) = blocksnap(&store, &["ls", "--all-owners"], &[]);
+    assert!(!listed.contains(&snapshot), "{listed}");
+    let (ok, _) = blocksnap(&store, &["--owner", "has space", "ls"], &[]);
+    assert!(!ok, "a malformed owner id is refused");
+}
+
+fn bytes_0_to_255(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 256) as u8).collect()
 }

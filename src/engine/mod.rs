@@ -393,6 +393,13 @@ impl Engine {
         Engine::open_with(Self::local_storage(dir)?, EngineConfig::default())
     }
 
+    /// Whether opening the store on `storage` needs a key provider: its
+    /// keyring names an encrypted domain. Dedup-only domains (each owner
+    /// but the default one has its own) need none.
+    pub fn needs_key_provider(storage: &dyn Storage) -> Result<bool> {
+        crate::keys::has_encrypted_domains(storage)
+    }
+
     /// The local-directory storage `open` uses, for callers that want
     /// [`Engine::open_with`] and a custom configuration.
     pub fn local_storage(dir: impl AsRef<Path>) -> Result<Arc<dyn Storage>> {
@@ -739,6 +746,22 @@ impl Engine {
         self.inner
             .catalog
             .select(|record| *record.started.owner == *self.owner)
+    }
+
+    /// Every owner with a snapshot in the store, sorted: for the
+    /// operator's views (`blocksnap ls --all-owners`); each owner's
+    /// snapshots are then read through [`Engine::as_owner`].
+    pub fn owners(&self) -> Vec<String> {
+        let mut owners: Vec<String> = self
+            .inner
+            .catalog
+            .select(|_| true)
+            .into_iter()
+            .map(|record| record.started.owner)
+            .collect();
+        owners.sort_unstable();
+        owners.dedup();
+        owners
     }
 
     /// The map root, size and lineage of a completed snapshot.

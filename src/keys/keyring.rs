@@ -51,6 +51,25 @@ fn suite_for(id: u8, configured: &Arc<dyn CipherSuite>) -> Result<Arc<dyn Cipher
     }
 }
 
+/// Whether the store's keyring names an encrypted domain (one whose
+/// records only a key provider opens); dedup-only domains, which every
+/// owner but the engine's own gets, need none. A keyring that does not
+/// decode in either copy counts as encrypted: the open that follows
+/// reports it.
+pub(crate) fn has_encrypted_domains(storage: &dyn Storage) -> Result<bool> {
+    let decode =
+        |bytes: &[u8]| decode_keyring(bytes).map_err(|error| error.into_error(KEYRING_NAME));
+    match read_mirrored(storage, KEYRING_NAME, decode) {
+        Ok(Some(read)) => Ok(read
+            .value
+            .iter()
+            .any(|entry| entry.suite != DEDUP_ONLY_SUITE)),
+        Ok(None) => Ok(false),
+        Err(Error::Corrupted { .. }) => Ok(true),
+        Err(other) => Err(other),
+    }
+}
+
 impl Keyring {
     /// Loads the keyring and unwraps every domain's data key. A store with
     /// encrypted snapshots cannot open without a provider that unwraps all

@@ -12,7 +12,7 @@ pub use local::{
     KdfParams, LocalKeyInfo, LocalKeyProvider, Passphrase, DEFAULT_LOCAL_KEY_ARN, PASSPHRASE_ENV,
 };
 
-pub(crate) use keyring::{Keyring, KEYRING_NAME};
+pub(crate) use keyring::{has_encrypted_domains, Keyring, KEYRING_NAME};
 
 /// Whether `arn` matches `arn:aws[a-z-]*:kms:.*:[0-9]{12}:key/.*`.
 pub fn is_kms_key_arn(arn: &str) -> bool {

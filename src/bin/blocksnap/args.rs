@@ -41,9 +41,26 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     pub deletion_grace: Option<std::time::Duration>,
 
+    /// Act for this owner (account id): the snapshots an EBS client with
+    /// that owner's access key uploads through `serve` [default:
+    /// 000000000000, the owner of the CLI's own snapshots]
+    #[arg(long, global = true, env = "BLOCKSNAP_OWNER_ID", value_name = "ID", value_parser = parse_owner)]
+    pub owner: Option<String>,
+
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// The long-running commands' (serve, nbd) log level: error, warn,
+    /// info, debug or trace, or tracing directives such as
+    /// `info,blocksnap::server=debug` [default: $RUST_LOG, else info]
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// The long-running commands' log lines on stderr: text, or json (one
+    /// object per line, for journald and log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// No progress bar and no summary on stderr (errors still print).
     #[arg(long, short, global = true)]
@@ -60,6 +77,15 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Where a store lives.
@@ -87,6 +113,17 @@ impl std::fmt::Display for StoreLocation {
 }
 
 /// Parses a byte count with an optional K, M, G or T suffix (powers of 1024).
+/// An owner id as the credentials file allows it: 1 to 24 printable
+/// ASCII characters without spaces.
+fn parse_owner(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > 24 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "'{text}' is not an owner id (1 to 24 printable characters, no spaces)"
+        ));
+    }
+    Ok(text.to_string())
+}
+
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let (digits, shift) = match text.char_indices().last() {
@@ -186,8 +223,13 @@ pub enum Command {
     Backup(BackupArgs),
     /// Restore a snapshot into a new file (sparse) or a block device.
     Restore(RestoreArgs),
-    /// List the snapshots.
-    Ls,
+    /// List the snapshots (the owner's; see --owner).
+    Ls {
+        /// Every owner's snapshots, with an OWNER column: for the
+        /// operator of a store that `serve` fills for several accounts.
+        #[arg(long)]
+        all_owners: bool,
+    },
     /// Describe a snapshot: parameters, status, sizes.
     Show {
         /// The snapshot.

@@ -13,16 +13,17 @@ use std::sync::Arc;
 pub const DEFAULT_KEY_FILE: &str = "keys";
 
 /// The key provider the store needs: none for a store without encrypted
-/// snapshots (no keyring) unless `want_encryption`; the key file
+/// snapshots (no encrypted domain in its keyring) unless
+/// `want_encryption`; the key file
 /// otherwise (`--key-file`, else `keys` in `key_dir`), created on first
 /// use by a backup that asks for encryption.
 pub fn provider(
     cli: &Cli,
     key_dir: Option<&Path>,
-    has_keyring: bool,
+    has_encrypted: bool,
     want_encryption: bool,
 ) -> Result<Option<Arc<LocalKeyProvider>>, Failure> {
-    if !want_encryption && !has_keyring {
+    if !want_encryption && !has_encrypted {
         return Ok(None);
     }
     let key_file = match (&cli.key_file, key_dir) {

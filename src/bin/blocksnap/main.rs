@@ -128,9 +128,19 @@ fn open_for_writing(cli: &Cli, out: &Output, want_encryption: bool) -> Result<Op
     let engine = Engine::open_with(storage, config)?;
     report_open_damage(&engine, &key_file_damage, out);
     Ok(Opened {
-        engine,
+        engine: for_owner(cli, engine),
         key_file_damage,
     })
+}
+
+/// The engine acting for `--owner`. The store's configuration keeps its
+/// default owner, so an owner's blocks land in the same dedup domain
+/// whether `serve` or the CLI stores them.
+fn for_owner(cli: &Cli, engine: Engine) -> Engine {
+    match &cli.owner {
+        Some(owner) => engine.as_owner(owner),
+        None => engine,
+    }
 }
 
 /// Opens the store for a command that only reads: nothing in it is
@@ -148,7 +158,7 @@ fn open_for_reading(cli: &Cli, out: &Output) -> Result<Opened, Failure> {
             let engine = Engine::open_read_only_with(&dir, config)?;
             report_open_damage(&engine, &key_file_damage, out);
             return Ok(Opened {
-                engine,
+                engine: for_owner(cli, engine),
                 key_file_damage,
             });
         }
@@ -165,7 +175,7 @@ fn open_for_reading(cli: &Cli, out: &Output) -> Result<Opened, Failure> {
     };
     report_open_damage(&engine.0, &engine.1, out);
     Ok(Opened {
-        engine: engine.0,
+        engine: for_owner(cli, engine.0),
         key_file_damage: engine.1,
     })
 }
@@ -302,10 +312,13 @@ fn engine_config(
     storage: &dyn Storage,
     want_encryption: bool,
 ) -> Result<(EngineConfig, Vec<Damage>), Failure> {
-    let has_keyring = storage
-        .exists("keyring")
-        .map_err(|error| Error::io("looking for the keyring", error))?;
-    let provider = keys::provider(cli, key_dir(cli)?.as_deref(), has_keyring, want_encryption)?;
+    let has_encrypted = Engine::needs_key_provider(storage)?;
+    let provider = keys::provider(
+        cli,
+        key_dir(cli)?.as_deref(),
+        has_encrypted,
+        want_encryption,
+    )?;
     let key_file_damage = provider
         .as_ref()
         .map(|provider| provider.damage().to_vec())
@@ -450,9 +463,21 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                 }
             }
         }
-        Command::Ls => {
+        Command::Ls { all_owners } => {
             let engine = open_engine_read_only(cli, out)?;
-            out.snapshots(&Ebs::new(&engine).list_snapshots()?);
+            if !all_owners {
+                out.snapshots(&Ebs::new(&engine).list_snapshots()?, false);
+                return Ok(());
+            }
+            let mut listed = Vec::new();
+            for owner in engine.owners() {
+                listed.extend(Ebs::new(&engine.as_owner(&owner)).list_snapshots()?);
+            }
+            listed.sort_by(|a, b| {
+                (a.snapshot.start_time, &a.snapshot.snapshot_id)
+                    .cmp(&(b.snapshot.start_time, &b.snapshot.snapshot_id))
+            });
+            out.snapshots(&listed, true);
             Ok(())
         }
         Command::Show { snapshot } => {

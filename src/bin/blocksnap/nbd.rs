@@ -33,7 +33,7 @@ pub fn run(cli: &Cli, args: &NbdArgs, out: &Output) -> Result<(), Failure> {
         }
         Exports::Only(ids)
     };
-    crate::serve::init_logging();
+    crate::serve::init_logging(cli)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -86,6 +86,7 @@ fn description_json(description: &SnapshotDescription) -> Value {
     let snapshot = &description.snapshot;
     json!({
         "SnapshotId": snapshot.snapshot_id,
+        "OwnerId": snapshot.owner_id,
         "Status": snapshot.status.as_str(),
         "StartTime": utc(snapshot.start_time),
         "VolumeSize": snapshot.volume_size,
@@ -235,21 +236,34 @@ impl Output {
     }
 
     /// The snapshot list.
-    pub fn snapshots(&self, snapshots: &[SnapshotDescription]) {
+    pub fn snapshots(&self, snapshots: &[SnapshotDescription], with_owner: bool) {
         if self.json {
             print_json(&Value::Array(
                 snapshots.iter().map(description_json).collect(),
             ));
             return;
         }
+        let owner_column = |owner: &str| {
+            if with_owner {
+                format!("{owner:<13} ")
+            } else {
+                String::new()
+            }
+        };
         println!(
-            "{:<21} {:<9} {:<20} {:>7}  {:<21} DESCRIPTION",
-            "SNAPSHOT", "STATUS", "STARTED", "SIZE", "PARENT"
+            "{}{:<21} {:<9} {:<20} {:>7}  {:<21} DESCRIPTION",
+            owner_column("OWNER"),
+            "SNAPSHOT",
+            "STATUS",
+            "STARTED",
+            "SIZE",
+            "PARENT"
         );
         for description in snapshots {
             let snapshot = &description.snapshot;
             println!(
-                "{:<21} {:<9} {:<20} {:>7}  {:<21} {}",
+                "{}{:<21} {:<9} {:<20} {:>7}  {:<21} {}",
+                owner_column(&snapshot.owner_id),
                 snapshot.snapshot_id,
                 snapshot.status.as_str(),
                 utc(snapshot.start_time),

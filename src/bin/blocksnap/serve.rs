@@ -1,6 +1,6 @@
 //! `blocksnap serve`: the EBS direct API over HTTP on a local store.
 
-use crate::args::{Cli, ServeArgs};
+use crate::args::{Cli, LogFormat, ServeArgs};
 use crate::Failure;
 use blocksnap::nbd::{NbdConfig, NbdListener, NbdServer};
 use blocksnap::server::{
@@ -71,8 +71,10 @@ fn store_credentials(store: &Path) -> Result<Credentials, Failure> {
 /// random key on first start).
 fn authentication(cli: &Cli, args: &ServeArgs) -> Result<Authentication, Failure> {
     if args.insecure_no_authentication {
-        let owner = std::env::var("BLOCKSNAP_OWNER_ID")
-            .unwrap_or_else(|_| EngineConfig::default().owner_id);
+        let owner = cli
+            .owner
+            .clone()
+            .unwrap_or_else(|| EngineConfig::default().owner_id);
         return Ok(Authentication::InsecureSingleOwner(owner));
     }
     let credentials = match &args.credentials {
@@ -84,7 +86,9 @@ fn authentication(cli: &Cli, args: &ServeArgs) -> Result<Authentication, Failure
                 variable("BLOCKSNAP_SECRET_ACCESS_KEY"),
             ) {
                 (Some(access), Some(secret)) => {
-                    let owner = variable("BLOCKSNAP_OWNER_ID")
+                    let owner = cli
+                        .owner
+                        .clone()
                         .unwrap_or_else(|| EngineConfig::default().owner_id);
                     let mut credentials = Credentials::default();
                     credentials.add(&access, &secret, &owner)?;
@@ -141,13 +145,27 @@ pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()
     })
 }
 
-/// Logs to stderr (colored on a terminal).
-pub fn init_logging() {
-    tracing_subscriber::fmt()
+/// Logs to stderr at `--log-level` (else RUST_LOG, else info), as text
+/// (colored on a terminal) or JSON lines (`--log-format json`).
+pub fn init_logging(cli: &Cli) -> Result<(), Failure> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match &cli.log_level {
+        Some(directives) => EnvFilter::try_new(directives).map_err(|error| {
+            Failure::Usage(format!("--log-level '{directives}' is not a level: {error}"))
+        })?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+    Ok(())
 }
 
 /// Descriptors kept free beyond those open once the store is: new packs,
@@ -204,7 +222,7 @@ pub fn run(
         shared_dedup: args.shared_dedup,
         ..engine_config
     };
-    init_logging();
+    init_logging(cli)?;
     if matches!(
         config.authentication,
         Authentication::InsecureSingleOwner(_)
