@@ -296,3 +296,65 @@ fn the_cli_acts_for_the_owner_of_a_served_snapshot() {
 fn bytes_0_to_255(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 256) as u8).collect()
 }
+
+/// Runs `serve` on a fresh store with `extra` arguments, sends it one
+/// `GET /health`, stops it with SIGTERM, and returns its stderr.
+fn serve_once_and_log(extra: &[&str]) -> String {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blocksnap"))
+        .arg("--store")
+        .arg(dir.path().join("store"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--insecure-no-authentication"])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read address");
+    let address = line.trim().strip_prefix("listening on ").expect("address");
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("reply");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn serve_logs_json_lines_at_the_level_asked() {
+    let logged = serve_once_and_log(&["--log-format", "json"]);
+    let lines: Vec<serde_json::Value> = logged
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    assert!(
+        lines.iter().any(|line| line["fields"]["message"] == "request"
+            && line["fields"]["operation"] == "Health"
+            && line["fields"]["status"] == 200
+            && line["level"] == "INFO"),
+        "{logged}"
+    );
+    let quiet = serve_once_and_log(&["--log-level", "warn"]);
+    assert!(quiet.contains("WARN AUTHENTICATION IS OFF"), "{quiet}");
+    assert!(!quiet.contains("Health"), "{quiet}");
+    assert!(serve_once_and_log(&[]).contains("Health"));
+    let output = Command::new(env!("CARGO_BIN_EXE_blocksnap"))
+        .args(["--store", "/nonexistent", "--log-level", "loud=[", "serve"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2), "a bad level is a usage error");
+}
