@@ -305,7 +305,12 @@ fn serve_once_and_log(extra: &[&str]) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_blocksnap"))
         .arg("--store")
         .arg(dir.path().join("store"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--insecure-no-authentication"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-no-authentication",
+        ])
         .args(extra)
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
@@ -342,10 +347,12 @@ fn serve_logs_json_lines_at_the_level_asked() {
         .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
         .collect();
     assert!(
-        lines.iter().any(|line| line["fields"]["message"] == "request"
-            && line["fields"]["operation"] == "Health"
-            && line["fields"]["status"] == 200
-            && line["level"] == "INFO"),
+        lines
+            .iter()
+            .any(|line| line["fields"]["message"] == "request"
+                && line["fields"]["operation"] == "Health"
+                && line["fields"]["status"] == 200
+                && line["level"] == "INFO"),
         "{logged}"
     );
     let quiet = serve_once_and_log(&["--log-level", "warn"]);
@@ -356,5 +363,159 @@ fn serve_logs_json_lines_at_the_level_asked() {
         .args(["--store", "/nonexistent", "--log-level", "loud=[", "serve"])
         .output()
         .expect("run");
-    assert_eq!(output.status.code(), Some(2), "a bad level is a usage error");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a bad level is a usage error"
+    );
+}
+
+/// Runs `tests/boto3/keys.py`: one request with `access`/`secret`,
+/// expecting `outcome` (`accepted`, `refused` or `untrusted`).
+fn request_with_keys(
+    server: &Server,
+    access: &str,
+    secret: &str,
+    outcome: &str,
+    trust: Option<&str>,
+) {
+    let mut arguments = vec![access, secret, outcome];
+    arguments.extend(trust);
+    run_script_with(server, "keys.py", &arguments);
+}
+
+/// SIGHUP makes `serve` read its credentials file and its TLS files
+/// again: new keys work and removed ones stop at once, the new
+/// certificate is presented to new connections, and a reload that fails
+/// to load keeps what was in force.
+#[test]
+fn sighup_reloads_access_keys_and_the_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let make_certificate = |name: &str| {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+                .expect("certificate");
+        let cert = dir.path().join(format!("{name}.pem"));
+        let key = dir.path().join(format!("{name}.key"));
+        std::fs::write(&cert, certified.cert.pem()).expect("write certificate");
+        std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write key");
+        (cert, key)
+    };
+    let (first_cert, first_key) = make_certificate("first");
+    let (second_cert, second_key) = make_certificate("second");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::copy(&first_cert, &cert).expect("copy");
+    std::fs::copy(&first_key, &key).expect("copy");
+    let server = serve(
+        false,
+        &[
+            "--tls-cert",
+            cert.to_str().expect("path"),
+            "--tls-key",
+            key.to_str().expect("path"),
+        ],
+    );
+    let credentials = server._dir.path().join("credentials");
+    let trust_first = Some(first_cert.to_str().expect("path"));
+    let trust_second = Some(second_cert.to_str().expect("path"));
+    request_with_keys(
+        &server,
+        "AKIDALICE",
+        "alice-secret",
+        "accepted",
+        trust_first,
+    );
+    request_with_keys(&server, "AKIDCAROL", "carol-secret", "refused", trust_first);
+    std::fs::write(
+        &credentials,
+        "AKIDCAROL carol-secret 333333333333\nAKIDBOB bob-secret 222222222222\n",
+    )
+    .expect("new credentials");
+    std::fs::copy(&second_cert, &cert).expect("copy");
+    std::fs::copy(&second_key, &key).expect("copy");
+    let hangup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &server.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        // The reload is logged at once; give the signal task a moment.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    hangup();
+    request_with_keys(
+        &server,
+        "AKIDCAROL",
+        "carol-secret",
+        "accepted",
+        trust_second,
+    );
+    request_with_keys(
+        &server,
+        "AKIDALICE",
+        "alice-secret",
+        "refused",
+        trust_second,
+    );
+    request_with_keys(&server, "AKIDBOB", "bob-secret", "untrusted", trust_first);
+    // A reload whose files do not load keeps the keys and certificate.
+    std::fs::write(&credentials, "this line is not three fields\n").expect("broken");
+    std::fs::write(&cert, "not a certificate").expect("broken");
+    hangup();
+    request_with_keys(
+        &server,
+        "AKIDCAROL",
+        "carol-secret",
+        "accepted",
+        trust_second,
+    );
+}
+
+/// A keep-alive connection opened before a SIGHUP is served after it.
+#[test]
+fn sighup_drops_no_connection() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blocksnap"))
+        .arg("--store")
+        .arg(dir.path().join("store"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-no-authentication",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read address");
+    let address = line.trim().strip_prefix("listening on ").expect("address");
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    let ask = |stream: &mut std::net::TcpStream| {
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("request");
+        let mut reply = [0u8; 512];
+        let read = stream.read(&mut reply).expect("reply");
+        String::from_utf8_lossy(&reply[..read]).into_owned()
+    };
+    assert!(ask(&mut stream).starts_with("HTTP/1.1 200"));
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "SIGHUP stopped serve"
+    );
+    let reply = ask(&mut stream);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -32,16 +32,18 @@ struct Key {
     owner: String,
 }
 
-/// The access keys a server accepts.
-#[derive(Clone, Default)]
+/// The access keys a server accepts. They can be replaced while the
+/// server runs ([`Credentials::replace_with`], `serve`'s SIGHUP): each
+/// request is checked against the keys in force when it arrives.
+#[derive(Default)]
 pub struct Credentials {
-    keys: HashMap<String, Key>,
+    keys: parking_lot::RwLock<HashMap<String, Key>>,
 }
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
-            .field("access_keys", &self.keys.len())
+            .field("access_keys", &self.len())
             .finish()
     }
 }
@@ -91,7 +93,12 @@ impl Credentials {
             secret: secret.to_string(),
             owner: owner.to_string(),
         };
-        if self.keys.insert(access_key_id.to_string(), key).is_some() {
+        if self
+            .keys
+            .get_mut()
+            .insert(access_key_id.to_string(), key)
+            .is_some()
+        {
             return Err(Error::invalid(
                 ValidationReason::InvalidParameterValue,
                 format!("access key '{access_key_id}' is listed twice"),
@@ -100,14 +107,20 @@ impl Credentials {
         Ok(())
     }
 
+    /// Puts `other`'s keys in place of these, at once: requests already
+    /// checked are unaffected, later ones see only the new keys.
+    pub fn replace_with(&self, other: Credentials) {
+        *self.keys.write() = other.keys.into_inner();
+    }
+
     /// How many access keys there are.
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.keys.read().len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.keys.read().is_empty()
     }
 }
 
@@ -185,7 +198,7 @@ fn parse_amz_date(text: &str) -> Option<SystemTime> {
 /// without a known key costs the server nothing more.
 pub struct Presented<'a> {
     authorization: Authorization<'a>,
-    key: &'a Key,
+    key: Key,
     signed_at: SystemTime,
     signed: Vec<(&'a str, &'a str)>,
 }
@@ -208,7 +221,9 @@ pub fn check_headers<'a>(
     let authorization = parse_authorization(authorization)?;
     let key = credentials
         .keys
+        .read()
         .get(authorization.access_key_id)
+        .cloned()
         .ok_or_else(|| {
             denied(format!(
                 "The access key '{}' is not known.",
@@ -338,7 +353,7 @@ pub fn verify_signature(
             .map_err(|error| denied(format!("The request cannot be canonicalized: {error}")))?;
     let identity = aws_credential_types::Credentials::new(
         authorization.access_key_id,
-        key.secret.clone(),
+        key.secret,
         None,
         None,
         "blocksnap",
@@ -372,7 +387,7 @@ pub fn verify_signature(
             "The request signature does not match the one computed with the access key's secret.",
         ));
     }
-    Ok(key.owner.clone())
+    Ok(key.owner)
 }
 
 #[cfg(test)]

@@ -750,13 +750,50 @@ async fn list_changed_blocks(
     .await
 }
 
-/// The TLS configuration of `serve` from PEM files: the certificate chain
-/// at `cert` and the private key at `key`, with the ring provider (the one
-/// crypto provider in the binary).
-pub fn tls_config(
+/// A TLS certificate and key from PEM files that can be loaded again
+/// while the server runs (`serve`'s SIGHUP): new handshakes use the
+/// current pair, sessions already established keep theirs, and a reload
+/// that fails leaves the current pair in place.
+#[derive(Debug)]
+pub struct ReloadableCertificate {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    current: parking_lot::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ReloadableCertificate {
+    /// Loads the certificate chain at `cert` and the private key at `key`
+    /// (they must match).
+    pub fn load(cert: &std::path::Path, key: &std::path::Path) -> std::io::Result<Self> {
+        Ok(ReloadableCertificate {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: parking_lot::RwLock::new(Arc::new(certified_key(cert, key)?)),
+        })
+    }
+
+    /// Reads both files again and, if they load and match, uses them for
+    /// every later handshake.
+    pub fn reload(&self) -> std::io::Result<()> {
+        let loaded = certified_key(&self.cert, &self.key)?;
+        *self.current.write() = Arc::new(loaded);
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadableCertificate {
+    fn resolve(
+        &self,
+        _client_hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.read().clone())
+    }
+}
+
+fn certified_key(
     cert: &std::path::Path,
     key: &std::path::Path,
-) -> std::io::Result<Arc<rustls::ServerConfig>> {
+) -> std::io::Result<rustls::sign::CertifiedKey> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let invalid = |what: &str, path: &std::path::Path, error: &dyn std::fmt::Display| {
@@ -768,15 +805,35 @@ pub fn tls_config(
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|error| invalid("reading the certificate chain", cert, &error))?;
+    if chain.is_empty() {
+        return Err(invalid(
+            "reading the certificate chain",
+            cert,
+            &"no certificate",
+        ));
+    }
     let private_key = PrivateKeyDer::from_pem_file(key)
         .map_err(|error| invalid("reading the private key", key, &error))?;
+    rustls::sign::CertifiedKey::from_der(
+        chain,
+        private_key,
+        &rustls::crypto::ring::default_provider(),
+    )
+    .map_err(|error| invalid("using the certificate", cert, &error))
+}
+
+/// The TLS configuration of `serve`: `certificate`'s current pair for
+/// each handshake, with the ring provider (the one crypto provider in the
+/// binary), HTTP/1.1 by ALPN.
+pub fn tls_config(
+    certificate: Arc<ReloadableCertificate>,
+) -> std::io::Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|error| invalid("configuring TLS for", cert, &error))?
+        .map_err(|error| std::io::Error::other(format!("configuring TLS: {error}")))?
         .with_no_client_auth()
-        .with_single_cert(chain, private_key)
-        .map_err(|error| invalid("using the certificate", cert, &error))?;
+        .with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -39,7 +39,7 @@ pub fn run(cli: &Cli, args: &NbdArgs, out: &Output) -> Result<(), Failure> {
         .build()
         .map_err(|error| Error::io("starting the runtime", error))?;
     runtime.block_on(async {
-        let shutdown = crate::serve::shutdown_signal()
+        let shutdown = crate::serve::shutdown_signal(true)
             .map_err(|error| Error::io("installing the signal handlers", error))?;
         let listener = match &args.listen {
             Some(address) => NbdListener::bind_tcp(address)

@@ -4,8 +4,8 @@ use crate::args::{Cli, LogFormat, ServeArgs};
 use crate::Failure;
 use blocksnap::nbd::{NbdConfig, NbdListener, NbdServer};
 use blocksnap::server::{
-    router_with_metrics, serve, tls_config, Authentication, Credentials, RateLimits, ServerConfig,
-    ServerLimits,
+    router_with_metrics, serve, tls_config, Authentication, Credentials, RateLimits,
+    ReloadableCertificate, ServerConfig, ServerLimits,
 };
 use blocksnap::storage::Storage;
 use blocksnap::{Engine, EngineConfig, Error};
@@ -21,7 +21,7 @@ const STORE_CREDENTIALS: &str = "credentials";
 /// The store's own credentials file, created on first use with one random
 /// access key (owner `000000000000`), readable by the owner only: a server
 /// started with no set-up is still authenticated.
-fn store_credentials(store: &Path) -> Result<Credentials, Failure> {
+fn store_credentials(store: &Path) -> Result<(Credentials, std::path::PathBuf), Failure> {
     let path = store.join(STORE_CREDENTIALS);
     if !path.exists() {
         std::fs::create_dir_all(store)
@@ -63,22 +63,26 @@ fn store_credentials(store: &Path) -> Result<Credentials, Failure> {
             path.display()
         );
     }
-    Ok(Credentials::from_file(&path)?)
+    Ok((Credentials::from_file(&path)?, path))
 }
 
-/// The access keys: the credentials file, else one key from the
-/// environment, else the store's own credentials file (created with a
-/// random key on first start).
-fn authentication(cli: &Cli, args: &ServeArgs) -> Result<Authentication, Failure> {
+/// How requests are authenticated, and the file the access keys come
+/// from (read again on SIGHUP): the credentials file, else one key from
+/// the environment (no file), else the store's own credentials file
+/// (created with a random key on first start).
+fn authentication(
+    cli: &Cli,
+    args: &ServeArgs,
+) -> Result<(Authentication, Option<std::path::PathBuf>), Failure> {
     if args.insecure_no_authentication {
         let owner = cli
             .owner
             .clone()
             .unwrap_or_else(|| EngineConfig::default().owner_id);
-        return Ok(Authentication::InsecureSingleOwner(owner));
+        return Ok((Authentication::InsecureSingleOwner(owner), None));
     }
-    let credentials = match &args.credentials {
-        Some(path) => Credentials::from_file(path)?,
+    let (credentials, file) = match &args.credentials {
+        Some(path) => (Credentials::from_file(path)?, Some(path.clone())),
         None => {
             let variable = |name: &str| std::env::var(name).ok();
             match (
@@ -92,9 +96,13 @@ fn authentication(cli: &Cli, args: &ServeArgs) -> Result<Authentication, Failure
                         .unwrap_or_else(|| EngineConfig::default().owner_id);
                     let mut credentials = Credentials::default();
                     credentials.add(&access, &secret, &owner)?;
-                    credentials
+                    (credentials, None)
                 }
-                _ => store_credentials(&cli.local_dir().map_err(Failure::Usage)?)?,
+                _ => {
+                    let (credentials, path) =
+                        store_credentials(&cli.local_dir().map_err(Failure::Usage)?)?;
+                    (credentials, Some(path))
+                }
             }
         }
     };
@@ -103,7 +111,44 @@ fn authentication(cli: &Cli, args: &ServeArgs) -> Result<Authentication, Failure
             "the credentials file lists no access key".into(),
         ));
     }
-    Ok(Authentication::SigV4(Arc::new(credentials)))
+    Ok((Authentication::SigV4(Arc::new(credentials)), file))
+}
+
+/// What SIGHUP loads again: the credentials file (when the keys came from
+/// one) and the TLS certificate and key (when serving HTTPS).
+struct Reloadable {
+    credentials: Option<(Arc<Credentials>, std::path::PathBuf)>,
+    certificate: Option<Arc<ReloadableCertificate>>,
+}
+
+impl Reloadable {
+    /// Reloads each part; one that fails to load keeps what it had, and
+    /// says why in the log. Connections are never dropped.
+    fn reload(&self) {
+        if let Some((credentials, path)) = &self.credentials {
+            match Credentials::from_file(path) {
+                Ok(loaded) if loaded.is_empty() => {
+                    tracing::warn!(file = %path.display(), "SIGHUP: the credentials file lists no access key; the keys in force stay")
+                }
+                Ok(loaded) => {
+                    let keys = loaded.len();
+                    credentials.replace_with(loaded);
+                    tracing::info!(file = %path.display(), keys, "SIGHUP: access keys reloaded");
+                }
+                Err(error) => {
+                    tracing::warn!(file = %path.display(), %error, "SIGHUP: the credentials file did not load; the keys in force stay")
+                }
+            }
+        }
+        if let Some(certificate) = &self.certificate {
+            match certificate.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(error) => {
+                    tracing::warn!(%error, "SIGHUP: the TLS certificate did not load; the one in force stays")
+                }
+            }
+        }
+    }
 }
 
 /// The rate quotas: AWS's, changed by `--rate-limit`, or none.
@@ -126,22 +171,48 @@ fn rate_limits(args: &ServeArgs) -> Result<RateLimits, Failure> {
     Ok(limits)
 }
 
-/// A future that resolves on the first SIGINT, SIGTERM or SIGHUP. The
-/// handlers are installed by this call, not by the future's first poll,
-/// so a signal that arrives while the store opens, or just after the
-/// address is printed, stops the server gracefully instead of killing it.
-pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+/// A future that resolves on the first SIGINT or SIGTERM, and SIGHUP
+/// when `hangup_stops` (`nbd`; `serve` reloads on it instead, see
+/// [`reload_on_hangup`]). The handlers are installed by this call, not by
+/// the future's first poll, so a signal that arrives while the store
+/// opens, or just after the address is printed, stops the server
+/// gracefully instead of killing it.
+pub fn shutdown_signal(
+    hangup_stops: bool,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
+    let mut hangup = hangup_stops
+        .then(|| signal(SignalKind::hangup()))
+        .transpose()?;
     Ok(async move {
+        let hangup = async {
+            match &mut hangup {
+                Some(hangup) => hangup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = interrupt.recv() => {},
             _ = terminate.recv() => {},
-            _ = hangup.recv() => {},
+            _ = hangup => {},
         }
         tracing::info!("shutting down: no new connections; finishing requests in flight");
+    })
+}
+
+/// Installs the SIGHUP handler now and returns the task body that
+/// reloads `reloadable` on each SIGHUP, for as long as the server runs.
+fn reload_on_hangup(
+    reloadable: Reloadable,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        while hangup.recv().await.is_some() {
+            reloadable.reload();
+        }
     })
 }
 
@@ -151,7 +222,9 @@ pub fn init_logging(cli: &Cli) -> Result<(), Failure> {
     use tracing_subscriber::EnvFilter;
     let filter = match &cli.log_level {
         Some(directives) => EnvFilter::try_new(directives).map_err(|error| {
-            Failure::Usage(format!("--log-level '{directives}' is not a level: {error}"))
+            Failure::Usage(format!(
+                "--log-level '{directives}' is not a level: {error}"
+            ))
         })?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
@@ -197,7 +270,8 @@ fn open_descriptors() -> u64 {
     std::fs::read_dir("/proc/self/fd").map_or(0, |entries| entries.count() as u64)
 }
 
-/// Runs the server until SIGINT, SIGTERM or SIGHUP; in-flight requests finish and
+/// Runs the server until SIGINT or SIGTERM (SIGHUP reloads the access keys
+/// and the TLS certificate); in-flight requests finish and
 /// every acknowledged put is durable before it returns.
 pub fn run(
     cli: &Cli,
@@ -205,7 +279,11 @@ pub fn run(
     engine_config: EngineConfig,
     storage: Arc<dyn Storage>,
 ) -> Result<(), Failure> {
-    let authentication = authentication(cli, args)?;
+    let (authentication, credentials_file) = authentication(cli, args)?;
+    let reloadable_credentials = match (&authentication, credentials_file) {
+        (Authentication::SigV4(credentials), Some(path)) => Some((credentials.clone(), path)),
+        _ => None,
+    };
     let mut config = ServerConfig {
         authentication,
         rate_limits: rate_limits(args)?,
@@ -236,8 +314,21 @@ pub fn run(
         .build()
         .map_err(|error| Error::io("starting the runtime", error))?;
     runtime.block_on(async {
-        let shutdown = shutdown_signal()
+        let shutdown = shutdown_signal(false)
             .map_err(|error| Error::io("installing the signal handlers", error))?;
+        let certificate = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                ReloadableCertificate::load(cert, key)
+                    .map_err(|error| Error::io("loading the TLS files", error))?,
+            )),
+            _ => None,
+        };
+        let reloader = reload_on_hangup(Reloadable {
+            credentials: reloadable_credentials,
+            certificate: certificate.clone(),
+        })
+        .map_err(|error| Error::io("installing the signal handlers", error))?;
+        tokio::spawn(reloader);
         // Opened inside the runtime, so the reaper runs.
         let engine = Engine::open_with(storage, engine_config)?;
         for damage in engine.open_damage() {
@@ -253,12 +344,10 @@ pub fn run(
                 config.limits.max_connections = cap;
             }
         }
-        let tls = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(
-                tls_config(cert, key).map_err(|error| Error::io("loading the TLS files", error))?,
-            ),
-            _ => None,
-        };
+        let tls = certificate
+            .map(tls_config)
+            .transpose()
+            .map_err(|error| Error::io("configuring TLS", error))?;
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .map_err(|error| Error::io(format!("listening on {}", args.listen), error))?;
