@@ -519,3 +519,99 @@ fn sighup_drops_no_connection() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Under systemd (`Type=notify`), `serve` sends `READY=1` once it listens
+/// and `STOPPING=1` when a SIGTERM stops it, to a path or an abstract
+/// `$NOTIFY_SOCKET`.
+#[test]
+fn serve_notifies_systemd_when_ready_and_when_stopping() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let abstract_name = format!("blocksnap-test-{}", std::process::id());
+    let sockets = [
+        (
+            UnixDatagram::bind(dir.path().join("notify")).expect("bind"),
+            dir.path()
+                .join("notify")
+                .to_str()
+                .expect("path")
+                .to_string(),
+        ),
+        (
+            UnixDatagram::bind_addr(
+                &SocketAddr::from_abstract_name(abstract_name.as_bytes()).expect("name"),
+            )
+            .expect("bind abstract"),
+            format!("@{abstract_name}"),
+        ),
+    ];
+    for (socket, variable) in sockets {
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .expect("timeout");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_blocksnap"))
+            .arg("--store")
+            .arg(dir.path().join("store"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--insecure-no-authentication",
+            ])
+            .env("NOTIFY_SOCKET", &variable)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read address");
+        assert!(line.starts_with("listening on "), "{line}");
+        let mut buffer = [0u8; 256];
+        let received = socket.recv(&mut buffer).expect("READY=1");
+        assert_eq!(&buffer[..received], b"READY=1", "{variable}");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let received = socket.recv(&mut buffer).expect("STOPPING=1");
+        assert_eq!(&buffer[..received], b"STOPPING=1", "{variable}");
+        assert!(child.wait().expect("wait").success());
+    }
+}
+
+/// The example unit file names `Type=notify` and a reload by SIGHUP, as
+/// `serve` implements them.
+#[test]
+fn the_example_unit_file_matches_what_serve_does() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/blocksnap.service"
+    ))
+    .expect("contrib/blocksnap.service");
+    for expected in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "KillSignal=SIGTERM",
+        " serve ",
+    ] {
+        assert!(unit.contains(expected), "{expected}");
+    }
+    if let Ok(output) = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/contrib/blocksnap.service"
+        ))
+        .output()
+    {
+        let report = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !report.contains("Unknown key") && !report.contains("Unknown section"),
+            "{report}"
+        );
+    }
+}

@@ -380,6 +380,7 @@ pub fn run(
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
+            notify_systemd("STOPPING=1");
             let _ = stop.send(true);
         });
         let stop_signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
@@ -401,6 +402,7 @@ pub fn run(
             None => None,
         };
         println!("listening on {address}");
+        notify_systemd("READY=1");
         let store = cli.store_location().map_err(Failure::Usage)?;
         tracing::info!(%address, scheme, %store, "serving the EBS direct API");
         let served = serve(listener, app, tls, &limits, stop_signal(stopped))
@@ -426,4 +428,30 @@ pub fn run(
         engine.flush()?;
         Ok::<(), Failure>(())
     })
+}
+
+/// Tells systemd (a `Type=notify` unit) how the service is doing: one
+/// datagram to `$NOTIFY_SOCKET`, a path or, with a leading `@`, an
+/// abstract socket. Outside systemd there is no such variable and nothing
+/// is sent. Written here rather than with a crate: the protocol is that
+/// one datagram, and a failure to send it only costs the notification.
+fn notify_systemd(state: &str) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| {
+        let datagram = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = socket.as_encoded_bytes();
+        match bytes.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                datagram.send_to_addr(state.as_bytes(), &address)
+            }
+            None => datagram.send_to(state.as_bytes(), &socket),
+        }
+    })();
+    if let Err(error) = sent {
+        tracing::warn!(%error, state, "could not notify systemd");
+    }
 }
