@@ -90,6 +90,18 @@ fn write_seed_corpora() {
             "GET /snapshots/snap-0123456789abcdef/changedblocks?firstSnapshotId=snap-0123456789abcdee&maxResults=100\n\n",
         ),
         (
+            "ec2-describe",
+            "POST /\ncontent-type: application/x-www-form-urlencoded\n\nAction=DescribeSnapshots&Version=2016-11-15&Owner.1=self&Filter.1.Name=tag%3AName&Filter.1.Value.1=web*&Filter.2.Name=status&Filter.2.Value.1=completed&MaxResults=5&NextToken=AQQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ),
+        (
+            "ec2-tags",
+            "POST /\ncontent-type: application/x-www-form-urlencoded\n\nAction=CreateTags&Version=2016-11-15&ResourceId.1=snap-0123456789abcdef&Tag.1.Key=Name&Tag.1.Value=web+1&Tag.2.Key=env",
+        ),
+        (
+            "ec2-copy",
+            "POST /\ncontent-type: application/x-www-form-urlencoded\n\nAction=CopySnapshot&Version=2016-11-15&SourceSnapshotId=snap-0123456789abcdef&SourceRegion=us-east-1&Description=copy&TagSpecification.1.ResourceType=snapshot&TagSpecification.1.Tag.1.Key=k&TagSpecification.1.Tag.1.Value=v&DryRun=true",
+        ),
+        (
             "get",
             "GET /snapshots/snap-0123456789abcdef/blocks/3?blockToken=AQEAAAAAAAAAAAMAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA%3D\n\n",
         ),

@@ -66,14 +66,16 @@ fn request_of(data: &[u8]) -> Option<axum::http::Request<axum::body::Body>> {
 }
 
 /// A whole HTTP request through the server's router: routing, header and
-/// query parsing, bodies, validation, the engine. Any reply is a well-formed
-/// EBS reply; bad input is never an internal error.
+/// query parsing, bodies (EC2's forms on `POST /` too), validation, the
+/// engine. Any reply is a well-formed EBS reply, or EC2's XML error
+/// document on `POST /`; bad input is never an internal error.
 #[cfg(feature = "server")]
 pub fn http_request(data: &[u8]) {
     use hyper::service::Service;
     let Some(request) = request_of(data) else {
         return;
     };
+    let ec2 = request.method() == axum::http::Method::POST && request.uri().path() == "/";
     let (runtime, router) = server();
     let service = hyper_util::service::TowerToHyperService::new(router.clone());
     let response = runtime
@@ -81,7 +83,18 @@ pub fn http_request(data: &[u8]) {
         .unwrap_or_else(|never| match never {});
     let status = response.status().as_u16();
     assert_ne!(status, 500, "an internal error on bad input");
-    if status >= 400 {
+    if status >= 400 && ec2 {
+        let body = runtime
+            .block_on(http_body_util::BodyExt::collect(response.into_body()))
+            .expect("a body in memory")
+            .to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.starts_with("<?xml") && text.contains("<Errors><Error><Code>"),
+            "an EC2 error without EC2's document: {text}"
+        );
+        assert!(!text.contains("<Code>InternalError</Code>"), "{text}");
+    } else if status >= 400 {
         assert!(
             response.headers().contains_key("x-amzn-ErrorType"),
             "an error without its type"
