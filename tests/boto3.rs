@@ -297,14 +297,18 @@ fn bytes_0_to_255(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 256) as u8).collect()
 }
 
-/// Runs `serve` on a fresh store with `extra` arguments, sends it one
-/// `GET /health`, stops it with SIGTERM, and returns its stderr.
-fn serve_once_and_log(extra: &[&str]) -> String {
-    use std::io::{Read, Write};
-    let dir = tempfile::tempdir().expect("tempdir");
+/// Spawns `serve --insecure-no-authentication` on a fresh store under
+/// `dir` with `extra` arguments and `environment`, stderr piped when
+/// `keep_stderr`; returns it and the address it printed.
+fn spawn_insecure(
+    dir: &std::path::Path,
+    extra: &[&str],
+    environment: &[(&str, &str)],
+    keep_stderr: bool,
+) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_blocksnap"))
         .arg("--store")
-        .arg(dir.path().join("store"))
+        .arg(dir.join("store"))
         .args([
             "serve",
             "--listen",
@@ -313,15 +317,33 @@ fn serve_once_and_log(extra: &[&str]) -> String {
         ])
         .args(extra)
         .env_remove("RUST_LOG")
+        .envs(environment.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(if keep_stderr {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .expect("start serve");
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("read address");
-    let address = line.trim().strip_prefix("listening on ").expect("address");
+    let address = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .to_string();
+    (child, address)
+}
+
+/// Runs `serve` on a fresh store with `extra` arguments, sends it one
+/// `GET /health`, stops it with SIGTERM, and returns its stderr.
+fn serve_once_and_log(extra: &[&str]) -> String {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (child, address) = spawn_insecure(dir.path(), extra, &[], true);
     let mut stream = std::net::TcpStream::connect(address).expect("connect");
     stream
         .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -476,24 +498,7 @@ fn sighup_reloads_access_keys_and_the_certificate() {
 fn sighup_drops_no_connection() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blocksnap"))
-        .arg("--store")
-        .arg(dir.path().join("store"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-no-authentication",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read address");
-    let address = line.trim().strip_prefix("listening on ").expect("address");
+    let (mut child, address) = spawn_insecure(dir.path(), &[], &[], false);
     let mut stream = std::net::TcpStream::connect(address).expect("connect");
     let ask = |stream: &mut std::net::TcpStream| {
         stream
@@ -550,25 +555,12 @@ fn serve_notifies_systemd_when_ready_and_when_stopping() {
         socket
             .set_read_timeout(Some(std::time::Duration::from_secs(30)))
             .expect("timeout");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_blocksnap"))
-            .arg("--store")
-            .arg(dir.path().join("store"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--insecure-no-authentication",
-            ])
-            .env("NOTIFY_SOCKET", &variable)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read address");
-        assert!(line.starts_with("listening on "), "{line}");
+        let (mut child, _) = spawn_insecure(
+            dir.path(),
+            &[],
+            &[("NOTIFY_SOCKET", variable.as_str())],
+            false,
+        );
         let mut buffer = [0u8; 256];
         let received = socket.recv(&mut buffer).expect("READY=1");
         assert_eq!(&buffer[..received], b"READY=1", "{variable}");

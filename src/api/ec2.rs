@@ -6,7 +6,7 @@
 //! answer; the Query protocol's form and XML are the server's.
 
 use super::tokens::{TokenSigner, PAGE_KIND_DESCRIBE_SNAPSHOTS, PAGE_KIND_DESCRIBE_TAGS};
-use super::{status_of, validate, Status, Tag, PAGE_TOKEN_LIFETIME_SECS};
+use super::{status_of, tags_of, validate, Status, Tag, PAGE_TOKEN_LIFETIME_SECS};
 use crate::catalog::{SnapshotRecord, SnapshotState};
 use crate::engine::{Engine, NewSnapshot, RequestedEncryption};
 use crate::error::{Error, ValidationReason};
@@ -714,14 +714,7 @@ fn describe(record: &SnapshotRecord) -> Ec2Snapshot {
         completion_millis,
         volume_size: started.volume_size_gib,
         description: started.description.clone(),
-        tags: started
-            .tags
-            .iter()
-            .map(|(key, value)| Tag {
-                key: key.clone(),
-                value: value.clone(),
-            })
-            .collect(),
+        tags: tags_of(started),
         encrypted: started.sse != SseKind::None,
         kms_key_id: source_key(record),
         owner_id: started.owner.clone(),

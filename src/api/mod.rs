@@ -37,6 +37,18 @@ pub(crate) fn status_of(record: &SnapshotRecord) -> Status {
     }
 }
 
+/// A snapshot's tags in the API's shape.
+pub(crate) fn tags_of(started: &crate::format::catalog::StartedRecord) -> Vec<Tag> {
+    started
+        .tags
+        .iter()
+        .map(|(key, value)| Tag {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
 pub(crate) fn start_response(record: &SnapshotRecord) -> StartSnapshotResponse {
     let started = &record.started;
     StartSnapshotResponse {
@@ -47,14 +59,7 @@ pub(crate) fn start_response(record: &SnapshotRecord) -> StartSnapshotResponse {
         start_time: millis_to_system_time(started.start_millis),
         volume_size: started.volume_size_gib as i64,
         block_size: BLOCK_SIZE_BYTES,
-        tags: started
-            .tags
-            .iter()
-            .map(|(key, value)| Tag {
-                key: key.clone(),
-                value: value.clone(),
-            })
-            .collect(),
+        tags: tags_of(started),
         parent_snapshot_id: started.parent.map(|parent| parent.to_string()),
         // A plain snapshot's key name is its owner's dedup domain: internal.
         kms_key_arn: started

@@ -337,19 +337,25 @@ impl ChunkStore {
             let Some(entries) = load_index(self.storage.as_ref(), seq, pack_len) else {
                 continue;
             };
-            self.stored_bytes.fetch_add(
-                entries
-                    .iter()
-                    .map(|entry| u64::from(entry.record_len))
-                    .sum::<u64>(),
-                Ordering::AcqRel,
-            );
-            self.index.write().add_sealed(seq, &entries);
-            self.readers.write().insert(seq, reader);
+            self.add_sealed_pack(seq, reader, &entries);
             added += 1;
         }
         self.follow_removals(&indexed)?;
         Ok(added)
+    }
+
+    /// Makes another writer's sealed pack `seq` readable here: its
+    /// records count as stored, its entries join the index.
+    fn add_sealed_pack(&self, seq: u32, reader: Arc<dyn ReadFile>, entries: &[IndexEntry]) {
+        self.stored_bytes.fetch_add(
+            entries
+                .iter()
+                .map(|entry| u64::from(entry.record_len))
+                .sum::<u64>(),
+            Ordering::AcqRel,
+        );
+        self.index.write().add_sealed(seq, entries);
+        self.readers.write().insert(seq, reader);
     }
 
     /// The packs the medium lists, by sequence: whether each has its pack
@@ -418,15 +424,7 @@ impl ChunkStore {
                 .into_iter()
                 .map(|(_, entry)| entry)
                 .collect();
-            self.stored_bytes.fetch_add(
-                entries
-                    .iter()
-                    .map(|entry| u64::from(entry.record_len))
-                    .sum::<u64>(),
-                Ordering::AcqRel,
-            );
-            self.index.write().add_sealed(seq, &entries);
-            self.readers.write().insert(seq, reader);
+            self.add_sealed_pack(seq, reader, &entries);
             if !self.storage.is_read_only() {
                 self.unindexed.lock().insert(seq, entries);
             }
