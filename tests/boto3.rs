@@ -607,3 +607,45 @@ fn the_example_unit_file_matches_what_serve_does() {
         );
     }
 }
+
+/// A command that needs the store `serve` holds fails at once, naming the
+/// serving process and what to do instead; it never waits or damages.
+#[test]
+fn commands_on_a_served_store_fail_at_once_naming_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut child, _) = spawn_insecure(dir.path(), &[], &[], false);
+    let store = dir.path().join("store");
+    for args in [&["rm", "snap-0123456789abcdef"][..], &["gc"], &["ls"]] {
+        let started = std::time::Instant::now();
+        let output = Command::new(env!("CARGO_BIN_EXE_blocksnap"))
+            .arg("--store")
+            .arg(&store)
+            .args(args)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(
+            stderr.contains(&format!("is served by process {}", child.id()))
+                && stderr.contains("serve")
+                && stderr.contains("DeleteSnapshot"),
+            "{args:?}: {stderr}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    // The lock file names a process that is gone: nobody is named, and
+    // the store opens.
+    let output = Command::new(env!("CARGO_BIN_EXE_blocksnap"))
+        .arg("--store")
+        .arg(&store)
+        .arg("verify")
+        .output()
+        .expect("run");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

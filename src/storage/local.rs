@@ -28,11 +28,57 @@ pub struct LocalStorage {
 /// The name of the lock file in a store directory.
 const LOCK_NAME: &str = "LOCK";
 
+/// Longest command line the lock file records.
+const MAX_HOLDER_LEN: usize = 1024;
+
+/// This process as the lock file names it: its pid and command line.
+fn holder_line() -> String {
+    let command = fs::read("/proc/self/cmdline")
+        .map(|bytes| command_text(&bytes))
+        .unwrap_or_default();
+    format!("{} {command}\n", std::process::id())
+}
+
+/// A `/proc/PID/cmdline` as one line (NULs as spaces), cut to
+/// [`MAX_HOLDER_LEN`] bytes.
+fn command_text(cmdline: &[u8]) -> String {
+    let text: String = String::from_utf8_lossy(cmdline)
+        .trim_end_matches('\0')
+        .replace(['\0', '\n'], " ");
+    let mut end = text.len().min(MAX_HOLDER_LEN);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// The writer the lock file names, if that process still runs the same
+/// command (a pid reused by another program, or a lock held by readers
+/// after that writer left, names nobody).
+fn live_holder(root: &Path) -> Option<(u32, String)> {
+    let recorded = fs::read_to_string(root.join(LOCK_NAME)).ok()?;
+    let (pid, command) = recorded.trim_end().split_once(' ')?;
+    let pid: u32 = pid.parse().ok()?;
+    let running = command_text(&fs::read(format!("/proc/{pid}/cmdline")).ok()?);
+    (running == command).then(|| (pid, command.to_string()))
+}
+
 fn in_use(root: &Path) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::WouldBlock,
-        format!("store {} is in use by another process", root.display()),
-    )
+    let message = match live_holder(root) {
+        Some((pid, command)) if command.split(' ').any(|word| word == "serve") => format!(
+            "store {} is served by process {pid} ({command}): its clients' snapshots are listed, tagged, copied and deleted through its EC2 API (DeleteSnapshot ...); stop it to run this command",
+            root.display()
+        ),
+        Some((pid, command)) => format!(
+            "store {} is in use by process {pid} ({command}); wait for it to finish",
+            root.display()
+        ),
+        None => format!(
+            "store {} is in use by another process (a reader, or a writer that left no name)",
+            root.display()
+        ),
+    };
+    io::Error::new(io::ErrorKind::WouldBlock, message)
 }
 
 impl LocalStorage {
@@ -50,6 +96,11 @@ impl LocalStorage {
             fs::TryLockError::WouldBlock => in_use(&root),
             fs::TryLockError::Error(error) => error,
         })?;
+        // Names this writer to the processes it turns away (best effort:
+        // the name only informs, and the lock is what excludes).
+        let _ = lock
+            .set_len(0)
+            .and_then(|()| (&lock).write_all(holder_line().as_bytes()));
         Ok(LocalStorage {
             root,
             _lock: Some(lock),
@@ -341,5 +392,22 @@ impl Storage for LocalStorage {
             File::open(self.path(parent_dir(dir)))?.sync_all()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_line_is_one_line_cut_at_a_character() {
+        assert_eq!(
+            command_text(b"blocksnap\0serve\0--listen\x00127.0.0.1:0\0"),
+            "blocksnap serve --listen 127.0.0.1:0"
+        );
+        let long = "é".repeat(MAX_HOLDER_LEN);
+        let cut = command_text(long.as_bytes());
+        assert!(cut.len() <= MAX_HOLDER_LEN && cut.chars().all(|c| c == 'é'));
+        assert_eq!(command_text(b"a\nb"), "a b");
     }
 }
