@@ -272,15 +272,13 @@ impl<'e> Ec2<'e> {
         for text in &request.snapshot_ids {
             wanted.push(validate::snapshot_id("SnapshotId", text)?);
         }
-        let mut records = self.engine.snapshots();
-        records.sort_unstable_by_key(|record| record.started.snapshot);
         for id in &wanted {
-            if !records.iter().any(|record| record.started.snapshot == *id) {
-                return Err(Ec2Error::client(
+            self.engine.snapshot(*id).map_err(|_| {
+                Ec2Error::client(
                     "InvalidSnapshot.NotFound",
                     format!("The snapshot '{id}' does not exist."),
-                ));
-            }
+                )
+            })?;
         }
         let owner = self.engine.owner_id();
         let owners_match = request.owner_ids.is_empty()
@@ -288,18 +286,26 @@ impl<'e> Ec2<'e> {
                 .owner_ids
                 .iter()
                 .any(|wanted| wanted == "self" || wanted == owner);
-        let mut matching = records
+        // Matching is judged in place under the catalog's read lock; only
+        // the page's records are copied out.
+        let mut ids = if owners_match {
+            self.engine.snapshot_ids_where(|record| {
+                after.is_none_or(|after| record.started.snapshot.0 > after)
+                    && (wanted.is_empty() || wanted.contains(&record.started.snapshot))
+                    && request
+                        .filters
+                        .iter()
+                        .all(|filter| record_matches(record, filter))
+            })
+        } else {
+            Vec::new()
+        };
+        ids.sort_unstable();
+        // Deleted since the ids were read: skipped.
+        let mut matching = ids
             .into_iter()
-            .filter(|_| owners_match)
-            .filter(|record| after.is_none_or(|after| record.started.snapshot.0 > after))
-            .filter(|record| wanted.is_empty() || wanted.contains(&record.started.snapshot))
-            .map(|record| describe(&record))
-            .filter(|snapshot| {
-                request
-                    .filters
-                    .iter()
-                    .all(|filter| snapshot_matches(snapshot, filter))
-            });
+            .filter_map(|id| self.engine.snapshot(id).ok())
+            .map(|record| describe(&record));
         let snapshots: Vec<Ec2Snapshot> = matching.by_ref().take(page_size).collect();
         let next_token = match (matching.next(), snapshots.last()) {
             (Some(_), Some(last)) => Some(self.page_token(
@@ -705,11 +711,7 @@ fn describe(record: &SnapshotRecord) -> Ec2Snapshot {
         snapshot_id: started.snapshot.to_string(),
         state: status_of(record),
         state_message,
-        progress: if completion_millis.is_some() {
-            "100%"
-        } else {
-            "0%"
-        },
+        progress: progress(record),
         start_millis: started.start_millis,
         completion_millis,
         volume_size: started.volume_size_gib,
@@ -733,32 +735,42 @@ pub fn timestamp(millis: u64) -> String {
         .unwrap_or_default()
 }
 
-/// Whether `snapshot` matches any value of `filter`.
-fn snapshot_matches(snapshot: &Ec2Snapshot, filter: &Filter) -> bool {
+/// Whether `record` matches any value of `filter`.
+fn record_matches(record: &SnapshotRecord, filter: &Filter) -> bool {
     let any = |text: &str| filter.values.iter().any(|pattern| glob(pattern, text));
+    let started = &record.started;
     match filter.name.as_str() {
-        "description" => any(snapshot.description.as_deref().unwrap_or("")),
-        "encrypted" => any(if snapshot.encrypted { "true" } else { "false" }),
-        "kms-key-id" => snapshot.kms_key_id.as_deref().is_some_and(any),
-        "owner-id" => any(&snapshot.owner_id),
-        "progress" => any(snapshot.progress),
-        "snapshot-id" => any(&snapshot.snapshot_id),
-        "start-time" => any(&timestamp(snapshot.start_millis)),
-        "status" => any(match snapshot.state {
-            Status::Pending => "pending",
-            Status::Completed => "completed",
-            Status::Error => "error",
+        "description" => any(started.description.as_deref().unwrap_or("")),
+        "encrypted" => any(if started.sse == SseKind::None {
+            "false"
+        } else {
+            "true"
         }),
-        "tag-key" => snapshot.tags.iter().any(|tag| any(&tag.key)),
+        "kms-key-id" => source_key(record).as_deref().is_some_and(any),
+        "owner-id" => any(&started.owner),
+        "progress" => any(progress(record)),
+        "snapshot-id" => any(&started.snapshot.to_string()),
+        "start-time" => any(&timestamp(started.start_millis)),
+        "status" => any(record.status_name()),
+        "tag-key" => started.tags.iter().any(|(key, _)| any(key)),
         "volume-id" => any(NO_VOLUME_ID),
-        "volume-size" => any(&snapshot.volume_size.to_string()),
+        "volume-size" => any(&started.volume_size_gib.to_string()),
         name => match name.strip_prefix("tag:") {
-            Some(key) => snapshot
+            Some(wanted) => started
                 .tags
                 .iter()
-                .any(|tag| tag.key == key && any(&tag.value)),
+                .any(|(key, value)| key == wanted && any(value)),
             None => false,
         },
+    }
+}
+
+/// EC2's progress text: `100%` once completed, else `0%`.
+fn progress(record: &SnapshotRecord) -> &'static str {
+    if matches!(record.state, SnapshotState::Completed { .. }) {
+        "100%"
+    } else {
+        "0%"
     }
 }
 

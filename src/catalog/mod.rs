@@ -512,6 +512,17 @@ impl Catalog {
     }
 
     /// Ids of every snapshot in a state matching `filter`.
+    pub fn select_ids(&self, filter: impl Fn(&SnapshotRecord) -> bool) -> Vec<SnapshotId> {
+        self.state
+            .read()
+            .snapshots
+            .values()
+            .filter(|record| filter(record))
+            .map(|record| record.started.snapshot)
+            .collect()
+    }
+
+    /// The records `filter` accepts, copied.
     pub fn select(&self, filter: impl Fn(&SnapshotRecord) -> bool) -> Vec<SnapshotRecord> {
         self.state
             .read()

@@ -748,6 +748,16 @@ impl Engine {
             .select(|record| *record.started.owner == *self.owner)
     }
 
+    /// The ids of the owner's snapshots that `keep` accepts, looked at in
+    /// place (under the catalog's read lock): a listing that filters or
+    /// pages then copies only the records it returns
+    /// ([`Engine::snapshot`]), not the whole catalog.
+    pub fn snapshot_ids_where(&self, keep: impl Fn(&SnapshotRecord) -> bool) -> Vec<SnapshotId> {
+        self.inner
+            .catalog
+            .select_ids(|record| *record.started.owner == *self.owner && keep(record))
+    }
+
     /// Every owner with a snapshot in the store, sorted: for the
     /// operator's views (`blocksnap ls --all-owners`); each owner's
     /// snapshots are then read through [`Engine::as_owner`].
