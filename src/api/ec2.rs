@@ -270,15 +270,14 @@ impl<'e> Ec2<'e> {
         )?;
         let mut wanted = Vec::with_capacity(request.snapshot_ids.len());
         for text in &request.snapshot_ids {
-            wanted.push(validate::snapshot_id("SnapshotId", text)?);
-        }
-        for id in &wanted {
-            self.engine.snapshot(*id).map_err(|_| {
+            let id = validate::snapshot_id("SnapshotId", text)?;
+            self.engine.snapshot(id).map_err(|_| {
                 Ec2Error::client(
                     "InvalidSnapshot.NotFound",
                     format!("The snapshot '{id}' does not exist."),
                 )
             })?;
+            wanted.push(id);
         }
         let owner = self.engine.owner_id();
         let owners_match = request.owner_ids.is_empty()
@@ -375,13 +374,8 @@ impl<'e> Ec2<'e> {
                 .clone()
                 .unwrap_or_else(|| format!("[Copied {source} from {}]", request.source_region)),
         );
-        new.tags = request
-            .tags
-            .iter()
-            .map(|tag| (tag.key.clone(), tag.value.clone()))
-            .collect();
+        new.tags = validate::tags(&request.tags)?;
         new.encryption = RequestedEncryption::None;
-        validate::tags(&request.tags)?;
         if let Some(description) = &request.description {
             validate::description(description)?;
         }
@@ -490,16 +484,23 @@ impl<'e> Ec2<'e> {
             None => None,
             Some(token) => Some(self.check_token(token, PAGE_KIND_DESCRIBE_TAGS, fingerprint)?),
         };
-        let mut records = self.engine.snapshots();
-        records.sort_unstable_by_key(|record| record.started.snapshot);
+        // As DescribeSnapshots: only the snapshots from the resumed one on
+        // that have tags are copied out, in id order, as the page needs them.
+        let mut ids = self.engine.snapshot_ids_where(|record| {
+            !record.started.tags.is_empty()
+                && resume.is_none_or(|(after, _)| record.started.snapshot.0 >= after)
+        });
+        ids.sort_unstable();
+        let records = ids
+            .into_iter()
+            .filter_map(|id| self.engine.snapshot(id).ok());
         let mut matching = records
-            .iter()
             .flat_map(|record| {
                 let id = record.started.snapshot;
                 record
                     .started
                     .tags
-                    .iter()
+                    .into_iter()
                     .enumerate()
                     .map(move |(position, (key, value))| (id, position as u32, key, value))
             })
@@ -523,8 +524,8 @@ impl<'e> Ec2<'e> {
             .take(page_size)
             .map(|(id, _, key, value)| TagDescription {
                 resource_id: id.to_string(),
-                key: key.clone(),
-                value: value.clone(),
+                key,
+                value,
             })
             .collect();
         let next_token = matching.next().map(|(id, position, _, _)| {

@@ -347,13 +347,21 @@ impl Catalog {
         record: CatalogRecord,
         precondition: impl FnOnce(&Self) -> Result<T>,
     ) -> Result<T> {
-        let frame = record.encode_frame()?;
+        self.commit_computed(|catalog| Ok((record, precondition(catalog)?)))
+    }
+
+    /// [`Catalog::commit`] of a record computed from the state under the
+    /// log lock (a transition that depends on the current record).
+    fn commit_computed<T>(
+        &self,
+        compute: impl FnOnce(&Self) -> Result<(CatalogRecord, T)>,
+    ) -> Result<T> {
         let mut log = self.log.lock();
         let log = log.as_mut().ok_or_else(read_only)?;
-        let checked = precondition(self)?;
-        log.append(&frame)?;
+        let (record, computed) = compute(self)?;
+        log.append(&record.encode_frame()?)?;
         self.state.write().apply(record, true, "catalog")?;
-        Ok(checked)
+        Ok(computed)
     }
 
     /// Records a new pending snapshot. Its journal must be durable first.
@@ -415,22 +423,30 @@ impl Catalog {
         at_millis: u64,
         edit: impl FnOnce(&[(String, String)]) -> Result<Vec<(String, String)>>,
     ) -> Result<Vec<(String, String)>> {
-        let mut log = self.log.lock();
-        let log = log.as_mut().ok_or_else(read_only)?;
-        let current = self
-            .inspect(snapshot, |record| record.started.tags.clone())
-            .ok_or_else(|| Error::NotFound {
-                message: format!("The snapshot '{snapshot}' does not exist."),
-            })?;
-        let tags = edit(&current)?;
-        let record = CatalogRecord::Tagged {
-            snapshot,
-            at_millis,
-            tags: tags.clone(),
-        };
-        log.append(&record.encode_frame()?)?;
-        self.state.write().apply(record, true, "catalog")?;
-        Ok(tags)
+        self.commit_computed(|catalog| {
+            let tags = catalog
+                .inspect(snapshot, |record| edit(&record.started.tags))
+                .ok_or_else(|| Error::NotFound {
+                    message: format!("The snapshot '{snapshot}' does not exist."),
+                })??;
+            let record = CatalogRecord::Tagged {
+                snapshot,
+                at_millis,
+                tags: tags.clone(),
+            };
+            Ok((record, tags))
+        })
+    }
+
+    /// Every owner with a snapshot, sorted, each once.
+    pub fn owners(&self) -> Vec<String> {
+        let state = self.state.read();
+        let owners: std::collections::BTreeSet<&str> = state
+            .snapshots
+            .values()
+            .map(|record| record.started.owner.as_str())
+            .collect();
+        owners.into_iter().map(str::to_string).collect()
     }
 
     fn require_deletable(&self, snapshot: SnapshotId) -> Result<SnapshotRecord> {

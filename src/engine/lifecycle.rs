@@ -121,9 +121,7 @@ impl Engine {
         }
         Ok(())
     }
-}
 
-impl Engine {
     /// Replaces the tags of one of the owner's snapshots (in any state)
     /// with what `edit` makes of them (EC2's CreateTags and DeleteTags;
     /// `blocksnap tag`), and returns the new tags. `edit` sees the tags

@@ -762,16 +762,7 @@ impl Engine {
     /// operator's views (`blocksnap ls --all-owners`); each owner's
     /// snapshots are then read through [`Engine::as_owner`].
     pub fn owners(&self) -> Vec<String> {
-        let mut owners: Vec<String> = self
-            .inner
-            .catalog
-            .select(|_| true)
-            .into_iter()
-            .map(|record| record.started.owner)
-            .collect();
-        owners.sort_unstable();
-        owners.dedup();
-        owners
+        self.inner.catalog.owners()
     }
 
     /// The map root, size and lineage of a completed snapshot.
