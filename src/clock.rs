@@ -2,7 +2,7 @@
 
 use parking_lot::Mutex;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A source of wall-clock time in milliseconds since the Unix epoch.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -105,9 +105,62 @@ pub fn utc_seconds(time: SystemTime) -> String {
         .unwrap_or_else(|| format!("@{secs}"))
 }
 
+/// Spreads work over time so that at most `rate` bytes per second pass on
+/// average (the collector's copying, verify's reading); threads may
+/// share one.
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    rate: Option<u64>,
+    started: Instant,
+    bytes: Mutex<u64>,
+}
+
+impl Pacer {
+    /// A pacer allowing `rate` bytes per second (`None` or 0: unlimited).
+    pub(crate) fn new(rate: Option<u64>) -> Pacer {
+        Pacer {
+            rate,
+            started: Instant::now(),
+            bytes: Mutex::new(0),
+        }
+    }
+
+    /// How long to wait after `bytes` more, `elapsed` since the start.
+    fn delay(&self, bytes: u64, elapsed: Duration) -> Duration {
+        let mut total = self.bytes.lock();
+        *total += bytes;
+        match self.rate {
+            Some(rate) if rate > 0 => {
+                let due = Duration::from_secs_f64(*total as f64 / rate as f64);
+                due.saturating_sub(elapsed)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Accounts for `bytes` done and sleeps if ahead of the rate.
+    pub(crate) fn pace(&self, bytes: u64) {
+        let delay = self.delay(bytes, self.started.elapsed());
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pacer_keeps_the_average_rate() {
+        let pacer = Pacer::new(Some(1000));
+        // 500 bytes at t=0 are half a second early.
+        assert_eq!(pacer.delay(500, Duration::ZERO), Duration::from_millis(500));
+        // 1000 bytes in total at t=2s: behind schedule, no wait.
+        assert_eq!(pacer.delay(500, Duration::from_secs(2)), Duration::ZERO);
+        let unlimited = Pacer::new(None);
+        assert_eq!(unlimited.delay(1 << 30, Duration::ZERO), Duration::ZERO);
+    }
 
     #[test]
     fn utc_seconds_dates() {

@@ -608,14 +608,94 @@ fn the_example_unit_file_matches_what_serve_does() {
     }
 }
 
-/// A command that needs the store `serve` holds fails at once, naming the
-/// serving process and what to do instead; it never waits or damages.
+/// Beside a running `serve` (uploads going on, its collector and verify
+/// running every second), the reading commands work and see every
+/// completed snapshot; a command that writes fails at once, naming the
+/// serving process and what to do instead; none waits or damages.
 #[test]
-fn commands_on_a_served_store_fail_at_once_naming_the_server() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut child, _) = spawn_insecure(dir.path(), &[], &[], false);
-    let store = dir.path().join("store");
-    for args in [&["rm", "snap-0123456789abcdef"][..], &["gc"], &["ls"]] {
+fn reading_commands_run_beside_serve_and_writing_ones_fail_at_once_naming_it() {
+    let server = serve(
+        false,
+        &[
+            "--gc-interval",
+            "1s",
+            "--gc-live-threshold",
+            "1.0",
+            "--verify-interval",
+            "1s",
+            "--verify-sample",
+            "1.0",
+            "--maintenance-max-bytes-per-sec",
+            "0",
+        ],
+    );
+    let store = server._dir.path().join("store");
+    let alice: &[(&str, &str)] = &[("BLOCKSNAP_OWNER_ID", "111111111111")];
+    let first = run_script_with(&server, "upload_one.py", &[])
+        .trim()
+        .to_string();
+    let later: Vec<String> = std::thread::scope(|scope| {
+        let uploads = scope.spawn(|| {
+            (0..3)
+                .map(|_| {
+                    run_script_with(&server, "upload_one.py", &[])
+                        .trim()
+                        .to_string()
+                })
+                .collect()
+        });
+        // Readers while the server takes uploads: each sees at least
+        // what was completed before it started, and verifies clean.
+        for _ in 0..3 {
+            let (ok, listed) = blocksnap(&store, &["ls"], alice);
+            assert!(ok && listed.contains(&first), "{listed}");
+            let (ok, report) = blocksnap(&store, &["verify"], alice);
+            assert!(ok, "{report}");
+        }
+        uploads.join().expect("uploads")
+    });
+    let (ok, listed) = blocksnap(&store, &["ls"], alice);
+    assert!(ok, "{listed}");
+    for snapshot in later.iter().chain([&first]) {
+        assert!(listed.contains(snapshot.as_str()), "{snapshot}: {listed}");
+    }
+    for args in [
+        &["show", &first][..],
+        &["stats"],
+        &["diff", &first, &first],
+        &["ls", "--all-owners"],
+    ] {
+        let (ok, output) = blocksnap(&store, args, alice);
+        assert!(ok, "{args:?}: {output}");
+    }
+    let restored = server._dir.path().join("restored.img");
+    let (ok, output) = blocksnap(
+        &store,
+        &["restore", &first, restored.to_str().expect("utf-8")],
+        alice,
+    );
+    assert!(ok, "{output}");
+    let block = 524_288;
+    let bytes = std::fs::read(&restored).expect("restored");
+    assert_eq!(&bytes[3 * block..4 * block], &bytes_0_to_255(block)[..]);
+    let exports = server._dir.path().join("exports");
+    std::fs::create_dir(&exports).expect("exports");
+    let (ok, output) = blocksnap(
+        &store,
+        &[
+            "export",
+            &first,
+            "--bucket",
+            exports.to_str().expect("utf-8"),
+        ],
+        alice,
+    );
+    assert!(ok, "{output}");
+    assert!(std::fs::read_dir(exports.join("snapshot"))
+        .expect("exported")
+        .any(|entry| entry
+            .is_ok_and(|entry| entry.path().extension().is_some_and(|ext| ext == "zip"))));
+    for args in [&["rm", "snap-0123456789abcdef"][..], &["gc"]] {
         let started = std::time::Instant::now();
         let output = Command::new(env!("CARGO_BIN_EXE_blocksnap"))
             .arg("--store")
@@ -626,15 +706,16 @@ fn commands_on_a_served_store_fail_at_once_naming_the_server() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?}");
         assert!(
-            stderr.contains(&format!("is served by process {}", child.id()))
+            stderr.contains(&format!("is served by process {}", server.child.id()))
                 && stderr.contains("serve")
                 && stderr.contains("DeleteSnapshot"),
             "{args:?}: {stderr}"
         );
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    let mut server = server;
+    let _ = server.child.kill();
+    let _ = server.child.wait();
     // The lock file names a process that is gone: nobody is named, and
     // the store opens.
     let output = Command::new(env!("CARGO_BIN_EXE_blocksnap"))

@@ -611,9 +611,25 @@ impl Catalog {
         // No record is appended while the files are read.
         let _log = self.log.lock();
         let replayed = replay(self.storage.as_ref(), Strictness::Salvage)?;
+        let memory = &self.state.read().snapshots;
+        let replays_to_memory = if self.storage.beside_writer() {
+            // The writer goes on: snapshots may have been started, deleted
+            // or retagged since, but a completed one never changes what
+            // it holds.
+            memory.iter().all(|(id, record)| {
+                !matches!(record.state, SnapshotState::Completed { .. })
+                    || replayed
+                        .state
+                        .snapshots
+                        .get(id)
+                        .is_none_or(|now| now.state == record.state)
+            })
+        } else {
+            replayed.state.snapshots == *memory
+        };
         Ok(CatalogCheck {
             records: replayed.state.frames,
-            replays_to_memory: replayed.state.snapshots == self.state.read().snapshots,
+            replays_to_memory,
             damage: replayed.damage,
         })
     }

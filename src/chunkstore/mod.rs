@@ -18,7 +18,7 @@ mod verify;
 
 pub use compact::{CompactionOutcome, PackUsage};
 pub use repair::{repair_packs, PackRepair};
-pub use verify::{DamagedRecord, RecordCheck};
+pub use verify::{DamagedRecord, IdSample, RecordCheck};
 
 use crate::codec;
 use crate::crypto::{chunk_id_in, DomainKeys};

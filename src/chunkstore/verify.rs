@@ -6,6 +6,7 @@
 
 use super::pack::{header_ok, index_name, pack_name, scan_range};
 use super::{load_index, ChunkStore};
+use crate::clock::Pacer;
 use crate::codec;
 use crate::error::{Damage, Error};
 use crate::format::pack::RecordKind;
@@ -36,24 +37,60 @@ pub struct RecordCheck {
     pub damaged: Vec<DamagedRecord>,
 }
 
+/// Which records a verification reads: those whose id prefix falls in
+/// the arc of the id space that begins `start` of the way round and covers
+/// `fraction` of it (wrapping past the end). Ids are uniform, so the arc
+/// holds about that fraction of the records; a run that starts where the
+/// previous one ended checks the next records, and `1 / fraction` such
+/// runs cover the whole store.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IdSample {
+    /// Where the arc begins, 0.0 ..= 1.0 of the id space.
+    pub start: f64,
+    /// How much of the id space it covers, 0.0 ..= 1.0.
+    pub fraction: f64,
+}
+
+impl IdSample {
+    /// Every record.
+    pub const ALL: IdSample = IdSample {
+        start: 0.0,
+        fraction: 1.0,
+    };
+
+    /// Whether the record whose id begins with `prefix` is in the sample.
+    pub fn contains(&self, prefix: u64) -> bool {
+        if self.fraction >= 1.0 {
+            return true;
+        }
+        let scale = |share: f64| (share.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
+        prefix.wrapping_sub(scale(self.start)) <= scale(self.fraction)
+    }
+
+    /// Where the next run begins: just past this arc.
+    pub fn next_start(&self) -> f64 {
+        (self.start + self.fraction.clamp(0.0, 1.0)).fract()
+    }
+}
+
 impl ChunkStore {
-    /// Checks every indexed record (or those whose id prefix falls in the
-    /// first `fraction` of the id space: a deterministic sample), on
-    /// `threads` threads, until `cancel` is set. Damaged chunks are marked
-    /// suspect, so that a put of the same data heals them.
-    pub fn verify_records(
+    /// Checks every indexed record in `sample`, on `threads` threads,
+    /// reading at most as fast as `pacer` allows, until `cancel` is set.
+    /// Damaged chunks are marked suspect, so that a put of the same data
+    /// heals them.
+    pub(crate) fn verify_records(
         &self,
-        fraction: f64,
+        sample: IdSample,
         threads: usize,
+        pacer: &Pacer,
         cancel: &AtomicBool,
     ) -> RecordCheck {
-        let bound = (fraction.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
         let entries: Vec<(u64, PackLocation)> = self
             .index
             .read()
             .all_entries()
             .into_iter()
-            .filter(|(prefix, _)| fraction >= 1.0 || *prefix <= bound)
+            .filter(|(prefix, _)| sample.contains(*prefix))
             // A condemned pack is another writer's garbage, going.
             .filter(|(_, location)| !self.is_condemned(location.pack))
             .collect();
@@ -62,7 +99,7 @@ impl ChunkStore {
         let checks: Vec<RecordCheck> = std::thread::scope(|scope| {
             let workers: Vec<_> = entries
                 .chunks(per_thread)
-                .map(|share| scope.spawn(move || self.verify_share(share, cancel)))
+                .map(|share| scope.spawn(move || self.verify_share(share, pacer, cancel)))
                 .collect();
             workers
                 .into_iter()
@@ -86,7 +123,12 @@ impl ChunkStore {
         total
     }
 
-    fn verify_share(&self, share: &[(u64, PackLocation)], cancel: &AtomicBool) -> RecordCheck {
+    fn verify_share(
+        &self,
+        share: &[(u64, PackLocation)],
+        pacer: &Pacer,
+        cancel: &AtomicBool,
+    ) -> RecordCheck {
         let mut check = RecordCheck::default();
         for &(id_prefix, location) in share {
             if cancel.load(Ordering::Acquire) {
@@ -116,6 +158,7 @@ impl ChunkStore {
                 }
             };
             check.bytes += header.record_len() as u64;
+            pacer.pace(header.record_len() as u64);
             let chunk = header.chunk_id;
             match self.read_verified(
                 location,

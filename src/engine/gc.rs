@@ -10,6 +10,7 @@
 
 use super::Engine;
 use crate::chunkstore::PackUsage;
+use crate::clock::Pacer;
 use crate::error::{Error, Result};
 use crate::ids::ChunkId;
 use parking_lot::RwLockWriteGuard;
@@ -82,45 +83,6 @@ pub struct GcReport {
     /// Wall time taken.
     #[serde(rename = "Seconds", serialize_with = "crate::clock::serialize_seconds")]
     pub elapsed: Duration,
-}
-
-/// Spreads copying over time so that at most `rate` bytes per second are
-/// copied on average.
-#[derive(Debug)]
-pub(crate) struct Pacer {
-    rate: Option<u64>,
-    started: Instant,
-    bytes: u64,
-}
-
-impl Pacer {
-    pub(crate) fn new(rate: Option<u64>) -> Pacer {
-        Pacer {
-            rate,
-            started: Instant::now(),
-            bytes: 0,
-        }
-    }
-
-    /// How long to wait after `bytes` more, `elapsed` since the start.
-    fn delay(&mut self, bytes: u64, elapsed: Duration) -> Duration {
-        self.bytes += bytes;
-        match self.rate {
-            Some(rate) if rate > 0 => {
-                let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
-                due.saturating_sub(elapsed)
-            }
-            _ => Duration::ZERO,
-        }
-    }
-
-    /// Accounts for `bytes` copied and sleeps if ahead of the rate.
-    pub(crate) fn pace(&mut self, bytes: u64) {
-        let delay = self.delay(bytes, self.started.elapsed());
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
-        }
-    }
 }
 
 /// Free bytes a compaction copying `live_bytes` needs: the records, their
@@ -240,7 +202,7 @@ impl Engine {
         }
         let mut report = GcReport::default();
         let limit = options.max_compactions.unwrap_or(usize::MAX);
-        let mut pacer = Pacer::new(options.max_bytes_per_sec);
+        let pacer = Pacer::new(options.max_bytes_per_sec);
         let mut started_groups = 0;
         for round in 1..=MAX_ROUNDS {
             let raced_before = report.compactions_raced;
@@ -472,17 +434,6 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pacer_keeps_the_average_rate() {
-        let mut pacer = Pacer::new(Some(1000));
-        // 500 bytes at t=0 are half a second early.
-        assert_eq!(pacer.delay(500, Duration::ZERO), Duration::from_millis(500));
-        // 1000 bytes in total at t=2s: behind schedule, no wait.
-        assert_eq!(pacer.delay(500, Duration::from_secs(2)), Duration::ZERO);
-        let mut unlimited = Pacer::new(None);
-        assert_eq!(unlimited.delay(1 << 30, Duration::ZERO), Duration::ZERO);
-    }
 
     #[test]
     fn plan_merges_the_emptiest_packs_up_to_one_output_pack() {

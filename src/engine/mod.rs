@@ -63,6 +63,10 @@ pub const DEFAULT_TIMEOUT_MINUTES: u32 = 60;
 /// stored meanwhile is found and not stored again.
 const SHARED_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Opens a view beside a writer tries before its findings stand (see
+/// [`Engine::open_with`]).
+pub const BESIDE_WRITER_ATTEMPTS: u32 = 8;
+
 /// When an acknowledged PutSnapshotBlock becomes durable.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum PutDurability {
@@ -425,13 +429,35 @@ impl Engine {
     /// this one opens: an open whose own commit (a catalog segment, the
     /// store header, an index) lost that race starts again from the other
     /// commit.
+    ///
+    /// Beside a writer ([`Storage::beside_writer`]: a directory `serve`
+    /// holds), the view is of the snapshots completed when it opened;
+    /// pending ones are their writer's. A change met half-made (a file
+    /// gone between listing and reading it, a snapshot deleted and
+    /// collected between reading the catalog and listing the packs) looks
+    /// like damage or an error: the open starts again, and after
+    /// [`BESIDE_WRITER_ATTEMPTS`] the last attempt's findings stand.
     pub fn open_with(storage: Arc<dyn Storage>, config: EngineConfig) -> Result<Engine> {
+        let mut attempts = 0;
         loop {
-            match Engine::open_once(storage.clone(), config.clone()) {
+            let opened = Engine::open_once(storage.clone(), config.clone());
+            let retry_beside_writer = storage.beside_writer()
+                && attempts + 1 < BESIDE_WRITER_ATTEMPTS
+                && !opened.as_ref().is_ok_and(Engine::is_consistent_view);
+            match opened {
                 Err(error) if error.is_head_moved() => continue,
+                _ if retry_beside_writer => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(25 * u64::from(attempts)));
+                }
                 opened => return opened,
             }
         }
+    }
+
+    /// Whether the open found nothing damaged or unaccounted for.
+    fn is_consistent_view(&self) -> bool {
+        self.inner.open_damage.is_empty() && self.inner.references.damaged().is_none()
     }
 
     fn open_once(storage: Arc<dyn Storage>, config: EngineConfig) -> Result<Engine> {
@@ -448,17 +474,31 @@ impl Engine {
             &config.cipher_suite,
         )?;
         damage.extend(keyring.damage().iter().cloned());
+        // Beside a writer the catalog is read before the packs are listed:
+        // every snapshot it shows completed had its blocks durable in the
+        // packs first, so the packs listed after hold them.
+        let beside_writer = storage.beside_writer();
+        let catalog_first = beside_writer
+            .then(|| Catalog::open(storage.clone()))
+            .transpose()?;
         let chunks = ChunkStore::open(storage.clone(), config.chunk_store.clone())?;
         for domain in keyring.domains() {
             chunks.register_domain(domain);
         }
-        let catalog = Catalog::open(storage.clone())?;
+        let catalog = match catalog_first {
+            Some(catalog) => catalog,
+            None => Catalog::open(storage.clone())?,
+        };
         damage.extend(chunks.damage().iter().cloned());
         damage.extend(catalog.damage().iter().cloned());
         let nodes = NodeCache::new(config.node_cache_nodes);
         let now = config.clock.now_millis();
         let mut sessions = HashMap::new();
-        for record in catalog.select(|record| record.state == SnapshotState::Pending) {
+        // Pending snapshots beside a writer are that writer's, changing
+        // under this view: not recovered here.
+        let pending =
+            |record: &SnapshotRecord| record.state == SnapshotState::Pending && !beside_writer;
+        for record in catalog.select(pending) {
             let parent_root = parent_root_of(&catalog, &record)?;
             let durable_on_ack = config.put_durability == PutDurability::Immediate;
             let domain = domain_of(&keyring, &record.started)?;

@@ -4,6 +4,8 @@
 use super::Engine;
 use crate::blockmap::BlockMaps;
 use crate::catalog::SnapshotState;
+use crate::chunkstore::IdSample;
+use crate::clock::Pacer;
 use crate::error::{Damage, Error, Result};
 use crate::format::node::{slot_span, LEVELS};
 use crate::ids::{ChunkId, PackLocation, SnapshotId};
@@ -15,17 +17,26 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct VerifyOptions {
     /// Fraction of the chunks to read (1.0: all). The sample is chosen by
-    /// id, so repeated runs read the same chunks.
+    /// id, so repeated runs with the same start read the same chunks.
     pub sample_fraction: f64,
+    /// Where in the id space the sample begins (0.0 ..= 1.0): a run
+    /// starting at the previous run's [`VerifyReport::next_sample_start`]
+    /// checks the next chunks, so scheduled sampled runs cover the store.
+    pub sample_start: f64,
     /// Threads reading and hashing (0: one per available core).
     pub threads: usize,
+    /// Most record bytes read per second (`None`: as fast as the disk
+    /// allows), so a run beside a busy server leaves it the disk.
+    pub max_bytes_per_sec: Option<u64>,
 }
 
 impl Default for VerifyOptions {
     fn default() -> Self {
         VerifyOptions {
             sample_fraction: 1.0,
+            sample_start: 0.0,
             threads: 0,
+            max_bytes_per_sec: None,
         }
     }
 }
@@ -61,7 +72,7 @@ pub struct DamagedChunk {
 
 /// What [`Engine::verify`] found (the CLI's `verify --json` object, with
 /// `Clean`: [`VerifyReport::is_clean`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct VerifyReport {
     /// Chunk records read and checked.
@@ -87,6 +98,9 @@ pub struct VerifyReport {
     /// The run was cancelled before it checked everything: it proves
     /// nothing about what it did not reach.
     pub interrupted: bool,
+    /// Where a following sampled run begins to check the next chunks.
+    #[serde(skip)]
+    pub next_sample_start: f64,
     /// Wall time taken.
     #[serde(rename = "Seconds", serialize_with = "crate::clock::serialize_seconds")]
     pub elapsed: Duration,
@@ -139,24 +153,35 @@ impl Engine {
         cancel: &AtomicBool,
     ) -> Result<VerifyReport> {
         let started = Instant::now();
-        if !(0.0..=1.0).contains(&options.sample_fraction) {
-            return Err(Error::invalid(
-                crate::error::ValidationReason::InvalidParameterValue,
-                "sample_fraction must be within 0.0 ..= 1.0",
-            ));
+        for (name, value) in [
+            ("sample_fraction", options.sample_fraction),
+            ("sample_start", options.sample_start),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(Error::invalid(
+                    crate::error::ValidationReason::InvalidParameterValue,
+                    format!("{name} must be within 0.0 ..= 1.0"),
+                ));
+            }
         }
+        let sample = IdSample {
+            start: options.sample_start,
+            fraction: options.sample_fraction,
+        };
         let _maintenance = self.inner.maintenance.lock();
         let threads = match options.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let pacer = Pacer::new(options.max_bytes_per_sec);
         let check = self
             .inner
             .chunks
-            .verify_records(options.sample_fraction, threads, cancel);
+            .verify_records(sample, threads, &pacer, cancel);
         let mut report = VerifyReport {
             records_checked: check.records,
             bytes_checked: check.bytes,
+            next_sample_start: sample.next_start(),
             ..VerifyReport::default()
         };
         if cancel.load(Ordering::Acquire) {
@@ -179,7 +204,7 @@ impl Engine {
             .into_iter()
             .map(|(snapshot, why)| (snapshot.to_string(), why))
             .collect();
-        match self.inner.catalog.verify() {
+        match self.verify_catalog() {
             Ok(check) => {
                 report.catalog_records = check.records;
                 report.damaged_files.extend(check.damage);
@@ -243,6 +268,27 @@ impl Engine {
         }
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// Re-reads the catalog and checks it. Beside a writer, a read that
+    /// met an append or a compaction half-made is read again (see
+    /// [`Engine::open_with`]); the last reading stands.
+    fn verify_catalog(&self) -> Result<crate::catalog::CatalogCheck> {
+        let mut attempt = 1;
+        loop {
+            let check = self.inner.catalog.verify();
+            let consistent = check
+                .as_ref()
+                .is_ok_and(|check| check.damage.is_empty() && check.replays_to_memory);
+            if consistent
+                || !self.inner.storage.beside_writer()
+                || attempt >= super::BESIDE_WRITER_ATTEMPTS
+            {
+                return check;
+            }
+            std::thread::sleep(Duration::from_millis(25 * u64::from(attempt)));
+            attempt += 1;
+        }
     }
 
     /// Pending snapshots whose state cannot be proven, with why, by id.

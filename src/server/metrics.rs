@@ -1,9 +1,10 @@
 //! Prometheus metrics of the server (`GET /metrics`, OpenMetrics text):
 //! the build, requests by operation and status, errors by operation and
-//! EBS or EC2 error class, and latency for everyone; block
+//! EBS or EC2 error class, latency and maintenance runs for everyone; block
 //! bytes in and out and the store's pending snapshots, chunks and stored
 //! bytes only on the operator's listener (see `router_with_metrics`).
 
+use super::Maintenance;
 use crate::engine::Engine;
 use crate::ids::BLOCK_SIZE;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
@@ -133,11 +134,19 @@ impl Metrics {
     }
 
     /// The metrics in the OpenMetrics text format: the request metrics,
-    /// and with `store`, the store's too (gauges refreshed).
-    pub(crate) fn render(&self, store: Option<&Engine>) -> String {
+    /// maintenance's, and with `store`, the store's too (gauges
+    /// refreshed).
+    pub(crate) fn render(
+        &self,
+        store: Option<&Engine>,
+        maintenance: Option<&Maintenance>,
+    ) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode_registry(&mut text, &self.registry);
+        if let Some(maintenance) = maintenance {
+            maintenance.encode_metrics(&mut text);
+        }
         if let Some(engine) = store {
             let stats = engine.chunk_stats();
             self.pending_snapshots

@@ -11,12 +11,14 @@
 pub(crate) mod auth;
 mod ec2;
 mod listen;
+mod maintenance;
 mod metrics;
 mod quota;
 pub(crate) mod wire;
 
 pub use auth::{Credentials, MAX_CLOCK_SKEW};
 pub use listen::{serve, ServeReport};
+pub use maintenance::{LastRun, Maintenance, MaintenanceReport, MaintenanceSchedule};
 pub use quota::RateLimits;
 
 use crate::api::{
@@ -62,6 +64,9 @@ pub struct ServerConfig {
     pub rate_limits: RateLimits,
     /// Connection and body limits.
     pub limits: ServerLimits,
+    /// Scheduled maintenance whose runs `/metrics` reports and whose
+    /// damage turns `/health` to 503 (`None`: none scheduled).
+    pub maintenance: Option<Arc<Maintenance>>,
 }
 
 impl ServerConfig {
@@ -72,6 +77,7 @@ impl ServerConfig {
             authentication,
             rate_limits: RateLimits::default(),
             limits: ServerLimits::default(),
+            maintenance: None,
         }
     }
 }
@@ -158,29 +164,48 @@ pub fn router_with_metrics(engine: Engine, config: ServerConfig) -> (Router, Rou
     (public, private)
 }
 
-/// `GET /health`: 200 while the store accepts writes, 503 once an I/O
-/// failure has made it refuse them.
+/// `GET /health`: 200 while the store accepts writes and maintenance has
+/// found no damage; 503 once an I/O failure has made it refuse writes, or
+/// while damage a maintenance run found stands.
 async fn health(State(state): State<Arc<ServerState>>) -> Response {
-    if state.engine.is_writable() {
-        json_response(StatusCode::OK, &json!({"Status": "ok"}))
-    } else {
-        json_response(
+    if !state.engine.is_writable() {
+        return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"Status": "failed", "Message": "an I/O failure stopped writes; restart the server"}),
-        )
+        );
+    }
+    let damage = state
+        .config
+        .maintenance
+        .as_ref()
+        .and_then(|maintenance| maintenance.damage());
+    match damage {
+        Some(damage) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"Status": "damaged", "Message": format!("{damage}; run `blocksnap verify` for the details")}),
+        ),
+        None => json_response(StatusCode::OK, &json!({"Status": "ok"})),
     }
 }
 
 /// `GET /metrics` on the API port: Prometheus (OpenMetrics) text of the
 /// request counts and latencies.
 async fn render_metrics(State(state): State<Arc<ServerState>>) -> Response {
-    metrics_response(state.metrics.render(None))
+    metrics_response(
+        state
+            .metrics
+            .render(None, state.config.maintenance.as_deref()),
+    )
 }
 
 /// `GET /metrics` on the operator's listener: everything, store gauges
 /// included.
 async fn render_private_metrics(State(state): State<Arc<ServerState>>) -> Response {
-    metrics_response(state.metrics.render(Some(&state.engine)))
+    metrics_response(
+        state
+            .metrics
+            .render(Some(&state.engine), state.config.maintenance.as_deref()),
+    )
 }
 
 fn metrics_response(text: String) -> Response {

@@ -21,6 +21,9 @@ pub struct LocalStorage {
     _lock: Option<File>,
     /// Every mutating method fails: nothing is ever written.
     read_only: bool,
+    /// Read without the lock while another process holds it to write
+    /// (see [`LocalStorage::open_read_only`]).
+    beside_writer: bool,
     /// Bytes buffered by open uncached append files, for readers.
     tails: Arc<TailRegistry>,
 }
@@ -66,7 +69,7 @@ fn live_holder(root: &Path) -> Option<(u32, String)> {
 fn in_use(root: &Path) -> io::Error {
     let message = match live_holder(root) {
         Some((pid, command)) if command.split(' ').any(|word| word == "serve") => format!(
-            "store {} is served by process {pid} ({command}): its clients' snapshots are listed, tagged, copied and deleted through its EC2 API (DeleteSnapshot ...); stop it to run this command",
+            "store {} is served by process {pid} ({command}): reading commands (ls, show, restore, verify ...) run beside it, but this one writes; delete, tag and copy snapshots through its EC2 API (DeleteSnapshot ...), let it collect garbage (serve --gc-interval), or stop it to run this command",
             root.display()
         ),
         Some((pid, command)) => format!(
@@ -105,6 +108,7 @@ impl LocalStorage {
             root,
             _lock: Some(lock),
             read_only: false,
+            beside_writer: false,
             tails: Arc::default(),
         })
     }
@@ -113,8 +117,12 @@ impl LocalStorage {
     /// created, and every mutating method fails with `ReadOnlyFilesystem`
     /// (so a read-only command provably writes nothing, and works on a
     /// full disk). Takes the lock shared, so readers run side by side and
-    /// exclude a writer; a store without a lock file (a copy) is read
-    /// unlocked. Fails with `NotFound` if `root` is not a directory.
+    /// keep a writer from starting; a store without a lock file (a copy) is
+    /// read unlocked. Where a writer holds the lock (`serve`), the store
+    /// is read beside it, unlocked ([`Storage::beside_writer`]): nothing
+    /// is memory-mapped then, because a file another process may change
+    /// must never be read through a mapping. Fails with `NotFound` if
+    /// `root` is not a directory.
     pub fn open_read_only(root: impl AsRef<Path>) -> io::Result<LocalStorage> {
         let root = root.as_ref().to_path_buf();
         if !fs::metadata(&root)?.is_dir() {
@@ -123,21 +131,20 @@ impl LocalStorage {
                 format!("{} is not a directory", root.display()),
             ));
         }
-        let lock = match File::open(root.join(LOCK_NAME)) {
-            Ok(lock) => {
-                lock.try_lock_shared().map_err(|error| match error {
-                    fs::TryLockError::WouldBlock => in_use(&root),
-                    fs::TryLockError::Error(error) => error,
-                })?;
-                Some(lock)
-            }
-            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+        let (lock, beside_writer) = match File::open(root.join(LOCK_NAME)) {
+            Ok(lock) => match lock.try_lock_shared() {
+                Ok(()) => (Some(lock), false),
+                Err(fs::TryLockError::WouldBlock) => (None, true),
+                Err(fs::TryLockError::Error(error)) => return Err(error),
+            },
+            Err(error) if error.kind() == io::ErrorKind::NotFound => (None, false),
             Err(error) => return Err(error),
         };
         Ok(LocalStorage {
             root,
             _lock: lock,
             read_only: true,
+            beside_writer,
             tails: Arc::default(),
         })
     }
@@ -304,6 +311,9 @@ impl Storage for LocalStorage {
     }
 
     fn map(&self, name: &str) -> io::Result<Option<Arc<dyn ReadFile>>> {
+        if self.beside_writer {
+            return Ok(None);
+        }
         let path = self.path(name);
         let file = File::open(&path)?;
         if file.metadata()?.len() == 0 {
@@ -316,7 +326,8 @@ impl Storage for LocalStorage {
         // SAFETY: the engine maps only sealed packs, which no code in this
         // crate writes, truncates or removes while a mapping is alive (removal
         // unlinks the name; the mapping keeps the inode). The directory is
-        // locked against other blocksnap processes. Modification by a foreign
+        // locked against other blocksnap processes that write (a view
+        // beside a writer maps nothing, above). Modification by a foreign
         // process breaks the contract documented in DESIGN.md ("Assumptions
         // about the medium"); even then every frame read through the map is
         // crc-checked, so altered bytes are reported as corruption.
@@ -377,6 +388,10 @@ impl Storage for LocalStorage {
 
     fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    fn beside_writer(&self) -> bool {
+        self.beside_writer
     }
 
     fn sync_dir(&self, dir: &str) -> io::Result<()> {

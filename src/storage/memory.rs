@@ -92,6 +92,9 @@ pub enum FaultPoint {
     WriteAtomic,
     /// Removing a file.
     Remove,
+    /// Opening a file for reading (`open_read`): `NotFound` here is a file
+    /// another process removed between listing and opening it.
+    Read,
 }
 
 /// An I/O error a [`MemoryStorage`] returns on demand: from the operations
@@ -117,6 +120,8 @@ pub struct MemoryStorage {
     faults: Arc<Mutex<Faults>>,
     /// This view refuses every mutation (see [`MemoryStorage::read_only_view`]).
     read_only: bool,
+    /// This view reads beside a writer (see [`MemoryStorage::beside_writer_view`]).
+    beside_writer: bool,
 }
 
 fn crashed_error() -> io::Error {
@@ -168,6 +173,7 @@ impl MemoryStorage {
             namespace: Arc::new(Mutex::new(image)),
             faults: Arc::default(),
             read_only: false,
+            beside_writer: false,
         }
     }
 
@@ -181,6 +187,16 @@ impl MemoryStorage {
         }
     }
 
+    /// A [`MemoryStorage::read_only_view`] that reads beside a writer
+    /// ([`Storage::beside_writer`]), as `LocalStorage::open_read_only`
+    /// does of a directory a server holds.
+    pub fn beside_writer_view(&self) -> MemoryStorage {
+        MemoryStorage {
+            beside_writer: true,
+            ..self.read_only_view()
+        }
+    }
+
     /// Makes operations fail on demand (see [`Fault`]).
     pub fn inject(&self, fault: Fault) {
         self.faults.lock().injected.push(fault);
@@ -189,7 +205,7 @@ impl MemoryStorage {
     /// Fails the operation if the medium is read-only or an injected fault
     /// applies to it (spending one of its times).
     fn check_fault(&self, point: FaultPoint, name: &str) -> io::Result<()> {
-        if self.read_only && point != FaultPoint::Sync {
+        if self.read_only && !matches!(point, FaultPoint::Sync | FaultPoint::Read) {
             return Err(io::Error::new(
                 io::ErrorKind::ReadOnlyFilesystem,
                 format!("{name}: the storage is read-only"),
@@ -353,6 +369,7 @@ impl Storage for MemoryStorage {
 
     fn open_read(&self, name: &str) -> io::Result<Arc<dyn ReadFile>> {
         self.check_alive()?;
+        self.check_fault(FaultPoint::Read, name)?;
         Ok(Arc::new(MemoryRead {
             storage: self.clone(),
             inode: self.inode(name)?,
@@ -399,6 +416,10 @@ impl Storage for MemoryStorage {
 
     fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    fn beside_writer(&self) -> bool {
+        self.beside_writer
     }
 
     fn sync_dir(&self, dir: &str) -> io::Result<()> {

@@ -150,6 +150,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn is_read_only(&self) -> bool {
         false
     }
+    /// Whether another process writes this medium while this read-only
+    /// view reads it (a directory that `serve` holds): files may grow, be
+    /// replaced or vanish between two reads. The engine then reads the
+    /// catalog before it lists the packs, leaves pending snapshots to
+    /// their writer, and opens again when it met a change half-made
+    /// (DESIGN.md §10, "Processes beside a writer").
+    fn beside_writer(&self) -> bool {
+        false
+    }
     /// A sequence number for a new file in `dir` that no other writer of
     /// a shared medium will use (a bucket store's writers reserve ranges
     /// in its head); `None` where this writer is the only one, and picks

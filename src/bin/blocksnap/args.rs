@@ -391,6 +391,28 @@ pub struct ServeArgs {
     /// the API port /metrics shows request counts and latencies alone.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_listen: Option<String>,
+    /// Run the collector this long after the server starts and after each
+    /// run ends (s, m, h, d suffixes), as `blocksnap gc` would, while
+    /// clients are served.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub gc_interval: Option<std::time::Duration>,
+    /// The scheduled collector compacts packs whose live fraction is below
+    /// this.
+    #[arg(long, default_value_t = 0.5, value_name = "FRACTION")]
+    pub gc_live_threshold: f64,
+    /// Verify a sample of the chunks this long after the server starts and
+    /// after each run ends; each run checks the next sample, so every
+    /// chunk is read once in 1/--verify-sample runs. Damage found turns
+    /// /health to 503.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub verify_interval: Option<std::time::Duration>,
+    /// Fraction of the chunks each scheduled verification reads (1.0: all).
+    #[arg(long, default_value_t = 0.05, value_name = "FRACTION")]
+    pub verify_sample: f64,
+    /// Most bytes per second a scheduled collection copies or
+    /// verification reads (K, M, G suffixes; 0: unlimited).
+    #[arg(long, default_value = "64M", value_name = "BYTES", value_parser = parse_bytes)]
+    pub maintenance_max_bytes_per_sec: u64,
 }
 
 /// `backup` arguments.
@@ -489,6 +511,9 @@ pub struct ExportArgs {
     /// Worker threads [default: one per core]
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     pub threads: usize,
+    /// Read at most this many record bytes per second (K, M, G suffixes).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub max_bytes_per_sec: Option<u64>,
 }
 
 /// `import` arguments.
@@ -511,6 +536,9 @@ pub struct ImportArgs {
     /// Worker threads [default: one per core]
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     pub threads: usize,
+    /// Read at most this many record bytes per second (K, M, G suffixes).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub max_bytes_per_sec: Option<u64>,
 }
 
 /// `gc` arguments.
@@ -533,6 +561,9 @@ pub struct VerifyArgs {
     /// Worker threads [default: one per core]
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     pub threads: usize,
+    /// Read at most this many record bytes per second (K, M, G suffixes).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub max_bytes_per_sec: Option<u64>,
 }
 
 /// Reads the changed-block list at `path` for an image of `blocks`

@@ -566,6 +566,8 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                 VerifyOptions {
                     sample_fraction: verify.sample,
                     threads: verify.threads,
+                    max_bytes_per_sec: verify.max_bytes_per_sec,
+                    ..VerifyOptions::default()
                 },
                 signals::flag(),
             );

@@ -2,10 +2,11 @@
 
 use crate::args::{Cli, LogFormat, ServeArgs};
 use crate::Failure;
+use blocksnap::engine::GcOptions;
 use blocksnap::nbd::{NbdConfig, NbdListener, NbdServer};
 use blocksnap::server::{
-    router_with_metrics, serve, tls_config, Authentication, Credentials, RateLimits,
-    ReloadableCertificate, ServerConfig, ServerLimits,
+    router_with_metrics, serve, tls_config, Authentication, Credentials, Maintenance,
+    MaintenanceSchedule, RateLimits, ReloadableCertificate, ServerConfig, ServerLimits,
 };
 use blocksnap::storage::Storage;
 use blocksnap::{Engine, EngineConfig, Error};
@@ -294,6 +295,20 @@ pub fn run(
             body_timeout: Duration::from_secs(args.body_timeout),
             shutdown_grace: Duration::from_secs(args.shutdown_grace),
         },
+        maintenance: None,
+    };
+    let pace =
+        (args.maintenance_max_bytes_per_sec > 0).then_some(args.maintenance_max_bytes_per_sec);
+    let schedule = MaintenanceSchedule {
+        gc_interval: args.gc_interval.filter(|interval| !interval.is_zero()),
+        gc: GcOptions {
+            live_threshold: args.gc_live_threshold,
+            max_bytes_per_sec: pace,
+            ..GcOptions::default()
+        },
+        verify_interval: args.verify_interval.filter(|interval| !interval.is_zero()),
+        verify_sample: args.verify_sample,
+        verify_max_bytes_per_sec: pace,
     };
     let engine_config = EngineConfig {
         max_pending_snapshots: args.max_pending_snapshots,
@@ -333,6 +348,15 @@ pub fn run(
         let engine = Engine::open_with(storage, engine_config)?;
         for damage in engine.open_damage() {
             tracing::warn!(%damage, "damage in the store; run `blocksnap verify`");
+        }
+        let maintenance = Maintenance::start(engine.clone(), schedule)
+            .map_err(|error| Failure::Usage(error.to_string()))?;
+        config.maintenance = Some(maintenance.clone());
+        if let Some(every) = args.gc_interval {
+            tracing::info!(every = ?every, live_threshold = args.gc_live_threshold, "gc scheduled");
+        }
+        if let Some(every) = args.verify_interval {
+            tracing::info!(every = ?every, sample = args.verify_sample, "verify scheduled");
         }
         if let Some(budget) = connection_budget(open_descriptors()) {
             let cap = usize::try_from(budget).unwrap_or(usize::MAX);
@@ -408,6 +432,7 @@ pub fn run(
         let served = serve(listener, app, tls, &limits, stop_signal(stopped))
             .await
             .map_err(|error| Error::io("serving", error))?;
+        maintenance.stop().await;
         if let Some(nbd) = nbd {
             match nbd.await {
                 Ok(Ok(served)) => tracing::info!(
