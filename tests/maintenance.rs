@@ -212,7 +212,7 @@ fn serve_collects_and_verifies_on_schedule_and_reports_damage_in_health_metrics_
     let (kept_image, doomed_image) = (dir.path().join("kept.img"), dir.path().join("doomed.img"));
     image(&kept_image, 1, 3 << 20);
     image(&doomed_image, 2, 3 << 20);
-    blocksnap(&store, &["backup", kept_image.to_str().expect("utf-8")]);
+    let kept = blocksnap(&store, &["backup", kept_image.to_str().expect("utf-8")]);
     let doomed = blocksnap(&store, &["backup", doomed_image.to_str().expect("utf-8")]);
     blocksnap(&store, &["rm", &doomed]);
     let log = dir.path().join("serve.log");
@@ -306,15 +306,11 @@ fn serve_collects_and_verifies_on_schedule_and_reports_damage_in_health_metrics_
         !output.status.success(),
         "verify beside serve finds the damage"
     );
-    let name = damaged
-        .file_name()
-        .and_then(|name| name.to_str())
-        .expect("name");
+    let found = String::from_utf8_lossy(&output.stdout);
     assert!(
-        String::from_utf8_lossy(&output.stdout).contains(name.trim_end_matches(".pack"))
-            || String::from_utf8_lossy(&output.stdout).contains("damaged"),
-        "{}",
-        String::from_utf8_lossy(&output.stdout)
+        found.trim_end().ends_with("DAMAGED") && found.contains(&format!("breaks {kept}")),
+        "{} damaged: {found}",
+        damaged.display()
     );
 
     Command::new("kill")

@@ -253,18 +253,14 @@ impl Maintenance {
         let ended_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |since| since.as_secs_f64());
-        let labels = vec![("task", task.name().to_string())];
-        self.metrics.last_run.get_or_create(&labels).set(ended_at);
-        self.metrics
-            .last_duration
-            .get_or_create(&labels)
-            .set(seconds);
+        let mut report = self.report.lock();
         let (result, error) = match outcome {
+            // Stopped by the server's shutdown: not a run.
             Outcome::Cancelled => return,
             Outcome::Clean => ("ok", None),
             Outcome::Damage(sentence) => {
                 tracing::warn!(task = task.name(), damage = %sentence, "maintenance found damage; run `blocksnap verify` (stop the server first for `repair`)");
-                self.report.lock().damage = Some(sentence);
+                report.damage = Some(sentence);
                 ("damage", None)
             }
             Outcome::Failed(error) => {
@@ -272,6 +268,27 @@ impl Maintenance {
                 ("failed", Some(error))
             }
         };
+        let last = Some(LastRun {
+            ended_at,
+            seconds,
+            error,
+        });
+        match task {
+            Task::Gc => {
+                report.gc_runs += 1;
+                report.last_gc = last;
+            }
+            Task::Verify => {
+                report.verify_runs += 1;
+                report.last_verify = last;
+            }
+        }
+        let labels = vec![("task", task.name().to_string())];
+        self.metrics.last_run.get_or_create(&labels).set(ended_at);
+        self.metrics
+            .last_duration
+            .get_or_create(&labels)
+            .set(seconds);
         self.metrics
             .runs
             .get_or_create(&vec![
@@ -279,24 +296,7 @@ impl Maintenance {
                 ("result", result.to_string()),
             ])
             .inc();
-        let damaged = self.report.lock().damage.is_some();
-        self.metrics.damage.set(i64::from(damaged));
-        let last = LastRun {
-            ended_at,
-            seconds,
-            error,
-        };
-        let mut report = self.report.lock();
-        match task {
-            Task::Gc => {
-                report.gc_runs += 1;
-                report.last_gc = Some(last);
-            }
-            Task::Verify => {
-                report.verify_runs += 1;
-                report.last_verify = Some(last);
-            }
-        }
+        self.metrics.damage.set(i64::from(report.damage.is_some()));
     }
 
     fn collect(&self) -> Outcome {
