@@ -255,8 +255,15 @@ impl Maintenance {
             .map_or(0.0, |since| since.as_secs_f64());
         let mut report = self.report.lock();
         let (result, error) = match outcome {
-            // Stopped by the server's shutdown: not a run.
-            Outcome::Cancelled => return,
+            // Stopped by the server's shutdown: not counted as a run.
+            Outcome::Cancelled => {
+                tracing::info!(
+                    task = task.name(),
+                    seconds,
+                    "maintenance run cancelled by shutdown; the next start runs it again"
+                );
+                return;
+            }
             Outcome::Clean => ("ok", None),
             Outcome::Damage(sentence) => {
                 tracing::warn!(task = task.name(), damage = %sentence, "maintenance found damage; run `blocksnap verify` (stop the server first for `repair`)");
