@@ -391,7 +391,7 @@ fn encrypted_backups_need_the_passphrase_and_restore_identically() {
     assert!(store
         .fails(
             &["ls", "--passphrase-file", wrong.to_str().expect("path")],
-            1
+            5
         )
         .contains("passphrase"));
 }
@@ -661,6 +661,8 @@ fn json_reports_are_the_library_report_types() {
             &backup,
             &[
                 "SnapshotId",
+                "ParentSnapshotId",
+                "Volume",
                 "ImageBytes",
                 "BlocksRead",
                 "BlocksWritten",

@@ -24,6 +24,10 @@ const MAX_ROUNDS: usize = 4;
 /// Dead catalog records below which the collector leaves the log alone.
 const CATALOG_COMPACTION_MIN_DEAD: u64 = 256;
 
+/// The live fraction below which [`GcOptions::default`] compacts a pack:
+/// a pack more than 10% dead is rewritten.
+pub const DEFAULT_LIVE_THRESHOLD: f64 = 0.9;
+
 /// How a collection runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GcOptions {
@@ -42,9 +46,12 @@ pub struct GcOptions {
 }
 
 impl Default for GcOptions {
+    /// Compacts every pack more than a tenth dead (as borg compacts at 10%
+    /// freeable), so deleting a snapshot whose blocks share packs with
+    /// survivors returns its space; unpaced; whole run; open pack included.
     fn default() -> Self {
         GcOptions {
-            live_threshold: 0.5,
+            live_threshold: DEFAULT_LIVE_THRESHOLD,
             max_bytes_per_sec: None,
             max_compactions: None,
             include_open_pack: true,

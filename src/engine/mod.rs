@@ -44,7 +44,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-pub use gc::{GcOptions, GcReport};
+pub use gc::{GcOptions, GcReport, DEFAULT_LIVE_THRESHOLD};
 pub use maintenance::{ReferenceAudit, SnapshotStats, StoreStats};
 pub use reader::{SnapshotReader, IMAGE_BYTES_TAG};
 pub use repair::{RepairOptions, RepairReport};

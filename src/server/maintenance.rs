@@ -39,7 +39,7 @@ pub struct MaintenanceSchedule {
 
 impl Default for MaintenanceSchedule {
     /// Nothing scheduled; when scheduled, a collection compacting packs
-    /// under half live and a verification of 5% of the chunks, each
+    /// more than a tenth dead and a verification of 5% of the chunks, each
     /// paced at 64 MiB/s.
     fn default() -> Self {
         MaintenanceSchedule {

@@ -1456,6 +1456,31 @@ fn read_consistent_state(client: &ObjectClient) -> crate::error::Result<(Head, S
 const MAX_LOAD_ATTEMPTS: usize = 8;
 
 /// The head and its ETag; `None` for a bucket without a store.
+/// What a bucket prefix holds, for a command deciding whether it may
+/// create a store there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    /// A store: its head object exists.
+    Store,
+    /// Nothing at all.
+    Nothing,
+    /// Objects, but no store's head.
+    Other,
+}
+
+/// What the prefix `client` addresses holds (one HEAD request, and a
+/// listing when there is no store).
+pub fn presence(client: &ObjectClient) -> crate::error::Result<Presence> {
+    if client.head(HEAD_OBJECT)?.is_some() {
+        return Ok(Presence::Store);
+    }
+    Ok(if client.list("")?.is_empty() {
+        Presence::Nothing
+    } else {
+        Presence::Other
+    })
+}
+
 fn read_head(client: &ObjectClient) -> crate::error::Result<Option<(Head, String)>> {
     loop {
         let Some(meta) = client.head(HEAD_OBJECT)? else {

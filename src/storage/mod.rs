@@ -32,7 +32,8 @@ pub mod object;
 mod uncached;
 
 pub use bucket::{
-    hex_id, BucketOptions, BucketStorage, DEFAULT_CACHE_BYTES, DEFAULT_DELETION_GRACE, HEAD_OBJECT,
+    hex_id, presence, BucketOptions, BucketStorage, Presence, DEFAULT_CACHE_BYTES,
+    DEFAULT_DELETION_GRACE, HEAD_OBJECT,
 };
 pub use local::LocalStorage;
 pub use memory::{Fault, FaultPoint, MemoryStorage, TornWrites};

@@ -22,6 +22,9 @@ pub struct BackupOptions {
     pub description: Option<String>,
     /// Tags of the snapshot, key and value (the image length tag is added).
     pub tags: Vec<(String, String)>,
+    /// The volume the image is of, recorded as the tag [`super::VOLUME_TAG`]
+    /// (`None`: no volume recorded).
+    pub volume: Option<String>,
     /// Encrypt with the key provider's default key (a child inherits its
     /// parent's key instead).
     pub encrypted: bool,
@@ -52,6 +55,11 @@ pub enum BackupSource<'a> {
 pub struct BackupReport {
     /// The new snapshot.
     pub snapshot_id: SnapshotId,
+    /// The snapshot it was taken against (`None`: a full backup).
+    #[serde(rename = "ParentSnapshotId")]
+    pub parent: Option<SnapshotId>,
+    /// The volume recorded on it.
+    pub volume: Option<String>,
     /// Length of the image.
     pub image_bytes: u64,
     /// Blocks read from the image (an NBD source's known-zero blocks and
@@ -219,6 +227,11 @@ pub fn backup_from(
     });
     let mut tags = options.tags.clone();
     tags.push((IMAGE_BYTES_TAG.to_string(), image_bytes.to_string()));
+    if let Some(volume) = &options.volume {
+        super::check_volume_name(volume)?;
+        tags.retain(|(key, _)| key != super::VOLUME_TAG);
+        tags.push((super::VOLUME_TAG.to_string(), volume.clone()));
+    }
     let encryption = RequestedEncryption::of_bulk_load(
         options.kms_key_arn.as_deref(),
         options.encrypted,
@@ -258,6 +271,8 @@ pub fn backup_from(
     writer.complete()?;
     Ok(BackupOutcome::Completed(BackupReport {
         snapshot_id,
+        parent: options.parent,
+        volume: options.volume.clone(),
         image_bytes,
         blocks_read: blocks_read.load(Ordering::Acquire),
         blocks_written,

@@ -1,5 +1,6 @@
 //! Whole volumes: backing up a raw image or block device into a snapshot,
-//! incrementally against a parent, and restoring a snapshot into a file.
+//! incrementally against a parent (the volume's latest, for cron), and
+//! restoring a snapshot into a file.
 //!
 //! Both run on `threads` workers that each take the next block index and
 //! carry it through every stage (read, hash, compare, compress, append;
@@ -9,12 +10,17 @@
 
 mod backup;
 pub mod changes;
+mod naming;
 #[cfg(feature = "nbd")]
 mod nbd_source;
 mod restore;
 
 pub use crate::engine::IMAGE_BYTES_TAG;
 pub use backup::{backup, backup_from, BackupOptions, BackupOutcome, BackupReport, BackupSource};
+pub use naming::{
+    check_volume_name, default_volume_name, latest_completed, volume_of, MAX_VOLUME_NAME_CHARS,
+    VOLUME_TAG,
+};
 pub use restore::{restore, RestoreOptions, RestoreOutcome, RestoreReport};
 
 use crate::error::{Error, Result, ValidationReason};

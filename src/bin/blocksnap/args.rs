@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 #[derive(Parser, Debug)]
 #[command(name = "blocksnap", version, about, long_about = None)]
 #[command(
-    after_help = "Exit codes: 0 success, 1 failure, 2 bad usage, 3 not found, 130 interrupted."
+    after_help = "Exit codes: 0 success, 1 failure (damage found, an I/O error), 2 bad usage, 3 not found (no store, snapshot, image or key), 4 store in use by another process, 5 wrong passphrase (the key file does not open), 130 interrupted (143 by SIGTERM)."
 )]
 pub struct Cli {
     /// The store: a directory, or s3://BUCKET/PREFIX for a store in an
@@ -47,9 +47,15 @@ pub struct Cli {
     #[arg(long, global = true, env = "BLOCKSNAP_OWNER_ID", value_name = "ID", value_parser = parse_owner)]
     pub owner: Option<String>,
 
-    /// Print machine-readable JSON on stdout instead of text.
+    /// Print machine-readable JSON on stdout instead of text (and errors
+    /// as a JSON object on stderr).
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// When stderr is not a terminal (cron, a systemd journal), write a
+    /// progress line this often during long operations (s, m, h suffixes).
+    #[arg(long, global = true, default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
+    pub progress_interval: std::time::Duration,
 
     /// The long-running commands' (serve, nbd) log level: error, warn,
     /// info, debug or trace, or tracing directives such as
@@ -74,6 +80,18 @@ pub struct Cli {
     /// $BLOCKSNAP_PASSPHRASE or a prompt.
     #[arg(long, global = true, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
+
+    /// Run CMD with `sh -c` and read the key file's passphrase from its
+    /// output (first line), e.g. `pass show backup` or `secret-tool lookup
+    /// ...`; a command that fails is an error.
+    #[arg(
+        long,
+        global = true,
+        value_name = "CMD",
+        conflicts_with = "passphrase_file",
+        env = "BLOCKSNAP_PASSPHRASE_COMMAND"
+    )]
+    pub passphrase_command: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -218,6 +236,10 @@ impl Cli {
 /// The commands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Make a new, empty store at --store (also in a directory that holds
+    /// other files). `backup`, `import` and `serve` make one where nothing
+    /// is; every other command needs an existing store.
+    Init,
     /// Back up an image file or block device into a new snapshot; prints
     /// its id.
     Backup(BackupArgs),
@@ -397,8 +419,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub gc_interval: Option<std::time::Duration>,
     /// The scheduled collector compacts packs whose live fraction is below
-    /// this.
-    #[arg(long, default_value_t = 0.5, value_name = "FRACTION")]
+    /// this (0.9: every pack more than a tenth dead).
+    #[arg(long, default_value_t = blocksnap::engine::DEFAULT_LIVE_THRESHOLD, value_name = "FRACTION")]
     pub gc_live_threshold: f64,
     /// Verify a sample of the chunks this long after the server starts and
     /// after each run ends; each run checks the next sample, so every
@@ -425,9 +447,16 @@ pub struct BackupArgs {
     #[arg(value_name = "IMAGE|NBD-URI")]
     pub image: String,
     /// Back up incrementally against this snapshot: unchanged blocks are
-    /// not written again.
-    #[arg(long, value_name = "SNAP")]
+    /// not written again. `latest`: the newest completed snapshot of the
+    /// same volume (and encryption), or a full backup when there is none:
+    /// the way to run incrementals from cron.
+    #[arg(long, value_name = "SNAP|latest")]
     pub parent: Option<String>,
+    /// The volume the image is of, recorded on the snapshot [default: a
+    /// block device's /dev/disk/by-id name, else the image's canonical
+    /// path, else the NBD URI as given].
+    #[arg(long, value_name = "NAME")]
+    pub volume: Option<String>,
     /// Only these blocks changed since the parent: a change list (see
     /// --changed-format); byte ranges count every 512 KiB block they touch.
     #[arg(
@@ -544,8 +573,10 @@ pub struct ImportArgs {
 /// `gc` arguments.
 #[derive(Args, Debug)]
 pub struct GcArgs {
-    /// Compact packs whose live fraction is below this.
-    #[arg(long, default_value_t = 0.5)]
+    /// Compact packs whose live fraction is below this (0.9: every pack
+    /// more than a tenth dead, as borg compacts at 10% freeable; 1.0: every
+    /// pack holding any garbage).
+    #[arg(long, default_value_t = blocksnap::engine::DEFAULT_LIVE_THRESHOLD)]
     pub live_threshold: f64,
     /// Copy at most this many bytes per second.
     #[arg(long, value_name = "BYTES")]

@@ -1,5 +1,6 @@
 //! The key provider of encrypted snapshots: the local key file, its
-//! passphrase from `--passphrase-file`, `$BLOCKSNAP_PASSPHRASE` or a prompt.
+//! passphrase from `--passphrase-file`, `--passphrase-command`,
+//! `$BLOCKSNAP_PASSPHRASE` or a prompt.
 
 use crate::args::Cli;
 use crate::Failure;
@@ -48,7 +49,12 @@ pub fn provider(
     }
     let passphrase = passphrase(cli, !exists)?;
     let provider = if exists {
-        LocalKeyProvider::open(&key_file, &passphrase)?
+        LocalKeyProvider::open(&key_file, &passphrase).map_err(|error| match error {
+            // The only refusal of a key file that reads whole: the
+            // passphrase does not open it.
+            Error::KeyUnavailable { message } => Failure::WrongPassphrase(message),
+            other => Failure::Engine(other),
+        })?
     } else {
         LocalKeyProvider::create(&key_file, &passphrase, KdfParams::default())?
     };
@@ -59,12 +65,15 @@ fn passphrase(cli: &Cli, new_file: bool) -> Result<Passphrase, Failure> {
     if let Some(path) = &cli.passphrase_file {
         return Ok(Passphrase::from_file(path)?);
     }
+    if let Some(command) = &cli.passphrase_command {
+        return passphrase_from_command(command);
+    }
     if let Some(passphrase) = Passphrase::from_env()? {
         return Ok(passphrase);
     }
     if !std::io::stdin().is_terminal() {
         return Err(Failure::Usage(
-            "the key file needs a passphrase: set BLOCKSNAP_PASSPHRASE or pass --passphrase-file"
+            "the key file needs a passphrase: set BLOCKSNAP_PASSPHRASE or pass --passphrase-file or --passphrase-command"
                 .into(),
         ));
     }
@@ -77,4 +86,34 @@ fn passphrase(cli: &Cli, new_file: bool) -> Result<Passphrase, Failure> {
         return Err(Failure::Usage("the passphrases differ".into()));
     }
     Ok(Passphrase::new(first)?)
+}
+
+/// The first line a passphrase command prints. Its stderr goes to ours
+/// (it may prompt there); its stdout is read whole and wiped after use.
+fn passphrase_from_command(command: &str) -> Result<Passphrase, Failure> {
+    let output = std::process::Command::new("sh")
+        .args(["-c", command])
+        .stdin(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|error| {
+            Failure::Engine(Error::io(
+                format!("running the passphrase command '{command}'"),
+                error,
+            ))
+        })?;
+    let stdout = zeroize::Zeroizing::new(output.stdout);
+    if !output.status.success() {
+        return Err(Failure::Usage(format!(
+            "the passphrase command '{command}' failed ({})",
+            output.status
+        )));
+    }
+    let text = std::str::from_utf8(&stdout).map_err(|_| {
+        Failure::Usage(format!(
+            "the passphrase command '{command}' printed bytes that are not UTF-8"
+        ))
+    })?;
+    let line = text.lines().next().unwrap_or_default();
+    Ok(Passphrase::new(line)?)
 }

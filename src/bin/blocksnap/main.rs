@@ -24,12 +24,12 @@ use blocksnap::archive::{
 };
 use blocksnap::chunkstore::ChunkStoreConfig;
 use blocksnap::crypto::KeyProvider;
-use blocksnap::engine::{GcOptions, RepairOptions, VerifyOptions};
+use blocksnap::engine::{GcOptions, RepairOptions, RequestedEncryption, VerifyOptions};
 use blocksnap::error::Damage;
 use blocksnap::ids::SnapshotId;
 use blocksnap::nbd::{NbdClient, NbdSource};
 use blocksnap::storage::object::{ObjectClient, RetryPolicy, S3ObjectStore, S3Settings};
-use blocksnap::storage::{BucketOptions, BucketStorage, Storage};
+use blocksnap::storage::{BucketOptions, BucketStorage, Presence, Storage};
 use blocksnap::volume::{
     self, BackupOptions, BackupOutcome, BackupSource, RestoreOptions, RestoreOutcome,
 };
@@ -42,8 +42,12 @@ use std::sync::Arc;
 
 /// Exit code of bad usage (clap uses it too).
 const EXIT_USAGE: u8 = 2;
-/// Exit code of a missing snapshot, image or key.
+/// Exit code of a missing store, snapshot, image or key.
 const EXIT_NOT_FOUND: u8 = 3;
+/// Exit code of a store another process holds.
+const EXIT_IN_USE: u8 = 4;
+/// Exit code of a passphrase that does not open the key file.
+const EXIT_WRONG_PASSPHRASE: u8 = 5;
 
 /// What ended a command that did not succeed.
 enum Failure {
@@ -55,6 +59,8 @@ enum Failure {
     Interrupted,
     /// The command ran and found a problem it reported (verify).
     Reported,
+    /// The passphrase does not open the key file.
+    WrongPassphrase(String),
 }
 
 impl From<Error> for Failure {
@@ -66,7 +72,7 @@ impl From<Error> for Failure {
 fn main() -> ExitCode {
     cap_malloc_arenas();
     let cli = Cli::parse();
-    let out = Output::new(cli.json, cli.quiet);
+    let out = Output::new(cli.json, cli.quiet, cli.progress_interval);
     // The servers handle their own signals (graceful shutdown).
     if !matches!(cli.command, Command::Serve(_) | Command::Nbd(_)) {
         if let Err(error) = signals::install() {
@@ -81,21 +87,46 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Interrupted) => {
-            out.error(&format!(
-                "interrupted by {}; nothing was left half done and the store is consistent",
-                signals::received_name()
-            ));
-            ExitCode::from(signals::exit_code())
+            let code = signals::exit_code();
+            out.fail(
+                "Interrupted",
+                &format!(
+                    "interrupted by {}; nothing was left half done and the store is consistent",
+                    signals::received_name()
+                ),
+                code,
+            );
+            ExitCode::from(code)
         }
         Err(Failure::Reported) => ExitCode::FAILURE,
         Err(Failure::Usage(message)) => {
-            out.error(&message);
+            out.fail("Usage", &message, EXIT_USAGE);
             ExitCode::from(EXIT_USAGE)
         }
-        Err(Failure::Engine(error)) => {
-            out.error(&error.to_string());
-            ExitCode::from(exit_code(&error))
+        Err(Failure::WrongPassphrase(message)) => {
+            out.fail("WrongPassphrase", &message, EXIT_WRONG_PASSPHRASE);
+            ExitCode::from(EXIT_WRONG_PASSPHRASE)
         }
+        Err(Failure::Engine(error)) => {
+            let (kind, code) = error_kind(&error);
+            out.fail(kind, &error.to_string(), code);
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The kind of failure an engine error is, for `--json`, and its exit
+/// code.
+fn error_kind(error: &Error) -> (&'static str, u8) {
+    match error {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::WouldBlock => {
+            ("StoreInUse", EXIT_IN_USE)
+        }
+        _ => match exit_code(error) {
+            EXIT_NOT_FOUND => ("NotFound", EXIT_NOT_FOUND),
+            EXIT_USAGE => ("Usage", EXIT_USAGE),
+            code => ("Failed", code),
+        },
     }
 }
 
@@ -118,12 +149,22 @@ struct Opened {
 }
 
 /// Opens the store for a command that writes (creating it if needed).
-fn open_engine(cli: &Cli, out: &Output, want_encryption: bool) -> Result<Engine, Failure> {
-    Ok(open_for_writing(cli, out, want_encryption)?.engine)
+fn open_engine(
+    cli: &Cli,
+    out: &Output,
+    want_encryption: bool,
+    creation: Creation,
+) -> Result<Engine, Failure> {
+    Ok(open_for_writing(cli, out, want_encryption, creation)?.engine)
 }
 
-fn open_for_writing(cli: &Cli, out: &Output, want_encryption: bool) -> Result<Opened, Failure> {
-    let storage = writable_storage(cli)?;
+fn open_for_writing(
+    cli: &Cli,
+    out: &Output,
+    want_encryption: bool,
+    creation: Creation,
+) -> Result<Opened, Failure> {
+    let storage = writable_storage(cli, creation)?;
     let (config, key_file_damage) = engine_config(cli, storage.as_ref(), want_encryption)?;
     let engine = Engine::open_with(storage, config)?;
     report_open_damage(&engine, &key_file_damage, out);
@@ -267,17 +308,75 @@ static BUCKET_CLIENT: std::sync::OnceLock<ObjectClient> = std::sync::OnceLock::n
 /// The storage of the store, for a command that writes: a directory
 /// (created if needed), or a bucket store (its local directory created,
 /// the service probed, the next writer epoch taken).
-fn writable_storage(cli: &Cli) -> Result<Arc<dyn Storage>, Failure> {
+/// Whether a command may create the store `--store` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Creation {
+    /// Only an existing store will do: a mistyped path is "no store"
+    /// (exit 3), never a new empty store.
+    Never,
+    /// A new store where nothing is (a missing or empty directory, an
+    /// empty bucket prefix): `backup`, `import`, `serve`.
+    WhereNothingIs,
+    /// A new store, also beside other files: `init`.
+    Anywhere,
+}
+
+/// What the directory `dir` holds: a store (its header, or the header's
+/// mirror), nothing (absent, or empty but for a lock file), or other
+/// files.
+fn directory_presence(dir: &std::path::Path) -> Result<Presence, Failure> {
+    if dir.join("blocksnap.store").exists() || dir.join("blocksnap.store.mirror").exists() {
+        return Ok(Presence::Store);
+    }
+    match std::fs::read_dir(dir) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Presence::Nothing),
+        Err(error) => Err(Error::io(format!("reading {}", dir.display()), error).into()),
+        Ok(mut entries) => Ok(
+            if entries.any(|entry| entry.is_ok_and(|entry| entry.file_name() != "LOCK")) {
+                Presence::Other
+            } else {
+                Presence::Nothing
+            },
+        ),
+    }
+}
+
+/// Refuses to go on where `creation` does not allow what `--store` holds.
+fn check_creation(location: &str, presence: Presence, creation: Creation) -> Result<(), Failure> {
+    match (presence, creation) {
+        (Presence::Store, _) | (_, Creation::Anywhere) => Ok(()),
+        (_, Creation::Never) => Err(Failure::Engine(Error::NotFound {
+            message: format!("no store at {location}"),
+        })),
+        (Presence::Nothing, Creation::WhereNothingIs) => Ok(()),
+        (Presence::Other, Creation::WhereNothingIs) => Err(Failure::Usage(format!(
+            "{location} holds other files and no blocksnap store; `blocksnap init` makes a store there"
+        ))),
+    }
+}
+
+fn writable_storage(cli: &Cli, creation: Creation) -> Result<Arc<dyn Storage>, Failure> {
     match store_location(cli)? {
         StoreLocation::Directory(store) => {
+            check_creation(
+                &store.display().to_string(),
+                directory_presence(&store)?,
+                creation,
+            )?;
             std::fs::create_dir_all(&store)
                 .map_err(|error| Error::io(format!("creating store {}", store.display()), error))?;
             Ok(Engine::local_storage(&store)?)
         }
         StoreLocation::Bucket { bucket, prefix } => {
             let local = cli.local_dir().map_err(Failure::Usage)?;
+            let client = object_client(cli, &bucket, &prefix)?;
+            check_creation(
+                &client.store().location(),
+                blocksnap::storage::presence(&client)?,
+                creation,
+            )?;
             Ok(Arc::new(BucketStorage::open(
-                object_client(cli, &bucket, &prefix)?,
+                client,
                 &local,
                 bucket_options(cli),
             )?))
@@ -356,6 +455,26 @@ fn interrupted() -> Result<(), Failure> {
 
 fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
     match &cli.command {
+        Command::Init => {
+            let location = cli.store_location().map_err(Failure::Usage)?;
+            let presence = match &location {
+                StoreLocation::Directory(dir) => directory_presence(dir)?,
+                StoreLocation::Bucket { bucket, prefix } => {
+                    blocksnap::storage::presence(&object_client(cli, bucket, prefix)?)?
+                }
+            };
+            if presence == Presence::Store {
+                return Err(Failure::Usage(format!(
+                    "{location} is already a blocksnap store"
+                )));
+            }
+            open_engine(cli, out, false, Creation::Anywhere)?.flush()?;
+            out.done(
+                json!({"Store": location.to_string(), "Created": true}),
+                &format!("created an empty store at {location}"),
+            );
+            Ok(())
+        }
         Command::Backup(backup) => {
             let tags = backup
                 .tags
@@ -399,14 +518,47 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                 .transpose()
                 .map_err(Failure::Usage)?;
             let wants_keys = backup.encrypted || backup.kms_key_arn.is_some();
-            let engine = open_engine(cli, out, wants_keys)?;
+            let engine = open_engine(cli, out, wants_keys, Creation::WhereNothingIs)?;
             let bar = if image_bytes == 0 {
                 out.spinner("backup")
             } else {
                 out.progress("backup", image_bytes)
             };
+            let volume = match (&backup.volume, &nbd_source) {
+                (Some(name), _) => name.clone(),
+                (None, Some(_)) => backup.image.clone(),
+                (None, None) => volume::default_volume_name(image_path)?,
+            };
+            volume::check_volume_name(&volume)?;
+            let parent = match backup.parent.as_deref() {
+                Some("latest") => {
+                    let wanted = RequestedEncryption::of_bulk_load(
+                        backup.kms_key_arn.as_deref(),
+                        backup.encrypted,
+                        false,
+                    );
+                    match volume::latest_completed(&engine, &volume, &wanted) {
+                        Some(record) => Some(record.started.snapshot),
+                        None if changed_blocks.is_some() || backup.dirty_bitmap.is_some() => {
+                            return Err(Failure::Engine(Error::NotFound {
+                                message: format!(
+                                    "--parent latest: volume {volume} has no completed snapshot with this encryption, and a change list or dirty bitmap needs one"
+                                ),
+                            }));
+                        }
+                        None => {
+                            out.note(&format!(
+                                "volume {volume} has no completed snapshot with this encryption: a full backup"
+                            ));
+                            None
+                        }
+                    }
+                }
+                other => snapshot_arg("ParentSnapshotId", other)?,
+            };
             let options = BackupOptions {
-                parent: snapshot_arg("ParentSnapshotId", backup.parent.as_deref())?,
+                parent,
+                volume: Some(volume),
                 changed_blocks,
                 description: backup.description.clone(),
                 tags,
@@ -516,7 +668,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             Ok(())
         }
         Command::Rm { snapshot } => {
-            let engine = open_engine(cli, out, false)?;
+            let engine = open_engine(cli, out, false, Creation::Never)?;
             Ebs::new(&engine).delete_snapshot(DeleteSnapshotRequest {
                 snapshot_id: snapshot.clone(),
             })?;
@@ -527,7 +679,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             Ok(())
         }
         Command::Cancel { snapshot } => {
-            let engine = open_engine(cli, out, false)?;
+            let engine = open_engine(cli, out, false, Creation::Never)?;
             let response = Ebs::new(&engine).cancel_snapshot(CancelSnapshotRequest {
                 snapshot_id: snapshot.clone(),
             })?;
@@ -538,7 +690,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             Ok(())
         }
         Command::Gc(gc) => {
-            let engine = open_engine(cli, out, false)?;
+            let engine = open_engine(cli, out, false, Creation::Never)?;
             let spinner = out.spinner("collecting garbage");
             let report = engine.collect_garbage_cancellable(
                 GcOptions {
@@ -591,7 +743,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             // exists or is named.
             let keys_available = cli.key_file.is_some()
                 || key_dir(cli)?.is_some_and(|dir| dir.join(keys::DEFAULT_KEY_FILE).exists());
-            let storage = writable_storage(cli)?;
+            let storage = writable_storage(cli, Creation::WhereNothingIs)?;
             let (config, key_file_damage) = engine_config(cli, storage.as_ref(), keys_available)?;
             for damage in &key_file_damage {
                 out.error(&format!("warning: damage in the key file: {damage}"));
@@ -640,7 +792,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             let (bucket, key) = source_of(&import.source, cli.endpoint.as_deref())?;
             let manifest = archive::inspect(&bucket, &key)?;
             let wants_keys = import.encrypted || import.kms_key_arn.is_some();
-            let engine = open_engine(cli, out, wants_keys)?;
+            let engine = open_engine(cli, out, wants_keys, Creation::WhereNothingIs)?;
             let bar = out.progress("import", manifest.block_count * (512 << 10));
             let outcome = archive::import(
                 &engine,
@@ -714,11 +866,13 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                 ));
             };
             let local = cli.local_dir().map_err(Failure::Usage)?;
-            let storage = BucketStorage::open(
-                object_client(cli, &bucket, &prefix)?,
-                &local,
-                bucket_options(cli),
+            let client = object_client(cli, &bucket, &prefix)?;
+            check_creation(
+                &client.store().location(),
+                blocksnap::storage::presence(&client)?,
+                Creation::Never,
             )?;
+            let storage = BucketStorage::open(client, &local, bucket_options(cli))?;
             if id == storage.writer_id() {
                 return Err(Failure::Usage(
                     "that is this directory's own writer id: it is replaced whenever this directory opens the store".into(),

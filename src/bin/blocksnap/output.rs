@@ -1,6 +1,7 @@
 //! What the commands print: text for people (sizes made readable,
-//! summaries on stderr), JSON for scripts (on stdout), progress bars on
-//! stderr when it is a terminal.
+//! summaries on stderr), JSON for scripts (on stdout, errors as JSON on
+//! stderr), progress on stderr: a bar on a terminal, a line every few
+//! seconds on a log.
 
 use blocksnap::api::SnapshotDescription;
 use blocksnap::archive::{ExportReport, ImportReport};
@@ -10,31 +11,138 @@ use blocksnap::engine::{
 use blocksnap::error::Damage;
 use blocksnap::volume::{BackupReport, RestoreReport};
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 /// How the command reports.
 pub struct Output {
     json: bool,
     quiet: bool,
+    /// Time between progress lines when stderr is not a terminal.
+    progress_interval: Duration,
 }
 
-/// A progress bar, or nothing when it would not be seen.
-pub struct Bar(Option<ProgressBar>);
+/// A progress display: a bar on a terminal, a line every few seconds on
+/// a log (cron, a systemd journal), or nothing (`--quiet`).
+pub struct Bar(Display);
+
+enum Display {
+    Nothing,
+    Terminal(ProgressBar),
+    Lines(Arc<ProgressLines>),
+}
+
+/// Progress written as lines (text, or JSON objects under `--json`) by a
+/// thread of its own, every interval until the operation finishes.
+struct ProgressLines {
+    label: String,
+    total: Option<u64>,
+    done: AtomicU64,
+    started: Instant,
+    json: bool,
+    finished: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl ProgressLines {
+    fn start(
+        label: &str,
+        total: Option<u64>,
+        json: bool,
+        interval: Duration,
+    ) -> Arc<ProgressLines> {
+        let lines = Arc::new(ProgressLines {
+            label: label.to_string(),
+            total,
+            done: AtomicU64::new(0),
+            started: Instant::now(),
+            json,
+            finished: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        let writer = lines.clone();
+        std::thread::spawn(move || {
+            let mut finished = writer.finished.lock();
+            loop {
+                writer.wake.wait_for(&mut finished, interval);
+                if *finished {
+                    return;
+                }
+                eprintln!("{}", writer.line());
+            }
+        });
+        lines
+    }
+
+    /// The line for now: done so far, of how much, rate and time left.
+    fn line(&self) -> String {
+        let done = self.done.load(Ordering::Relaxed);
+        let seconds = self.started.elapsed().as_secs_f64();
+        let rate = done as f64 / seconds.max(1e-9);
+        if self.json {
+            return json!({"Progress": {
+                "Operation": self.label,
+                "Bytes": done,
+                "TotalBytes": self.total,
+                "Seconds": (seconds * 10.0).round() / 10.0,
+            }})
+            .to_string();
+        }
+        match self.total {
+            Some(total) if total > 0 => {
+                let left = total.saturating_sub(done) as f64 / rate.max(1.0);
+                format!(
+                    "blocksnap: {}: {} of {} ({:.0}%), {}/s, {:.0} s elapsed, about {:.0} s left",
+                    self.label,
+                    HumanBytes(done),
+                    HumanBytes(total),
+                    done as f64 * 100.0 / total as f64,
+                    HumanBytes(rate as u64),
+                    seconds,
+                    left
+                )
+            }
+            _ => format!("blocksnap: {}: running for {seconds:.0} s", self.label),
+        }
+    }
+
+    fn finish(&self) {
+        *self.finished.lock() = true;
+        self.wake.notify_all();
+    }
+}
 
 impl Bar {
     /// Counts `bytes` more done (callable from any worker).
     pub fn advance(&self, bytes: u64) {
-        if let Some(bar) = &self.0 {
-            bar.inc(bytes);
+        match &self.0 {
+            Display::Nothing => {}
+            Display::Terminal(bar) => bar.inc(bytes),
+            Display::Lines(lines) => {
+                lines.done.fetch_add(bytes, Ordering::Relaxed);
+            }
         }
     }
 
-    /// Removes the bar.
+    /// Removes the bar, or stops the lines.
     pub fn finish(&self) {
-        if let Some(bar) = &self.0 {
-            bar.finish_and_clear();
+        match &self.0 {
+            Display::Nothing => {}
+            Display::Terminal(bar) => bar.finish_and_clear(),
+            Display::Lines(lines) => lines.finish(),
+        }
+    }
+}
+
+impl Drop for Bar {
+    /// An operation that failed stops its lines too.
+    fn drop(&mut self) {
+        if let Display::Lines(lines) = &self.0 {
+            lines.finish();
         }
     }
 }
@@ -103,14 +211,32 @@ fn description_json(description: &SnapshotDescription) -> Value {
 }
 
 impl Output {
-    /// Text or JSON, with or without stderr chatter.
-    pub fn new(json: bool, quiet: bool) -> Output {
-        Output { json, quiet }
+    /// Text or JSON, with or without stderr chatter; progress lines every
+    /// `progress_interval` when stderr is not a terminal.
+    pub fn new(json: bool, quiet: bool, progress_interval: Duration) -> Output {
+        Output {
+            json,
+            quiet,
+            progress_interval,
+        }
     }
 
     /// One line on stderr, whatever the mode.
     pub fn error(&self, message: &str) {
         eprintln!("blocksnap: error: {message}");
+    }
+
+    /// The error that ends the command, on stderr: a line, or under
+    /// `--json` one object `{"Error": {"Kind", "Message", "ExitCode"}}`.
+    pub fn fail(&self, kind: &str, message: &str, exit_code: u8) {
+        if self.json {
+            eprintln!(
+                "{}",
+                json!({"Error": {"Kind": kind, "Message": message, "ExitCode": exit_code}})
+            );
+        } else {
+            self.error(message);
+        }
     }
 
     /// The requests a command sent to a bucket store's service, on stderr
@@ -128,41 +254,54 @@ impl Output {
     }
 
     /// A line on stderr unless quiet.
-    fn note(&self, message: &str) {
+    pub fn note(&self, message: &str) {
         if !self.quiet {
             eprintln!("{message}");
         }
     }
 
-    /// A progress bar over `total` bytes, drawn on stderr only when it is
-    /// a terminal and the output is neither quiet nor JSON.
+    /// Progress over `total` bytes on stderr: a bar on a terminal (not
+    /// under `--json`), else a line every progress interval; nothing when
+    /// quiet.
     pub fn progress(&self, label: &str, total: u64) -> Bar {
-        if self.quiet || self.json {
-            return Bar(None);
+        self.display(label, Some(total))
+    }
+
+    /// Progress of a long operation without a known total (gc, verify):
+    /// a spinner with the elapsed time, or lines, under the same rules as
+    /// [`Output::progress`].
+    pub fn spinner(&self, label: &str) -> Bar {
+        self.display(label, None)
+    }
+
+    fn display(&self, label: &str, total: Option<u64>) -> Bar {
+        if self.quiet {
+            return Bar(Display::Nothing);
         }
-        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed} left {eta}",
-        ) {
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return Bar(Display::Lines(ProgressLines::start(
+                label,
+                total,
+                self.json,
+                self.progress_interval,
+            )));
+        }
+        if self.json {
+            return Bar(Display::Nothing);
+        }
+        let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+        let template = match total {
+            Some(_) => "{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed} left {eta}",
+            None => "{spinner} {prefix} {elapsed}",
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_prefix(label.to_string());
-        Bar(Some(bar))
-    }
-
-    /// A spinner with the elapsed time, for long operations without a known
-    /// total (gc, verify); drawn under the same rules as [`Output::progress`].
-    pub fn spinner(&self, label: &str) -> Bar {
-        if self.quiet || self.json {
-            return Bar(None);
+        if total.is_none() {
+            bar.enable_steady_tick(Duration::from_millis(200));
         }
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template("{spinner} {prefix} {elapsed}") {
-            bar.set_style(style);
-        }
-        bar.set_prefix(label.to_string());
-        bar.enable_steady_tick(std::time::Duration::from_millis(200));
-        Bar(Some(bar))
+        Bar(Display::Terminal(bar))
     }
 
     /// A finished backup: the id alone on stdout (or the JSON report).
@@ -173,8 +312,16 @@ impl Output {
             return;
         }
         println!("{}", report.snapshot_id);
+        let against = match &report.parent {
+            Some(parent) => format!("incrementally against {parent}"),
+            None => "in full".to_string(),
+        };
+        let volume = report
+            .volume
+            .as_deref()
+            .map_or(String::new(), |volume| format!(" of volume {volume}"));
         self.note(&format!(
-            "backed up {} in {seconds:.2} s ({}/s): {} blocks written, {} unchanged, {} zero skipped",
+            "backed up {}{volume} {against} in {seconds:.2} s ({}/s): {} blocks written, {} unchanged, {} zero skipped",
             HumanBytes(report.image_bytes),
             HumanBytes((report.image_bytes as f64 / seconds.max(1e-9)) as u64),
             report.blocks_written,
