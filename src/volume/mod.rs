@@ -14,6 +14,7 @@ mod naming;
 #[cfg(feature = "nbd")]
 mod nbd_source;
 mod restore;
+pub mod retention;
 
 pub use crate::engine::IMAGE_BYTES_TAG;
 pub use backup::{backup, backup_from, BackupOptions, BackupOutcome, BackupReport, BackupSource};

@@ -251,6 +251,24 @@ pub enum Command {
         /// operator of a store that `serve` fills for several accounts.
         #[arg(long)]
         all_owners: bool,
+        /// Only the snapshots of this volume.
+        #[arg(long, value_name = "NAME")]
+        volume: Option<String>,
+        /// Only the snapshots with this tag (KEY, or KEY=VALUE);
+        /// repeatable, all must match.
+        #[arg(long = "tag", value_name = "K[=V]")]
+        tags: Vec<String>,
+    },
+    /// Add, change or remove tags of a snapshot; prints its tags.
+    Tag {
+        /// The snapshot.
+        snapshot: String,
+        /// Set tag KEY to VALUE (repeatable).
+        #[arg(long = "add", value_name = "K=V")]
+        add: Vec<String>,
+        /// Remove tag KEY (repeatable).
+        #[arg(long = "remove", value_name = "K")]
+        remove: Vec<String>,
     },
     /// Describe a snapshot: parameters, status, sizes.
     Show {
@@ -276,6 +294,9 @@ pub enum Command {
     },
     /// Reclaim the space of deleted and cancelled snapshots.
     Gc(GcArgs),
+    /// Remove the snapshots a retention policy does not keep, per volume,
+    /// with restic's semantics; prints what it keeps and removes and why.
+    Forget(ForgetArgs),
     /// Check every stored chunk, every reference and the catalog; exits 1
     /// if anything is damaged.
     Verify(VerifyArgs),
@@ -568,6 +589,48 @@ pub struct ImportArgs {
     /// Read at most this many record bytes per second (K, M, G suffixes).
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub max_bytes_per_sec: Option<u64>,
+}
+
+/// `forget` arguments: restic's `--keep-*` rules. Each period rule keeps
+/// the newest snapshot of each of its N most recent periods (in the local
+/// time zone, `$TZ`) that hold one; a snapshot any rule keeps stays.
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Only this volume [default: every volume, each judged on its own;
+    /// snapshots that record no volume are never removed].
+    #[arg(long, value_name = "NAME")]
+    pub volume: Option<String>,
+    /// Keep the newest N snapshots.
+    #[arg(long, default_value_t = 0, value_name = "N", hide_default_value = true)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the last N hours with one.
+    #[arg(long, default_value_t = 0, value_name = "N", hide_default_value = true)]
+    pub keep_hourly: u32,
+    /// Keep the newest snapshot of each of the last N days with one.
+    #[arg(long, default_value_t = 0, value_name = "N", hide_default_value = true)]
+    pub keep_daily: u32,
+    /// Keep the newest snapshot of each of the last N ISO weeks with one.
+    #[arg(long, default_value_t = 0, value_name = "N", hide_default_value = true)]
+    pub keep_weekly: u32,
+    /// Keep the newest snapshot of each of the last N months with one.
+    #[arg(long, default_value_t = 0, value_name = "N", hide_default_value = true)]
+    pub keep_monthly: u32,
+    /// Keep the newest snapshot of each of the last N years with one.
+    #[arg(long, default_value_t = 0, value_name = "N", hide_default_value = true)]
+    pub keep_yearly: u32,
+    /// Keep every snapshot started less than SPAN before the volume's
+    /// newest: NyNmNdNh (m = months), e.g. 30d, 1y6m.
+    #[arg(long, value_name = "SPAN")]
+    pub keep_within: Option<String>,
+    /// Keep every snapshot with this tag (KEY, or KEY=VALUE); repeatable.
+    #[arg(long = "keep-tag", value_name = "K[=V]")]
+    pub keep_tags: Vec<String>,
+    /// Say what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Collect garbage after removing (as `gc`), so the space returns now.
+    #[arg(long)]
+    pub gc: bool,
 }
 
 /// `gc` arguments.

@@ -14,7 +14,7 @@ mod output;
 mod serve;
 mod signals;
 
-use args::{Cli, Command, StoreLocation};
+use args::{Cli, Command, ForgetArgs, StoreLocation};
 use blocksnap::api::{
     validate, CancelSnapshotRequest, DeleteSnapshotRequest, DescribeSnapshotRequest, Ebs,
     ListChangedBlocksRequest,
@@ -35,7 +35,7 @@ use blocksnap::volume::{
 };
 use blocksnap::{Engine, EngineConfig, Error, PutDurability};
 use clap::Parser;
-use output::Output;
+use output::{ForgetOutcome, Output};
 use serde_json::json;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -127,6 +127,139 @@ fn error_kind(error: &Error) -> (&'static str, u8) {
             EXIT_USAGE => ("Usage", EXIT_USAGE),
             code => ("Failed", code),
         },
+    }
+}
+
+/// `forget`: judges every volume's completed snapshots by the policy,
+/// removes what it does not keep (unless a dry run), then collects garbage
+/// if asked. A signal stops it between two removals.
+fn forget_snapshots(cli: &Cli, out: &Output, forget: &ForgetArgs) -> Result<(), Failure> {
+    use blocksnap::volume::retention::{self, CalendarSpan, Candidate, RetentionPolicy};
+    let policy = RetentionPolicy {
+        last: forget.keep_last,
+        hourly: forget.keep_hourly,
+        daily: forget.keep_daily,
+        weekly: forget.keep_weekly,
+        monthly: forget.keep_monthly,
+        yearly: forget.keep_yearly,
+        within: forget
+            .keep_within
+            .as_deref()
+            .map(CalendarSpan::parse)
+            .transpose()
+            .map_err(|error| Failure::Usage(format!("--keep-within: {error}")))?,
+        tags: forget.keep_tags.iter().map(|tag| tag_filter(tag)).collect(),
+    };
+    if policy.is_empty() {
+        return Err(Failure::Usage(
+            "no policy given: give at least one --keep-* option (forget never removes every snapshot)"
+                .into(),
+        ));
+    }
+    let engine = if forget.dry_run {
+        open_engine_read_only(cli, out)?
+    } else {
+        open_engine(cli, out, false, Creation::Never)?
+    };
+    let zone = jiff::tz::TimeZone::system();
+    let mut volumes: std::collections::BTreeMap<String, Vec<Candidate>> = Default::default();
+    let mut without_volume = 0;
+    for record in engine.snapshots() {
+        if !matches!(
+            record.state,
+            blocksnap::catalog::SnapshotState::Completed { .. }
+        ) {
+            continue;
+        }
+        let Some(volume) = volume::volume_of(&record) else {
+            without_volume += 1;
+            continue;
+        };
+        if forget
+            .volume
+            .as_deref()
+            .is_some_and(|wanted| wanted != volume)
+        {
+            continue;
+        }
+        volumes
+            .entry(volume.to_string())
+            .or_default()
+            .push(Candidate {
+                snapshot: record.started.snapshot,
+                start_millis: record.started.start_millis,
+                tags: record.started.tags.clone(),
+            });
+    }
+    let now = blocksnap::clock::Clock::now_millis(&blocksnap::clock::SystemClock);
+    let mut judged = Vec::new();
+    for (volume, candidates) in volumes {
+        judged.push((volume, retention::apply(&policy, &candidates, &zone, now)?));
+    }
+    let mut removed = Vec::new();
+    let mut failed = Vec::new();
+    if !forget.dry_run {
+        for decision in judged.iter().flat_map(|(_, decisions)| decisions) {
+            if decision.keep {
+                continue;
+            }
+            if signals::flag().load(std::sync::atomic::Ordering::Acquire) {
+                out.note(&format!(
+                    "forget: {} snapshots removed before the interruption",
+                    removed.len()
+                ));
+                return Err(Failure::Interrupted);
+            }
+            match engine.delete(decision.snapshot) {
+                Ok(()) => removed.push(decision.snapshot),
+                Err(error) => failed.push((decision.snapshot, error)),
+            }
+        }
+    }
+    let collected = if forget.gc && !forget.dry_run && !removed.is_empty() {
+        let spinner = out.spinner("collecting garbage");
+        let report = engine.collect_garbage_cancellable(GcOptions::default(), signals::flag());
+        spinner.finish();
+        let report = report?;
+        if report.interrupted {
+            return Err(Failure::Interrupted);
+        }
+        Some(report)
+    } else {
+        None
+    };
+    out.forget(&ForgetOutcome {
+        judged: &judged,
+        zone: &zone,
+        dry_run: forget.dry_run,
+        removed: &removed,
+        failed: &failed,
+        without_volume,
+        collected: collected.as_ref(),
+    });
+    match failed.into_iter().next() {
+        Some((_, error)) => Err(Failure::Engine(error)),
+        None => Ok(()),
+    }
+}
+
+/// `KEY=VALUE` arguments of `option` as pairs.
+fn parse_tags(option: &str, tags: &[String]) -> Result<Vec<(String, String)>, Failure> {
+    tags.iter()
+        .map(|tag| {
+            let (key, value) = tag
+                .split_once('=')
+                .ok_or_else(|| Failure::Usage(format!("{option} '{tag}' is not KEY=VALUE")))?;
+            Ok((key.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+/// A `KEY` or `KEY=VALUE` filter: the key, and the value if one is given.
+fn tag_filter(text: &str) -> (String, Option<String>) {
+    match text.split_once('=') {
+        Some((key, value)) => (key.to_string(), Some(value.to_string())),
+        None => (text.to_string(), None),
     }
 }
 
@@ -476,16 +609,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             Ok(())
         }
         Command::Backup(backup) => {
-            let tags = backup
-                .tags
-                .iter()
-                .map(|tag| {
-                    let (key, value) = tag
-                        .split_once('=')
-                        .ok_or_else(|| Failure::Usage(format!("--tag '{tag}' is not KEY=VALUE")))?;
-                    Ok((key.to_string(), value.to_string()))
-                })
-                .collect::<Result<Vec<_>, Failure>>()?;
+            let tags = parse_tags("--tag", &backup.tags)?;
             let nbd_source = NbdSource::is_uri(&backup.image)
                 .then(|| NbdSource::parse(&backup.image))
                 .transpose()?;
@@ -615,21 +739,74 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                 }
             }
         }
-        Command::Ls { all_owners } => {
+        Command::Ls {
+            all_owners,
+            volume,
+            tags,
+        } => {
+            let wanted: Vec<(String, Option<String>)> =
+                tags.iter().map(|tag| tag_filter(tag)).collect();
             let engine = open_engine_read_only(cli, out)?;
-            if !all_owners {
-                out.snapshots(&Ebs::new(&engine).list_snapshots()?, false);
-                return Ok(());
-            }
+            let owners = if *all_owners {
+                engine.owners()
+            } else {
+                vec![engine.owner_id().to_string()]
+            };
             let mut listed = Vec::new();
-            for owner in engine.owners() {
+            for owner in owners {
                 listed.extend(Ebs::new(&engine.as_owner(&owner)).list_snapshots()?);
             }
+            listed.retain(|description| {
+                let tags = &description.snapshot.tags;
+                let has = |key: &str, value: Option<&str>| {
+                    tags.iter()
+                        .any(|tag| tag.key == key && value.is_none_or(|value| tag.value == value))
+                };
+                volume
+                    .as_deref()
+                    .is_none_or(|volume| has(volume::VOLUME_TAG, Some(volume)))
+                    && wanted.iter().all(|(key, value)| has(key, value.as_deref()))
+            });
             listed.sort_by(|a, b| {
                 (a.snapshot.start_time, &a.snapshot.snapshot_id)
                     .cmp(&(b.snapshot.start_time, &b.snapshot.snapshot_id))
             });
-            out.snapshots(&listed, true);
+            out.snapshots(&listed, *all_owners);
+            Ok(())
+        }
+        Command::Tag {
+            snapshot,
+            add,
+            remove,
+        } => {
+            if add.is_empty() && remove.is_empty() {
+                return Err(Failure::Usage(
+                    "tag: say what to change with --add K=V or --remove K".into(),
+                ));
+            }
+            let added = parse_tags("--add", add)?;
+            let id = snapshot_arg("SnapshotId", Some(snapshot))?
+                .ok_or_else(|| Failure::Usage("a snapshot id is needed".into()))?;
+            let engine = open_engine(cli, out, false, Creation::Never)?;
+            let tags = engine.retag(id, |current| {
+                let mut tags: Vec<(String, String)> = current
+                    .iter()
+                    .filter(|(key, _)| {
+                        !remove.contains(key) && !added.iter().any(|(new, _)| new == key)
+                    })
+                    .cloned()
+                    .collect();
+                tags.extend(added.iter().cloned());
+                let checked: Vec<blocksnap::api::Tag> = tags
+                    .iter()
+                    .map(|(key, value)| blocksnap::api::Tag {
+                        key: key.clone(),
+                        value: value.clone(),
+                    })
+                    .collect();
+                blocksnap::api::validate::tags(&checked)
+            })?;
+            out.tags(&id.to_string(), &tags);
             Ok(())
         }
         Command::Show { snapshot } => {
@@ -708,6 +885,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             out.gc(&report);
             Ok(())
         }
+        Command::Forget(forget) => forget_snapshots(cli, out, forget),
         Command::Verify(verify) => {
             let Opened {
                 engine,

@@ -9,6 +9,8 @@ use blocksnap::engine::{
     DamagedChunk, GcReport, RepairReport, SnapshotStats, StoreStats, VerifyReport,
 };
 use blocksnap::error::Damage;
+use blocksnap::ids::SnapshotId;
+use blocksnap::volume::retention::Decision;
 use blocksnap::volume::{BackupReport, RestoreReport};
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use parking_lot::{Condvar, Mutex};
@@ -17,6 +19,24 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+/// What `forget` decided (per volume, newest first) and did.
+pub struct ForgetOutcome<'a> {
+    /// Each volume and its decisions.
+    pub judged: &'a [(String, Vec<Decision>)],
+    /// The time zone of the periods.
+    pub zone: &'a jiff::tz::TimeZone,
+    /// Nothing was removed.
+    pub dry_run: bool,
+    /// The snapshots removed.
+    pub removed: &'a [SnapshotId],
+    /// Removals that failed, with why.
+    pub failed: &'a [(SnapshotId, blocksnap::Error)],
+    /// Completed snapshots left alone for recording no volume.
+    pub without_volume: usize,
+    /// The collection run after (`--gc`).
+    pub collected: Option<&'a GcReport>,
+}
 
 /// How the command reports.
 pub struct Output {
@@ -190,6 +210,13 @@ struct Verdict<'a, T: Serialize> {
     report: &'a T,
 }
 
+/// The volume a snapshot's tags name.
+fn volume_tag(tags: &[blocksnap::api::Tag]) -> Option<&str> {
+    tags.iter()
+        .find(|tag| tag.key == blocksnap::volume::VOLUME_TAG)
+        .map(|tag| tag.value.as_str())
+}
+
 fn description_json(description: &SnapshotDescription) -> Value {
     let snapshot = &description.snapshot;
     json!({
@@ -200,6 +227,7 @@ fn description_json(description: &SnapshotDescription) -> Value {
         "VolumeSize": snapshot.volume_size,
         "ParentSnapshotId": snapshot.parent_snapshot_id,
         "Description": snapshot.description,
+        "Volume": volume_tag(&snapshot.tags),
         "Tags": snapshot.tags.iter().map(|tag| json!({"Key": tag.key, "Value": tag.value})).collect::<Vec<_>>(),
         "SseType": snapshot.sse_type.as_str(),
         "KmsKeyArn": snapshot.kms_key_arn,
@@ -398,26 +426,43 @@ impl Output {
             }
         };
         println!(
-            "{}{:<21} {:<9} {:<20} {:>7}  {:<21} DESCRIPTION",
+            "{}{:<21} {:<9} {:<20} {:>7}  {:<21} {:<24} DESCRIPTION",
             owner_column("OWNER"),
             "SNAPSHOT",
             "STATUS",
             "STARTED",
             "SIZE",
-            "PARENT"
+            "PARENT",
+            "VOLUME"
         );
         for description in snapshots {
             let snapshot = &description.snapshot;
             println!(
-                "{}{:<21} {:<9} {:<20} {:>7}  {:<21} {}",
+                "{}{:<21} {:<9} {:<20} {:>7}  {:<21} {:<24} {}",
                 owner_column(&snapshot.owner_id),
                 snapshot.snapshot_id,
                 snapshot.status.as_str(),
                 utc(snapshot.start_time),
                 format!("{} GiB", snapshot.volume_size),
                 snapshot.parent_snapshot_id.as_deref().unwrap_or("-"),
+                volume_tag(&snapshot.tags).unwrap_or("-"),
                 snapshot.description.as_deref().unwrap_or(""),
             );
+        }
+    }
+
+    /// A snapshot's tags after `tag`: `KEY=VALUE` lines (or the JSON
+    /// object `{"SnapshotId", "Tags": [{"Key", "Value"}]}`).
+    pub fn tags(&self, snapshot: &str, tags: &[(String, String)]) {
+        if self.json {
+            print_json(&json!({
+                "SnapshotId": snapshot,
+                "Tags": tags.iter().map(|(key, value)| json!({"Key": key, "Value": value})).collect::<Vec<_>>(),
+            }));
+            return;
+        }
+        for (key, value) in tags {
+            println!("{key}={value}");
         }
     }
 
@@ -442,7 +487,8 @@ impl Output {
         if let Some(reason) = &description.error_reason {
             println!("error        {reason}");
         }
-        println!("volume       {} GiB", snapshot.volume_size);
+        println!("size         {} GiB", snapshot.volume_size);
+        println!("volume       {}", volume_tag(&snapshot.tags).unwrap_or("-"));
         println!(
             "parent       {}",
             snapshot.parent_snapshot_id.as_deref().unwrap_or("-")
@@ -532,6 +578,102 @@ impl Output {
             HumanBytes(report.bytes_copied),
             report.elapsed.as_secs_f64()
         );
+    }
+
+    /// What `forget` decided and did: per volume, each snapshot kept (with
+    /// the rules that keep it) or removed; then the collection, if any.
+    pub fn forget(&self, outcome: &ForgetOutcome) {
+        let local = |millis: u64| {
+            i64::try_from(millis)
+                .ok()
+                .and_then(|millis| jiff::Timestamp::from_millisecond(millis).ok())
+                .map(|instant| {
+                    instant
+                        .to_zoned(outcome.zone.clone())
+                        .strftime("%Y-%m-%dT%H:%M:%S%:z")
+                        .to_string()
+                })
+                .unwrap_or_default()
+        };
+        let failed = |snapshot: &SnapshotId| {
+            outcome
+                .failed
+                .iter()
+                .find(|(id, _)| id == snapshot)
+                .map(|(_, error)| error.to_string())
+        };
+        if self.json {
+            let volumes: Vec<Value> = outcome
+                .judged
+                .iter()
+                .map(|(volume, decisions)| {
+                    let entry = |decision: &Decision| {
+                        json!({
+                            "SnapshotId": decision.snapshot.to_string(),
+                            "StartTime": local(decision.start_millis),
+                            "Reasons": decision.reasons,
+                            "Error": failed(&decision.snapshot),
+                        })
+                    };
+                    json!({
+                        "Volume": volume,
+                        "Keep": decisions.iter().filter(|d| d.keep).map(entry).collect::<Vec<_>>(),
+                        "Remove": decisions.iter().filter(|d| !d.keep).map(entry).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            print_json(&json!({
+                "DryRun": outcome.dry_run,
+                "Volumes": volumes,
+                "Removed": outcome.removed.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+                "SnapshotsWithoutVolume": outcome.without_volume,
+                "Gc": outcome.collected,
+            }));
+            return;
+        }
+        let remove_word = if outcome.dry_run {
+            "would remove"
+        } else {
+            "remove"
+        };
+        for (volume, decisions) in outcome.judged {
+            let kept = decisions.iter().filter(|decision| decision.keep).count();
+            println!(
+                "volume {volume}: keep {kept}, {remove_word} {}",
+                decisions.len() - kept
+            );
+            for decision in decisions.iter() {
+                let when = local(decision.start_millis);
+                if decision.keep {
+                    println!(
+                        "  keep   {} {when}  {}",
+                        decision.snapshot,
+                        decision.reasons.join(", ")
+                    );
+                } else {
+                    match failed(&decision.snapshot) {
+                        Some(error) => println!("  FAILED {} {when}  {error}", decision.snapshot),
+                        None => println!(
+                            "  {:<6} {} {when}",
+                            if outcome.dry_run { "(rm)" } else { "rm" },
+                            decision.snapshot
+                        ),
+                    }
+                }
+            }
+        }
+        if outcome.judged.is_empty() {
+            println!("no completed snapshot records a volume: nothing to judge");
+        }
+        if outcome.without_volume > 0 {
+            self.note(&format!(
+                "{} completed snapshots record no volume (uploaded through the EBS API): forget leaves them alone",
+                outcome.without_volume
+            ));
+        }
+        if let Some(report) = outcome.collected {
+            self.gc(report);
+        }
     }
 
     /// A verification.
