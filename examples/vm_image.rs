@@ -5,8 +5,13 @@
 //!
 //! ```text
 //! vm_image create IMAGE MIB              write a new image
-//! vm_image rewrite IMAGE PERCENT LIST    rewrite PERCENT% of the blocks in
-//!                                        place; write their indexes to LIST
+//! vm_image rewrite IMAGE PERCENT LIST [GENERATION]
+//!                                        rewrite PERCENT% of the blocks in
+//!                                        place (which ones, and their new
+//!                                        content, follow GENERATION, default
+//!                                        1: a day of a simulated month is
+//!                                        its own generation); write their
+//!                                        indexes to LIST
 //! vm_image baseline IMAGE COMPRESSION    bytes of compressing every distinct
 //!                                        non-zero block on its own as the
 //!                                        store does: COMPRESSION is `block`
@@ -114,7 +119,8 @@ fn main() {
             let file = std::fs::OpenOptions::new().write(true).open(arg(1)).unwrap_or_else(|e| fail(&e.to_string()));
             let blocks = file.metadata().unwrap_or_else(|e| fail(&e.to_string())).len() / BLOCK as u64;
             let percent = number(2);
-            let mut rng = Rng(0x5eed);
+            let generation = if args.len() > 4 { number(4) } else { 1 };
+            let mut rng = Rng(0x5eed ^ generation.wrapping_sub(1).wrapping_mul(0x2545_f491_4f6c_dd1d));
             let mut chosen = HashSet::new();
             while (chosen.len() as u64) < blocks * percent / 100 {
                 chosen.insert(rng.next() % blocks);
@@ -124,7 +130,7 @@ fn main() {
             let mut buffer = vec![0u8; BLOCK];
             let mut list = String::new();
             for index in &chosen {
-                block(*index, 1, &mut buffer);
+                block(*index, generation, &mut buffer);
                 file.write_all_at(&buffer, index * BLOCK as u64)
                     .unwrap_or_else(|e| fail(&e.to_string()));
                 list.push_str(&format!("{index}\n"));
@@ -151,6 +157,6 @@ fn main() {
             }
             println!("{total}");
         }
-        _ => fail("usage: vm_image (create IMAGE MIB | rewrite IMAGE PERCENT LIST | baseline IMAGE COMPRESSION)"),
+        _ => fail("usage: vm_image (create IMAGE MIB | rewrite IMAGE PERCENT LIST [GENERATION] | baseline IMAGE COMPRESSION)"),
     }
 }
