@@ -58,9 +58,21 @@ impl Store {
     }
 
     fn json(&self, args: &[&str]) -> Value {
-        let mut with_json = args.to_vec();
-        with_json.push("--json");
-        serde_json::from_str(&self.ok(&with_json)).expect("JSON")
+        self.json_with(args, &[])
+    }
+
+    /// Runs a command that must succeed with `--json` and `environment`;
+    /// returns what it printed.
+    fn json_with(&self, args: &[&str], environment: &[(&str, &str)]) -> Value {
+        let mut with_json = vec!["--json"];
+        with_json.extend_from_slice(args);
+        let output = self.run_with(&with_json, environment);
+        assert!(
+            output.status.success(),
+            "blocksnap {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("JSON")
     }
 
     /// Runs a command that must fail with `code`; returns its stderr.
@@ -292,48 +304,17 @@ fn volumes_parent_latest_tags_and_listing_filters() {
     let other = store.json(&["backup", &image, "--volume", "db-disk"]);
     assert_eq!(other["Volume"], "db-disk");
     let passphrase = [("BLOCKSNAP_PASSPHRASE", "pw")];
-    let output = store.run_with(
-        &[
-            "--json",
-            "backup",
-            &image,
-            "--encrypted",
-            "--parent",
-            "latest",
-        ],
-        &passphrase,
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let encrypted: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let latest_encrypted = ["backup", &image, "--encrypted", "--parent", "latest"];
+    let encrypted = store.json_with(&latest_encrypted, &passphrase);
     assert_eq!(encrypted["ParentSnapshotId"], Value::Null);
-    let output = store.run_with(
-        &[
-            "--json",
-            "backup",
-            &image,
-            "--encrypted",
-            "--parent",
-            "latest",
-        ],
-        &passphrase,
-    );
-    let encrypted_child: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let encrypted_child = store.json_with(&latest_encrypted, &passphrase);
     assert_eq!(encrypted_child["ParentSnapshotId"], encrypted["SnapshotId"]);
-    let output = store.run_with(
-        &["--json", "backup", &image, "--parent", "latest"],
-        &passphrase,
-    );
-    let plain_child: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let plain_child = store.json_with(&["backup", &image, "--parent", "latest"], &passphrase);
     assert_eq!(plain_child["ParentSnapshotId"], second["SnapshotId"]);
 
     // Tags: add, change, remove; `ls` filters by volume and tag.
-    let tags = store.run_with(
+    let tags = store.json_with(
         &[
-            "--json",
             "tag",
             &id(&second),
             "--add",
@@ -343,26 +324,16 @@ fn volumes_parent_latest_tags_and_listing_filters() {
         ],
         &passphrase,
     );
-    assert!(
-        tags.status.success(),
-        "{}",
-        String::from_utf8_lossy(&tags.stderr)
-    );
-    let tags: Value = serde_json::from_slice(&tags.stdout).expect("JSON");
     assert!(tags["Tags"]
         .as_array()
         .expect("tags")
         .iter()
         .any(|tag| tag["Key"] == "keep" && tag["Value"] == "yes"));
-    assert!(store
-        .run_with(
-            &["tag", &id(&second), "--add", "env=prod", "--remove", "keep"],
-            &passphrase
-        )
-        .status
-        .success());
-    let listed = store.run_with(&["--json", "ls", "--tag", "env=prod"], &passphrase);
-    let listed: Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    store.json_with(
+        &["tag", &id(&second), "--add", "env=prod", "--remove", "keep"],
+        &passphrase,
+    );
+    let listed = store.json_with(&["ls", "--tag", "env=prod"], &passphrase);
     let ids: Vec<&str> = listed
         .as_array()
         .expect("list")
@@ -370,8 +341,7 @@ fn volumes_parent_latest_tags_and_listing_filters() {
         .map(|snapshot| snapshot["SnapshotId"].as_str().expect("id"))
         .collect();
     assert_eq!(ids, [id(&second)]);
-    let by_volume = store.run_with(&["--json", "ls", "--volume", "db-disk"], &passphrase);
-    let by_volume: Value = serde_json::from_slice(&by_volume.stdout).expect("JSON");
+    let by_volume = store.json_with(&["ls", "--volume", "db-disk"], &passphrase);
     assert_eq!(by_volume.as_array().map(Vec::len), Some(1));
     assert_eq!(by_volume[0]["Volume"], "db-disk");
     let nothing = store.run_with(&["tag", &id(&second)], &passphrase);

@@ -205,6 +205,32 @@ fn image(path: &Path, seed: u64, len: usize) {
     std::fs::write(path, bytes).expect("image");
 }
 
+/// Starts `serve --insecure-no-authentication` on `store` with `extra`
+/// arguments, its log in `log`; returns it and the address it printed.
+fn spawn_serve(store: &Path, extra: &[&str], log: &Path) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blocksnap"))
+        .arg("--store")
+        .arg(store)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-no-authentication",
+        ])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log"))
+        .spawn()
+        .expect("serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("address");
+    let address = line.trim().trim_start_matches("listening on ").to_string();
+    (child, address)
+}
+
 #[test]
 fn serve_collects_and_verifies_on_schedule_and_reports_damage_in_health_metrics_and_log() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -216,14 +242,9 @@ fn serve_collects_and_verifies_on_schedule_and_reports_damage_in_health_metrics_
     let doomed = blocksnap(&store, &["backup", doomed_image.to_str().expect("utf-8")]);
     blocksnap(&store, &["rm", &doomed]);
     let log = dir.path().join("serve.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blocksnap"))
-        .arg("--store")
-        .arg(&store)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-no-authentication",
+    let (mut child, address) = spawn_serve(
+        &store,
+        &[
             "--gc-interval",
             "1s",
             "--gc-live-threshold",
@@ -234,17 +255,9 @@ fn serve_collects_and_verifies_on_schedule_and_reports_damage_in_health_metrics_
             "1.0",
             "--maintenance-max-bytes-per-sec",
             "0",
-        ])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address");
-    let address = line.trim().trim_start_matches("listening on ").to_string();
+        ],
+        &log,
+    );
 
     let text = wait_for_metrics(&address, |text| {
         metric(
@@ -344,14 +357,9 @@ fn serve_stopped_during_a_scheduled_collection_stops_promptly_and_cleanly() {
     let doomed = blocksnap(&store, &["backup", doomed_image.to_str().expect("utf-8")]);
     blocksnap(&store, &["rm", &doomed]);
     let log = dir.path().join("serve.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blocksnap"))
-        .arg("--store")
-        .arg(&store)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-no-authentication",
+    let (mut child, _) = spawn_serve(
+        &store,
+        &[
             "--gc-interval",
             "1s",
             "--gc-live-threshold",
@@ -359,16 +367,9 @@ fn serve_stopped_during_a_scheduled_collection_stops_promptly_and_cleanly() {
             // 8 MiB to copy at 1 MiB/s: still copying when stopped.
             "--maintenance-max-bytes-per-sec",
             "1M",
-        ])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address");
+        ],
+        &log,
+    );
     std::thread::sleep(Duration::from_millis(2500));
     let stopping = std::time::Instant::now();
     Command::new("kill")
