@@ -334,6 +334,8 @@ fn backup_processes_and_a_collector_share_one_bucket_store() {
     const KILLED: usize = 3;
     let server = S3Server::seaweedfs();
     let store = BucketStore::new(&server, "cli/many");
+    // The collector starts at once: the store must exist (gc makes none).
+    store.ok_with_cache("collector", &["init"]);
     let writing = std::sync::atomic::AtomicUsize::new(WRITERS);
     // Killed backups that printed no id: their snapshots never count.
     let unacknowledged = std::sync::atomic::AtomicUsize::new(0);

@@ -1469,15 +1469,22 @@ pub enum Presence {
 }
 
 /// What the prefix `client` addresses holds (one HEAD request, and a
-/// listing when there is no store).
+/// listing when there is no store). Before a store's head exists its
+/// first writer has written only the probe's scratch objects: a prefix
+/// holding nothing else is a store being made by another writer, as good
+/// as empty (several first backups may start at once).
 pub fn presence(client: &ObjectClient) -> crate::error::Result<Presence> {
     if client.head(HEAD_OBJECT)?.is_some() {
         return Ok(Presence::Store);
     }
-    Ok(if client.list("")?.is_empty() {
-        Presence::Nothing
-    } else {
+    let others = client
+        .list("")?
+        .into_iter()
+        .any(|object| !object.name.starts_with(PROBE_PREFIX));
+    Ok(if others {
         Presence::Other
+    } else {
+        Presence::Nothing
     })
 }
 
