@@ -36,7 +36,7 @@ impl CalendarSpan {
         let bad = || {
             Error::invalid(
                 ValidationReason::InvalidParameterValue,
-                format!("'{text}' is not a span like 7d, 2w is not one either: use NyNmNdNh (m = months), e.g. 1y6m, 30d, 36h"),
+                format!("'{text}' is not a span: write NyNmNdNh (m = months; no weeks), e.g. 30d, 1y6m, 36h"),
             )
         };
         let mut span = CalendarSpan::default();
