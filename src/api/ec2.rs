@@ -6,7 +6,7 @@
 //! answer; the Query protocol's form and XML are the server's.
 
 use super::tokens::{TokenSigner, PAGE_KIND_DESCRIBE_SNAPSHOTS, PAGE_KIND_DESCRIBE_TAGS};
-use super::{status_of, tags_of, validate, Status, Tag, PAGE_TOKEN_LIFETIME_SECS};
+use super::{edit_tags, status_of, tags_of, validate, Status, Tag, PAGE_TOKEN_LIFETIME_SECS};
 use crate::catalog::{SnapshotRecord, SnapshotState};
 use crate::engine::{Engine, NewSnapshot, RequestedEncryption};
 use crate::error::{Error, ValidationReason};
@@ -402,24 +402,7 @@ impl<'e> Ec2<'e> {
         validate::tags(&request.tags)?;
         for snapshot in snapshots {
             self.engine.retag(snapshot, |current| {
-                let mut tags = current.to_vec();
-                for tag in &request.tags {
-                    match tags.iter_mut().find(|(key, _)| *key == tag.key) {
-                        Some((_, value)) => value.clone_from(&tag.value),
-                        None => tags.push((tag.key.clone(), tag.value.clone())),
-                    }
-                }
-                if tags.len() > validate::MAX_TAGS {
-                    return Err(Error::invalid(
-                        ValidationReason::InvalidTag,
-                        format!(
-                            "The snapshot {snapshot} would have {} tags; at most {} are allowed.",
-                            tags.len(),
-                            validate::MAX_TAGS
-                        ),
-                    ));
-                }
-                Ok(tags)
+                edit_tags(snapshot, current, &request.tags, &[])
             })?;
         }
         Ok(())
@@ -435,16 +418,10 @@ impl<'e> Ec2<'e> {
         }
         for snapshot in snapshots {
             self.engine.retag(snapshot, |current| {
-                Ok(current
-                    .iter()
-                    .filter(|(key, value)| {
-                        !request.tags.is_empty()
-                            && !request.tags.iter().any(|(doomed, only)| {
-                                doomed == key && only.as_ref().is_none_or(|only| only == value)
-                            })
-                    })
-                    .cloned()
-                    .collect())
+                if request.tags.is_empty() {
+                    return Ok(Vec::new());
+                }
+                edit_tags(snapshot, current, &[], &request.tags)
             })?;
         }
         Ok(())

@@ -49,6 +49,43 @@ pub(crate) fn tags_of(started: &crate::format::catalog::StartedRecord) -> Vec<Ta
         .collect()
 }
 
+/// A snapshot's tags after an edit (EC2's CreateTags and DeleteTags,
+/// `blocksnap tag`): each of `set` replaces the value of its key where
+/// that key is, or is appended; then every tag `remove` names goes (a key,
+/// and the value it must have when one is given). More than
+/// [`validate::MAX_TAGS`] tags after the edit is an `InvalidTag` error
+/// naming `snapshot`.
+pub fn edit_tags(
+    snapshot: crate::ids::SnapshotId,
+    current: &[(String, String)],
+    set: &[Tag],
+    remove: &[(String, Option<String>)],
+) -> crate::error::Result<Vec<(String, String)>> {
+    let mut tags = current.to_vec();
+    for tag in set {
+        match tags.iter_mut().find(|(key, _)| *key == tag.key) {
+            Some((_, value)) => value.clone_from(&tag.value),
+            None => tags.push((tag.key.clone(), tag.value.clone())),
+        }
+    }
+    tags.retain(|(key, value)| {
+        !remove
+            .iter()
+            .any(|(doomed, only)| doomed == key && only.as_ref().is_none_or(|only| only == value))
+    });
+    if tags.len() > validate::MAX_TAGS {
+        return Err(crate::error::Error::invalid(
+            crate::error::ValidationReason::InvalidTag,
+            format!(
+                "The snapshot {snapshot} would have {} tags; at most {} are allowed.",
+                tags.len(),
+                validate::MAX_TAGS
+            ),
+        ));
+    }
+    Ok(tags)
+}
+
 pub(crate) fn start_response(record: &SnapshotRecord) -> StartSnapshotResponse {
     let started = &record.started;
     StartSnapshotResponse {

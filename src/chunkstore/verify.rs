@@ -52,12 +52,6 @@ pub struct IdSample {
 }
 
 impl IdSample {
-    /// Every record.
-    pub const ALL: IdSample = IdSample {
-        start: 0.0,
-        fraction: 1.0,
-    };
-
     /// Whether the record whose id begins with `prefix` is in the sample.
     pub fn contains(&self, prefix: u64) -> bool {
         if self.fraction >= 1.0 {

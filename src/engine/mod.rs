@@ -67,6 +67,29 @@ const SHARED_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_s
 /// [`Engine::open_with`]).
 pub const BESIDE_WRITER_ATTEMPTS: u32 = 8;
 
+/// Runs `read` once, or beside a writer ([`Storage::beside_writer`]) until
+/// its result is `consistent`: a read that met a change the writer had
+/// half made is made again, up to [`BESIDE_WRITER_ATTEMPTS`] reads,
+/// pausing 25 ms longer each time; the last result stands.
+pub(crate) fn settled_beside_writer<T>(
+    storage: &dyn Storage,
+    mut read: impl FnMut() -> Result<T>,
+    consistent: impl Fn(&T) -> bool,
+) -> Result<T> {
+    let mut attempt = 1;
+    loop {
+        let result = read();
+        if !storage.beside_writer()
+            || attempt >= BESIDE_WRITER_ATTEMPTS
+            || result.as_ref().is_ok_and(&consistent)
+        {
+            return result;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25 * u64::from(attempt)));
+        attempt += 1;
+    }
+}
+
 /// When an acknowledged PutSnapshotBlock becomes durable.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum PutDurability {
@@ -438,21 +461,16 @@ impl Engine {
     /// like damage or an error: the open starts again, and after
     /// [`BESIDE_WRITER_ATTEMPTS`] the last attempt's findings stand.
     pub fn open_with(storage: Arc<dyn Storage>, config: EngineConfig) -> Result<Engine> {
-        let mut attempts = 0;
-        loop {
-            let opened = Engine::open_once(storage.clone(), config.clone());
-            let retry_beside_writer = storage.beside_writer()
-                && attempts + 1 < BESIDE_WRITER_ATTEMPTS
-                && !opened.as_ref().is_ok_and(Engine::is_consistent_view);
-            match opened {
-                Err(error) if error.is_head_moved() => continue,
-                _ if retry_beside_writer => {
-                    attempts += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(25 * u64::from(attempts)));
+        settled_beside_writer(
+            storage.as_ref(),
+            || loop {
+                match Engine::open_once(storage.clone(), config.clone()) {
+                    Err(error) if error.is_head_moved() => continue,
+                    opened => return opened,
                 }
-                opened => return opened,
-            }
-        }
+            },
+            Engine::is_consistent_view,
+        )
     }
 
     /// Whether the open found nothing damaged or unaccounted for.

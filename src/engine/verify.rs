@@ -274,21 +274,11 @@ impl Engine {
     /// met an append or a compaction half-made is read again (see
     /// [`Engine::open_with`]); the last reading stands.
     fn verify_catalog(&self) -> Result<crate::catalog::CatalogCheck> {
-        let mut attempt = 1;
-        loop {
-            let check = self.inner.catalog.verify();
-            let consistent = check
-                .as_ref()
-                .is_ok_and(|check| check.damage.is_empty() && check.replays_to_memory);
-            if consistent
-                || !self.inner.storage.beside_writer()
-                || attempt >= super::BESIDE_WRITER_ATTEMPTS
-            {
-                return check;
-            }
-            std::thread::sleep(Duration::from_millis(25 * u64::from(attempt)));
-            attempt += 1;
-        }
+        super::settled_beside_writer(
+            self.inner.storage.as_ref(),
+            || self.inner.catalog.verify(),
+            |check| check.damage.is_empty() && check.replays_to_memory,
+        )
     }
 
     /// Pending snapshots whose state cannot be proven, with why, by id.

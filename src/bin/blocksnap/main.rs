@@ -438,20 +438,18 @@ fn object_client(cli: &Cli, bucket: &str, prefix: &str) -> Result<ObjectClient, 
 /// The client of the command's bucket store, once opened.
 static BUCKET_CLIENT: std::sync::OnceLock<ObjectClient> = std::sync::OnceLock::new();
 
-/// The storage of the store, for a command that writes: a directory
-/// (created if needed), or a bucket store (its local directory created,
-/// the service probed, the next writer epoch taken).
 /// Whether a command may create the store `--store` names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Creation {
     /// Only an existing store will do: a mistyped path is "no store"
     /// (exit 3), never a new empty store.
     Never,
-    /// A new store where nothing is (a missing or empty directory, an
-    /// empty bucket prefix): `backup`, `import`, `serve`.
+    /// An existing store, or a new one where nothing is (a missing or
+    /// empty directory, an empty bucket prefix): `backup`, `import`,
+    /// `serve`.
     WhereNothingIs,
-    /// A new store, also beside other files: `init`.
-    Anywhere,
+    /// Only a new store, also beside other files: `init`.
+    New,
 }
 
 /// What the directory `dir` holds: a store (its header, or the header's
@@ -477,7 +475,10 @@ fn directory_presence(dir: &std::path::Path) -> Result<Presence, Failure> {
 /// Refuses to go on where `creation` does not allow what `--store` holds.
 fn check_creation(location: &str, presence: Presence, creation: Creation) -> Result<(), Failure> {
     match (presence, creation) {
-        (Presence::Store, _) | (_, Creation::Anywhere) => Ok(()),
+        (Presence::Store, Creation::New) => Err(Failure::Usage(format!(
+            "{location} is already a blocksnap store"
+        ))),
+        (Presence::Store, _) | (_, Creation::New) => Ok(()),
         (_, Creation::Never) => Err(Failure::Engine(Error::NotFound {
             message: format!("no store at {location}"),
         })),
@@ -488,6 +489,8 @@ fn check_creation(location: &str, presence: Presence, creation: Creation) -> Res
     }
 }
 
+/// The storage of the store, for a command that writes: a directory
+/// (created if needed and `creation` allows), or a bucket store.
 fn writable_storage(cli: &Cli, creation: Creation) -> Result<Arc<dyn Storage>, Failure> {
     match store_location(cli)? {
         StoreLocation::Directory(store) => {
@@ -501,20 +504,28 @@ fn writable_storage(cli: &Cli, creation: Creation) -> Result<Arc<dyn Storage>, F
             Ok(Engine::local_storage(&store)?)
         }
         StoreLocation::Bucket { bucket, prefix } => {
-            let local = cli.local_dir().map_err(Failure::Usage)?;
-            let client = object_client(cli, &bucket, &prefix)?;
-            check_creation(
-                &client.store().location(),
-                blocksnap::storage::presence(&client)?,
-                creation,
-            )?;
-            Ok(Arc::new(BucketStorage::open(
-                client,
-                &local,
-                bucket_options(cli),
-            )?))
+            Ok(Arc::new(bucket_storage(cli, &bucket, &prefix, creation)?))
         }
     }
+}
+
+/// The bucket store at `bucket`/`prefix`, opened for writing where
+/// `creation` allows (its local directory created, the service probed,
+/// the next writer epoch taken).
+fn bucket_storage(
+    cli: &Cli,
+    bucket: &str,
+    prefix: &str,
+    creation: Creation,
+) -> Result<BucketStorage, Failure> {
+    let local = cli.local_dir().map_err(Failure::Usage)?;
+    let client = object_client(cli, bucket, prefix)?;
+    check_creation(
+        &client.store().location(),
+        blocksnap::storage::presence(&client)?,
+        creation,
+    )?;
+    Ok(BucketStorage::open(client, &local, bucket_options(cli))?)
 }
 
 /// The directory the default key file lives in: a directory store's own;
@@ -590,18 +601,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
     match &cli.command {
         Command::Init => {
             let location = cli.store_location().map_err(Failure::Usage)?;
-            let presence = match &location {
-                StoreLocation::Directory(dir) => directory_presence(dir)?,
-                StoreLocation::Bucket { bucket, prefix } => {
-                    blocksnap::storage::presence(&object_client(cli, bucket, prefix)?)?
-                }
-            };
-            if presence == Presence::Store {
-                return Err(Failure::Usage(format!(
-                    "{location} is already a blocksnap store"
-                )));
-            }
-            open_engine(cli, out, false, Creation::Anywhere)?.flush()?;
+            open_engine(cli, out, false, Creation::New)?.flush()?;
             out.done(
                 json!({"Store": location.to_string(), "Created": true}),
                 &format!("created an empty store at {location}"),
@@ -784,27 +784,21 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                     "tag: say what to change with --add K=V or --remove K".into(),
                 ));
             }
-            let added = parse_tags("--add", add)?;
+            let added: Vec<blocksnap::api::Tag> = parse_tags("--add", add)?
+                .into_iter()
+                .map(|(key, value)| blocksnap::api::Tag { key, value })
+                .collect();
+            validate::tags(&added)?;
+            let removed: Vec<(String, Option<String>)> =
+                remove.iter().map(|key| (key.clone(), None)).collect();
             let id = snapshot_arg("SnapshotId", Some(snapshot))?
                 .ok_or_else(|| Failure::Usage("a snapshot id is needed".into()))?;
             let engine = open_engine(cli, out, false, Creation::Never)?;
+            // Removals first: a key both removed and added ends with the
+            // added value.
             let tags = engine.retag(id, |current| {
-                let mut tags: Vec<(String, String)> = current
-                    .iter()
-                    .filter(|(key, _)| {
-                        !remove.contains(key) && !added.iter().any(|(new, _)| new == key)
-                    })
-                    .cloned()
-                    .collect();
-                tags.extend(added.iter().cloned());
-                let checked: Vec<blocksnap::api::Tag> = tags
-                    .iter()
-                    .map(|(key, value)| blocksnap::api::Tag {
-                        key: key.clone(),
-                        value: value.clone(),
-                    })
-                    .collect();
-                blocksnap::api::validate::tags(&checked)
+                let kept = blocksnap::api::edit_tags(id, current, &[], &removed)?;
+                blocksnap::api::edit_tags(id, &kept, &added, &[])
             })?;
             out.tags(&id.to_string(), &tags);
             Ok(())
@@ -1004,13 +998,11 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
             let storage = if *dry_run {
                 Engine::local_storage_read_only(&store)?
             } else {
-                if !store.join("blocksnap.store").exists()
-                    && !store.join("blocksnap.store.mirror").exists()
-                {
-                    return Err(Failure::Engine(Error::NotFound {
-                        message: format!("no store at {}", store.display()),
-                    }));
-                }
+                check_creation(
+                    &store.display().to_string(),
+                    directory_presence(&store)?,
+                    Creation::Never,
+                )?;
                 Engine::local_storage(&store)?
             };
             let (config, key_file_damage) = engine_config(cli, storage.as_ref(), false)?;
@@ -1043,14 +1035,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                     "only a bucket store (--store s3://...) has writers to fence".into(),
                 ));
             };
-            let local = cli.local_dir().map_err(Failure::Usage)?;
-            let client = object_client(cli, &bucket, &prefix)?;
-            check_creation(
-                &client.store().location(),
-                blocksnap::storage::presence(&client)?,
-                Creation::Never,
-            )?;
-            let storage = BucketStorage::open(client, &local, bucket_options(cli))?;
+            let storage = bucket_storage(cli, &bucket, &prefix, Creation::Never)?;
             if id == storage.writer_id() {
                 return Err(Failure::Usage(
                     "that is this directory's own writer id: it is replaced whenever this directory opens the store".into(),
