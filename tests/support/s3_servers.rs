@@ -11,8 +11,10 @@
 #![allow(dead_code)]
 
 use blocksnap::storage::object::{S3ObjectStore, S3Settings};
+use std::collections::BTreeSet;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The access key every test server accepts.
@@ -41,11 +43,27 @@ impl Drop for S3Server {
     }
 }
 
-/// `count` ports free right now on 127.0.0.1.
+/// `count` ports free right now on 127.0.0.1, none of them handed out
+/// before in this process.
+///
+/// A port is free only until its server binds it, and tests start servers
+/// in parallel: without the memory, the kernel could give a port that one
+/// server is about to bind to another server too, and the loser's clients
+/// would then talk to the winner (CI once saw moto's requests answered
+/// by a SeaweedFS started a moment earlier, 404 for a minute).
 fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let mut listeners = Vec::with_capacity(count);
+    while listeners.len() < count {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        if handed_out.insert(port) {
+            listeners.push(listener);
+        }
+    }
     listeners
         .iter()
         .map(|listener| listener.local_addr().expect("address").port())
@@ -167,7 +185,7 @@ impl S3Server {
         );
         let child = spawn_tied(&weed, &args, &data.path().join("weed.log"));
         wait_listening(ports[0], "SeaweedFS");
-        let server = S3Server {
+        let mut server = S3Server {
             child,
             endpoint: format!("http://127.0.0.1:{}", ports[0]),
             _data: data,
@@ -217,7 +235,7 @@ impl S3Server {
         ];
         let child = spawn_tied(&moto, &args, &data.path().join("moto.log"));
         wait_listening(port, "moto");
-        let server = S3Server {
+        let mut server = S3Server {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
             _data: data,
@@ -227,9 +245,15 @@ impl S3Server {
     }
 
     /// Creates [`BUCKET`], retrying while the server finishes starting.
-    fn create_bucket(&self) {
+    fn create_bucket(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            // The tying shell ends when the server does: a server that died
+            // (a port taken after all) must not leave whatever else
+            // listens there to answer in its place.
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the S3 server at {} exited ({status})", self.endpoint);
+            }
             match S3ObjectStore::create_bucket(BUCKET, &settings(&self.endpoint)) {
                 Ok(()) => return,
                 Err(error) if Instant::now() < deadline => {
