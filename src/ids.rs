@@ -83,6 +83,19 @@ pub struct BlockIndex(pub u32);
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Sha256Digest(pub [u8; 32]);
 
+impl Sha256Digest {
+    /// What pack records and journal entries hold for a block whose
+    /// SHA-256 was not computed when it was stored (a CLI backup needs
+    /// none; DESIGN.md §4.3): 32 zero bytes, which no block hashes to
+    /// except with probability 2^-256.
+    pub const NOT_KEPT: Sha256Digest = Sha256Digest([0; 32]);
+
+    /// Whether this is a real digest rather than [`Sha256Digest::NOT_KEPT`].
+    pub fn is_kept(&self) -> bool {
+        *self != Sha256Digest::NOT_KEPT
+    }
+}
+
 /// Position of a stored record: which pack, and the byte offset of its header.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, serde::Serialize)]
 #[serde(rename_all = "PascalCase")]

@@ -71,12 +71,19 @@ thread_local! {
 /// Largest allowed pack target: offsets are 32-bit.
 const MAX_PACK_TARGET: u64 = 1 << 30;
 
+/// Computed SHA-256s remembered (about 100 bytes each: 25 MiB for the
+/// blocks of 128 GiB of distinct data); beyond it an arbitrary one is
+/// forgotten for each new one.
+const COMPUTED_CHECKSUMS_KEPT: usize = 1 << 18;
+
 /// A verified chunk read back from the store.
 #[derive(Debug)]
 pub struct StoredChunk {
     /// The raw (decoded) bytes.
     pub data: Vec<u8>,
-    /// The SHA-256 kept with block chunks (zero for map nodes).
+    /// The SHA-256 kept with block chunks: [`Sha256Digest::NOT_KEPT`] for
+    /// map nodes and for blocks stored without one, except that a read
+    /// with [`ContentCheck::Sha256`] computes a block's.
     pub sha256: Sha256Digest,
 }
 
@@ -89,9 +96,10 @@ pub(crate) enum ContentCheck {
     Default,
     /// The content hash of every record, encrypted ones included (verify).
     Full,
-    /// Blocks: the SHA-256 kept with the record instead of the content
-    /// hash, for callers that must check the EBS checksum anyway (export);
-    /// it is a full content check by itself. Map nodes as `Default`.
+    /// For callers that need a block's EBS checksum (export): the SHA-256
+    /// kept with the record instead of the content hash (a full content
+    /// check by itself); a record stored without one is checked as
+    /// `Default` and its SHA-256 computed. Map nodes as `Default`.
     Sha256,
 }
 
@@ -131,6 +139,11 @@ pub struct ChunkStore {
     condemned: RwLock<HashSet<u32>>,
     /// Chunks found corrupt: a put of the same data stores a fresh copy.
     suspects: Mutex<HashSet<ChunkId>>,
+    /// SHA-256s computed for block records stored without one (DESIGN.md
+    /// §4.3), so an EBS client reading a block again, or an export after
+    /// its listing pass, does not hash it again. At most
+    /// [`COMPUTED_CHECKSUMS_KEPT`] entries; for the process's life only.
+    computed_checksums: Mutex<HashMap<ChunkId, Sha256Digest>>,
     /// The keys of every unlocked domain, by the number records carry.
     domains: RwLock<HashMap<u16, Arc<DomainKeys>>>,
     /// Damage found while opening: unreadable bytes in packs, indexes that
@@ -304,6 +317,7 @@ impl ChunkStore {
             refresh_lock: Mutex::new(()),
             condemned: RwLock::new(HashSet::new()),
             suspects: Mutex::new(HashSet::new()),
+            computed_checksums: Mutex::new(HashMap::new()),
             domains: RwLock::new(HashMap::new()),
             damage,
             unindexed: Mutex::new(unindexed),
@@ -1074,10 +1088,33 @@ impl ChunkStore {
                 "record kind differs from the reference",
             ));
         }
-        if !is_sealed_domain(header.domain) {
+        if !is_sealed_domain(header.domain) && header.sha256.is_kept() {
             return Ok(Some(header.sha256));
         }
-        Ok(self.get(RecordKind::Block, id)?.map(|chunk| chunk.sha256))
+        if let Some(computed) = self.computed_checksums.lock().get(id) {
+            return Ok(Some(*computed));
+        }
+        Ok(self
+            .get_with_frame(RecordKind::Block, id, ContentCheck::Sha256, false)?
+            .map(|(chunk, _)| chunk.sha256))
+    }
+
+    /// The SHA-256 of block chunk `id`, whose record kept none: from
+    /// [`ChunkStore::computed_checksums`], else computed from `data` and
+    /// remembered there.
+    pub(crate) fn computed_checksum(&self, id: &ChunkId, data: &[u8]) -> Sha256Digest {
+        if let Some(computed) = self.computed_checksums.lock().get(id) {
+            return *computed;
+        }
+        let computed = codec::sha256(data);
+        let mut remembered = self.computed_checksums.lock();
+        if remembered.len() >= COMPUTED_CHECKSUMS_KEPT {
+            if let Some(forgotten) = remembered.keys().next().copied() {
+                remembered.remove(&forgotten);
+            }
+        }
+        remembered.insert(*id, computed);
+        computed
     }
 
     /// Reads the record at `location` and checks it holds chunk `id` of
@@ -1157,7 +1194,9 @@ impl ChunkStore {
                 Ok((*header, sha256, data, Some(keys), frame))
             })?;
         let hash_matches = match (check, kind, &keys) {
-            (ContentCheck::Sha256, RecordKind::Block, _) => codec::sha256(&data) == sha256,
+            (ContentCheck::Sha256, RecordKind::Block, _) if sha256.is_kept() => {
+                codec::sha256(&data) == sha256
+            }
             // The tag covered the id: only verify rehashes sealed content.
             (ContentCheck::Default | ContentCheck::Sha256, _, Some(keys)) if keys.is_sealed() => {
                 header.chunk_id == *id
@@ -1170,6 +1209,12 @@ impl ChunkStore {
                 "content does not hash to its chunk id",
             ));
         }
+        let sha256 =
+            if check == ContentCheck::Sha256 && kind == RecordKind::Block && !sha256.is_kept() {
+                self.computed_checksum(id, &data)
+            } else {
+                sha256
+            };
         Ok((StoredChunk { data, sha256 }, frame))
     }
 

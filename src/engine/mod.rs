@@ -239,8 +239,9 @@ pub(crate) struct CompletedSnapshot {
     pub(crate) lineage: SnapshotId,
 }
 
-/// A block's id in its snapshot's domain, its SHA-256, and whether it is
-/// all zeros (then the id and checksum are the zero block's).
+/// A block's id in its snapshot's domain, its SHA-256 (or
+/// [`Sha256Digest::NOT_KEPT`] where nothing needs it yet), and whether it
+/// is all zeros (then the id and checksum are the zero block's).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BlockHashes {
     pub(crate) chunk: ChunkId,
@@ -249,14 +250,10 @@ pub(crate) struct BlockHashes {
 }
 
 impl BlockHashes {
-    /// Hashes `data` for a snapshot keyed in `domain` (`None`: plain).
+    /// Hashes `data`, SHA-256 included, for a snapshot keyed in `domain`
+    /// (`None`: plain).
     pub(crate) fn of(domain: Option<&DomainKeys>, data: &[u8]) -> BlockHashes {
         let (chunk, is_zero) = block_id(domain, data);
-        BlockHashes::with_id(chunk, is_zero, data)
-    }
-
-    /// Completes what [`block_id`] returned for `data` with its SHA-256.
-    pub(crate) fn with_id(chunk: ChunkId, is_zero: bool, data: &[u8]) -> BlockHashes {
         let sha256 = if is_zero {
             codec::zero_block_sha256()
         } else {
@@ -265,6 +262,21 @@ impl BlockHashes {
         BlockHashes {
             chunk,
             sha256,
+            is_zero,
+        }
+    }
+
+    /// What [`block_id`] returned, without a SHA-256: a bulk load's
+    /// blocks get theirs computed when something first asks (an EBS read,
+    /// an export), not at backup (DESIGN.md §4.3).
+    pub(crate) fn without_checksum(chunk: ChunkId, is_zero: bool) -> BlockHashes {
+        BlockHashes {
+            chunk,
+            sha256: if is_zero {
+                codec::zero_block_sha256()
+            } else {
+                Sha256Digest::NOT_KEPT
+            },
             is_zero,
         }
     }
@@ -1221,7 +1233,13 @@ impl Engine {
             ));
         }
         if let Some(expected) = aggregate {
-            if linear_aggregate(&state.writes) != expected {
+            let checksum_of = |chunk: &ChunkId| {
+                self.inner
+                    .chunks
+                    .block_sha256(chunk)?
+                    .ok_or_else(|| Error::corrupted(format!("chunk {chunk}"), "not stored"))
+            };
+            if linear_aggregate(&state.writes, checksum_of)? != expected {
                 return Err(Error::invalid(
                     ValidationReason::InvalidParameterValue,
                     "The LINEAR aggregate checksum does not match the blocks written.",

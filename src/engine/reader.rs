@@ -121,7 +121,10 @@ impl SnapshotReader {
     /// The data and SHA-256 of the block at `index`; `None` where the
     /// volume was never written. The data is checked against its content
     /// hash (or its record's authentication tag) before it is returned: a
-    /// damaged block is [`Error::Corrupted`], never wrong bytes.
+    /// damaged block is [`Error::Corrupted`], never wrong bytes. A block
+    /// stored without its SHA-256 gets it computed here (and remembered);
+    /// callers that need only the data read [`SnapshotReader::chunk_at`]
+    /// or [`SnapshotReader::blocks`] and then the data alone.
     pub fn block(&self, index: BlockIndex) -> Result<Option<(Bytes, Sha256Digest)>> {
         let _guard = self.engine.inner.reference_guard.read();
         let Some(chunk) = self.engine.maps().lookup(self.root, index)? else {
@@ -134,7 +137,15 @@ impl SnapshotReader {
             )));
         }
         let stored = self.stored_block(index, chunk)?;
-        Ok(Some((Bytes::from(stored.data), stored.sha256)))
+        let sha256 = if stored.sha256.is_kept() {
+            stored.sha256
+        } else {
+            self.engine
+                .inner
+                .chunks
+                .computed_checksum(&chunk, &stored.data)
+        };
+        Ok(Some((Bytes::from(stored.data), sha256)))
     }
 
     /// Block chunk `chunk` (not the zero chunk), which this snapshot holds
@@ -202,9 +213,9 @@ impl SnapshotReader {
             .diff(base.and_then(|base| base.root), self.root, start, limit)
     }
 
-    /// The SHA-256 kept with `chunk`, a block chunk this snapshot lists
-    /// (the zero block's for the zero chunk), without reading a plain
-    /// record's payload.
+    /// The SHA-256 of `chunk`, a block chunk this snapshot lists (the zero
+    /// block's for the zero chunk): the one kept in a plain record's header
+    /// without reading its payload, else remembered or computed.
     pub(crate) fn block_sha256(&self, chunk: ChunkId) -> Result<Sha256Digest> {
         if chunk == codec::zero_block_id() {
             return Ok(codec::zero_block_sha256());
@@ -218,7 +229,8 @@ impl SnapshotReader {
     }
 
     /// Block chunk `chunk`, which this snapshot lists, for an export: its
-    /// data checked against its stored SHA-256, the SHA-256, and its stored
+    /// data checked against its stored SHA-256 (or, stored without one, its
+    /// id), the SHA-256, and its stored
     /// zstd frame when it has one (an incompressible block is stored raw
     /// and has none).
     pub(crate) fn block_with_frame(

@@ -699,15 +699,16 @@ fn rewrite_journal(
     })
 }
 
-/// A checksum as an encrypted snapshot's journal stores it: XORed with a
-/// mask of the domain's (DESIGN.md §4.7), so the journal never shows a
-/// block's SHA-256. Its own inverse; the identity for plain snapshots.
 /// Whether a snapshot keyed in `domain` is encrypted (its journal masks
 /// checksums); a dedup-only domain is not.
 fn is_sealed(domain: Option<&DomainKeys>) -> bool {
     domain.is_some_and(DomainKeys::is_sealed)
 }
 
+/// A checksum as an encrypted snapshot's journal stores it: XORed with a
+/// mask of the domain's (DESIGN.md §4.7), so the journal never shows a
+/// block's SHA-256. Its own inverse (so [`Sha256Digest::NOT_KEPT`] comes
+/// back as itself); the identity for plain snapshots.
 fn mask_checksum(
     domain: Option<&DomainKeys>,
     snapshot: SnapshotId,
@@ -727,14 +728,20 @@ fn mask_checksum(
 }
 
 /// `Base64(SHA-256(d[i0] ‖ d[i1] ‖ …))` over the raw digests of the writes in
-/// ascending index order: the EBS LINEAR aggregate checksum.
+/// ascending index order: the EBS LINEAR aggregate checksum. A write whose
+/// checksum was not kept gets it from `checksum_of` (its stored chunk).
 pub(crate) fn linear_aggregate(
     writes: &BTreeMap<BlockIndex, (ChunkId, Sha256Digest)>,
-) -> Sha256Digest {
+    checksum_of: impl Fn(&ChunkId) -> Result<Sha256Digest>,
+) -> Result<Sha256Digest> {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
-    for (_, sha256) in writes.values() {
-        hasher.update(sha256.0);
+    for (chunk, sha256) in writes.values() {
+        if sha256.is_kept() {
+            hasher.update(sha256.0);
+        } else {
+            hasher.update(checksum_of(chunk)?.0);
+        }
     }
-    Sha256Digest(hasher.finalize().into())
+    Ok(Sha256Digest(hasher.finalize().into()))
 }

@@ -166,7 +166,7 @@ impl SnapshotWriter {
                     sha256,
                     is_zero,
                 },
-                None => BlockHashes::with_id(chunk, is_zero, data),
+                None => BlockHashes::without_checksum(chunk, is_zero),
             };
             self.engine.check_writable()?;
             self.engine

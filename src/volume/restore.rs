@@ -296,28 +296,24 @@ fn restore_page(
                 continue;
             }
             let take = (sink.length - offset).min(BLOCK_SIZE as u64) as usize;
-            write_block(reader, index, sink, offset, take, &mut staging)?;
+            write_block(reader, (index, chunk), sink, offset, take, &mut staging)?;
             written.fetch_add(1, Ordering::AcqRel);
         }
         Ok(())
     })
 }
 
-/// Reads one block, checks it against its chunk id, writes it.
+/// Reads the listed block `chunk` at `index`, checks it against its chunk
+/// id, writes it.
 fn write_block(
     reader: &SnapshotReader,
-    index: BlockIndex,
+    (index, chunk): (BlockIndex, ChunkId),
     sink: &Sink<'_>,
     offset: u64,
     take: usize,
     staging: &mut AlignedBuffer,
 ) -> Result<()> {
     // The store rehashes the block against its id (or checks its tag).
-    let (data, _) = reader.block(index)?.ok_or_else(|| {
-        Error::corrupted(
-            format!("block {}", index.0),
-            "listed but not readable from the map",
-        )
-    })?;
+    let data = reader.block_data(index, chunk)?;
     sink.write(data.get(..take).unwrap_or(&data), offset, staging)
 }
