@@ -105,6 +105,9 @@ impl CpuPerGib {
     }
 
     fn report(&self, what: &str) {
+        if self.bytes == 0 {
+            return;
+        }
         let gib = self.bytes as f64 / f64::from(1u32 << 30);
         eprintln!(
             "server CPU: {:.2} CPU-s per GiB {what} ({:.1} GiB measured)",

@@ -255,6 +255,33 @@ fn direct_and_buffered_restores_write_the_same_sparse_image() {
 }
 
 #[test]
+fn direct_and_buffered_backups_read_the_same_image() {
+    let store = Store::new();
+    let image = store.path("disk.img");
+    // A tail of 4095 bytes: the direct read of the last block is cut
+    // short by the end of the file, not by the block.
+    write_image(&image, 24, 4095);
+    let image_arg = image.to_str().expect("path");
+    let direct = store.json(&["backup", image_arg]);
+    assert_eq!(direct["BlocksWritten"], 19, "18 data blocks and the tail");
+    let direct_id = direct["SnapshotId"].as_str().expect("id").to_string();
+    // Read again through the page cache, as a child: every block hashes
+    // to what the direct read gave.
+    let buffered = store.json(&["backup", image_arg, "--buffered", "--parent", &direct_id]);
+    assert_eq!(buffered["BlocksWritten"], 0, "{buffered}");
+    assert_eq!(buffered["BlocksUnchanged"], 19, "{buffered}");
+    assert_eq!(
+        buffered["DirectIo"], false,
+        "--buffered reads the page cache"
+    );
+    // Direct reads where the temporary directory's file system takes
+    // O_DIRECT (as for restore), and the page cache elsewhere.
+    let restored = store.path("restored.img");
+    store.ok(&["restore", &direct_id, restored.to_str().expect("path")]);
+    assert!(same_files(&image, &restored), "byte-identical");
+}
+
+#[test]
 fn bad_arguments_and_missing_things_give_the_documented_exit_codes() {
     let store = Store::new();
     let image = store.path("disk.img");
@@ -668,6 +695,7 @@ fn json_reports_are_the_library_report_types() {
                 "BlocksWritten",
                 "BlocksUnchanged",
                 "ZeroBlocksSkipped",
+                "DirectIo",
                 "Seconds",
             ][..],
         ),

@@ -384,7 +384,12 @@ impl ServerState {
         let limits = &self.config.limits;
         let deadline = tokio::time::Instant::now() + limits.body_timeout;
         let mut body = Limited::new(body, limit);
-        let mut collected = bytes::BytesMut::new();
+        // Sized once from the declared length (checked against the limit
+        // above), so a block's half megabyte arriving in socket-sized
+        // frames is copied once rather than regrown and moved each time
+        // it doubles.
+        let mut collected =
+            bytes::BytesMut::with_capacity(declared.map_or(0, |declared| declared as usize));
         loop {
             let wait = limits
                 .body_progress_timeout

@@ -5,7 +5,9 @@ use super::{image_len, in_parallel, invalid, read_block_at, worker_count, Progre
 use crate::engine::{Engine, NewSnapshot, RequestedEncryption, SnapshotWriter, IMAGE_BYTES_TAG};
 use crate::error::{Error, Result};
 use crate::ids::{BlockIndex, SnapshotId, BLOCKS_PER_GIB, BLOCK_SIZE};
+use crate::storage::{open_direct, AlignedBuffer};
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -33,6 +35,13 @@ pub struct BackupOptions {
     /// Workers; 0 = two per core (a worker sealing a pack waits for its
     /// fsync; the other keeps the core busy).
     pub threads: usize,
+    /// Read an image through the page cache only. By default whole blocks
+    /// are read with direct I/O (Linux `O_DIRECT`) where the file system
+    /// or device accepts it: the kernel copies nothing, and reading the
+    /// volume does not evict the page cache. Direct reads see what
+    /// buffered writers wrote: the kernel writes dirty pages of the range
+    /// back first.
+    pub buffered: bool,
     /// For an NBD source: read only the blocks QEMU's dirty bitmap of this
     /// name (`qemu:dirty-bitmap:NAME`) marks. Needs `parent`.
     pub dirty_bitmap: Option<String>,
@@ -71,6 +80,9 @@ pub struct BackupReport {
     pub blocks_unchanged: u64,
     /// All-zero blocks never written (they read back as zeros).
     pub zero_blocks_skipped: u64,
+    /// Whether the image was read with direct I/O (see
+    /// [`BackupOptions::buffered`]); never for an NBD source.
+    pub direct_io: bool,
     /// Wall time.
     #[serde(rename = "Seconds", serialize_with = "crate::clock::serialize_seconds")]
     pub elapsed: Duration,
@@ -120,13 +132,71 @@ pub(super) trait Volume: Sync {
     fn read_block(&self, worker: usize, index: u32, buffer: &mut [u8]) -> Result<()>;
     /// Whether block `index` is known to read as zeros without reading it.
     fn known_zero(&self, index: u32) -> bool;
+    /// Whether whole blocks were read with direct I/O.
+    fn direct_io(&self) -> bool {
+        false
+    }
 }
 
-/// An image file or block device.
+/// An image file or block device, and on Linux a second handle on it
+/// opened with `O_DIRECT`.
 struct ImageVolume<'a> {
     file: File,
+    direct: Option<File>,
+    /// Set when a direct read was refused (EINVAL: an alignment the file
+    /// system or device does not accept); later blocks go through `file`.
+    direct_refused: AtomicBool,
     path: &'a Path,
     len: u64,
+}
+
+impl ImageVolume<'_> {
+    /// Reads block `index` through the direct handle into `buffer`
+    /// (aligned by the caller): `Ok(false)` when direct reads are not
+    /// available or were refused, and the caller reads it buffered.
+    fn read_direct(&self, index: u32, buffer: &mut [u8]) -> Result<bool> {
+        let Some(direct) = &self.direct else {
+            return Ok(false);
+        };
+        if self.direct_refused.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let offset = u64::from(index) * BLOCK_SIZE as u64;
+        let available = self.len.saturating_sub(offset).min(BLOCK_SIZE as u64) as usize;
+        // The whole aligned block is asked for; at the end of the image
+        // the kernel returns the bytes up to its length.
+        let mut read = 0;
+        while read < available {
+            let Some(rest) = buffer.get_mut(read..) else {
+                break;
+            };
+            match direct.read_at(rest, offset + read as u64) {
+                Ok(0) => break,
+                Ok(count) => read += count,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == std::io::ErrorKind::InvalidInput && read == 0 => {
+                    self.direct_refused.store(true, Ordering::Release);
+                    return Ok(false);
+                }
+                Err(error) => {
+                    return Err(Error::io(
+                        format!("reading {} at byte {offset}", self.path.display()),
+                        error,
+                    ))
+                }
+            }
+        }
+        if read < available {
+            return Err(Error::io(
+                format!("reading {} at byte {offset}", self.path.display()),
+                std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+            ));
+        }
+        if let Some(padding) = buffer.get_mut(available..) {
+            padding.fill(0);
+        }
+        Ok(true)
+    }
 }
 
 impl Volume for ImageVolume<'_> {
@@ -135,11 +205,18 @@ impl Volume for ImageVolume<'_> {
     }
 
     fn read_block(&self, _worker: usize, index: u32, buffer: &mut [u8]) -> Result<()> {
+        if self.read_direct(index, buffer)? {
+            return Ok(());
+        }
         read_block_at(&self.file, self.path, self.len, index, buffer)
     }
 
     fn known_zero(&self, _index: u32) -> bool {
         false
+    }
+
+    fn direct_io(&self) -> bool {
+        self.direct.is_some() && !self.direct_refused.load(Ordering::Acquire)
     }
 }
 
@@ -181,7 +258,17 @@ pub fn backup_from(
             let file = File::open(path)
                 .map_err(|error| Error::io(format!("opening {}", path.display()), error))?;
             let len = image_len(&file, path)?;
-            (Box::new(ImageVolume { file, path, len }), None)
+            let direct = (!options.buffered)
+                .then(|| open_direct(&file, false))
+                .flatten();
+            let volume = ImageVolume {
+                file,
+                direct,
+                direct_refused: AtomicBool::new(false),
+                path,
+                len,
+            };
+            (Box::new(volume), None)
         }
         #[cfg(feature = "nbd")]
         BackupSource::Nbd(source) => {
@@ -278,6 +365,7 @@ pub fn backup_from(
         blocks_written,
         blocks_unchanged,
         zero_blocks_skipped,
+        direct_io: volume.direct_io(),
         elapsed: started_at.elapsed(),
     }))
 }
@@ -297,7 +385,9 @@ fn run_workers(
     let image_bytes = volume.len();
     in_parallel(workers.min(work.len().max(1)), |stop| {
         let worker = worker_ids.fetch_add(1, Ordering::AcqRel);
-        let mut buffer = vec![0u8; BLOCK_SIZE];
+        // Aligned for an image's direct reads.
+        let mut aligned = AlignedBuffer::new(BLOCK_SIZE);
+        let buffer = aligned.as_mut_slice();
         while !cancel.load(Ordering::Acquire) && !stop.load(Ordering::Acquire) {
             let Some(index) = work.get(cursor.fetch_add(1, Ordering::AcqRel)) else {
                 break;
@@ -305,10 +395,10 @@ fn run_workers(
             if volume.known_zero(index) {
                 buffer.fill(0);
             } else {
-                volume.read_block(worker, index, &mut buffer)?;
+                volume.read_block(worker, index, buffer)?;
                 blocks_read.fetch_add(1, Ordering::Relaxed);
             }
-            writer.put_block_sparse(BlockIndex(index), &buffer)?;
+            writer.put_block_sparse(BlockIndex(index), buffer)?;
             progress(
                 image_bytes
                     .saturating_sub(u64::from(index) * BLOCK_SIZE as u64)

@@ -511,6 +511,10 @@ pub struct BackupArgs {
     /// Encrypt with this key of the key file.
     #[arg(long, value_name = "ARN")]
     pub kms_key_arn: Option<String>,
+    /// Read the image through the page cache instead of direct I/O
+    /// (whole blocks are read with O_DIRECT where it is accepted).
+    #[arg(long)]
+    pub buffered: bool,
     /// Worker threads [default: two per core]
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     pub threads: usize,

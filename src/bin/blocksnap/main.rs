@@ -689,6 +689,7 @@ fn run(cli: &Cli, out: &Output) -> Result<(), Failure> {
                 encrypted: backup.encrypted,
                 kms_key_arn: backup.kms_key_arn.clone(),
                 threads: backup.threads,
+                buffered: backup.buffered,
                 dirty_bitmap: backup.dirty_bitmap.clone(),
             };
             let source = match &nbd_source {
