@@ -261,9 +261,20 @@ fn direct_and_buffered_backups_read_the_same_image() {
     // A tail of 4095 bytes: the direct read of the last block is cut
     // short by the end of the file, not by the block.
     write_image(&image, 24, 4095);
+    // Out of the page cache, so the default reads miss it and go direct.
+    let written = std::fs::File::open(&image).expect("open image");
+    written.sync_all().expect("sync image");
+    rustix::fs::fadvise(&written, 0, None, rustix::fs::Advice::DontNeed).expect("fadvise");
+    let takes_direct_io = rustix::fs::open(
+        &image,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECT,
+        rustix::fs::Mode::empty(),
+    )
+    .is_ok();
     let image_arg = image.to_str().expect("path");
     let direct = store.json(&["backup", image_arg]);
     assert_eq!(direct["BlocksWritten"], 19, "18 data blocks and the tail");
+    assert_eq!(direct["DirectIo"], takes_direct_io, "{direct}");
     let direct_id = direct["SnapshotId"].as_str().expect("id").to_string();
     // Read again through the page cache, as a child: every block hashes
     // to what the direct read gave.
@@ -274,8 +285,6 @@ fn direct_and_buffered_backups_read_the_same_image() {
         buffered["DirectIo"], false,
         "--buffered reads the page cache"
     );
-    // Direct reads where the temporary directory's file system takes
-    // O_DIRECT (as for restore), and the page cache elsewhere.
     let restored = store.path("restored.img");
     store.ok(&["restore", &direct_id, restored.to_str().expect("path")]);
     assert!(same_files(&image, &restored), "byte-identical");

@@ -35,12 +35,12 @@ pub struct BackupOptions {
     /// Workers; 0 = two per core (a worker sealing a pack waits for its
     /// fsync; the other keeps the core busy).
     pub threads: usize,
-    /// Read an image through the page cache only. By default whole blocks
-    /// are read with direct I/O (Linux `O_DIRECT`) where the file system
-    /// or device accepts it: the kernel copies nothing, and reading the
-    /// volume does not evict the page cache. Direct reads see what
-    /// buffered writers wrote: the kernel writes dirty pages of the range
-    /// back first.
+    /// Read an image through the page cache only. By default (Linux) a
+    /// block the page cache holds is copied from it, and any other is read
+    /// with direct I/O (`O_DIRECT`) where the file system or device accepts
+    /// it: the kernel copies nothing for it, and reading a volume does not
+    /// evict the page cache. Direct reads see what buffered writers wrote:
+    /// the kernel writes dirty pages of the range back first.
     pub buffered: bool,
     /// For an NBD source: read only the blocks QEMU's dirty bitmap of this
     /// name (`qemu:dirty-bitmap:NAME`) marks. Needs `parent`.
@@ -151,9 +151,10 @@ struct ImageVolume<'a> {
 }
 
 impl ImageVolume<'_> {
-    /// Reads block `index` through the direct handle into `buffer`
-    /// (aligned by the caller): `Ok(false)` when direct reads are not
-    /// available or were refused, and the caller reads it buffered.
+    /// Reads block `index` into `buffer` (aligned by the caller) from the
+    /// page cache if it holds the whole block, else through the direct
+    /// handle: `Ok(false)` when direct reads are not available or were
+    /// refused, and the caller reads it buffered.
     fn read_direct(&self, index: u32, buffer: &mut [u8]) -> Result<bool> {
         let Some(direct) = &self.direct else {
             return Ok(false);
@@ -163,6 +164,9 @@ impl ImageVolume<'_> {
         }
         let offset = u64::from(index) * BLOCK_SIZE as u64;
         let available = self.len.saturating_sub(offset).min(BLOCK_SIZE as u64) as usize;
+        if self.read_cached(offset, available, buffer) {
+            return Ok(true);
+        }
         // The whole aligned block is asked for; at the end of the image
         // the kernel returns the bytes up to its length.
         let mut read = 0;
@@ -196,6 +200,34 @@ impl ImageVolume<'_> {
             padding.fill(0);
         }
         Ok(true)
+    }
+}
+
+impl ImageVolume<'_> {
+    /// Copies `available` bytes at `offset` into `buffer` (zero padded) if
+    /// the page cache holds all of them: a read with `RWF_NOWAIT` does no
+    /// I/O, and a miss (`EAGAIN`), a partial hit or a kernel without it
+    /// returns `false`.
+    #[cfg(target_os = "linux")]
+    fn read_cached(&self, offset: u64, available: usize, buffer: &mut [u8]) -> bool {
+        use rustix::io::{preadv2, ReadWriteFlags};
+        let (data, padding) = buffer.split_at_mut(available.min(buffer.len()));
+        let read = preadv2(
+            &self.file,
+            &mut [std::io::IoSliceMut::new(data)],
+            offset,
+            ReadWriteFlags::NOWAIT,
+        );
+        if read.is_ok_and(|read| read == available) {
+            padding.fill(0);
+            return true;
+        }
+        false
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn read_cached(&self, _offset: u64, _available: usize, _buffer: &mut [u8]) -> bool {
+        false
     }
 }
 
