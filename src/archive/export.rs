@@ -114,7 +114,8 @@ pub fn export(
                     format!("{base_snapshot} and {snapshot} are not of the same lineage"),
                 ));
             }
-            let Some((root_hash, block_count)) = content_hash(&base, cancel)? else {
+            let workers = crate::volume::worker_count(options.threads, 1);
+            let Some((root_hash, block_count)) = content_hash(&base, workers, cancel)? else {
                 return Ok(ExportOutcome::Interrupted);
             };
             Some((
@@ -222,10 +223,12 @@ pub fn export(
 }
 
 /// The root hash and block count of everything `snapshot` holds (a
-/// delta's base), from the SHA-256s kept with each block. `None` if
-/// `cancel` was set.
+/// delta's base), from the SHA-256s kept with each block, or computed on
+/// `workers` threads for blocks stored without one (§4.3 of DESIGN.md: a
+/// CLI backup's, which are read whole). `None` if `cancel` was set.
 pub(crate) fn content_hash(
     snapshot: &SnapshotReader,
+    workers: usize,
     cancel: &AtomicBool,
 ) -> Result<Option<(String, u64)>> {
     let mut hasher = RootHasher::default();
@@ -235,8 +238,18 @@ pub(crate) fn content_hash(
             return Ok(None);
         }
         let page = snapshot.blocks(start, PAGE)?;
-        for (index, chunk) in &page.entries {
-            hasher.add(index.0, &snapshot.block_sha256(*chunk)?);
+        let hashed = ordered_map(
+            &page.entries,
+            workers,
+            |(_, chunk)| snapshot.block_sha256(*chunk),
+            |(index, _), sha256| {
+                hasher.add(index.0, &sha256);
+                Ok(())
+            },
+            cancel,
+        )?;
+        if !hashed {
+            return Ok(None);
         }
         match page.next {
             Some(next) => start = next,

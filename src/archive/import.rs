@@ -203,7 +203,8 @@ pub fn import(
         .parent
         .map(|parent| engine.reader(parent))
         .transpose()?;
-    if !check_base(&manifest, parent.as_ref(), &name, cancel)? {
+    let workers = crate::volume::worker_count(options.threads, 1);
+    if !check_base(&manifest, parent.as_ref(), &name, (workers, cancel))? {
         return Ok(ImportOutcome::Interrupted);
     }
     drop(parent);
@@ -259,14 +260,14 @@ pub fn import(
     }))
 }
 
-/// A delta archive applies only on a parent whose content hash is its
-/// base's; a full one takes any parent (or none). `false` if `cancel` was
-/// set while the parent was hashed.
+/// A delta archive applies only on a parent whose content hash (computed
+/// on `workers` threads) is its base's; a full one takes any parent (or
+/// none). `false` if `cancel` was set while the parent was hashed.
 fn check_base(
     manifest: &Manifest,
     parent: Option<&SnapshotReader>,
     name: &str,
-    cancel: &AtomicBool,
+    (workers, cancel): (usize, &AtomicBool),
 ) -> Result<bool> {
     let Some(base) = &manifest.base else {
         return Ok(true);
@@ -280,7 +281,7 @@ fn check_base(
             ),
         ));
     };
-    let Some((root_hash, count)) = content_hash(parent, cancel)? else {
+    let Some((root_hash, count)) = content_hash(parent, workers, cancel)? else {
         return Ok(false);
     };
     if root_hash != base.root_hash || count != base.block_count {
