@@ -72,8 +72,8 @@ thread_local! {
 const MAX_PACK_TARGET: u64 = 1 << 30;
 
 /// Computed SHA-256s remembered (about 100 bytes each: 25 MiB for the
-/// blocks of 128 GiB of distinct data); beyond it an arbitrary one is
-/// forgotten for each new one.
+/// blocks of 128 GiB of distinct data); the next one after it starts the
+/// memory afresh (constant work per insertion, whatever the pattern).
 const COMPUTED_CHECKSUMS_KEPT: usize = 1 << 18;
 
 /// A verified chunk read back from the store.
@@ -1109,9 +1109,7 @@ impl ChunkStore {
         let computed = codec::sha256(data);
         let mut remembered = self.computed_checksums.lock();
         if remembered.len() >= COMPUTED_CHECKSUMS_KEPT {
-            if let Some(forgotten) = remembered.keys().next().copied() {
-                remembered.remove(&forgotten);
-            }
+            remembered.clear();
         }
         remembered.insert(*id, computed);
         computed

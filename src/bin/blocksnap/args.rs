@@ -511,8 +511,9 @@ pub struct BackupArgs {
     /// Encrypt with this key of the key file.
     #[arg(long, value_name = "ARN")]
     pub kms_key_arn: Option<String>,
-    /// Read the image through the page cache instead of direct I/O
-    /// (whole blocks are read with O_DIRECT where it is accepted).
+    /// Read the image through the page cache only (by default, blocks the
+    /// page cache does not hold are read with O_DIRECT where it is
+    /// accepted, so a backup does not evict the cache).
     #[arg(long)]
     pub buffered: bool,
     /// Worker threads [default: two per core]
