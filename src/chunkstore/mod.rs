@@ -82,8 +82,8 @@ pub struct StoredChunk {
     /// The raw (decoded) bytes.
     pub data: Vec<u8>,
     /// The SHA-256 kept with block chunks: [`Sha256Digest::NOT_KEPT`] for
-    /// map nodes and for blocks stored without one, except that a read
-    /// with [`ContentCheck::Sha256`] computes a block's.
+    /// map nodes and for blocks stored without one, except where the read
+    /// was made for the checksum (export's), which computes it.
     pub sha256: Sha256Digest,
 }
 
