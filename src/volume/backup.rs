@@ -196,6 +196,8 @@ impl ImageVolume<'_> {
                 std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
             ));
         }
+        // ext4 zeroes the buffer past the end of the file itself
+        // (it maps as a hole); other file systems need not.
         if let Some(padding) = buffer.get_mut(available..) {
             padding.fill(0);
         }
@@ -439,4 +441,99 @@ fn run_workers(
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An image of `blocks` whole blocks and a `tail`, each block filled
+    /// with its index plus one.
+    fn image(dir: &Path, blocks: u8, tail: usize) -> std::path::PathBuf {
+        let path = dir.join("image");
+        let mut bytes: Vec<u8> = (0..blocks)
+            .flat_map(|block| std::iter::repeat_n(block + 1, BLOCK_SIZE))
+            .collect();
+        bytes.extend(std::iter::repeat_n(0xEE, tail));
+        std::fs::write(&path, bytes).expect("write image");
+        path
+    }
+
+    fn volume(path: &Path, buffered: bool) -> ImageVolume<'_> {
+        let file = File::open(path).expect("open");
+        let len = image_len(&file, path).expect("length");
+        let direct = (!buffered).then(|| open_direct(&file, false)).flatten();
+        ImageVolume {
+            file,
+            direct,
+            direct_refused: AtomicBool::new(false),
+            path,
+            len,
+        }
+    }
+
+    /// Drops the image's pages from the page cache, so reads miss it.
+    fn evict(path: &Path) {
+        let file = File::open(path).expect("open");
+        file.sync_all().expect("sync");
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).expect("fadvise");
+    }
+
+    /// The padding after the image's last byte is zero whichever way the
+    /// block was read. (On ext4 an uncached direct read zeroes it in the
+    /// kernel, so there this checks the kernel as much as our fill.)
+    #[test]
+    fn every_read_path_gives_the_image_and_zero_pads_only_past_its_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = image(dir.path(), 3, 4095);
+        for (buffered, cached) in [(true, true), (false, true), (false, false)] {
+            if !cached {
+                evict(&path);
+            }
+            let volume = volume(&path, buffered);
+            let mut aligned = AlignedBuffer::new(BLOCK_SIZE);
+            for index in 0..3u8 {
+                volume
+                    .read_block(0, u32::from(index), aligned.as_mut_slice())
+                    .expect("read");
+                assert!(
+                    aligned.as_slice().iter().all(|byte| *byte == index + 1),
+                    "block {index}, buffered {buffered}, cached {cached}"
+                );
+            }
+            aligned.as_mut_slice().fill(0x55);
+            volume
+                .read_block(0, 3, aligned.as_mut_slice())
+                .expect("tail");
+            let (tail, padding) = aligned.as_slice().split_at(4095);
+            assert!(tail.iter().all(|byte| *byte == 0xEE));
+            assert!(padding.iter().all(|byte| *byte == 0), "padding zeroed");
+        }
+    }
+
+    /// An image cut short after it was opened (its length read) is an
+    /// error on every path, never blocks silently padded with zeros.
+    #[test]
+    fn an_image_shortened_under_the_backup_is_an_error_not_zeros() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for buffered in [true, false] {
+            let path = image(dir.path(), 3, 0);
+            let volume = volume(&path, buffered);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .expect("open for writing")
+                .set_len(BLOCK_SIZE as u64 + 100)
+                .expect("truncate");
+            evict(&path);
+            let mut aligned = AlignedBuffer::new(BLOCK_SIZE);
+            for index in [1, 2] {
+                let read = volume.read_block(0, index, aligned.as_mut_slice());
+                assert!(
+                    matches!(read, Err(Error::Io { .. })),
+                    "block {index}, buffered {buffered}: {read:?}"
+                );
+            }
+        }
+    }
 }
