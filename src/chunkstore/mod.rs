@@ -32,6 +32,7 @@ use crate::format::pack::{
 };
 use crate::ids::{ChunkId, PackLocation, Sha256Digest};
 use crate::storage::{ReadFile, Storage};
+use bytes::Bytes;
 use index::Index;
 use pack::{entries_of, index_name, pack_name, parse_name, scan, OpenPack, PACK_DIR};
 use parking_lot::{Mutex, RwLock};
@@ -66,7 +67,15 @@ thread_local! {
     static COMPRESSION_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Per-thread buffer an encrypted payload is sealed in, reused likewise.
     static SEAL_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread buffer a record read with `pread` (an unsealed pack, or
+    /// mapping off) lands in, reused likewise: only its first
+    /// `payload_len` bytes are ever read, each read writes all of them.
+    static PAYLOAD_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
+
+/// Largest payload buffer a thread keeps (a block's payload with room for
+/// a sealed record's prefix); a larger record's buffer is freed after use.
+const KEPT_PAYLOAD_BUFFER: usize = crate::ids::BLOCK_SIZE + 4096;
 
 /// Largest allowed pack target: offsets are 32-bit.
 const MAX_PACK_TARGET: u64 = 1 << 30;
@@ -80,7 +89,7 @@ const COMPUTED_CHECKSUMS_KEPT: usize = 1 << 18;
 #[derive(Debug)]
 pub struct StoredChunk {
     /// The raw (decoded) bytes.
-    pub data: Vec<u8>,
+    pub data: Bytes,
     /// The SHA-256 kept with block chunks: [`Sha256Digest::NOT_KEPT`] for
     /// map nodes and for blocks stored without one, except where the read
     /// was made for the checksum (export's), which computes it.
@@ -678,16 +687,32 @@ impl ChunkStore {
             .map_err(|_| Error::corrupted(&name, format!("record at {offset} is truncated")))?;
         let header = decode_record_header(&header_bytes)
             .map_err(|error| error.into_error(&format!("{name} record at {offset}")))?;
-        let mut payload = vec![0u8; header.payload_len as usize];
-        reader
-            .read_exact_at(
-                u64::from(location.offset) + RECORD_HEADER_SIZE as u64,
-                &mut payload,
-            )
-            .map_err(|_| Error::corrupted(&name, format!("record at {offset} is truncated")))?;
-        verify_record(&header_bytes, &header, &payload)
-            .map_err(|error| error.into_error(&format!("{name} record at {offset}")))?;
-        f(&header, &payload)
+        let payload_len = header.payload_len as usize;
+        // Taken, not borrowed: a nested read on this thread gets a new one.
+        let mut buffer = PAYLOAD_BUFFER.with_borrow_mut(std::mem::take);
+        if buffer.len() < payload_len {
+            buffer.resize(payload_len, 0);
+        }
+        let result = buffer
+            .get_mut(..payload_len)
+            .ok_or_else(|| Error::corrupted(&name, "payload buffer"))
+            .and_then(|payload| {
+                reader
+                    .read_exact_at(
+                        u64::from(location.offset) + RECORD_HEADER_SIZE as u64,
+                        payload,
+                    )
+                    .map_err(|_| {
+                        Error::corrupted(&name, format!("record at {offset} is truncated"))
+                    })?;
+                verify_record(&header_bytes, &header, payload)
+                    .map_err(|error| error.into_error(&format!("{name} record at {offset}")))?;
+                f(&header, payload)
+            });
+        if buffer.len() <= KEPT_PAYLOAD_BUFFER {
+            PAYLOAD_BUFFER.with_borrow_mut(|kept| *kept = buffer);
+        }
+        result
     }
 
     /// Reads only the header at `location` (for id confirmation).

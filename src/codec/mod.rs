@@ -1,12 +1,13 @@
 //! Pure transforms on block bytes: content hashes, the EBS checksum, zero
-//! detection and compression. No I/O, no shared state beyond per-thread
-//! compression contexts.
+//! detection and compression. No I/O; the only shared state is per-thread
+//! compression contexts and a few spare block buffers decoding reuses.
 
 #![deny(clippy::indexing_slicing)]
 
 use crate::format::pack::Codec;
 use crate::format::DecodeError;
 use crate::ids::{ChunkId, Sha256Digest, BLOCK_SIZE};
+use bytes::Bytes;
 use sha2::Digest;
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -160,15 +161,66 @@ pub fn zero_block_frame() -> &'static [u8] {
     })
 }
 
-/// Decodes a stored payload into exactly `raw_len` bytes.
-pub fn decode_payload(
-    codec: Codec,
-    payload: &[u8],
-    raw_len: usize,
-) -> Result<Vec<u8>, DecodeError> {
+/// Spare buffers for decoded blocks: a fresh 512 KiB allocation is mapped,
+/// faulted in and zeroed by the kernel page by page and unmapped again when
+/// freed, which cost the server about an eighth of its CPU per GiB served
+/// (`benches/server.rs`, DESIGN §13.1). Bounded: at most this many idle
+/// buffers (8 MiB) stay allocated.
+const SPARE_BLOCK_BUFFERS: usize = 16;
+
+static SPARE_BLOCKS: parking_lot::Mutex<Vec<Vec<u8>>> = parking_lot::const_mutex(Vec::new());
+
+/// A decoded block whose buffer goes back to [`SPARE_BLOCKS`] when the
+/// last [`Bytes`] made from it drops.
+struct SpareBlock(Vec<u8>);
+
+impl AsRef<[u8]> for SpareBlock {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for SpareBlock {
+    fn drop(&mut self) {
+        if !(BLOCK_SIZE..=2 * BLOCK_SIZE).contains(&self.0.capacity()) {
+            return;
+        }
+        let mut spares = SPARE_BLOCKS.lock();
+        if spares.len() < SPARE_BLOCK_BUFFERS {
+            let mut buffer = std::mem::take(&mut self.0);
+            // Emptied: a reused buffer exposes only what its next decode writes.
+            buffer.clear();
+            spares.push(buffer);
+        }
+    }
+}
+
+/// An empty buffer with room for one block: a spare one when there is one.
+fn spare_block_buffer() -> Vec<u8> {
+    SPARE_BLOCKS
+        .lock()
+        .pop()
+        .unwrap_or_else(|| Vec::with_capacity(BLOCK_SIZE))
+}
+
+/// `buffer` (from [`spare_block_buffer`]) as [`Bytes`]; it becomes a spare
+/// again when the last reference drops.
+fn reusable_block(buffer: Vec<u8>) -> Bytes {
+    Bytes::from_owner(SpareBlock(buffer))
+}
+
+/// Decodes a stored payload into exactly `raw_len` bytes. A block-sized
+/// result lives in a reused buffer.
+pub fn decode_payload(codec: Codec, payload: &[u8], raw_len: usize) -> Result<Bytes, DecodeError> {
+    let spare = raw_len == BLOCK_SIZE;
+    let mut output = if spare {
+        spare_block_buffer()
+    } else {
+        Vec::with_capacity(raw_len)
+    };
     match codec {
-        Codec::Raw if payload.len() == raw_len => Ok(payload.to_vec()),
-        Codec::Raw => Err(DecodeError::corrupt(0, "raw payload length")),
+        Codec::Raw if payload.len() == raw_len => output.extend_from_slice(payload),
+        Codec::Raw => return Err(DecodeError::corrupt(0, "raw payload length")),
         Codec::Zstd => DECOMPRESSOR.with(|cell| {
             let mut cell = cell.borrow_mut();
             if cell.is_none() {
@@ -177,19 +229,50 @@ pub fn decode_payload(
             let decompressor = cell
                 .as_mut()
                 .ok_or(DecodeError::corrupt(0, "zstd context"))?;
-            let mut output = Vec::with_capacity(raw_len);
+            // Into the spare capacity, never growing it: a frame that
+            // decodes to any length but `raw_len` fails.
             match decompressor.decompress_to_buffer(payload, &mut output) {
-                Ok(written) if written == raw_len => Ok(output),
+                Ok(written) if written == raw_len => Ok(()),
                 _ => Err(DecodeError::corrupt(0, "zstd payload")),
             }
-        }),
+        })?,
     }
+    Ok(if spare {
+        reusable_block(output)
+    } else {
+        Bytes::from(output)
+    })
 }
 
 #[cfg(test)]
 #[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    /// Decoded blocks share a few reused buffers: each decode shows only
+    /// what it wrote, and a frame decoding past one block fails whatever
+    /// buffer it lands in.
+    #[test]
+    fn reused_block_buffers_hold_only_the_new_decode() {
+        let first = vec![0xAAu8; BLOCK_SIZE];
+        let second: Vec<u8> = (0..BLOCK_SIZE).map(|byte| (byte % 251) as u8).collect();
+        let oversized = vec![0x11u8; BLOCK_SIZE + 1];
+        for _ in 0..(2 * SPARE_BLOCK_BUFFERS) {
+            let frame = zstd_frame(&first, 3).expect("frame");
+            let decoded = decode_payload(Codec::Zstd, &frame, BLOCK_SIZE).expect("decodes");
+            assert_eq!(decoded, first);
+            drop(decoded);
+            let too_long = zstd_frame(&oversized, 3).expect("frame");
+            assert!(decode_payload(Codec::Zstd, &too_long, BLOCK_SIZE).is_err());
+            assert!(decode_payload(Codec::Raw, &second[1..], BLOCK_SIZE).is_err());
+            let raw = decode_payload(Codec::Raw, &second, BLOCK_SIZE).expect("raw");
+            assert_eq!(raw, second);
+            let frame = zstd_frame(&second, 3).expect("frame");
+            let kept = decode_payload(Codec::Zstd, &frame, BLOCK_SIZE).expect("decodes");
+            drop(raw);
+            assert_eq!(kept, second);
+        }
+    }
 
     #[test]
     fn zero_detection() {

@@ -145,7 +145,7 @@ impl SnapshotReader {
                 .chunks
                 .computed_checksum(&chunk, &stored.data)
         };
-        Ok(Some((Bytes::from(stored.data), sha256)))
+        Ok(Some((stored.data, sha256)))
     }
 
     /// Block chunk `chunk` (not the zero chunk), which this snapshot holds
@@ -168,7 +168,7 @@ impl SnapshotReader {
             return Ok(Bytes::from(vec![0u8; BLOCK_SIZE]));
         }
         let _guard = self.engine.inner.reference_guard.read();
-        Ok(Bytes::from(self.stored_block(index, chunk)?.data))
+        Ok(self.stored_block(index, chunk)?.data)
     }
 
     /// The chunk the snapshot holds at `index`, if any.
@@ -236,7 +236,7 @@ impl SnapshotReader {
     pub(crate) fn block_with_frame(
         &self,
         chunk: ChunkId,
-    ) -> Result<(Vec<u8>, Sha256Digest, Option<Vec<u8>>)> {
+    ) -> Result<(Bytes, Sha256Digest, Option<Vec<u8>>)> {
         let _guard = self.engine.inner.reference_guard.read();
         let (stored, frame) = self
             .engine
