@@ -163,8 +163,8 @@ pub fn zero_block_frame() -> &'static [u8] {
 
 /// Spare buffers for decoded blocks: a fresh 512 KiB allocation is mapped,
 /// faulted in and zeroed by the kernel page by page and unmapped again when
-/// freed, which cost the server about an eighth of its CPU per GiB served
-/// (`benches/server.rs`, DESIGN §13.1). Bounded: at most this many idle
+/// freed: about a sixth of the server's CPU serving blocks in a profile of
+/// `benches/server.rs` (DESIGN §13.1). Bounded: at most this many idle
 /// buffers (8 MiB) stay allocated.
 const SPARE_BLOCK_BUFFERS: usize = 16;
 
