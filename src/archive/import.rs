@@ -204,7 +204,7 @@ pub fn import(
         .map(|parent| engine.reader(parent))
         .transpose()?;
     let workers = crate::volume::worker_count(options.threads, 1);
-    if !check_base(&manifest, parent.as_ref(), &name, (workers, cancel))? {
+    if !check_base(&manifest, parent.as_ref(), &name, workers, cancel)? {
         return Ok(ImportOutcome::Interrupted);
     }
     drop(parent);
@@ -267,7 +267,8 @@ fn check_base(
     manifest: &Manifest,
     parent: Option<&SnapshotReader>,
     name: &str,
-    (workers, cancel): (usize, &AtomicBool),
+    workers: usize,
+    cancel: &AtomicBool,
 ) -> Result<bool> {
     let Some(base) = &manifest.base else {
         return Ok(true);

@@ -150,7 +150,23 @@ struct ImageVolume<'a> {
     len: u64,
 }
 
-impl ImageVolume<'_> {
+impl<'a> ImageVolume<'a> {
+    /// Opens the image at `path`, with a direct handle beside the buffered
+    /// one unless `buffered` (or the file system refuses `O_DIRECT`).
+    fn open(path: &'a Path, buffered: bool) -> Result<Self> {
+        let file = File::open(path)
+            .map_err(|error| Error::io(format!("opening {}", path.display()), error))?;
+        let len = image_len(&file, path)?;
+        let direct = (!buffered).then(|| open_direct(&file, false)).flatten();
+        Ok(ImageVolume {
+            file,
+            direct,
+            direct_refused: AtomicBool::new(false),
+            path,
+            len,
+        })
+    }
+
     /// Reads block `index` into `buffer` (aligned by the caller) from the
     /// page cache if it holds the whole block, else through the direct
     /// handle: `Ok(false)` when direct reads are not available or were
@@ -289,20 +305,7 @@ pub fn backup_from(
             if options.dirty_bitmap.is_some() {
                 return Err(invalid("a dirty bitmap needs an NBD source"));
             }
-            let file = File::open(path)
-                .map_err(|error| Error::io(format!("opening {}", path.display()), error))?;
-            let len = image_len(&file, path)?;
-            let direct = (!options.buffered)
-                .then(|| open_direct(&file, false))
-                .flatten();
-            let volume = ImageVolume {
-                file,
-                direct,
-                direct_refused: AtomicBool::new(false),
-                path,
-                len,
-            };
-            (Box::new(volume), None)
+            (Box::new(ImageVolume::open(path, options.buffered)?), None)
         }
         #[cfg(feature = "nbd")]
         BackupSource::Nbd(source) => {
@@ -459,19 +462,6 @@ mod tests {
         path
     }
 
-    fn volume(path: &Path, buffered: bool) -> ImageVolume<'_> {
-        let file = File::open(path).expect("open");
-        let len = image_len(&file, path).expect("length");
-        let direct = (!buffered).then(|| open_direct(&file, false)).flatten();
-        ImageVolume {
-            file,
-            direct,
-            direct_refused: AtomicBool::new(false),
-            path,
-            len,
-        }
-    }
-
     /// Drops the image's pages from the page cache, so reads miss it.
     fn evict(path: &Path) {
         let file = File::open(path).expect("open");
@@ -490,7 +480,7 @@ mod tests {
             if !cached {
                 evict(&path);
             }
-            let volume = volume(&path, buffered);
+            let volume = ImageVolume::open(&path, buffered).expect("open");
             let mut aligned = AlignedBuffer::new(BLOCK_SIZE);
             for index in 0..3u8 {
                 volume
@@ -518,7 +508,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         for buffered in [true, false] {
             let path = image(dir.path(), 3, 0);
-            let volume = volume(&path, buffered);
+            let volume = ImageVolume::open(&path, buffered).expect("open");
             std::fs::OpenOptions::new()
                 .write(true)
                 .open(&path)
