@@ -1,13 +1,15 @@
 //! Chunk store benchmarks: opening a store of 200,000 chunks (target: well
-//! under a second, index RAM <= 32 bytes per chunk), and the zstd level
-//! that sets the default.
+//! under a second, index RAM <= 32 bytes per chunk), the zstd level
+//! that sets the default, and the work every accepted and every served
+//! block needs whatever carries it (`block_work`: one core's CPU-s per
+//! GiB, the floor under `benches/server.rs`'s figures).
 
 // criterion_group! generates undocumented functions.
 #![allow(missing_docs)]
 
 use blocksnap::chunkstore::{ChunkStore, ChunkStoreConfig};
-use blocksnap::codec::{compress, Compression};
-use blocksnap::format::pack::RecordKind;
+use blocksnap::codec::{self, compress, Compression};
+use blocksnap::format::pack::{Codec, RecordKind};
 use blocksnap::ids::{ChunkId, Sha256Digest};
 use blocksnap::storage::LocalStorage;
 use blocksnap::testing::block;
@@ -115,5 +117,104 @@ fn bench_zstd_levels(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_open, bench_zstd_levels);
+/// A named step of [`bench_block_work`] over the whole mix.
+type BlockStep<'a> = (&'static str, Box<dyn Fn() + 'a>);
+
+/// The per-block work of the server bench's mix (text, sparse structured
+/// and random blocks), each step alone and as a put and a get need them:
+/// a put checks the client's SHA-256, names the block with blake3 and
+/// compresses it; a get decodes it and checks its blake3 id.
+fn bench_block_work(c: &mut Criterion) {
+    let blocks: Vec<Vec<u8>> = (1..=3).map(block).collect();
+    let stored: Vec<(Codec, Vec<u8>)> = blocks
+        .iter()
+        .map(|data| match compress(data, Compression::BlockTuned) {
+            Some(compressed) => (Codec::Zstd, compressed),
+            None => (Codec::Raw, data.clone()),
+        })
+        .collect();
+    let mix_bytes = 3 * 524_288;
+    let mut group = c.benchmark_group("block_work");
+    group
+        .sample_size(20)
+        .throughput(Throughput::Bytes(mix_bytes));
+    let mut report = Vec::new();
+    let mut per_gib = |name: &str, step: &dyn Fn()| {
+        let started = std::time::Instant::now();
+        let rounds = 64;
+        for _ in 0..rounds {
+            step();
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        report.push(format!(
+            "block_work {name}: {:.2} CPU-s per GiB (one core, {rounds} rounds before criterion's)",
+            seconds * f64::from(1u32 << 30) / (rounds as f64 * mix_bytes as f64)
+        ));
+    };
+    let steps: Vec<BlockStep> = vec![
+        (
+            "sha256",
+            Box::new(|| {
+                for data in &blocks {
+                    std::hint::black_box(codec::sha256(data));
+                }
+            }),
+        ),
+        (
+            "blake3",
+            Box::new(|| {
+                for data in &blocks {
+                    std::hint::black_box(codec::chunk_id(data));
+                }
+            }),
+        ),
+        (
+            "compress_block_tuned",
+            Box::new(|| {
+                for data in &blocks {
+                    std::hint::black_box(compress(data, Compression::BlockTuned));
+                }
+            }),
+        ),
+        (
+            "put_sha256_blake3_compress",
+            Box::new(|| {
+                for data in &blocks {
+                    std::hint::black_box(codec::sha256(data));
+                    std::hint::black_box(codec::chunk_id(data));
+                    std::hint::black_box(compress(data, Compression::BlockTuned));
+                }
+            }),
+        ),
+        (
+            "decode",
+            Box::new(|| {
+                for (codec, payload) in &stored {
+                    std::hint::black_box(
+                        codec::decode_payload(*codec, payload, 524_288).expect("decode"),
+                    );
+                }
+            }),
+        ),
+        (
+            "get_decode_blake3",
+            Box::new(|| {
+                for (codec, payload) in &stored {
+                    let data = codec::decode_payload(*codec, payload, 524_288).expect("decode");
+                    std::hint::black_box(codec::chunk_id(&data));
+                }
+            }),
+        ),
+    ];
+    for (name, step) in &steps {
+        per_gib(name, step.as_ref());
+        group.bench_function(*name, |b| b.iter(step.as_ref()));
+    }
+    group.finish();
+    for line in report {
+        eprintln!("{line}");
+    }
+}
+
+criterion_group!(benches, bench_open, bench_zstd_levels, bench_block_work);
 criterion_main!(benches);

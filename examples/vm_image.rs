@@ -19,7 +19,7 @@
 //! ```
 //! Everything is deterministic (fixed seeds), so runs compare.
 
-use blocksnap::codec::{compress, Compression};
+use blocksnap::codec::{self, compress, Compression};
 use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -149,7 +149,7 @@ fn main() {
             let mut seen = HashSet::new();
             let mut total = 0usize;
             for chunk in data.chunks(BLOCK) {
-                if chunk.iter().all(|byte| *byte == 0) || !seen.insert(blake3::hash(chunk)) {
+                if codec::is_zero(chunk) || !seen.insert(codec::chunk_id(chunk)) {
                     continue;
                 }
                 // The store keeps a block raw when compression saves little.

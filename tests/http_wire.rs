@@ -463,6 +463,89 @@ fn an_unsigned_block_needs_its_checksum_and_length_signed() {
     assert_eq!(put.status, 201, "{}", String::from_utf8_lossy(&put.body));
 }
 
+/// A block sent with a signed body (as boto3 and the AWS CLI send it over
+/// plain HTTP) is hashed once for both the signature and the checksum:
+/// each must still hold of the bytes that arrived, with or without an
+/// `x-amz-content-sha256` header.
+#[test]
+fn a_signed_block_is_checked_against_its_signature_and_its_checksum() {
+    let server = signed_server();
+    let body = br#"{"VolumeSize": 1}"#;
+    let head = sign_headers(
+        &server,
+        "POST",
+        "/snapshots",
+        &[("content-type", "application/json")],
+        body,
+        "wire-secret",
+        std::time::SystemTime::now(),
+    );
+    let started = send_signed(&server, "POST /snapshots HTTP/1.1", &head, body);
+    let snapshot = started.json()["SnapshotId"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let data = block(6);
+    let other = block(7);
+    let hex = |bytes: &[u8]| -> String {
+        blocksnap::codec::sha256(bytes)
+            .0
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    };
+    let (data_hex, other_hex) = (hex(&data), hex(&other));
+    let (data_sum, other_sum) = (checksum(&data), checksum(&other));
+    let path = format!("/snapshots/{snapshot}/blocks/0");
+    let request_line = format!("PUT {path} HTTP/1.1");
+    let put = |content_sha256: Option<&str>, sum: &str, signed_body: &[u8], sent: &[u8]| {
+        let mut headers = vec![
+            ("x-amz-data-length", "524288"),
+            ("x-amz-checksum", sum),
+            ("x-amz-checksum-algorithm", "SHA256"),
+        ];
+        headers.extend(content_sha256.map(|value| ("x-amz-content-sha256", value)));
+        let head = sign_headers(
+            &server,
+            "PUT",
+            &path,
+            &headers,
+            signed_body,
+            "wire-secret",
+            std::time::SystemTime::now(),
+        );
+        send_signed(&server, &request_line, &head, sent)
+    };
+    for content_sha256 in [None, Some(data_hex.as_str())] {
+        let accepted = put(content_sha256, &data_sum, &data, &data);
+        assert_eq!(
+            accepted.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&accepted.body)
+        );
+        assert_eq!(accepted.header("x-amz-Checksum"), Some(data_sum.as_str()));
+        // Another block than the signed one, its checksum as signed.
+        put(content_sha256, &data_sum, &data, &other).assert_error(
+            403,
+            "AccessDeniedException",
+            Some("UNAUTHORIZED_ACCOUNT"),
+        );
+        // Signed as sent, with another block's checksum.
+        put(content_sha256, &other_sum, &data, &data).assert_error(
+            400,
+            "ValidationException",
+            Some("INVALID_BLOCK"),
+        );
+    }
+    // A declared body hash that is not the body's.
+    put(Some(&other_hex), &data_sum, &data, &data).assert_error(
+        403,
+        "AccessDeniedException",
+        Some("UNAUTHORIZED_ACCOUNT"),
+    );
+}
+
 /// Like [`send`], with the Host header the signature covers.
 fn send_signed(server: &Server, request_line: &str, signed: &str, body: &[u8]) -> Reply {
     let head = format!("{request_line}{signed}\r\nHost: {}", server.address);

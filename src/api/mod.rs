@@ -24,7 +24,7 @@ use crate::engine::{Engine, SnapshotReader};
 use crate::error::{Error, Result, ValidationReason};
 use crate::format::catalog::SseKind;
 use crate::format::token::TokenBody;
-use crate::ids::{BlockIndex, SnapshotId};
+use crate::ids::{BlockIndex, Sha256Digest, SnapshotId};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use tokens::{TokenSigner, PAGE_KIND_CHANGED, PAGE_KIND_LIST};
@@ -225,6 +225,16 @@ impl<'e> Ebs<'e> {
         &self,
         request: PutSnapshotBlockRequest,
     ) -> Result<PutSnapshotBlockResponse> {
+        self.put_snapshot_block_hashed(request, None)
+    }
+
+    /// [`Ebs::put_snapshot_block`] given the SHA-256 the caller computed
+    /// from `request.block_data` itself (`None`: hashed here).
+    fn put_snapshot_block_hashed(
+        &self,
+        request: PutSnapshotBlockRequest,
+        data_sha256: Option<Sha256Digest>,
+    ) -> Result<PutSnapshotBlockResponse> {
         let snapshot = validate::snapshot_id("SnapshotId", &request.snapshot_id)?;
         let index = validate::block_index(request.block_index)?;
         validate::checksum_algorithm(&request.checksum_algorithm)?;
@@ -234,8 +244,13 @@ impl<'e> Ebs<'e> {
             request.block_data.len(),
             request.progress,
         )?;
-        self.engine
-            .put_block(snapshot, BlockIndex(index), &request.block_data, &expected)?;
+        self.engine.put_block_hashed(
+            snapshot,
+            BlockIndex(index),
+            &request.block_data,
+            &expected,
+            data_sha256,
+        )?;
         Ok(PutSnapshotBlockResponse {
             checksum: request.checksum,
             checksum_algorithm: request.checksum_algorithm,
@@ -420,6 +435,21 @@ impl<'e> Ebs<'e> {
     ) -> Result<PutSnapshotBlockResponse> {
         self.engine
             .run_blocking(move |engine| Ebs::new(engine).put_snapshot_block(request))
+            .await
+    }
+
+    /// [`Ebs::put_snapshot_block_async`] for a block whose SHA-256 the
+    /// caller computed from `request.block_data` itself (the server, which
+    /// checks a signed body's hash with it): hashed once, not twice.
+    pub(crate) async fn put_snapshot_block_hashed_async(
+        &self,
+        request: PutSnapshotBlockRequest,
+        data_sha256: Sha256Digest,
+    ) -> Result<PutSnapshotBlockResponse> {
+        self.engine
+            .run_blocking(move |engine| {
+                Ebs::new(engine).put_snapshot_block_hashed(request, Some(data_sha256))
+            })
             .await
     }
 

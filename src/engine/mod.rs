@@ -251,13 +251,18 @@ pub(crate) struct BlockHashes {
 
 impl BlockHashes {
     /// Hashes `data`, SHA-256 included, for a snapshot keyed in `domain`
-    /// (`None`: plain).
-    pub(crate) fn of(domain: Option<&DomainKeys>, data: &[u8]) -> BlockHashes {
+    /// (`None`: plain); the SHA-256 is `data_sha256` when the caller
+    /// already computed it from these very bytes.
+    fn of(
+        domain: Option<&DomainKeys>,
+        data: &[u8],
+        data_sha256: Option<Sha256Digest>,
+    ) -> BlockHashes {
         let (chunk, is_zero) = block_id(domain, data);
-        let sha256 = if is_zero {
-            codec::zero_block_sha256()
-        } else {
-            codec::sha256(data)
+        let sha256 = match data_sha256 {
+            Some(sha256) => sha256,
+            None if is_zero => codec::zero_block_sha256(),
+            None => codec::sha256(data),
         };
         BlockHashes {
             chunk,
@@ -1130,6 +1135,21 @@ impl Engine {
         data: &[u8],
         expected: &Sha256Digest,
     ) -> Result<()> {
+        self.put_block_hashed(snapshot, index, data, expected, None)
+    }
+
+    /// [`Engine::put_block`] given `data_sha256`, the SHA-256 the caller
+    /// computed from `data` itself (the server, which checked a signed
+    /// body's hash with it), so the block is not hashed again; `None`
+    /// hashes it here.
+    pub(crate) fn put_block_hashed(
+        &self,
+        snapshot: SnapshotId,
+        index: BlockIndex,
+        data: &[u8],
+        expected: &Sha256Digest,
+        data_sha256: Option<Sha256Digest>,
+    ) -> Result<()> {
         self.check_writable()?;
         if data.len() != crate::ids::BLOCK_SIZE {
             return Err(Error::invalid(
@@ -1142,7 +1162,7 @@ impl Engine {
             ));
         }
         let session = self.session(snapshot)?;
-        let hashes = BlockHashes::of(session.domain.as_deref(), data);
+        let hashes = BlockHashes::of(session.domain.as_deref(), data, data_sha256);
         if hashes.sha256 != *expected {
             return Err(Error::invalid(
                 ValidationReason::InvalidBlock,

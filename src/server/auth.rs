@@ -6,6 +6,7 @@
 //! compares signatures in constant time.
 
 use crate::error::{Error, Result, ValidationReason};
+use crate::ids::Sha256Digest;
 use aws_sigv4::http_request::{
     sign, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
     UriPathNormalizationMode,
@@ -134,6 +135,9 @@ fn denied(message: impl Into<String>) -> Error {
 pub enum Payload<'a> {
     /// The whole body, hashed into the canonical request.
     Bytes(&'a [u8]),
+    /// The SHA-256 the caller computed from the whole body (a block,
+    /// whose hash the put needs too: one pass over it, not three).
+    Hashed(&'a Sha256Digest),
     /// A body the client marked `UNSIGNED-PAYLOAD` (not read yet).
     Unsigned,
 }
@@ -300,6 +304,19 @@ pub fn check_headers<'a>(
     })
 }
 
+/// `sha256` as the lowercase hex `X-Amz-Content-SHA256` carries.
+fn lowercase_hex(sha256: &Sha256Digest) -> String {
+    sha256.0.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The signed body hash `declared`, if it is the body's `sha256`.
+fn checked_payload_hash(sha256: &Sha256Digest, declared: &str) -> Result<SignableBody<'static>> {
+    if lowercase_hex(sha256) != declared {
+        return Err(denied("X-Amz-Content-SHA256 does not match the body."));
+    }
+    Ok(SignableBody::Precomputed(declared.to_string()))
+}
+
 /// Checks the signature of a request whose headers passed
 /// [`check_headers`], over `payload`; returns the owner it acts for.
 pub fn verify_signature(
@@ -325,24 +342,19 @@ pub fn verify_signature(
                 "Only PutSnapshotBlock may send an unsigned payload.",
             ));
         }
-        (Payload::Bytes(bytes), Some(declared)) if declared != UNSIGNED_PAYLOAD => {
-            if crate::codec::sha256(bytes)
-                .0
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-                != declared
-            {
-                return Err(denied("X-Amz-Content-SHA256 does not match the body."));
-            }
-            SignableBody::Bytes(bytes)
-        }
-        (Payload::Bytes(_), Some(_)) => {
+        (Payload::Bytes(_) | Payload::Hashed(_), Some(UNSIGNED_PAYLOAD)) => {
             return Err(denied(
                 "Only PutSnapshotBlock may send an unsigned payload.",
             ));
         }
+        // The declared hash, once checked against the body's, is what the
+        // signer would compute from the body again.
+        (Payload::Bytes(bytes), Some(declared)) => {
+            checked_payload_hash(&crate::codec::sha256(bytes), declared)?
+        }
+        (Payload::Hashed(sha256), Some(declared)) => checked_payload_hash(sha256, declared)?,
         (Payload::Bytes(bytes), None) => SignableBody::Bytes(bytes),
+        (Payload::Hashed(sha256), None) => SignableBody::Precomputed(lowercase_hex(sha256)),
     };
     let path_and_query = uri.path_and_query().map_or_else(
         || uri.path().to_string(),

@@ -25,6 +25,7 @@ use crate::api::{
     CompleteSnapshotRequest, Ebs, GetSnapshotBlockRequest, ListChangedBlocksRequest,
     ListSnapshotBlocksRequest, PutSnapshotBlockRequest,
 };
+use crate::codec;
 use crate::engine::Engine;
 use crate::error::{Error, ValidationReason};
 use crate::ids::BLOCK_SIZE;
@@ -594,10 +595,18 @@ async fn put_snapshot_block(
                 ));
             }
             let block_data = state.read_body(&parts, body, BLOCK_SIZE, "block").await?;
-            let engine = match (authenticated, presented) {
-                (Some(engine), _) => engine,
+            // A signed body is hashed once, off the runtime's threads; the
+            // signature check and the put both use that hash.
+            let (engine, data_sha256) = match (authenticated, presented) {
+                (Some(engine), _) => (engine, None),
                 (None, Some(presented)) => {
-                    state.admit(presented, &incoming, Payload::Bytes(&block_data))?
+                    let data = block_data.clone();
+                    let sha256 = state
+                        .engine
+                        .run_blocking(move |_| Ok(codec::sha256(&data)))
+                        .await?;
+                    let engine = state.admit(presented, &incoming, Payload::Hashed(&sha256))?;
+                    (engine, Some(sha256))
                 }
                 (None, None) => unreachable!("a request is admitted or presented"),
             };
@@ -611,7 +620,11 @@ async fn put_snapshot_block(
                     .unwrap_or_default(),
                 block_data,
             };
-            let response = Ebs::new(&engine).put_snapshot_block_async(request).await?;
+            let ebs = Ebs::new(&engine);
+            let response = match data_sha256 {
+                Some(sha256) => ebs.put_snapshot_block_hashed_async(request, sha256).await?,
+                None => ebs.put_snapshot_block_async(request).await?,
+            };
             Ok(with_checksum(
                 json_response(StatusCode::CREATED, &json!({})),
                 &response.checksum,
