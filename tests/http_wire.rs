@@ -420,12 +420,11 @@ fn sign_unsigned_put(
     lines
 }
 
-#[test]
-fn an_unsigned_block_needs_its_checksum_and_length_signed() {
-    let server = signed_server();
+/// Starts a one-GiB snapshot with a signed StartSnapshot; returns its id.
+fn start_signed(server: &Server) -> String {
     let body = br#"{"VolumeSize": 1}"#;
     let head = sign_headers(
-        &server,
+        server,
         "POST",
         "/snapshots",
         &[("content-type", "application/json")],
@@ -433,11 +432,17 @@ fn an_unsigned_block_needs_its_checksum_and_length_signed() {
         "wire-secret",
         std::time::SystemTime::now(),
     );
-    let started = send_signed(&server, "POST /snapshots HTTP/1.1", &head, body);
-    let snapshot = started.json()["SnapshotId"]
+    let started = send_signed(server, "POST /snapshots HTTP/1.1", &head, body);
+    started.json()["SnapshotId"]
         .as_str()
         .expect("id")
-        .to_string();
+        .to_string()
+}
+
+#[test]
+fn an_unsigned_block_needs_its_checksum_and_length_signed() {
+    let server = signed_server();
+    let snapshot = start_signed(&server);
     let data = block(5);
     let sum = checksum(&data);
     let path = format!("/snapshots/{snapshot}/blocks/0");
@@ -470,21 +475,7 @@ fn an_unsigned_block_needs_its_checksum_and_length_signed() {
 #[test]
 fn a_signed_block_is_checked_against_its_signature_and_its_checksum() {
     let server = signed_server();
-    let body = br#"{"VolumeSize": 1}"#;
-    let head = sign_headers(
-        &server,
-        "POST",
-        "/snapshots",
-        &[("content-type", "application/json")],
-        body,
-        "wire-secret",
-        std::time::SystemTime::now(),
-    );
-    let started = send_signed(&server, "POST /snapshots HTTP/1.1", &head, body);
-    let snapshot = started.json()["SnapshotId"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let snapshot = start_signed(&server);
     let data = block(6);
     let other = block(7);
     let hex = |bytes: &[u8]| -> String {
