@@ -2,6 +2,7 @@
 //! (`block-list.tsv`), and the hashes that bind them to the block data.
 //! DESIGN.md §4.12 specifies the layout.
 
+pub use crate::codec::hex_bytes;
 use crate::error::{Error, Result};
 use crate::ids::{Sha256Digest, BLOCK_SIZE};
 use serde::{Deserialize, Serialize};
@@ -218,11 +219,6 @@ pub fn parse_block_list_line(line: &[u8]) -> Option<(u32, Sha256Digest)> {
         *byte = digit(high)? << 4 | digit(low)?;
     }
     Some((index, Sha256Digest(sha256)))
-}
-
-/// Lowercase hex of bytes.
-pub fn hex_bytes(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// The archive's hashes over its listed blocks, fed in ascending index order:

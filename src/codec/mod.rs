@@ -22,6 +22,11 @@ pub fn sha256(data: &[u8]) -> Sha256Digest {
     Sha256Digest(sha2::Sha256::digest(data).into())
 }
 
+/// Lowercase hex of bytes (digests, ids and random labels as text).
+pub fn hex_bytes(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 /// Whether every byte is zero (word-at-a-time; vectorized by the compiler).
 pub fn is_zero(data: &[u8]) -> bool {
     let mut words = data.chunks_exact(16);

@@ -304,14 +304,9 @@ pub fn check_headers<'a>(
     })
 }
 
-/// `sha256` as the lowercase hex `X-Amz-Content-SHA256` carries.
-fn lowercase_hex(sha256: &Sha256Digest) -> String {
-    sha256.0.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
 /// The signed body hash `declared`, if it is the body's `sha256`.
 fn checked_payload_hash(sha256: &Sha256Digest, declared: &str) -> Result<SignableBody<'static>> {
-    if lowercase_hex(sha256) != declared {
+    if crate::codec::hex_bytes(&sha256.0) != declared {
         return Err(denied("X-Amz-Content-SHA256 does not match the body."));
     }
     Ok(SignableBody::Precomputed(declared.to_string()))
@@ -354,7 +349,9 @@ pub fn verify_signature(
         }
         (Payload::Hashed(sha256), Some(declared)) => checked_payload_hash(sha256, declared)?,
         (Payload::Bytes(bytes), None) => SignableBody::Bytes(bytes),
-        (Payload::Hashed(sha256), None) => SignableBody::Precomputed(lowercase_hex(sha256)),
+        (Payload::Hashed(sha256), None) => {
+            SignableBody::Precomputed(crate::codec::hex_bytes(&sha256.0))
+        }
     };
     let path_and_query = uri.path_and_query().map_or_else(
         || uri.path().to_string(),

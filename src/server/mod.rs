@@ -287,7 +287,7 @@ pub(super) fn new_request_id() -> String {
     let mut bytes = [0u8; 16];
     // A request id is a label, not a secret: zeros if the generator fails.
     let _ = getrandom::fill(&mut bytes);
-    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    let hex = codec::hex_bytes(&bytes);
     format!(
         "{}-{}-{}-{}-{}",
         &hex[..8],

@@ -1287,7 +1287,7 @@ fn local_writer_id(local: &LocalStorage) -> io::Result<[u8; 16]> {
 
 /// A writer id in hex, as `blocksnap writers` shows it.
 pub fn hex_id(id: &[u8; 16]) -> String {
-    id.iter().map(|byte| format!("{byte:02x}")).collect()
+    crate::codec::hex_bytes(id)
 }
 
 /// `writers` with `id` registered at `epoch` (replacing an entry of the

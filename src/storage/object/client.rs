@@ -79,7 +79,7 @@ pub enum Deleted {
 pub(crate) fn new_put_id() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the operating system's random source");
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    crate::codec::hex_bytes(&bytes)
 }
 
 /// Requests sent to the store, by kind (retries included; a multipart
