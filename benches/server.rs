@@ -231,11 +231,10 @@ async fn start(bench: &Bench, volume_size: u32) -> String {
         .to_string()
 }
 
-/// Puts `blocks` at `first_index..` with 64 requests in flight.
-/// Puts `blocks` from `first_index` on, 64 at a time; `signed_body`: with
-/// the body's SHA-256 in the signature (as boto3 and the AWS CLI sign over
-/// plain HTTP), else `UNSIGNED-PAYLOAD` (as the AWS SDK for Rust and
-/// coldsnap send blocks).
+/// Puts `blocks` at `first_index..` with 64 requests in flight;
+/// `signed_body`: with the body's SHA-256 in the signature (as boto3 and
+/// the AWS CLI sign over plain HTTP), else `UNSIGNED-PAYLOAD` (as the AWS
+/// SDK for Rust and coldsnap send blocks).
 async fn put_all(
     bench: &Bench,
     snapshot: &str,
